@@ -1,0 +1,801 @@
+//! The only contract between the xlb datapath (`lb-ebpf`) and user space (`lb-userspace`).
+//!
+//! Every map key and value is `#[repr(C)]` with explicit padding, no `bool`/`Option`/enum fields,
+//! and a compile-time size assertion. Byte order is fixed per field:
+//! - IPv4 addresses are `[u8; 4]` in network order (the packet's own bytes), so `bpftool` prints
+//!   them as `[10,96,0,10]`;
+//! - ports are `u16` in **host** order, so `bpftool` prints `80`, and the datapath converts once.
+//!
+//! Changing any type here changes [`LAYOUT_VERSION`]; the agent refuses to adopt pinned maps whose
+//! version or sizes differ (see `lb-userspace/src/bpf/pins.rs`).
+#![no_std]
+
+/// Version of the map layout below. Bump on any change to a key, value, map kind or meaning.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// An IPv4 address as the bytes found in the packet (network order).
+pub type Ipv4 = [u8; 4];
+
+/// Map names as the kernel sees them (at most 15 characters) and as they are pinned.
+pub mod map_names {
+    /// Frontends: (address, port, protocol, scope) → service.
+    pub const SERVICES: &str = "xlb_services";
+    /// Backends by id.
+    pub const BACKENDS: &str = "xlb_backends";
+    /// Backend lookup tables (Maglev or random), in chunks.
+    pub const LUT: &str = "xlb_lut";
+    /// Connection tracking, both directions of every translated flow.
+    pub const CONNTRACK: &str = "xlb_ct";
+    /// ClientIP session affinity.
+    pub const AFFINITY: &str = "xlb_affinity";
+    /// loadBalancerSourceRanges (LPM trie).
+    pub const SRC_RANGES: &str = "xlb_srcranges";
+    /// Global counters by reason (per CPU).
+    pub const COUNTERS: &str = "xlb_counters";
+    /// Per-service packet/byte/flow counters (per CPU).
+    pub const SVC_STATS: &str = "xlb_svc_stats";
+    /// Service names for the CLI, written by the agent only.
+    pub const SVC_INFO: &str = "xlb_svc_info";
+    /// Agent-set configuration (one entry).
+    pub const CONFIG: &str = "xlb_config";
+    /// Datapath events for `xlb monitor`.
+    pub const EVENTS: &str = "xlb_events";
+    /// Decision trace of the last `xlb explain` run (per CPU, one entry).
+    pub const TRACE: &str = "xlb_trace";
+
+    /// Every map, in the order the loader pins them.
+    pub const ALL: [&str; 12] = [
+        SERVICES, BACKENDS, LUT, CONNTRACK, AFFINITY, SRC_RANGES, COUNTERS, SVC_STATS, SVC_INFO,
+        CONFIG, EVENTS, TRACE,
+    ];
+}
+
+/// Program names (function names in `lb-ebpf`, at most 15 characters).
+pub mod prog_names {
+    /// tc ingress on pod-facing devices: pod → Service (east-west), replies from local backends.
+    pub const POD_INGRESS: &str = "xlb_pod_ingress";
+    /// tc ingress on uplinks: what XDP passed or could not finish (replies, fallback frontends).
+    pub const HOST_INGRESS: &str = "xlb_host_ingres";
+    /// XDP on uplinks: north-south frontends and their replies.
+    pub const XDP: &str = "xlb_xdp";
+}
+
+/// Default capacities (each overridable by agent flags at load time).
+pub mod capacity {
+    /// Frontend entries.
+    pub const SERVICES: u32 = 65_536;
+    /// Service ids (backend sets); also the size of the per-service stats array.
+    pub const SVC_IDS: u32 = 65_536;
+    /// Backend entries.
+    pub const BACKENDS: u32 = 262_144;
+    /// Lookup-table chunks ([`crate::LUT_CHUNK_SLOTS`] slots each), allocated on use.
+    pub const LUT_CHUNKS: u32 = 1_048_576;
+    /// Conntrack entries (two per flow).
+    pub const CONNTRACK: u32 = 524_288;
+    /// Session-affinity entries.
+    pub const AFFINITY: u32 = 65_536;
+    /// Source-range prefixes.
+    pub const SRC_RANGES: u32 = 16_384;
+    /// Ring buffer bytes for events.
+    pub const EVENTS_BYTES: u32 = 1 << 20;
+}
+
+/// IP protocol numbers the datapath handles.
+pub mod proto {
+    /// ICMP.
+    pub const ICMP: u8 = 1;
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+    /// SCTP.
+    pub const SCTP: u8 = 132;
+}
+
+/// Frontend scope: which traffic a `ServiceKey` entry serves.
+pub mod scope {
+    /// Default entry: traffic from outside the node (and from pods unless an internal entry exists).
+    pub const EXTERNAL: u8 = 0;
+    /// Entry used for traffic from this node's pods when the frontend has `SVC_F_TWO_SCOPES`.
+    pub const INTERNAL: u8 = 1;
+}
+
+/// Kind of frontend, for display and policy.
+pub mod kind {
+    /// `spec.clusterIP`.
+    pub const CLUSTER_IP: u8 = 1;
+    /// A node address with `spec.ports[].nodePort`.
+    pub const NODE_PORT: u8 = 2;
+    /// `status.loadBalancer.ingress[].ip`.
+    pub const LOAD_BALANCER: u8 = 3;
+    /// `spec.externalIPs[]`.
+    pub const EXTERNAL_IP: u8 = 4;
+}
+
+/// Backend selection algorithm of a service.
+pub mod algorithm {
+    /// A random slot per new flow.
+    pub const RANDOM: u8 = 1;
+    /// Maglev consistent hashing of the flow's 5-tuple.
+    pub const MAGLEV: u8 = 2;
+}
+
+/// `ServiceValue::flags`.
+pub mod svc_flags {
+    /// Traffic from this node's pods must use the `scope::INTERNAL` entry of this frontend.
+    pub const TWO_SCOPES: u16 = 1 << 0;
+    /// Check the client against `xlb_srcranges` (loadBalancerSourceRanges).
+    pub const SRC_RANGES: u16 = 1 << 1;
+    /// externalTrafficPolicy: Local — never SNAT, the backend set holds node-local endpoints only.
+    pub const EXT_LOCAL: u16 = 1 << 2;
+}
+
+/// `Backend::flags`.
+pub mod backend_flags {
+    /// The endpoint runs on this node.
+    pub const LOCAL: u8 = 1 << 0;
+    /// Kept for its established flows, never chosen for new ones (terminating or not ready).
+    pub const DRAINING: u8 = 1 << 1;
+    /// The endpoint is terminating (display; implies `DRAINING` unless it serves as fallback).
+    pub const TERMINATING: u8 = 1 << 2;
+}
+
+/// Frontend key of `xlb_services`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// Frontend address (VIP, node IP, LB IP or external IP), network order.
+    pub addr: Ipv4,
+    /// Frontend port, host order.
+    pub port: u16,
+    /// IP protocol (`proto::*`).
+    pub proto: u8,
+    /// `scope::*`.
+    pub scope: u8,
+}
+
+/// Frontend value of `xlb_services`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Backend set (service) id, never 0; indexes `xlb_lut`, `xlb_svc_stats`, `Backend::svc_id`.
+    pub svc_id: u32,
+    /// Number of slots of this service's lookup table; 0 means no backend can take new flows.
+    pub lut_size: u32,
+    /// sessionAffinity ClientIP timeout in seconds; 0 disables affinity.
+    pub affinity_timeout: u32,
+    /// `svc_flags::*`.
+    pub flags: u16,
+    /// `kind::*`.
+    pub kind: u8,
+    /// `algorithm::*`.
+    pub algorithm: u8,
+    /// Backends that may take new flows (display only).
+    pub backend_count: u16,
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+}
+
+/// Value of `xlb_backends` (key: backend id, `u32`, never 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// Endpoint address, network order.
+    pub addr: Ipv4,
+    /// Endpoint port (resolved targetPort), host order.
+    pub port: u16,
+    /// `backend_flags::*`.
+    pub flags: u8,
+    /// Zone index (0 = unknown), for topology-aware routing.
+    pub zone: u8,
+    /// The service this backend belongs to; a conntrack entry whose backend no longer carries
+    /// its `svc_id` re-selects.
+    pub svc_id: u32,
+    /// Relative weight (display; weights are already folded into the lookup table).
+    pub weight: u16,
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+}
+
+/// Slots per lookup-table chunk (a power of two, so the in-chunk index is a mask).
+pub const LUT_CHUNK_SLOTS: usize = 1024;
+
+/// Key of `xlb_lut`: one chunk of a service's lookup table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LutKey {
+    /// Service id.
+    pub svc_id: u32,
+    /// Chunk number: slot / `LUT_CHUNK_SLOTS`.
+    pub chunk: u32,
+}
+
+/// Value of `xlb_lut`: backend ids for `LUT_CHUNK_SLOTS` consecutive slots.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LutChunk {
+    /// Backend id per slot (0 = unused slot past `lut_size`).
+    pub backend_ids: [u32; LUT_CHUNK_SLOTS],
+}
+
+/// Conntrack direction (`CtKey::dir`).
+pub mod ct_dir {
+    /// Client → frontend, as the client sent it.
+    pub const FORWARD: u8 = 1;
+    /// Backend → client (or → SNAT address), as the backend sent it.
+    pub const REPLY: u8 = 2;
+}
+
+/// Key of `xlb_ct`: the packet's own 5-tuple before translation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKey {
+    /// Source address, network order.
+    pub saddr: Ipv4,
+    /// Destination address, network order.
+    pub daddr: Ipv4,
+    /// Source port, host order (0 for ICMP).
+    pub sport: u16,
+    /// Destination port, host order.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// `ct_dir::*`.
+    pub dir: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+}
+
+/// TCP connection state (`CtValue::state`).
+pub mod ct_state {
+    /// Only a SYN seen.
+    pub const SYN_SENT: u8 = 1;
+    /// Data flowing (and every non-TCP flow).
+    pub const ESTABLISHED: u8 = 2;
+    /// A FIN seen in one direction.
+    pub const FIN_WAIT: u8 = 3;
+    /// RST, or FIN in both directions: expires fast; a new SYN starts a new flow.
+    pub const CLOSED: u8 = 4;
+}
+
+/// `CtValue::flags`.
+pub mod ct_flags {
+    /// Rewrite the source to `nat_saddr:nat_sport`.
+    pub const XLATE_SRC: u8 = 1 << 0;
+    /// Rewrite the destination to `nat_daddr:nat_dport`.
+    pub const XLATE_DST: u8 = 1 << 1;
+    /// The client is its own backend (source rewritten to the hairpin address).
+    pub const HAIRPIN: u8 = 1 << 2;
+    /// North-south flow SNATed to a node address (eTP=Cluster, remote backend).
+    pub const SNAT: u8 = 1 << 3;
+    /// FIN seen from the client.
+    pub const FIN_FWD: u8 = 1 << 4;
+    /// FIN seen from the backend.
+    pub const FIN_REPLY: u8 = 1 << 5;
+}
+
+/// Value of `xlb_ct`: what to rewrite for packets matching the key, and the flow's state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtValue {
+    /// Service id at selection time.
+    pub svc_id: u32,
+    /// Selected backend id.
+    pub backend_id: u32,
+    /// Creation time, seconds of CLOCK_MONOTONIC.
+    pub created: u32,
+    /// Expiry time, seconds of CLOCK_MONOTONIC; an expired entry counts as absent.
+    pub expires: u32,
+    /// New source address when `XLATE_SRC`.
+    pub nat_saddr: Ipv4,
+    /// New destination address when `XLATE_DST`.
+    pub nat_daddr: Ipv4,
+    /// New source port when `XLATE_SRC`, host order.
+    pub nat_sport: u16,
+    /// New destination port when `XLATE_DST`, host order.
+    pub nat_dport: u16,
+    /// `ct_state::*`.
+    pub state: u8,
+    /// `ct_flags::*`.
+    pub flags: u8,
+    /// Ingress ifindex class of the flow's first packet (`hook::*`), for display.
+    pub hook: u8,
+    /// Explicit padding.
+    pub _pad: u8,
+}
+
+/// Key of `xlb_affinity`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// Service id.
+    pub svc_id: u32,
+    /// Client address, network order.
+    pub client: Ipv4,
+}
+
+/// Value of `xlb_affinity`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityValue {
+    /// Backend the client is bound to.
+    pub backend_id: u32,
+    /// Last use, seconds of CLOCK_MONOTONIC.
+    pub last_used: u32,
+}
+
+/// Data part of an `xlb_srcranges` LPM key; the prefix length covers all 32 bits of `svc_id`
+/// plus the CIDR's own length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SrcRangeKey {
+    /// Service id, big-endian so that it forms the leading bits of the prefix.
+    pub svc_id_be: u32,
+    /// Client network, network order.
+    pub addr: Ipv4,
+}
+
+/// Value of `xlb_config` (index 0), written by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `LAYOUT_VERSION` of the agent that created the maps.
+    pub layout_version: u32,
+    /// Seed of the flow hash; equal on every node so that Maglev picks agree.
+    pub hash_seed: u32,
+    /// Source address for hairpin flows (a pod reaching itself through a Service).
+    pub hairpin_addr: Ipv4,
+    /// Source address for SNAT of north-south flows to remote backends.
+    pub snat_addr: Ipv4,
+    /// First SNAT port, host order.
+    pub snat_port_min: u16,
+    /// Last SNAT port, host order.
+    pub snat_port_max: u16,
+    /// Conntrack timeout after a lone SYN, seconds.
+    pub ct_tcp_syn: u32,
+    /// Conntrack timeout of an established TCP flow, seconds.
+    pub ct_tcp_established: u32,
+    /// Conntrack timeout after one FIN, seconds.
+    pub ct_tcp_fin: u32,
+    /// Conntrack timeout after RST or both FINs, seconds.
+    pub ct_tcp_closed: u32,
+    /// Conntrack timeout of UDP/SCTP flows, seconds.
+    pub ct_udp: u32,
+    /// `config_flags::*`.
+    pub flags: u32,
+}
+
+/// `Config::flags`.
+pub mod config_flags {
+    /// Emit drop events to `xlb_events`.
+    pub const MONITOR_DROPS: u32 = 1 << 0;
+    /// Emit new-flow decisions to `xlb_events`.
+    pub const MONITOR_FLOWS: u32 = 1 << 1;
+}
+
+/// Value of `xlb_svc_stats` (index: service id), per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SvcStats {
+    /// Client → backend packets translated.
+    pub fwd_packets: u64,
+    /// Client → backend bytes translated.
+    pub fwd_bytes: u64,
+    /// Backend → client packets reverse-translated.
+    pub rev_packets: u64,
+    /// Backend → client bytes reverse-translated.
+    pub rev_bytes: u64,
+    /// New flows (backend selections).
+    pub new_flows: u64,
+    /// Packets dropped for this service (no backend, source range, …).
+    pub drops: u64,
+}
+
+/// Maximum length of a service name in `xlb_svc_info`.
+pub const SVC_NAME_LEN: usize = 112;
+
+/// Value of `xlb_svc_info` (key: service id): what the agent programmed, for the CLI and for
+/// the next agent to adopt without rewriting what did not change.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SvcInfo {
+    /// Fingerprint of the lookup table's inputs (algorithm, size, seed, backends and ids).
+    pub lut_fingerprint: u64,
+    /// `namespace/name:port/PROTO[ (variant)]`, NUL padded (truncated if longer).
+    pub name: [u8; SVC_NAME_LEN],
+    /// Frontends of this service (display).
+    pub frontends: u16,
+    /// Lookup-table chunks written for this service.
+    pub lut_chunks: u16,
+    /// Explicit padding.
+    pub _pad: [u8; 4],
+}
+
+/// Hook a packet was seen at (`CtValue::hook`, `Event::hook`).
+pub mod hook {
+    /// tc ingress on a pod-facing device.
+    pub const POD: u8 = 1;
+    /// tc ingress on an uplink.
+    pub const HOST: u8 = 2;
+    /// XDP on an uplink.
+    pub const XDP: u8 = 3;
+}
+
+/// Why a packet was dropped. Counted under `counter::DROP_BASE + reason`.
+pub mod drop_reason {
+    /// The service has no backend that may take a new flow.
+    pub const NO_BACKEND: u32 = 1;
+    /// The client is outside loadBalancerSourceRanges.
+    pub const SOURCE_RANGE: u32 = 2;
+    /// externalTrafficPolicy Local and no endpoint on this node.
+    pub const NO_LOCAL_BACKEND: u32 = 3;
+    /// No free SNAT port.
+    pub const SNAT_EXHAUSTED: u32 = 4;
+    /// A packet rewrite helper failed.
+    pub const XLATE_ERROR: u32 = 5;
+    /// A conntrack entry could not be written.
+    pub const CT_INSERT: u32 = 6;
+    /// A rewritten SCTP port (the CRC32c would be wrong).
+    pub const SCTP_PORT_REWRITE: u32 = 7;
+    /// Number of reasons (exclusive bound).
+    pub const MAX: u32 = 8;
+
+    /// Human-readable name of a reason.
+    pub const fn name(reason: u32) -> &'static str {
+        match reason {
+            NO_BACKEND => "no_backend",
+            SOURCE_RANGE => "source_range",
+            NO_LOCAL_BACKEND => "no_local_backend",
+            SNAT_EXHAUSTED => "snat_exhausted",
+            XLATE_ERROR => "xlate_error",
+            CT_INSERT => "ct_insert",
+            SCTP_PORT_REWRITE => "sctp_port_rewrite",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Indexes of `xlb_counters` (a per-CPU array of `u64`).
+pub mod counter {
+    /// Packets seen by any xlb program.
+    pub const PACKETS: u32 = 0;
+    /// Not IPv4 (passed).
+    pub const NOT_IPV4: u32 = 1;
+    /// Not for a frontend nor a reply of a translated flow (passed).
+    pub const NOT_SERVICE: u32 = 2;
+    /// Truncated or malformed headers (passed untouched).
+    pub const MALFORMED: u32 = 3;
+    /// IP fragments (passed untouched).
+    pub const FRAGMENT: u32 = 4;
+    /// Conntrack hit for a frontend packet.
+    pub const CT_HIT: u32 = 5;
+    /// New flow: backend selected.
+    pub const CT_NEW: u32 = 6;
+    /// Conntrack entry whose backend left the service: re-selected.
+    pub const CT_RESELECT: u32 = 7;
+    /// Client → backend translations.
+    pub const XLATE_FWD: u32 = 8;
+    /// Backend → client reverse translations.
+    pub const XLATE_REV: u32 = 9;
+    /// Hairpin flows created.
+    pub const HAIRPIN: u32 = 10;
+    /// SNAT flows created.
+    pub const SNAT: u32 = 11;
+    /// New flows that followed session affinity.
+    pub const AFFINITY_HIT: u32 = 12;
+    /// ICMP errors translated back to the frontend.
+    pub const ICMP_XLATE: u32 = 13;
+    /// Packets handed to the kernel stack after translation.
+    pub const PASS: u32 = 14;
+    /// First drop counter; drop reason `r` is counted at `DROP_BASE + r`.
+    pub const DROP_BASE: u32 = 16;
+    /// Number of counters.
+    pub const MAX: u32 = DROP_BASE + super::drop_reason::MAX;
+
+    /// Human-readable name of a counter index.
+    pub const fn name(index: u32) -> &'static str {
+        match index {
+            PACKETS => "packets",
+            NOT_IPV4 => "not_ipv4",
+            NOT_SERVICE => "not_service",
+            MALFORMED => "malformed",
+            FRAGMENT => "fragment",
+            CT_HIT => "ct_hit",
+            CT_NEW => "ct_new",
+            CT_RESELECT => "ct_reselect",
+            XLATE_FWD => "xlate_fwd",
+            XLATE_REV => "xlate_rev",
+            HAIRPIN => "hairpin",
+            SNAT => "snat",
+            AFFINITY_HIT => "affinity_hit",
+            ICMP_XLATE => "icmp_xlate",
+            PASS => "pass",
+            i if i > DROP_BASE && i < MAX => super::drop_reason::name(i - DROP_BASE),
+            _ => "",
+        }
+    }
+}
+
+/// Kind of `Event`.
+pub mod event_kind {
+    /// A packet was dropped (`reason`).
+    pub const DROP: u8 = 1;
+    /// A new flow got a backend.
+    pub const NEW_FLOW: u8 = 2;
+}
+
+/// How a backend was chosen (`Event::selection`, `Trace::selection`).
+pub mod selection {
+    /// Existing conntrack entry.
+    pub const CONNTRACK: u8 = 1;
+    /// Session affinity entry.
+    pub const AFFINITY: u8 = 2;
+    /// Maglev slot of the flow hash.
+    pub const MAGLEV: u8 = 3;
+    /// Random slot.
+    pub const RANDOM: u8 = 4;
+}
+
+/// A record in `xlb_events`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Monotonic time, nanoseconds.
+    pub ts_ns: u64,
+    /// `event_kind::*`.
+    pub kind: u8,
+    /// `hook::*`.
+    pub hook: u8,
+    /// IP protocol.
+    pub proto: u8,
+    /// `selection::*` for new flows.
+    pub selection: u8,
+    /// `drop_reason::*` for drops.
+    pub reason: u32,
+    /// Client address.
+    pub saddr: Ipv4,
+    /// Frontend address.
+    pub daddr: Ipv4,
+    /// Client port.
+    pub sport: u16,
+    /// Frontend port.
+    pub dport: u16,
+    /// Service id (0 if unknown).
+    pub svc_id: u32,
+    /// Backend id (0 if none).
+    pub backend_id: u32,
+    /// Backend address.
+    pub backend_addr: Ipv4,
+    /// Backend port.
+    pub backend_port: u16,
+    /// Explicit padding.
+    pub _pad: [u8; 6],
+}
+
+/// What the datapath decided for one packet; written to `xlb_trace` only by the `xlb explain`
+/// instance of the programs (their `TRACE` global is set), never by the attached ones.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trace {
+    /// Set when the packet parsed as IPv4 TCP/UDP/SCTP/ICMP.
+    pub parsed: u8,
+    /// `scope::*` of the frontend entry that matched, 0xff when none.
+    pub scope: u8,
+    /// `selection::*` (0 if no backend was chosen).
+    pub selection: u8,
+    /// 1 when the packet matched the reply side of a tracked flow.
+    pub reply: u8,
+    /// Service id of the matching frontend.
+    pub svc_id: u32,
+    /// Backend id chosen.
+    pub backend_id: u32,
+    /// Lookup-table slot used (Maglev or random).
+    pub slot: u32,
+    /// Flow hash.
+    pub hash: u32,
+    /// `drop_reason::*` if dropped.
+    pub drop_reason: u32,
+    /// Program return code.
+    pub verdict: i32,
+    /// `ct_flags::*` of the (would-be) conntrack entry.
+    pub ct_flags: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    //! `aya::Pod` for every map type, user space only.
+    use super::*;
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => { $(
+            // SAFETY: `#[repr(C)]`, only integer fields and arrays, explicit padding: every bit
+            // pattern is valid and there are no implicit padding bytes.
+            unsafe impl aya::Pod for $t {}
+        )* };
+    }
+    pod!(
+        ServiceKey,
+        ServiceValue,
+        Backend,
+        LutKey,
+        LutChunk,
+        CtKey,
+        CtValue,
+        AffinityKey,
+        AffinityValue,
+        SrcRangeKey,
+        Config,
+        SvcStats,
+        SvcInfo,
+        Event,
+        Trace,
+    );
+}
+
+// Layout checks: a change here is a contract change (bump LAYOUT_VERSION).
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<ServiceKey>() == 8);
+    assert!(size_of::<ServiceValue>() == 20);
+    assert!(size_of::<Backend>() == 16);
+    assert!(size_of::<LutKey>() == 8);
+    assert!(size_of::<LutChunk>() == 4 * LUT_CHUNK_SLOTS);
+    assert!(LUT_CHUNK_SLOTS.is_power_of_two());
+    assert!(size_of::<CtKey>() == 16);
+    assert!(offset_of!(CtKey, proto) == 12);
+    assert!(size_of::<CtValue>() == 32);
+    assert!(offset_of!(CtValue, state) == 28);
+    assert!(size_of::<AffinityKey>() == 8);
+    assert!(size_of::<AffinityValue>() == 8);
+    assert!(size_of::<SrcRangeKey>() == 8);
+    assert!(size_of::<Config>() == 44);
+    assert!(size_of::<SvcStats>() == 48);
+    assert!(size_of::<SvcInfo>() == 8 + SVC_NAME_LEN + 8);
+    assert!(size_of::<Event>() == 48);
+    assert!(size_of::<Trace>() == 32);
+    assert!(counter::MAX <= 32);
+};
+
+/// The flow hash of a 5-tuple: Jenkins' lookup3 final mix (the kernel's `jhash_3words`).
+///
+/// Used by the datapath for Maglev slots and by user space (`xlb explain`, tests) to predict
+/// them. `saddr`/`daddr` are the packet's bytes; ports are host order. Every node computes the
+/// same value for the same flow when `seed` is equal.
+#[inline(always)]
+pub fn flow_hash(saddr: Ipv4, daddr: Ipv4, sport: u16, dport: u16, proto: u8, seed: u32) -> u32 {
+    const JHASH_INITVAL: u32 = 0xdead_beef;
+    let init = seed
+        .wrapping_add(JHASH_INITVAL)
+        .wrapping_add(3 << 2)
+        .wrapping_add(u32::from(proto));
+    let mut a = u32::from_be_bytes(saddr).wrapping_add(init);
+    let mut b = u32::from_be_bytes(daddr).wrapping_add(init);
+    let mut c = ((u32::from(sport) << 16) | u32::from(dport)).wrapping_add(init);
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(14));
+    a ^= c;
+    a = a.wrapping_sub(c.rotate_left(11));
+    b ^= a;
+    b = b.wrapping_sub(a.rotate_left(25));
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(16));
+    a ^= c;
+    a = a.wrapping_sub(c.rotate_left(4));
+    b ^= a;
+    b = b.wrapping_sub(a.rotate_left(14));
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(24));
+    c
+}
+
+/// Internet checksum arithmetic shared by the XDP datapath and user-space tests.
+pub mod csum {
+    /// Folds a 32-bit one's-complement accumulator into 16 bits.
+    #[inline(always)]
+    pub fn fold(mut s: u32) -> u16 {
+        s = (s & 0xffff) + (s >> 16);
+        s = (s & 0xffff) + (s >> 16);
+        s as u16
+    }
+
+    /// Incrementally updates checksum `sum` when a 32-bit field changes from `from` to `to`
+    /// (RFC 1624: HC' = ~(~HC + ~m + m')). All three values are as loaded from packet memory;
+    /// the one's-complement sum is byte-order independent.
+    #[inline(always)]
+    pub fn replace4(sum: u16, from: u32, to: u32) -> u16 {
+        let mut s = u32::from(!sum);
+        s += (!from >> 16) & 0xffff;
+        s += !from & 0xffff;
+        s += to >> 16;
+        s += to & 0xffff;
+        !fold(s)
+    }
+
+    /// One's-complement sum of `data` as big-endian 16-bit words, added to `init`.
+    pub fn sum_be(data: &[u8], init: u32) -> u32 {
+        let mut s = init;
+        let mut chunks = data.chunks_exact(2);
+        for c in &mut chunks {
+            s = s.wrapping_add(u32::from(u16::from_be_bytes([c[0], c[1]])));
+            s = (s & 0xffff) + (s >> 16);
+        }
+        if let [last] = chunks.remainder() {
+            s = s.wrapping_add(u32::from(*last) << 8);
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_hash_depends_on_every_field_and_seed() {
+        let base = flow_hash([10, 0, 0, 1], [10, 96, 0, 10], 40000, 80, proto::TCP, 7);
+        assert_eq!(
+            base,
+            flow_hash([10, 0, 0, 1], [10, 96, 0, 10], 40000, 80, proto::TCP, 7)
+        );
+        assert_ne!(
+            base,
+            flow_hash([10, 0, 0, 2], [10, 96, 0, 10], 40000, 80, proto::TCP, 7)
+        );
+        assert_ne!(
+            base,
+            flow_hash([10, 0, 0, 1], [10, 96, 0, 11], 40000, 80, proto::TCP, 7)
+        );
+        assert_ne!(
+            base,
+            flow_hash([10, 0, 0, 1], [10, 96, 0, 10], 40001, 80, proto::TCP, 7)
+        );
+        assert_ne!(
+            base,
+            flow_hash([10, 0, 0, 1], [10, 96, 0, 10], 40000, 81, proto::TCP, 7)
+        );
+        assert_ne!(
+            base,
+            flow_hash([10, 0, 0, 1], [10, 96, 0, 10], 40000, 80, proto::UDP, 7)
+        );
+        assert_ne!(
+            base,
+            flow_hash([10, 0, 0, 1], [10, 96, 0, 10], 40000, 80, proto::TCP, 8)
+        );
+    }
+
+    #[test]
+    fn incremental_checksum_matches_full_recompute() {
+        // An IPv4 header, checksum field zeroed.
+        let mut hdr = [
+            0x45u8, 0, 0, 60, 0x1c, 0x46, 0x40, 0, 0x40, 6, 0, 0, 10, 0, 0, 1, 10, 96, 0, 10,
+        ];
+        let full = |h: &[u8]| !csum::fold(csum::sum_be(h, 0));
+        let c = full(&hdr);
+        hdr[10..12].copy_from_slice(&c.to_be_bytes());
+        let old = u32::from_ne_bytes([10, 96, 0, 10]);
+        let new = u32::from_ne_bytes([10, 244, 1, 7]);
+        let stored = u16::from_ne_bytes([hdr[10], hdr[11]]);
+        let updated = csum::replace4(stored, old, new);
+        hdr[16..20].copy_from_slice(&[10, 244, 1, 7]);
+        hdr[10..12].copy_from_slice(&updated.to_ne_bytes());
+        // A valid header sums to 0xffff.
+        assert_eq!(csum::fold(csum::sum_be(&hdr, 0)), 0xffff);
+    }
+
+    #[test]
+    fn counter_names_are_unique_and_cover_drops() {
+        for i in 0..counter::MAX {
+            let n = counter::name(i);
+            for j in 0..i {
+                if !n.is_empty() {
+                    assert_ne!(n, counter::name(j), "counter {i} and {j}");
+                }
+            }
+        }
+        for r in 1..drop_reason::MAX {
+            assert_eq!(counter::name(counter::DROP_BASE + r), drop_reason::name(r));
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Packet access for both hooks: bounds-checked reads, and rewrites that keep checksums right.
+//!
+//! tc rewrites go through the skb helpers (`bpf_skb_store_bytes`, `bpf_l3/l4_csum_replace` with
+//! the pseudo-header flag), which also handle `CHECKSUM_PARTIAL` skbs from local sockets. XDP has
+//! no skb: it writes directly and updates checksums incrementally (RFC 1624).
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::{TcContext, XdpContext},
+};
+use lb_common::{Ipv4, csum, hook, proto};
+
+/// Offset of the IPv4 header (no VLAN support: tagged frames pass untouched).
+pub const L3_OFF: usize = 14;
+const IP_CSUM_OFF: usize = L3_OFF + 10;
+const IP_SADDR_OFF: usize = L3_OFF + 12;
+const IP_DADDR_OFF: usize = L3_OFF + 16;
+
+/// Which end of the packet a rewrite touches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Src,
+    Dst,
+}
+
+/// Rewrite failed (a helper returned an error, or the packet shrank under us).
+pub struct RewriteError;
+
+/// A packet at one of the hooks.
+pub trait Packet {
+    /// `hook::*` of this context.
+    const HOOK: u8;
+    /// Start of packet data.
+    fn data(&self) -> usize;
+    /// End of linear packet data.
+    fn data_end(&self) -> usize;
+    /// Whole packet length in bytes (for byte counters).
+    fn len(&self) -> u32;
+    /// Makes at least `len` bytes linear if the hook needs that (tc); returns false if impossible.
+    fn pull(&mut self, len: u32) -> bool;
+    /// Replaces the IPv4 source or destination address, fixing IP and L4 checksums.
+    fn set_addr(&mut self, l4: L4, end: End, old: Ipv4, new: Ipv4) -> Result<(), RewriteError>;
+    /// Replaces the L4 source or destination port (host order), fixing the L4 checksum.
+    fn set_port(&mut self, l4: L4, end: End, old: u16, new: u16) -> Result<(), RewriteError>;
+}
+
+/// Where the L4 header and its checksum are.
+#[derive(Clone, Copy)]
+pub struct L4 {
+    /// IP protocol.
+    pub proto: u8,
+    /// Offset of the L4 header.
+    pub off: usize,
+}
+
+impl L4 {
+    /// Offset of the L4 checksum that covers the pseudo-header, if the protocol has one.
+    #[inline(always)]
+    fn csum_off(self) -> Option<usize> {
+        match self.proto {
+            proto::TCP => Some(self.off + 16),
+            proto::UDP => Some(self.off + 6),
+            // SCTP's CRC32c does not cover the IP header; ICMP's checksum has no pseudo-header.
+            _ => None,
+        }
+    }
+
+    #[inline(always)]
+    fn port_off(self, end: End) -> usize {
+        match end {
+            End::Src => self.off,
+            End::Dst => self.off + 2,
+        }
+    }
+}
+
+#[inline(always)]
+fn addr_off(end: End) -> usize {
+    match end {
+        End::Src => IP_SADDR_OFF,
+        End::Dst => IP_DADDR_OFF,
+    }
+}
+
+/// Returns a pointer to a `T` at `off` if the whole `T` lies inside the linear packet data.
+#[inline(always)]
+pub fn ptr_at<P: Packet, T>(pkt: &P, off: usize) -> Option<*mut T> {
+    let start = pkt.data();
+    let end = pkt.data_end();
+    if start + off + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+/// tc (sk_buff) packets.
+pub struct TcPacket<const HOOK: u8> {
+    pub ctx: TcContext,
+}
+
+impl<const H: u8> Packet for TcPacket<H> {
+    const HOOK: u8 = H;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        self.ctx.data()
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        self.ctx.data_end()
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        self.ctx.len()
+    }
+
+    #[inline(always)]
+    fn pull(&mut self, len: u32) -> bool {
+        let want = if len > self.ctx.len() {
+            self.ctx.len()
+        } else {
+            len
+        };
+        self.ctx.pull_data(want).is_ok()
+    }
+
+    #[inline(always)]
+    fn set_addr(&mut self, l4: L4, end: End, old: Ipv4, new: Ipv4) -> Result<(), RewriteError> {
+        let from = u64::from(u32::from_ne_bytes(old));
+        let to = u64::from(u32::from_ne_bytes(new));
+        if let Some(off) = l4.csum_off() {
+            let mut flags = u64::from(BPF_F_PSEUDO_HDR) | 4;
+            if l4.proto == proto::UDP {
+                // A zero UDP checksum means "none": keep it so.
+                flags |= u64::from(BPF_F_MARK_MANGLED_0);
+            }
+            self.ctx
+                .l4_csum_replace(off, from, to, flags)
+                .map_err(|_| RewriteError)?;
+        }
+        self.ctx
+            .l3_csum_replace(IP_CSUM_OFF, from, to, 4)
+            .map_err(|_| RewriteError)?;
+        self.ctx
+            .store(addr_off(end), &new, 0)
+            .map_err(|_| RewriteError)
+    }
+
+    #[inline(always)]
+    fn set_port(&mut self, l4: L4, end: End, old: u16, new: u16) -> Result<(), RewriteError> {
+        let from = u64::from(old.to_be());
+        let to = u64::from(new.to_be());
+        if let Some(off) = l4.csum_off() {
+            let mut flags = 2;
+            if l4.proto == proto::UDP {
+                flags |= u64::from(BPF_F_MARK_MANGLED_0);
+            }
+            self.ctx
+                .l4_csum_replace(off, from, to, flags)
+                .map_err(|_| RewriteError)?;
+        }
+        self.ctx
+            .store(l4.port_off(end), &new.to_be(), 0)
+            .map_err(|_| RewriteError)
+    }
+}
+
+/// XDP packets.
+pub struct XdpPacket {
+    pub ctx: XdpContext,
+}
+
+impl XdpPacket {
+    /// Applies a 16-bit-word-wise checksum update at `off` (skipped for a zero UDP checksum).
+    #[inline(always)]
+    fn fix_l4_csum(&self, l4: L4, old: u32, new: u32) -> Result<(), RewriteError> {
+        if let Some(off) = l4.csum_off() {
+            let p: *mut u16 = ptr_at(self, off).ok_or(RewriteError)?;
+            // SAFETY: `ptr_at` checked that the two bytes are inside the packet.
+            let sum = unsafe { p.read_unaligned() };
+            if l4.proto == proto::UDP && sum == 0 {
+                return Ok(());
+            }
+            let mut new_sum = csum::replace4(sum, old, new);
+            if l4.proto == proto::UDP && new_sum == 0 {
+                new_sum = 0xffff;
+            }
+            // SAFETY: as above.
+            unsafe { p.write_unaligned(new_sum) };
+        }
+        Ok(())
+    }
+}
+
+impl Packet for XdpPacket {
+    const HOOK: u8 = hook::XDP;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        self.ctx.data()
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        self.ctx.data_end()
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        (self.ctx.data_end() - self.ctx.data()) as u32
+    }
+
+    #[inline(always)]
+    fn pull(&mut self, _len: u32) -> bool {
+        // XDP frames are linear (multi-buffer frames are not requested).
+        true
+    }
+
+    #[inline(always)]
+    fn set_addr(&mut self, l4: L4, end: End, old: Ipv4, new: Ipv4) -> Result<(), RewriteError> {
+        let from = u32::from_ne_bytes(old);
+        let to = u32::from_ne_bytes(new);
+        self.fix_l4_csum(l4, from, to)?;
+        let ip_csum: *mut u16 = ptr_at(self, IP_CSUM_OFF).ok_or(RewriteError)?;
+        let addr: *mut Ipv4 = ptr_at(self, addr_off(end)).ok_or(RewriteError)?;
+        // SAFETY: both pointers were bounds-checked by `ptr_at`.
+        unsafe {
+            ip_csum.write_unaligned(csum::replace4(ip_csum.read_unaligned(), from, to));
+            addr.write_unaligned(new);
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn set_port(&mut self, l4: L4, end: End, old: u16, new: u16) -> Result<(), RewriteError> {
+        self.fix_l4_csum(l4, u32::from(old.to_be()), u32::from(new.to_be()))?;
+        let port: *mut u16 = ptr_at(self, l4.port_off(end)).ok_or(RewriteError)?;
+        // SAFETY: bounds-checked by `ptr_at`.
+        unsafe { port.write_unaligned(new.to_be()) };
+        Ok(())
+    }
+}

@@ -1,0 +1,281 @@
+//! The per-packet pipeline shared by every hook: parse → frontend? (conntrack hit, or select a
+//! backend and record the flow) → reply of a tracked flow? → pass. Each stage returns a
+//! `Verdict` or hands on; every drop carries a reason that is counted.
+
+use lb_common::{
+    Config, CtValue, ServiceValue, counter, ct_dir, ct_flags, ct_state, event_kind, proto,
+    selection,
+};
+
+use crate::{
+    conntrack::{self, CreateError},
+    ctx::Packet,
+    lookup,
+    maps::{CONFIG, CONNTRACK},
+    nat,
+    parse::{self, Flow, Skip},
+    stats::{self, SvcCounter},
+};
+
+/// What the hook should do with the packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Hand the (possibly translated) packet on.
+    Pass,
+    /// Drop it; the reason was counted.
+    Drop,
+}
+
+/// Runs the whole pipeline on one packet.
+#[inline(always)]
+pub fn process<P: Packet>(pkt: &mut P) -> Verdict {
+    stats::count(counter::PACKETS);
+    let flow = match parse::parse(pkt) {
+        Ok(flow) => flow,
+        Err(skip) => {
+            stats::count(match skip {
+                Skip::NotIpv4 => counter::NOT_IPV4,
+                Skip::Malformed => counter::MALFORMED,
+                Skip::Fragment => counter::FRAGMENT,
+                Skip::OtherProto => counter::NOT_SERVICE,
+            });
+            return Verdict::Pass;
+        }
+    };
+    stats::trace(|t| {
+        t.parsed = 1;
+        t.scope = 0xff;
+    });
+    // Until the agent has written its configuration, nothing is translated.
+    let Some(cfg) = CONFIG.get(0).copied() else {
+        return Verdict::Pass;
+    };
+    if cfg.layout_version == 0 {
+        return Verdict::Pass;
+    }
+    let now = conntrack::now_secs();
+    if let Some((svc, scope)) = lookup::frontend(&flow, P::HOOK) {
+        stats::trace(|t| {
+            t.scope = scope;
+            t.svc_id = svc.svc_id;
+        });
+        return to_frontend(pkt, &flow, &svc, &cfg, now);
+    }
+    if let Some(verdict) = reply(pkt, &flow, &cfg, now) {
+        return verdict;
+    }
+    stats::count(counter::NOT_SERVICE);
+    Verdict::Pass
+}
+
+/// A packet addressed to a frontend: follow its flow, or start one.
+#[inline(always)]
+fn to_frontend<P: Packet>(
+    pkt: &mut P,
+    flow: &Flow,
+    svc: &ServiceValue,
+    cfg: &Config,
+    now: u32,
+) -> Verdict {
+    let fkey = conntrack::key(flow, ct_dir::FORWARD);
+    let mut stale = None;
+    if let Some(ct) = CONNTRACK.get_ptr_mut(&fkey) {
+        // SAFETY: pointer into the map value; copied out at once.
+        let cur = unsafe { *ct };
+        let usable = cur.expires >= now && !(flow.is_syn() && cur.state == ct_state::CLOSED);
+        if usable
+            && cur.svc_id == svc.svc_id
+            && lookup::backend(cur.backend_id, cur.svc_id).is_some()
+        {
+            return established(pkt, flow, svc, ct, &cur, cfg, now);
+        }
+        if usable {
+            // The flow's backend left the service (or the frontend moved): pick again now.
+            stats::count(counter::CT_RESELECT);
+        }
+        stale = Some(conntrack::reply_key_of(&cur, flow.proto));
+    }
+    new_flow(pkt, flow, svc, cfg, now, stale)
+}
+
+/// Next packet of a tracked flow whose backend is still in the service.
+#[inline(always)]
+fn established<P: Packet>(
+    pkt: &mut P,
+    flow: &Flow,
+    svc: &ServiceValue,
+    ct: *mut CtValue,
+    cur: &CtValue,
+    cfg: &Config,
+    now: u32,
+) -> Verdict {
+    stats::count(counter::CT_HIT);
+    stats::trace(|t| {
+        t.selection = selection::CONNTRACK;
+        t.backend_id = cur.backend_id;
+        t.ct_flags = cur.flags;
+    });
+    if conntrack::refresh(ct, flow, cfg, now, ct_dir::FORWARD) {
+        // SAFETY: pointer into the map value.
+        let after = unsafe { *ct };
+        let fins = after.flags & (ct_flags::FIN_FWD | ct_flags::FIN_REPLY);
+        let peer = conntrack::reply_key_of(&after, flow.proto);
+        conntrack::mirror_close(&peer, after.state, fins, cfg, now, flow.proto);
+    }
+    if svc.affinity_timeout != 0 {
+        let key = lb_common::AffinityKey {
+            svc_id: svc.svc_id,
+            client: flow.saddr,
+        };
+        lookup::touch_affinity(&key, cur.backend_id, now);
+    }
+    forward(pkt, flow, cur)
+}
+
+/// First packet of a flow (or one whose backend left): select, record, translate.
+#[inline(always)]
+fn new_flow<P: Packet>(
+    pkt: &mut P,
+    flow: &Flow,
+    svc: &ServiceValue,
+    cfg: &Config,
+    now: u32,
+    stale: Option<lb_common::CtKey>,
+) -> Verdict {
+    if !lookup::source_allowed(svc, flow) {
+        return drop_flow(
+            cfg,
+            P::HOOK,
+            flow,
+            svc.svc_id,
+            lb_common::drop_reason::SOURCE_RANGE,
+        );
+    }
+    let sel = match lookup::select(svc, flow, cfg, now) {
+        Ok(sel) => sel,
+        Err(reason) => return drop_flow(cfg, P::HOOK, flow, svc.svc_id, reason),
+    };
+    let be = sel.backend;
+    let (state, _) = conntrack::next_state(flow.proto, 0, 0, flow.tcp_flags, ct_dir::FORWARD);
+    let mut fwd = CtValue {
+        svc_id: svc.svc_id,
+        backend_id: sel.id,
+        created: now,
+        expires: now.wrapping_add(conntrack::timeout(cfg, flow.proto, state)),
+        nat_saddr: flow.saddr,
+        nat_daddr: be.addr,
+        nat_sport: flow.sport,
+        nat_dport: be.port,
+        state,
+        flags: ct_flags::XLATE_DST,
+        hook: P::HOOK,
+        _pad: 0,
+    };
+    if be.addr == flow.saddr {
+        // Hairpin: the client is its own backend; a packet from its own address would be a
+        // martian, so the source becomes the hairpin address and replies come back through us.
+        fwd.flags |= ct_flags::XLATE_SRC | ct_flags::HAIRPIN;
+        fwd.nat_saddr = cfg.hairpin_addr;
+    }
+    if flow.proto == proto::SCTP && be.port != flow.dport {
+        return drop_flow(
+            cfg,
+            P::HOOK,
+            flow,
+            svc.svc_id,
+            lb_common::drop_reason::SCTP_PORT_REWRITE,
+        );
+    }
+    stats::trace(|t| {
+        t.selection = sel.how;
+        t.backend_id = sel.id;
+        t.slot = sel.slot;
+        t.hash = sel.hash;
+        t.ct_flags = fwd.flags;
+    });
+    if let Err(e) = conntrack::create(flow, &mut fwd, cfg, now) {
+        let reason = match e {
+            CreateError::PortsExhausted => lb_common::drop_reason::SNAT_EXHAUSTED,
+            CreateError::Insert => lb_common::drop_reason::CT_INSERT,
+        };
+        return drop_flow(cfg, P::HOOK, flow, svc.svc_id, reason);
+    }
+    if let Some(old) = stale
+        && old != conntrack::reply_key_of(&fwd, flow.proto)
+        && stats::live()
+    {
+        let _ = CONNTRACK.remove(&old);
+    }
+    stats::count(counter::CT_NEW);
+    if fwd.flags & ct_flags::HAIRPIN != 0 {
+        stats::count(counter::HAIRPIN);
+    }
+    stats::svc(svc.svc_id, SvcCounter::NewFlow, 0);
+    stats::event(cfg, P::HOOK, event_kind::NEW_FLOW, flow, |ev| {
+        ev.selection = sel.how;
+        ev.svc_id = svc.svc_id;
+        ev.backend_id = sel.id;
+        ev.backend_addr = be.addr;
+        ev.backend_port = be.port;
+    });
+    forward(pkt, flow, &fwd)
+}
+
+/// Translates a client → frontend packet as its forward entry says.
+#[inline(always)]
+fn forward<P: Packet>(pkt: &mut P, flow: &Flow, ct: &CtValue) -> Verdict {
+    let len = pkt.len();
+    if nat::apply(pkt, flow, ct).is_err() {
+        stats::drop_reason(lb_common::drop_reason::XLATE_ERROR);
+        return Verdict::Drop;
+    }
+    stats::count(counter::XLATE_FWD);
+    stats::svc(ct.svc_id, SvcCounter::Fwd, len);
+    Verdict::Pass
+}
+
+/// A packet from a backend of a tracked flow: restore what the client dialled.
+#[inline(always)]
+fn reply<P: Packet>(pkt: &mut P, flow: &Flow, cfg: &Config, now: u32) -> Option<Verdict> {
+    let rkey = conntrack::key(flow, ct_dir::REPLY);
+    let ct = CONNTRACK.get_ptr_mut(&rkey)?;
+    // SAFETY: pointer into the map value; copied out at once.
+    let cur = unsafe { *ct };
+    if cur.expires < now {
+        return None;
+    }
+    stats::trace(|t| {
+        t.reply = 1;
+        t.svc_id = cur.svc_id;
+        t.backend_id = cur.backend_id;
+        t.ct_flags = cur.flags;
+    });
+    if conntrack::refresh(ct, flow, cfg, now, ct_dir::REPLY) {
+        // SAFETY: pointer into the map value.
+        let after = unsafe { *ct };
+        let fins = after.flags & (ct_flags::FIN_FWD | ct_flags::FIN_REPLY);
+        let peer = conntrack::forward_key_of(&after, flow);
+        conntrack::mirror_close(&peer, after.state, fins, cfg, now, flow.proto);
+    }
+    let len = pkt.len();
+    if nat::apply(pkt, flow, &cur).is_err() {
+        stats::drop_reason(lb_common::drop_reason::XLATE_ERROR);
+        return Some(Verdict::Drop);
+    }
+    stats::count(counter::XLATE_REV);
+    stats::svc(cur.svc_id, SvcCounter::Rev, len);
+    Some(Verdict::Pass)
+}
+
+/// Drops a packet for a service, counting and (if watched) reporting why.
+#[inline(always)]
+fn drop_flow(cfg: &Config, hook: u8, flow: &Flow, svc_id: u32, reason: u32) -> Verdict {
+    stats::drop_reason(reason);
+    stats::svc(svc_id, SvcCounter::Drop, 0);
+    stats::trace(|t| t.drop_reason = reason);
+    stats::event(cfg, hook, event_kind::DROP, flow, |ev| {
+        ev.reason = reason;
+        ev.svc_id = svc_id;
+    });
+    Verdict::Drop
+}

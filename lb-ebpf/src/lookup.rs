@@ -1,0 +1,156 @@
+//! Service lookups: frontend match (with scopes), backend validity, and backend selection for a
+//! new flow (session affinity, then the service's lookup table by Maglev hash or at random).
+
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_get_prandom_u32, maps::lpm_trie::Key};
+use lb_common::{
+    AffinityKey, AffinityValue, Backend, Config, LUT_CHUNK_SLOTS, LutKey, ServiceKey, ServiceValue,
+    SrcRangeKey, algorithm, backend_flags, drop_reason, flow_hash, hook, scope, selection,
+    svc_flags,
+};
+
+use crate::{
+    maps::{AFFINITY, BACKENDS, LUT, SERVICES, SRC_RANGES},
+    parse::Flow,
+    stats,
+};
+
+/// The frontend a packet is addressed to, with the scope of the entry that matched.
+#[inline(always)]
+pub fn frontend(flow: &Flow, hook_kind: u8) -> Option<(ServiceValue, u8)> {
+    let mut key = ServiceKey {
+        addr: flow.daddr,
+        port: flow.dport,
+        proto: flow.proto,
+        scope: scope::EXTERNAL,
+    };
+    // SAFETY: the value is copied out at once; the agent may replace it concurrently.
+    let svc = *unsafe { SERVICES.get(&key) }?;
+    if hook_kind == hook::POD && svc.flags & svc_flags::TWO_SCOPES != 0 {
+        key.scope = scope::INTERNAL;
+        // SAFETY: as above.
+        if let Some(internal) = unsafe { SERVICES.get(&key) } {
+            return Some((*internal, scope::INTERNAL));
+        }
+    }
+    Some((svc, scope::EXTERNAL))
+}
+
+/// The backend `id` if it still belongs to service `svc_id`.
+#[inline(always)]
+pub fn backend(id: u32, svc_id: u32) -> Option<Backend> {
+    // SAFETY: copied out at once.
+    let be = *unsafe { BACKENDS.get(&id) }?;
+    if be.svc_id != svc_id {
+        return None;
+    }
+    Some(be)
+}
+
+/// True if the client may reach this frontend (loadBalancerSourceRanges).
+#[inline(always)]
+pub fn source_allowed(svc: &ServiceValue, flow: &Flow) -> bool {
+    if svc.flags & svc_flags::SRC_RANGES == 0 {
+        return true;
+    }
+    let key = Key::new(
+        64,
+        SrcRangeKey {
+            svc_id_be: svc.svc_id.to_be(),
+            addr: flow.saddr,
+        },
+    );
+    SRC_RANGES.get(&key).is_some()
+}
+
+/// A backend chosen for a new flow.
+pub struct Selected {
+    pub id: u32,
+    pub backend: Backend,
+    /// `selection::*`.
+    pub how: u8,
+    pub slot: u32,
+    pub hash: u32,
+}
+
+/// Chooses a backend for a new flow of `svc`, or the drop reason.
+#[inline(always)]
+pub fn select(svc: &ServiceValue, flow: &Flow, cfg: &Config, now: u32) -> Result<Selected, u32> {
+    if svc.lut_size == 0 {
+        return Err(if svc.flags & svc_flags::EXT_LOCAL != 0 {
+            drop_reason::NO_LOCAL_BACKEND
+        } else {
+            drop_reason::NO_BACKEND
+        });
+    }
+    let hash = flow_hash(
+        flow.saddr,
+        flow.daddr,
+        flow.sport,
+        flow.dport,
+        flow.proto,
+        cfg.hash_seed,
+    );
+    let aff_key = AffinityKey {
+        svc_id: svc.svc_id,
+        client: flow.saddr,
+    };
+    if svc.affinity_timeout != 0 {
+        // SAFETY: copied out at once.
+        if let Some(aff) = unsafe { AFFINITY.get(&aff_key) }.copied()
+            && aff.last_used.wrapping_add(svc.affinity_timeout) >= now
+            && let Some(be) = backend(aff.backend_id, svc.svc_id)
+            && be.flags & backend_flags::DRAINING == 0
+        {
+            touch_affinity(&aff_key, aff.backend_id, now);
+            return Ok(Selected {
+                id: aff.backend_id,
+                backend: be,
+                how: selection::AFFINITY,
+                slot: 0,
+                hash,
+            });
+        }
+    }
+    let (slot, how) = if svc.algorithm == algorithm::MAGLEV {
+        (hash % svc.lut_size, selection::MAGLEV)
+    } else {
+        // SAFETY: helper without preconditions.
+        (
+            unsafe { bpf_get_prandom_u32() } % svc.lut_size,
+            selection::RANDOM,
+        )
+    };
+    let chunk_key = LutKey {
+        svc_id: svc.svc_id,
+        chunk: slot / LUT_CHUNK_SLOTS as u32,
+    };
+    // SAFETY: one u32 is read out of the chunk at once.
+    let chunk = unsafe { LUT.get(&chunk_key) }.ok_or(drop_reason::NO_BACKEND)?;
+    // The mask keeps the index provably inside the chunk for the verifier.
+    let idx = (slot as usize) & (LUT_CHUNK_SLOTS - 1);
+    let id = *chunk.backend_ids.get(idx).ok_or(drop_reason::NO_BACKEND)?;
+    let be = backend(id, svc.svc_id).ok_or(drop_reason::NO_BACKEND)?;
+    if svc.affinity_timeout != 0 {
+        touch_affinity(&aff_key, id, now);
+    }
+    Ok(Selected {
+        id,
+        backend: be,
+        how,
+        slot,
+        hash,
+    })
+}
+
+/// Records (or refreshes) a client's affinity to a backend.
+#[inline(always)]
+pub fn touch_affinity(key: &AffinityKey, backend_id: u32, now: u32) {
+    if !stats::live() {
+        return;
+    }
+    let v = AffinityValue {
+        backend_id,
+        last_used: now,
+    };
+    let _ = AFFINITY.insert(key, &v, u64::from(BPF_ANY));
+}

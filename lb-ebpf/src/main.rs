@@ -1,0 +1,68 @@
+//! xlb datapath entry points. Each is thin: build the hook's packet context, run the shared
+//! pipeline (`lb::process`), map the verdict to the hook's return code.
+#![no_std]
+#![no_main]
+
+mod conntrack;
+mod ctx;
+mod lb;
+mod lookup;
+mod maps;
+mod nat;
+mod parse;
+mod stats;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use lb_common::hook;
+
+use crate::{
+    ctx::{TcPacket, XdpPacket},
+    lb::Verdict,
+};
+
+/// tcx "next": let later programs and the stack see the (translated) packet.
+const TCX_NEXT: i32 = -1;
+
+#[inline(always)]
+fn tc_code(v: Verdict) -> i32 {
+    let code = match v {
+        Verdict::Pass => TCX_NEXT,
+        Verdict::Drop => TC_ACT_SHOT,
+    };
+    stats::trace(|t| t.verdict = code);
+    code
+}
+
+/// tc ingress on pod-facing devices: pods → Services, and replies from local backends.
+#[classifier]
+pub fn xlb_pod_ingress(ctx: TcContext) -> i32 {
+    tc_code(lb::process(&mut TcPacket::<{ hook::POD }> { ctx }))
+}
+
+/// tc ingress on uplinks: frontends and replies that XDP passed up or could not handle.
+#[classifier]
+pub fn xlb_host_ingres(ctx: TcContext) -> i32 {
+    tc_code(lb::process(&mut TcPacket::<{ hook::HOST }> { ctx }))
+}
+
+/// XDP on uplinks: north-south frontends and their replies, before the stack.
+#[xdp]
+pub fn xlb_xdp(ctx: XdpContext) -> u32 {
+    let code = match lb::process(&mut XdpPacket { ctx }) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+    };
+    stats::trace(|t| t.verdict = code as i32);
+    code
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program: the verifier rejects any path that could get here.
+    loop {}
+}

@@ -1,0 +1,67 @@
+//! Every map of the datapath. Types come from `lb-common`; capacities here are defaults that the
+//! loader overrides from agent flags. All maps are BTF-defined so `bpftool` prints field names.
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_RDONLY_PROG},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    macros::btf_map,
+};
+use lb_common::{
+    AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, LutChunk, LutKey, ServiceKey,
+    ServiceValue, SrcRangeKey, SvcInfo, SvcStats, Trace, capacity, counter,
+};
+
+const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+
+/// Frontends: (addr, port, proto, scope) → service. Preallocated: read on every packet.
+#[btf_map(name = "xlb_services")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue, { capacity::SERVICES as usize }> =
+    HashMap::new();
+
+/// Backends by id (u32, never 0).
+#[btf_map(name = "xlb_backends")]
+pub static BACKENDS: HashMap<u32, Backend, { capacity::BACKENDS as usize }> = HashMap::new();
+
+/// Lookup-table chunks per service; allocated on use (4 KiB each).
+#[btf_map(name = "xlb_lut")]
+pub static LUT: HashMap<LutKey, LutChunk, { capacity::LUT_CHUNKS as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+/// Connection tracking: both directions of every translated flow (LRU: the oldest go first).
+#[btf_map(name = "xlb_ct")]
+pub static CONNTRACK: LruHashMap<CtKey, CtValue, { capacity::CONNTRACK as usize }> =
+    LruHashMap::new();
+
+/// ClientIP session affinity (LRU).
+#[btf_map(name = "xlb_affinity")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { capacity::AFFINITY as usize }> =
+    LruHashMap::new();
+
+/// loadBalancerSourceRanges: (svc_id, client CIDR) → allowed.
+#[btf_map(name = "xlb_srcranges")]
+pub static SRC_RANGES: LpmTrie<SrcRangeKey, u8, { capacity::SRC_RANGES as usize }> = LpmTrie::new();
+
+/// Global counters by reason, per CPU.
+#[btf_map(name = "xlb_counters")]
+pub static COUNTERS: PerCpuArray<u64, { counter::MAX as usize }> = PerCpuArray::new();
+
+/// Per-service counters, per CPU, indexed by service id.
+#[btf_map(name = "xlb_svc_stats")]
+pub static SVC_STATS: PerCpuArray<SvcStats, { capacity::SVC_IDS as usize }> = PerCpuArray::new();
+
+/// Service names for the CLI; never read by the datapath (kept here so it is pinned with BTF).
+#[btf_map(name = "xlb_svc_info")]
+pub static SVC_INFO: HashMap<u32, SvcInfo, { capacity::SVC_IDS as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+/// Agent configuration, one entry; read-only for programs.
+#[btf_map(name = "xlb_config")]
+pub static CONFIG: Array<Config, 1, { BPF_F_RDONLY_PROG as usize }> = Array::new();
+
+/// Drop and new-flow events for `xlb monitor` (only written while a monitor asks for them).
+#[btf_map(name = "xlb_events")]
+pub static EVENTS: RingBuf<lb_common::Event, { capacity::EVENTS_BYTES as usize }> = RingBuf::new();
+
+/// Decision of the last packet run by `xlb explain` (only its private program copy writes here).
+#[btf_map(name = "xlb_trace")]
+pub static TRACE: PerCpuArray<Trace, 1> = PerCpuArray::new();

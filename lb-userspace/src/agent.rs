@@ -1,0 +1,331 @@
+//! `xlb agent`: loads (or adopts) the datapath, attaches it to uplinks and pod-facing devices
+//! as they appear, and keeps the maps equal to what the sources describe.
+//!
+//! Sources run as tasks and publish snapshots (latest wins); this task alone translates and
+//! writes maps. On exit (SIGTERM, SIGINT) nothing is detached: maps and links stay pinned and
+//! the datapath keeps forwarding until the next agent adopts it.
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use aya::Ebpf;
+use lb_common::{Config, LAYOUT_VERSION};
+use tokio::sync::watch;
+
+use crate::{
+    bpf::{self, Capacities, Role, XdpModeOpt, devices, maps::Maps},
+    k8s::{NodeContext, Translation},
+    source::{Snapshot, files::FileSource, watch::Watch},
+    sync::{MapReader as _, MapSync, SyncConfig},
+};
+
+/// Everything the agent is told on its command line.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub services: Option<PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
+    pub node_name: Option<String>,
+    pub node_ips: Vec<Ipv4Addr>,
+    pub devices: Vec<String>,
+    pub pod_devices: Vec<String>,
+    pub bpffs: PathBuf,
+    pub xdp_mode: XdpModeOpt,
+    pub proxy_name: Option<String>,
+    pub maglev_size: u32,
+    pub hash_seed: u32,
+    pub capacities: Capacities,
+    pub hairpin_addr: Ipv4Addr,
+    pub snat_addr: Option<Ipv4Addr>,
+    pub snat_ports: (u16, u16),
+    pub timeouts: Timeouts,
+}
+
+/// Conntrack timeouts, seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub tcp_syn: u32,
+    pub tcp_established: u32,
+    pub tcp_fin: u32,
+    pub tcp_closed: u32,
+    pub udp: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp_syn: 60,
+            tcp_established: 6 * 3600,
+            tcp_fin: 120,
+            tcp_closed: 10,
+            udp: 60,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// The datapath configuration entry.
+    pub fn datapath_config(&self) -> Config {
+        let snat = self
+            .snat_addr
+            .or_else(|| self.node_ips.first().copied())
+            .unwrap_or(Ipv4Addr::UNSPECIFIED);
+        Config {
+            layout_version: LAYOUT_VERSION,
+            hash_seed: self.hash_seed,
+            hairpin_addr: self.hairpin_addr.octets(),
+            snat_addr: snat.octets(),
+            snat_port_min: self.snat_ports.0,
+            snat_port_max: self.snat_ports.1,
+            ct_tcp_syn: self.timeouts.tcp_syn,
+            ct_tcp_established: self.timeouts.tcp_established,
+            ct_tcp_fin: self.timeouts.tcp_fin,
+            ct_tcp_closed: self.timeouts.tcp_closed,
+            ct_udp: self.timeouts.udp,
+            flags: 0,
+        }
+    }
+
+    fn node_context(&self) -> NodeContext {
+        NodeContext {
+            node_name: self.node_name.clone(),
+            node_ips: self.node_ips.clone(),
+            proxy_name: self.proxy_name.clone(),
+        }
+    }
+}
+
+/// Attachments owned by this agent run.
+struct Devices {
+    dir: PathBuf,
+    uplinks: Vec<String>,
+    pod_globs: Vec<String>,
+    xdp_mode: XdpModeOpt,
+    /// (role, ifindex) handled by this process (pins from a previous agent are re-pointed
+    /// to this agent's programs the first time they are seen).
+    done: HashSet<(u8, u32)>,
+    missing_warned: BTreeSet<String>,
+}
+
+impl Devices {
+    fn reconcile(&mut self, ebpf: &mut Ebpf) {
+        let live = match devices::list() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing devices failed");
+                return;
+            }
+        };
+        bpf::prune_links(&self.dir, &live);
+        self.done
+            .retain(|(_, idx)| live.iter().any(|i| i.index == *idx));
+        for name in &self.uplinks {
+            if !live.iter().any(|i| &i.name == name) && self.missing_warned.insert(name.clone()) {
+                tracing::warn!(device = %name, "uplink not found; will attach when it appears");
+            }
+        }
+        for iface in &live {
+            if self.uplinks.contains(&iface.name) {
+                if self.done.insert((0, iface.index)) {
+                    match bpf::attach_xdp(ebpf, &self.dir, iface, self.xdp_mode) {
+                        Ok(mode) => {
+                            tracing::info!(device = %iface.name, xdp = mode.unwrap_or("off"), "uplink XDP")
+                        }
+                        Err(e) => {
+                            tracing::error!(device = %iface.name, error = %e, "XDP attach failed")
+                        }
+                    }
+                    match bpf::attach_tc(ebpf, &self.dir, Role::Host, iface) {
+                        Ok(()) => {
+                            tracing::info!(device = %iface.name, "uplink tc ingress attached")
+                        }
+                        Err(e) => {
+                            tracing::error!(device = %iface.name, error = %e, "tc attach failed");
+                            self.done.remove(&(0, iface.index));
+                        }
+                    }
+                }
+            } else if devices::matches_any(&self.pod_globs, &iface.name)
+                && self.done.insert((1, iface.index))
+            {
+                match bpf::attach_tc(ebpf, &self.dir, Role::Pod, iface) {
+                    Ok(()) => tracing::info!(device = %iface.name, "pod device attached"),
+                    Err(e) => {
+                        tracing::error!(device = %iface.name, error = %e, "pod device attach failed");
+                        self.done.remove(&(1, iface.index));
+                    }
+                }
+            }
+        }
+        // Devices no longer selected (flags changed across a restart) are detached.
+        for idx in bpf::attached(&self.dir, Role::Pod) {
+            if !self.done.contains(&(1, idx)) && live.iter().any(|i| i.index == idx) {
+                bpf::detach(&self.dir, Role::Pod, idx);
+            }
+        }
+        for role in [Role::Host, Role::Xdp] {
+            for idx in bpf::attached(&self.dir, role) {
+                if !self.done.contains(&(0, idx)) && live.iter().any(|i| i.index == idx) {
+                    bpf::detach(&self.dir, role, idx);
+                }
+            }
+        }
+    }
+}
+
+/// Removes the whole datapath on purpose: links detach, maps (conntrack included) go.
+pub fn cleanup(dir: &std::path::Path) -> anyhow::Result<()> {
+    bpf::pins::remove_all(dir)?;
+    tracing::info!(bpffs = %dir.display(), "datapath removed");
+    Ok(())
+}
+
+/// Runs the file source: publishes a snapshot now and after every change.
+fn spawn_file_source(path: PathBuf, tx: watch::Sender<Option<Arc<Snapshot>>>) {
+    tokio::spawn(async move {
+        let mut src = FileSource::new(&path);
+        let mut watch = Watch::new(&path, Duration::from_secs(2));
+        loop {
+            let snap = src.load();
+            if tx.send(Some(Arc::new(snap))).is_err() {
+                return;
+            }
+            watch.changed().await;
+            tracing::debug!(path = %path.display(), "services changed");
+        }
+    });
+}
+
+/// Runs the agent until SIGTERM/SIGINT.
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut ebpf = bpf::load(&cfg.bpffs, cfg.capacities, false)?;
+    let mut maps = Maps::open(&cfg.bpffs)?;
+    maps.write_config(&cfg.datapath_config())?;
+    let recovered = maps.read_all()?;
+    let adopted = recovered.infos.len();
+    let sync_cfg = SyncConfig {
+        maglev_size: cfg.maglev_size,
+        hash_seed: cfg.hash_seed,
+        svc_id_limit: u64::from(lb_common::capacity::SVC_IDS),
+    };
+    let mut sync = MapSync::recover(maps, sync_cfg, recovered);
+    tracing::info!(bpffs = %cfg.bpffs.display(), adopted_services = adopted, "datapath loaded");
+
+    let (tx, mut rx) = watch::channel::<Option<Arc<Snapshot>>>(None);
+    match (&cfg.services, &cfg.kubeconfig) {
+        (Some(path), _) => spawn_file_source(path.clone(), tx),
+        (None, Some(_)) => anyhow::bail!("--kubeconfig: the Kubernetes source is not built in yet"),
+        (None, None) => {
+            tracing::warn!("no --services or --kubeconfig: keeping the programmed state as is");
+            drop(tx);
+        }
+    }
+
+    let mut devs = Devices {
+        dir: cfg.bpffs.clone(),
+        uplinks: cfg.devices.clone(),
+        pod_globs: cfg.pod_devices.clone(),
+        xdp_mode: cfg.xdp_mode,
+        done: HashSet::new(),
+        missing_warned: BTreeSet::new(),
+    };
+    let mut link_events = match devices::watch_links() {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            tracing::warn!(error = %e, "netlink link watch unavailable; rescanning every 2s");
+            None
+        }
+    };
+    let mut rescan = tokio::time::interval(Duration::from_secs(2));
+    let mut retry = tokio::time::interval(Duration::from_secs(5));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let node = cfg.node_context();
+    let mut last: Option<Arc<Snapshot>> = None;
+    let mut last_problems: Vec<String> = Vec::new();
+    let mut failing = false;
+    let mut sources_open = true;
+    devs.reconcile(&mut ebpf);
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "agent ready"
+    );
+
+    loop {
+        tokio::select! {
+            changed = rx.changed(), if sources_open => {
+                if changed.is_err() {
+                    sources_open = false;
+                    continue;
+                }
+                let snap = rx.borrow_and_update().clone();
+                if let Some(snap) = snap {
+                    last = Some(snap.clone());
+                    failing = !apply(&mut sync, &snap, &node, &mut last_problems);
+                }
+            }
+            Some(()) = async { match link_events.as_mut() { Some(r) => r.recv().await, None => None } } => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                devs.reconcile(&mut ebpf);
+            }
+            _ = rescan.tick() => devs.reconcile(&mut ebpf),
+            _ = retry.tick(), if failing => {
+                if let Some(snap) = last.clone() {
+                    failing = !apply(&mut sync, &snap, &node, &mut last_problems);
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("stopping; the datapath stays pinned and keeps forwarding");
+    Ok(())
+}
+
+/// Translates and programs a snapshot. Returns false if some service failed (to retry).
+fn apply(
+    sync: &mut MapSync<Maps>,
+    snap: &Snapshot,
+    node: &NodeContext,
+    last_problems: &mut Vec<String>,
+) -> bool {
+    let t: Translation = snap.translate(node);
+    let problems: Vec<String> = snap
+        .problems
+        .iter()
+        .chain(t.problems.iter())
+        .map(ToString::to_string)
+        .collect();
+    if problems != *last_problems {
+        for p in &problems {
+            tracing::warn!("{p}");
+        }
+        *last_problems = problems;
+    }
+    if snap.keep_previous {
+        tracing::warn!("source unreadable: the programmed state is kept");
+        return true;
+    }
+    let report = sync.apply(&t.state);
+    for (name, err) in &report.failed {
+        tracing::error!(service = %name, error = %err, "programming failed; will retry");
+    }
+    if report.writes > 0 {
+        let totals = sync.totals();
+        tracing::info!(
+            added = report.added,
+            changed = report.changed,
+            removed = report.removed,
+            writes = report.writes,
+            services = totals.services,
+            backends = totals.backends,
+            duration_us = report.duration.as_micros() as u64,
+            "maps synced"
+        );
+    }
+    report.failed.is_empty()
+}

@@ -1,0 +1,307 @@
+//! Typed handles to the pinned maps. The agent writes service maps through them (as MapSync's
+//! `MapWriter`); the CLI reads every map through them, with or without a running agent.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{
+    Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
+};
+use lb_common::{
+    AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, LutChunk, LutKey, ServiceKey,
+    ServiceValue, SrcRangeKey, SvcInfo, SvcStats, map_names as names,
+};
+
+use crate::{
+    model::Ipv4Net,
+    sync::{MapReader, MapWriter, Recovered, WriteError},
+};
+
+/// Failure to open or read a pinned map.
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    /// No pin at the path (is the agent installed with this `--bpffs`?).
+    #[error("{path}: not pinned (no xlb agent ever ran with this --bpffs?)")]
+    NotPinned { path: PathBuf },
+    /// The pin exists but is not the expected map.
+    #[error("{path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    /// Reading failed.
+    #[error("reading {map}: {source}")]
+    Read {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// Every map, opened from its pin.
+pub struct Maps {
+    pub dir: PathBuf,
+    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    pub backends: HashMap<MapData, u32, Backend>,
+    pub lut: HashMap<MapData, LutKey, LutChunk>,
+    pub conntrack: HashMap<MapData, CtKey, CtValue>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    pub src_ranges: LpmTrie<MapData, SrcRangeKey, u8>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub svc_stats: PerCpuArray<MapData, SvcStats>,
+    pub svc_info: HashMap<MapData, u32, SvcInfo>,
+    pub config: Array<MapData, Config>,
+    nr_cpus: usize,
+}
+
+fn open(dir: &Path, name: &'static str) -> Result<MapData, MapsError> {
+    let path = dir.join(name);
+    if !path.exists() {
+        return Err(MapsError::NotPinned { path });
+    }
+    MapData::from_pin(&path).map_err(|source| MapsError::Open { path, source })
+}
+
+macro_rules! typed {
+    ($dir:expr, $name:expr, $variant:ident, $ty:ident) => {{
+        let data = open($dir, $name)?;
+        $ty::try_from(Map::$variant(data)).map_err(|source| MapsError::Open {
+            path: $dir.join($name),
+            source,
+        })?
+    }};
+}
+
+fn write_err(map: &'static str, op: &'static str, e: MapError) -> WriteError {
+    WriteError {
+        map,
+        op,
+        reason: e.to_string(),
+    }
+}
+
+/// A delete of a key that is already gone is not an error (idempotent cleanup).
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+fn range_key(svc_id: u32, net: &Ipv4Net) -> Key<SrcRangeKey> {
+    Key::new(
+        32 + u32::from(net.len),
+        SrcRangeKey {
+            svc_id_be: svc_id.to_be(),
+            addr: net.addr.octets(),
+        },
+    )
+}
+
+impl Maps {
+    /// Opens every pinned map under `dir`.
+    pub fn open(dir: &Path) -> Result<Self, MapsError> {
+        let nr_cpus = aya::util::nr_cpus().map_or(1, |n| n);
+        Ok(Self {
+            dir: dir.to_owned(),
+            services: typed!(dir, names::SERVICES, HashMap, HashMap),
+            backends: typed!(dir, names::BACKENDS, HashMap, HashMap),
+            lut: typed!(dir, names::LUT, HashMap, HashMap),
+            conntrack: typed!(dir, names::CONNTRACK, LruHashMap, HashMap),
+            affinity: typed!(dir, names::AFFINITY, LruHashMap, HashMap),
+            src_ranges: typed!(dir, names::SRC_RANGES, LpmTrie, LpmTrie),
+            counters: typed!(dir, names::COUNTERS, PerCpuArray, PerCpuArray),
+            svc_stats: typed!(dir, names::SVC_STATS, PerCpuArray, PerCpuArray),
+            svc_info: typed!(dir, names::SVC_INFO, HashMap, HashMap),
+            config: typed!(dir, names::CONFIG, Array, Array),
+            nr_cpus,
+        })
+    }
+
+    /// The agent's configuration entry.
+    pub fn read_config(&self) -> Result<Config, MapsError> {
+        self.config.get(&0, 0).map_err(|source| MapsError::Read {
+            map: names::CONFIG,
+            source,
+        })
+    }
+
+    /// Writes the configuration entry.
+    pub fn write_config(&mut self, cfg: &Config) -> Result<(), WriteError> {
+        self.config
+            .set(0, cfg, 0)
+            .map_err(|e| write_err(names::CONFIG, "update", e))
+    }
+
+    /// All frontends.
+    pub fn frontends(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, MapsError> {
+        collect(names::SERVICES, self.services.iter())
+    }
+
+    /// All backends by id.
+    pub fn all_backends(&self) -> Result<Vec<(u32, Backend)>, MapsError> {
+        collect(names::BACKENDS, self.backends.iter())
+    }
+
+    /// All service infos by id.
+    pub fn infos(&self) -> Result<Vec<(u32, SvcInfo)>, MapsError> {
+        collect(names::SVC_INFO, self.svc_info.iter())
+    }
+
+    /// All conntrack entries.
+    pub fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtValue)>, MapsError> {
+        collect(names::CONNTRACK, self.conntrack.iter())
+    }
+
+    /// All source ranges as (service id, CIDR).
+    pub fn ranges(&self) -> Result<Vec<(u32, Ipv4Net)>, MapsError> {
+        let mut out = Vec::new();
+        for k in self.src_ranges.keys() {
+            let k = k.map_err(|source| MapsError::Read {
+                map: names::SRC_RANGES,
+                source,
+            })?;
+            let data = k.data();
+            out.push((
+                u32::from_be(data.svc_id_be),
+                Ipv4Net {
+                    addr: Ipv4Addr::from(data.addr),
+                    len: (k.prefix_len().saturating_sub(32)) as u8,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Global counters summed over CPUs.
+    pub fn counters_sum(&self) -> Result<Vec<u64>, MapsError> {
+        let mut out = Vec::new();
+        for i in 0..self.counters.len() {
+            let v = self.counters.get(&i, 0).map_err(|source| MapsError::Read {
+                map: names::COUNTERS,
+                source,
+            })?;
+            out.push(v.iter().sum());
+        }
+        Ok(out)
+    }
+
+    /// One service's counters summed over CPUs.
+    pub fn svc_stats_sum(&self, svc_id: u32) -> Result<SvcStats, MapsError> {
+        let v = self
+            .svc_stats
+            .get(&svc_id, 0)
+            .map_err(|source| MapsError::Read {
+                map: names::SVC_STATS,
+                source,
+            })?;
+        Ok(v.iter().fold(SvcStats::default(), |a, s| SvcStats {
+            fwd_packets: a.fwd_packets + s.fwd_packets,
+            fwd_bytes: a.fwd_bytes + s.fwd_bytes,
+            rev_packets: a.rev_packets + s.rev_packets,
+            rev_bytes: a.rev_bytes + s.rev_bytes,
+            new_flows: a.new_flows + s.new_flows,
+            drops: a.drops + s.drops,
+        }))
+    }
+
+    /// One lookup-table chunk.
+    pub fn lut_chunk(&self, key: LutKey) -> Result<Option<LutChunk>, MapsError> {
+        match self.lut.get(&key, 0) {
+            Ok(c) => Ok(Some(c)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(MapsError::Read {
+                map: names::LUT,
+                source,
+            }),
+        }
+    }
+}
+
+fn collect<K, V>(
+    map: &'static str,
+    it: impl Iterator<Item = Result<(K, V), MapError>>,
+) -> Result<Vec<(K, V)>, MapsError> {
+    it.collect::<Result<Vec<_>, _>>()
+        .map_err(|source| MapsError::Read { map, source })
+}
+
+impl MapWriter for Maps {
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), WriteError> {
+        self.services
+            .insert(key, value, 0)
+            .map_err(|e| write_err(names::SERVICES, "update", e))
+    }
+    fn del_service(&mut self, key: &ServiceKey) -> Result<(), WriteError> {
+        ignore_missing(self.services.remove(key))
+            .map_err(|e| write_err(names::SERVICES, "delete", e))
+    }
+    fn put_backend(&mut self, id: u32, value: &Backend) -> Result<(), WriteError> {
+        self.backends
+            .insert(id, value, 0)
+            .map_err(|e| write_err(names::BACKENDS, "update", e))
+    }
+    fn del_backend(&mut self, id: u32) -> Result<(), WriteError> {
+        ignore_missing(self.backends.remove(&id))
+            .map_err(|e| write_err(names::BACKENDS, "delete", e))
+    }
+    fn put_lut(&mut self, key: LutKey, chunk: &LutChunk) -> Result<(), WriteError> {
+        self.lut
+            .insert(key, chunk, 0)
+            .map_err(|e| write_err(names::LUT, "update", e))
+    }
+    fn del_lut(&mut self, key: LutKey) -> Result<(), WriteError> {
+        ignore_missing(self.lut.remove(&key)).map_err(|e| write_err(names::LUT, "delete", e))
+    }
+    fn put_info(&mut self, svc_id: u32, info: &SvcInfo) -> Result<(), WriteError> {
+        self.svc_info
+            .insert(svc_id, info, 0)
+            .map_err(|e| write_err(names::SVC_INFO, "update", e))
+    }
+    fn del_info(&mut self, svc_id: u32) -> Result<(), WriteError> {
+        ignore_missing(self.svc_info.remove(&svc_id))
+            .map_err(|e| write_err(names::SVC_INFO, "delete", e))
+    }
+    fn put_range(&mut self, svc_id: u32, net: &Ipv4Net) -> Result<(), WriteError> {
+        self.src_ranges
+            .insert(&range_key(svc_id, net), 1, 0)
+            .map_err(|e| write_err(names::SRC_RANGES, "update", e))
+    }
+    fn del_range(&mut self, svc_id: u32, net: &Ipv4Net) -> Result<(), WriteError> {
+        ignore_missing(self.src_ranges.remove(&range_key(svc_id, net)))
+            .map_err(|e| write_err(names::SRC_RANGES, "delete", e))
+    }
+    fn reset_stats(&mut self, svc_id: u32) -> Result<(), WriteError> {
+        let zero =
+            PerCpuValues::try_from(vec![SvcStats::default(); self.nr_cpus]).map_err(|e| {
+                WriteError {
+                    map: names::SVC_STATS,
+                    op: "update",
+                    reason: e.to_string(),
+                }
+            })?;
+        self.svc_stats
+            .set(svc_id, zero, 0)
+            .map_err(|e| write_err(names::SVC_STATS, "update", e))
+    }
+}
+
+impl MapReader for Maps {
+    fn read_all(&self) -> Result<Recovered, WriteError> {
+        let r = |e: MapsError| WriteError {
+            map: "maps",
+            op: "read",
+            reason: e.to_string(),
+        };
+        Ok(Recovered {
+            infos: self.infos().map_err(r)?,
+            frontends: self.frontends().map_err(r)?,
+            backends: self.all_backends().map_err(r)?,
+            ranges: self.ranges().map_err(r)?,
+        })
+    }
+}

@@ -1,0 +1,293 @@
+//! Loading and attaching the datapath. Maps are pinned (with BTF) under the bpffs directory and
+//! adopted when already there; program links are pinned under `<dir>/links`, so the datapath
+//! keeps running when the agent stops, and a new agent swaps its programs in atomically
+//! (BPF_LINK_UPDATE) without ever detaching.
+
+pub mod devices;
+pub mod maps;
+pub mod pins;
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
+    },
+};
+use lb_common::{capacity, map_names as names, prog_names};
+
+pub use devices::Iface;
+
+/// The datapath object, built by `build.rs` from `lb-ebpf`.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// Loading or attaching failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Pins(#[from] pins::PinError),
+    #[error("the datapath object is empty: this xlb was built with AYA_BUILD_SKIP=1")]
+    NoObject,
+    #[error("loading the datapath: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching {prog} to {iface}: {reason}")]
+    Attach {
+        prog: &'static str,
+        iface: String,
+        reason: String,
+    },
+}
+
+/// Map capacities chosen by the agent (only applied when a map is created).
+#[derive(Clone, Copy, Debug)]
+pub struct Capacities {
+    pub conntrack: u32,
+    pub affinity: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self {
+            conntrack: capacity::CONNTRACK,
+            affinity: capacity::AFFINITY,
+        }
+    }
+}
+
+/// XDP attachment mode requested for uplinks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpModeOpt {
+    /// Driver mode; falls back to generic with a warning.
+    Native,
+    /// Generic (skb) mode.
+    Generic,
+    /// No XDP: tc handles uplink traffic.
+    Off,
+}
+
+/// Loads the programs against the maps pinned under `dir` (creating and pinning missing ones).
+/// `trace` loads the private copy `xlb explain` runs: it records its decision and writes no
+/// live state.
+pub fn load(dir: &Path, caps: Capacities, trace: bool) -> Result<Ebpf, LoadError> {
+    if OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    pins::ensure_dir(dir)?;
+    pins::check_layout(dir)?;
+    let paths: Vec<(&'static str, PathBuf)> =
+        names::ALL.iter().map(|n| (*n, dir.join(n))).collect();
+    let trace_mode = u8::from(trace);
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    loader
+        .map_max_entries(names::CONNTRACK, caps.conntrack)
+        .map_max_entries(names::AFFINITY, caps.affinity)
+        .override_global("TRACE_MODE", &trace_mode, true);
+    let mut ebpf = loader.load(OBJECT)?;
+    for name in [prog_names::POD_INGRESS, prog_names::HOST_INGRESS] {
+        classifier(&mut ebpf, name)?
+            .load()
+            .map_err(|source| LoadError::Program { name, source })?;
+    }
+    xdp(&mut ebpf)?
+        .load()
+        .map_err(|source| LoadError::Program {
+            name: prog_names::XDP,
+            source,
+        })?;
+    Ok(ebpf)
+}
+
+fn program_missing(name: &'static str) -> LoadError {
+    LoadError::Program {
+        name,
+        source: aya::programs::ProgramError::NotLoaded,
+    }
+}
+
+/// A tc program of the loaded object.
+pub fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, LoadError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| program_missing(name))?
+        .try_into()
+        .map_err(|source| LoadError::Program { name, source })
+}
+
+/// The XDP program of the loaded object.
+pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
+    let name = prog_names::XDP;
+    ebpf.program_mut(name)
+        .ok_or_else(|| program_missing(name))?
+        .try_into()
+        .map_err(|source| LoadError::Program { name, source })
+}
+
+fn attach_err(prog: &'static str, iface: &Iface, e: impl std::fmt::Display) -> LoadError {
+    LoadError::Attach {
+        prog,
+        iface: iface.name.clone(),
+        reason: e.to_string(),
+    }
+}
+
+/// Role of an attachment, part of its pin name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// tc ingress on a pod-facing device.
+    Pod,
+    /// tc ingress on an uplink.
+    Host,
+    /// XDP on an uplink.
+    Xdp,
+}
+
+impl Role {
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Pod => "pod",
+            Self::Host => "host",
+            Self::Xdp => "xdp",
+        }
+    }
+}
+
+/// Pin path of an attachment.
+pub fn link_pin(dir: &Path, role: Role, ifindex: u32) -> PathBuf {
+    dir.join("links")
+        .join(format!("{}-{ifindex}", role.prefix()))
+}
+
+/// Attaches (or re-points an existing pinned link to) a tc ingress program on `iface`.
+pub fn attach_tc(ebpf: &mut Ebpf, dir: &Path, role: Role, iface: &Iface) -> Result<(), LoadError> {
+    let name = match role {
+        Role::Pod => prog_names::POD_INGRESS,
+        _ => prog_names::HOST_INGRESS,
+    };
+    let pin = link_pin(dir, role, iface.index);
+    let prog = classifier(ebpf, name)?;
+    if pin.exists() {
+        let updated = PinnedLink::from_pin(&pin)
+            .map_err(|e| e.to_string())
+            .and_then(|p| SchedClassifierLink::try_from(FdLink::from(p)).map_err(|e| e.to_string()))
+            .and_then(|link| prog.attach_to_link(link).map_err(|e| e.to_string()));
+        match updated {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::info!(iface = %iface.name, error = %e, "stale link pin replaced");
+                let _ = std::fs::remove_file(&pin);
+            }
+        }
+    }
+    let id = prog
+        .attach_with_options(
+            &iface.name,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        )
+        .map_err(|e| attach_err(name, iface, e))?;
+    let link = prog.take_link(id).map_err(|e| attach_err(name, iface, e))?;
+    let fd = FdLink::try_from(link).map_err(|e| attach_err(name, iface, e))?;
+    fd.pin(&pin).map_err(|e| attach_err(name, iface, e))?;
+    Ok(())
+}
+
+/// Attaches (or re-points) XDP on an uplink. Returns the mode in use.
+pub fn attach_xdp(
+    ebpf: &mut Ebpf,
+    dir: &Path,
+    iface: &Iface,
+    mode: XdpModeOpt,
+) -> Result<Option<&'static str>, LoadError> {
+    let name = prog_names::XDP;
+    if mode == XdpModeOpt::Off {
+        return Ok(None);
+    }
+    let pin = link_pin(dir, Role::Xdp, iface.index);
+    let prog = xdp(ebpf)?;
+    if pin.exists() {
+        let updated = PinnedLink::from_pin(&pin)
+            .map_err(|e| e.to_string())
+            .and_then(|p| XdpLink::try_from(FdLink::from(p)).map_err(|e| e.to_string()))
+            .and_then(|link| prog.attach_to_link(link).map_err(|e| e.to_string()));
+        match updated {
+            Ok(_) => return Ok(Some("adopted")),
+            Err(e) => {
+                tracing::info!(iface = %iface.name, error = %e, "stale XDP link pin replaced");
+                let _ = std::fs::remove_file(&pin);
+            }
+        }
+    }
+    let attempt = |prog: &mut Xdp, m: XdpMode| prog.attach(&iface.name, m);
+    let (id, used) = match mode {
+        XdpModeOpt::Native => match attempt(prog, XdpMode::Driver) {
+            Ok(id) => (id, "native"),
+            Err(e) => {
+                tracing::warn!(iface = %iface.name, error = %e, "native XDP unavailable, using generic XDP");
+                (
+                    attempt(prog, XdpMode::Skb).map_err(|e| attach_err(name, iface, e))?,
+                    "generic",
+                )
+            }
+        },
+        _ => (
+            attempt(prog, XdpMode::Skb).map_err(|e| attach_err(name, iface, e))?,
+            "generic",
+        ),
+    };
+    let link = prog.take_link(id).map_err(|e| attach_err(name, iface, e))?;
+    let fd = FdLink::try_from(link).map_err(|e| attach_err(name, iface, e))?;
+    fd.pin(&pin).map_err(|e| attach_err(name, iface, e))?;
+    Ok(Some(used))
+}
+
+/// Removes link pins of devices that no longer exist (their links are already defunct).
+pub fn prune_links(dir: &Path, live: &[Iface]) {
+    let Ok(rd) = std::fs::read_dir(dir.join("links")) else {
+        return;
+    };
+    for e in rd.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let index = name
+            .rsplit_once('-')
+            .and_then(|(_, i)| i.parse::<u32>().ok());
+        if let Some(index) = index
+            && !live.iter().any(|i| i.index == index)
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Detaches one attachment (device no longer selected) by removing its pin.
+pub fn detach(dir: &Path, role: Role, ifindex: u32) {
+    let _ = std::fs::remove_file(link_pin(dir, role, ifindex));
+}
+
+/// Ifindexes with an attachment of `role`.
+pub fn attached(dir: &Path, role: Role) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir(dir.join("links")) else {
+        return Vec::new();
+    };
+    rd.filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix(&format!("{}-", role.prefix()))
+                .and_then(|i| i.parse().ok())
+        })
+        .collect()
+}

@@ -1,0 +1,11 @@
+//! xlb user space: the agent (sources → desired state → map sync), the loader and the CLI.
+
+pub mod agent;
+pub mod bpf;
+pub mod cli;
+pub mod k8s;
+pub mod maglev;
+pub mod model;
+pub mod problem;
+pub mod source;
+pub mod sync;

@@ -1,0 +1,288 @@
+//! Backend lookup tables, built in user space and programmed per service.
+//!
+//! - Maglev (Eisenbud et al., NSDI 2016) with weights: a prime-sized table where every backend
+//!   fills slots along its own permutation, in turns proportional to its weight. The table is a
+//!   pure function of (backend identities, weights, size, seed), so every node builds the same
+//!   one, and a backend change moves few slots.
+//! - Random: each backend listed in proportion to its weight; the datapath picks a random slot.
+//!
+//! Backend identity is its `address:port` text, never a node-local id.
+
+/// Default Maglev table size (prime).
+pub const DEFAULT_TABLE_SIZE: u32 = 16_381;
+/// Largest table size accepted.
+pub const MAX_TABLE_SIZE: u32 = 1_048_573;
+/// Largest random table (slots), after weight expansion.
+pub const MAX_RANDOM_TABLE: usize = 65_536;
+
+/// Error building a table.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TableError {
+    /// The size is not a prime in range.
+    #[error("Maglev table size {0} must be a prime between 7 and {MAX_TABLE_SIZE}")]
+    BadSize(u32),
+}
+
+/// True if `n` is prime.
+pub fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    if n.is_multiple_of(2) {
+        return n == 2;
+    }
+    let mut d = 3u32;
+    while u64::from(d) * u64::from(d) <= u64::from(n) {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 2;
+    }
+    true
+}
+
+/// Checks a Maglev table size.
+pub fn check_size(m: u32) -> Result<u32, TableError> {
+    if (7..=MAX_TABLE_SIZE).contains(&m) && is_prime(m) {
+        Ok(m)
+    } else {
+        Err(TableError::BadSize(m))
+    }
+}
+
+/// A stable 64-bit hash of `data` (FNV-1a, then a splitmix64 finish for avalanche). Part of
+/// the cross-node contract: changing it changes every node's tables.
+pub fn hash64(seed: u64, data: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// A backend as the table builders see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableBackend {
+    /// Identity hashed into the permutation (`address:port`).
+    pub key: String,
+    /// Relative weight, at least 1.
+    pub weight: u16,
+}
+
+/// Builds a weighted Maglev table of size `m` (prime). Entries index `backends`.
+/// Returns an empty table when there are no backends.
+pub fn maglev(backends: &[TableBackend], m: u32, seed: u32) -> Vec<u32> {
+    let n = backends.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let m64 = u64::from(m);
+    const EMPTY: u32 = u32::MAX;
+    let mut table = vec![EMPTY; m as usize];
+    // Position along each backend's permutation: (offset + j * skip) mod m, kept incrementally.
+    let mut pos: Vec<u64> = Vec::with_capacity(n);
+    let mut skip: Vec<u64> = Vec::with_capacity(n);
+    for b in backends {
+        let s = u64::from(seed);
+        pos.push(hash64(s, b.key.as_bytes()) % m64);
+        skip.push(hash64(s ^ 0x5bd1_e995, b.key.as_bytes()) % (m64 - 1) + 1);
+    }
+    let wmax = u64::from(backends.iter().map(|b| b.weight.max(1)).max().unwrap_or(1));
+    let mut filled = 0u32;
+    let mut round = 0u64;
+    loop {
+        for i in 0..n {
+            let w = u64::from(backends[i].weight.max(1));
+            // Turns in this round, so that after r rounds backend i had floor(r*w/wmax) turns.
+            let turns = (round + 1) * w / wmax - round * w / wmax;
+            for _ in 0..turns {
+                loop {
+                    let c = pos[i] as usize;
+                    pos[i] += skip[i];
+                    if pos[i] >= m64 {
+                        pos[i] -= m64;
+                    }
+                    if table[c] == EMPTY {
+                        table[c] = i as u32;
+                        filled += 1;
+                        break;
+                    }
+                }
+                if filled == m {
+                    return table;
+                }
+            }
+        }
+        round += 1;
+    }
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// Builds a random-selection table: backend `i` appears in proportion to its weight (weights
+/// reduced by their gcd, and scaled down if the table would exceed `MAX_RANDOM_TABLE`).
+pub fn random(backends: &[TableBackend]) -> Vec<u32> {
+    if backends.is_empty() {
+        return Vec::new();
+    }
+    let g = backends
+        .iter()
+        .fold(0u32, |g, b| gcd(g, u32::from(b.weight.max(1))));
+    let total: usize = backends
+        .iter()
+        .map(|b| (u32::from(b.weight.max(1)) / g) as usize)
+        .sum();
+    let scale = if total > MAX_RANDOM_TABLE {
+        total as f64 / MAX_RANDOM_TABLE as f64
+    } else {
+        1.0
+    };
+    let mut table = Vec::with_capacity(total.min(MAX_RANDOM_TABLE));
+    for (i, b) in backends.iter().enumerate() {
+        let reps = ((f64::from(u32::from(b.weight.max(1)) / g) / scale).round() as usize).max(1);
+        table.extend(std::iter::repeat_n(i as u32, reps));
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backends(n: usize) -> Vec<TableBackend> {
+        (0..n)
+            .map(|i| TableBackend {
+                key: format!("10.0.{}.{}:8080", i / 250, i % 250 + 1),
+                weight: 1,
+            })
+            .collect()
+    }
+
+    fn counts(table: &[u32], n: usize) -> Vec<usize> {
+        let mut c = vec![0; n];
+        for e in table {
+            c[*e as usize] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn sizes_must_be_prime() {
+        assert_eq!(check_size(16_381), Ok(16_381));
+        assert_eq!(check_size(65_537), Ok(65_537));
+        assert_eq!(check_size(16_384), Err(TableError::BadSize(16_384)));
+        assert_eq!(check_size(5), Err(TableError::BadSize(5)));
+    }
+
+    #[test]
+    fn every_slot_is_filled_and_spread_is_even() {
+        for n in [1usize, 3, 10, 100] {
+            let t = maglev(&backends(n), DEFAULT_TABLE_SIZE, 0);
+            assert_eq!(t.len(), DEFAULT_TABLE_SIZE as usize);
+            let c = counts(&t, n);
+            let ideal = DEFAULT_TABLE_SIZE as f64 / n as f64;
+            for (i, k) in c.iter().enumerate() {
+                let dev = (*k as f64 - ideal).abs() / ideal;
+                assert!(
+                    dev < 0.03,
+                    "n={n} backend {i}: {k} slots vs ideal {ideal:.0}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn weights_are_respected() {
+        let mut b = backends(3);
+        b[0].weight = 1;
+        b[1].weight = 2;
+        b[2].weight = 5;
+        let t = maglev(&b, 65_537, 0);
+        let c = counts(&t, 3);
+        for (i, w) in [1.0, 2.0, 5.0].iter().enumerate() {
+            let ideal = 65_537.0 * w / 8.0;
+            let dev = (c[i] as f64 - ideal).abs() / ideal;
+            assert!(
+                dev < 0.03,
+                "backend {i}: {} slots vs ideal {ideal:.0}",
+                c[i]
+            );
+        }
+    }
+
+    #[test]
+    fn same_input_same_table_and_seed_matters() {
+        let a = maglev(&backends(10), DEFAULT_TABLE_SIZE, 7);
+        assert_eq!(a, maglev(&backends(10), DEFAULT_TABLE_SIZE, 7));
+        assert_ne!(a, maglev(&backends(10), DEFAULT_TABLE_SIZE, 8));
+        // Order of the input list does not change which backend a slot maps to.
+        let mut rev = backends(10);
+        rev.reverse();
+        let b = maglev(&rev, DEFAULT_TABLE_SIZE, 7);
+        let keys = |t: &[u32], list: &[TableBackend]| -> Vec<String> {
+            t.iter().map(|i| list[*i as usize].key.clone()).collect()
+        };
+        let same = keys(&a, &backends(10))
+            .iter()
+            .zip(keys(&b, &rev))
+            .filter(|(x, y)| **x == *y)
+            .count();
+        // Maglev's round-robin order depends on list order; xlb always sorts backends, so this
+        // only documents that a different order is a (mostly) different table.
+        assert!(same > 0);
+    }
+
+    /// Removing one backend moves its own slots and few others. Maglev is not strictly minimal
+    /// (a table must not depend on history, or nodes would disagree): surviving backends trade
+    /// about 0.5% of the slots. Established flows are unaffected either way (conntrack).
+    #[test]
+    fn removing_a_backend_moves_little_more_than_its_share() {
+        for (n, m) in [(10usize, DEFAULT_TABLE_SIZE), (100, 65_537)] {
+            let all = backends(n);
+            let before = maglev(&all, m, 0);
+            let removed = n / 2;
+            let rest: Vec<TableBackend> = all
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != removed)
+                .map(|(_, b)| b.clone())
+                .collect();
+            let after = maglev(&rest, m, 0);
+            let key_before = |s: usize| &all[before[s] as usize].key;
+            let key_after = |s: usize| &rest[after[s] as usize].key;
+            let share = before.iter().filter(|e| **e as usize == removed).count();
+            let moved_others = (0..m as usize)
+                .filter(|s| before[*s] as usize != removed && key_before(*s) != key_after(*s))
+                .count();
+            let extra = moved_others as f64 / f64::from(m);
+            println!(
+                "n={n} m={m}: removed backend owned {share} slots; {moved_others} other slots \
+                 moved ({:.2}% of the table)",
+                extra * 100.0
+            );
+            assert!(
+                moved_others <= m as usize / 100,
+                "n={n}: {moved_others} slots of surviving backends moved (share {share})"
+            );
+            // Every slot of the removed backend moved to a survivor.
+            assert!((0..m as usize).all(|s| rest.iter().any(|b| b.key == *key_after(s))));
+        }
+    }
+
+    #[test]
+    fn random_table_follows_weights() {
+        let mut b = backends(3);
+        b[1].weight = 2;
+        b[2].weight = 4;
+        let t = random(&b);
+        assert_eq!(counts(&t, 3), vec![1, 2, 4]);
+        assert!(random(&[]).is_empty());
+    }
+}

@@ -1,0 +1,691 @@
+//! MapSync: the only writer of the service maps. It turns a `DesiredState` into map entries,
+//! diffing against what it applied before and writing only the changes, in an order that never
+//! lets a packet see a half-built service:
+//!
+//! 1. frontends nobody wants any more are deleted first (no new flows reach a dying service);
+//! 2. per service: backends, then the lookup table, then source ranges and info, then the
+//!    frontends that point at them;
+//! 3. backends, table chunks and ranges that are no longer referenced are deleted last;
+//! 4. removed services' ids are released (and reused as late as possible).
+//!
+//! Ids are stable: adopted from the pinned maps on start (`recover`), never renumbered.
+
+pub mod ids;
+mod writer;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use lb_common::{
+    Backend, LUT_CHUNK_SLOTS, LutChunk, LutKey, SVC_NAME_LEN, ServiceKey, ServiceValue, SvcInfo,
+    backend_flags, svc_flags,
+};
+pub use writer::{MapReader, MapWriter, Recovered, WriteError};
+
+use crate::{
+    maglev::{self, TableBackend},
+    model::{Algorithm, DesiredState, EndpointState, Ipv4Net, LbService, Scope},
+};
+use ids::IdAlloc;
+
+/// Settings shared by every service's table.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncConfig {
+    /// Maglev table size (prime).
+    pub maglev_size: u32,
+    /// Seed of the Maglev permutations (equal on every node).
+    pub hash_seed: u32,
+    /// Service ids are in `[1, svc_id_limit)` (the size of the per-service stats array).
+    pub svc_id_limit: u64,
+}
+
+/// What one `apply` did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+    /// Map writes and deletes issued.
+    pub writes: usize,
+    /// Services that could not be (fully) programmed; retried on the next apply.
+    pub failed: Vec<(String, String)>,
+    pub duration: Duration,
+}
+
+/// What is in the maps for one service.
+#[derive(Debug, Clone)]
+struct Applied {
+    id: u32,
+    info: SvcInfo,
+    /// Slots of the table in the maps (what the frontends' `lut_size` says).
+    lut_len: u32,
+    frontends: BTreeMap<ServiceKey, ServiceValue>,
+    backends: BTreeMap<(Ipv4Addr, u16), (u32, Backend)>,
+    ranges: BTreeSet<Ipv4Net>,
+}
+
+/// Summary of the applied state, for metrics and the CLI.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub services: usize,
+    pub frontends: usize,
+    pub backends: usize,
+}
+
+/// The map writer with its memory of what it wrote.
+pub struct MapSync<W> {
+    w: W,
+    cfg: SyncConfig,
+    applied: BTreeMap<String, Applied>,
+    svc_ids: IdAlloc,
+    backend_ids: IdAlloc,
+}
+
+fn name_bytes(name: &str) -> [u8; SVC_NAME_LEN] {
+    let mut out = [0u8; SVC_NAME_LEN];
+    let b = name.as_bytes();
+    let n = b.len().min(SVC_NAME_LEN);
+    out[..n].copy_from_slice(&b[..n]);
+    out
+}
+
+/// The service name stored in an info entry.
+pub fn info_name(info: &SvcInfo) -> String {
+    let end = info
+        .name
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(SVC_NAME_LEN);
+    String::from_utf8_lossy(&info.name[..end]).into_owned()
+}
+
+fn backend_value(svc_id: u32, ep: &crate::model::Endpoint) -> Backend {
+    let mut flags = 0;
+    if ep.local {
+        flags |= backend_flags::LOCAL;
+    }
+    match ep.state {
+        EndpointState::Active => {}
+        EndpointState::Terminating => flags |= backend_flags::DRAINING | backend_flags::TERMINATING,
+        EndpointState::NotReady => flags |= backend_flags::DRAINING,
+    }
+    Backend {
+        addr: ep.addr.octets(),
+        port: ep.port,
+        flags,
+        zone: 0,
+        svc_id,
+        weight: ep.weight,
+        _pad: [0; 2],
+    }
+}
+
+fn chunks_for(len: usize) -> u32 {
+    len.div_ceil(LUT_CHUNK_SLOTS) as u32
+}
+
+/// A table to write for one service (computed before any write, possibly in parallel).
+struct TablePlan {
+    fingerprint: u64,
+    /// Table entries as indexes into `active`.
+    entries: Vec<u32>,
+}
+
+impl<W: MapWriter> MapSync<W> {
+    /// Starts from empty maps.
+    pub fn new(w: W, cfg: SyncConfig) -> Self {
+        Self {
+            w,
+            cfg,
+            applied: BTreeMap::new(),
+            svc_ids: IdAlloc::new(cfg.svc_id_limit),
+            backend_ids: IdAlloc::new(1 << 32),
+        }
+    }
+
+    /// Adopts what a previous agent left in the maps: names, ids, frontends, backends and
+    /// ranges. Entries without a known service are adopted under a placeholder name, so the
+    /// first `apply` removes them in order.
+    pub fn recover(w: W, cfg: SyncConfig, rec: Recovered) -> Self {
+        let mut s = Self::new(w, cfg);
+        let mut by_id: HashMap<u32, String> = HashMap::new();
+        let mut entry = |s: &mut Self, id: u32, info: Option<SvcInfo>| -> String {
+            if let Some(n) = by_id.get(&id) {
+                return n.clone();
+            }
+            let name = info
+                .as_ref()
+                .map_or_else(|| format!("#orphan-{id}"), info_name);
+            s.svc_ids.adopt(id);
+            s.applied.insert(
+                name.clone(),
+                Applied {
+                    id,
+                    info: info.unwrap_or(SvcInfo {
+                        lut_fingerprint: 0,
+                        name: name_bytes(&name),
+                        frontends: 0,
+                        lut_chunks: 0,
+                        _pad: [0; 4],
+                    }),
+                    lut_len: 0,
+                    frontends: BTreeMap::new(),
+                    backends: BTreeMap::new(),
+                    ranges: BTreeSet::new(),
+                },
+            );
+            by_id.insert(id, name.clone());
+            name
+        };
+        for (id, info) in rec.infos {
+            entry(&mut s, id, Some(info));
+        }
+        for (key, value) in rec.frontends {
+            let name = entry(&mut s, value.svc_id, None);
+            if let Some(a) = s.applied.get_mut(&name) {
+                a.frontends.insert(key, value);
+            }
+        }
+        for (id, be) in rec.backends {
+            let name = entry(&mut s, be.svc_id, None);
+            s.backend_ids.adopt(id);
+            if let Some(a) = s.applied.get_mut(&name) {
+                a.backends
+                    .insert((Ipv4Addr::from(be.addr), be.port), (id, be));
+            }
+        }
+        for (svc_id, net) in rec.ranges {
+            let name = entry(&mut s, svc_id, None);
+            if let Some(a) = s.applied.get_mut(&name) {
+                a.ranges.insert(net);
+            }
+        }
+        for a in s.applied.values_mut() {
+            match a.frontends.values().next() {
+                Some(v) => a.lut_len = v.lut_size,
+                // Nothing tells the table's length: force a rewrite on the first apply.
+                None => a.info.lut_fingerprint = 0,
+            }
+        }
+        s
+    }
+
+    /// The writer (for metrics or tests).
+    pub fn writer(&self) -> &W {
+        &self.w
+    }
+
+    /// Ids assigned to a service's name (tests, CLI cross-checks).
+    pub fn service_id(&self, name: &str) -> Option<u32> {
+        self.applied.get(name).map(|a| a.id)
+    }
+
+    /// Backend id of `addr:port` in service `name`.
+    pub fn backend_id(&self, name: &str, addr: Ipv4Addr, port: u16) -> Option<u32> {
+        self.applied
+            .get(name)
+            .and_then(|a| a.backends.get(&(addr, port)))
+            .map(|(id, _)| *id)
+    }
+
+    /// Counts of what is programmed.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            services: self.applied.len(),
+            frontends: self.applied.values().map(|a| a.frontends.len()).sum(),
+            backends: self.applied.values().map(|a| a.backends.len()).sum(),
+        }
+    }
+
+    fn fingerprint(&self, svc: &LbService, ids: &[(u32, &TableBackend)]) -> u64 {
+        let mut text = format!(
+            "{}|{}|{}|",
+            svc.algorithm, self.cfg.maglev_size, self.cfg.hash_seed
+        );
+        for (id, b) in ids {
+            text.push_str(&format!("{id}={}*{};", b.key, b.weight));
+        }
+        // Never 0: 0 marks "unknown" (recovered without info).
+        maglev::hash64(0x786c_62, text.as_bytes()) | 1
+    }
+
+    /// Programs `desired`, writing only differences, in safe order.
+    pub fn apply(&mut self, desired: &DesiredState) -> SyncReport {
+        let start = Instant::now();
+        let mut report = SyncReport::default();
+
+        // Frontends that have an internal-scope twin get TWO_SCOPES on their external entry.
+        let internal: HashSet<(Ipv4Addr, u16, u8)> = desired
+            .services
+            .values()
+            .flat_map(|s| s.frontends.iter())
+            .filter(|f| f.scope == Scope::Internal)
+            .map(|f| (f.addr, f.port, f.proto.number()))
+            .collect();
+        let wanted: HashSet<ServiceKey> = desired
+            .services
+            .values()
+            .flat_map(|s| s.frontends.iter().map(frontend_key))
+            .collect();
+
+        // 1. Frontends nobody wants: delete first.
+        for a in self.applied.values_mut() {
+            let gone: Vec<ServiceKey> = a
+                .frontends
+                .keys()
+                .filter(|k| !wanted.contains(k))
+                .copied()
+                .collect();
+            for k in gone {
+                report.writes += 1;
+                match self.w.del_service(&k) {
+                    Ok(()) => {
+                        a.frontends.remove(&k);
+                    }
+                    Err(e) => report.failed.push((info_name(&a.info), e.to_string())),
+                }
+            }
+        }
+
+        // Tables: compute every changed one up front (in parallel), before any write.
+        let mut plans: HashMap<String, TablePlan> = HashMap::new();
+        let mut pending_ids: HashMap<(String, Ipv4Addr, u16), u32> = HashMap::new();
+        let mut jobs: Vec<(String, Algorithm, Vec<TableBackend>, u64)> = Vec::new();
+        for (name, svc) in &desired.services {
+            let prev = self.applied.get(name);
+            let mut keyed = Vec::new();
+            let active: Vec<&crate::model::Endpoint> = svc
+                .endpoints
+                .iter()
+                .filter(|e| e.state == EndpointState::Active)
+                .collect();
+            let mut tbs = Vec::with_capacity(active.len());
+            for ep in &active {
+                let existing = prev.and_then(|a| a.backends.get(&(ep.addr, ep.port)).map(|b| b.0));
+                let id = match existing {
+                    Some(id) => id,
+                    None => match self.backend_ids.alloc() {
+                        Ok(id) => {
+                            pending_ids.insert((name.clone(), ep.addr, ep.port), id);
+                            id
+                        }
+                        Err(e) => {
+                            report.failed.push((name.clone(), e.to_string()));
+                            continue;
+                        }
+                    },
+                };
+                keyed.push(id);
+                tbs.push(TableBackend {
+                    key: format!("{}:{}", ep.addr, ep.port),
+                    weight: ep.weight.max(1),
+                });
+            }
+            let pairs: Vec<(u32, &TableBackend)> = keyed.iter().copied().zip(tbs.iter()).collect();
+            let fp = self.fingerprint(svc, &pairs);
+            if prev.map(|a| a.info.lut_fingerprint) != Some(fp) {
+                jobs.push((name.clone(), svc.algorithm, tbs, fp));
+            }
+        }
+        let built = self.build_tables(&jobs);
+        for ((name, _, _, fp), entries) in jobs.iter().zip(built) {
+            plans.insert(
+                name.clone(),
+                TablePlan {
+                    fingerprint: *fp,
+                    entries,
+                },
+            );
+        }
+
+        // 2. Per service: backends → table → ranges/info → frontends.
+        let mut owner: HashMap<ServiceKey, String> = HashMap::new();
+        for (n, a) in &self.applied {
+            for k in a.frontends.keys() {
+                owner.insert(*k, n.clone());
+            }
+        }
+        for (name, svc) in &desired.services {
+            let res = self.apply_service(
+                name,
+                svc,
+                plans.remove(name),
+                &internal,
+                &mut pending_ids,
+                &mut owner,
+                &mut report,
+            );
+            if let Err(e) = res {
+                report.failed.push((name.clone(), e));
+            }
+        }
+        // Ids allocated for backends that were never written go back.
+        for id in pending_ids.into_values() {
+            self.backend_ids.release(id);
+        }
+
+        // 4. Services no longer desired: everything else goes, then their ids.
+        let removed: Vec<String> = self
+            .applied
+            .keys()
+            .filter(|n| !desired.services.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in removed {
+            match self.remove_service(&name, &mut report) {
+                Ok(()) => report.removed += 1,
+                Err(e) => report.failed.push((name, e)),
+            }
+        }
+        report.duration = start.elapsed();
+        report
+    }
+
+    /// Builds the tables of `jobs` using every CPU (Maglev is the costly part of a full sync).
+    fn build_tables(&self, jobs: &[(String, Algorithm, Vec<TableBackend>, u64)]) -> Vec<Vec<u32>> {
+        let cfg = self.cfg;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(jobs.len().div_ceil(16).max(1));
+        if threads <= 1 {
+            return jobs
+                .iter()
+                .map(|(_, alg, tbs, _)| build_table(&cfg, *alg, tbs))
+                .collect();
+        }
+        let per = jobs.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = jobs
+                .chunks(per)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|(_, alg, tbs, _)| build_table(&cfg, *alg, tbs))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_service(
+        &mut self,
+        name: &str,
+        svc: &LbService,
+        plan: Option<TablePlan>,
+        internal: &HashSet<(Ipv4Addr, u16, u8)>,
+        pending_ids: &mut HashMap<(String, Ipv4Addr, u16), u32>,
+        owner: &mut HashMap<ServiceKey, String>,
+        report: &mut SyncReport,
+    ) -> Result<(), String> {
+        let is_new = !self.applied.contains_key(name);
+        if is_new {
+            let id = self.svc_ids.alloc().map_err(|e| e.to_string())?;
+            report.writes += 1;
+            if let Err(e) = self.w.reset_stats(id) {
+                self.svc_ids.release(id);
+                return Err(e.to_string());
+            }
+            self.applied.insert(
+                name.to_owned(),
+                Applied {
+                    id,
+                    info: SvcInfo {
+                        lut_fingerprint: 0,
+                        name: name_bytes(name),
+                        frontends: 0,
+                        lut_chunks: 0,
+                        _pad: [0; 4],
+                    },
+                    lut_len: 0,
+                    frontends: BTreeMap::new(),
+                    backends: BTreeMap::new(),
+                    ranges: BTreeSet::new(),
+                },
+            );
+        }
+        let mut changed = false;
+        let Some(a) = self.applied.get_mut(name) else {
+            return Err("internal: service vanished".to_owned());
+        };
+        let svc_id = a.id;
+
+        // Backends (every desired endpoint, draining ones included: their flows continue).
+        for ep in &svc.endpoints {
+            let key = (ep.addr, ep.port);
+            let (id, fresh) = match a.backends.get(&key) {
+                Some((id, _)) => (*id, false),
+                None => match pending_ids.remove(&(name.to_owned(), ep.addr, ep.port)) {
+                    Some(id) => (id, true),
+                    None => (self.backend_ids.alloc().map_err(|e| e.to_string())?, true),
+                },
+            };
+            let value = backend_value(svc_id, ep);
+            if a.backends.get(&key).map(|b| b.1) != Some(value) {
+                report.writes += 1;
+                if let Err(e) = self.w.put_backend(id, &value) {
+                    if fresh {
+                        self.backend_ids.release(id);
+                    }
+                    return Err(e.to_string());
+                }
+                a.backends.insert(key, (id, value));
+                changed = true;
+            }
+        }
+
+        // Lookup table (rewritten only when its inputs changed).
+        let old_chunks = u32::from(a.info.lut_chunks);
+        let mut new_info = a.info;
+        new_info.name = name_bytes(name);
+        new_info.frontends = svc.frontends.len() as u16;
+        if let Some(p) = plan {
+            let active: Vec<u32> = svc
+                .endpoints
+                .iter()
+                .filter(|e| e.state == EndpointState::Active)
+                .filter_map(|e| a.backends.get(&(e.addr, e.port)).map(|b| b.0))
+                .collect();
+            let ids: Vec<u32> = p
+                .entries
+                .iter()
+                .filter_map(|i| active.get(*i as usize).copied())
+                .collect();
+            let chunks = chunks_for(ids.len());
+            for c in 0..chunks {
+                let mut chunk = LutChunk {
+                    backend_ids: [0; LUT_CHUNK_SLOTS],
+                };
+                for (slot, v) in chunk.backend_ids.iter_mut().enumerate() {
+                    // Past the end the table repeats, so a reader still holding the old size
+                    // during a shrink lands on a live backend.
+                    let i = c as usize * LUT_CHUNK_SLOTS + slot;
+                    *v = ids[i % ids.len()];
+                }
+                report.writes += 1;
+                self.w
+                    .put_lut(LutKey { svc_id, chunk: c }, &chunk)
+                    .map_err(|e| e.to_string())?;
+            }
+            new_info.lut_fingerprint = p.fingerprint;
+            new_info.lut_chunks = chunks as u16;
+            a.lut_len = ids.len() as u32;
+            changed = true;
+        }
+
+        // Source ranges before the frontends that check them.
+        let ranges: BTreeSet<Ipv4Net> = svc.source_ranges.iter().copied().collect();
+        for r in ranges.difference(&a.ranges.clone()) {
+            report.writes += 1;
+            self.w.put_range(svc_id, r).map_err(|e| e.to_string())?;
+            a.ranges.insert(*r);
+            changed = true;
+        }
+        if new_info != a.info {
+            report.writes += 1;
+            self.w
+                .put_info(svc_id, &new_info)
+                .map_err(|e| e.to_string())?;
+            a.info = new_info;
+        }
+        let lut_len = a.lut_len;
+
+        // Frontends last: now everything they point at exists.
+        let active_count = svc
+            .endpoints
+            .iter()
+            .filter(|e| e.state == EndpointState::Active)
+            .count();
+        for f in &svc.frontends {
+            let key = frontend_key(f);
+            let mut flags = 0u16;
+            if f.scope == Scope::External && internal.contains(&(f.addr, f.port, key.proto)) {
+                flags |= svc_flags::TWO_SCOPES;
+            }
+            if f.source_ranges && !svc.source_ranges.is_empty() {
+                flags |= svc_flags::SRC_RANGES;
+            }
+            if svc.ext_local {
+                flags |= svc_flags::EXT_LOCAL;
+            }
+            let value = ServiceValue {
+                svc_id,
+                lut_size: if active_count == 0 { 0 } else { lut_len },
+                affinity_timeout: svc.affinity_timeout,
+                flags,
+                kind: f.kind.code(),
+                algorithm: svc.algorithm.code(),
+                backend_count: active_count.min(usize::from(u16::MAX)) as u16,
+                _pad: [0; 2],
+            };
+            let Some(a) = self.applied.get_mut(name) else {
+                return Err("internal: service vanished".to_owned());
+            };
+            if a.frontends.get(&key) == Some(&value) {
+                continue;
+            }
+            report.writes += 1;
+            self.w
+                .put_service(&key, &value)
+                .map_err(|e| e.to_string())?;
+            a.frontends.insert(key, value);
+            changed = true;
+            if let Some(prev_owner) = owner.insert(key, name.to_owned())
+                && prev_owner != name
+                && let Some(p) = self.applied.get_mut(&prev_owner)
+            {
+                // The key moved here; its previous owner must not delete it later.
+                p.frontends.remove(&key);
+            }
+        }
+        let Some(a) = self.applied.get_mut(name) else {
+            return Err("internal: service vanished".to_owned());
+        };
+
+        // 3. Unreferenced pieces go last.
+        let desired_keys: HashSet<(Ipv4Addr, u16)> =
+            svc.endpoints.iter().map(|e| (e.addr, e.port)).collect();
+        let stale: Vec<((Ipv4Addr, u16), u32)> = a
+            .backends
+            .iter()
+            .filter(|(k, _)| !desired_keys.contains(k))
+            .map(|(k, (id, _))| (*k, *id))
+            .collect();
+        for (k, id) in stale {
+            report.writes += 1;
+            self.w.del_backend(id).map_err(|e| e.to_string())?;
+            a.backends.remove(&k);
+            self.backend_ids.release(id);
+            changed = true;
+        }
+        for c in u32::from(a.info.lut_chunks)..old_chunks {
+            report.writes += 1;
+            self.w
+                .del_lut(LutKey { svc_id, chunk: c })
+                .map_err(|e| e.to_string())?;
+        }
+        for r in a.ranges.clone().difference(&ranges) {
+            report.writes += 1;
+            self.w.del_range(svc_id, r).map_err(|e| e.to_string())?;
+            a.ranges.remove(r);
+            changed = true;
+        }
+        if is_new {
+            report.added += 1;
+        } else if changed {
+            report.changed += 1;
+        }
+        Ok(())
+    }
+
+    fn remove_service(&mut self, name: &str, report: &mut SyncReport) -> Result<(), String> {
+        let Some(a) = self.applied.get_mut(name) else {
+            return Ok(());
+        };
+        let id = a.id;
+        // Frontends were removed in step 1 (or handed to another service).
+        for k in a.frontends.keys().copied().collect::<Vec<_>>() {
+            report.writes += 1;
+            self.w.del_service(&k).map_err(|e| e.to_string())?;
+            a.frontends.remove(&k);
+        }
+        for c in 0..u32::from(a.info.lut_chunks) {
+            report.writes += 1;
+            self.w
+                .del_lut(LutKey {
+                    svc_id: id,
+                    chunk: c,
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        a.info.lut_chunks = 0;
+        for (k, (bid, _)) in a.backends.clone() {
+            report.writes += 1;
+            self.w.del_backend(bid).map_err(|e| e.to_string())?;
+            a.backends.remove(&k);
+            self.backend_ids.release(bid);
+        }
+        for r in a.ranges.clone() {
+            report.writes += 1;
+            self.w.del_range(id, &r).map_err(|e| e.to_string())?;
+            a.ranges.remove(&r);
+        }
+        report.writes += 1;
+        self.w.del_info(id).map_err(|e| e.to_string())?;
+        self.applied.remove(name);
+        self.svc_ids.release(id);
+        Ok(())
+    }
+}
+
+fn build_table(cfg: &SyncConfig, algorithm: Algorithm, active: &[TableBackend]) -> Vec<u32> {
+    match algorithm {
+        Algorithm::Maglev => maglev::maglev(active, cfg.maglev_size, cfg.hash_seed),
+        Algorithm::Random => maglev::random(active),
+    }
+}
+
+/// The map key of a frontend.
+pub fn frontend_key(f: &crate::model::Frontend) -> ServiceKey {
+    ServiceKey {
+        addr: f.addr.octets(),
+        port: f.port,
+        proto: f.proto.number(),
+        scope: match f.scope {
+            Scope::External => lb_common::scope::EXTERNAL,
+            Scope::Internal => lb_common::scope::INTERNAL,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

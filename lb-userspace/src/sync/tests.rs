@@ -1,0 +1,385 @@
+//! MapSync against an in-memory map set that checks, after every single write, what a packet
+//! could observe: every frontend's table exists and every slot names a live backend of that
+//! service. A write order that exposes a half-built service fails these tests.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use lb_common::{Backend, LUT_CHUNK_SLOTS, LutChunk, LutKey, ServiceKey, ServiceValue, SvcInfo};
+
+use super::*;
+use crate::model::{Endpoint, EndpointState, Frontend, FrontendKind, LbService, Protocol, Scope};
+
+#[derive(Default)]
+struct Fake {
+    services: BTreeMap<ServiceKey, ServiceValue>,
+    backends: BTreeMap<u32, Backend>,
+    lut: BTreeMap<LutKey, Box<LutChunk>>,
+    info: BTreeMap<u32, SvcInfo>,
+    ranges: BTreeMap<(u32, Ipv4Net), ()>,
+    ops: Vec<String>,
+}
+
+impl Fake {
+    /// What any packet could see right now must be consistent.
+    fn check(&self) {
+        for (k, v) in &self.services {
+            if v.lut_size == 0 {
+                continue;
+            }
+            for slot in 0..v.lut_size {
+                let key = LutKey {
+                    svc_id: v.svc_id,
+                    chunk: slot / LUT_CHUNK_SLOTS as u32,
+                };
+                let chunk = self
+                    .lut
+                    .get(&key)
+                    .unwrap_or_else(|| panic!("frontend {k:?} slot {slot}: no table chunk"));
+                let id = chunk.backend_ids[slot as usize % LUT_CHUNK_SLOTS];
+                let be = self
+                    .backends
+                    .get(&id)
+                    .unwrap_or_else(|| panic!("frontend {k:?} slot {slot}: backend {id} missing"));
+                assert_eq!(
+                    be.svc_id, v.svc_id,
+                    "slot {slot} names another service's backend"
+                );
+            }
+        }
+    }
+
+    fn op(&mut self, s: String) -> Result<(), WriteError> {
+        self.ops.push(s);
+        self.check();
+        Ok(())
+    }
+}
+
+impl MapWriter for Fake {
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), WriteError> {
+        self.services.insert(*key, *value);
+        self.op(format!("put_service {}", value.svc_id))
+    }
+    fn del_service(&mut self, key: &ServiceKey) -> Result<(), WriteError> {
+        let v = self.services.remove(key);
+        self.op(format!("del_service {}", v.map_or(0, |v| v.svc_id)))
+    }
+    fn put_backend(&mut self, id: u32, value: &Backend) -> Result<(), WriteError> {
+        self.backends.insert(id, *value);
+        self.op(format!("put_backend {id}"))
+    }
+    fn del_backend(&mut self, id: u32) -> Result<(), WriteError> {
+        self.backends.remove(&id);
+        self.op(format!("del_backend {id}"))
+    }
+    fn put_lut(&mut self, key: LutKey, chunk: &LutChunk) -> Result<(), WriteError> {
+        self.lut.insert(key, Box::new(*chunk));
+        self.op(format!("put_lut {}/{}", key.svc_id, key.chunk))
+    }
+    fn del_lut(&mut self, key: LutKey) -> Result<(), WriteError> {
+        self.lut.remove(&key);
+        self.op(format!("del_lut {}/{}", key.svc_id, key.chunk))
+    }
+    fn put_info(&mut self, svc_id: u32, info: &SvcInfo) -> Result<(), WriteError> {
+        self.info.insert(svc_id, *info);
+        self.op(format!("put_info {svc_id}"))
+    }
+    fn del_info(&mut self, svc_id: u32) -> Result<(), WriteError> {
+        self.info.remove(&svc_id);
+        self.op(format!("del_info {svc_id}"))
+    }
+    fn put_range(&mut self, svc_id: u32, net: &Ipv4Net) -> Result<(), WriteError> {
+        self.ranges.insert((svc_id, *net), ());
+        self.op(format!("put_range {svc_id} {net}"))
+    }
+    fn del_range(&mut self, svc_id: u32, net: &Ipv4Net) -> Result<(), WriteError> {
+        self.ranges.remove(&(svc_id, *net));
+        self.op(format!("del_range {svc_id} {net}"))
+    }
+    fn reset_stats(&mut self, svc_id: u32) -> Result<(), WriteError> {
+        self.op(format!("reset_stats {svc_id}"))
+    }
+}
+
+impl MapReader for Fake {
+    fn read_all(&self) -> Result<Recovered, WriteError> {
+        Ok(Recovered {
+            infos: self.info.iter().map(|(k, v)| (*k, *v)).collect(),
+            frontends: self.services.iter().map(|(k, v)| (*k, *v)).collect(),
+            backends: self.backends.iter().map(|(k, v)| (*k, *v)).collect(),
+            ranges: self.ranges.keys().copied().collect(),
+        })
+    }
+}
+
+const CFG: SyncConfig = SyncConfig {
+    maglev_size: 1021,
+    hash_seed: 0,
+    svc_id_limit: 1000,
+};
+
+fn ep(last: u8, port: u16) -> Endpoint {
+    Endpoint {
+        addr: Ipv4Addr::new(10, 244, 0, last),
+        port,
+        weight: 1,
+        local: false,
+        state: EndpointState::Active,
+        node: None,
+    }
+}
+
+fn svc(name: &str, vip: u8, eps: Vec<Endpoint>, algorithm: Algorithm) -> LbService {
+    LbService {
+        name: name.to_owned(),
+        frontends: vec![Frontend {
+            addr: Ipv4Addr::new(10, 96, 0, vip),
+            port: 80,
+            proto: Protocol::Tcp,
+            scope: Scope::External,
+            kind: FrontendKind::ClusterIp,
+            source_ranges: false,
+        }],
+        endpoints: eps,
+        algorithm,
+        affinity_timeout: 0,
+        source_ranges: Vec::new(),
+        ext_local: false,
+    }
+}
+
+fn state(svcs: Vec<LbService>) -> DesiredState {
+    DesiredState {
+        services: svcs.into_iter().map(|s| (s.name.clone(), s)).collect(),
+    }
+}
+
+fn positions(ops: &[String], prefix: &str) -> Vec<usize> {
+    ops.iter()
+        .enumerate()
+        .filter(|(_, o)| o.starts_with(prefix))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[test]
+fn add_writes_backends_and_table_before_the_frontend() {
+    let mut s = MapSync::new(Fake::default(), CFG);
+    let r = s.apply(&state(vec![svc(
+        "a",
+        1,
+        vec![ep(1, 80), ep(2, 80)],
+        Algorithm::Maglev,
+    )]));
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    assert_eq!(r.added, 1);
+    let ops = &s.writer().ops;
+    let fe = positions(ops, "put_service")[0];
+    assert!(positions(ops, "put_backend").iter().all(|p| *p < fe));
+    assert!(positions(ops, "put_lut").iter().all(|p| *p < fe));
+    assert_eq!(ops.last().map(String::as_str), Some("put_service 1"));
+}
+
+#[test]
+fn unchanged_state_writes_nothing() {
+    let mut s = MapSync::new(Fake::default(), CFG);
+    let d = state(vec![
+        svc("a", 1, vec![ep(1, 80), ep(2, 80)], Algorithm::Maglev),
+        svc("b", 2, vec![ep(3, 8080)], Algorithm::Random),
+    ]);
+    s.apply(&d);
+    let r = s.apply(&d);
+    assert_eq!(r.writes, 0, "{:?}", s.writer().ops);
+    assert_eq!((r.added, r.changed, r.removed), (0, 0, 0));
+}
+
+#[test]
+fn removing_an_endpoint_rewrites_the_table_then_deletes_the_backend() {
+    let mut s = MapSync::new(Fake::default(), CFG);
+    s.apply(&state(vec![svc(
+        "a",
+        1,
+        vec![ep(1, 80), ep(2, 80), ep(3, 80)],
+        Algorithm::Random,
+    )]));
+    let gone = s.backend_id("a", Ipv4Addr::new(10, 244, 0, 2), 80).unwrap();
+    let kept = s.backend_id("a", Ipv4Addr::new(10, 244, 0, 1), 80).unwrap();
+    let before = s.writer().ops.len();
+    let r = s.apply(&state(vec![svc(
+        "a",
+        1,
+        vec![ep(1, 80), ep(3, 80)],
+        Algorithm::Random,
+    )]));
+    assert_eq!(r.changed, 1);
+    let ops = &s.writer().ops[before..];
+    let del = positions(ops, &format!("del_backend {gone}"))[0];
+    assert!(
+        positions(ops, "put_lut").iter().all(|p| *p < del),
+        "{ops:?}"
+    );
+    assert!(
+        positions(ops, "put_service").iter().all(|p| *p < del),
+        "{ops:?}"
+    );
+    // Ids of the others never change.
+    assert_eq!(
+        s.backend_id("a", Ipv4Addr::new(10, 244, 0, 1), 80),
+        Some(kept)
+    );
+}
+
+#[test]
+fn removing_a_service_deletes_its_frontend_first_and_everything_else() {
+    let mut s = MapSync::new(Fake::default(), CFG);
+    s.apply(&state(vec![
+        svc("a", 1, vec![ep(1, 80)], Algorithm::Maglev),
+        svc("b", 2, vec![ep(2, 80)], Algorithm::Maglev),
+    ]));
+    let a_id = s.service_id("a").unwrap();
+    let b_id = s.service_id("b").unwrap();
+    let before = s.writer().ops.len();
+    let r = s.apply(&state(vec![svc(
+        "b",
+        2,
+        vec![ep(2, 80)],
+        Algorithm::Maglev,
+    )]));
+    assert_eq!(r.removed, 1);
+    let ops = &s.writer().ops[before..];
+    assert_eq!(ops[0], format!("del_service {a_id}"));
+    let f = s.writer();
+    assert!(f.lut.keys().all(|k| k.svc_id == b_id));
+    assert!(f.backends.values().all(|b| b.svc_id == b_id));
+    assert!(!f.info.contains_key(&a_id));
+    assert_eq!(s.service_id("b"), Some(b_id));
+}
+
+#[test]
+fn ids_survive_a_restart_and_adoption_writes_nothing() {
+    let d = state(vec![
+        svc("a", 1, vec![ep(1, 80), ep(2, 80)], Algorithm::Maglev),
+        svc("b", 2, vec![ep(3, 80)], Algorithm::Random),
+    ]);
+    let mut s = MapSync::new(Fake::default(), CFG);
+    s.apply(&d);
+    let ids = (
+        s.service_id("a"),
+        s.service_id("b"),
+        s.backend_id("a", Ipv4Addr::new(10, 244, 0, 2), 80),
+    );
+    let fake = std::mem::take(&mut s.w);
+    let rec = fake.read_all().unwrap();
+    let mut s2 = MapSync::recover(fake, CFG, rec);
+    let before = s2.writer().ops.len();
+    let r = s2.apply(&d);
+    assert_eq!(r.writes, 0, "{:?}", &s2.writer().ops[before..]);
+    assert_eq!(
+        (
+            s2.service_id("a"),
+            s2.service_id("b"),
+            s2.backend_id("a", Ipv4Addr::new(10, 244, 0, 2), 80)
+        ),
+        ids
+    );
+    // A new service after the restart gets a fresh id, not a recycled one.
+    s2.apply(&state(vec![
+        svc("a", 1, vec![ep(1, 80), ep(2, 80)], Algorithm::Maglev),
+        svc("c", 3, vec![ep(4, 80)], Algorithm::Maglev),
+    ]));
+    let c = s2.service_id("c").unwrap();
+    assert!(
+        c > ids.1.unwrap(),
+        "service c got id {c}, b had {:?}",
+        ids.1
+    );
+}
+
+#[test]
+fn orphans_left_by_a_crash_are_removed() {
+    let mut fake = Fake::default();
+    fake.services.insert(
+        ServiceKey {
+            addr: [10, 96, 0, 9],
+            port: 80,
+            proto: 6,
+            scope: 0,
+        },
+        ServiceValue {
+            svc_id: 9,
+            lut_size: 0,
+            affinity_timeout: 0,
+            flags: 0,
+            kind: 1,
+            algorithm: 2,
+            backend_count: 0,
+            _pad: [0; 2],
+        },
+    );
+    let rec = fake.read_all().unwrap();
+    let mut s = MapSync::recover(fake, CFG, rec);
+    s.apply(&state(vec![svc(
+        "a",
+        1,
+        vec![ep(1, 80)],
+        Algorithm::Maglev,
+    )]));
+    assert!(s.writer().services.values().all(|v| v.svc_id != 9));
+    assert_ne!(s.service_id("a"), Some(9));
+}
+
+#[test]
+fn a_frontend_can_move_between_services() {
+    let mut s = MapSync::new(Fake::default(), CFG);
+    s.apply(&state(vec![svc(
+        "a",
+        1,
+        vec![ep(1, 80)],
+        Algorithm::Maglev,
+    )]));
+    let r = s.apply(&state(vec![svc(
+        "b",
+        1,
+        vec![ep(2, 80)],
+        Algorithm::Maglev,
+    )]));
+    assert!(r.failed.is_empty());
+    let b = s.service_id("b").unwrap();
+    let f = s.writer();
+    assert_eq!(f.services.len(), 1);
+    assert_eq!(f.services.values().next().map(|v| v.svc_id), Some(b));
+}
+
+#[test]
+fn draining_endpoints_stay_as_backends_but_not_in_the_table() {
+    let mut s = MapSync::new(Fake::default(), CFG);
+    let mut e2 = ep(2, 80);
+    e2.state = EndpointState::Terminating;
+    s.apply(&state(vec![svc(
+        "a",
+        1,
+        vec![ep(1, 80), e2],
+        Algorithm::Random,
+    )]));
+    let id2 = s.backend_id("a", Ipv4Addr::new(10, 244, 0, 2), 80).unwrap();
+    let f = s.writer();
+    let be = f.backends[&id2];
+    assert_ne!(be.flags & backend_flags::DRAINING, 0);
+    assert!(f.lut.values().all(|c| !c.backend_ids.contains(&id2)));
+    assert_eq!(f.services.values().next().map(|v| v.backend_count), Some(1));
+}
+
+#[test]
+fn no_active_endpoint_means_lut_size_zero() {
+    let mut s = MapSync::new(Fake::default(), CFG);
+    s.apply(&state(vec![svc(
+        "a",
+        1,
+        vec![ep(1, 80)],
+        Algorithm::Maglev,
+    )]));
+    s.apply(&state(vec![svc("a", 1, vec![], Algorithm::Maglev)]));
+    let f = s.writer();
+    assert_eq!(f.services.values().next().map(|v| v.lut_size), Some(0));
+    assert!(f.lut.is_empty() && f.backends.is_empty());
+}

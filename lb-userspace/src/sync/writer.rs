@@ -1,0 +1,49 @@
+//! The map operations MapSync needs, as a trait: implemented by the pinned BPF maps
+//! (`bpf::maps::Maps`) and by an in-memory recorder in tests (which checks write order).
+
+use lb_common::{Backend, LutChunk, LutKey, ServiceKey, ServiceValue, SvcInfo};
+
+use crate::model::Ipv4Net;
+
+/// A map write that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {map}: {reason}")]
+pub struct WriteError {
+    /// Map name.
+    pub map: &'static str,
+    /// `update` or `delete`.
+    pub op: &'static str,
+    /// What the kernel (or the fake) said.
+    pub reason: String,
+}
+
+/// Writes to the service maps.
+pub trait MapWriter {
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), WriteError>;
+    fn del_service(&mut self, key: &ServiceKey) -> Result<(), WriteError>;
+    fn put_backend(&mut self, id: u32, value: &Backend) -> Result<(), WriteError>;
+    fn del_backend(&mut self, id: u32) -> Result<(), WriteError>;
+    fn put_lut(&mut self, key: LutKey, chunk: &LutChunk) -> Result<(), WriteError>;
+    fn del_lut(&mut self, key: LutKey) -> Result<(), WriteError>;
+    fn put_info(&mut self, svc_id: u32, info: &SvcInfo) -> Result<(), WriteError>;
+    fn del_info(&mut self, svc_id: u32) -> Result<(), WriteError>;
+    fn put_range(&mut self, svc_id: u32, net: &Ipv4Net) -> Result<(), WriteError>;
+    fn del_range(&mut self, svc_id: u32, net: &Ipv4Net) -> Result<(), WriteError>;
+    /// Zeroes a service id's counters (ids are reused eventually).
+    fn reset_stats(&mut self, svc_id: u32) -> Result<(), WriteError>;
+}
+
+/// What a previous agent left in the maps.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub infos: Vec<(u32, SvcInfo)>,
+    pub frontends: Vec<(ServiceKey, ServiceValue)>,
+    pub backends: Vec<(u32, Backend)>,
+    pub ranges: Vec<(u32, Ipv4Net)>,
+}
+
+/// Reads the service maps back (for adoption after a restart).
+pub trait MapReader {
+    /// Everything MapSync writes, as it is now.
+    fn read_all(&self) -> Result<Recovered, WriteError>;
+}

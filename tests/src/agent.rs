@@ -1,0 +1,224 @@
+//! The real `xlb` binary under test: started inside a node namespace (only the network
+//! namespace is switched, so bpffs stays visible), with its own pin directory, logs kept and
+//! printed when a test fails.
+
+use std::{
+    fs::File,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::netns::Netns;
+
+/// Path of the `xlb` binary: `$XLB_BIN`, or next to the test executable's target dir.
+pub fn xlb_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("XLB_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/xlb
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned();
+    let bin = dir.join("xlb");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build -p lb-userspace`) or set XLB_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A pin directory that is removed (datapath detached) when dropped.
+pub struct PinDir {
+    pub path: PathBuf,
+}
+
+impl PinDir {
+    /// `/sys/fs/bpf/xlbt-<tag>`.
+    pub fn new(tag: &str) -> Self {
+        Self {
+            path: PathBuf::from(format!("/sys/fs/bpf/xlbt-{tag}")),
+        }
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A running agent.
+pub struct Agent {
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub bpffs: PathBuf,
+    netns: PathBuf,
+    args: Vec<String>,
+}
+
+fn spawn(netns: &Path, log: &Path, args: &[String]) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let err = out.try_clone().expect("log file");
+    let ns = File::open(netns).expect("netns handle");
+    let mut cmd = Command::new(xlb_bin());
+    cmd.args(args)
+        .env("XLB_LOG", "info,lb_userspace=debug")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    // SAFETY: only async-signal-safe calls (setns) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            use std::os::fd::AsRawFd as _;
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn xlb agent")
+}
+
+impl Agent {
+    /// Starts `xlb agent <args> --bpffs <pins>` in `node` and waits until it is ready.
+    pub fn start(node: &Netns, pins: &PinDir, args: &[&str]) -> Self {
+        let log = std::env::temp_dir().join(format!("xlb-agent-{}.log", node.name));
+        let _ = std::fs::remove_file(&log);
+        let mut all: Vec<String> = vec!["agent".into(), "--bpffs".into()];
+        all.push(pins.path.display().to_string());
+        all.push("--healthz-addr".into());
+        all.push("127.0.0.1:10256".into());
+        all.extend(args.iter().map(|s| (*s).to_owned()));
+        let mut a = Self {
+            child: Some(spawn(&node.path(), &log, &all)),
+            log,
+            bpffs: pins.path.clone(),
+            netns: node.path(),
+            args: all,
+        };
+        a.wait_for_log("agent ready", 1);
+        a
+    }
+
+    /// The agent's log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `needle` appeared at least `count` times in the log (panics after 60 s).
+    pub fn wait_for_log(&mut self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.logs().matches(needle).count() >= count {
+                return;
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!(
+                    "agent exited ({status}) before {needle:?}:\n{}",
+                    self.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent: no {needle:?} after 60s:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits for exit; returns the exit status success.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                return s.success();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the agent with SIGKILL (no chance to clean anything).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the agent again with the same arguments (after `stop` or `kill9`), appending to
+    /// the same log, and waits until it is ready.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "agent still running");
+        let before = self.logs().matches("agent ready").count();
+        self.child = Some(spawn(&self.netns, &self.log, &self.args));
+        self.wait_for_log("agent ready", before + 1);
+    }
+
+    /// Replaces one argument value for the next `restart` (e.g. another `--services`).
+    pub fn set_arg(&mut self, flag: &str, value: &str) {
+        if let Some(i) = self.args.iter().position(|a| a == flag) {
+            self.args[i + 1] = value.to_owned();
+        } else {
+            self.args.push(flag.to_owned());
+            self.args.push(value.to_owned());
+        }
+    }
+
+    /// Runs `xlb <args> --bpffs <pins>` (a CLI command) and returns stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(xlb_bin())
+            .args(args)
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .output()
+            .expect("run xlb");
+        assert!(
+            out.status.success(),
+            "xlb {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `xlb service list -o json`, parsed.
+    pub fn services(&self) -> serde_json::Value {
+        serde_json::from_str(&self.cli(&["service", "list", "-o", "json"])).expect("json")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "----- agent log ({}) -----\n{}",
+                self.log.display(),
+                self.logs()
+            );
+        }
+        self.stop();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

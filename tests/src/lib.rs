@@ -1,0 +1,9 @@
+//! Privileged test support for xlb: network namespaces, topologies, real traffic and the real
+//! agent binary. Used by the integration tests in `tests/tests/`, `cargo xtask demo` and the
+//! end-to-end benchmarks.
+
+pub mod agent;
+pub mod manifests;
+pub mod netns;
+pub mod topology;
+pub mod traffic;

@@ -1,0 +1,78 @@
+//! Kubernetes manifests for tests, as YAML text.
+
+use std::net::Ipv4Addr;
+
+/// One service port: (name, port, protocol, targetPort as written).
+pub struct Port<'a> {
+    pub name: &'a str,
+    pub port: u16,
+    pub proto: &'a str,
+    pub target: &'a str,
+    pub node_port: Option<u16>,
+}
+
+/// A `v1/Service`.
+pub fn service(name: &str, cluster_ip: Ipv4Addr, ports: &[Port<'_>], extra_spec: &str) -> String {
+    let mut s = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  clusterIP: {cluster_ip}\n  ports:\n"
+    );
+    for p in ports {
+        s.push_str(&format!(
+            "  - name: {}\n    port: {}\n    protocol: {}\n    targetPort: {}\n",
+            p.name, p.port, p.proto, p.target
+        ));
+        if let Some(np) = p.node_port {
+            s.push_str(&format!("    nodePort: {np}\n"));
+        }
+    }
+    s.push_str(extra_spec);
+    s
+}
+
+/// An endpoint: address, ready, serving, terminating, node name.
+pub struct Ep<'a> {
+    pub addr: Ipv4Addr,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node: &'a str,
+}
+
+impl<'a> Ep<'a> {
+    /// A ready endpoint on `node`.
+    pub fn ready(addr: Ipv4Addr, node: &'a str) -> Self {
+        Self {
+            addr,
+            ready: true,
+            serving: true,
+            terminating: false,
+            node,
+        }
+    }
+}
+
+/// A `discovery.k8s.io/v1/EndpointSlice` for `service` with ports (name, port, protocol).
+pub fn slice(name: &str, service: &str, ports: &[(&str, u16, &str)], eps: &[Ep<'_>]) -> String {
+    let mut s = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n"
+    );
+    for (n, p, proto) in ports {
+        s.push_str(&format!("- name: {n}\n  port: {p}\n  protocol: {proto}\n"));
+    }
+    s.push_str("endpoints:\n");
+    for e in eps {
+        s.push_str(&format!(
+            "- addresses: [\"{}\"]\n  nodeName: {}\n  conditions:\n    ready: {}\n    serving: {}\n    terminating: {}\n",
+            e.addr, e.node, e.ready, e.serving, e.terminating
+        ));
+    }
+    if eps.is_empty() {
+        s = s.replace("endpoints:\n", "endpoints: []\n");
+    }
+    s
+}
+
+/// Joins documents into one multi-document YAML text.
+pub fn docs(parts: &[String]) -> String {
+    parts.join("---\n")
+}

@@ -1,0 +1,253 @@
+//! Real traffic for tests: small TCP/UDP servers that answer with their name and the client
+//! address they saw, and bounded clients. Every loop is bounded in count and time.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crate::netns::Netns;
+
+/// What a server answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The server's name.
+    pub backend: String,
+    /// The client address the server saw.
+    pub seen_from: SocketAddr,
+    /// The address the client got the answer from (must be what it dialled).
+    pub from: SocketAddr,
+}
+
+/// Servers that run until dropped.
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<()>>,
+    /// Connections/datagrams served, per server in start order.
+    pub served: Vec<Arc<AtomicU64>>,
+}
+
+impl Default for Servers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Servers {
+    /// No servers yet.
+    pub fn new() -> Self {
+        Self {
+            stop: Arc::new(AtomicBool::new(false)),
+            handles: Vec::new(),
+            served: Vec::new(),
+        }
+    }
+
+    /// A TCP server in `ns` on `bind` answering `"<name> <client>\n"` and closing. Returns once
+    /// it listens.
+    pub fn tcp(&mut self, ns: &Netns, bind: SocketAddr, name: &str) -> Arc<AtomicU64> {
+        let stop = self.stop.clone();
+        let name = name.to_owned();
+        let count = Arc::new(AtomicU64::new(0));
+        let c = count.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.handles.push(ns.spawn(move || {
+            let l = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+            l.set_nonblocking(true).expect("nonblocking");
+            let _ = tx.send(());
+            while !stop.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut s, peer)) => {
+                        c.fetch_add(1, Ordering::Relaxed);
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+                        let _ = s.write_all(format!("{name} {peer}\n").as_bytes());
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        }));
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("server did not start");
+        self.served.push(count.clone());
+        count
+    }
+
+    /// A long-lived TCP server: every connection gets a thread that answers each line
+    /// `ping` with `"<name> <client>\n"` until the client closes.
+    pub fn tcp_persistent(&mut self, ns: &Netns, bind: SocketAddr, name: &str) -> Arc<AtomicU64> {
+        let stop = self.stop.clone();
+        let name = name.to_owned();
+        let count = Arc::new(AtomicU64::new(0));
+        let c = count.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.handles.push(ns.spawn(move || {
+            let l = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+            l.set_nonblocking(true).expect("nonblocking");
+            let _ = tx.send(());
+            while !stop.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, peer)) => {
+                        c.fetch_add(1, Ordering::Relaxed);
+                        let name = name.clone();
+                        let stop = stop.clone();
+                        std::thread::spawn(move || serve_lines(s, peer, &name, &stop));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        }));
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("server did not start");
+        self.served.push(count.clone());
+        count
+    }
+
+    /// A UDP server answering every datagram with `"<name> <client>"`.
+    pub fn udp(&mut self, ns: &Netns, bind: SocketAddr, name: &str) -> Arc<AtomicU64> {
+        let stop = self.stop.clone();
+        let name = name.to_owned();
+        let count = Arc::new(AtomicU64::new(0));
+        let c = count.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.handles.push(ns.spawn(move || {
+            let s = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+            s.set_read_timeout(Some(Duration::from_millis(20)))
+                .expect("timeout");
+            let _ = tx.send(());
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((_, peer)) = s.recv_from(&mut buf) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                    let _ = s.send_to(format!("{name} {peer}").as_bytes(), peer);
+                }
+            }
+        }));
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("server did not start");
+        self.served.push(count.clone());
+        count
+    }
+}
+
+fn serve_lines(mut s: TcpStream, peer: SocketAddr, name: &str, stop: &AtomicBool) {
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = [0u8; 256];
+    while !stop.load(Ordering::Relaxed) {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {
+                if s.write_all(format!("{name} {peer}\n").as_bytes()).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+fn parse_reply(text: &str, from: SocketAddr) -> std::io::Result<Reply> {
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("reply {text:?}"));
+    let mut it = text.split_whitespace();
+    let backend = it.next().ok_or_else(bad)?.to_owned();
+    let seen_from = it.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+    Ok(Reply {
+        backend,
+        seen_from,
+        from,
+    })
+}
+
+/// One TCP request (connect, read the answer). Call inside the client's namespace.
+pub fn tcp_request(to: SocketAddr, timeout: Duration) -> std::io::Result<Reply> {
+    let mut s = TcpStream::connect_timeout(&to, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    let peer = s.peer_addr()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    parse_reply(&text, peer)
+}
+
+/// One UDP request from an ephemeral port, retried up to `tries` times.
+pub fn udp_request(to: SocketAddr, timeout: Duration, tries: u32) -> std::io::Result<Reply> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut buf = [0u8; 2048];
+    let mut last = None;
+    for _ in 0..tries {
+        s.send_to(b"ping", to)?;
+        match s.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                return parse_reply(&String::from_utf8_lossy(&buf[..n]), from);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no reply")))
+}
+
+/// Runs `n` TCP requests from `ns` to `to`; returns the replies (errors included).
+pub fn tcp_requests(ns: &Netns, to: SocketAddr, n: usize) -> Vec<std::io::Result<Reply>> {
+    ns.run(move || {
+        (0..n)
+            .map(|_| tcp_request(to, Duration::from_secs(2)))
+            .collect()
+    })
+}
+
+/// Runs `n` UDP requests (each from a new source port) from `ns` to `to`.
+pub fn udp_requests(ns: &Netns, to: SocketAddr, n: usize) -> Vec<std::io::Result<Reply>> {
+    ns.run(move || {
+        (0..n)
+            .map(|_| udp_request(to, Duration::from_millis(500), 3))
+            .collect()
+    })
+}
+
+/// Retries `f` until it returns `Some` or `timeout` passes.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Counts replies per backend name; errors are counted under `"<error>"`.
+pub fn spread(replies: &[std::io::Result<Reply>]) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for r in replies {
+        let k = match r {
+            Ok(r) => r.backend.clone(),
+            Err(_) => "<error>".to_owned(),
+        };
+        *m.entry(k).or_insert(0) += 1;
+    }
+    m
+}
