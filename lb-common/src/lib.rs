@@ -58,6 +58,8 @@ pub mod prog_names {
     pub const HOST_INGRESS: &str = "xlb_host_ingres";
     /// XDP on uplinks: north-south frontends and their replies.
     pub const XDP: &str = "xlb_xdp";
+    /// Parse-and-pass program: the benchmark floor (never attached).
+    pub const FLOOR: &str = "xlb_floor";
 }
 
 /// Default capacities (each overridable by agent flags at load time).

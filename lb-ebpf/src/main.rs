@@ -60,6 +60,18 @@ pub fn xlb_xdp(ctx: XdpContext) -> u32 {
     code
 }
 
+/// Benchmark floor (`cargo xtask bench datapath`): parses like the real programs, then passes.
+/// Loaded only by the benchmark, never attached.
+#[classifier]
+pub fn xlb_floor(ctx: TcContext) -> i32 {
+    let parsed = parse::parse(&mut TcPacket::<{ hook::POD }> { ctx }).is_ok();
+    if core::hint::black_box(parsed) {
+        TCX_NEXT
+    } else {
+        TCX_NEXT - 1
+    }
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -3,7 +3,9 @@
 //! end-to-end benchmarks.
 
 pub mod agent;
+pub mod datapath;
 pub mod manifests;
 pub mod netns;
+pub mod packet;
 pub mod topology;
 pub mod traffic;

@@ -251,3 +251,43 @@ pub fn spread(replies: &[std::io::Result<Reply>]) -> std::collections::BTreeMap<
     }
     m
 }
+
+/// A long-lived TCP connection to a `tcp_persistent` server.
+pub struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+}
+
+impl Conn {
+    /// Connects (call inside the client's namespace; the socket keeps that namespace).
+    pub fn open(to: SocketAddr, timeout: Duration) -> std::io::Result<Self> {
+        let stream = TcpStream::connect_timeout(&to, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let peer = stream.peer_addr()?;
+        Ok(Self { stream, peer })
+    }
+
+    /// Sends one ping and reads the answer line.
+    pub fn ping(&mut self) -> std::io::Result<Reply> {
+        self.stream.write_all(b"ping\n")?;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while line.last() != Some(&b'\n') {
+            let n = self.stream.read(&mut byte)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed",
+                ));
+            }
+            line.push(byte[0]);
+        }
+        parse_reply(&String::from_utf8_lossy(&line), self.peer)
+    }
+}
+
+/// One short connection to a `tcp_persistent` server: connect, ping, read, close.
+pub fn tcp_ping_once(to: SocketAddr, timeout: Duration) -> std::io::Result<Reply> {
+    Conn::open(to, timeout)?.ping()
+}

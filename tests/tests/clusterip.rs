@@ -143,3 +143,277 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+fn start(node: &Node, tag: &str, path: &std::path::Path) -> (PinDir, Agent) {
+    let pins = PinDir::new(tag);
+    let agent = Agent::start(
+        &node.ns,
+        &pins,
+        &[
+            "--services",
+            path.to_str().unwrap(),
+            "--node-name",
+            "n1",
+            "--pod-devices",
+            "xp*",
+        ],
+    );
+    (pins, agent)
+}
+
+fn http(name: &str, target: &'static str) -> Vec<Port<'static>> {
+    let _ = name;
+    vec![Port {
+        name: "http",
+        port: 80,
+        proto: "TCP",
+        target,
+        node_port: None,
+    }]
+}
+
+#[test]
+fn two_services_on_the_same_port_with_different_vips() {
+    let (tag, node) = cluster(2);
+    let dir = tempdir(&tag);
+    let mut servers = Servers::new();
+    let (p1, p2) = (&node.pods[1], &node.pods[2]);
+    servers.tcp(&p1.ns, SocketAddr::from((p1.ip, 8080)), "alpha");
+    servers.tcp(&p2.ns, SocketAddr::from((p2.ip, 8080)), "beta");
+    let vip2 = Ipv4Addr::new(10, 96, 0, 11);
+    let yaml = docs(&[
+        service("alpha", VIP, &http("alpha", "8080"), ""),
+        slice(
+            "alpha-1",
+            "alpha",
+            &[("http", 8080, "TCP")],
+            &[Ep::ready(p1.ip, "n1")],
+        ),
+        service("beta", vip2, &http("beta", "8080"), ""),
+        slice(
+            "beta-1",
+            "beta",
+            &[("http", 8080, "TCP")],
+            &[Ep::ready(p2.ip, "n1")],
+        ),
+    ]);
+    let path = write(&dir, &yaml);
+    let (_pins, agent) = start(&node, &tag, &path);
+    wait_backends(&agent, "default/alpha:http/TCP", 1);
+    wait_backends(&agent, "default/beta:http/TCP", 1);
+    let client = &node.pods[0];
+    let a = spread(&tcp_requests(&client.ns, SocketAddr::from((VIP, 80)), 50));
+    let b = spread(&tcp_requests(&client.ns, SocketAddr::from((vip2, 80)), 50));
+    assert_eq!(a.get("alpha"), Some(&50), "{a:?}");
+    assert_eq!(b.get("beta"), Some(&50), "{b:?}");
+}
+
+#[test]
+fn named_target_port_with_different_numbers_per_endpoint() {
+    let (tag, node) = cluster(2);
+    let dir = tempdir(&tag);
+    let mut servers = Servers::new();
+    let (p1, p2) = (&node.pods[1], &node.pods[2]);
+    // The same named port ("web") is 8080 on one pod and 9090 on the other: the EndpointSlice
+    // controller writes one slice per port number.
+    servers.tcp(&p1.ns, SocketAddr::from((p1.ip, 8080)), "on8080");
+    servers.tcp(&p2.ns, SocketAddr::from((p2.ip, 9090)), "on9090");
+    let yaml = docs(&[
+        service("web", VIP, &http("web", "web"), ""),
+        slice(
+            "web-a",
+            "web",
+            &[("http", 8080, "TCP")],
+            &[Ep::ready(p1.ip, "n1")],
+        ),
+        slice(
+            "web-b",
+            "web",
+            &[("http", 9090, "TCP")],
+            &[Ep::ready(p2.ip, "n1")],
+        ),
+    ]);
+    let path = write(&dir, &yaml);
+    let (_pins, agent) = start(&node, &tag, &path);
+    wait_backends(&agent, "default/web:http/TCP", 2);
+    let s = spread(&tcp_requests(
+        &node.pods[0].ns,
+        SocketAddr::from((VIP, 80)),
+        200,
+    ));
+    assert!(!s.contains_key("<error>"), "{s:?}");
+    assert!(s.get("on8080").copied().unwrap_or(0) > 40, "{s:?}");
+    assert!(s.get("on9090").copied().unwrap_or(0) > 40, "{s:?}");
+}
+
+#[test]
+fn a_not_ready_endpoint_gets_nothing() {
+    let (tag, node) = cluster(3);
+    let dir = tempdir(&tag);
+    let mut servers = Servers::new();
+    let mut eps = Vec::new();
+    for (i, pod) in node.pods.iter().enumerate().skip(1) {
+        servers.tcp(&pod.ns, SocketAddr::from((pod.ip, 8080)), &format!("b{i}"));
+        let mut ep = Ep::ready(pod.ip, "n1");
+        if i == 3 {
+            ep.ready = false;
+            ep.serving = false;
+        }
+        eps.push(ep);
+    }
+    let yaml = docs(&[
+        service("web", VIP, &http("web", "8080"), ""),
+        slice("web-1", "web", &[("http", 8080, "TCP")], &eps),
+    ]);
+    let path = write(&dir, &yaml);
+    let (_pins, agent) = start(&node, &tag, &path);
+    wait_backends(&agent, "default/web:http/TCP", 2);
+    let s = spread(&tcp_requests(
+        &node.pods[0].ns,
+        SocketAddr::from((VIP, 80)),
+        300,
+    ));
+    assert_eq!(s.get("b3"), None, "{s:?}");
+    assert_eq!(s.values().sum::<usize>(), 300);
+    assert!(!s.contains_key("<error>"), "{s:?}");
+    let list = agent.cli(&["service", "list"]);
+    assert!(list.contains("not-ready"), "{list}");
+}
+
+#[test]
+fn a_removed_endpoint_stops_getting_new_connections_while_the_others_keep_serving() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    use xlb_tests::traffic::{Conn, tcp_ping_once};
+
+    let (tag, node) = cluster(3);
+    let dir = tempdir(&tag);
+    let mut servers = Servers::new();
+    let mut eps = Vec::new();
+    for (i, pod) in node.pods.iter().enumerate().skip(1) {
+        servers.tcp_persistent(&pod.ns, SocketAddr::from((pod.ip, 8080)), &format!("b{i}"));
+        eps.push(Ep::ready(pod.ip, "n1"));
+    }
+    let file = |eps: &[Ep<'_>]| {
+        docs(&[
+            service("web", VIP, &http("web", "8080"), ""),
+            slice("web-1", "web", &[("http", 8080, "TCP")], eps),
+        ])
+    };
+    let path = write(&dir, &file(&eps));
+    let (_pins, agent) = start(&node, &tag, &path);
+    wait_backends(&agent, "default/web:http/TCP", 3);
+    let vip = SocketAddr::from((VIP, 80));
+
+    // Established connections, spread over the three backends.
+    let mut conns: Vec<(Conn, String)> = node.pods[0].ns.run(move || {
+        (0..30)
+            .map(|_| {
+                let mut c = Conn::open(vip, Duration::from_secs(2)).expect("connect");
+                let first = c.ping().expect("first ping").backend;
+                (c, first)
+            })
+            .collect()
+    });
+    // And a client opening new connections through the whole change.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let churn = node.pods[0].ns.spawn(move || {
+        let mut replies = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !stop2.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+            replies.push(tcp_ping_once(vip, Duration::from_secs(2)));
+        }
+        replies
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    write(&dir, &file(&eps[..2]));
+    wait_backends(&agent, "default/web:http/TCP", 2);
+    std::thread::sleep(Duration::from_millis(600));
+    stop.store(true, Ordering::Relaxed);
+    let replies = churn.join().unwrap();
+
+    // Connections to the backends that stayed keep their backend, without a single error.
+    let mut kept = 0;
+    for (c, first) in &mut conns {
+        if first == "b3" {
+            continue;
+        }
+        for _ in 0..3 {
+            let r = c
+                .ping()
+                .unwrap_or_else(|e| panic!("connection to {first} broke: {e}"));
+            assert_eq!(&r.backend, first, "an established connection moved");
+        }
+        kept += 1;
+    }
+    assert!(kept >= 10, "too few connections on b1/b2 ({kept})");
+    // New connections: b3 served before the change and nothing once it was programmed. Only a
+    // connection in flight to b3 at the very moment of removal may fail.
+    assert!(replies.len() > 100, "too few requests ({})", replies.len());
+    let errors = replies.iter().filter(|r| r.is_err()).count();
+    assert!(errors <= 2, "{errors} failures: {:?}", spread(&replies));
+    let tail = &replies[replies.len() * 3 / 4..];
+    let s = spread(tail);
+    assert_eq!(s.get("b3"), None, "b3 still got new connections: {s:?}");
+    assert_eq!(s.get("<error>"), None, "{s:?}");
+    assert!(spread(&replies).contains_key("b3"));
+}
+
+#[test]
+fn a_broken_file_keeps_the_last_good_state_and_names_file_and_line() {
+    let (tag, node) = cluster(1);
+    let dir = tempdir(&tag);
+    let mut servers = Servers::new();
+    let p1 = &node.pods[1];
+    servers.tcp(&p1.ns, SocketAddr::from((p1.ip, 8080)), "b1");
+    let good = docs(&[
+        service("web", VIP, &http("web", "8080"), ""),
+        slice(
+            "web-1",
+            "web",
+            &[("http", 8080, "TCP")],
+            &[Ep::ready(p1.ip, "n1")],
+        ),
+    ]);
+    let path = write(&dir, &good);
+    let (_pins, mut agent) = start(&node, &tag, &path);
+    wait_backends(&agent, "default/web:http/TCP", 1);
+    // A syntax error: the whole file keeps its last good objects; the error names file:line.
+    write(
+        &dir,
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web: x\n",
+    );
+    agent.wait_for_log("services.yaml:4: mapping values are not allowed", 1);
+    agent.wait_for_log("keeping this file's last good objects", 1);
+    let s = spread(&tcp_requests(
+        &node.pods[0].ns,
+        SocketAddr::from((VIP, 80)),
+        20,
+    ));
+    assert_eq!(s.get("b1"), Some(&20), "{s:?}");
+    // An invalid field: the object keeps its last good version; the error names it.
+    let bad = good.replace("port: 80\n", "port: 0\n");
+    write(&dir, &bad);
+    agent.wait_for_log("Service default/web: spec.ports[0].port", 1);
+    let s = spread(&tcp_requests(
+        &node.pods[0].ns,
+        SocketAddr::from((VIP, 80)),
+        20,
+    ));
+    assert_eq!(s.get("b1"), Some(&20), "{s:?}");
+    // Fixing the file works again; removing the Service removes it.
+    write(&dir, &good);
+    std::thread::sleep(Duration::from_millis(300));
+    write(&dir, "");
+    let gone = eventually(Duration::from_secs(10), || {
+        agent
+            .services()
+            .as_array()
+            .is_some_and(Vec::is_empty)
+            .then_some(())
+    });
+    assert!(gone.is_some(), "{}", agent.cli(&["service", "list"]));
+}

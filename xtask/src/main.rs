@@ -1,1 +1,152 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | test | demo | bench <what>`.
+//!
+//! `test` is what CI runs: set-up, formatting, lints (user space and the kernel crate), then
+//! every test (host unit tests, BPF_PROG_TEST_RUN fixtures, network-namespace integration
+//! tests with the real agent). xtask depends on nothing of the project, so it builds before
+//! bpf-linker exists.
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and the tests need (idempotent).
+    Setup,
+    /// Formatting, lints, and every test (what CI runs).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Throw-away demo: a node, a client pod, three backends, TCP and UDP through a ClusterIP.
+    Demo,
+    /// Benchmarks that print figures and ratios.
+    Bench {
+        /// `datapath`, `sync` or `e2e`.
+        what: String,
+        /// Extra arguments for the benchmark.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    println!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        bail!("{what} needs root (BPF, network namespaces): run it as root");
+    }
+    Ok(())
+}
+
+fn run_bin(name: &str, args: &[String]) -> anyhow::Result<()> {
+    let bin = std::path::Path::new("target/release").join(name);
+    let status = Command::new(&bin)
+        .args(args)
+        .env("XLB_BIN", "target/release/xlb")
+        .status()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !status.success() {
+        bail!("{name} failed");
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Tasks run from the workspace root whatever the caller's directory.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?;
+    std::env::set_current_dir(root)?;
+    match cli.cmd {
+        Cmd::Setup => setup::setup(&[]),
+        Cmd::Test { args } => {
+            require_root("the test suite")?;
+            setup::setup(&[])?;
+            cargo(&["fmt", "--all", "--", "--check"])?;
+            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            cargo(&[
+                &format!("+{}", setup::NIGHTLY),
+                "clippy",
+                "-p",
+                "lb-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            cargo(&["build", "-p", "lb-userspace", "--bins"])?;
+            let mut test_args = vec!["test"];
+            let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+            if !extra.is_empty() {
+                test_args.extend(extra);
+            }
+            cargo(&test_args)
+        }
+        Cmd::Demo => {
+            require_root("the demo")?;
+            setup::setup(&[])?;
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "lb-userspace",
+                "-p",
+                "xlb-tests",
+                "--bins",
+            ])?;
+            run_bin("xlb-demo", &[])
+        }
+        Cmd::Bench { what, args } => {
+            require_root("the benchmarks")?;
+            let extra: &[(&str, &str)] = if what == "e2e" || what == "sync" {
+                setup::BENCH_PACKAGES
+            } else {
+                &[]
+            };
+            setup::setup(extra)?;
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "lb-userspace",
+                "-p",
+                "xlb-tests",
+                "--bins",
+            ])?;
+            let bin = match what.as_str() {
+                "datapath" => "xlb-bench-datapath",
+                "sync" => "xlb-bench-sync",
+                "e2e" => "xlb-bench-e2e",
+                other => bail!("unknown benchmark {other:?}: datapath, sync or e2e"),
+            };
+            run_bin(bin, &args)
+        }
+    }
+}

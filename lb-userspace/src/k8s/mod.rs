@@ -6,3 +6,6 @@ pub mod translate;
 
 pub use spec::{ServiceSpec, SliceSpec, service_spec, slice_spec};
 pub use translate::{HealthCheck, NodeContext, Translation, translate};
+
+#[cfg(test)]
+mod tests;

@@ -27,6 +27,20 @@ fn stamp(root: &Path) -> Stamp {
         .collect()
 }
 
+/// True for events that can change what the source reads: not our own reads (access events),
+/// not hidden files (editor swap files, atomic-write temporaries before their rename).
+fn relevant(ev: &notify::Event) -> bool {
+    if matches!(ev.kind, notify::EventKind::Access(_)) {
+        return false;
+    }
+    ev.paths.is_empty()
+        || ev.paths.iter().any(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.starts_with('.'))
+        })
+}
+
 /// Watches `root` (file or directory); sends a unit on every (coalesced) change.
 pub struct Watch {
     _watcher: Option<notify::RecommendedWatcher>,
@@ -48,7 +62,9 @@ impl Watch {
                 .map_or_else(|| PathBuf::from("."), Path::to_owned)
         };
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            if let Ok(ev) = res
+                && relevant(&ev)
+            {
                 // A full channel already holds a pending reload: coalesce.
                 let _ = tx.try_send(());
             }

@@ -1,0 +1,349 @@
+//! Kubernetes objects → desired state: the semantics the file source and the watcher share.
+
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use super::{NodeContext, service_spec, slice_spec, translate};
+use crate::model::{EndpointState, FrontendKind, Scope};
+
+fn svc(yaml: &str) -> Service {
+    serde_yaml_ng::from_str(yaml).unwrap()
+}
+
+fn slice(yaml: &str) -> EndpointSlice {
+    serde_yaml_ng::from_str(yaml).unwrap()
+}
+
+fn node() -> NodeContext {
+    NodeContext {
+        node_name: Some("n1".into()),
+        node_ips: vec![Ipv4Addr::new(192, 168, 0, 1)],
+        proxy_name: None,
+    }
+}
+
+fn run(svcs: &[&str], slices: &[&str]) -> super::Translation {
+    let s: Vec<_> = svcs
+        .iter()
+        .map(|y| service_spec(&svc(y)).unwrap())
+        .collect();
+    let e: Vec<_> = slices
+        .iter()
+        .map(|y| slice_spec(&slice(y)).unwrap())
+        .collect();
+    translate(&s, &e, &node())
+}
+
+const WEB: &str = "
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - {name: http, port: 80, targetPort: web}
+  - {name: dns, port: 53, protocol: UDP, targetPort: 5353}
+";
+
+#[test]
+fn named_target_port_resolves_per_slice_and_slices_merge() {
+    let a = "
+metadata: {name: web-a, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: dns, port: 5353, protocol: UDP}]
+endpoints:
+- addresses: [10.244.0.1]
+  nodeName: n1
+";
+    let b = "
+metadata: {name: web-b, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 9090}]
+endpoints:
+- addresses: [10.244.0.2]
+  nodeName: n2
+";
+    let t = run(&[WEB], &[a, b]);
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    let http = &t.state.services["default/web:http/TCP"];
+    let ports: Vec<(Ipv4Addr, u16, bool)> = http
+        .endpoints
+        .iter()
+        .map(|e| (e.addr, e.port, e.local))
+        .collect();
+    assert_eq!(
+        ports,
+        vec![
+            (Ipv4Addr::new(10, 244, 0, 1), 8080, true),
+            (Ipv4Addr::new(10, 244, 0, 2), 9090, false)
+        ]
+    );
+    // Slice b has no dns port: only a's endpoint serves it.
+    let dns = &t.state.services["default/web:dns/UDP"];
+    assert_eq!(dns.endpoints.len(), 1);
+    assert_eq!(dns.frontends[0].port, 53);
+    assert_eq!(dns.frontends[0].kind, FrontendKind::ClusterIp);
+}
+
+#[test]
+fn readiness_and_terminating_fallback() {
+    let eps = |body: &str| {
+        format!(
+            "
+metadata: {{name: web-a, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints:
+{body}"
+        )
+    };
+    // One ready, one not ready, one terminating: only the ready one serves.
+    let s = eps("
+- addresses: [10.0.0.1]
+  conditions: {ready: true}
+- addresses: [10.0.0.2]
+  conditions: {ready: false}
+- addresses: [10.0.0.3]
+  conditions: {ready: false, serving: true, terminating: true}
+");
+    let t = run(&[WEB], &[&s]);
+    let st: Vec<EndpointState> = t.state.services["default/web:http/TCP"]
+        .endpoints
+        .iter()
+        .map(|e| e.state)
+        .collect();
+    assert_eq!(
+        st,
+        vec![
+            EndpointState::Active,
+            EndpointState::NotReady,
+            EndpointState::Terminating
+        ]
+    );
+    // None ready: serving-and-terminating endpoints take new flows (ProxyTerminatingEndpoints).
+    let s = eps("
+- addresses: [10.0.0.2]
+  conditions: {ready: false}
+- addresses: [10.0.0.3]
+  conditions: {ready: false, serving: true, terminating: true}
+- addresses: [10.0.0.4]
+  conditions: {ready: false, serving: false, terminating: true}
+");
+    let t = run(&[WEB], &[&s]);
+    let st: Vec<EndpointState> = t.state.services["default/web:http/TCP"]
+        .endpoints
+        .iter()
+        .map(|e| e.state)
+        .collect();
+    assert_eq!(
+        st,
+        vec![
+            EndpointState::NotReady,
+            EndpointState::Active,
+            EndpointState::Terminating
+        ]
+    );
+    // Unknown readiness counts as ready.
+    let s = eps("
+- addresses: [10.0.0.5]
+");
+    let t = run(&[WEB], &[&s]);
+    assert_eq!(
+        t.state.services["default/web:http/TCP"].endpoints[0].state,
+        EndpointState::Active
+    );
+}
+
+#[test]
+fn invalid_services_name_the_field() {
+    let cases = [
+        (
+            "spec: {clusterIP: 10.96.0.1, ports: [{port: 0}]}",
+            "spec.ports[0].port",
+        ),
+        (
+            "spec: {clusterIP: 10.96.0.1, ports: [{port: 80, protocol: ICMP}]}",
+            "spec.ports[0].protocol",
+        ),
+        (
+            "spec: {clusterIP: 10.96.0.300, ports: [{port: 80}]}",
+            "spec.clusterIP[0]",
+        ),
+        ("spec: {ports: [{port: 80}]}", "spec.clusterIP"),
+        (
+            "spec: {clusterIP: 10.96.0.1, ports: [{port: 80}, {port: 81}]}",
+            "spec.ports[0].name",
+        ),
+        (
+            "spec: {clusterIP: 10.96.0.1, ports: [{name: a, port: 80}, {name: b, port: 80}]}",
+            "spec.ports[1].port",
+        ),
+        (
+            "spec: {clusterIP: 10.96.0.1, type: NodePort, ports: [{port: 80}]}",
+            "spec.ports[0].nodePort",
+        ),
+        (
+            "spec: {clusterIP: 10.96.0.1, externalTrafficPolicy: Maybe, ports: [{port: 80}]}",
+            "spec.externalTrafficPolicy",
+        ),
+        (
+            "spec: {clusterIP: 10.96.0.1, sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}, ports: [{port: 80}]}",
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+        ),
+        (
+            "spec: {clusterIP: 10.96.0.1, loadBalancerSourceRanges: [10.0.0.0/33], ports: [{port: 80}]}",
+            "spec.loadBalancerSourceRanges[0]",
+        ),
+        (
+            "metadata: {name: web, annotations: {xlb.io/lb-algorithm: roundrobin}}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}",
+            "metadata.annotations[xlb.io/lb-algorithm]",
+        ),
+    ];
+    for (yaml, field) in cases {
+        let yaml = if yaml.starts_with("metadata") {
+            yaml.to_owned()
+        } else {
+            format!("metadata: {{name: web}}\n{yaml}")
+        };
+        let problems = service_spec(&svc(&yaml)).expect_err(&yaml);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.field == field && p.object == "Service default/web"),
+            "{yaml}: expected a problem at {field}, got {problems:?}"
+        );
+    }
+    let bad_slice = "
+metadata: {name: s, namespace: default}
+addressType: IPv4
+endpoints: [{addresses: [not-an-ip]}]
+";
+    let problems = slice_spec(&slice(bad_slice)).unwrap_err();
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        vec![
+            "metadata.labels[kubernetes.io/service-name]",
+            "endpoints[0].addresses[0]"
+        ]
+    );
+}
+
+#[test]
+fn headless_external_name_and_other_proxies_program_nothing() {
+    let headless = "metadata: {name: h}\nspec: {clusterIP: None, ports: [{port: 80}]}";
+    let ext = "metadata: {name: e}\nspec: {type: ExternalName, externalName: example.com}";
+    let other = "metadata: {name: o, labels: {service.kubernetes.io/service-proxy-name: other}}\nspec: {clusterIP: 10.96.0.9, ports: [{port: 80}]}";
+    let t = run(&[headless, ext, other], &[]);
+    assert!(t.state.services.is_empty(), "{:?}", t.state.services.keys());
+}
+
+#[test]
+fn every_frontend_kind_and_external_traffic_policy_local() {
+    let lb = "
+metadata: {name: lb, namespace: default}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.20
+  externalIPs: [203.0.113.5]
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32000
+  loadBalancerSourceRanges: [198.51.100.0/24]
+  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]
+status:
+  loadBalancer:
+    ingress: [{ip: 203.0.113.10}]
+";
+    let eps = "
+metadata: {name: lb-a, namespace: default, labels: {kubernetes.io/service-name: lb}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- {addresses: [10.244.0.1], nodeName: n1}
+- {addresses: [10.244.1.1], nodeName: n2}
+";
+    let t = run(&[lb], &[eps]);
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    let main = &t.state.services["default/lb:80/TCP"];
+    let local = &t.state.services["default/lb:80/TCP (local)"];
+    // External frontends: local endpoints only, no SNAT.
+    assert!(local.ext_local);
+    assert_eq!(local.endpoints.len(), 1);
+    assert!(local.endpoints[0].local);
+    let kinds: Vec<(FrontendKind, Scope, bool)> = local
+        .frontends
+        .iter()
+        .map(|f| (f.kind, f.scope, f.source_ranges))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (FrontendKind::NodePort, Scope::External, false),
+            (FrontendKind::LoadBalancer, Scope::External, true),
+            (FrontendKind::ExternalIp, Scope::External, false),
+        ]
+    );
+    assert_eq!(local.frontends[0].addr, Ipv4Addr::new(192, 168, 0, 1));
+    assert_eq!(local.frontends[0].port, 30080);
+    // This node's pods reaching the same addresses use every endpoint.
+    assert_eq!(main.endpoints.len(), 2);
+    assert_eq!(main.frontends.len(), 4);
+    assert!(
+        main.frontends[1..]
+            .iter()
+            .all(|f| f.scope == Scope::Internal)
+    );
+    assert_eq!(t.health_checks[&32000].local_endpoints, 1);
+}
+
+#[test]
+fn internal_traffic_policy_local_and_affinity() {
+    let s = "
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.0.10
+  internalTrafficPolicy: Local
+  sessionAffinity: ClientIP
+  ports: [{port: 80}]
+";
+    let eps = "
+metadata: {name: web-a, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{port: 80}]
+endpoints:
+- {addresses: [10.244.0.1], nodeName: n1}
+- {addresses: [10.244.1.1], nodeName: n2}
+";
+    let t = run(&[s], &[eps]);
+    let web = &t.state.services["default/web:80/TCP"];
+    assert_eq!(web.endpoints.len(), 1);
+    assert_eq!(web.endpoints[0].addr, Ipv4Addr::new(10, 244, 0, 1));
+    assert_eq!(web.affinity_timeout, 10_800);
+}
+
+#[test]
+fn conflicting_frontends_and_sctp_port_rewrite_are_reported() {
+    let a = "metadata: {name: a, namespace: default}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}";
+    let b = "metadata: {name: b, namespace: default}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}";
+    let sctp = "metadata: {name: s, namespace: default}\nspec: {clusterIP: 10.96.0.11, ports: [{port: 80, protocol: SCTP, targetPort: 8080}]}";
+    let eps = "
+metadata: {name: s-a, namespace: default, labels: {kubernetes.io/service-name: s}}
+addressType: IPv4
+ports: [{port: 8080, protocol: SCTP}]
+endpoints: [{addresses: [10.244.0.1]}]
+";
+    let t = run(&[a, b, sctp], &[eps]);
+    assert!(t.state.services.contains_key("default/a:80/TCP"));
+    assert!(!t.state.services.contains_key("default/b:80/TCP"));
+    assert!(!t.state.services.contains_key("default/s:80/SCTP"));
+    let msgs: Vec<String> = t.problems.iter().map(ToString::to_string).collect();
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("Service default/b") && m.contains("already used by default/a")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("Service default/s") && m.contains("SCTP")),
+        "{msgs:?}"
+    );
+}

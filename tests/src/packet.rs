@@ -1,0 +1,115 @@
+//! Crafted packets for BPF_PROG_TEST_RUN fixtures and a parser that checks them, including
+//! full checksum recomputation (not the incremental arithmetic under test).
+
+use std::net::Ipv4Addr;
+
+use lb_common::csum;
+
+/// TCP flag bits.
+pub mod flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+const ETH: [u8; 14] = [2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+
+fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4_len: usize) -> Vec<u8> {
+    let total = (20 + l4_len) as u16;
+    let mut h = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, proto, 0, 0];
+    h[2..4].copy_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&src.octets());
+    h.extend_from_slice(&dst.octets());
+    let c = !csum::fold(csum::sum_be(&h, 0));
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h
+}
+
+fn pseudo(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
+    let mut p = Vec::with_capacity(12);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&[0, proto]);
+    p.extend_from_slice(&(len as u16).to_be_bytes());
+    csum::sum_be(&p, 0)
+}
+
+/// An Ethernet/IPv4/TCP packet with valid checksums.
+pub fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), tcp_flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&src.1.to_be_bytes());
+    t[2..4].copy_from_slice(&dst.1.to_be_bytes());
+    t[4..8].copy_from_slice(&1000u32.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = tcp_flags;
+    t[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    t.extend_from_slice(payload);
+    let c = !csum::fold(csum::sum_be(&t, pseudo(src.0, dst.0, 6, t.len())));
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut p = ETH.to_vec();
+    p.extend(ipv4_header(src.0, dst.0, 6, t.len()));
+    p.extend(t);
+    p
+}
+
+/// An Ethernet/IPv4/UDP packet; `with_csum: false` leaves the UDP checksum 0 ("none").
+pub fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8], with_csum: bool) -> Vec<u8> {
+    let len = 8 + payload.len();
+    let mut u = vec![0u8; 8];
+    u[0..2].copy_from_slice(&src.1.to_be_bytes());
+    u[2..4].copy_from_slice(&dst.1.to_be_bytes());
+    u[4..6].copy_from_slice(&(len as u16).to_be_bytes());
+    u.extend_from_slice(payload);
+    if with_csum {
+        let mut c = !csum::fold(csum::sum_be(&u, pseudo(src.0, dst.0, 17, len)));
+        if c == 0 {
+            c = 0xffff;
+        }
+        u[6..8].copy_from_slice(&c.to_be_bytes());
+    }
+    let mut p = ETH.to_vec();
+    p.extend(ipv4_header(src.0, dst.0, 17, len));
+    p.extend(u);
+    p
+}
+
+/// What a packet says, and whether its checksums are right.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub ip_csum_ok: bool,
+    /// L4 checksum verifies (or is absent: UDP 0).
+    pub l4_csum_ok: bool,
+    /// The raw UDP checksum field (0 = none).
+    pub udp_csum: Option<u16>,
+}
+
+/// Parses an Ethernet/IPv4/TCP-or-UDP packet and recomputes every checksum.
+pub fn parse(p: &[u8]) -> Parsed {
+    let ip = &p[14..34];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let proto = ip[9];
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let l4 = &p[14 + ihl..14 + total];
+    let ip_csum_ok = csum::fold(csum::sum_be(&p[14..14 + ihl], 0)) == 0xffff;
+    let sum = csum::fold(csum::sum_be(l4, pseudo(src, dst, proto, l4.len())));
+    let udp_csum = (proto == 17).then(|| u16::from_be_bytes([l4[6], l4[7]]));
+    let l4_csum_ok = udp_csum == Some(0) || sum == 0xffff;
+    Parsed {
+        src,
+        dst,
+        sport: u16::from_be_bytes([l4[0], l4[1]]),
+        dport: u16::from_be_bytes([l4[2], l4[3]]),
+        proto,
+        ip_csum_ok,
+        l4_csum_ok,
+        udp_csum,
+    }
+}
