@@ -229,8 +229,8 @@ pub fn create(flow: &Flow, fwd: &mut CtValue, cfg: &Config, now: u32) -> Result<
         return Err(CreateError::PortsExhausted);
     }
     let fkey = key(flow, ct_dir::FORWARD);
-    if CONNTRACK.insert(&fkey, fwd, u64::from(BPF_ANY)).is_err() {
-        let _ = CONNTRACK.remove(&rkey);
+    if CONNTRACK.insert(fkey, fwd, u64::from(BPF_ANY)).is_err() {
+        let _ = CONNTRACK.remove(rkey);
         return Err(CreateError::Insert);
     }
     Ok(())

@@ -79,7 +79,7 @@ fn to_frontend<P: Packet>(
 ) -> Verdict {
     let fkey = conntrack::key(flow, ct_dir::FORWARD);
     let mut stale = None;
-    if let Some(ct) = CONNTRACK.get_ptr_mut(&fkey) {
+    if let Some(ct) = CONNTRACK.get_ptr_mut(fkey) {
         // SAFETY: pointer into the map value; copied out at once.
         let cur = unsafe { *ct };
         let usable = cur.expires >= now && !(flow.is_syn() && cur.state == ct_state::CLOSED);
@@ -204,7 +204,7 @@ fn new_flow<P: Packet>(
         && old != conntrack::reply_key_of(&fwd, flow.proto)
         && stats::live()
     {
-        let _ = CONNTRACK.remove(&old);
+        let _ = CONNTRACK.remove(old);
     }
     stats::count(counter::CT_NEW);
     if fwd.flags & ct_flags::HAIRPIN != 0 {
@@ -238,7 +238,7 @@ fn forward<P: Packet>(pkt: &mut P, flow: &Flow, ct: &CtValue) -> Verdict {
 #[inline(always)]
 fn reply<P: Packet>(pkt: &mut P, flow: &Flow, cfg: &Config, now: u32) -> Option<Verdict> {
     let rkey = conntrack::key(flow, ct_dir::REPLY);
-    let ct = CONNTRACK.get_ptr_mut(&rkey)?;
+    let ct = CONNTRACK.get_ptr_mut(rkey)?;
     // SAFETY: pointer into the map value; copied out at once.
     let cur = unsafe { *ct };
     if cur.expires < now {

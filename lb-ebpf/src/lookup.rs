@@ -24,11 +24,11 @@ pub fn frontend(flow: &Flow, hook_kind: u8) -> Option<(ServiceValue, u8)> {
         scope: scope::EXTERNAL,
     };
     // SAFETY: the value is copied out at once; the agent may replace it concurrently.
-    let svc = *unsafe { SERVICES.get(&key) }?;
+    let svc = *unsafe { SERVICES.get(key) }?;
     if hook_kind == hook::POD && svc.flags & svc_flags::TWO_SCOPES != 0 {
         key.scope = scope::INTERNAL;
         // SAFETY: as above.
-        if let Some(internal) = unsafe { SERVICES.get(&key) } {
+        if let Some(internal) = unsafe { SERVICES.get(key) } {
             return Some((*internal, scope::INTERNAL));
         }
     }
@@ -39,7 +39,7 @@ pub fn frontend(flow: &Flow, hook_kind: u8) -> Option<(ServiceValue, u8)> {
 #[inline(always)]
 pub fn backend(id: u32, svc_id: u32) -> Option<Backend> {
     // SAFETY: copied out at once.
-    let be = *unsafe { BACKENDS.get(&id) }?;
+    let be = *unsafe { BACKENDS.get(id) }?;
     if be.svc_id != svc_id {
         return None;
     }
@@ -96,7 +96,7 @@ pub fn select(svc: &ServiceValue, flow: &Flow, cfg: &Config, now: u32) -> Result
     };
     if svc.affinity_timeout != 0 {
         // SAFETY: copied out at once.
-        if let Some(aff) = unsafe { AFFINITY.get(&aff_key) }.copied()
+        if let Some(aff) = unsafe { AFFINITY.get(aff_key) }.copied()
             && aff.last_used.wrapping_add(svc.affinity_timeout) >= now
             && let Some(be) = backend(aff.backend_id, svc.svc_id)
             && be.flags & backend_flags::DRAINING == 0
@@ -125,7 +125,7 @@ pub fn select(svc: &ServiceValue, flow: &Flow, cfg: &Config, now: u32) -> Result
         chunk: slot / LUT_CHUNK_SLOTS as u32,
     };
     // SAFETY: one u32 is read out of the chunk at once.
-    let chunk = unsafe { LUT.get(&chunk_key) }.ok_or(drop_reason::NO_BACKEND)?;
+    let chunk = unsafe { LUT.get(chunk_key) }.ok_or(drop_reason::NO_BACKEND)?;
     // The mask keeps the index provably inside the chunk for the verifier.
     let idx = (slot as usize) & (LUT_CHUNK_SLOTS - 1);
     let id = *chunk.backend_ids.get(idx).ok_or(drop_reason::NO_BACKEND)?;
@@ -152,5 +152,5 @@ pub fn touch_affinity(key: &AffinityKey, backend_id: u32, now: u32) {
         backend_id,
         last_used: now,
     };
-    let _ = AFFINITY.insert(key, &v, u64::from(BPF_ANY));
+    let _ = AFFINITY.insert(key, v, u64::from(BPF_ANY));
 }

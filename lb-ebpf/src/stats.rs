@@ -96,7 +96,7 @@ pub fn event(cfg: &Config, hook: u8, kind: u8, flow: &Flow, fill: impl FnOnce(&m
     };
     fill(&mut ev);
     // A full ring buffer loses the event, never the packet.
-    let _ = EVENTS.output(&ev, 0);
+    let _ = EVENTS.output(ev, 0);
 }
 
 /// Updates the explain trace (only in the `xlb explain` program copy).

@@ -53,6 +53,26 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs cargo of the nightly toolchain (the kernel crate's lints need `-Z build-std`).
+fn nightly_cargo(args: &[&str]) -> anyhow::Result<()> {
+    println!(
+        "xtask: rustup run {} cargo {}",
+        setup::NIGHTLY,
+        args.join(" ")
+    );
+    let status = Command::new("rustup")
+        .args(["run", setup::NIGHTLY, "cargo"])
+        .args(args)
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .status()
+        .context("running rustup")?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
 fn require_root(what: &str) -> anyhow::Result<()> {
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
@@ -88,8 +108,7 @@ fn main() -> anyhow::Result<()> {
             setup::setup(&[])?;
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
-            cargo(&[
-                &format!("+{}", setup::NIGHTLY),
+            nightly_cargo(&[
                 "clippy",
                 "-p",
                 "lb-ebpf",

@@ -103,13 +103,12 @@ fn line_of(text: &str, first_line: usize, needle: &str) -> usize {
         .map_or(first_line, |i| first_line + i)
 }
 
-/// Parses one compact document. Returns its services (with the line each starts at) and the
-/// problems of entries that were skipped; `Err` if the document does not have the format.
-pub fn parse(
-    text: &str,
-    file: &str,
-    first_line: usize,
-) -> Result<(Vec<(usize, LbService)>, Vec<Problem>), Problem> {
+/// Services of a compact document, each with the line it starts at.
+pub type Parsed = Vec<(usize, LbService)>;
+
+/// Parses one compact document. Returns its services and the problems of entries that were
+/// skipped; `Err` if the document does not have the format.
+pub fn parse(text: &str, file: &str, first_line: usize) -> Result<(Parsed, Vec<Problem>), Problem> {
     let doc: File = serde_yaml_ng::from_str(text).map_err(|e| {
         let line = e
             .location()

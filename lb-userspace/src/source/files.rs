@@ -136,14 +136,14 @@ fn parse_file(file: &str, text: &str) -> Result<(FileObjects, Vec<Problem>), Vec
             ("v1", "Service") => {
                 let object = format!("Service {ns}/{name}");
                 match parse_as::<Service>(doc.text, file, doc.line, &object) {
-                    Ok(s) => objs.objects.push((doc.line, Object::Service(s))),
+                    Ok(s) => objs.objects.push((doc.line, Object::Service(Box::new(s)))),
                     Err(p) => problems.push(p),
                 }
             }
             ("discovery.k8s.io/v1", "EndpointSlice") => {
                 let object = format!("EndpointSlice {ns}/{name}");
                 match parse_as::<EndpointSlice>(doc.text, file, doc.line, &object) {
-                    Ok(s) => objs.objects.push((doc.line, Object::Slice(s))),
+                    Ok(s) => objs.objects.push((doc.line, Object::Slice(Box::new(s)))),
                     Err(p) => problems.push(p),
                 }
             }
@@ -152,11 +152,10 @@ fn parse_file(file: &str, text: &str) -> Result<(FileObjects, Vec<Problem>), Vec
                 for (i, item) in items.into_iter().flatten().enumerate() {
                     let k = item.get("kind").and_then(|v| v.as_str()).unwrap_or("");
                     let parsed = match k {
-                        "Service" => {
-                            serde_yaml_ng::from_value::<Service>(item.clone()).map(Object::Service)
-                        }
+                        "Service" => serde_yaml_ng::from_value::<Service>(item.clone())
+                            .map(|s| Object::Service(Box::new(s))),
                         "EndpointSlice" => serde_yaml_ng::from_value::<EndpointSlice>(item.clone())
-                            .map(Object::Slice),
+                            .map(|s| Object::Slice(Box::new(s))),
                         _ => continue,
                     };
                     match parsed {

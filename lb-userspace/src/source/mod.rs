@@ -18,8 +18,8 @@ use crate::{
 /// An input object.
 #[derive(Clone, Debug)]
 pub enum Object {
-    Service(Service),
-    Slice(EndpointSlice),
+    Service(Box<Service>),
+    Slice(Box<EndpointSlice>),
     /// A service of the compact standalone format (already in model form).
     Compact(Box<LbService>),
 }

@@ -249,7 +249,7 @@ impl<W: MapWriter> MapSync<W> {
             text.push_str(&format!("{id}={}*{};", b.key, b.weight));
         }
         // Never 0: 0 marks "unknown" (recovered without info).
-        maglev::hash64(0x786c_62, text.as_bytes()) | 1
+        maglev::hash64(0x0078_6c62, text.as_bytes()) | 1
     }
 
     /// Programs `desired`, writing only differences, in safe order.
@@ -416,7 +416,10 @@ impl<W: MapWriter> MapSync<W> {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site; the arguments are the sync pass state"
+    )]
     fn apply_service(
         &mut self,
         name: &str,
