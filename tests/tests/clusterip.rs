@@ -417,3 +417,43 @@ fn a_broken_file_keeps_the_last_good_state_and_names_file_and_line() {
     });
     assert!(gone.is_some(), "{}", agent.cli(&["service", "list"]));
 }
+
+#[test]
+fn late_pods_are_attached_sigterm_is_clean_and_the_cli_reads_a_stopped_datapath() {
+    let (tag, mut node) = cluster(1);
+    let dir = tempdir(&tag);
+    let mut servers = Servers::new();
+    let p1 = &node.pods[1];
+    servers.tcp(&p1.ns, SocketAddr::from((p1.ip, 8080)), "b1");
+    let yaml = docs(&[
+        service("web", VIP, &http("web", "8080"), ""),
+        slice(
+            "web-1",
+            "web",
+            &[("http", 8080, "TCP")],
+            &[Ep::ready(p1.ip, "n1")],
+        ),
+    ]);
+    let path = write(&dir, &yaml);
+    let (_pins, mut agent) = start(&node, &tag, &path);
+    wait_backends(&agent, "default/web:http/TCP", 1);
+    // A pod created after the agent started gets the datapath too.
+    node.add_pod(7);
+    agent.wait_for_log("device=xp7", 1);
+    let late = &node.pods[2];
+    let s = spread(&tcp_requests(&late.ns, SocketAddr::from((VIP, 80)), 20));
+    assert_eq!(s.get("b1"), Some(&20), "{s:?}");
+    // SIGTERM: clean exit; the pinned datapath stays readable and keeps forwarding.
+    assert!(
+        agent.stop(),
+        "agent did not exit cleanly on SIGTERM:\n{}",
+        agent.logs()
+    );
+    let list = agent.cli(&["service", "list"]);
+    assert!(
+        list.contains("default/web:http/TCP") && list.contains("10.96.0.10:80/TCP"),
+        "{list}"
+    );
+    let s = spread(&tcp_requests(&late.ns, SocketAddr::from((VIP, 80)), 20));
+    assert_eq!(s.get("b1"), Some(&20), "{s:?}");
+}
