@@ -9,18 +9,17 @@ use std::{
     collections::{BTreeSet, HashSet},
     net::Ipv4Addr,
     path::PathBuf,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use aya::Ebpf;
 use lb_common::{Config, LAYOUT_VERSION};
-use tokio::sync::watch;
+use tokio::sync::mpsc;
 
 use crate::{
     bpf::{self, Capacities, Role, XdpModeOpt, devices, maps::Maps},
-    k8s::{NodeContext, Translation},
-    source::{Snapshot, files::FileSource, watch::Watch},
+    k8s::{NodeContext, Translator},
+    source::{Delta, files::FileSource, watch::Watch},
     sync::{MapReader as _, MapSync, SyncConfig},
 };
 
@@ -184,17 +183,19 @@ pub fn cleanup(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the file source: publishes a snapshot now and after every change.
-fn spawn_file_source(path: PathBuf, tx: watch::Sender<Option<Arc<Snapshot>>>) {
+/// Runs the file source: sends everything now, then what changed after every change.
+fn spawn_file_source(path: PathBuf, tx: mpsc::UnboundedSender<Delta>) {
     tokio::spawn(async move {
         let mut src = FileSource::new(&path);
         let mut watch = Watch::new(&path, Duration::from_secs(2));
+        let mut noticed = Instant::now();
         loop {
-            let snap = src.load();
-            if tx.send(Some(Arc::new(snap))).is_err() {
+            let mut delta = src.load();
+            delta.noticed = Some(noticed);
+            if tx.send(delta).is_err() {
                 return;
             }
-            watch.changed().await;
+            noticed = watch.changed().await;
             tracing::debug!(path = %path.display(), "services changed");
         }
     });
@@ -216,7 +217,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut sync = MapSync::recover(maps, sync_cfg, recovered);
     tracing::info!(bpffs = %cfg.bpffs.display(), adopted_services = adopted, "datapath loaded");
 
-    let (tx, mut rx) = watch::channel::<Option<Arc<Snapshot>>>(None);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Delta>();
     match (&cfg.services, &cfg.kubeconfig) {
         (Some(path), _) => spawn_file_source(path.clone(), tx),
         (None, Some(_)) => anyhow::bail!("--kubeconfig: the Kubernetes source is not built in yet"),
@@ -244,10 +245,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut rescan = tokio::time::interval(Duration::from_secs(2));
     let mut retry = tokio::time::interval(Duration::from_secs(5));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let node = cfg.node_context();
-    let mut last: Option<Arc<Snapshot>> = None;
-    let mut last_problems: Vec<String> = Vec::new();
-    let mut failing = false;
+    let mut translator = Translator::new(cfg.node_context());
+    let mut state = SyncState::default();
     let mut sources_open = true;
     devs.reconcile(&mut ebpf);
     tracing::info!(
@@ -257,26 +256,31 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 
     loop {
         tokio::select! {
-            changed = rx.changed(), if sources_open => {
-                if changed.is_err() {
+            delta = rx.recv(), if sources_open => {
+                let Some(delta) = delta else {
                     sources_open = false;
                     continue;
+                };
+                // Coalesce a burst: everything queued goes into one sync.
+                let mut noticed = delta.noticed;
+                let mut problems = delta.problems.clone();
+                delta.apply_to(&mut translator);
+                while let Ok(more) = rx.try_recv() {
+                    more.apply_to(&mut translator);
+                    problems = more.problems.clone();
+                    noticed = noticed.or(more.noticed);
                 }
-                let snap = rx.borrow_and_update().clone();
-                if let Some(snap) = snap {
-                    last = Some(snap.clone());
-                    failing = !apply(&mut sync, &snap, &node, &mut last_problems);
-                }
+                state.source_problems = problems;
+                sync_now(&mut sync, &mut translator, &mut state, noticed);
             }
             Some(()) = async { match link_events.as_mut() { Some(r) => r.recv().await, None => None } } => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 devs.reconcile(&mut ebpf);
             }
             _ = rescan.tick() => devs.reconcile(&mut ebpf),
-            _ = retry.tick(), if failing => {
-                if let Some(snap) = last.clone() {
-                    failing = !apply(&mut sync, &snap, &node, &mut last_problems);
-                }
+            _ = retry.tick(), if state.failing => {
+                state.full = true;
+                sync_now(&mut sync, &mut translator, &mut state, None);
             }
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
@@ -286,34 +290,51 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Translates and programs a snapshot. Returns false if some service failed (to retry).
-fn apply(
+/// What the sync loop remembers between passes.
+#[derive(Default)]
+struct SyncState {
+    /// The next pass compares everything (first pass after adoption, retries).
+    full: bool,
+    /// Some service failed: retry periodically.
+    failing: bool,
+    source_problems: Vec<crate::problem::Problem>,
+    logged_problems: Vec<String>,
+    synced_once: bool,
+}
+
+/// Translates what changed and programs it.
+fn sync_now(
     sync: &mut MapSync<Maps>,
-    snap: &Snapshot,
-    node: &NodeContext,
-    last_problems: &mut Vec<String>,
-) -> bool {
-    let t: Translation = snap.translate(node);
-    let problems: Vec<String> = snap
-        .problems
+    translator: &mut Translator,
+    st: &mut SyncState,
+    noticed: Option<Instant>,
+) {
+    let changed = translator.flush();
+    let problems: Vec<String> = st
+        .source_problems
         .iter()
-        .chain(t.problems.iter())
-        .map(ToString::to_string)
+        .cloned()
+        .chain(translator.problems())
+        .map(|p| p.to_string())
         .collect();
-    if problems != *last_problems {
+    if problems != st.logged_problems {
         for p in &problems {
             tracing::warn!("{p}");
         }
-        *last_problems = problems;
+        st.logged_problems = problems;
     }
-    if snap.keep_previous {
-        tracing::warn!("source unreadable: the programmed state is kept");
-        return true;
-    }
-    let report = sync.apply(&t.state);
+    // The first pass diffs everything against what a previous agent left in the maps.
+    let report = if st.full || !st.synced_once {
+        st.full = false;
+        sync.apply(translator.desired())
+    } else {
+        sync.apply_changes(translator.desired(), &changed)
+    };
+    st.synced_once = true;
     for (name, err) in &report.failed {
         tracing::error!(service = %name, error = %err, "programming failed; will retry");
     }
+    st.failing = !report.failed.is_empty();
     if report.writes > 0 {
         let totals = sync.totals();
         tracing::info!(
@@ -323,9 +344,9 @@ fn apply(
             writes = report.writes,
             services = totals.services,
             backends = totals.backends,
-            duration_us = report.duration.as_micros() as u64,
+            sync_us = report.duration.as_micros() as u64,
+            latency_us = noticed.map_or(0, |n| n.elapsed().as_micros() as u64),
             "maps synced"
         );
     }
-    report.failed.is_empty()
 }

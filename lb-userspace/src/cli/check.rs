@@ -6,7 +6,10 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::Output;
-use crate::{k8s::NodeContext, source::files::FileSource};
+use crate::{
+    k8s::{NodeContext, Translator},
+    source::files::FileSource,
+};
 
 #[derive(Serialize)]
 struct Report {
@@ -18,18 +21,22 @@ struct Report {
 
 /// Runs the check. Returns the text to print and whether the files are clean.
 pub fn run(path: &Path, node: &NodeContext, output: Output) -> anyhow::Result<(String, bool)> {
-    let snap = FileSource::new(path).load();
-    let t = snap.translate(node);
-    let problems: Vec<String> = snap
+    let delta = FileSource::new(path).load();
+    let mut t = Translator::new(node.clone());
+    delta.apply_to(&mut t);
+    t.flush();
+    let problems: Vec<String> = delta
         .problems
         .iter()
-        .chain(t.problems.iter())
-        .map(ToString::to_string)
+        .cloned()
+        .chain(t.problems())
+        .map(|p| p.to_string())
         .collect();
+    let state = t.desired();
     let report = Report {
-        services: t.state.services.len(),
-        frontends: t.state.services.values().map(|s| s.frontends.len()).sum(),
-        endpoints: t.state.services.values().map(|s| s.endpoints.len()).sum(),
+        services: state.services.len(),
+        frontends: state.services.values().map(|s| s.frontends.len()).sum(),
+        endpoints: state.services.values().map(|s| s.endpoints.len()).sum(),
         problems,
     };
     let ok = report.problems.is_empty();

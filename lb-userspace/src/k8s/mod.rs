@@ -5,7 +5,7 @@ pub mod spec;
 pub mod translate;
 
 pub use spec::{ServiceSpec, SliceSpec, service_spec, slice_spec};
-pub use translate::{HealthCheck, NodeContext, Translation, translate};
+pub use translate::{HealthCheck, NodeContext, Origin, Translation, Translator, translate};
 
 #[cfg(test)]
 mod tests;

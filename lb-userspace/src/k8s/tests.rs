@@ -347,3 +347,81 @@ endpoints: [{addresses: [10.244.0.1]}]
         "{msgs:?}"
     );
 }
+
+#[test]
+fn incremental_translation_matches_a_fresh_one() {
+    use super::Translator;
+    let svc_a = "metadata: {name: a, namespace: default}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}";
+    let svc_b = "metadata: {name: b, namespace: default}\nspec: {clusterIP: 10.96.0.11, ports: [{port: 80}]}";
+    // c takes a's VIP: it loses while a exists, wins once a is gone.
+    let svc_c = "metadata: {name: c, namespace: default}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}";
+    let sl = |name: &str, svc: &str, ip: &str| {
+        slice_spec(&slice(&format!(
+            "metadata: {{name: {name}, namespace: default, labels: {{kubernetes.io/service-name: {svc}}}}}\naddressType: IPv4\nports: [{{port: 80}}]\nendpoints: [{{addresses: [{ip}]}}]"
+        )))
+        .unwrap()
+    };
+    let mut t = Translator::new(node());
+    let mut services = vec![
+        service_spec(&svc(svc_a)).unwrap(),
+        service_spec(&svc(svc_b)).unwrap(),
+    ];
+    let mut slices = vec![sl("a-1", "a", "10.244.0.1"), sl("b-1", "b", "10.244.0.2")];
+    for s in &services {
+        t.upsert_service(s.clone());
+    }
+    for s in &slices {
+        t.upsert_slice(s.clone());
+    }
+    let changed = t.flush();
+    assert_eq!(changed.len(), 2);
+    let check = |t: &Translator, services: &[super::ServiceSpec], slices: &[super::SliceSpec]| {
+        let fresh = translate(services, slices, &node());
+        assert_eq!(t.desired(), &fresh.state);
+        assert_eq!(t.problems(), fresh.problems);
+    };
+    check(&t, &services, &slices);
+
+    // One endpoint changes: only that service is reported.
+    slices[1] = sl("b-1", "b", "10.244.0.3");
+    t.upsert_slice(slices[1].clone());
+    assert_eq!(
+        t.flush().into_iter().collect::<Vec<_>>(),
+        vec!["default/b:80/TCP".to_owned()]
+    );
+    check(&t, &services, &slices);
+
+    // A conflicting service appears, then the owner goes away.
+    services.push(service_spec(&svc(svc_c)).unwrap());
+    slices.push(sl("c-1", "c", "10.244.0.4"));
+    t.upsert_service(services[2].clone());
+    t.upsert_slice(slices[2].clone());
+    t.flush();
+    check(&t, &services, &slices);
+    assert!(
+        t.problems()
+            .iter()
+            .any(|p| p.message.contains("already used by default/a"))
+    );
+    services.remove(0);
+    slices.remove(0);
+    t.remove_service("default", "a");
+    t.remove_slice("default", "a-1");
+    let changed = t.flush();
+    assert!(changed.contains("default/a:80/TCP") && changed.contains("default/c:80/TCP"));
+    check(&t, &services, &slices);
+    assert_eq!(t.desired().services["default/c:80/TCP"].frontends.len(), 1);
+
+    // A slice relabelled to another service moves its endpoint.
+    let moved = sl("b-1", "c", "10.244.0.3");
+    slices.retain(|s| s.name != "b-1");
+    slices.push(moved.clone());
+    t.upsert_slice(moved);
+    t.flush();
+    check(&t, &services, &slices);
+    assert!(
+        t.desired().services["default/b:80/TCP"]
+            .endpoints
+            .is_empty()
+    );
+}

@@ -5,9 +5,14 @@
 //! this node's pods reaching them are sent to the cluster-wide set through internal-scope entries
 //! (kube-proxy's short-circuit). Under `internalTrafficPolicy: Local` the ClusterIP set is
 //! node-local. Endpoint conditions follow ProxyTerminatingEndpoints.
+//!
+//! `Translator` keeps the result per Service and re-translates only the Services whose
+//! objects changed, so one EndpointSlice update costs one Service's work however many
+//! Services exist. A frontend claimed by two services goes to the first by name; the other
+//! is reported.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
 };
 
@@ -136,199 +141,444 @@ fn candidates(port: &PortSpec, slices: &[&SliceSpec], node: &NodeContext) -> Vec
     by_addr.into_values().collect()
 }
 
-/// Translates validated objects into the desired state for this node.
+/// Raw translation of one Service: its backend sets before frontend conflicts are resolved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Raw {
+    sets: Vec<LbService>,
+    problems: Vec<Problem>,
+    health: Option<(u16, HealthCheck)>,
+}
+
+fn sctp_problem(svc: &ServiceSpec, port: &PortSpec, f: &Frontend, ep_port: u16) -> Problem {
+    Problem::field(
+        &svc.object(),
+        format!("spec.ports[{}]", port_label(port)),
+        format!(
+            "SCTP frontend {f} would need its port rewritten to {ep_port} (SCTP's CRC32c \
+             covers ports): not programmed; use targetPort = port{}",
+            if f.kind == FrontendKind::NodePort {
+                " and reach it through the ClusterIP"
+            } else {
+                ""
+            }
+        ),
+    )
+}
+
+/// Translates one Service with its slices (no cross-service checks).
+fn translate_service(svc: &ServiceSpec, slices: &[&SliceSpec], node: &NodeContext) -> Raw {
+    let mut raw = Raw::default();
+    if svc.kind == ServiceType::Nothing || svc.proxy_name != node.proxy_name {
+        return raw;
+    }
+    let mut health_local = 0usize;
+    for port in &svc.ports {
+        let base = format!(
+            "{}/{}:{}/{}",
+            svc.namespace,
+            svc.name,
+            port_label(port),
+            port.proto
+        );
+        let cands = candidates(port, slices, node);
+        let cluster = with_conditions(cands.iter());
+        let local = with_conditions(cands.iter().filter(|c| c.local));
+        health_local = health_local.max(
+            local
+                .iter()
+                .filter(|e| e.state == EndpointState::Active)
+                .count(),
+        );
+        let fe = |addr, port_no, kind, ranges| Frontend {
+            addr,
+            port: port_no,
+            proto: port.proto,
+            scope: Scope::External,
+            kind,
+            source_ranges: ranges,
+        };
+        let cluster_fes: Vec<Frontend> = svc
+            .cluster_ips
+            .iter()
+            .map(|a| fe(*a, port.port, FrontendKind::ClusterIp, false))
+            .collect();
+        let mut external_fes = Vec::new();
+        if let Some(np) = port.node_port
+            && svc.kind != ServiceType::ClusterIp
+        {
+            for a in &node.node_ips {
+                external_fes.push(fe(*a, np, FrontendKind::NodePort, false));
+            }
+        }
+        let ranges = !svc.source_ranges.is_empty();
+        for a in &svc.lb_ips {
+            external_fes.push(fe(*a, port.port, FrontendKind::LoadBalancer, ranges));
+        }
+        for a in &svc.external_ips {
+            external_fes.push(fe(*a, port.port, FrontendKind::ExternalIp, false));
+        }
+        let internal_eps = if svc.int_local {
+            local.clone()
+        } else {
+            cluster.clone()
+        };
+        let template = |name: String, frontends: Vec<Frontend>, endpoints, ext_local| LbService {
+            name,
+            frontends,
+            endpoints,
+            algorithm: svc.algorithm,
+            affinity_timeout: svc.affinity.unwrap_or(0),
+            source_ranges: svc.source_ranges.clone(),
+            ext_local,
+        };
+        let mut sets = Vec::new();
+        if svc.ext_local && !external_fes.is_empty() {
+            // This node's pods reaching an external frontend use the cluster-wide set.
+            let mut main = cluster_fes.clone();
+            main.extend(external_fes.iter().map(|f| Frontend {
+                scope: Scope::Internal,
+                ..*f
+            }));
+            sets.push(template(base.clone(), main, internal_eps, false));
+            sets.push(template(
+                format!("{base} (local)"),
+                external_fes,
+                local,
+                true,
+            ));
+        } else if svc.int_local && !external_fes.is_empty() {
+            sets.push(template(base.clone(), cluster_fes, internal_eps, false));
+            sets.push(template(
+                format!("{base} (external)"),
+                external_fes,
+                cluster,
+                false,
+            ));
+        } else {
+            let mut all = cluster_fes;
+            all.extend(external_fes);
+            sets.push(template(base, all, internal_eps, false));
+        }
+        for mut set in sets {
+            let mut seen = BTreeSet::new();
+            set.frontends.retain(|f| {
+                if f.proto == Protocol::Sctp
+                    && let Some(ep) = set.endpoints.iter().find(|e| e.port != f.port)
+                {
+                    raw.problems.push(sctp_problem(svc, port, f, ep.port));
+                    return false;
+                }
+                seen.insert(*f)
+            });
+            if !set.frontends.is_empty() {
+                raw.sets.push(set);
+            }
+        }
+    }
+    if svc.ext_local
+        && let Some(hc) = svc.health_check_node_port
+    {
+        raw.health = Some((
+            hc,
+            HealthCheck {
+                service: format!("{}/{}", svc.namespace, svc.name),
+                local_endpoints: health_local,
+            },
+        ));
+    }
+    raw
+}
+
+/// Who defined a set of backend sets.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Origin {
+    /// A Kubernetes Service (namespace, name).
+    Service(String, String),
+    /// A compact-format service (name).
+    Compact(String),
+}
+
+/// A frontend key as conflicts see it.
+type FeKey = (Ipv4Addr, u16, Protocol, Scope);
+
+fn fe_key(f: &Frontend) -> FeKey {
+    (f.addr, f.port, f.proto, f.scope)
+}
+
+/// Incremental translation: objects in, changed backend sets out.
+#[derive(Debug, Default)]
+pub struct Translator {
+    node: NodeContext,
+    services: HashMap<(String, String), ServiceSpec>,
+    /// Slices by (namespace, service) then slice name.
+    slices: HashMap<(String, String), BTreeMap<String, SliceSpec>>,
+    /// (namespace, slice name) → the service its label names.
+    slice_owner: HashMap<(String, String), String>,
+    compact: HashMap<String, LbService>,
+    raw: HashMap<Origin, Raw>,
+    /// Backend-set name → its origin.
+    origin_of: HashMap<String, Origin>,
+    /// Frontend → every backend set claiming it; the first by name owns it.
+    claims: HashMap<FeKey, BTreeSet<String>>,
+    /// The resolved state.
+    desired: DesiredState,
+    conflicts: HashMap<String, Vec<Problem>>,
+    dirty: BTreeSet<Origin>,
+}
+
+impl Translator {
+    /// An empty translator for this node.
+    pub fn new(node: NodeContext) -> Self {
+        Self {
+            node,
+            ..Self::default()
+        }
+    }
+
+    /// Changes the node context (every Service is translated again on the next flush).
+    pub fn set_node(&mut self, node: NodeContext) {
+        if node.node_name != self.node.node_name
+            || node.node_ips != self.node.node_ips
+            || node.proxy_name != self.node.proxy_name
+        {
+            self.node = node;
+            self.dirty.extend(self.raw.keys().cloned());
+            for k in self.services.keys() {
+                self.dirty.insert(Origin::Service(k.0.clone(), k.1.clone()));
+            }
+        }
+    }
+
+    /// The node context in use.
+    pub fn node(&self) -> &NodeContext {
+        &self.node
+    }
+
+    /// Adds or replaces a Service.
+    pub fn upsert_service(&mut self, spec: ServiceSpec) {
+        let key = (spec.namespace.clone(), spec.name.clone());
+        if self.services.get(&key) != Some(&spec) {
+            self.dirty
+                .insert(Origin::Service(key.0.clone(), key.1.clone()));
+            self.services.insert(key, spec);
+        }
+    }
+
+    /// Removes a Service.
+    pub fn remove_service(&mut self, namespace: &str, name: &str) {
+        let key = (namespace.to_owned(), name.to_owned());
+        if self.services.remove(&key).is_some() {
+            self.dirty.insert(Origin::Service(key.0, key.1));
+        }
+    }
+
+    /// Adds or replaces an EndpointSlice.
+    pub fn upsert_slice(&mut self, spec: SliceSpec) {
+        let skey = (spec.namespace.clone(), spec.name.clone());
+        if let Some(prev) = self.slice_owner.get(&skey).cloned()
+            && prev != spec.service
+        {
+            self.remove_slice(&skey.0, &skey.1);
+        }
+        let svc = (spec.namespace.clone(), spec.service.clone());
+        let slot = self.slices.entry(svc.clone()).or_default();
+        if slot.get(&spec.name) != Some(&spec) {
+            self.slice_owner.insert(skey, spec.service.clone());
+            slot.insert(spec.name.clone(), spec);
+            self.dirty.insert(Origin::Service(svc.0, svc.1));
+        }
+    }
+
+    /// Removes an EndpointSlice.
+    pub fn remove_slice(&mut self, namespace: &str, name: &str) {
+        let skey = (namespace.to_owned(), name.to_owned());
+        if let Some(service) = self.slice_owner.remove(&skey) {
+            let svc = (namespace.to_owned(), service);
+            if let Some(slot) = self.slices.get_mut(&svc) {
+                slot.remove(name);
+                if slot.is_empty() {
+                    self.slices.remove(&svc);
+                }
+            }
+            self.dirty.insert(Origin::Service(svc.0, svc.1));
+        }
+    }
+
+    /// Adds or replaces a compact-format service.
+    pub fn upsert_compact(&mut self, svc: LbService) {
+        if self.compact.get(&svc.name) != Some(&svc) {
+            self.dirty.insert(Origin::Compact(svc.name.clone()));
+            self.compact.insert(svc.name.clone(), svc);
+        }
+    }
+
+    /// Removes a compact-format service.
+    pub fn remove_compact(&mut self, name: &str) {
+        if self.compact.remove(name).is_some() {
+            self.dirty.insert(Origin::Compact(name.to_owned()));
+        }
+    }
+
+    fn raw_of(&self, origin: &Origin) -> Raw {
+        match origin {
+            Origin::Service(ns, name) => {
+                let Some(spec) = self.services.get(&(ns.clone(), name.clone())) else {
+                    return Raw::default();
+                };
+                let slices: Vec<&SliceSpec> = self
+                    .slices
+                    .get(&(ns.clone(), name.clone()))
+                    .map(|m| m.values().collect())
+                    .unwrap_or_default();
+                translate_service(spec, &slices, &self.node)
+            }
+            Origin::Compact(name) => Raw {
+                sets: self.compact.get(name).cloned().into_iter().collect(),
+                ..Raw::default()
+            },
+        }
+    }
+
+    /// Re-translates what changed. Returns the names of backend sets whose desired entry
+    /// changed (added, updated or removed).
+    pub fn flush(&mut self) -> BTreeSet<String> {
+        let mut touched_names: BTreeSet<String> = BTreeSet::new();
+        let mut touched_keys: HashSet<FeKey> = HashSet::new();
+        for origin in std::mem::take(&mut self.dirty) {
+            let new = self.raw_of(&origin);
+            let old = self.raw.remove(&origin).unwrap_or_default();
+            if new == old {
+                if !old.sets.is_empty() || !old.problems.is_empty() || old.health.is_some() {
+                    self.raw.insert(origin, old);
+                }
+                continue;
+            }
+            for set in &old.sets {
+                touched_names.insert(set.name.clone());
+                self.origin_of.remove(&set.name);
+                for f in &set.frontends {
+                    let k = fe_key(f);
+                    touched_keys.insert(k);
+                    if let Some(c) = self.claims.get_mut(&k) {
+                        c.remove(&set.name);
+                        if c.is_empty() {
+                            self.claims.remove(&k);
+                        }
+                    }
+                }
+            }
+            for set in &new.sets {
+                touched_names.insert(set.name.clone());
+                self.origin_of.insert(set.name.clone(), origin.clone());
+                for f in &set.frontends {
+                    let k = fe_key(f);
+                    touched_keys.insert(k);
+                    self.claims.entry(k).or_default().insert(set.name.clone());
+                }
+            }
+            self.raw.insert(origin, new);
+        }
+        // Every claimant of a touched frontend may gain or lose it.
+        for k in &touched_keys {
+            if let Some(c) = self.claims.get(k) {
+                touched_names.extend(c.iter().cloned());
+            }
+        }
+        let mut changed = BTreeSet::new();
+        for name in touched_names {
+            let resolved = self.resolve(&name);
+            let current = self.desired.services.get(&name);
+            if resolved.as_ref() != current {
+                match resolved {
+                    Some(s) => {
+                        self.desired.services.insert(name.clone(), s);
+                    }
+                    None => {
+                        self.desired.services.remove(&name);
+                    }
+                }
+                changed.insert(name);
+            }
+        }
+        changed
+    }
+
+    /// A backend set with only the frontends it owns; `None` if it has none.
+    fn resolve(&mut self, name: &str) -> Option<LbService> {
+        self.conflicts.remove(name);
+        let origin = self.origin_of.get(name)?;
+        let raw = self.raw.get(origin)?;
+        let mut set = raw.sets.iter().find(|s| s.name == name)?.clone();
+        let object = match origin {
+            Origin::Service(ns, n) => format!("Service {ns}/{n}"),
+            Origin::Compact(n) => format!("service {n}"),
+        };
+        let mut lost = Vec::new();
+        set.frontends.retain(|f| {
+            let owner = self
+                .claims
+                .get(&fe_key(f))
+                .and_then(|c| c.iter().next())
+                .cloned()
+                .unwrap_or_default();
+            if owner == name {
+                return true;
+            }
+            lost.push(Problem::field(
+                &object,
+                "",
+                format!("frontend {f} is already used by {owner}: not programmed"),
+            ));
+            false
+        });
+        if !lost.is_empty() {
+            self.conflicts.insert(name.to_owned(), lost);
+        }
+        (!set.frontends.is_empty()).then_some(set)
+    }
+
+    /// The resolved desired state.
+    pub fn desired(&self) -> &DesiredState {
+        &self.desired
+    }
+
+    /// Every translation problem (SCTP port rewrites, frontend conflicts), sorted.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out: Vec<Problem> = self
+            .raw
+            .values()
+            .flat_map(|r| r.problems.iter().cloned())
+            .chain(self.conflicts.values().flatten().cloned())
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.object, &a.field, &a.message).cmp(&(&b.object, &b.field, &b.message))
+        });
+        out
+    }
+
+    /// healthCheckNodePorts to serve.
+    pub fn health_checks(&self) -> BTreeMap<u16, HealthCheck> {
+        self.raw.values().filter_map(|r| r.health.clone()).collect()
+    }
+}
+
+/// Translates validated objects into the desired state for this node (all at once).
 pub fn translate(
     services: &[ServiceSpec],
     slices: &[SliceSpec],
     node: &NodeContext,
 ) -> Translation {
-    let mut out = Translation::default();
-    let mut slices_by_svc: HashMap<(&str, &str), Vec<&SliceSpec>> = HashMap::new();
+    let mut t = Translator::new(node.clone());
+    for s in services {
+        t.upsert_service(s.clone());
+    }
     for s in slices {
-        slices_by_svc
-            .entry((s.namespace.as_str(), s.service.as_str()))
-            .or_default()
-            .push(s);
+        t.upsert_slice(s.clone());
     }
-    let mut ordered: Vec<&ServiceSpec> = services.iter().collect();
-    ordered.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    // Frontend → owning service name, to report conflicts deterministically (first name wins).
-    let mut owners: HashMap<(Ipv4Addr, u16, Protocol, Scope), String> = HashMap::new();
-
-    for svc in ordered {
-        if svc.kind == ServiceType::Nothing || svc.proxy_name != node.proxy_name {
-            continue;
-        }
-        let svc_slices = slices_by_svc
-            .get(&(svc.namespace.as_str(), svc.name.as_str()))
-            .cloned()
-            .unwrap_or_default();
-        let mut health_local = 0usize;
-        for port in &svc.ports {
-            let base = format!(
-                "{}/{}:{}/{}",
-                svc.namespace,
-                svc.name,
-                port_label(port),
-                port.proto
-            );
-            let cands = candidates(port, &svc_slices, node);
-            let cluster = with_conditions(cands.iter());
-            let local = with_conditions(cands.iter().filter(|c| c.local));
-            health_local = health_local.max(
-                local
-                    .iter()
-                    .filter(|e| e.state == EndpointState::Active)
-                    .count(),
-            );
-
-            let fe = |addr, port_no, kind, scope, ranges| Frontend {
-                addr,
-                port: port_no,
-                proto: port.proto,
-                scope,
-                kind,
-                source_ranges: ranges,
-            };
-            let cluster_fes: Vec<Frontend> = svc
-                .cluster_ips
-                .iter()
-                .map(|a| {
-                    fe(
-                        *a,
-                        port.port,
-                        FrontendKind::ClusterIp,
-                        Scope::External,
-                        false,
-                    )
-                })
-                .collect();
-            let mut external_fes = Vec::new();
-            if let Some(np) = port.node_port
-                && svc.kind != ServiceType::ClusterIp
-            {
-                for a in &node.node_ips {
-                    external_fes.push(fe(*a, np, FrontendKind::NodePort, Scope::External, false));
-                }
-            }
-            let ranges = !svc.source_ranges.is_empty();
-            for a in &svc.lb_ips {
-                external_fes.push(fe(
-                    *a,
-                    port.port,
-                    FrontendKind::LoadBalancer,
-                    Scope::External,
-                    ranges,
-                ));
-            }
-            for a in &svc.external_ips {
-                external_fes.push(fe(
-                    *a,
-                    port.port,
-                    FrontendKind::ExternalIp,
-                    Scope::External,
-                    false,
-                ));
-            }
-            let internal_eps = if svc.int_local {
-                local.clone()
-            } else {
-                cluster.clone()
-            };
-            let template =
-                |name: String, frontends: Vec<Frontend>, endpoints, ext_local| LbService {
-                    name,
-                    frontends,
-                    endpoints,
-                    algorithm: svc.algorithm,
-                    affinity_timeout: svc.affinity.unwrap_or(0),
-                    source_ranges: svc.source_ranges.clone(),
-                    ext_local,
-                };
-            let mut sets = Vec::new();
-            if svc.ext_local && !external_fes.is_empty() {
-                // This node's pods reaching an external frontend use the cluster-wide set.
-                let mut main = cluster_fes.clone();
-                main.extend(external_fes.iter().map(|f| Frontend {
-                    scope: Scope::Internal,
-                    ..*f
-                }));
-                sets.push(template(base.clone(), main, internal_eps, false));
-                sets.push(template(
-                    format!("{base} (local)"),
-                    external_fes,
-                    local.clone(),
-                    true,
-                ));
-            } else if svc.int_local && !external_fes.is_empty() {
-                sets.push(template(base.clone(), cluster_fes, internal_eps, false));
-                sets.push(template(
-                    format!("{base} (external)"),
-                    external_fes,
-                    cluster,
-                    false,
-                ));
-            } else {
-                let mut all = cluster_fes;
-                all.extend(external_fes);
-                sets.push(template(base.clone(), all, internal_eps, false));
-            }
-            for mut set in sets {
-                set.frontends.retain(|f| {
-                    if f.proto == Protocol::Sctp
-                        && let Some(ep) = set.endpoints.iter().find(|e| e.port != f.port)
-                    {
-                        out.problems.push(Problem::field(
-                            &svc.object(),
-                            format!("spec.ports[{}]", port_label(port)),
-                            format!(
-                                "SCTP frontend {f} would need its port rewritten to {} \
-                                 (SCTP's CRC32c covers ports): not programmed; use \
-                                 targetPort = port{}",
-                                ep.port,
-                                if f.kind == FrontendKind::NodePort {
-                                    " and reach it through the ClusterIP"
-                                } else {
-                                    ""
-                                }
-                            ),
-                        ));
-                        return false;
-                    }
-                    let key = (f.addr, f.port, f.proto, f.scope);
-                    match owners.get(&key) {
-                        Some(owner) if *owner != set.name => {
-                            out.problems.push(Problem::field(
-                                &svc.object(),
-                                format!("spec.ports[{}]", port_label(port)),
-                                format!("frontend {f} is already used by {owner}: not programmed"),
-                            ));
-                            false
-                        }
-                        _ => {
-                            owners.insert(key, set.name.clone());
-                            true
-                        }
-                    }
-                });
-                let mut seen = BTreeSet::new();
-                set.frontends.retain(|f| seen.insert(*f));
-                if !set.frontends.is_empty() {
-                    out.state.services.insert(set.name.clone(), set);
-                }
-            }
-        }
-        if svc.ext_local
-            && let Some(hc) = svc.health_check_node_port
-        {
-            out.health_checks.insert(
-                hc,
-                HealthCheck {
-                    service: format!("{}/{}", svc.namespace, svc.name),
-                    local_endpoints: health_local,
-                },
-            );
-        }
+    t.flush();
+    Translation {
+        state: t.desired().clone(),
+        health_checks: t.health_checks(),
+        problems: t.problems(),
     }
-    out
 }

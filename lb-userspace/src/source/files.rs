@@ -7,7 +7,7 @@
 //! validates keeps its last good version, until fixed or removed.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fs,
     path::{Path, PathBuf},
 };
@@ -15,11 +15,8 @@ use std::{
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde::de::DeserializeOwned;
 
-use super::{Object, ObjectKey, Snapshot, compact};
-use crate::{
-    k8s::{service_spec, slice_spec},
-    problem::Problem,
-};
+use super::{Delta, Object, ObjectKey, Spec, compact};
+use crate::problem::Problem;
 
 /// Objects parsed out of one file, with the line each starts at.
 #[derive(Clone, Debug, Default)]
@@ -27,12 +24,42 @@ struct FileObjects {
     objects: Vec<(usize, Object)>,
 }
 
-/// Loads a path and remembers the last good state of every file and object.
+/// What identifies a file's content without reading it.
+type Stamp = (i64, i64, i64, i64, u64, u64);
+
+fn stamp_of(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = fs::metadata(path).ok()?;
+    Some((
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+        m.len(),
+        m.ino(),
+    ))
+}
+
+/// One file as last read.
+#[derive(Debug, Default)]
+struct FileState {
+    stamp: Option<Stamp>,
+    /// Valid objects of the file (or their last good versions), first definition per key.
+    specs: BTreeMap<ObjectKey, (usize, Spec)>,
+    problems: Vec<Problem>,
+}
+
+/// Loads a path; on each load re-reads only the files that changed and reports what changed.
 #[derive(Debug, Default)]
 pub struct FileSource {
     root: PathBuf,
-    last_good_files: HashMap<PathBuf, FileObjects>,
-    last_good_objects: HashMap<ObjectKey, Object>,
+    files: BTreeMap<PathBuf, FileState>,
+    /// Every file defining a key (the first path in order is in effect).
+    defs: HashMap<ObjectKey, BTreeSet<PathBuf>>,
+    /// Problems about keys defined in several files.
+    duplicates: BTreeMap<ObjectKey, Problem>,
+    /// The source could not be listed at all.
+    unreadable: Option<Problem>,
 }
 
 /// A YAML document of a file and the line it starts at (1-based).
@@ -244,105 +271,198 @@ impl FileSource {
         &self.root
     }
 
-    /// Reads every file again. Broken files and objects keep their last good version.
-    pub fn load(&mut self) -> Snapshot {
-        let mut snap = Snapshot::default();
+    /// Reads a changed file into a new state, keeping last good versions of what broke.
+    fn read_file(&self, path: &Path, stamp: Option<Stamp>) -> FileState {
+        let display = path.display().to_string();
+        let prev = self.files.get(path);
+        let parsed = fs::read_to_string(path)
+            .map_err(|e| {
+                vec![Problem {
+                    origin: display.clone(),
+                    object: String::new(),
+                    field: String::new(),
+                    message: format!("cannot read: {e}"),
+                }]
+            })
+            .and_then(|text| parse_file(&display, &text));
+        let (objs, mut problems) = match parsed {
+            Ok(ok) => ok,
+            Err(mut problems) => {
+                // The file does not parse: all its objects stay as they were.
+                for p in &mut problems {
+                    p.message
+                        .push_str("; keeping this file's last good objects");
+                }
+                return FileState {
+                    stamp,
+                    specs: prev.map(|p| p.specs.clone()).unwrap_or_default(),
+                    problems,
+                };
+            }
+        };
+        let mut specs: BTreeMap<ObjectKey, (usize, Spec)> = BTreeMap::new();
+        for (line, obj) in objs.objects {
+            let origin = format!("{display}:{line}");
+            let key = obj.key();
+            if let Some((first, _)) = specs.get(&key) {
+                problems.push(Problem {
+                    origin,
+                    object: key.to_string(),
+                    field: String::new(),
+                    message: format!("already defined at {display}:{first}: ignored"),
+                });
+                continue;
+            }
+            match obj.validate() {
+                Ok(spec) => {
+                    specs.insert(key, (line, spec));
+                }
+                Err(found) => {
+                    let previous = prev.and_then(|p| p.specs.get(&key)).cloned();
+                    let suffix = if previous.is_some() {
+                        "; keeping its last good version"
+                    } else {
+                        "; skipped"
+                    };
+                    for p in found {
+                        let mut p = p.at(&origin);
+                        p.message.push_str(suffix);
+                        problems.push(p);
+                    }
+                    if let Some(prev) = previous {
+                        specs.insert(key, prev);
+                    }
+                }
+            }
+        }
+        FileState {
+            stamp,
+            specs,
+            problems,
+        }
+    }
+
+    fn effective(&self, key: &ObjectKey) -> Option<&Spec> {
+        let path = self.defs.get(key)?.iter().next()?;
+        self.files.get(path)?.specs.get(key).map(|(_, s)| s)
+    }
+
+    /// Re-reads the files that changed. Returns the objects that changed (all of them on the
+    /// first load) and every current problem.
+    pub fn load(&mut self) -> Delta {
         let files = match files_of(&self.root) {
             Ok(f) => f,
             Err(p) => {
                 // The whole path is unreadable: keep everything as it was.
-                snap.problems.push(p);
-                snap.keep_previous = true;
-                return snap;
+                self.unreadable = Some(p);
+                return Delta {
+                    changes: Vec::new(),
+                    problems: self.problems(),
+                    noticed: None,
+                };
             }
         };
-        let mut current: HashMap<PathBuf, FileObjects> = HashMap::new();
-        for f in files {
-            let display = f.display().to_string();
-            let parsed = fs::read_to_string(&f)
-                .map_err(|e| {
-                    vec![Problem {
-                        origin: display.clone(),
-                        object: String::new(),
-                        field: String::new(),
-                        message: format!("cannot read: {e}"),
-                    }]
-                })
-                .and_then(|text| parse_file(&display, &text));
-            match parsed {
-                Ok((objs, mut problems)) => {
-                    snap.problems.append(&mut problems);
-                    current.insert(f, objs);
+        self.unreadable = None;
+        let mut touched: BTreeSet<ObjectKey> = BTreeSet::new();
+        let mut before: HashMap<ObjectKey, Option<Spec>> = HashMap::new();
+        let mut note = |src: &Self, touched: &mut BTreeSet<ObjectKey>, keys: Vec<ObjectKey>| {
+            for k in keys {
+                if touched.insert(k.clone()) {
+                    before.insert(k.clone(), src.effective(&k).cloned());
                 }
-                Err(mut problems) => {
-                    if let Some(prev) = self.last_good_files.get(&f) {
-                        for p in &mut problems {
-                            p.message
-                                .push_str("; keeping this file's last good objects");
-                        }
-                        current.insert(f, prev.clone());
-                    }
-                    snap.problems.append(&mut problems);
+            }
+        };
+        // Files gone.
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !files.contains(p))
+            .cloned()
+            .collect();
+        for path in gone {
+            let keys: Vec<ObjectKey> = self.files[&path].specs.keys().cloned().collect();
+            note(self, &mut touched, keys.clone());
+            self.files.remove(&path);
+            for k in keys {
+                if let Some(d) = self.defs.get_mut(&k) {
+                    d.remove(&path);
                 }
             }
         }
-        self.last_good_files = current;
-        let mut files: Vec<_> = self.last_good_files.iter().collect();
-        files.sort_by(|a, b| a.0.cmp(b.0));
-        let mut seen: BTreeMap<ObjectKey, String> = BTreeMap::new();
-        let mut good_now: HashMap<ObjectKey, Object> = HashMap::new();
-        for (path, objs) in files {
-            for (line, obj) in &objs.objects {
-                let origin = format!("{}:{line}", path.display());
-                let key = obj.key();
-                if let Some(first) = seen.get(&key) {
-                    snap.problems.push(Problem {
-                        origin,
+        // Files new or changed (by metadata).
+        for path in files {
+            let stamp = stamp_of(&path);
+            if stamp.is_some() && self.files.get(&path).is_some_and(|f| f.stamp == stamp) {
+                continue;
+            }
+            let state = self.read_file(&path, stamp);
+            let old_keys: Vec<ObjectKey> = self
+                .files
+                .get(&path)
+                .map(|f| f.specs.keys().cloned().collect())
+                .unwrap_or_default();
+            let new_keys: Vec<ObjectKey> = state.specs.keys().cloned().collect();
+            note(
+                self,
+                &mut touched,
+                old_keys.iter().chain(&new_keys).cloned().collect(),
+            );
+            for k in &old_keys {
+                if let Some(d) = self.defs.get_mut(k) {
+                    d.remove(&path);
+                }
+            }
+            for k in new_keys {
+                self.defs.entry(k).or_default().insert(path.clone());
+            }
+            self.files.insert(path, state);
+        }
+        let mut changes = Vec::new();
+        for key in touched {
+            if self.defs.get(&key).is_some_and(BTreeSet::is_empty) {
+                self.defs.remove(&key);
+            }
+            // A key defined in several files: the first path wins, the others are reported.
+            self.duplicates.remove(&key);
+            if let Some(paths) = self.defs.get(&key)
+                && paths.len() > 1
+            {
+                let mut it = paths.iter();
+                let first = it
+                    .next()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                let others: Vec<String> = it.map(|p| p.display().to_string()).collect();
+                self.duplicates.insert(
+                    key.clone(),
+                    Problem {
+                        origin: others.join(", "),
                         object: key.to_string(),
                         field: String::new(),
-                        message: format!("already defined at {first}: ignored"),
-                    });
-                    continue;
-                }
-                seen.insert(key.clone(), origin.clone());
-                let chosen = match obj.validate() {
-                    Ok(()) => Some(obj.clone()),
-                    Err(problems) => {
-                        let previous = self.last_good_objects.get(&key).cloned();
-                        let suffix = if previous.is_some() {
-                            "; keeping its last good version"
-                        } else {
-                            "; skipped"
-                        };
-                        for p in problems {
-                            let mut p = p.at(&origin);
-                            p.message.push_str(suffix);
-                            snap.problems.push(p);
-                        }
-                        previous
-                    }
-                };
-                if let Some(o) = chosen {
-                    good_now.insert(key, o);
-                }
+                        message: format!("already defined in {first}: ignored"),
+                    },
+                );
+            }
+            let now = self.effective(&key).cloned();
+            if before.get(&key).cloned().flatten() != now {
+                changes.push((key, now));
             }
         }
-        for obj in good_now.values() {
-            snap.add(obj);
+        Delta {
+            changes,
+            problems: self.problems(),
+            noticed: None,
         }
-        self.last_good_objects = good_now;
-        snap
     }
-}
 
-impl Object {
-    /// Checks the object on its own (the same checks `Snapshot::add` relies on).
-    fn validate(&self) -> Result<(), Vec<Problem>> {
-        match self {
-            Self::Service(s) => service_spec(s).map(|_| ()),
-            Self::Slice(s) => slice_spec(s).map(|_| ()),
-            Self::Compact(_) => Ok(()),
-        }
+    /// Every problem of the current files.
+    pub fn problems(&self) -> Vec<Problem> {
+        self.unreadable
+            .iter()
+            .cloned()
+            .chain(self.files.values().flat_map(|f| f.problems.iter().cloned()))
+            .chain(self.duplicates.values().cloned())
+            .collect()
     }
 }
 
@@ -372,6 +492,72 @@ mod tests {
             line >= 6,
             "line {line} should point into the second document"
         );
+    }
+
+    fn svc_yaml(name: &str, ip: &str, port: u16) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  clusterIP: {ip}\n  ports:\n  - port: {port}\n"
+        )
+    }
+
+    fn keys(d: &Delta) -> Vec<(String, bool)> {
+        d.changes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.is_some()))
+            .collect()
+    }
+
+    #[test]
+    fn deltas_carry_only_what_changed() {
+        let dir = std::env::temp_dir().join(format!("xlb-files-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("a.yaml"), svc_yaml("a", "10.96.0.1", 80)).unwrap();
+        fs::write(dir.join("b.yaml"), svc_yaml("b", "10.96.0.2", 80)).unwrap();
+        let mut src = FileSource::new(&dir);
+        let d = src.load();
+        assert_eq!(
+            keys(&d),
+            vec![
+                ("Service default/a".into(), true),
+                ("Service default/b".into(), true)
+            ]
+        );
+        // Nothing changed: nothing reported.
+        assert!(src.load().changes.is_empty());
+        // One file edited: only its object.
+        fs::write(dir.join("b.yaml"), svc_yaml("b", "10.96.0.2", 81)).unwrap();
+        assert_eq!(keys(&src.load()), vec![("Service default/b".into(), true)]);
+        // An object made invalid keeps its last good version: no change, one problem.
+        fs::write(dir.join("b.yaml"), svc_yaml("b", "10.96.0.2", 0)).unwrap();
+        let d = src.load();
+        assert!(d.changes.is_empty());
+        assert_eq!(d.problems.len(), 1);
+        assert!(
+            d.problems[0]
+                .message
+                .contains("keeping its last good version")
+        );
+        // The same object in a second file: the first file keeps it, the second is reported.
+        fs::write(dir.join("c.yaml"), svc_yaml("a", "10.96.0.9", 80)).unwrap();
+        let d = src.load();
+        assert!(d.changes.is_empty(), "{:?}", keys(&d));
+        assert!(
+            d.problems
+                .iter()
+                .any(|p| p.message.contains("already defined in"))
+        );
+        // Removing the first definition hands the key to the second file.
+        fs::remove_file(dir.join("a.yaml")).unwrap();
+        let d = src.load();
+        assert_eq!(keys(&d), vec![("Service default/a".into(), true)]);
+        match &d.changes[0].1 {
+            Some(Spec::Service(s)) => assert_eq!(s.cluster_ips[0].to_string(), "10.96.0.9"),
+            other => panic!("{other:?}"),
+        }
+        fs::remove_file(dir.join("c.yaml")).unwrap();
+        assert_eq!(keys(&src.load()), vec![("Service default/a".into(), false)]);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

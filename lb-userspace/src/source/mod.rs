@@ -1,5 +1,5 @@
-//! Sources of desired state. A source only produces objects; translation to `DesiredState` is
-//! shared (`k8s::translate`), and only `sync` writes maps.
+//! Sources of desired state. A source only produces validated objects and their changes
+//! (`Delta`); translation is shared (`k8s::Translator`) and only `sync` writes maps.
 
 pub mod compact;
 pub mod files;
@@ -10,12 +10,12 @@ use std::fmt;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::{
-    k8s::{self, NodeContext, Translation},
+    k8s::{self, ServiceSpec, SliceSpec, Translator},
     model::LbService,
     problem::Problem,
 };
 
-/// An input object.
+/// An input object as parsed.
 #[derive(Clone, Debug)]
 pub enum Object {
     Service(Box<Service>),
@@ -65,82 +65,48 @@ impl Object {
             },
         }
     }
-}
 
-/// Everything a source holds right now, validated.
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot {
-    pub services: Vec<k8s::ServiceSpec>,
-    pub slices: Vec<k8s::SliceSpec>,
-    pub compact: Vec<LbService>,
-    /// Problems found while loading (already handled: objects skipped or kept).
-    pub problems: Vec<Problem>,
-    /// The source could not be read at all: keep the previously programmed state.
-    pub keep_previous: bool,
-}
-
-impl Snapshot {
-    /// Adds an object that passed validation.
-    pub fn add(&mut self, obj: &Object) {
-        match obj {
-            Object::Service(s) => {
-                if let Ok(spec) = k8s::service_spec(s) {
-                    self.services.push(spec);
-                }
-            }
-            Object::Slice(s) => {
-                if let Ok(spec) = k8s::slice_spec(s) {
-                    self.slices.push(spec);
-                }
-            }
-            Object::Compact(s) => self.compact.push((**s).clone()),
+    /// Validates the object.
+    pub fn validate(&self) -> Result<Spec, Vec<Problem>> {
+        match self {
+            Self::Service(s) => k8s::service_spec(s).map(Spec::Service),
+            Self::Slice(s) => k8s::slice_spec(s).map(Spec::Slice),
+            Self::Compact(s) => Ok(Spec::Compact((**s).clone())),
         }
     }
+}
 
-    /// Translates the snapshot for this node. Compact services join the Kubernetes ones;
-    /// a frontend claimed twice is reported and kept by the Kubernetes Service.
-    pub fn translate(&self, node: &NodeContext) -> Translation {
-        let mut t = k8s::translate(&self.services, &self.slices, node);
-        let mut taken: std::collections::HashSet<_> = t
-            .state
-            .services
-            .values()
-            .flat_map(|s| {
-                s.frontends
-                    .iter()
-                    .map(|f| (f.addr, f.port, f.proto, f.scope))
-            })
-            .collect();
-        for svc in &self.compact {
-            let mut svc = svc.clone();
-            svc.frontends.retain(|f| {
-                let clash = taken.contains(&(f.addr, f.port, f.proto, f.scope));
-                if clash {
-                    t.problems.push(Problem::field(
-                        &format!("service {}", svc.name),
-                        "frontends",
-                        format!("{f} is already used by another service: not programmed"),
-                    ));
-                }
-                !clash
-            });
-            if t.state.services.contains_key(&svc.name) {
-                t.problems.push(Problem::field(
-                    &format!("service {}", svc.name),
-                    "name",
-                    "already used by a Kubernetes Service port: not programmed",
-                ));
-                continue;
-            }
-            if !svc.frontends.is_empty() {
-                taken.extend(
-                    svc.frontends
-                        .iter()
-                        .map(|f| (f.addr, f.port, f.proto, f.scope)),
-                );
-                t.state.services.insert(svc.name.clone(), svc);
+/// A validated object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Spec {
+    Service(ServiceSpec),
+    Slice(SliceSpec),
+    Compact(LbService),
+}
+
+/// What changed in a source since its previous report.
+#[derive(Clone, Debug, Default)]
+pub struct Delta {
+    /// Objects added or replaced (`Some`) or removed (`None`).
+    pub changes: Vec<(ObjectKey, Option<Spec>)>,
+    /// Every problem the source has now (already handled: objects skipped or kept).
+    pub problems: Vec<Problem>,
+    /// When the source noticed the change (for change-to-programmed latency).
+    pub noticed: Option<std::time::Instant>,
+}
+
+impl Delta {
+    /// Feeds the changes to a translator.
+    pub fn apply_to(&self, t: &mut Translator) {
+        for (key, spec) in &self.changes {
+            match (key, spec) {
+                (_, Some(Spec::Service(s))) => t.upsert_service(s.clone()),
+                (_, Some(Spec::Slice(s))) => t.upsert_slice(s.clone()),
+                (_, Some(Spec::Compact(s))) => t.upsert_compact(s.clone()),
+                (ObjectKey::Service { namespace, name }, None) => t.remove_service(namespace, name),
+                (ObjectKey::Slice { namespace, name }, None) => t.remove_slice(namespace, name),
+                (ObjectKey::Compact { name }, None) => t.remove_compact(name),
             }
         }
-        t
     }
 }

@@ -11,6 +11,9 @@ use tokio::sync::mpsc;
 
 use super::files::files_of;
 
+/// Quiet period after a file event before reloading (coalesces multi-write saves).
+pub const QUIET: Duration = Duration::from_millis(20);
+
 /// What identifies a file's content cheaply.
 type Stamp = Vec<(PathBuf, Option<SystemTime>, u64)>;
 
@@ -87,21 +90,23 @@ impl Watch {
     }
 
     /// Waits for the next change of the watched files, then for a short quiet period so a burst
-    /// of writes (an editor saving, `kubectl`-style rewrites) triggers one reload.
-    pub async fn changed(&mut self) {
+    /// of writes (an editor saving, `kubectl`-style rewrites) triggers one reload. Returns when
+    /// the change was first noticed.
+    pub async fn changed(&mut self) -> std::time::Instant {
         loop {
             let event = tokio::select! {
                 e = self.rx.recv() => e.is_some(),
                 () = tokio::time::sleep(self.poll) => false,
             };
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let noticed = std::time::Instant::now();
+            tokio::time::sleep(QUIET).await;
             while self.rx.try_recv().is_ok() {}
             let now = stamp(&self.root);
             // An inotify event always reloads (a same-size rewrite within the timestamp
             // granularity would not change the stamp); the poll only when the stamp moved.
             if event || now != self.last {
                 self.last = now;
-                return;
+                return noticed;
             }
         }
     }

@@ -62,6 +62,9 @@ struct Applied {
     info: SvcInfo,
     /// Slots of the table in the maps (what the frontends' `lut_size` says).
     lut_len: u32,
+    /// The desired service these entries implement (`None` if adopted from the maps: it
+    /// compares unequal, so the first apply checks it).
+    model: Option<LbService>,
     frontends: BTreeMap<ServiceKey, ServiceValue>,
     backends: BTreeMap<(Ipv4Addr, u16), (u32, Backend)>,
     ranges: BTreeSet<Ipv4Net>,
@@ -80,6 +83,10 @@ pub struct MapSync<W> {
     w: W,
     cfg: SyncConfig,
     applied: BTreeMap<String, Applied>,
+    /// Frontend key → the applied service it belongs to.
+    fe_owner: HashMap<ServiceKey, String>,
+    /// Internal-scope frontends in the maps (addr, port, proto) → how many.
+    internal: HashMap<(Ipv4Addr, u16, u8), usize>,
     svc_ids: IdAlloc,
     backend_ids: IdAlloc,
 }
@@ -141,6 +148,8 @@ impl<W: MapWriter> MapSync<W> {
             w,
             cfg,
             applied: BTreeMap::new(),
+            fe_owner: HashMap::new(),
+            internal: HashMap::new(),
             svc_ids: IdAlloc::new(cfg.svc_id_limit),
             backend_ids: IdAlloc::new(1 << 32),
         }
@@ -172,6 +181,7 @@ impl<W: MapWriter> MapSync<W> {
                         _pad: [0; 4],
                     }),
                     lut_len: 0,
+                    model: None,
                     frontends: BTreeMap::new(),
                     backends: BTreeMap::new(),
                     ranges: BTreeSet::new(),
@@ -185,6 +195,12 @@ impl<W: MapWriter> MapSync<W> {
         }
         for (key, value) in rec.frontends {
             let name = entry(&mut s, value.svc_id, None);
+            if key.scope == lb_common::scope::INTERNAL {
+                *s.internal
+                    .entry((Ipv4Addr::from(key.addr), key.port, key.proto))
+                    .or_insert(0) += 1;
+            }
+            s.fe_owner.insert(key, name.clone());
             if let Some(a) = s.applied.get_mut(&name) {
                 a.frontends.insert(key, value);
             }
@@ -252,31 +268,111 @@ impl<W: MapWriter> MapSync<W> {
         maglev::hash64(0x0078_6c62, text.as_bytes()) | 1
     }
 
-    /// Programs `desired`, writing only differences, in safe order.
+    /// Programs `desired`, writing only differences, in safe order. Compares every service
+    /// with what was applied; use `apply_changes` when the changed names are known.
     pub fn apply(&mut self, desired: &DesiredState) -> SyncReport {
+        let mut changed: BTreeSet<String> = desired
+            .services
+            .iter()
+            .filter(|(n, s)| self.applied.get(*n).and_then(|a| a.model.as_ref()) != Some(*s))
+            .map(|(n, _)| n.clone())
+            .collect();
+        changed.extend(
+            self.applied
+                .keys()
+                .filter(|n| !desired.services.contains_key(*n))
+                .cloned(),
+        );
+        self.apply_changes(desired, &changed)
+    }
+
+    /// Programs the services named in `changed` (added, updated or removed) as `desired`
+    /// says; every other service is assumed unchanged. Costs O(changed), not O(services).
+    pub fn apply_changes(
+        &mut self,
+        desired: &DesiredState,
+        changed: &BTreeSet<String>,
+    ) -> SyncReport {
         let start = Instant::now();
         let mut report = SyncReport::default();
+        let mut work = changed.clone();
 
-        // Frontends that have an internal-scope twin get TWO_SCOPES on their external entry.
-        let internal: HashSet<(Ipv4Addr, u16, u8)> = desired
-            .services
-            .values()
-            .flat_map(|s| s.frontends.iter())
-            .filter(|f| f.scope == Scope::Internal)
-            .map(|f| (f.addr, f.port, f.proto.number()))
-            .collect();
-        let wanted: HashSet<ServiceKey> = desired
-            .services
-            .values()
+        // Internal-scope entries decide TWO_SCOPES on their external twin: track them by
+        // reference count, and revisit the owner of a twin whose flag flips.
+        let internal_of = |s: &LbService| -> Vec<(Ipv4Addr, u16, u8)> {
+            s.frontends
+                .iter()
+                .filter(|f| f.scope == Scope::Internal)
+                .map(|f| (f.addr, f.port, f.proto.number()))
+                .collect()
+        };
+        let mut flipped = Vec::new();
+        for name in changed {
+            let before: Vec<_> = self
+                .applied
+                .get(name)
+                .map(|a| {
+                    a.frontends
+                        .keys()
+                        .filter(|k| k.scope == lb_common::scope::INTERNAL)
+                        .map(|k| (Ipv4Addr::from(k.addr), k.port, k.proto))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let after = desired
+                .services
+                .get(name)
+                .map(internal_of)
+                .unwrap_or_default();
+            for k in before {
+                if let Some(n) = self.internal.get_mut(&k) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.internal.remove(&k);
+                        flipped.push(k);
+                    }
+                }
+            }
+            for k in after {
+                let n = self.internal.entry(k).or_insert(0);
+                if *n == 0 {
+                    flipped.push(k);
+                }
+                *n += 1;
+            }
+        }
+        for (addr, port, proto) in flipped {
+            let ext = ServiceKey {
+                addr: addr.octets(),
+                port,
+                proto,
+                scope: lb_common::scope::EXTERNAL,
+            };
+            if let Some(owner) = self.fe_owner.get(&ext) {
+                work.insert(owner.clone());
+            }
+        }
+
+        // 1. Frontends nobody wants any more: delete first. A frontend moving to another
+        //    service in this batch is overwritten in place instead.
+        let wanted: HashSet<ServiceKey> = work
+            .iter()
+            .filter_map(|n| desired.services.get(n))
             .flat_map(|s| s.frontends.iter().map(frontend_key))
             .collect();
-
-        // 1. Frontends nobody wants: delete first.
-        for a in self.applied.values_mut() {
+        for name in &work {
+            let Some(a) = self.applied.get_mut(name) else {
+                continue;
+            };
+            let keep: HashSet<ServiceKey> = desired
+                .services
+                .get(name)
+                .map(|s| s.frontends.iter().map(frontend_key).collect())
+                .unwrap_or_default();
             let gone: Vec<ServiceKey> = a
                 .frontends
                 .keys()
-                .filter(|k| !wanted.contains(k))
+                .filter(|k| !keep.contains(k) && !wanted.contains(k))
                 .copied()
                 .collect();
             for k in gone {
@@ -284,8 +380,9 @@ impl<W: MapWriter> MapSync<W> {
                 match self.w.del_service(&k) {
                     Ok(()) => {
                         a.frontends.remove(&k);
+                        self.fe_owner.remove(&k);
                     }
-                    Err(e) => report.failed.push((info_name(&a.info), e.to_string())),
+                    Err(e) => report.failed.push((name.clone(), e.to_string())),
                 }
             }
         }
@@ -294,16 +391,18 @@ impl<W: MapWriter> MapSync<W> {
         let mut plans: HashMap<String, TablePlan> = HashMap::new();
         let mut pending_ids: HashMap<(String, Ipv4Addr, u16), u32> = HashMap::new();
         let mut jobs: Vec<(String, Algorithm, Vec<TableBackend>, u64)> = Vec::new();
-        for (name, svc) in &desired.services {
+        for name in &work {
+            let Some(svc) = desired.services.get(name) else {
+                continue;
+            };
             let prev = self.applied.get(name);
             let mut keyed = Vec::new();
-            let active: Vec<&crate::model::Endpoint> = svc
+            let mut tbs = Vec::new();
+            for ep in svc
                 .endpoints
                 .iter()
                 .filter(|e| e.state == EndpointState::Active)
-                .collect();
-            let mut tbs = Vec::with_capacity(active.len());
-            for ep in &active {
+            {
                 let existing = prev.and_then(|a| a.backends.get(&(ep.addr, ep.port)).map(|b| b.0));
                 let id = match existing {
                     Some(id) => id,
@@ -341,24 +440,13 @@ impl<W: MapWriter> MapSync<W> {
             );
         }
 
-        // 2. Per service: backends → table → ranges/info → frontends.
-        let mut owner: HashMap<ServiceKey, String> = HashMap::new();
-        for (n, a) in &self.applied {
-            for k in a.frontends.keys() {
-                owner.insert(*k, n.clone());
-            }
-        }
-        for (name, svc) in &desired.services {
-            let res = self.apply_service(
-                name,
-                svc,
-                plans.remove(name),
-                &internal,
-                &mut pending_ids,
-                &mut owner,
-                &mut report,
-            );
-            if let Err(e) = res {
+        // 2./3. Per service: backends → table → ranges/info → frontends, then cleanup.
+        for name in &work {
+            let Some(svc) = desired.services.get(name) else {
+                continue;
+            };
+            let plan = plans.remove(name);
+            if let Err(e) = self.apply_service(name, svc, plan, &mut pending_ids, &mut report) {
                 report.failed.push((name.clone(), e));
             }
         }
@@ -368,16 +456,13 @@ impl<W: MapWriter> MapSync<W> {
         }
 
         // 4. Services no longer desired: everything else goes, then their ids.
-        let removed: Vec<String> = self
-            .applied
-            .keys()
-            .filter(|n| !desired.services.contains_key(*n))
-            .cloned()
-            .collect();
-        for name in removed {
-            match self.remove_service(&name, &mut report) {
+        for name in &work {
+            if desired.services.contains_key(name) || !self.applied.contains_key(name) {
+                continue;
+            }
+            match self.remove_service(name, &mut report) {
                 Ok(()) => report.removed += 1,
-                Err(e) => report.failed.push((name, e)),
+                Err(e) => report.failed.push((name.clone(), e)),
             }
         }
         report.duration = start.elapsed();
@@ -416,18 +501,12 @@ impl<W: MapWriter> MapSync<W> {
         })
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one call site; the arguments are the sync pass state"
-    )]
     fn apply_service(
         &mut self,
         name: &str,
         svc: &LbService,
         plan: Option<TablePlan>,
-        internal: &HashSet<(Ipv4Addr, u16, u8)>,
         pending_ids: &mut HashMap<(String, Ipv4Addr, u16), u32>,
-        owner: &mut HashMap<ServiceKey, String>,
         report: &mut SyncReport,
     ) -> Result<(), String> {
         let is_new = !self.applied.contains_key(name);
@@ -450,6 +529,7 @@ impl<W: MapWriter> MapSync<W> {
                         _pad: [0; 4],
                     },
                     lut_len: 0,
+                    model: None,
                     frontends: BTreeMap::new(),
                     backends: BTreeMap::new(),
                     ranges: BTreeSet::new(),
@@ -551,7 +631,9 @@ impl<W: MapWriter> MapSync<W> {
         for f in &svc.frontends {
             let key = frontend_key(f);
             let mut flags = 0u16;
-            if f.scope == Scope::External && internal.contains(&(f.addr, f.port, key.proto)) {
+            if f.scope == Scope::External
+                && self.internal.contains_key(&(f.addr, f.port, key.proto))
+            {
                 flags |= svc_flags::TWO_SCOPES;
             }
             if f.source_ranges && !svc.source_ranges.is_empty() {
@@ -582,7 +664,7 @@ impl<W: MapWriter> MapSync<W> {
                 .map_err(|e| e.to_string())?;
             a.frontends.insert(key, value);
             changed = true;
-            if let Some(prev_owner) = owner.insert(key, name.to_owned())
+            if let Some(prev_owner) = self.fe_owner.insert(key, name.to_owned())
                 && prev_owner != name
                 && let Some(p) = self.applied.get_mut(&prev_owner)
             {
@@ -622,6 +704,7 @@ impl<W: MapWriter> MapSync<W> {
             a.ranges.remove(r);
             changed = true;
         }
+        a.model = Some(svc.clone());
         if is_new {
             report.added += 1;
         } else if changed {
@@ -640,6 +723,7 @@ impl<W: MapWriter> MapSync<W> {
             report.writes += 1;
             self.w.del_service(&k).map_err(|e| e.to_string())?;
             a.frontends.remove(&k);
+            self.fe_owner.remove(&k);
         }
         for c in 0..u32::from(a.info.lut_chunks) {
             report.writes += 1;
