@@ -22,7 +22,7 @@ pub mod map_names {
     pub const SERVICES: &str = "xlb_services";
     /// Backends by id.
     pub const BACKENDS: &str = "xlb_backends";
-    /// Backend lookup tables (Maglev or random), in chunks.
+    /// Backend lookup tables (Maglev or random): service id → that service's own table.
     pub const LUT: &str = "xlb_lut";
     /// Connection tracking, both directions of every translated flow.
     pub const CONNTRACK: &str = "xlb_ct";
@@ -70,8 +70,8 @@ pub mod capacity {
     pub const SVC_IDS: u32 = 65_536;
     /// Backend entries.
     pub const BACKENDS: u32 = 262_144;
-    /// Lookup-table chunks ([`crate::LUT_CHUNK_SLOTS`] slots each), allocated on use.
-    pub const LUT_CHUNKS: u32 = 1_048_576;
+    /// Chunks of the inner-table template; tables of any size are accepted (BPF_F_INNER_MAP).
+    pub const LUT_TEMPLATE_CHUNKS: u32 = 16;
     /// Conntrack entries (two per flow).
     pub const CONNTRACK: u32 = 524_288;
     /// Session-affinity entries.
@@ -202,17 +202,9 @@ pub struct Backend {
 /// Slots per lookup-table chunk (a power of two, so the in-chunk index is a mask).
 pub const LUT_CHUNK_SLOTS: usize = 1024;
 
-/// Key of `xlb_lut`: one chunk of a service's lookup table.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LutKey {
-    /// Service id.
-    pub svc_id: u32,
-    /// Chunk number: slot / `LUT_CHUNK_SLOTS`.
-    pub chunk: u32,
-}
-
-/// Value of `xlb_lut`: backend ids for `LUT_CHUNK_SLOTS` consecutive slots.
+/// Element of a service's table (an inner array of `xlb_lut`, indexed by slot /
+/// `LUT_CHUNK_SLOTS`): backend ids for `LUT_CHUNK_SLOTS` consecutive slots. The inner arrays
+/// are mmapable, so the agent writes a whole table with one copy and swaps it in atomically.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LutChunk {
@@ -407,10 +399,10 @@ pub struct SvcInfo {
     pub name: [u8; SVC_NAME_LEN],
     /// Frontends of this service (display).
     pub frontends: u16,
-    /// Lookup-table chunks written for this service.
-    pub lut_chunks: u16,
     /// Explicit padding.
-    pub _pad: [u8; 4],
+    pub _pad: [u8; 2],
+    /// Slots of the table in `xlb_lut` (0 = none).
+    pub lut_len: u32,
 }
 
 /// Hook a packet was seen at (`CtValue::hook`, `Event::hook`).
@@ -620,7 +612,6 @@ mod pod {
         ServiceKey,
         ServiceValue,
         Backend,
-        LutKey,
         LutChunk,
         CtKey,
         CtValue,
@@ -641,7 +632,6 @@ const _: () = {
     assert!(size_of::<ServiceKey>() == 8);
     assert!(size_of::<ServiceValue>() == 20);
     assert!(size_of::<Backend>() == 16);
-    assert!(size_of::<LutKey>() == 8);
     assert!(size_of::<LutChunk>() == 4 * LUT_CHUNK_SLOTS);
     assert!(LUT_CHUNK_SLOTS.is_power_of_two());
     assert!(size_of::<CtKey>() == 16);

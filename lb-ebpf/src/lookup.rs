@@ -3,7 +3,7 @@
 
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_get_prandom_u32, maps::lpm_trie::Key};
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, Config, LUT_CHUNK_SLOTS, LutKey, ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, Backend, Config, LUT_CHUNK_SLOTS, ServiceKey, ServiceValue,
     SrcRangeKey, algorithm, backend_flags, drop_reason, flow_hash, hook, scope, selection,
     svc_flags,
 };
@@ -120,12 +120,9 @@ pub fn select(svc: &ServiceValue, flow: &Flow, cfg: &Config, now: u32) -> Result
             selection::RANDOM,
         )
     };
-    let chunk_key = LutKey {
-        svc_id: svc.svc_id,
-        chunk: slot / LUT_CHUNK_SLOTS as u32,
-    };
-    // SAFETY: one u32 is read out of the chunk at once.
-    let chunk = unsafe { LUT.get(chunk_key) }.ok_or(drop_reason::NO_BACKEND)?;
+    let chunk_idx = slot / LUT_CHUNK_SLOTS as u32;
+    // SAFETY: one u32 is read out of the chunk at once; tables are replaced, never edited.
+    let chunk = unsafe { LUT.get_value(&svc.svc_id, &chunk_idx) }.ok_or(drop_reason::NO_BACKEND)?;
     // The mask keeps the index provably inside the chunk for the verifier.
     let idx = (slot as usize) & (LUT_CHUNK_SLOTS - 1);
     let id = *chunk.backend_ids.get(idx).ok_or(drop_reason::NO_BACKEND)?;

@@ -2,16 +2,21 @@
 //! loader overrides from agent flags. All maps are BTF-defined so `bpftool` prints field names.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_F_RDONLY_PROG},
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    bindings::{BPF_F_INNER_MAP, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_F_RDONLY_PROG},
+    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, LutChunk, LutKey, ServiceKey,
+    AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, LutChunk, ServiceKey,
     ServiceValue, SrcRangeKey, SvcInfo, SvcStats, Trace, capacity, counter,
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+/// Inner tables: mmapable (written by one copy) and of any length (BPF_F_INNER_MAP).
+const INNER_LUT: usize = (BPF_F_MMAPABLE | BPF_F_INNER_MAP) as usize;
+
+/// One service's table: an array of chunks (the template's length is only a default).
+pub type Table = Array<LutChunk, { capacity::LUT_TEMPLATE_CHUNKS as usize }, INNER_LUT>;
 
 /// Frontends: (addr, port, proto, scope) → service. Preallocated: read on every packet.
 #[btf_map(name = "xlb_services")]
@@ -22,10 +27,9 @@ pub static SERVICES: HashMap<ServiceKey, ServiceValue, { capacity::SERVICES as u
 #[btf_map(name = "xlb_backends")]
 pub static BACKENDS: HashMap<u32, Backend, { capacity::BACKENDS as usize }> = HashMap::new();
 
-/// Lookup-table chunks per service; allocated on use (4 KiB each).
+/// Lookup tables: service id → its own table, replaced as a whole when it changes.
 #[btf_map(name = "xlb_lut")]
-pub static LUT: HashMap<LutKey, LutChunk, { capacity::LUT_CHUNKS as usize }, NO_PREALLOC> =
-    HashMap::new();
+pub static LUT: HashOfMaps<u32, Table, { capacity::SVC_IDS as usize }> = HashOfMaps::new();
 
 /// Connection tracking: both directions of every translated flow (LRU: the oldest go first).
 #[btf_map(name = "xlb_ct")]

@@ -76,43 +76,63 @@ pub struct TableBackend {
 
 /// Builds a weighted Maglev table of size `m` (prime). Entries index `backends`.
 /// Returns an empty table when there are no backends.
+///
+/// Backends take turns (in proportion to their weights) claiming the next free slot along
+/// their own permutation `(offset + j * skip) mod m`. The hot loop walks each permutation
+/// incrementally (no multiplication or division) and tests a bitmap that stays in L1 cache.
 pub fn maglev(backends: &[TableBackend], m: u32, seed: u32) -> Vec<u32> {
     let n = backends.len();
     if n == 0 {
         return Vec::new();
     }
     let m64 = u64::from(m);
-    const EMPTY: u32 = u32::MAX;
-    let mut table = vec![EMPTY; m as usize];
-    // Position along each backend's permutation: (offset + j * skip) mod m, kept incrementally.
-    let mut pos: Vec<u64> = Vec::with_capacity(n);
-    let mut skip: Vec<u64> = Vec::with_capacity(n);
+    let mut table = vec![0u32; m as usize];
+    let mut taken = vec![0u64; (m as usize).div_ceil(64)];
+    let mut pos: Vec<u32> = Vec::with_capacity(n);
+    let mut skip: Vec<u32> = Vec::with_capacity(n);
     for b in backends {
         let s = u64::from(seed);
-        pos.push(hash64(s, b.key.as_bytes()) % m64);
-        skip.push(hash64(s ^ 0x5bd1_e995, b.key.as_bytes()) % (m64 - 1) + 1);
+        pos.push((hash64(s, b.key.as_bytes()) % m64) as u32);
+        skip.push((hash64(s ^ 0x5bd1_e995, b.key.as_bytes()) % (m64 - 1) + 1) as u32);
     }
-    let wmax = u64::from(backends.iter().map(|b| b.weight.max(1)).max().unwrap_or(1));
+    // Claims the next free slot on backend i's permutation.
+    let mut claim = |i: usize, pos: &mut [u32]| {
+        let (mut p, s) = (pos[i], skip[i]);
+        loop {
+            let c = p as usize;
+            // p + s < 2m <= 2^32 for every accepted table size.
+            p += s;
+            if p >= m {
+                p -= m;
+            }
+            let (word, bit) = (c / 64, 1u64 << (c % 64));
+            if taken[word] & bit == 0 {
+                taken[word] |= bit;
+                table[c] = i as u32;
+                break;
+            }
+        }
+        pos[i] = p;
+    };
+    let weights: Vec<u64> = backends
+        .iter()
+        .map(|b| u64::from(b.weight.max(1)))
+        .collect();
+    let wmax = weights.iter().copied().max().unwrap_or(1);
+    let uniform = weights.iter().all(|w| *w == wmax);
     let mut filled = 0u32;
     let mut round = 0u64;
     loop {
-        for i in 0..n {
-            let w = u64::from(backends[i].weight.max(1));
-            // Turns in this round, so that after r rounds backend i had floor(r*w/wmax) turns.
-            let turns = (round + 1) * w / wmax - round * w / wmax;
+        for (i, w) in weights.iter().enumerate() {
+            // Turns in this round, so that after r rounds backend i had floor(r*w/wmax).
+            let turns = if uniform {
+                1
+            } else {
+                (round + 1) * w / wmax - round * w / wmax
+            };
             for _ in 0..turns {
-                loop {
-                    let c = pos[i] as usize;
-                    pos[i] += skip[i];
-                    if pos[i] >= m64 {
-                        pos[i] -= m64;
-                    }
-                    if table[c] == EMPTY {
-                        table[c] = i as u32;
-                        filled += 1;
-                        break;
-                    }
-                }
+                claim(i, &mut pos);
+                filled += 1;
                 if filled == m {
                     return table;
                 }

@@ -92,6 +92,18 @@ fn spawn(netns: &Path, log: &Path, args: &[String]) -> Child {
 impl Agent {
     /// Starts `xlb agent <args> --bpffs <pins>` in `node` and waits until it is ready.
     pub fn start(node: &Netns, pins: &PinDir, args: &[&str]) -> Self {
+        let mut a = Self::spawn(node, pins, args);
+        a.wait_for_log("agent ready", 1);
+        a
+    }
+
+    /// Process id of the running agent.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts the agent without waiting for it to be ready.
+    pub fn spawn(node: &Netns, pins: &PinDir, args: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!("xlb-agent-{}.log", node.name));
         let _ = std::fs::remove_file(&log);
         let mut all: Vec<String> = vec!["agent".into(), "--bpffs".into()];
@@ -99,15 +111,13 @@ impl Agent {
         all.push("--healthz-addr".into());
         all.push("127.0.0.1:10256".into());
         all.extend(args.iter().map(|s| (*s).to_owned()));
-        let mut a = Self {
+        Self {
             child: Some(spawn(&node.path(), &log, &all)),
             log,
             bpffs: pins.path.clone(),
             netns: node.path(),
             args: all,
-        };
-        a.wait_for_log("agent ready", 1);
-        a
+        }
     }
 
     /// The agent's log so far.

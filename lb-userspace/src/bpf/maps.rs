@@ -6,12 +6,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::os::fd::{AsFd as _, AsRawFd as _};
+
 use aya::maps::{
-    Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
+    Array, HashMap, HashOfMaps, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+    lpm_trie::Key,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, LutChunk, LutKey, ServiceKey,
-    ServiceValue, SrcRangeKey, SvcInfo, SvcStats, map_names as names,
+    AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, LUT_CHUNK_SLOTS, LutChunk,
+    ServiceKey, ServiceValue, SrcRangeKey, SvcInfo, SvcStats, map_names as names,
 };
 
 use crate::{
@@ -46,7 +49,10 @@ pub struct Maps {
     pub dir: PathBuf,
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     pub backends: HashMap<MapData, u32, Backend>,
-    pub lut: HashMap<MapData, LutKey, LutChunk>,
+    /// Service id → its table (an inner array of `LutChunk`).
+    pub lut: HashOfMaps<MapData, u32, MapData>,
+    /// The same map, for batch operations aya does not wrap.
+    lut_raw: MapData,
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub src_ranges: LpmTrie<MapData, SrcRangeKey, u8>,
@@ -110,7 +116,8 @@ impl Maps {
             dir: dir.to_owned(),
             services: typed!(dir, names::SERVICES, HashMap, HashMap),
             backends: typed!(dir, names::BACKENDS, HashMap, HashMap),
-            lut: typed!(dir, names::LUT, HashMap, HashMap),
+            lut: typed!(dir, names::LUT, HashOfMaps, HashOfMaps),
+            lut_raw: open(dir, names::LUT)?,
             conntrack: typed!(dir, names::CONNTRACK, LruHashMap, HashMap),
             affinity: typed!(dir, names::AFFINITY, LruHashMap, HashMap),
             src_ranges: typed!(dir, names::SRC_RANGES, LpmTrie, LpmTrie),
@@ -209,18 +216,134 @@ impl Maps {
         }))
     }
 
-    /// One lookup-table chunk.
-    pub fn lut_chunk(&self, key: LutKey) -> Result<Option<LutChunk>, MapsError> {
-        match self.lut.get(&key, 0) {
-            Ok(c) => Ok(Some(c)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(MapsError::Read {
+    /// A service's table as programmed (slot → backend id), or `None` if it has none.
+    pub fn table(&self, svc_id: u32) -> Result<Option<Vec<u32>>, MapsError> {
+        let inner = match self.lut.get(&svc_id, 0) {
+            Ok(m) => m,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(source) => {
+                return Err(MapsError::Read {
+                    map: names::LUT,
+                    source,
+                });
+            }
+        };
+        let arr: Array<MapData, LutChunk> =
+            Array::try_from(Map::Array(inner)).map_err(|source| MapsError::Read {
                 map: names::LUT,
                 source,
-            }),
+            })?;
+        let mut out = Vec::with_capacity(arr.len() as usize * LUT_CHUNK_SLOTS);
+        for i in 0..arr.len() {
+            let c = arr.get(&i, 0).map_err(|source| MapsError::Read {
+                map: names::LUT,
+                source,
+            })?;
+            out.extend_from_slice(&c.backend_ids);
         }
+        Ok(Some(out))
     }
 }
+
+/// Chunks a table of `len` slots occupies.
+fn chunks_of(len: usize) -> usize {
+    len.div_ceil(LUT_CHUNK_SLOTS).max(1)
+}
+
+/// Writes `ids` into a table map through a shared mapping, repeating them to fill the last
+/// chunk (a reader still holding a larger size lands on a live backend).
+fn fill_table(map: &MapData, chunks: usize, ids: &[u32]) -> Result<(), String> {
+    let len = chunks * std::mem::size_of::<LutChunk>();
+    let fd = map.fd().as_fd().as_raw_fd();
+    // SAFETY: mapping exactly the array's data (a whole number of pages) of an mmapable map.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(format!("mmap table: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `ptr` maps `len` bytes, i.e. `len / 4` u32 slots.
+    let slots = unsafe { std::slice::from_raw_parts_mut(ptr.cast::<u32>(), len / 4) };
+    if ids.is_empty() {
+        slots.fill(0);
+    } else {
+        // Aligned u32 stores: a concurrent reader sees each slot old or new, never torn.
+        for (i, s) in slots.iter_mut().enumerate() {
+            *s = ids[i % ids.len()];
+        }
+    }
+    // SAFETY: unmapping exactly what we mapped.
+    unsafe { libc::munmap(ptr, len) };
+    Ok(())
+}
+
+/// Creates an mmapable table map holding `ids`.
+fn create_table(svc_id: u32, ids: &[u32]) -> Result<MapData, String> {
+    use aya_obj::generated::{BPF_F_INNER_MAP, BPF_F_MMAPABLE, bpf_map_type};
+    let chunks = chunks_of(ids.len());
+    let obj = aya_obj::Map::new_from_params(
+        bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+        4,
+        std::mem::size_of::<LutChunk>() as u32,
+        chunks as u32,
+        BPF_F_MMAPABLE | BPF_F_INNER_MAP,
+    );
+    let name = format!("xlb_lut_{svc_id}");
+    let map = MapData::create(obj, &name[..name.len().min(15)], None).map_err(|e| e.to_string())?;
+    fill_table(&map, chunks, ids)?;
+    Ok(map)
+}
+
+/// `union bpf_attr` for the BPF_MAP_*_BATCH commands.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// Inserts `keys[i] → values[i]` with one BPF_MAP_UPDATE_BATCH. For a map of maps the kernel
+/// waits for running programs once per call instead of once per element.
+fn update_batch(map: &MapData, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        ..BatchAttr::default()
+    };
+    // SAFETY: `attr` points at live key/value arrays of `count` u32 each, for the syscall only.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &raw mut attr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// New tables are inserted this many at a time (bounds the map fds held open).
+const TABLE_BATCH: usize = 256;
 
 fn collect<K, V>(
     map: &'static str,
@@ -249,13 +372,36 @@ impl MapWriter for Maps {
         ignore_missing(self.backends.remove(&id))
             .map_err(|e| write_err(names::BACKENDS, "delete", e))
     }
-    fn put_lut(&mut self, key: LutKey, chunk: &LutChunk) -> Result<(), WriteError> {
-        self.lut
-            .insert(key, chunk, 0)
-            .map_err(|e| write_err(names::LUT, "update", e))
+    fn put_tables(&mut self, tables: &[(u32, Vec<u32>)]) -> Result<(), WriteError> {
+        let err = |op, reason: String| WriteError {
+            map: names::LUT,
+            op,
+            reason,
+        };
+        let mut created: Vec<(u32, MapData)> = Vec::new();
+        for (svc_id, ids) in tables {
+            // A table of the same size is rewritten in place: no map-of-maps update, so no
+            // wait for running programs (Maglev tables never change size).
+            if let Ok(inner) = self.lut.get(svc_id, 0)
+                && inner
+                    .info()
+                    .is_ok_and(|i| i.max_entries() as usize == chunks_of(ids.len()))
+            {
+                fill_table(&inner, chunks_of(ids.len()), ids).map_err(|r| err("update", r))?;
+                continue;
+            }
+            created.push((
+                *svc_id,
+                create_table(*svc_id, ids).map_err(|r| err("create", r))?,
+            ));
+            if created.len() == TABLE_BATCH {
+                self.insert_tables(&mut created)?;
+            }
+        }
+        self.insert_tables(&mut created)
     }
-    fn del_lut(&mut self, key: LutKey) -> Result<(), WriteError> {
-        ignore_missing(self.lut.remove(&key)).map_err(|e| write_err(names::LUT, "delete", e))
+    fn del_table(&mut self, svc_id: u32) -> Result<(), WriteError> {
+        ignore_missing(self.lut.remove(&svc_id)).map_err(|e| write_err(names::LUT, "delete", e))
     }
     fn put_info(&mut self, svc_id: u32, info: &SvcInfo) -> Result<(), WriteError> {
         self.svc_info
@@ -287,6 +433,27 @@ impl MapWriter for Maps {
         self.svc_stats
             .set(svc_id, zero, 0)
             .map_err(|e| write_err(names::SVC_STATS, "update", e))
+    }
+}
+
+impl Maps {
+    /// Swaps newly created tables in (atomically per service), one syscall per batch.
+    fn insert_tables(&mut self, created: &mut Vec<(u32, MapData)>) -> Result<(), WriteError> {
+        if created.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<u32> = created.iter().map(|(k, _)| *k).collect();
+        let fds: Vec<u32> = created
+            .iter()
+            .map(|(_, m)| m.fd().as_fd().as_raw_fd() as u32)
+            .collect();
+        let r = update_batch(&self.lut_raw, &keys, &fds);
+        created.clear();
+        r.map_err(|e| WriteError {
+            map: names::LUT,
+            op: "update",
+            reason: e.to_string(),
+        })
     }
 }
 

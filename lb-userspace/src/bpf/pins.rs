@@ -8,8 +8,8 @@ use std::{
 
 use aya::maps::{MapInfo, MapType};
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, LAYOUT_VERSION, LutChunk, LutKey,
-    ServiceKey, ServiceValue, SrcRangeKey, SvcInfo, SvcStats, Trace, map_names as names,
+    AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, LAYOUT_VERSION, ServiceKey,
+    ServiceValue, SrcRangeKey, SvcInfo, SvcStats, Trace, map_names as names,
 };
 
 /// A problem with the pin directory.
@@ -113,12 +113,7 @@ pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 12] {
             size_of::<ServiceValue>(),
         ),
         (names::BACKENDS, MapType::Hash, 4, size_of::<Backend>()),
-        (
-            names::LUT,
-            MapType::Hash,
-            size_of::<LutKey>(),
-            size_of::<LutChunk>(),
-        ),
+        (names::LUT, MapType::HashOfMaps, 4, 4),
         (
             names::CONNTRACK,
             MapType::LruHash,

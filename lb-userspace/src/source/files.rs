@@ -389,13 +389,38 @@ impl FileSource {
                 }
             }
         }
-        // Files new or changed (by metadata).
-        for path in files {
-            let stamp = stamp_of(&path);
-            if stamp.is_some() && self.files.get(&path).is_some_and(|f| f.stamp == stamp) {
-                continue;
-            }
-            let state = self.read_file(&path, stamp);
+        // Files new or changed (by metadata), parsed in parallel.
+        let stale: Vec<(PathBuf, Option<Stamp>)> = files
+            .into_iter()
+            .map(|p| {
+                let st = stamp_of(&p);
+                (p, st)
+            })
+            .filter(|(p, st)| st.is_none() || self.files.get(p).is_none_or(|f| f.stamp != *st))
+            .collect();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(stale.len().div_ceil(8).max(1));
+        let per = stale.len().div_ceil(threads).max(1);
+        let this = &*self;
+        let read: Vec<(PathBuf, FileState)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = stale
+                .chunks(per)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|(p, st)| (p.clone(), this.read_file(p, *st)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        for (path, state) in read {
             let old_keys: Vec<ObjectKey> = self
                 .files
                 .get(&path)

@@ -20,8 +20,7 @@ use std::{
 };
 
 use lb_common::{
-    Backend, LUT_CHUNK_SLOTS, LutChunk, LutKey, SVC_NAME_LEN, ServiceKey, ServiceValue, SvcInfo,
-    backend_flags, svc_flags,
+    Backend, SVC_NAME_LEN, ServiceKey, ServiceValue, SvcInfo, backend_flags, svc_flags,
 };
 pub use writer::{MapReader, MapWriter, Recovered, WriteError};
 
@@ -60,8 +59,6 @@ pub struct SyncReport {
 struct Applied {
     id: u32,
     info: SvcInfo,
-    /// Slots of the table in the maps (what the frontends' `lut_size` says).
-    lut_len: u32,
     /// The desired service these entries implement (`None` if adopted from the maps: it
     /// compares unequal, so the first apply checks it).
     model: Option<LbService>,
@@ -130,8 +127,23 @@ fn backend_value(svc_id: u32, ep: &crate::model::Endpoint) -> Backend {
     }
 }
 
-fn chunks_for(len: usize) -> u32 {
-    len.div_ceil(LUT_CHUNK_SLOTS) as u32
+/// Services programmed together: their tables are computed in parallel and new ones enter
+/// the kernel in one batch. Also bounds the memory of tables held at once.
+const SYNC_BATCH: usize = 256;
+
+/// Backend ids allocated while planning, by (service, address, port), not yet written.
+type PendingIds = HashMap<(String, Ipv4Addr, u16), u32>;
+
+/// A service between `prepare_service` and `finish_service`.
+struct Staged {
+    svc_id: u32,
+    is_new: bool,
+    changed: bool,
+    /// The new table is at least as long as the old one (written before the frontends).
+    grows: bool,
+    /// The new table, if its inputs changed.
+    table: Option<Vec<u32>>,
+    new_info: SvcInfo,
 }
 
 /// A table to write for one service (computed before any write, possibly in parallel).
@@ -177,10 +189,9 @@ impl<W: MapWriter> MapSync<W> {
                         lut_fingerprint: 0,
                         name: name_bytes(&name),
                         frontends: 0,
-                        lut_chunks: 0,
-                        _pad: [0; 4],
+                        _pad: [0; 2],
+                        lut_len: 0,
                     }),
-                    lut_len: 0,
                     model: None,
                     frontends: BTreeMap::new(),
                     backends: BTreeMap::new(),
@@ -220,10 +231,12 @@ impl<W: MapWriter> MapSync<W> {
             }
         }
         for a in s.applied.values_mut() {
-            match a.frontends.values().next() {
-                Some(v) => a.lut_len = v.lut_size,
-                // Nothing tells the table's length: force a rewrite on the first apply.
-                None => a.info.lut_fingerprint = 0,
+            // A table whose frontends disagree with the recorded length is rewritten.
+            if a.frontends
+                .values()
+                .any(|v| v.lut_size != 0 && v.lut_size != a.info.lut_len)
+            {
+                a.info.lut_fingerprint = 0;
             }
         }
         s
@@ -387,11 +400,129 @@ impl<W: MapWriter> MapSync<W> {
             }
         }
 
-        // Tables: compute every changed one up front (in parallel), before any write.
-        let mut plans: HashMap<String, TablePlan> = HashMap::new();
-        let mut pending_ids: HashMap<(String, Ipv4Addr, u16), u32> = HashMap::new();
-        let mut jobs: Vec<(String, Algorithm, Vec<TableBackend>, u64)> = Vec::new();
+        // 2./3. In batches of services: tables computed in parallel; per service backends →
+        //       table → ranges/info → frontends, then cleanup. New tables of a batch enter
+        //       the kernel together.
+        let present: Vec<String> = work
+            .iter()
+            .filter(|n| desired.services.contains_key(*n))
+            .cloned()
+            .collect();
+        // Batch k+1's tables are built on other threads while batch k is written (the
+        // writer mostly waits in the kernel).
+        let batches: Vec<&[String]> = present.chunks(SYNC_BATCH).collect();
+        let cfg = self.cfg;
+        let mut next = batches
+            .first()
+            .map(|b| self.plan_jobs(b, desired, &mut report));
+        let mut next_tables = next.as_ref().map(|(jobs, _)| build_tables(cfg, jobs));
+        for (k, batch) in batches.iter().enumerate() {
+            let Some((jobs, mut pending_ids)) = next.take() else {
+                break;
+            };
+            let tables = next_tables.take().unwrap_or_default();
+            let plans: HashMap<String, TablePlan> = jobs
+                .into_iter()
+                .zip(tables)
+                .map(|((name, _, _, fingerprint), entries)| {
+                    (
+                        name,
+                        TablePlan {
+                            fingerprint,
+                            entries,
+                        },
+                    )
+                })
+                .collect();
+            let following = batches
+                .get(k + 1)
+                .map(|b| self.plan_jobs(b, desired, &mut report));
+            std::thread::scope(|scope| {
+                let builder = following
+                    .as_ref()
+                    .map(|(jobs, _)| scope.spawn(move || build_tables(cfg, jobs)));
+                self.write_batch(batch, desired, plans, &mut pending_ids, &mut report);
+                next_tables = builder.map(|h| h.join().unwrap_or_default());
+            });
+            next = following;
+        }
+
+        // 4. Services no longer desired: everything else goes, then their ids.
         for name in &work {
+            if desired.services.contains_key(name) || !self.applied.contains_key(name) {
+                continue;
+            }
+            match self.remove_service(name, &mut report) {
+                Ok(()) => report.removed += 1,
+                Err(e) => report.failed.push((name.clone(), e)),
+            }
+        }
+        report.duration = start.elapsed();
+        report
+    }
+
+    /// Programs one batch of services whose tables are built.
+    fn write_batch(
+        &mut self,
+        batch: &[String],
+        desired: &DesiredState,
+        mut plans: HashMap<String, TablePlan>,
+        pending_ids: &mut PendingIds,
+        report: &mut SyncReport,
+    ) {
+        let mut staged: Vec<(&String, &LbService, Staged)> = Vec::new();
+        for name in batch {
+            let Some(svc) = desired.services.get(name) else {
+                continue;
+            };
+            let plan = plans.remove(name);
+            match self.prepare_service(name, svc, plan, pending_ids, report) {
+                Ok(st) => staged.push((name, svc, st)),
+                Err(e) => report.failed.push((name.clone(), e)),
+            }
+        }
+        // Ids allocated for backends that were never written go back.
+        for id in pending_ids.drain().map(|(_, id)| id) {
+            self.backend_ids.release(id);
+        }
+        let grown: Vec<(u32, Vec<u32>)> = staged
+            .iter_mut()
+            .filter(|(_, _, st)| st.grows)
+            .filter_map(|(_, _, st)| st.table.take().map(|t| (st.svc_id, t)))
+            .filter(|(_, t)| !t.is_empty())
+            .collect();
+        if !grown.is_empty() {
+            report.writes += grown.len();
+            if let Err(e) = self.w.put_tables(&grown) {
+                // Their frontends must not announce tables that are not there.
+                let ids: HashSet<u32> = grown.iter().map(|(id, _)| *id).collect();
+                staged.retain(|(name, _, st)| {
+                    let hit = ids.contains(&st.svc_id);
+                    if hit {
+                        report.failed.push(((*name).clone(), e.to_string()));
+                    }
+                    !hit
+                });
+            }
+        }
+        for (name, svc, st) in staged {
+            if let Err(e) = self.finish_service(name, svc, st, report) {
+                report.failed.push((name.clone(), e));
+            }
+        }
+    }
+
+    /// Lists the tables of `batch` whose inputs changed, allocating ids for new backends on
+    /// the way (sequential; the tables themselves are built by `build_tables`).
+    fn plan_jobs(
+        &mut self,
+        batch: &[String],
+        desired: &DesiredState,
+        report: &mut SyncReport,
+    ) -> (Vec<Job>, PendingIds) {
+        let mut pending_ids = PendingIds::new();
+        let mut jobs: Vec<Job> = Vec::new();
+        for name in batch {
             let Some(svc) = desired.services.get(name) else {
                 continue;
             };
@@ -429,86 +560,19 @@ impl<W: MapWriter> MapSync<W> {
                 jobs.push((name.clone(), svc.algorithm, tbs, fp));
             }
         }
-        let built = self.build_tables(&jobs);
-        for ((name, _, _, fp), entries) in jobs.iter().zip(built) {
-            plans.insert(
-                name.clone(),
-                TablePlan {
-                    fingerprint: *fp,
-                    entries,
-                },
-            );
-        }
-
-        // 2./3. Per service: backends → table → ranges/info → frontends, then cleanup.
-        for name in &work {
-            let Some(svc) = desired.services.get(name) else {
-                continue;
-            };
-            let plan = plans.remove(name);
-            if let Err(e) = self.apply_service(name, svc, plan, &mut pending_ids, &mut report) {
-                report.failed.push((name.clone(), e));
-            }
-        }
-        // Ids allocated for backends that were never written go back.
-        for id in pending_ids.into_values() {
-            self.backend_ids.release(id);
-        }
-
-        // 4. Services no longer desired: everything else goes, then their ids.
-        for name in &work {
-            if desired.services.contains_key(name) || !self.applied.contains_key(name) {
-                continue;
-            }
-            match self.remove_service(name, &mut report) {
-                Ok(()) => report.removed += 1,
-                Err(e) => report.failed.push((name.clone(), e)),
-            }
-        }
-        report.duration = start.elapsed();
-        report
+        (jobs, pending_ids)
     }
 
-    /// Builds the tables of `jobs` using every CPU (Maglev is the costly part of a full sync).
-    fn build_tables(&self, jobs: &[(String, Algorithm, Vec<TableBackend>, u64)]) -> Vec<Vec<u32>> {
-        let cfg = self.cfg;
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(jobs.len().div_ceil(16).max(1));
-        if threads <= 1 {
-            return jobs
-                .iter()
-                .map(|(_, alg, tbs, _)| build_table(&cfg, *alg, tbs))
-                .collect();
-        }
-        let per = jobs.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = jobs
-                .chunks(per)
-                .map(|chunk| {
-                    scope.spawn(move || {
-                        chunk
-                            .iter()
-                            .map(|(_, alg, tbs, _)| build_table(&cfg, *alg, tbs))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
-                .collect()
-        })
-    }
-
-    fn apply_service(
+    /// First half of programming a service: its id (if new), its backends, and its new table
+    /// (returned for writing, with the info that will describe it).
+    fn prepare_service(
         &mut self,
         name: &str,
         svc: &LbService,
         plan: Option<TablePlan>,
-        pending_ids: &mut HashMap<(String, Ipv4Addr, u16), u32>,
+        pending_ids: &mut PendingIds,
         report: &mut SyncReport,
-    ) -> Result<(), String> {
+    ) -> Result<Staged, String> {
         let is_new = !self.applied.contains_key(name);
         if is_new {
             let id = self.svc_ids.alloc().map_err(|e| e.to_string())?;
@@ -525,10 +589,9 @@ impl<W: MapWriter> MapSync<W> {
                         lut_fingerprint: 0,
                         name: name_bytes(name),
                         frontends: 0,
-                        lut_chunks: 0,
-                        _pad: [0; 4],
+                        _pad: [0; 2],
+                        lut_len: 0,
                     },
-                    lut_len: 0,
                     model: None,
                     frontends: BTreeMap::new(),
                     backends: BTreeMap::new(),
@@ -566,11 +629,13 @@ impl<W: MapWriter> MapSync<W> {
             }
         }
 
-        // Lookup table (rewritten only when its inputs changed).
-        let old_chunks = u32::from(a.info.lut_chunks);
+        // Lookup table (rebuilt only when its inputs changed). A table that grows goes in
+        // before the frontends announce its size; one that shrinks after they do, so no
+        // packet indexes past the table it finds.
         let mut new_info = a.info;
         new_info.name = name_bytes(name);
         new_info.frontends = svc.frontends.len() as u16;
+        let mut table = None;
         if let Some(p) = plan {
             let active: Vec<u32> = svc
                 .endpoints
@@ -583,29 +648,41 @@ impl<W: MapWriter> MapSync<W> {
                 .iter()
                 .filter_map(|i| active.get(*i as usize).copied())
                 .collect();
-            let chunks = chunks_for(ids.len());
-            for c in 0..chunks {
-                let mut chunk = LutChunk {
-                    backend_ids: [0; LUT_CHUNK_SLOTS],
-                };
-                for (slot, v) in chunk.backend_ids.iter_mut().enumerate() {
-                    // Past the end the table repeats, so a reader still holding the old size
-                    // during a shrink lands on a live backend.
-                    let i = c as usize * LUT_CHUNK_SLOTS + slot;
-                    *v = ids[i % ids.len()];
-                }
-                report.writes += 1;
-                self.w
-                    .put_lut(LutKey { svc_id, chunk: c }, &chunk)
-                    .map_err(|e| e.to_string())?;
-            }
             new_info.lut_fingerprint = p.fingerprint;
-            new_info.lut_chunks = chunks as u16;
-            a.lut_len = ids.len() as u32;
+            new_info.lut_len = ids.len() as u32;
+            table = Some(ids);
             changed = true;
         }
+        Ok(Staged {
+            svc_id,
+            is_new,
+            changed,
+            grows: new_info.lut_len >= a.info.lut_len,
+            table,
+            new_info,
+        })
+    }
 
-        // Source ranges before the frontends that check them.
+    /// Second half: source ranges, info, frontends (now everything they point at exists), a
+    /// shrinking table, then the pieces nothing references any more.
+    fn finish_service(
+        &mut self,
+        name: &str,
+        svc: &LbService,
+        st: Staged,
+        report: &mut SyncReport,
+    ) -> Result<(), String> {
+        let Staged {
+            svc_id,
+            is_new,
+            mut changed,
+            grows,
+            table,
+            new_info,
+        } = st;
+        let Some(a) = self.applied.get_mut(name) else {
+            return Err("internal: service vanished".to_owned());
+        };
         let ranges: BTreeSet<Ipv4Net> = svc.source_ranges.iter().copied().collect();
         for r in ranges.difference(&a.ranges.clone()) {
             report.writes += 1;
@@ -620,9 +697,7 @@ impl<W: MapWriter> MapSync<W> {
                 .map_err(|e| e.to_string())?;
             a.info = new_info;
         }
-        let lut_len = a.lut_len;
-
-        // Frontends last: now everything they point at exists.
+        let lut_len = new_info.lut_len;
         let active_count = svc
             .endpoints
             .iter()
@@ -672,11 +747,21 @@ impl<W: MapWriter> MapSync<W> {
                 p.frontends.remove(&key);
             }
         }
+        if let Some(ids) = table
+            && !grows
+        {
+            report.writes += 1;
+            if ids.is_empty() {
+                self.w.del_table(svc_id).map_err(|e| e.to_string())?;
+            } else {
+                self.w
+                    .put_tables(&[(svc_id, ids)])
+                    .map_err(|e| e.to_string())?;
+            }
+        }
         let Some(a) = self.applied.get_mut(name) else {
             return Err("internal: service vanished".to_owned());
         };
-
-        // 3. Unreferenced pieces go last.
         let desired_keys: HashSet<(Ipv4Addr, u16)> =
             svc.endpoints.iter().map(|e| (e.addr, e.port)).collect();
         let stale: Vec<((Ipv4Addr, u16), u32)> = a
@@ -691,12 +776,6 @@ impl<W: MapWriter> MapSync<W> {
             a.backends.remove(&k);
             self.backend_ids.release(id);
             changed = true;
-        }
-        for c in u32::from(a.info.lut_chunks)..old_chunks {
-            report.writes += 1;
-            self.w
-                .del_lut(LutKey { svc_id, chunk: c })
-                .map_err(|e| e.to_string())?;
         }
         for r in a.ranges.clone().difference(&ranges) {
             report.writes += 1;
@@ -725,16 +804,11 @@ impl<W: MapWriter> MapSync<W> {
             a.frontends.remove(&k);
             self.fe_owner.remove(&k);
         }
-        for c in 0..u32::from(a.info.lut_chunks) {
+        if a.info.lut_len != 0 {
             report.writes += 1;
-            self.w
-                .del_lut(LutKey {
-                    svc_id: id,
-                    chunk: c,
-                })
-                .map_err(|e| e.to_string())?;
+            self.w.del_table(id).map_err(|e| e.to_string())?;
+            a.info.lut_len = 0;
         }
-        a.info.lut_chunks = 0;
         for (k, (bid, _)) in a.backends.clone() {
             report.writes += 1;
             self.w.del_backend(bid).map_err(|e| e.to_string())?;
@@ -752,6 +826,40 @@ impl<W: MapWriter> MapSync<W> {
         self.svc_ids.release(id);
         Ok(())
     }
+}
+
+/// A table to build: (service name, algorithm, active backends, fingerprint of the inputs).
+type Job = (String, Algorithm, Vec<TableBackend>, u64);
+
+/// Builds the tables of `jobs` using every CPU (Maglev is the costly part of a full sync).
+fn build_tables(cfg: SyncConfig, jobs: &[Job]) -> Vec<Vec<u32>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(jobs.len().div_ceil(16).max(1));
+    if threads <= 1 {
+        return jobs
+            .iter()
+            .map(|(_, alg, tbs, _)| build_table(&cfg, *alg, tbs))
+            .collect();
+    }
+    let per = jobs.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks(per)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|(_, alg, tbs, _)| build_table(&cfg, *alg, tbs))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
 }
 
 fn build_table(cfg: &SyncConfig, algorithm: Algorithm, active: &[TableBackend]) -> Vec<u32> {

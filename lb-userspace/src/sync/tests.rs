@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use lb_common::{Backend, LUT_CHUNK_SLOTS, LutChunk, LutKey, ServiceKey, ServiceValue, SvcInfo};
+use lb_common::{Backend, ServiceKey, ServiceValue, SvcInfo};
 
 use super::*;
 use crate::model::{Endpoint, EndpointState, Frontend, FrontendKind, LbService, Protocol, Scope};
@@ -13,7 +13,7 @@ use crate::model::{Endpoint, EndpointState, Frontend, FrontendKind, LbService, P
 struct Fake {
     services: BTreeMap<ServiceKey, ServiceValue>,
     backends: BTreeMap<u32, Backend>,
-    lut: BTreeMap<LutKey, Box<LutChunk>>,
+    tables: BTreeMap<u32, Vec<u32>>,
     info: BTreeMap<u32, SvcInfo>,
     ranges: BTreeMap<(u32, Ipv4Net), ()>,
     ops: Vec<String>,
@@ -26,16 +26,14 @@ impl Fake {
             if v.lut_size == 0 {
                 continue;
             }
+            let table = self
+                .tables
+                .get(&v.svc_id)
+                .unwrap_or_else(|| panic!("frontend {k:?}: no table"));
             for slot in 0..v.lut_size {
-                let key = LutKey {
-                    svc_id: v.svc_id,
-                    chunk: slot / LUT_CHUNK_SLOTS as u32,
-                };
-                let chunk = self
-                    .lut
-                    .get(&key)
-                    .unwrap_or_else(|| panic!("frontend {k:?} slot {slot}: no table chunk"));
-                let id = chunk.backend_ids[slot as usize % LUT_CHUNK_SLOTS];
+                let id = *table
+                    .get(slot as usize)
+                    .unwrap_or_else(|| panic!("frontend {k:?} slot {slot}: past the table"));
                 let be = self
                     .backends
                     .get(&id)
@@ -72,13 +70,16 @@ impl MapWriter for Fake {
         self.backends.remove(&id);
         self.op(format!("del_backend {id}"))
     }
-    fn put_lut(&mut self, key: LutKey, chunk: &LutChunk) -> Result<(), WriteError> {
-        self.lut.insert(key, Box::new(*chunk));
-        self.op(format!("put_lut {}/{}", key.svc_id, key.chunk))
+    fn put_tables(&mut self, tables: &[(u32, Vec<u32>)]) -> Result<(), WriteError> {
+        for (svc_id, ids) in tables {
+            self.tables.insert(*svc_id, ids.clone());
+            self.op(format!("put_table {svc_id}"))?;
+        }
+        Ok(())
     }
-    fn del_lut(&mut self, key: LutKey) -> Result<(), WriteError> {
-        self.lut.remove(&key);
-        self.op(format!("del_lut {}/{}", key.svc_id, key.chunk))
+    fn del_table(&mut self, svc_id: u32) -> Result<(), WriteError> {
+        self.tables.remove(&svc_id);
+        self.op(format!("del_table {svc_id}"))
     }
     fn put_info(&mut self, svc_id: u32, info: &SvcInfo) -> Result<(), WriteError> {
         self.info.insert(svc_id, *info);
@@ -176,7 +177,7 @@ fn add_writes_backends_and_table_before_the_frontend() {
     let ops = &s.writer().ops;
     let fe = positions(ops, "put_service")[0];
     assert!(positions(ops, "put_backend").iter().all(|p| *p < fe));
-    assert!(positions(ops, "put_lut").iter().all(|p| *p < fe));
+    assert!(positions(ops, "put_table").iter().all(|p| *p < fe));
     assert_eq!(ops.last().map(String::as_str), Some("put_service 1"));
 }
 
@@ -249,7 +250,7 @@ fn removing_a_service_deletes_its_frontend_first_and_everything_else() {
     let ops = &s.writer().ops[before..];
     assert_eq!(ops[0], format!("del_service {a_id}"));
     let f = s.writer();
-    assert!(f.lut.keys().all(|k| k.svc_id == b_id));
+    assert!(f.tables.keys().all(|k| *k == b_id));
     assert!(f.backends.values().all(|b| b.svc_id == b_id));
     assert!(!f.info.contains_key(&a_id));
     assert_eq!(s.service_id("b"), Some(b_id));
@@ -365,7 +366,7 @@ fn draining_endpoints_stay_as_backends_but_not_in_the_table() {
     let f = s.writer();
     let be = f.backends[&id2];
     assert_ne!(be.flags & backend_flags::DRAINING, 0);
-    assert!(f.lut.values().all(|c| !c.backend_ids.contains(&id2)));
+    assert!(f.tables.values().all(|t| !t.contains(&id2)));
     assert_eq!(f.services.values().next().map(|v| v.backend_count), Some(1));
 }
 
@@ -381,5 +382,59 @@ fn no_active_endpoint_means_lut_size_zero() {
     s.apply(&state(vec![svc("a", 1, vec![], Algorithm::Maglev)]));
     let f = s.writer();
     assert_eq!(f.services.values().next().map(|v| v.lut_size), Some(0));
-    assert!(f.lut.is_empty() && f.backends.is_empty());
+    assert!(f.tables.is_empty() && f.backends.is_empty());
+}
+
+#[test]
+fn a_shrinking_table_is_never_indexed_past_its_end() {
+    // Random tables change length with the backend count; the per-write check in `Fake`
+    // fails if a frontend's size ever exceeds the table in place.
+    let mut s = MapSync::new(Fake::default(), CFG);
+    let many: Vec<Endpoint> = (1..=6).map(|i| ep(i, 80)).collect();
+    s.apply(&state(vec![svc("a", 1, many.clone(), Algorithm::Random)]));
+    s.apply(&state(vec![svc(
+        "a",
+        1,
+        many[..2].to_vec(),
+        Algorithm::Random,
+    )]));
+    s.apply(&state(vec![svc("a", 1, many.clone(), Algorithm::Random)]));
+    s.apply(&state(vec![svc("a", 1, vec![], Algorithm::Random)]));
+    assert!(s.writer().tables.is_empty());
+}
+
+#[test]
+fn many_services_go_through_several_pipelined_batches_consistently() {
+    // More services than one batch: tables of the next batch are built while one is written;
+    // every write is still checked for consistency by `Fake`.
+    let n = super::SYNC_BATCH * 2 + 17;
+    let mk = |shift: u8| {
+        state(
+            (0..n)
+                .map(|i| {
+                    let mut s = svc(
+                        &format!("s{i:04}"),
+                        1,
+                        vec![ep(1, 80 + shift as u16), ep(2, 80)],
+                        Algorithm::Maglev,
+                    );
+                    s.frontends[0].addr =
+                        Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i as u32);
+                    s
+                })
+                .collect(),
+        )
+    };
+    // Small tables: `Fake` re-checks every slot of every frontend after each write.
+    let cfg = SyncConfig {
+        maglev_size: 13,
+        ..CFG
+    };
+    let mut s = MapSync::new(Fake::default(), cfg);
+    let r = s.apply(&mk(0));
+    assert_eq!((r.added, r.failed.len()), (n, 0));
+    assert_eq!(s.writer().tables.len(), n);
+    let r = s.apply(&mk(1));
+    assert_eq!((r.changed, r.failed.len()), (n, 0));
+    assert_eq!(s.apply(&mk(1)).writes, 0);
 }

@@ -1,7 +1,7 @@
 //! The map operations MapSync needs, as a trait: implemented by the pinned BPF maps
 //! (`bpf::maps::Maps`) and by an in-memory recorder in tests (which checks write order).
 
-use lb_common::{Backend, LutChunk, LutKey, ServiceKey, ServiceValue, SvcInfo};
+use lb_common::{Backend, ServiceKey, ServiceValue, SvcInfo};
 
 use crate::model::Ipv4Net;
 
@@ -23,8 +23,11 @@ pub trait MapWriter {
     fn del_service(&mut self, key: &ServiceKey) -> Result<(), WriteError>;
     fn put_backend(&mut self, id: u32, value: &Backend) -> Result<(), WriteError>;
     fn del_backend(&mut self, id: u32) -> Result<(), WriteError>;
-    fn put_lut(&mut self, key: LutKey, chunk: &LutChunk) -> Result<(), WriteError>;
-    fn del_lut(&mut self, key: LutKey) -> Result<(), WriteError>;
+    /// Writes services' whole lookup tables (slot → backend id). A table keeps its place
+    /// when its size is unchanged (rewritten in place), otherwise it is swapped in whole.
+    fn put_tables(&mut self, tables: &[(u32, Vec<u32>)]) -> Result<(), WriteError>;
+    /// Removes a service's table.
+    fn del_table(&mut self, svc_id: u32) -> Result<(), WriteError>;
     fn put_info(&mut self, svc_id: u32, info: &SvcInfo) -> Result<(), WriteError>;
     fn del_info(&mut self, svc_id: u32) -> Result<(), WriteError>;
     fn put_range(&mut self, svc_id: u32, net: &Ipv4Net) -> Result<(), WriteError>;

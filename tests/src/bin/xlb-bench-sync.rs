@@ -1,0 +1,313 @@
+//! `cargo xtask bench sync`: control-plane speed at 10,000 services × 10 endpoints, side by
+//! side in one run with kube-proxy's iptables mode (`iptables-legacy-restore`) and nftables
+//! mode (`nft -f`), each in its own fresh network namespace:
+//! - full load from scratch;
+//! - one endpoint change (xlb: file change → maps updated, through the real agent; and the
+//!   in-process state change → maps updated that a Kubernetes event costs; kube-proxy: its
+//!   partial sync of the changed chains);
+//! - the agent's memory at that scale.
+
+use std::{
+    fs,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use lb_userspace::{
+    k8s::{NodeContext, SliceSpec, Translator},
+    maglev::DEFAULT_TABLE_SIZE,
+    source::{Spec, files::FileSource},
+};
+use xlb_tests::{
+    agent::{Agent, PinDir},
+    datapath::Datapath,
+    kubeproxy::{self, Svc},
+    netns::{Netns, require_root, unique_tag},
+};
+
+const SERVICES: usize = 10_000;
+const ENDPOINTS: usize = 10;
+const PER_FILE: usize = 100;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn fmt_ms(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.2} s", v / 1000.0)
+    } else {
+        format!("{v:.2} ms")
+    }
+}
+
+/// Runs `cmd < input` inside `ns`; returns the wall time.
+fn timed_in(ns: &Netns, cmd: &[&str], input: &Path) -> Duration {
+    let handle = ns.handle();
+    let stdin = fs::File::open(input).expect("input");
+    let mut c = Command::new(cmd[0]);
+    c.args(&cmd[1..])
+        .stdin(stdin)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: only setns between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            use std::os::fd::AsRawFd as _;
+            if libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let start = Instant::now();
+    let out = c.output().expect("run");
+    let t = start.elapsed();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t
+}
+
+/// A copy of `s` with its first endpoint replaced.
+fn changed(s: &Svc, round: usize) -> Svc {
+    let mut c = s.clone();
+    c.endpoints[0] = std::net::Ipv4Addr::new(10, 200, (round / 250) as u8, (round % 250) as u8 + 1);
+    c
+}
+
+fn field(line: &str, key: &str) -> Option<f64> {
+    let start = line.find(&format!("{key}="))? + key.len() + 1;
+    line[start..].split_whitespace().next()?.parse().ok()
+}
+
+struct KubeProxy {
+    full: Vec<f64>,
+    change: Vec<f64>,
+}
+
+fn kube_proxy(
+    tag: &str,
+    work: &Path,
+    services: &[Svc],
+    restore: &[&str],
+    restore_noflush: &[&str],
+    full: impl Fn(&[Svc]) -> String,
+    change: impl Fn(&Svc, &Svc) -> String,
+) -> KubeProxy {
+    let full_file = work.join("full.rules");
+    fs::write(&full_file, full(services)).expect("write rules");
+    let mut r = KubeProxy {
+        full: Vec::new(),
+        change: Vec::new(),
+    };
+    for rep in 0..3 {
+        let ns = Netns::new(&format!("xlbt-{tag}-kp{rep}"));
+        r.full
+            .push(timed_in(&ns, restore, &full_file).as_secs_f64() * 1e3);
+        if rep == 0 {
+            let target = &services[services.len() / 2];
+            let mut prev = target.clone();
+            for round in 0..5 {
+                let next = changed(target, round + 1);
+                let f = work.join("change.rules");
+                fs::write(&f, change(&prev, &next)).expect("write change");
+                r.change
+                    .push(timed_in(&ns, restore_noflush, &f).as_secs_f64() * 1e3);
+                prev = next;
+            }
+        }
+    }
+    r
+}
+
+fn write_files(dir: &Path, services: &[Svc]) -> Vec<PathBuf> {
+    services
+        .chunks(PER_FILE)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let p = dir.join(format!("ns{i:03}.yaml"));
+            fs::write(&p, kubeproxy::manifests(chunk)).expect("write manifests");
+            p
+        })
+        .collect()
+}
+
+fn main() {
+    require_root();
+    let tag = unique_tag();
+    let work = std::env::temp_dir().join(format!("xlb-bench-sync-{tag}"));
+    let svc_dir = work.join("services");
+    fs::create_dir_all(&svc_dir).expect("work dir");
+    let mut services = kubeproxy::service_set(SERVICES, ENDPOINTS);
+    let files = write_files(&svc_dir, &services);
+    println!(
+        "control plane: {SERVICES} services x {ENDPOINTS} endpoints ({} manifest files of {PER_FILE} services)",
+        files.len()
+    );
+
+    // xlb through the real agent and the file source.
+    let node = Netns::new(&format!("xlbt-{tag}-xlb"));
+    let pins = PinDir::new(&tag);
+    let t0 = Instant::now();
+    let mut agent = Agent::spawn(
+        &node,
+        &pins,
+        &["--services", svc_dir.to_str().expect("path")],
+    );
+    agent.wait_for_log("maps synced", 1);
+    let xlb_full_wall = t0.elapsed().as_secs_f64() * 1e3;
+    let log = agent.logs();
+    let first = log
+        .lines()
+        .find(|l| l.contains("maps synced"))
+        .expect("synced line");
+    let xlb_full_pipeline = field(first, "latency_us").unwrap_or(0.0) / 1e3;
+    let xlb_full_sync = field(first, "sync_us").unwrap_or(0.0) / 1e3;
+    let status = fs::read_to_string(format!("/proc/{}/status", agent.pid().expect("pid")))
+        .unwrap_or_default();
+    let mem = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    let (rss, hwm) = (mem("VmRSS:"), mem("VmHWM:"));
+    let mut file_change = Vec::new();
+    let target = SERVICES / 2;
+    for round in 0..5 {
+        services[target] = changed(&services[target], round + 1);
+        let chunk = target / PER_FILE;
+        let tmp = svc_dir.join(".tmp");
+        fs::write(
+            &tmp,
+            kubeproxy::manifests(&services[chunk * PER_FILE..(chunk + 1) * PER_FILE]),
+        )
+        .expect("write");
+        fs::rename(&tmp, &files[chunk]).expect("rename");
+        agent.wait_for_log("maps synced", round + 2);
+        let log = agent.logs();
+        let line = log
+            .lines()
+            .filter(|l| l.contains("maps synced"))
+            .nth(round + 1)
+            .expect("line");
+        assert!(
+            line.contains("changed=1"),
+            "one endpoint change must change one service: {line}"
+        );
+        file_change.push(field(line, "latency_us").unwrap_or(0.0) / 1e3);
+    }
+    assert!(agent.stop());
+    drop(agent);
+    drop(pins);
+
+    // The same change as a state change in process (what one Kubernetes event costs).
+    let mut dp = Datapath::new(&format!("{tag}s"), DEFAULT_TABLE_SIZE);
+    let mut t = Translator::new(NodeContext::default());
+    let delta = FileSource::new(&svc_dir).load();
+    delta.apply_to(&mut t);
+    t.flush();
+    dp.program(t.desired());
+    let slice: SliceSpec = delta
+        .changes
+        .iter()
+        .find_map(|(_, s)| match s {
+            Some(Spec::Slice(s)) if s.service == services[target].name => Some(s.clone()),
+            _ => None,
+        })
+        .expect("slice");
+    let mut state_change = Vec::new();
+    for round in 0..20u8 {
+        let mut s = slice.clone();
+        s.endpoints[0].addr = std::net::Ipv4Addr::new(10, 201, 0, round + 1);
+        let start = Instant::now();
+        t.upsert_slice(s);
+        let names = t.flush();
+        let r = dp.sync.apply_changes(t.desired(), &names);
+        state_change.push(start.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(r.changed, 1, "{r:?}");
+    }
+    drop(dp);
+
+    // kube-proxy, iptables mode (legacy backend) and nftables mode.
+    let base = kubeproxy::service_set(SERVICES, ENDPOINTS);
+    let ipt = kube_proxy(
+        &tag,
+        &work,
+        &base,
+        &["iptables-legacy-restore"],
+        &["iptables-legacy-restore", "--noflush"],
+        kubeproxy::iptables_full,
+        kubeproxy::iptables_change,
+    );
+    let nft = kube_proxy(
+        &tag,
+        &work,
+        &base,
+        &["nft", "-f", "-"],
+        &["nft", "-f", "-"],
+        kubeproxy::nft_full,
+        kubeproxy::nft_change,
+    );
+    let _ = fs::remove_dir_all(&work);
+
+    let xlb_full = xlb_full_pipeline;
+    let xlb_change = median(file_change.clone());
+    let state = median(state_change.clone());
+    let (ipt_full, ipt_change) = (median(ipt.full.clone()), median(ipt.change.clone()));
+    let (nft_full, nft_change) = (median(nft.full.clone()), median(nft.change.clone()));
+    println!();
+    println!(
+        "| system | full load | ratio to xlb | one endpoint change | ratio to xlb (state change) |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| xlb, state change → maps (in process) | | | {} | 1.00x |",
+        fmt_ms(state)
+    );
+    println!(
+        "| xlb agent, file source (parse + translate + Maglev + maps) | {} | 1.00x | {} | {:.0}x |",
+        fmt_ms(xlb_full),
+        fmt_ms(xlb_change),
+        xlb_change / state
+    );
+    println!(
+        "| kube-proxy iptables (iptables-legacy-restore) | {} | {:.1}x | {} | {:.0}x |",
+        fmt_ms(ipt_full),
+        ipt_full / xlb_full,
+        fmt_ms(ipt_change),
+        ipt_change / state
+    );
+    println!(
+        "| kube-proxy nftables (nft -f) | {} | {:.1}x | {} | {:.0}x |",
+        fmt_ms(nft_full),
+        nft_full / xlb_full,
+        fmt_ms(nft_change),
+        nft_change / state
+    );
+    println!();
+    println!(
+        "xlb full load detail: agent start to maps programmed {} (includes loading the BPF programs); map writes alone {}",
+        fmt_ms(xlb_full_wall),
+        fmt_ms(xlb_full_sync)
+    );
+    println!("xlb agent memory at this scale: RSS {rss:.0} MiB (peak {hwm:.0} MiB)");
+    println!(
+        "samples (ms): state change {:?}; file change {:?}; iptables change {:?}; nft change {:?}",
+        state_change
+            .iter()
+            .map(|v| (v * 100.0).round() / 100.0)
+            .collect::<Vec<_>>(),
+        file_change,
+        ipt.change.iter().map(|v| v.round()).collect::<Vec<_>>(),
+        nft.change.iter().map(|v| v.round()).collect::<Vec<_>>()
+    );
+}
