@@ -331,6 +331,12 @@ fn sync_now(
         sync.apply_changes(translator.desired(), &changed)
     };
     st.synced_once = true;
+    if report.writes > 1000 {
+        // A big sync (start-up, mass change) leaves parse and table buffers in the allocator's
+        // free lists: hand them back to the kernel.
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+    }
     for (name, err) in &report.failed {
         tracing::error!(service = %name, error = %err, "programming failed; will retry");
     }
