@@ -431,8 +431,10 @@ pub mod drop_reason {
     pub const CT_INSERT: u32 = 6;
     /// A rewritten SCTP port (the CRC32c would be wrong).
     pub const SCTP_PORT_REWRITE: u32 = 7;
+    /// SNAT needed but the agent has no node address to use (`--node-ip`/`--snat-addr`).
+    pub const NO_SNAT_ADDRESS: u32 = 8;
     /// Number of reasons (exclusive bound).
-    pub const MAX: u32 = 8;
+    pub const MAX: u32 = 9;
 
     /// Human-readable name of a reason.
     pub const fn name(reason: u32) -> &'static str {
@@ -444,6 +446,7 @@ pub mod drop_reason {
             XLATE_ERROR => "xlate_error",
             CT_INSERT => "ct_insert",
             SCTP_PORT_REWRITE => "sctp_port_rewrite",
+            NO_SNAT_ADDRESS => "no_snat_address",
             _ => "unknown",
         }
     }

@@ -206,8 +206,11 @@ pub fn create(flow: &Flow, fwd: &mut CtValue, cfg: &Config, now: u32) -> Result<
         rev.flags |= ct_flags::XLATE_DST;
     }
     let mut rkey = reply_key_of(fwd, flow.proto);
-    let mut ok = claim(&rkey, &rev, now);
-    if !ok && cfg.snat_port_max > cfg.snat_port_min {
+    // SNAT takes its port from the range (never a port this node's own sockets may use);
+    // other flows keep the client's port unless another live flow owns that reply tuple.
+    let snat = fwd.flags & ct_flags::SNAT != 0;
+    let mut ok = !snat && claim(&rkey, &rev, now);
+    if !ok && cfg.snat_port_max > cfg.snat_port_min && flow.proto != proto::SCTP {
         // Another live flow owns this reply tuple: move this flow's source port.
         rev.flags |= ct_flags::XLATE_DST;
         let span = u32::from(cfg.snat_port_max - cfg.snat_port_min) + 1;

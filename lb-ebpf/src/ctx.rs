@@ -42,6 +42,24 @@ pub trait Packet {
     fn set_addr(&mut self, l4: L4, end: End, old: Ipv4, new: Ipv4) -> Result<(), RewriteError>;
     /// Replaces the L4 source or destination port (host order), fixing the L4 checksum.
     fn set_port(&mut self, l4: L4, end: End, old: u16, new: u16) -> Result<(), RewriteError>;
+    /// Replaces the 4 bytes at `off` (e.g. an address quoted in an ICMP error) and adjusts the
+    /// plain 16-bit checksum at `csum_off` that covers them.
+    fn store4_fix(
+        &mut self,
+        off: usize,
+        csum_off: usize,
+        old: Ipv4,
+        new: Ipv4,
+    ) -> Result<(), RewriteError>;
+    /// Replaces the 2 bytes at `off` (a port, host order) and adjusts the checksum at
+    /// `csum_off` that covers them.
+    fn store2_fix(
+        &mut self,
+        off: usize,
+        csum_off: usize,
+        old: u16,
+        new: u16,
+    ) -> Result<(), RewriteError>;
 }
 
 /// Where the L4 header and its checksum are.
@@ -165,6 +183,38 @@ impl<const H: u8> Packet for TcPacket<H> {
             .store(l4.port_off(end), &new.to_be(), 0)
             .map_err(|_| RewriteError)
     }
+
+    #[inline(always)]
+    fn store4_fix(
+        &mut self,
+        off: usize,
+        csum_off: usize,
+        old: Ipv4,
+        new: Ipv4,
+    ) -> Result<(), RewriteError> {
+        let (from, to) = (u32::from_ne_bytes(old), u32::from_ne_bytes(new));
+        // A plain checksum field: the l3 helper adjusts any 16-bit sum at an offset.
+        self.ctx
+            .l3_csum_replace(csum_off, u64::from(from), u64::from(to), 4)
+            .map_err(|_| RewriteError)?;
+        self.ctx.store(off, &new, 0).map_err(|_| RewriteError)
+    }
+
+    #[inline(always)]
+    fn store2_fix(
+        &mut self,
+        off: usize,
+        csum_off: usize,
+        old: u16,
+        new: u16,
+    ) -> Result<(), RewriteError> {
+        self.ctx
+            .l3_csum_replace(csum_off, u64::from(old.to_be()), u64::from(new.to_be()), 2)
+            .map_err(|_| RewriteError)?;
+        self.ctx
+            .store(off, &new.to_be(), 0)
+            .map_err(|_| RewriteError)
+    }
 }
 
 /// XDP packets.
@@ -239,6 +289,44 @@ impl Packet for XdpPacket {
         let port: *mut u16 = ptr_at(self, l4.port_off(end)).ok_or(RewriteError)?;
         // SAFETY: bounds-checked by `ptr_at`.
         unsafe { port.write_unaligned(new.to_be()) };
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn store4_fix(
+        &mut self,
+        off: usize,
+        csum_off: usize,
+        old: Ipv4,
+        new: Ipv4,
+    ) -> Result<(), RewriteError> {
+        let csum: *mut u16 = ptr_at(self, csum_off).ok_or(RewriteError)?;
+        let field: *mut Ipv4 = ptr_at(self, off).ok_or(RewriteError)?;
+        let (from, to) = (u32::from_ne_bytes(old), u32::from_ne_bytes(new));
+        // SAFETY: both pointers were bounds-checked by `ptr_at`.
+        unsafe {
+            csum.write_unaligned(csum::replace4(csum.read_unaligned(), from, to));
+            field.write_unaligned(new);
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn store2_fix(
+        &mut self,
+        off: usize,
+        csum_off: usize,
+        old: u16,
+        new: u16,
+    ) -> Result<(), RewriteError> {
+        let csum: *mut u16 = ptr_at(self, csum_off).ok_or(RewriteError)?;
+        let field: *mut u16 = ptr_at(self, off).ok_or(RewriteError)?;
+        let (from, to) = (u32::from(old.to_be()), u32::from(new.to_be()));
+        // SAFETY: both pointers were bounds-checked by `ptr_at`.
+        unsafe {
+            csum.write_unaligned(csum::replace4(csum.read_unaligned(), from, to));
+            field.write_unaligned(new.to_be());
+        }
         Ok(())
     }
 }

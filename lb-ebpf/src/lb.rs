@@ -3,17 +3,17 @@
 //! `Verdict` or hands on; every drop carries a reason that is counted.
 
 use lb_common::{
-    Config, CtValue, ServiceValue, counter, ct_dir, ct_flags, ct_state, event_kind, proto,
-    selection,
+    Config, CtValue, ServiceValue, backend_flags, counter, ct_dir, ct_flags, ct_state, drop_reason,
+    event_kind, hook, kind, proto, selection, svc_flags,
 };
 
 use crate::{
     conntrack::{self, CreateError},
     ctx::Packet,
-    lookup,
+    icmp, lookup,
     maps::{CONFIG, CONNTRACK},
     nat,
-    parse::{self, Flow, Skip},
+    parse::{self, Flow, Parsed, Skip},
     stats::{self, SvcCounter},
 };
 
@@ -30,8 +30,8 @@ pub enum Verdict {
 #[inline(always)]
 pub fn process<P: Packet>(pkt: &mut P) -> Verdict {
     stats::count(counter::PACKETS);
-    let flow = match parse::parse(pkt) {
-        Ok(flow) => flow,
+    let parsed = match parse::parse(pkt) {
+        Ok(p) => p,
         Err(skip) => {
             stats::count(match skip {
                 Skip::NotIpv4 => counter::NOT_IPV4,
@@ -54,6 +54,16 @@ pub fn process<P: Packet>(pkt: &mut P) -> Verdict {
         return Verdict::Pass;
     }
     let now = conntrack::now_secs();
+    let flow = match parsed {
+        Parsed::Flow(flow) => flow,
+        Parsed::IcmpError(e) => {
+            if let Some(v) = icmp::translate_error(pkt, &e, now) {
+                return v;
+            }
+            stats::count(counter::NOT_SERVICE);
+            return Verdict::Pass;
+        }
+    };
     if let Some((svc, scope)) = lookup::frontend(&flow, P::HOOK) {
         stats::trace(|t| {
             t.scope = scope;
@@ -143,13 +153,7 @@ fn new_flow<P: Packet>(
     stale: Option<lb_common::CtKey>,
 ) -> Verdict {
     if !lookup::source_allowed(svc, flow) {
-        return drop_flow(
-            cfg,
-            P::HOOK,
-            flow,
-            svc.svc_id,
-            lb_common::drop_reason::SOURCE_RANGE,
-        );
+        return drop_flow(cfg, P::HOOK, flow, svc.svc_id, drop_reason::SOURCE_RANGE);
     }
     let sel = match lookup::select(svc, flow, cfg, now) {
         Ok(sel) => sel,
@@ -176,6 +180,24 @@ fn new_flow<P: Packet>(
         // martian, so the source becomes the hairpin address and replies come back through us.
         fwd.flags |= ct_flags::XLATE_SRC | ct_flags::HAIRPIN;
         fwd.nat_saddr = cfg.hairpin_addr;
+    } else if P::HOOK != hook::POD
+        && svc.flags & svc_flags::EXT_LOCAL == 0
+        && be.flags & backend_flags::LOCAL == 0
+    {
+        // From outside to an endpoint on another node (externalTrafficPolicy: Cluster): the
+        // reply must come back through this node, so the source becomes a node address (the
+        // NodePort address itself, else the agent's SNAT address) and a port of the range.
+        let snat = if svc.kind == kind::NODE_PORT {
+            flow.daddr
+        } else {
+            cfg.snat_addr
+        };
+        if snat == [0; 4] {
+            return drop_flow(cfg, P::HOOK, flow, svc.svc_id, drop_reason::NO_SNAT_ADDRESS);
+        }
+        fwd.flags |= ct_flags::XLATE_SRC | ct_flags::SNAT;
+        fwd.nat_saddr = snat;
+        stats::count(counter::SNAT);
     }
     if flow.proto == proto::SCTP && be.port != flow.dport {
         return drop_flow(
@@ -183,7 +205,7 @@ fn new_flow<P: Packet>(
             P::HOOK,
             flow,
             svc.svc_id,
-            lb_common::drop_reason::SCTP_PORT_REWRITE,
+            drop_reason::SCTP_PORT_REWRITE,
         );
     }
     stats::trace(|t| {
@@ -195,8 +217,8 @@ fn new_flow<P: Packet>(
     });
     if let Err(e) = conntrack::create(flow, &mut fwd, cfg, now) {
         let reason = match e {
-            CreateError::PortsExhausted => lb_common::drop_reason::SNAT_EXHAUSTED,
-            CreateError::Insert => lb_common::drop_reason::CT_INSERT,
+            CreateError::PortsExhausted => drop_reason::SNAT_EXHAUSTED,
+            CreateError::Insert => drop_reason::CT_INSERT,
         };
         return drop_flow(cfg, P::HOOK, flow, svc.svc_id, reason);
     }
@@ -226,7 +248,7 @@ fn new_flow<P: Packet>(
 fn forward<P: Packet>(pkt: &mut P, flow: &Flow, ct: &CtValue) -> Verdict {
     let len = pkt.len();
     if nat::apply(pkt, flow, ct).is_err() {
-        stats::drop_reason(lb_common::drop_reason::XLATE_ERROR);
+        stats::drop_reason(drop_reason::XLATE_ERROR);
         return Verdict::Drop;
     }
     stats::count(counter::XLATE_FWD);
@@ -259,7 +281,7 @@ fn reply<P: Packet>(pkt: &mut P, flow: &Flow, cfg: &Config, now: u32) -> Option<
     }
     let len = pkt.len();
     if nat::apply(pkt, flow, &cur).is_err() {
-        stats::drop_reason(lb_common::drop_reason::XLATE_ERROR);
+        stats::drop_reason(drop_reason::XLATE_ERROR);
         return Some(Verdict::Drop);
     }
     stats::count(counter::XLATE_REV);

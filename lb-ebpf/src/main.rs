@@ -5,6 +5,7 @@
 
 mod conntrack;
 mod ctx;
+mod icmp;
 mod lb;
 mod lookup;
 mod maps;

@@ -41,6 +41,43 @@ impl Flow {
     }
 }
 
+/// The flow an ICMP error is about, as quoted in it (the quoted packet went the other way).
+#[derive(Clone, Copy)]
+pub struct Quoted {
+    pub saddr: Ipv4,
+    pub daddr: Ipv4,
+    /// Host order.
+    pub sport: u16,
+    /// Host order.
+    pub dport: u16,
+    pub proto: u8,
+}
+
+/// An ICMP error (destination unreachable, time exceeded, parameter problem) and where the
+/// fields to translate are.
+#[derive(Clone, Copy)]
+pub struct IcmpError {
+    pub saddr: Ipv4,
+    pub daddr: Ipv4,
+    /// Offset of the ICMP checksum.
+    pub icmp_csum_off: usize,
+    /// Offset of the quoted IPv4 header.
+    pub inner_ip_off: usize,
+    /// Offset of the quoted L4 header (its ports).
+    pub inner_l4_off: usize,
+    pub quoted: Quoted,
+}
+
+/// A parsed packet.
+pub enum Parsed {
+    Flow(Flow),
+    IcmpError(IcmpError),
+}
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+
 /// Why a packet has no `Flow`.
 pub enum Skip {
     NotIpv4,
@@ -78,7 +115,7 @@ fn header<P: Packet, T>(pkt: &mut P, off: usize) -> Option<*const T> {
 
 /// Parses the packet's headers. Values are copied out at once: a later `pull` moves the data.
 #[inline(always)]
-pub fn parse<P: Packet>(pkt: &mut P) -> Result<Flow, Skip> {
+pub fn parse<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
     let eth_type: *const u16 = header(pkt, 12).ok_or(Skip::Malformed)?;
     // SAFETY: bounds-checked by `header`.
     if u16::from_be(unsafe { eth_type.read_unaligned() }) != ETH_P_IP {
@@ -129,9 +166,10 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Result<Flow, Skip> {
             let h = unsafe { &*h };
             ([h[0], h[1], h[2], h[3]], 0)
         }
+        proto::ICMP => return icmp_error(pkt, l4_off, saddr, daddr).map(Parsed::IcmpError),
         _ => return Err(Skip::OtherProto),
     };
-    Ok(Flow {
+    Ok(Parsed::Flow(Flow {
         saddr,
         daddr,
         sport: u16::from_be_bytes([ports[0], ports[1]]),
@@ -139,5 +177,55 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Result<Flow, Skip> {
         proto: l4_proto,
         tcp_flags: flags,
         l4,
+    }))
+}
+
+/// Parses an ICMP error and the header it quotes; other ICMP messages are not ours.
+#[inline(always)]
+fn icmp_error<P: Packet>(
+    pkt: &mut P,
+    icmp_off: usize,
+    saddr: Ipv4,
+    daddr: Ipv4,
+) -> Result<IcmpError, Skip> {
+    let h: *const [u8; 8] = header(pkt, icmp_off).ok_or(Skip::Malformed)?;
+    // SAFETY: bounds-checked by `header`.
+    let icmp_type = unsafe { (*h)[0] };
+    if !matches!(
+        icmp_type,
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+    ) {
+        return Err(Skip::OtherProto);
+    }
+    let inner_ip_off = icmp_off + 8;
+    let ip: *const Ipv4Hdr = header(pkt, inner_ip_off).ok_or(Skip::Malformed)?;
+    // SAFETY: bounds-checked by `header`.
+    let (ver_ihl, inner_proto, isaddr, idaddr) =
+        unsafe { ((*ip).ver_ihl, (*ip).proto, (*ip).saddr, (*ip).daddr) };
+    let ihl = usize::from(ver_ihl & 0x0f);
+    if ver_ihl >> 4 != 4 || ihl < 5 {
+        return Err(Skip::Malformed);
+    }
+    if !matches!(inner_proto, proto::TCP | proto::UDP | proto::SCTP) {
+        return Err(Skip::OtherProto);
+    }
+    let inner_l4_off = inner_ip_off + ihl * 4;
+    // Every ICMP error quotes at least 8 bytes of L4: the ports are there.
+    let ports: *const [u8; 4] = header(pkt, inner_l4_off).ok_or(Skip::Malformed)?;
+    // SAFETY: bounds-checked by `header`.
+    let ports = unsafe { *ports };
+    Ok(IcmpError {
+        saddr,
+        daddr,
+        icmp_csum_off: icmp_off + 2,
+        inner_ip_off,
+        inner_l4_off,
+        quoted: Quoted {
+            saddr: isaddr,
+            daddr: idaddr,
+            sport: u16::from_be_bytes([ports[0], ports[1]]),
+            dport: u16::from_be_bytes([ports[2], ports[3]]),
+            proto: inner_proto,
+        },
     })
 }

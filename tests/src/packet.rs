@@ -113,3 +113,56 @@ pub fn parse(p: &[u8]) -> Parsed {
         udp_csum,
     }
 }
+
+/// An ICMP error (`icmp_type`/`code`) from `src` to `dst` quoting the first 28 bytes (IPv4
+/// header + 8 bytes of L4) of `quoted` (an Ethernet frame as built above).
+pub fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, icmp_type: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![icmp_type, code, 0, 0, 0, 0, 0, 0];
+    if icmp_type == 3 && code == 4 {
+        icmp[6..8].copy_from_slice(&1400u16.to_be_bytes()); // next-hop MTU
+    }
+    icmp.extend_from_slice(&quoted[14..14 + 28]);
+    let c = !csum::fold(csum::sum_be(&icmp, 0));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut p = ETH.to_vec();
+    p.extend(ipv4_header(src, dst, 1, icmp.len()));
+    p.extend(icmp);
+    p
+}
+
+/// An ICMP error as seen by its receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedIcmp {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub icmp_type: u8,
+    pub code: u8,
+    pub ip_csum_ok: bool,
+    pub icmp_csum_ok: bool,
+    pub inner_csum_ok: bool,
+    pub inner_src: Ipv4Addr,
+    pub inner_dst: Ipv4Addr,
+    pub inner_sport: u16,
+    pub inner_dport: u16,
+}
+
+/// Parses an ICMP error built by `icmp_error` (after translation) and checks its checksums.
+pub fn parse_icmp(p: &[u8]) -> ParsedIcmp {
+    let ip = &p[14..34];
+    let icmp = &p[34..];
+    let inner = &icmp[8..28];
+    let l4 = &icmp[28..36];
+    ParsedIcmp {
+        src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        icmp_type: icmp[0],
+        code: icmp[1],
+        ip_csum_ok: csum::fold(csum::sum_be(ip, 0)) == 0xffff,
+        icmp_csum_ok: csum::fold(csum::sum_be(icmp, 0)) == 0xffff,
+        inner_csum_ok: csum::fold(csum::sum_be(inner, 0)) == 0xffff,
+        inner_src: Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]),
+        inner_dst: Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]),
+        inner_sport: u16::from_be_bytes([l4[0], l4[1]]),
+        inner_dport: u16::from_be_bytes([l4[2], l4[3]]),
+    }
+}

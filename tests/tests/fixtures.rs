@@ -434,3 +434,143 @@ fn maglev_picks_the_same_backend_on_independent_nodes() {
     }
     assert_eq!(differ, 0, "{differ} of 200 flows picked different backends");
 }
+
+const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 20);
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+
+/// A LoadBalancer and a NodePort frontend whose only backend runs on another node.
+fn north_south(ext_local: bool) -> Datapath {
+    let mut dp = datapath();
+    let mut s = svc("lb", vec![], &[REMOTE], 8080);
+    s.endpoints[0].local = false;
+    s.ext_local = ext_local;
+    s.frontends = vec![
+        Frontend {
+            kind: FrontendKind::LoadBalancer,
+            ..fe(LB_IP, 80, Protocol::Tcp)
+        },
+        Frontend {
+            kind: FrontendKind::NodePort,
+            ..fe(NODE_IP, 30080, Protocol::Tcp)
+        },
+        Frontend {
+            kind: FrontendKind::LoadBalancer,
+            ..fe(LB_IP, 53, Protocol::Udp)
+        },
+    ];
+    let mut d = DesiredState::default();
+    d.services.insert(s.name.clone(), s);
+    dp.program(&d);
+    dp
+}
+
+#[test]
+fn external_traffic_to_a_remote_backend_is_snated_and_replies_restored() {
+    let mut dp = north_south(false);
+    for (front, fport, expect_src) in [(LB_IP, 80, NODE_IP), (NODE_IP, 30080, NODE_IP)] {
+        let syn = packet::tcp((OUTSIDE, 40000), (front, fport), flags::SYN, b"");
+        let (rc, out) = dp.xdp(&syn);
+        assert_eq!(rc, XDP_PASS);
+        let p = packet::parse(&out);
+        assert_valid(&p, "SNAT");
+        assert_eq!((p.dst, p.dport), (REMOTE, 8080));
+        assert_eq!(p.src, expect_src, "SNAT source for {front}");
+        assert!(
+            (61000..=65535).contains(&p.sport),
+            "SNAT port {} outside the range",
+            p.sport
+        );
+        let reply = packet::tcp(
+            (REMOTE, 8080),
+            (p.src, p.sport),
+            flags::SYN | flags::ACK,
+            b"",
+        );
+        let (_, out) = dp.xdp(&reply);
+        let r = packet::parse(&out);
+        assert_valid(&r, "SNAT reply");
+        assert_eq!(
+            (r.src, r.sport, r.dst, r.dport),
+            (front, fport, OUTSIDE, 40000)
+        );
+        // Two clients with the same source port get different SNAT ports.
+        let other = packet::tcp(
+            (Ipv4Addr::new(198, 51, 100, 8), 40000),
+            (front, fport),
+            flags::SYN,
+            b"",
+        );
+        let (_, out) = dp.xdp(&other);
+        assert_ne!(packet::parse(&out).sport, p.sport);
+    }
+    // The same service from a local pod (tc pod ingress): east-west, never SNATed.
+    let syn = packet::tcp((CLIENT, 40000), (LB_IP, 80), flags::SYN, b"");
+    let (_, out) = dp.tc(prog_names::POD_INGRESS, &syn);
+    let p = packet::parse(&out);
+    assert_eq!((p.src, p.sport, p.dst), (CLIENT, 40000, REMOTE));
+    assert!(dp.counters()[counter::SNAT as usize] >= 4);
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_the_client_address() {
+    let mut dp = north_south(true);
+    let syn = packet::tcp((OUTSIDE, 40000), (LB_IP, 80), flags::SYN, b"");
+    let (_, out) = dp.xdp(&syn);
+    let p = packet::parse(&out);
+    assert_eq!((p.src, p.sport, p.dst), (OUTSIDE, 40000, REMOTE));
+}
+
+#[test]
+fn icmp_errors_about_translated_flows_are_translated_back() {
+    // Port unreachable from a backend about a DNATed UDP flow (tc, east-west).
+    let mut dp = datapath();
+    let q = packet::udp((CLIENT, 5000), (VIP, 53), b"query", true);
+    let (_, out) = dp.tc(prog_names::POD_INGRESS, &q);
+    let fwd = packet::parse(&out);
+    let err = packet::icmp_error(fwd.dst, CLIENT, 3, 3, &out);
+    let (rc, out) = dp.tc(prog_names::POD_INGRESS, &err);
+    assert_eq!(rc, TCX_NEXT);
+    let e = packet::parse_icmp(&out);
+    assert!(e.ip_csum_ok && e.icmp_csum_ok && e.inner_csum_ok, "{e:?}");
+    assert_eq!((e.src, e.dst), (VIP, CLIENT));
+    assert_eq!(
+        (e.inner_src, e.inner_sport, e.inner_dst, e.inner_dport),
+        (CLIENT, 5000, VIP, 53)
+    );
+
+    // Fragmentation needed from a router about an SNATed north-south flow (XDP).
+    let mut dp = north_south(false);
+    let syn = packet::tcp(
+        (OUTSIDE, 41000),
+        (LB_IP, 80),
+        flags::SYN | flags::ACK,
+        &[0u8; 100],
+    );
+    let (_, out) = dp.xdp(&syn);
+    let fwd = packet::parse(&out);
+    let router = Ipv4Addr::new(192, 168, 0, 254);
+    let err = packet::icmp_error(router, fwd.src, 3, 4, &out);
+    let (rc, out) = dp.xdp(&err);
+    assert_eq!(rc, XDP_PASS);
+    let e = packet::parse_icmp(&out);
+    assert!(e.ip_csum_ok && e.icmp_csum_ok && e.inner_csum_ok, "{e:?}");
+    assert_eq!((e.src, e.dst, e.code), (router, OUTSIDE, 4));
+    assert_eq!(
+        (e.inner_src, e.inner_sport, e.inner_dst, e.inner_dport),
+        (OUTSIDE, 41000, LB_IP, 80)
+    );
+    assert_eq!(dp.counters()[counter::ICMP_XLATE as usize], 1);
+
+    // An ICMP error about a flow we never saw passes untouched.
+    let stray = packet::icmp_error(
+        router,
+        CLIENT,
+        3,
+        3,
+        &packet::udp((CLIENT, 1), (OUTSIDE, 2), b"", true),
+    );
+    let (_, out) = dp.xdp(&stray);
+    assert_eq!(out, stray);
+}

@@ -1,0 +1,80 @@
+//! ICMP errors about translated flows (port/host unreachable, fragmentation needed, time
+//! exceeded): rewritten so the client sees them about the frontend it dialled, which makes
+//! connection errors and path-MTU discovery work through the balancer.
+//!
+//! The quoted packet went client → backend, so the flow is found by its reply entry. Rewriting
+//! an address of the quoted IPv4 header together with that header's checksum leaves the ICMP
+//! checksum unchanged (a valid header always sums to the same value); only quoted ports need
+//! the ICMP checksum adjusted. The quoted L4 checksum is left alone, as receivers ignore it.
+
+use lb_common::{counter, ct_dir, ct_flags, proto};
+
+use crate::{
+    ctx::{End, L4, Packet},
+    lb::Verdict,
+    maps::CONNTRACK,
+    parse::IcmpError,
+    stats,
+};
+
+/// Translates an ICMP error about a tracked flow; `None` if it is about no flow of ours.
+#[inline(always)]
+pub fn translate_error<P: Packet>(pkt: &mut P, e: &IcmpError, now: u32) -> Option<Verdict> {
+    let q = e.quoted;
+    let rkey = lb_common::CtKey {
+        saddr: q.daddr,
+        daddr: q.saddr,
+        sport: q.dport,
+        dport: q.sport,
+        proto: q.proto,
+        dir: ct_dir::REPLY,
+        _pad: [0; 2],
+    };
+    // SAFETY: copied out at once.
+    let rev = *unsafe { CONNTRACK.get(rkey) }?;
+    if rev.expires < now {
+        return None;
+    }
+    let outer = L4 {
+        proto: proto::ICMP,
+        off: e.icmp_csum_off - 2,
+    };
+    let inner_csum = e.inner_ip_off + 10;
+    let r = (|| {
+        // The quoted destination was the backend: make it the frontend.
+        if rev.nat_saddr != q.daddr {
+            pkt.store4_fix(e.inner_ip_off + 16, inner_csum, q.daddr, rev.nat_saddr)?;
+        }
+        if rev.nat_sport != q.dport {
+            pkt.store2_fix(e.inner_l4_off + 2, e.icmp_csum_off, q.dport, rev.nat_sport)?;
+        }
+        if rev.flags & ct_flags::XLATE_DST != 0 {
+            // The client's source was rewritten (SNAT, hairpin): restore it everywhere.
+            if rev.nat_daddr != q.saddr {
+                pkt.store4_fix(e.inner_ip_off + 12, inner_csum, q.saddr, rev.nat_daddr)?;
+            }
+            if rev.nat_dport != q.sport {
+                pkt.store2_fix(e.inner_l4_off, e.icmp_csum_off, q.sport, rev.nat_dport)?;
+            }
+            if rev.nat_daddr != e.daddr {
+                pkt.set_addr(outer, End::Dst, e.daddr, rev.nat_daddr)?;
+            }
+        }
+        // Sent by the backend itself: it comes from the frontend now.
+        if e.saddr == q.daddr && rev.nat_saddr != e.saddr {
+            pkt.set_addr(outer, End::Src, e.saddr, rev.nat_saddr)?;
+        }
+        Ok::<(), crate::ctx::RewriteError>(())
+    })();
+    if r.is_err() {
+        stats::drop_reason(lb_common::drop_reason::XLATE_ERROR);
+        return Some(Verdict::Drop);
+    }
+    stats::count(counter::ICMP_XLATE);
+    stats::trace(|t| {
+        t.reply = 1;
+        t.svc_id = rev.svc_id;
+        t.backend_id = rev.backend_id;
+    });
+    Some(Verdict::Pass)
+}
