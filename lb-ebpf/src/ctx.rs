@@ -30,6 +30,15 @@ pub struct RewriteError;
 pub trait Packet {
     /// `hook::*` of this context.
     const HOOK: u8;
+    /// The hook may leave a packet it cannot deliver itself untouched for the next one
+    /// (XDP → tc on the same device).
+    const DEFERS: bool;
+    /// The program context, for helpers.
+    fn ctx_ptr(&self) -> *mut core::ffi::c_void;
+    /// The device the packet arrived on.
+    fn ifindex(&self) -> u32;
+    /// Sets the Ethernet source and destination (before `XDP_TX`).
+    fn set_macs(&mut self, src: [u8; 6], dst: [u8; 6]) -> Result<(), RewriteError>;
     /// Start of packet data.
     fn data(&self) -> usize;
     /// End of linear packet data.
@@ -118,6 +127,24 @@ pub struct TcPacket<const HOOK: u8> {
 
 impl<const H: u8> Packet for TcPacket<H> {
     const HOOK: u8 = H;
+    const DEFERS: bool = false;
+
+    #[inline(always)]
+    fn ctx_ptr(&self) -> *mut core::ffi::c_void {
+        self.ctx.skb.skb.cast()
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the context pointer is valid for the program's run.
+        unsafe { (*self.ctx.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
+    fn set_macs(&mut self, src: [u8; 6], dst: [u8; 6]) -> Result<(), RewriteError> {
+        self.ctx.store(0, &dst, 0).map_err(|_| RewriteError)?;
+        self.ctx.store(6, &src, 0).map_err(|_| RewriteError)
+    }
 
     #[inline(always)]
     fn data(&self) -> usize {
@@ -246,6 +273,27 @@ impl XdpPacket {
 
 impl Packet for XdpPacket {
     const HOOK: u8 = hook::XDP;
+    const DEFERS: bool = true;
+
+    #[inline(always)]
+    fn ctx_ptr(&self) -> *mut core::ffi::c_void {
+        self.ctx.ctx.cast()
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.ctx.ingress_ifindex() as u32
+    }
+
+    #[inline(always)]
+    fn set_macs(&mut self, src: [u8; 6], dst: [u8; 6]) -> Result<(), RewriteError> {
+        let eth: *mut [u8; 12] = ptr_at(self, 0).ok_or(RewriteError)?;
+        // SAFETY: bounds-checked by `ptr_at`.
+        let eth = unsafe { &mut *eth };
+        eth[..6].copy_from_slice(&dst);
+        eth[6..].copy_from_slice(&src);
+        Ok(())
+    }
 
     #[inline(always)]
     fn data(&self) -> usize {

@@ -11,13 +11,14 @@ use lb_common::{counter, ct_dir, ct_flags, proto};
 
 use crate::{
     ctx::{End, L4, Packet},
-    lb::Verdict,
+    lb::{self, Verdict},
     maps::CONNTRACK,
     parse::IcmpError,
-    stats,
+    route, stats,
 };
 
-/// Translates an ICMP error about a tracked flow; `None` if it is about no flow of ours.
+/// Translates an ICMP error about a tracked flow; `None` if it is about no flow of ours (or,
+/// at XDP, if tc must deliver it).
 #[inline(always)]
 pub fn translate_error<P: Packet>(pkt: &mut P, e: &IcmpError, now: u32) -> Option<Verdict> {
     let q = e.quoted;
@@ -39,6 +40,18 @@ pub fn translate_error<P: Packet>(pkt: &mut P, e: &IcmpError, now: u32) -> Optio
         proto: proto::ICMP,
         off: e.icmp_csum_off - 2,
     };
+    // Where the error goes once translated; XDP leaves what it cannot deliver to tc.
+    let new_dst = if rev.flags & ct_flags::XLATE_DST != 0 {
+        rev.nat_daddr
+    } else {
+        e.daddr
+    };
+    let new_src = if e.saddr == q.daddr {
+        rev.nat_saddr
+    } else {
+        e.saddr
+    };
+    let out = route::plan(pkt, new_src, new_dst, e.ip_len)?;
     let inner_csum = e.inner_ip_off + 10;
     let r = (|| {
         // The quoted destination was the backend: make it the frontend.
@@ -76,5 +89,5 @@ pub fn translate_error<P: Packet>(pkt: &mut P, e: &IcmpError, now: u32) -> Optio
         t.svc_id = rev.svc_id;
         t.backend_id = rev.backend_id;
     });
-    Some(Verdict::Pass)
+    Some(lb::finish(pkt, out))
 }

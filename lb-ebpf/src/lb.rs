@@ -1,10 +1,14 @@
 //! The per-packet pipeline shared by every hook: parse → frontend? (conntrack hit, or select a
 //! backend and record the flow) → reply of a tracked flow? → pass. Each stage returns a
 //! `Verdict` or hands on; every drop carries a reason that is counted.
+//!
+//! A translation is planned before anything is written: the route of the translated packet
+//! is looked up first (`route::plan`), so XDP can leave a packet it cannot deliver itself
+//! untouched, with no state changed, for tc to handle.
 
 use lb_common::{
-    Config, CtValue, ServiceValue, backend_flags, counter, ct_dir, ct_flags, ct_state, drop_reason,
-    event_kind, hook, kind, proto, selection, svc_flags,
+    Config, CtKey, CtValue, Ipv4, ServiceValue, backend_flags, counter, ct_dir, ct_flags, ct_state,
+    drop_reason, event_kind, hook, kind, proto, selection, svc_flags,
 };
 
 use crate::{
@@ -14,16 +18,21 @@ use crate::{
     maps::{CONFIG, CONNTRACK},
     nat,
     parse::{self, Flow, Parsed, Skip},
+    route::{self, Out},
     stats::{self, SvcCounter},
 };
 
 /// What the hook should do with the packet.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Hand the (possibly translated) packet on.
+    /// Hand the packet to the stack (or the next program) as it is now.
     Pass,
     /// Drop it; the reason was counted.
     Drop,
+    /// tc: send it out of this device through `bpf_redirect_neigh`.
+    Redirect(u32),
+    /// XDP: transmit it back out of the device it came in on.
+    Tx,
 }
 
 /// Runs the whole pipeline on one packet.
@@ -78,6 +87,38 @@ pub fn process<P: Packet>(pkt: &mut P) -> Verdict {
     Verdict::Pass
 }
 
+/// Addresses a packet of `flow` has once `ct` is applied.
+#[inline(always)]
+fn translated(flow: &Flow, ct: &CtValue) -> (Ipv4, Ipv4) {
+    let s = if ct.flags & ct_flags::XLATE_SRC != 0 {
+        ct.nat_saddr
+    } else {
+        flow.saddr
+    };
+    let d = if ct.flags & ct_flags::XLATE_DST != 0 {
+        ct.nat_daddr
+    } else {
+        flow.daddr
+    };
+    (s, d)
+}
+
+/// Sends a translated packet on as planned.
+#[inline(always)]
+pub fn finish<P: Packet>(pkt: &mut P, out: Out) -> Verdict {
+    match out {
+        Out::Stack => Verdict::Pass,
+        Out::Redirect(ifindex) => Verdict::Redirect(ifindex),
+        Out::Tx(src, dst) => {
+            if pkt.set_macs(src, dst).is_err() {
+                stats::drop_reason(drop_reason::XLATE_ERROR);
+                return Verdict::Drop;
+            }
+            Verdict::Tx
+        }
+    }
+}
+
 /// A packet addressed to a frontend: follow its flow, or start one.
 #[inline(always)]
 fn to_frontend<P: Packet>(
@@ -99,6 +140,10 @@ fn to_frontend<P: Packet>(
         {
             return established(pkt, flow, svc, ct, &cur, cfg, now);
         }
+        if usable && P::DEFERS {
+            // Re-selection rewrites state: leave it to tc, which sees this packet next.
+            return Verdict::Pass;
+        }
         if usable {
             // The flow's backend left the service (or the frontend moved): pick again now.
             stats::count(counter::CT_RESELECT);
@@ -119,6 +164,10 @@ fn established<P: Packet>(
     cfg: &Config,
     now: u32,
 ) -> Verdict {
+    let (s, d) = translated(flow, cur);
+    let Some(out) = route::plan(pkt, s, d, flow.ip_len) else {
+        return Verdict::Pass;
+    };
     stats::count(counter::CT_HIT);
     stats::trace(|t| {
         t.selection = selection::CONNTRACK;
@@ -139,7 +188,7 @@ fn established<P: Packet>(
         };
         lookup::touch_affinity(&key, cur.backend_id, now);
     }
-    forward(pkt, flow, cur)
+    forward(pkt, flow, cur, out)
 }
 
 /// First packet of a flow (or one whose backend left): select, record, translate.
@@ -150,7 +199,7 @@ fn new_flow<P: Packet>(
     svc: &ServiceValue,
     cfg: &Config,
     now: u32,
-    stale: Option<lb_common::CtKey>,
+    stale: Option<CtKey>,
 ) -> Verdict {
     if !lookup::source_allowed(svc, flow) {
         return drop_flow(cfg, P::HOOK, flow, svc.svc_id, drop_reason::SOURCE_RANGE);
@@ -197,7 +246,6 @@ fn new_flow<P: Packet>(
         }
         fwd.flags |= ct_flags::XLATE_SRC | ct_flags::SNAT;
         fwd.nat_saddr = snat;
-        stats::count(counter::SNAT);
     }
     if flow.proto == proto::SCTP && be.port != flow.dport {
         return drop_flow(
@@ -208,6 +256,10 @@ fn new_flow<P: Packet>(
             drop_reason::SCTP_PORT_REWRITE,
         );
     }
+    let (s, d) = translated(flow, &fwd);
+    let Some(out) = route::plan(pkt, s, d, flow.ip_len) else {
+        return Verdict::Pass;
+    };
     stats::trace(|t| {
         t.selection = sel.how;
         t.backend_id = sel.id;
@@ -222,6 +274,13 @@ fn new_flow<P: Packet>(
         };
         return drop_flow(cfg, P::HOOK, flow, svc.svc_id, reason);
     }
+    if svc.affinity_timeout != 0 {
+        let key = lb_common::AffinityKey {
+            svc_id: svc.svc_id,
+            client: flow.saddr,
+        };
+        lookup::touch_affinity(&key, sel.id, now);
+    }
     if let Some(old) = stale
         && old != conntrack::reply_key_of(&fwd, flow.proto)
         && stats::live()
@@ -232,6 +291,12 @@ fn new_flow<P: Packet>(
     if fwd.flags & ct_flags::HAIRPIN != 0 {
         stats::count(counter::HAIRPIN);
     }
+    if fwd.flags & ct_flags::SNAT != 0 {
+        stats::count(counter::SNAT);
+    }
+    if sel.how == selection::AFFINITY {
+        stats::count(counter::AFFINITY_HIT);
+    }
     stats::svc(svc.svc_id, SvcCounter::NewFlow, 0);
     stats::event(cfg, P::HOOK, event_kind::NEW_FLOW, flow, |ev| {
         ev.selection = sel.how;
@@ -240,12 +305,12 @@ fn new_flow<P: Packet>(
         ev.backend_addr = be.addr;
         ev.backend_port = be.port;
     });
-    forward(pkt, flow, &fwd)
+    forward(pkt, flow, &fwd, out)
 }
 
-/// Translates a client → frontend packet as its forward entry says.
+/// Translates a client → frontend packet as its forward entry says, and sends it on.
 #[inline(always)]
-fn forward<P: Packet>(pkt: &mut P, flow: &Flow, ct: &CtValue) -> Verdict {
+fn forward<P: Packet>(pkt: &mut P, flow: &Flow, ct: &CtValue, out: Out) -> Verdict {
     let len = pkt.len();
     if nat::apply(pkt, flow, ct).is_err() {
         stats::drop_reason(drop_reason::XLATE_ERROR);
@@ -253,7 +318,7 @@ fn forward<P: Packet>(pkt: &mut P, flow: &Flow, ct: &CtValue) -> Verdict {
     }
     stats::count(counter::XLATE_FWD);
     stats::svc(ct.svc_id, SvcCounter::Fwd, len);
-    Verdict::Pass
+    finish(pkt, out)
 }
 
 /// A packet from a backend of a tracked flow: restore what the client dialled.
@@ -266,6 +331,10 @@ fn reply<P: Packet>(pkt: &mut P, flow: &Flow, cfg: &Config, now: u32) -> Option<
     if cur.expires < now {
         return None;
     }
+    let (s, d) = translated(flow, &cur);
+    let Some(out) = route::plan(pkt, s, d, flow.ip_len) else {
+        return Some(Verdict::Pass);
+    };
     stats::trace(|t| {
         t.reply = 1;
         t.svc_id = cur.svc_id;
@@ -286,7 +355,7 @@ fn reply<P: Packet>(pkt: &mut P, flow: &Flow, cfg: &Config, now: u32) -> Option<
     }
     stats::count(counter::XLATE_REV);
     stats::svc(cur.svc_id, SvcCounter::Rev, len);
-    Some(Verdict::Pass)
+    Some(finish(pkt, out))
 }
 
 /// Drops a packet for a service, counting and (if watched) reporting why.

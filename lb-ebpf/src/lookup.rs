@@ -72,7 +72,8 @@ pub struct Selected {
     pub hash: u32,
 }
 
-/// Chooses a backend for a new flow of `svc`, or the drop reason.
+/// Chooses a backend for a new flow of `svc`, or the drop reason. Writes nothing: the caller
+/// records the flow (and the affinity) once it knows the packet can be delivered.
 #[inline(always)]
 pub fn select(svc: &ServiceValue, flow: &Flow, cfg: &Config, now: u32) -> Result<Selected, u32> {
     if svc.lut_size == 0 {
@@ -101,7 +102,6 @@ pub fn select(svc: &ServiceValue, flow: &Flow, cfg: &Config, now: u32) -> Result
             && let Some(be) = backend(aff.backend_id, svc.svc_id)
             && be.flags & backend_flags::DRAINING == 0
         {
-            touch_affinity(&aff_key, aff.backend_id, now);
             return Ok(Selected {
                 id: aff.backend_id,
                 backend: be,
@@ -127,9 +127,6 @@ pub fn select(svc: &ServiceValue, flow: &Flow, cfg: &Config, now: u32) -> Result
     let idx = (slot as usize) & (LUT_CHUNK_SLOTS - 1);
     let id = *chunk.backend_ids.get(idx).ok_or(drop_reason::NO_BACKEND)?;
     let be = backend(id, svc.svc_id).ok_or(drop_reason::NO_BACKEND)?;
-    if svc.affinity_timeout != 0 {
-        touch_affinity(&aff_key, id, now);
-    }
     Ok(Selected {
         id,
         backend: be,

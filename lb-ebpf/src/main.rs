@@ -11,10 +11,12 @@ mod lookup;
 mod maps;
 mod nat;
 mod parse;
+mod route;
 mod stats;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, xdp_action},
+    helpers::bpf_redirect_neigh,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -31,8 +33,12 @@ const TCX_NEXT: i32 = -1;
 #[inline(always)]
 fn tc_code(v: Verdict) -> i32 {
     let code = match v {
-        Verdict::Pass => TCX_NEXT,
+        Verdict::Pass | Verdict::Tx => TCX_NEXT,
         Verdict::Drop => TC_ACT_SHOT,
+        // SAFETY: helper without pointer arguments (no neighbour parameters given).
+        Verdict::Redirect(ifindex) => unsafe {
+            bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32
+        },
     };
     stats::trace(|t| t.verdict = code);
     code
@@ -54,8 +60,10 @@ pub fn xlb_host_ingres(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn xlb_xdp(ctx: XdpContext) -> u32 {
     let code = match lb::process(&mut XdpPacket { ctx }) {
-        Verdict::Pass => xdp_action::XDP_PASS,
+        // XDP never plans a redirect (only tc does).
+        Verdict::Pass | Verdict::Redirect(_) => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Tx => xdp_action::XDP_TX,
     };
     stats::trace(|t| t.verdict = code as i32);
     code

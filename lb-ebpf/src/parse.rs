@@ -30,6 +30,8 @@ pub struct Flow {
     /// TCP flags (0 for other protocols).
     pub tcp_flags: u8,
     pub l4: L4,
+    /// IPv4 total length, host order (for the route's MTU check).
+    pub ip_len: u16,
 }
 
 impl Flow {
@@ -66,6 +68,8 @@ pub struct IcmpError {
     /// Offset of the quoted L4 header (its ports).
     pub inner_l4_off: usize,
     pub quoted: Quoted,
+    /// IPv4 total length, host order.
+    pub ip_len: u16,
 }
 
 /// A parsed packet.
@@ -123,15 +127,17 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
     }
     let ip: *const Ipv4Hdr = header(pkt, L3_OFF).ok_or(Skip::Malformed)?;
     // SAFETY: bounds-checked by `header`.
-    let (ver_ihl, frag_off, l4_proto, saddr, daddr) = unsafe {
+    let (ver_ihl, frag_off, l4_proto, saddr, daddr, tot_len) = unsafe {
         (
             (*ip).ver_ihl,
             (*ip).frag_off,
             (*ip).proto,
             (*ip).saddr,
             (*ip).daddr,
+            (*ip).tot_len,
         )
     };
+    let ip_len = u16::from_be(tot_len);
     let ihl = usize::from(ver_ihl & 0x0f);
     if ver_ihl >> 4 != 4 || ihl < 5 {
         return Err(Skip::Malformed);
@@ -166,7 +172,9 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
             let h = unsafe { &*h };
             ([h[0], h[1], h[2], h[3]], 0)
         }
-        proto::ICMP => return icmp_error(pkt, l4_off, saddr, daddr).map(Parsed::IcmpError),
+        proto::ICMP => {
+            return icmp_error(pkt, l4_off, saddr, daddr, ip_len).map(Parsed::IcmpError);
+        }
         _ => return Err(Skip::OtherProto),
     };
     Ok(Parsed::Flow(Flow {
@@ -177,6 +185,7 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
         proto: l4_proto,
         tcp_flags: flags,
         l4,
+        ip_len,
     }))
 }
 
@@ -187,6 +196,7 @@ fn icmp_error<P: Packet>(
     icmp_off: usize,
     saddr: Ipv4,
     daddr: Ipv4,
+    ip_len: u16,
 ) -> Result<IcmpError, Skip> {
     let h: *const [u8; 8] = header(pkt, icmp_off).ok_or(Skip::Malformed)?;
     // SAFETY: bounds-checked by `header`.
@@ -227,5 +237,6 @@ fn icmp_error<P: Packet>(
             dport: u16::from_be_bytes([ports[2], ports[3]]),
             proto: inner_proto,
         },
+        ip_len,
     })
 }

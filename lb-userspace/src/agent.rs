@@ -247,6 +247,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut translator = Translator::new(cfg.node_context());
     let mut state = SyncState::default();
+    let mut health = crate::http::HealthChecks::default();
     let mut sources_open = true;
     devs.reconcile(&mut ebpf);
     tracing::info!(
@@ -272,6 +273,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 }
                 state.source_problems = problems;
                 sync_now(&mut sync, &mut translator, &mut state, noticed);
+                health.update(translator.health_checks()).await;
             }
             Some(()) = async { match link_events.as_mut() { Some(r) => r.recv().await, None => None } } => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -281,6 +283,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             _ = retry.tick(), if state.failing => {
                 state.full = true;
                 sync_now(&mut sync, &mut translator, &mut state, None);
+                health.update(translator.health_checks()).await;
             }
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,

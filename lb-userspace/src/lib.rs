@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod bpf;
 pub mod cli;
+pub mod http;
 pub mod k8s;
 pub mod maglev;
 pub mod model;

@@ -13,7 +13,21 @@ use lb_userspace::{
     sync::{MapSync, SyncConfig, SyncReport},
 };
 
-use crate::agent::PinDir;
+use crate::{agent::PinDir, netns::Netns};
+
+/// The fixture namespace's uplink: every test packet arrives on it.
+pub const UPLINK: &str = "d0";
+/// Next hop of every routed test prefix (a permanent neighbour, MAC `NEXT_HOP_MAC`).
+pub const NEXT_HOP: &str = "192.168.0.2";
+/// MAC of `NEXT_HOP`.
+pub const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x09];
+/// Prefixes routed through `UPLINK` in the fixture namespace.
+pub const ROUTED: [&str; 4] = [
+    "10.244.0.0/16",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "10.96.0.0/12",
+];
 
 /// A loaded, unattached datapath with its own maps.
 pub struct Datapath {
@@ -22,7 +36,10 @@ pub struct Datapath {
     pub maps: Maps,
     pub sync: MapSync<Maps>,
     pub config: Config,
+    /// Ifindex of `UPLINK`, the ingress device of every run.
+    pub ifindex: u32,
     _pins: PinDir,
+    _ns: Netns,
 }
 
 /// Settings of the fixture datapath.
@@ -57,8 +74,43 @@ pub fn default_config() -> Config {
 }
 
 impl Datapath {
-    /// Loads the datapath into `/sys/fs/bpf/xlbt-<tag>` with `maglev_size`-slot tables.
+    /// Loads the datapath into `/sys/fs/bpf/xlbt-<tag>` with `maglev_size`-slot tables, and
+    /// moves the calling thread into a namespace of its own where test packets arrive on a
+    /// dummy uplink with routes (so routing decisions are the same on every machine).
     pub fn new(tag: &str, maglev_size: u32) -> Self {
+        let ns = Netns::new(&format!("xlbt-{tag}-fx"));
+        // A veth pair (no dummy driver on every kernel); the peer only provides carrier.
+        ns.ip(&[
+            "link", "add", UPLINK, "type", "veth", "peer", "name", "d0peer",
+        ]);
+        ns.ip(&["addr", "add", "192.168.0.1/24", "dev", UPLINK]);
+        ns.ip(&["link", "set", "d0peer", "up"]);
+        ns.ip(&["link", "set", UPLINK, "up"]);
+        let mac = NEXT_HOP_MAC
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        ns.ip(&[
+            "neigh",
+            "add",
+            NEXT_HOP,
+            "lladdr",
+            &mac,
+            "dev",
+            UPLINK,
+            "nud",
+            "permanent",
+        ]);
+        for prefix in ROUTED {
+            ns.ip(&["route", "add", prefix, "via", NEXT_HOP, "dev", UPLINK]);
+        }
+        ns.sysctl("net.ipv4.ip_forward", "1");
+        crate::netns::enter(&ns.handle());
+        let c = std::ffi::CString::new(UPLINK).expect("name");
+        // SAFETY: a valid C string; the call only reads it.
+        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        assert_ne!(ifindex, 0, "no {UPLINK} in the fixture namespace");
         let pins = PinDir::new(tag);
         let ebpf = bpf::load(&pins.path, Capacities::default(), false).expect("load datapath");
         let mut maps = Maps::open(&pins.path).expect("open maps");
@@ -77,7 +129,9 @@ impl Datapath {
             maps,
             sync,
             config,
+            ifindex,
             _pins: pins,
+            _ns: ns,
         }
     }
 
@@ -102,9 +156,19 @@ impl Datapath {
         repeat: u32,
     ) -> Result<(TestRunResult, Vec<u8>), ProgramError> {
         let mut out = vec![0u8; pkt.len() + 256];
+        // The ingress device: `struct xdp_md.ingress_ifindex` (offset 12) for XDP,
+        // `struct __sk_buff.ifindex` (offset 40) for tc.
+        let mut ctx = vec![0u8; if name == prog_names::XDP { 24 } else { 44 }];
+        let off = if name == prog_names::XDP { 12 } else { 40 };
+        ctx[off..off + 4].copy_from_slice(&self.ifindex.to_ne_bytes());
+        if name == prog_names::XDP {
+            // `xdp_md.data_end` (offset 4): the packet's length.
+            ctx[4..8].copy_from_slice(&(pkt.len() as u32).to_ne_bytes());
+        }
         let opts = TestRunOptions {
             data_in: Some(pkt),
             data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
             repeat,
             ..Default::default()
         };

@@ -62,7 +62,110 @@ impl Node {
         ns.ip(&["route", "add", "default", "via", POD_GATEWAY, "dev", "eth0"]);
         // Short-connection tests must not stall on TIME_WAIT collisions.
         ns.sysctl("net.ipv4.tcp_max_tw_buckets", "0");
+        // Full checksums from this pod: its packets may meet XDP on another node's uplink
+        // (real NICs deliver full checksums; veth from a local socket does not).
+        ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
         self.pods.push(Pod { ns, ip, host_if });
         self.pods.last().expect("just pushed")
+    }
+}
+
+/// Address of node `i` (0-based) on the shared segment.
+pub fn node_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 100, 1 + i as u8)
+}
+
+/// Several nodes and external clients on one L2 segment (a bridge in its own namespace).
+/// Node `i` has uplink `eth0` at `node_ip(i)` and pods in 10.244.<i+1>.0/24, routed from every
+/// other node; clients are at 192.168.100.100+ and reach `routed` prefixes through node 0.
+pub struct Cluster {
+    pub switch: Netns,
+    pub nodes: Vec<Node>,
+    pub clients: Vec<(Netns, Ipv4Addr)>,
+    /// XDP pass programs on the switch ports (see `Cluster::new`).
+    _switch_xdp: Option<(aya::Ebpf, crate::agent::PinDir)>,
+}
+
+impl Cluster {
+    /// `nodes` nodes (named n1, n2, …) and `clients` external clients.
+    pub fn new(tag: &str, nodes: usize, clients: usize, routed: &[&str]) -> Self {
+        let switch = Netns::new(&format!("xlbt-{tag}-sw"));
+        switch.ip(&["link", "add", "br0", "type", "bridge"]);
+        switch.ip(&["link", "set", "br0", "up"]);
+        let attach = |ns: &Netns, port: &str, addr: Ipv4Addr| {
+            switch.ip(&[
+                "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+            ]);
+            switch.ip(&["link", "set", port, "master", "br0", "up"]);
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+            ns.ip(&["link", "set", "eth0", "up"]);
+            ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
+        };
+        let mut all = Vec::new();
+        for i in 0..nodes {
+            let node = Node::new(tag, &format!("n{}", i + 1), (i + 1) as u8);
+            attach(&node.ns, &format!("n{}", i + 1), node_ip(i));
+            node.ns.sysctl("net.ipv4.conf.all.send_redirects", "0");
+            node.ns.sysctl("net.ipv4.conf.eth0.send_redirects", "0");
+            all.push(node);
+        }
+        for (i, node) in all.iter().enumerate() {
+            for (j, _) in all.iter().enumerate().filter(|(j, _)| *j != i) {
+                node.ns.ip(&[
+                    "route",
+                    "add",
+                    &format!("10.244.{}.0/24", j + 1),
+                    "via",
+                    &node_ip(j).to_string(),
+                ]);
+            }
+        }
+        let mut cls = Vec::new();
+        for c in 0..clients {
+            let ns = Netns::new(&format!("xlbt-{tag}-c{c}"));
+            let addr = Ipv4Addr::new(192, 168, 100, 100 + c as u8);
+            attach(&ns, &format!("c{c}"), addr);
+            for prefix in routed {
+                ns.ip(&["route", "add", prefix, "via", &node_ip(0).to_string()]);
+            }
+            ns.sysctl("net.ipv4.tcp_max_tw_buckets", "0");
+            cls.push((ns, addr));
+        }
+        // A veth delivers frames its peer sent with XDP_TX through the receiving side's XDP
+        // NAPI: without a program there they wait for unrelated traffic to be flushed. Real
+        // NICs have no such coupling; here each switch port runs the xlb XDP program with no
+        // configuration, which passes every frame.
+        let pins = crate::agent::PinDir::new(&format!("{tag}-sw"));
+        let mut ebpf =
+            lb_userspace::bpf::load(&pins.path, lb_userspace::bpf::Capacities::default(), false)
+                .expect("load pass program");
+        let ports: Vec<String> = (0..nodes)
+            .map(|i| format!("n{}", i + 1))
+            .chain((0..clients).map(|c| format!("c{c}")))
+            .collect();
+        let handle = switch.handle();
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                crate::netns::enter(&handle);
+                let prog = lb_userspace::bpf::xdp(&mut ebpf).expect("xdp");
+                for port in &ports {
+                    prog.attach(port, aya::programs::XdpMode::Driver)
+                        .unwrap_or_else(|e| panic!("XDP on switch port {port}: {e}"));
+                }
+            });
+        });
+        Self {
+            switch,
+            nodes: all,
+            clients: cls,
+            _switch_xdp: Some((ebpf, pins)),
+        }
+    }
+
+    /// Sends client `c`'s traffic for `prefix` through node `i`.
+    pub fn route_via(&self, c: usize, prefix: &str, i: usize) {
+        self.clients[c]
+            .0
+            .ip(&["route", "replace", prefix, "via", &node_ip(i).to_string()]);
     }
 }

@@ -291,3 +291,19 @@ impl Conn {
 pub fn tcp_ping_once(to: SocketAddr, timeout: Duration) -> std::io::Result<Reply> {
     Conn::open(to, timeout)?.ping()
 }
+
+/// `GET path` over HTTP/1.1 from inside the caller's namespace: (status, body).
+pub fn http_get(to: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {to}\r\n\r\n").as_bytes())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, text.clone()))?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    Ok((status, body))
+}

@@ -16,8 +16,12 @@ use xlb_tests::{
 
 const TCX_NEXT: i32 = -1;
 const TC_ACT_SHOT: i32 = 2;
+/// Translated packets leave through `bpf_redirect_neigh` (no input route lookup).
+const TC_ACT_REDIRECT: i32 = 7;
 const XDP_PASS: u32 = 2;
 const XDP_DROP: u32 = 1;
+/// Translated packets routed back out of the ingress device leave through `XDP_TX`.
+const XDP_TX: u32 = 3;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
@@ -92,7 +96,7 @@ fn syn_to_vip_is_dnated_and_the_reply_reverse_translated() {
         };
         let syn = packet::tcp((CLIENT, sport), (VIP, 80), flags::SYN, b"");
         let (rc, out) = dp.tc(prog, &syn);
-        assert_eq!(rc, TCX_NEXT, "{prog}");
+        assert_eq!(rc, TC_ACT_REDIRECT, "{prog}");
         let p = packet::parse(&out);
         assert_valid(&p, "DNAT");
         assert!(
@@ -118,7 +122,7 @@ fn syn_to_vip_is_dnated_and_the_reply_reverse_translated() {
         // The backend's SYN/ACK goes back from the VIP.
         let synack = packet::tcp((p.dst, 8080), (CLIENT, sport), flags::SYN | flags::ACK, b"");
         let (rc, out) = dp.tc(prog, &synack);
-        assert_eq!(rc, TCX_NEXT);
+        assert_eq!(rc, TC_ACT_REDIRECT);
         let r = packet::parse(&out);
         assert_valid(&r, "reverse NAT");
         assert_eq!((r.src, r.sport, r.dst, r.dport), (VIP, 80, CLIENT, sport));
@@ -143,7 +147,7 @@ fn udp_with_and_without_checksum() {
     let mut dp = datapath();
     let with = packet::udp((CLIENT, 5000), (VIP, 53), b"query", true);
     let (rc, out) = dp.tc(prog_names::POD_INGRESS, &with);
-    assert_eq!(rc, TCX_NEXT);
+    assert_eq!(rc, TC_ACT_REDIRECT);
     let p = packet::parse(&out);
     assert_valid(&p, "UDP DNAT");
     assert!(BACKENDS.contains(&p.dst));
@@ -163,7 +167,12 @@ fn xdp_translates_with_valid_checksums() {
     let mut dp = datapath();
     let syn = packet::tcp((CLIENT, 41000), (VIP, 80), flags::SYN, b"");
     let (rc, out) = dp.xdp(&syn);
-    assert_eq!(rc, XDP_PASS);
+    assert_eq!(rc, XDP_TX);
+    assert_eq!(
+        out[..6],
+        xlb_tests::datapath::NEXT_HOP_MAC,
+        "next hop's MAC"
+    );
     let p = packet::parse(&out);
     assert_valid(&p, "XDP DNAT");
     assert!(BACKENDS.contains(&p.dst));
@@ -472,7 +481,7 @@ fn external_traffic_to_a_remote_backend_is_snated_and_replies_restored() {
     for (front, fport, expect_src) in [(LB_IP, 80, NODE_IP), (NODE_IP, 30080, NODE_IP)] {
         let syn = packet::tcp((OUTSIDE, 40000), (front, fport), flags::SYN, b"");
         let (rc, out) = dp.xdp(&syn);
-        assert_eq!(rc, XDP_PASS);
+        assert_eq!(rc, XDP_TX);
         let p = packet::parse(&out);
         assert_valid(&p, "SNAT");
         assert_eq!((p.dst, p.dport), (REMOTE, 8080));
@@ -531,7 +540,7 @@ fn icmp_errors_about_translated_flows_are_translated_back() {
     let fwd = packet::parse(&out);
     let err = packet::icmp_error(fwd.dst, CLIENT, 3, 3, &out);
     let (rc, out) = dp.tc(prog_names::POD_INGRESS, &err);
-    assert_eq!(rc, TCX_NEXT);
+    assert_eq!(rc, TC_ACT_REDIRECT);
     let e = packet::parse_icmp(&out);
     assert!(e.ip_csum_ok && e.icmp_csum_ok && e.inner_csum_ok, "{e:?}");
     assert_eq!((e.src, e.dst), (VIP, CLIENT));
@@ -553,7 +562,7 @@ fn icmp_errors_about_translated_flows_are_translated_back() {
     let router = Ipv4Addr::new(192, 168, 0, 254);
     let err = packet::icmp_error(router, fwd.src, 3, 4, &out);
     let (rc, out) = dp.xdp(&err);
-    assert_eq!(rc, XDP_PASS);
+    assert_eq!(rc, XDP_TX);
     let e = packet::parse_icmp(&out);
     assert!(e.ip_csum_ok && e.icmp_csum_ok && e.inner_csum_ok, "{e:?}");
     assert_eq!((e.src, e.dst, e.code), (router, OUTSIDE, 4));
@@ -573,4 +582,81 @@ fn icmp_errors_about_translated_flows_are_translated_back() {
     );
     let (_, out) = dp.xdp(&stray);
     assert_eq!(out, stray);
+}
+
+#[test]
+fn xdp_leaves_what_it_cannot_transmit_to_tc_untouched() {
+    // A backend reached through another device than the ingress one: XDP cannot deliver it
+    // (no redirect into other devices), so it passes the packet unchanged and writes nothing;
+    // tc on the same device translates it and redirects.
+    let mut dp = datapath();
+    xlb_tests::netns::sh(&[
+        "ip", "link", "add", "side", "type", "veth", "peer", "name", "sidepeer",
+    ]);
+    xlb_tests::netns::sh(&["ip", "link", "set", "side", "up"]);
+    xlb_tests::netns::sh(&["ip", "link", "set", "sidepeer", "up"]);
+    xlb_tests::netns::sh(&["ip", "route", "replace", "10.244.1.0/24", "dev", "side"]);
+    let syn = packet::tcp((CLIENT, 43000), (VIP, 80), flags::SYN, b"");
+    let (rc, out) = dp.xdp(&syn);
+    assert_eq!((rc, &out), (XDP_PASS, &syn));
+    assert!(
+        dp.maps.conntrack_entries().unwrap().is_empty(),
+        "XDP wrote state for a deferred packet"
+    );
+    let (rc, out) = dp.tc(prog_names::HOST_INGRESS, &syn);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert!(BACKENDS.contains(&packet::parse(&out).dst));
+    assert_eq!(dp.counters()[counter::CT_NEW as usize], 1);
+}
+
+#[test]
+fn sctp_is_translated_when_its_port_is_kept_and_refused_otherwise() {
+    let mut dp = datapath();
+    let vip = Ipv4Addr::new(10, 96, 0, 40);
+    let mut d = DesiredState::default();
+    for (name, port, target) in [("same", 9000, 9000), ("rewrite", 9001, 7000)] {
+        let s = svc(name, vec![fe(vip, port, Protocol::Sctp)], &BACKENDS, target);
+        d.services.insert(s.name.clone(), s);
+    }
+    dp.program(&d);
+    let sctp = |dport: u16| {
+        // SCTP common header (ports, verification tag, CRC32c) + an INIT-like chunk.
+        let mut l4 = vec![0u8; 12];
+        l4[0..2].copy_from_slice(&5000u16.to_be_bytes());
+        l4[2..4].copy_from_slice(&dport.to_be_bytes());
+        l4[8..12].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        l4.extend_from_slice(&[
+            1, 0, 0, 20, 0, 0, 0, 1, 0, 0, 0x10, 0, 0, 1, 0, 1, 0, 0, 0, 1,
+        ]);
+        let mut p = packet::tcp((CLIENT, 5000), (vip, dport), flags::SYN, b"");
+        p.truncate(34);
+        p[23] = 132;
+        p[16..18].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+        p[24..26].copy_from_slice(&[0, 0]);
+        let c = !lb_common::csum::fold(lb_common::csum::sum_be(&p[14..34], 0));
+        p[24..26].copy_from_slice(&c.to_be_bytes());
+        p.extend(l4);
+        p
+    };
+    let pkt = sctp(9000);
+    let (rc, out) = dp.tc(prog_names::POD_INGRESS, &pkt);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    let dst = Ipv4Addr::new(out[30], out[31], out[32], out[33]);
+    assert!(BACKENDS.contains(&dst), "{dst}");
+    assert_eq!(out[34..38], pkt[34..38], "ports unchanged");
+    assert_eq!(
+        out[42..46],
+        pkt[42..46],
+        "CRC32c untouched (it does not cover the IP header)"
+    );
+    assert_eq!(
+        lb_common::csum::fold(lb_common::csum::sum_be(&out[14..34], 0)),
+        0xffff
+    );
+    let (rc, _) = dp.tc(prog_names::POD_INGRESS, &sctp(9001));
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(
+        dp.counters()[(counter::DROP_BASE + drop_reason::SCTP_PORT_REWRITE) as usize],
+        1
+    );
 }
