@@ -60,6 +60,12 @@ pub mod prog_names {
     pub const XDP: &str = "xlb_xdp";
     /// Parse-and-pass program: the benchmark floor (never attached).
     pub const FLOOR: &str = "xlb_floor";
+    /// XDP benchmark floor: parse, swap MACs, transmit back.
+    pub const FLOOR_XDP: &str = "xlb_floor_xdp";
+    /// XDP live-frames generator of the throughput benchmark.
+    pub const GEN: &str = "xlb_gen";
+    /// Drops what returns to the generator's device (throughput benchmark).
+    pub const SINK: &str = "xlb_sink";
 }
 
 /// Default capacities (each overridable by agent flags at load time).
@@ -294,8 +300,22 @@ pub struct CtValue {
     pub flags: u8,
     /// Ingress ifindex class of the flow's first packet (`hook::*`), for display.
     pub hook: u8,
-    /// Explicit padding.
-    pub _pad: u8,
+    /// `route_flags::*` of the cached next hop below.
+    pub route_flags: u8,
+    /// Cached next hop: the egress device (0: the stack delivers).
+    pub route_ifindex: u32,
+    /// Second (CLOCK_MONOTONIC) the next hop was looked up; it is used during that second only.
+    pub route_at: u32,
+    /// Cached next hop's Ethernet destination then source (valid with `route_flags::MACS`).
+    pub route_macs: [u8; 12],
+}
+
+/// `CtValue::route_flags`.
+pub mod route_flags {
+    /// The route fields hold a lookup result.
+    pub const CACHED: u8 = 1 << 0;
+    /// The neighbour was resolved: `route_macs` are valid.
+    pub const MACS: u8 = 1 << 1;
 }
 
 /// Key of `xlb_affinity`.
@@ -639,8 +659,9 @@ const _: () = {
     assert!(LUT_CHUNK_SLOTS.is_power_of_two());
     assert!(size_of::<CtKey>() == 16);
     assert!(offset_of!(CtKey, proto) == 12);
-    assert!(size_of::<CtValue>() == 32);
+    assert!(size_of::<CtValue>() == 52);
     assert!(offset_of!(CtValue, state) == 28);
+    assert!(offset_of!(CtValue, route_ifindex) == 32);
     assert!(size_of::<AffinityKey>() == 8);
     assert!(size_of::<AffinityValue>() == 8);
     assert!(size_of::<SrcRangeKey>() == 8);

@@ -200,7 +200,11 @@ pub fn create(flow: &Flow, fwd: &mut CtValue, cfg: &Config, now: u32) -> Result<
         state: fwd.state,
         flags: ct_flags::XLATE_SRC | (fwd.flags & (ct_flags::HAIRPIN | ct_flags::SNAT)),
         hook: fwd.hook,
-        _pad: 0,
+        // The reply direction's next hop is looked up by its first packet.
+        route_flags: 0,
+        route_ifindex: 0,
+        route_at: 0,
+        route_macs: [0; 12],
     };
     if fwd.flags & ct_flags::XLATE_SRC != 0 {
         rev.flags |= ct_flags::XLATE_DST;

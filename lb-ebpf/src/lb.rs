@@ -165,7 +165,7 @@ fn established<P: Packet>(
     now: u32,
 ) -> Verdict {
     let (s, d) = translated(flow, cur);
-    let Some(out) = route::plan(pkt, s, d, flow.ip_len) else {
+    let Some(out) = route::plan_cached(pkt, ct, s, d, flow.ip_len, now) else {
         return Verdict::Pass;
     };
     stats::count(counter::CT_HIT);
@@ -222,7 +222,10 @@ fn new_flow<P: Packet>(
         state,
         flags: ct_flags::XLATE_DST,
         hook: P::HOOK,
-        _pad: 0,
+        route_flags: 0,
+        route_ifindex: 0,
+        route_at: 0,
+        route_macs: [0; 12],
     };
     if be.addr == flow.saddr {
         // Hairpin: the client is its own backend; a packet from its own address would be a
@@ -257,9 +260,11 @@ fn new_flow<P: Packet>(
         );
     }
     let (s, d) = translated(flow, &fwd);
-    let Some(out) = route::plan(pkt, s, d, flow.ip_len) else {
+    let (out, hop) = route::plan(pkt, s, d, flow.ip_len);
+    let Some(out) = out else {
         return Verdict::Pass;
     };
+    route::store(&mut fwd, hop, now);
     stats::trace(|t| {
         t.selection = sel.how;
         t.backend_id = sel.id;
@@ -332,7 +337,7 @@ fn reply<P: Packet>(pkt: &mut P, flow: &Flow, cfg: &Config, now: u32) -> Option<
         return None;
     }
     let (s, d) = translated(flow, &cur);
-    let Some(out) = route::plan(pkt, s, d, flow.ip_len) else {
+    let Some(out) = route::plan_cached(pkt, ct, s, d, flow.ip_len, now) else {
         return Some(Verdict::Pass);
     };
     stats::trace(|t| {

@@ -5,15 +5,18 @@
 //! So the next hop comes from `bpf_fib_lookup` on the translated addresses: tc redirects with
 //! `bpf_redirect_neigh` (which also resolves the neighbour); XDP transmits with `XDP_TX` when
 //! the packet leaves through the device it came in on, and otherwise leaves the packet
-//! untouched (no state written) for the tc program on the same device to finish.
+//! untouched (no flow state written) for the tc program on the same device to finish.
+//!
+//! A flow's next hop is cached in its conntrack entry and looked up again at most once a
+//! second (route changes take effect within a second; packets in between skip the FIB).
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
     helpers::bpf_fib_lookup,
 };
-use lb_common::Ipv4;
+use lb_common::{CtValue, Ipv4, route_flags};
 
-use crate::ctx::Packet;
+use crate::{ctx::Packet, stats};
 
 const AF_INET: u8 = 2;
 
@@ -28,10 +31,17 @@ pub enum Out {
     Tx([u8; 6], [u8; 6]),
 }
 
-/// Decides how the packet, once translated to `saddr → daddr`, leaves this hook. `None` (XDP
-/// only) means: do not translate here, the tc program will.
+/// A FIB answer worth remembering.
+#[derive(Clone, Copy)]
+pub struct Hop {
+    /// Egress device; 0 when the stack must deliver (local destination, no route).
+    ifindex: u32,
+    /// Destination and source MACs when the neighbour is resolved.
+    macs: Option<([u8; 6], [u8; 6])>,
+}
+
 #[inline(always)]
-pub fn plan<P: Packet>(pkt: &P, saddr: Ipv4, daddr: Ipv4, ip_len: u16) -> Option<Out> {
+fn lookup<P: Packet>(pkt: &P, saddr: Ipv4, daddr: Ipv4, ip_len: u16) -> Hop {
     // SAFETY: a plain-data struct the helper fills; zero is a valid initial state.
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.family = AF_INET;
@@ -48,14 +58,85 @@ pub fn plan<P: Packet>(pkt: &P, saddr: Ipv4, daddr: Ipv4, ip_len: u16) -> Option
             0,
         )
     } as u32;
-    if P::DEFERS {
-        if rc == BPF_FIB_LKUP_RET_SUCCESS && p.ifindex == pkt.ifindex() {
-            return Some(Out::Tx(p.smac, p.dmac));
-        }
-        return None;
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => Hop {
+            ifindex: p.ifindex,
+            macs: Some((p.dmac, p.smac)),
+        },
+        BPF_FIB_LKUP_RET_NO_NEIGH => Hop {
+            ifindex: p.ifindex,
+            macs: None,
+        },
+        _ => Hop {
+            ifindex: 0,
+            macs: None,
+        },
     }
-    Some(match rc {
-        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => Out::Redirect(p.ifindex),
-        _ => Out::Stack,
+}
+
+/// What this hook does with a packet whose next hop is `hop`; `None` (XDP only): leave it
+/// untranslated for tc.
+#[inline(always)]
+fn decide<P: Packet>(pkt: &P, hop: Hop) -> Option<Out> {
+    if P::DEFERS {
+        return match hop.macs {
+            Some((dst, src)) if hop.ifindex == pkt.ifindex() => Some(Out::Tx(src, dst)),
+            _ => None,
+        };
+    }
+    Some(if hop.ifindex != 0 {
+        Out::Redirect(hop.ifindex)
+    } else {
+        Out::Stack
     })
+}
+
+/// Plans a packet that has no conntrack entry yet; the hop goes into the entry (`store`).
+#[inline(always)]
+pub fn plan<P: Packet>(pkt: &P, saddr: Ipv4, daddr: Ipv4, ip_len: u16) -> (Option<Out>, Hop) {
+    let hop = lookup(pkt, saddr, daddr, ip_len);
+    (decide(pkt, hop), hop)
+}
+
+/// Records `hop` in a conntrack value being built.
+#[inline(always)]
+pub fn store(ct: &mut CtValue, hop: Hop, now: u32) {
+    ct.route_flags = route_flags::CACHED;
+    ct.route_ifindex = hop.ifindex;
+    ct.route_at = now;
+    if let Some((dst, src)) = hop.macs {
+        ct.route_flags |= route_flags::MACS;
+        ct.route_macs[..6].copy_from_slice(&dst);
+        ct.route_macs[6..].copy_from_slice(&src);
+    }
+}
+
+/// Plans a packet of a tracked flow, from the entry's cached hop when it is from this second.
+#[inline(always)]
+pub fn plan_cached<P: Packet>(
+    pkt: &P,
+    ct: *mut CtValue,
+    saddr: Ipv4,
+    daddr: Ipv4,
+    ip_len: u16,
+    now: u32,
+) -> Option<Out> {
+    // SAFETY: `ct` points into the map value; fields are read and written one by one.
+    let cur = unsafe { &mut *ct };
+    if cur.route_flags & route_flags::CACHED != 0 && cur.route_at == now {
+        let mut dst = [0u8; 6];
+        let mut src = [0u8; 6];
+        dst.copy_from_slice(&cur.route_macs[..6]);
+        src.copy_from_slice(&cur.route_macs[6..]);
+        let hop = Hop {
+            ifindex: cur.route_ifindex,
+            macs: (cur.route_flags & route_flags::MACS != 0).then_some((dst, src)),
+        };
+        return decide(pkt, hop);
+    }
+    let hop = lookup(pkt, saddr, daddr, ip_len);
+    if stats::live() {
+        store(cur, hop, now);
+    }
+    decide(pkt, hop)
 }

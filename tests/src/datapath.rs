@@ -22,11 +22,12 @@ pub const NEXT_HOP: &str = "192.168.0.2";
 /// MAC of `NEXT_HOP`.
 pub const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x09];
 /// Prefixes routed through `UPLINK` in the fixture namespace.
-pub const ROUTED: [&str; 4] = [
+pub const ROUTED: [&str; 5] = [
     "10.244.0.0/16",
     "198.51.100.0/24",
     "203.0.113.0/24",
     "10.96.0.0/12",
+    "10.94.0.0/15",
 ];
 
 /// A loaded, unattached datapath with its own maps.
@@ -46,6 +47,10 @@ pub struct Datapath {
 pub const MAGLEV_SIZE: u32 = 1021;
 /// Hash seed of the fixture datapath.
 pub const SEED: u32 = 42;
+
+fn is_xdp(name: &str) -> bool {
+    name == prog_names::XDP || name == prog_names::FLOOR_XDP
+}
 
 /// The agent's default datapath configuration (what `xlb agent` writes), with `hairpin` and
 /// `snat` addresses set.
@@ -158,10 +163,10 @@ impl Datapath {
         let mut out = vec![0u8; pkt.len() + 256];
         // The ingress device: `struct xdp_md.ingress_ifindex` (offset 12) for XDP,
         // `struct __sk_buff.ifindex` (offset 40) for tc.
-        let mut ctx = vec![0u8; if name == prog_names::XDP { 24 } else { 44 }];
-        let off = if name == prog_names::XDP { 12 } else { 40 };
+        let mut ctx = vec![0u8; if is_xdp(name) { 24 } else { 44 }];
+        let off = if is_xdp(name) { 12 } else { 40 };
         ctx[off..off + 4].copy_from_slice(&self.ifindex.to_ne_bytes());
-        if name == prog_names::XDP {
+        if is_xdp(name) {
             // `xdp_md.data_end` (offset 4): the packet's length.
             ctx[4..8].copy_from_slice(&(pkt.len() as u32).to_ne_bytes());
         }
@@ -172,8 +177,17 @@ impl Datapath {
             repeat,
             ..Default::default()
         };
-        let r = if name == prog_names::XDP {
-            bpf::xdp(&mut self.ebpf).expect("xdp").test_run(opts)?
+        let r = if is_xdp(name) {
+            let p: &mut aya::programs::Xdp = self
+                .ebpf
+                .program_mut(name)
+                .expect("program")
+                .try_into()
+                .expect("xdp");
+            if p.fd().is_err() {
+                p.load().expect("load xdp program");
+            }
+            p.test_run(opts)?
         } else {
             let p = bpf::classifier(&mut self.ebpf, name).expect("classifier");
             if name == prog_names::FLOOR && p.fd().is_err() {
@@ -195,6 +209,14 @@ impl Datapath {
     pub fn xdp(&mut self, pkt: &[u8]) -> (u32, Vec<u8>) {
         let (r, out) = self.run(prog_names::XDP, pkt, 1).expect("test run");
         (r.return_value, out)
+    }
+
+    /// Writes a conntrack entry (benchmarks build steady states with these).
+    pub fn put_ct(&mut self, key: lb_common::CtKey, value: lb_common::CtValue) {
+        self.maps
+            .conntrack
+            .insert(key, value, 0)
+            .expect("conntrack entry");
     }
 
     /// Average nanoseconds per run over `repeat` runs (the kernel's own measurement).

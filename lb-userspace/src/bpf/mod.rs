@@ -79,6 +79,16 @@ pub enum XdpModeOpt {
 /// `trace` loads the private copy `xlb explain` runs: it records its decision and writes no
 /// live state.
 pub fn load(dir: &Path, caps: Capacities, trace: bool) -> Result<Ebpf, LoadError> {
+    load_with(dir, caps, trace, None)
+}
+
+/// `load`, also setting the benchmark generator's frame template (the first 64 bytes).
+pub fn load_with(
+    dir: &Path,
+    caps: Capacities,
+    trace: bool,
+    gen_template: Option<[u8; 64]>,
+) -> Result<Ebpf, LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
@@ -95,6 +105,8 @@ pub fn load(dir: &Path, caps: Capacities, trace: bool) -> Result<Ebpf, LoadError
         .map_max_entries(names::CONNTRACK, caps.conntrack)
         .map_max_entries(names::AFFINITY, caps.affinity)
         .override_global("TRACE_MODE", &trace_mode, true);
+    let template = gen_template.unwrap_or([0; 64]);
+    loader.override_global("GEN_TEMPLATE", &template, true);
     let mut ebpf = loader.load(OBJECT)?;
     for name in [prog_names::POD_INGRESS, prog_names::HOST_INGRESS] {
         classifier(&mut ebpf, name)?

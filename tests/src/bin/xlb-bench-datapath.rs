@@ -2,13 +2,17 @@
 //! (BPF_PROG_TEST_RUN, repeat ≥ 1e6), as ratios to a parse-and-pass floor measured in the same
 //! round, with 1 and with 10,000 services programmed.
 //!
-//! Scenarios (tc pod ingress unless noted):
+//! Scenarios at tc (pod ingress) and at XDP (uplink), each against the floor of its hook:
 //! - floor: `xlb_floor` parses Ethernet/IPv4/TCP and passes;
 //! - CT miss: the first packet of a flow — frontend lookup, Maglev selection, both conntrack
 //!   entries written, DNAT. Every run is a miss because the benchmark's conntrack timeouts make
 //!   each entry expire at once (slightly pessimistic: the stale entry is also overwritten);
 //! - CT hit: a packet of an established flow;
-//! - reply: reverse NAT of a backend's answer.
+//! - reply: reverse NAT of a backend's answer;
+//! - XDP CT hit / XDP SNAT CT miss / XDP SNAT CT hit: north-south at XDP, forwarded with
+//!   XDP_TX (the floor parses, swaps MACs and transmits);
+//! - throughput: packets per second of live frames pushed by a generator namespace through a
+//!   native-XDP uplink and back, xlb (an established SNATed flow) vs the floor program.
 //!
 //! BPF_PROG_TEST_RUN repeats on the same packet buffer, so a translated packet would be seen
 //! untranslated-looking by the next repeat (and take the cheap "not a service" path). The
@@ -103,6 +107,38 @@ fn ping_pong() -> (LbService, LbService, Ipv4Addr) {
     (ping, pong, a)
 }
 
+const SNAT_A: Ipv4Addr = Ipv4Addr::new(10, 94, 0, 1);
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+
+/// LoadBalancer services whose endpoints are on "other nodes": `nsA` (A:80) → B1..B10:8080 and
+/// `nsB` (B1..B10:8080) → A:80. Every packet through one of them is SNATed.
+fn snat_pair() -> (LbService, LbService) {
+    let mut a = service(0);
+    a.name = "bench/nsA:80/TCP".into();
+    a.frontends[0].addr = SNAT_A;
+    a.frontends[0].kind = FrontendKind::LoadBalancer;
+    for (i, e) in a.endpoints.iter_mut().enumerate() {
+        e.addr = Ipv4Addr::new(10, 94, 1, i as u8 + 1);
+        e.local = false;
+    }
+    let mut b = service(0);
+    b.name = "bench/nsB:8080/TCP".into();
+    b.frontends = a
+        .endpoints
+        .iter()
+        .map(|e| Frontend {
+            addr: e.addr,
+            port: 8080,
+            ..a.frontends[0]
+        })
+        .collect();
+    b.endpoints.truncate(1);
+    b.endpoints[0].addr = SNAT_A;
+    b.endpoints[0].port = 80;
+    b.endpoints[0].local = false;
+    (a, b)
+}
+
 fn measure(services: u32) -> Vec<Row> {
     let mut dp = Datapath::new(&unique_tag(), DEFAULT_TABLE_SIZE);
     let mut d = DesiredState::default();
@@ -113,6 +149,9 @@ fn measure(services: u32) -> Vec<Row> {
     let (ping, pong, vip) = ping_pong();
     d.services.insert(ping.name.clone(), ping);
     d.services.insert(pong.name.clone(), pong);
+    let (sa, sb) = snat_pair();
+    d.services.insert(sa.name.clone(), sa);
+    d.services.insert(sb.name.clone(), sb);
     let t = std::time::Instant::now();
     dp.program(&d);
     eprintln!(
@@ -144,6 +183,71 @@ fn measure(services: u32) -> Vec<Row> {
         dp.counters()[idx as usize] - before[idx as usize]
     };
     let mut checks = Vec::new();
+    // The two conntrack entries of an SNATed flow through nsA, arranged so that each one's
+    // translation is the other one's key: every repeat is a CT hit with four rewrites.
+    let svc_a = dp.sync.service_id("bench/nsA:80/TCP").expect("nsA");
+    let svc_b = dp.sync.service_id("bench/nsB:8080/TCP").expect("nsB");
+    let b1 = Ipv4Addr::new(10, 94, 1, 1);
+    let be_a = dp
+        .sync
+        .backend_id("bench/nsA:80/TCP", b1, 8080)
+        .expect("backend");
+    let be_b = dp
+        .sync
+        .backend_id("bench/nsB:8080/TCP", SNAT_A, 80)
+        .expect("backend");
+    let snat_src = Ipv4Addr::from(dp.config.snat_addr);
+    let entry = |svc_id, backend_id, s: (Ipv4Addr, u16), d: (Ipv4Addr, u16)| lb_common::CtValue {
+        svc_id,
+        backend_id,
+        created: 0,
+        expires: u32::MAX - 1,
+        nat_saddr: s.0.octets(),
+        nat_daddr: d.0.octets(),
+        nat_sport: s.1,
+        nat_dport: d.1,
+        state: lb_common::ct_state::ESTABLISHED,
+        flags: lb_common::ct_flags::XLATE_SRC
+            | lb_common::ct_flags::XLATE_DST
+            | lb_common::ct_flags::SNAT,
+        hook: lb_common::hook::XDP,
+        route_flags: 0,
+        route_ifindex: 0,
+        route_at: 0,
+        route_macs: [0; 12],
+    };
+    let key = |s: (Ipv4Addr, u16), d: (Ipv4Addr, u16)| lb_common::CtKey {
+        saddr: s.0.octets(),
+        daddr: d.0.octets(),
+        sport: s.1,
+        dport: d.1,
+        proto: 6,
+        dir: lb_common::ct_dir::FORWARD,
+        _pad: [0; 2],
+    };
+    let client = (OUTSIDE, 41000);
+    let front = (SNAT_A, 80);
+    let snatted = (snat_src, 61000);
+    let via = (b1, 8080);
+    let snat_entries = [
+        (key(client, front), entry(svc_a, be_a, snatted, via)),
+        (key(snatted, via), entry(svc_b, be_b, client, front)),
+    ];
+    for (k, v) in snat_entries {
+        dp.put_ct(k, v);
+    }
+    let snat_hit = packet::tcp(client, front, flags::ACK, &[0u8; 64]);
+    let snat_miss = packet::tcp((OUTSIDE, 40000), front, flags::SYN, b"");
+    let (rc, out) = dp.xdp(&snat_hit);
+    assert_eq!(
+        (rc, packet::parse(&out).dst),
+        (3, b1),
+        "the SNAT pair must loop via XDP_TX"
+    );
+    let mut xfloor = Vec::new();
+    let mut xhit = Vec::new();
+    let mut xmiss = Vec::new();
+    let mut xsnat_hit = Vec::new();
     // Interleaved rounds so drift hits every scenario alike.
     for round in 0..ROUNDS {
         floor.push(dp.time(prog_names::FLOOR, &ack, REPEAT));
@@ -160,7 +264,34 @@ fn measure(services: u32) -> Vec<Row> {
         let c0 = dp.counters();
         miss.push(dp.time(prog_names::POD_INGRESS, &syn, REPEAT));
         let news = delta(&dp, &c0, counter::CT_NEW);
+        let c0 = dp.counters();
+        xmiss.push(dp.time(prog_names::XDP, &snat_miss, REPEAT));
+        let snats = delta(&dp, &c0, counter::SNAT);
         dp.set_config(|c| *c = normal);
+        xfloor.push(dp.time(prog_names::FLOOR_XDP, &ack, REPEAT));
+        let c0 = dp.counters();
+        xhit.push(dp.time(prog_names::XDP, &ack, REPEAT));
+        let xhits = delta(&dp, &c0, counter::CT_HIT);
+        // The miss scenario's million flows went through the LRU: put the pair back.
+        for (k, v) in snat_entries {
+            dp.put_ct(k, v);
+        }
+        let c0 = dp.counters();
+        xsnat_hit.push(dp.time(prog_names::XDP, &snat_hit, REPEAT));
+        let xsnat_hits = delta(&dp, &c0, counter::CT_HIT);
+        if round == 0 {
+            checks.push(format!(
+                "path check ({services} services, XDP): {xhits} CT hits, {snats} SNATed new flows, {xsnat_hits} SNAT CT hits"
+            ));
+            // A few of a million SNATed flows may draw a port whose reply entry another
+            // flow of this same run still holds; allow 0.1%.
+            let r = u64::from(REPEAT) * 999 / 1000;
+            assert!(
+                xhits >= r && snats >= r && xsnat_hits >= r,
+                "{}",
+                checks.last().unwrap()
+            );
+        }
         if round == 0 {
             checks.push(format!(
                 "path check ({services} services): of {REPEAT} runs each, {hits} were CT hits, {revs} reverse translations, {news} new flows"
@@ -176,31 +307,27 @@ fn measure(services: u32) -> Vec<Row> {
         eprintln!("{c}");
     }
     let f = median(floor);
+    let xf = median(xfloor);
+    let n = services as usize;
+    let row = |name, ns, floor| Row {
+        services: n,
+        name,
+        ns,
+        floor,
+    };
     vec![
-        Row {
-            services: services as usize,
-            name: "floor (parse + pass)",
-            ns: f,
-            floor: f,
-        },
-        Row {
-            services: services as usize,
-            name: "CT miss (new flow, Maglev, DNAT)",
-            ns: median(miss),
-            floor: f,
-        },
-        Row {
-            services: services as usize,
-            name: "CT hit (established, DNAT)",
-            ns: median(hit),
-            floor: f,
-        },
-        Row {
-            services: services as usize,
-            name: "reply (reverse NAT)",
-            ns: median(rev),
-            floor: f,
-        },
+        row("floor (parse + pass)", f, f),
+        row("CT miss (new flow, Maglev, DNAT)", median(miss), f),
+        row("CT hit (established, DNAT)", median(hit), f),
+        row("reply (reverse NAT)", median(rev), f),
+        row("XDP floor (parse + swap MACs + XDP_TX)", xf, xf),
+        row("XDP CT hit (DNAT, XDP_TX)", median(xhit), xf),
+        row(
+            "XDP CT miss with SNAT (new flow, XDP_TX)",
+            median(xmiss),
+            xf,
+        ),
+        row("XDP CT hit with SNAT (XDP_TX)", median(xsnat_hit), xf),
     ]
 }
 
@@ -224,4 +351,208 @@ fn main() {
             r.ns / r.floor
         );
     }
+    println!();
+    println!(
+        "XDP throughput between namespaces (one veth pair, live frames, median of {ROUNDS} rounds each):"
+    );
+    let tp = throughput();
+    let floor = tp
+        .iter()
+        .find(|(n, _)| n.starts_with("floor"))
+        .map_or(1.0, |t| t.1);
+    println!("| path | Mpps | ratio to floor |");
+    println!("|---|---:|---:|");
+    for (name, mpps) in &tp {
+        println!("| {name} | {mpps:.2} | {:.2}x |", mpps / floor);
+    }
+}
+
+/// Runs `f` on a thread inside `ns` (borrowing from the caller).
+fn in_ns<T: Send>(ns: &xlb_tests::netns::Netns, f: impl FnOnce() -> T + Send) -> T {
+    let handle = ns.handle();
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            xlb_tests::netns::enter(&handle);
+            f()
+        })
+        .join()
+        .expect("thread")
+    })
+}
+
+fn mac_of(ns: &xlb_tests::netns::Netns, dev: &str) -> [u8; 6] {
+    let j = ns.ip(&["-j", "link", "show", dev]);
+    let v: serde_json::Value = serde_json::from_str(&j).expect("ip -j");
+    let s = v[0]["address"].as_str().expect("address");
+    let mut mac = [0u8; 6];
+    for (i, b) in s.split(':').enumerate() {
+        mac[i] = u8::from_str_radix(b, 16).expect("hex");
+    }
+    mac
+}
+
+/// Packets per second through a native-XDP uplink between two namespaces: a generator
+/// transmits live frames (BPF_PROG_TEST_RUN, `BPF_F_TEST_XDP_LIVE_FRAMES`) to the node, whose
+/// XDP program sends them back out (xlb: an established flow to a LoadBalancer address,
+/// SNATed to a remote backend; floor: parse + swap MACs), and a sink drops them.
+fn throughput() -> Vec<(&'static str, f64)> {
+    use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
+    use xlb_tests::netns::Netns;
+    const FRAMES: u32 = 3_000_000;
+    let tag = unique_tag();
+    let generator = Netns::new(&format!("xlbt-{tag}-gen"));
+    let node = Netns::new(&format!("xlbt-{tag}-node"));
+    generator.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &node.name,
+    ]);
+    generator.ip(&["addr", "add", "192.168.50.2/24", "dev", "eth0"]);
+    node.ip(&["addr", "add", "192.168.50.1/24", "dev", "eth0"]);
+    generator.ip(&["link", "set", "eth0", "up"]);
+    node.ip(&["link", "set", "eth0", "up"]);
+    node.sysctl("net.ipv4.ip_forward", "1");
+    let (gen_mac, node_mac) = (mac_of(&generator, "eth0"), mac_of(&node, "eth0"));
+    let hex = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    node.ip(&[
+        "neigh",
+        "add",
+        "192.168.50.2",
+        "lladdr",
+        &hex(gen_mac),
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    node.ip(&["route", "add", "10.244.2.0/24", "via", "192.168.50.2"]);
+
+    // The datapath with one LoadBalancer service whose endpoint is on another node.
+    let pins = xlb_tests::agent::PinDir::new(&format!("{tag}-tp"));
+    let mut frame = packet::tcp(
+        (Ipv4Addr::new(192, 168, 50, 2), 40000),
+        (Ipv4Addr::new(203, 0, 113, 50), 80),
+        flags::ACK,
+        &[0u8; 64],
+    );
+    frame[..6].copy_from_slice(&node_mac);
+    frame[6..12].copy_from_slice(&gen_mac);
+    let mut template = [0u8; 64];
+    template.copy_from_slice(&frame[..64]);
+    let mut ebpf = lb_userspace::bpf::load_with(
+        &pins.path,
+        lb_userspace::bpf::Capacities::default(),
+        false,
+        Some(template),
+    )
+    .expect("load");
+    let mut maps = lb_userspace::bpf::maps::Maps::open(&pins.path).expect("maps");
+    let mut cfg = xlb_tests::datapath::default_config();
+    cfg.snat_addr = [192, 168, 50, 1];
+    maps.write_config(&cfg).expect("config");
+    let mut sync = lb_userspace::sync::MapSync::new(
+        lb_userspace::bpf::maps::Maps::open(&pins.path).expect("maps"),
+        lb_userspace::sync::SyncConfig {
+            maglev_size: DEFAULT_TABLE_SIZE,
+            hash_seed: 1,
+            svc_id_limit: 65_536,
+        },
+    );
+    let mut s = service(0);
+    s.name = "bench/lb:80/TCP".into();
+    s.frontends[0].addr = Ipv4Addr::new(203, 0, 113, 50);
+    s.frontends[0].kind = FrontendKind::LoadBalancer;
+    s.endpoints.truncate(1);
+    s.endpoints[0].addr = Ipv4Addr::new(10, 244, 2, 11);
+    s.endpoints[0].local = false;
+    let mut d = DesiredState::default();
+    d.services.insert(s.name.clone(), s);
+    assert!(sync.apply(&d).failed.is_empty());
+    for name in [prog_names::FLOOR_XDP, prog_names::GEN, prog_names::SINK] {
+        let p: &mut Xdp = ebpf
+            .program_mut(name)
+            .expect("program")
+            .try_into()
+            .expect("xdp");
+        p.load().expect("load program");
+    }
+    in_ns(&generator, || {
+        let p: &mut Xdp = ebpf
+            .program_mut(prog_names::SINK)
+            .expect("sink")
+            .try_into()
+            .expect("xdp");
+        p.attach("eth0", XdpMode::Driver).expect("attach sink");
+    });
+    let mut results: std::collections::BTreeMap<&'static str, Vec<f64>> = Default::default();
+    for round in 0..(2 * ROUNDS) {
+        let prog = if round % 2 == 0 {
+            prog_names::FLOOR_XDP
+        } else {
+            prog_names::XDP
+        };
+        let link = in_ns(&node, || {
+            let p: &mut Xdp = ebpf
+                .program_mut(prog)
+                .expect("program")
+                .try_into()
+                .expect("xdp");
+            p.attach("eth0", XdpMode::Driver).expect("attach")
+        });
+        let before = maps.counters_sum().expect("counters")[counter::XLATE_FWD as usize];
+        let t = in_ns(&generator, || {
+            let c = std::ffi::CString::new("eth0").expect("name");
+            // SAFETY: a valid C string.
+            let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            let mut ctx = [0u8; 24];
+            ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+            ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+            let p: &Xdp = ebpf
+                .program(prog_names::GEN)
+                .expect("gen")
+                .try_into()
+                .expect("xdp");
+            let start = std::time::Instant::now();
+            p.test_run(TestRunOptions {
+                data_in: Some(&frame),
+                ctx_in: Some(&ctx),
+                repeat: FRAMES,
+                attrs: TestRunAttrs::new().xdp_live_frames(64),
+                ..Default::default()
+            })
+            .expect("live frames");
+            start.elapsed().as_secs_f64()
+        });
+        let forwarded =
+            maps.counters_sum().expect("counters")[counter::XLATE_FWD as usize] - before;
+        if prog == prog_names::XDP {
+            assert!(
+                forwarded >= u64::from(FRAMES) * 99 / 100,
+                "xlb translated {forwarded} of {FRAMES} frames"
+            );
+        }
+        in_ns(&node, || {
+            let p: &mut Xdp = ebpf
+                .program_mut(prog)
+                .expect("program")
+                .try_into()
+                .expect("xdp");
+            p.detach(link).expect("detach");
+        });
+        let name = if prog == prog_names::XDP {
+            "xlb: established LB flow, SNAT, XDP_TX"
+        } else {
+            "floor: parse + swap MACs + XDP_TX"
+        };
+        results
+            .entry(name)
+            .or_default()
+            .push(f64::from(FRAMES) / t / 1e6);
+    }
+    drop(generator);
+    drop(node);
+    results.into_iter().map(|(k, v)| (k, median(v))).collect()
 }
