@@ -78,7 +78,7 @@ fn services() -> String {
     y += &svc(
         "lbc",
         "10.96.1.3",
-        "  type: LoadBalancer\n",
+        "  type: LoadBalancer\n  externalIPs: [203.0.113.20]\n",
         &lb_status(LB_CLUSTER),
         "  - {name: http, port: 80, targetPort: 8080, nodePort: 30082}\n  - {name: dns, port: 53, protocol: UDP, targetPort: 5353, nodePort: 30083}\n",
         &[("10.244.2.11", "n2"), ("10.244.2.12", "n2")],
@@ -263,6 +263,17 @@ fn nodeport_and_load_balancers(e: &Env) {
         replies.iter().all(|r| r
             .as_ref()
             .is_ok_and(|r| r.from == to && ip(r) == IpAddr::V4(node_ip(0)))),
+        "{:?}",
+        spread(&replies)
+    );
+
+    // The same service through its externalIP.
+    let to = SocketAddr::from((Ipv4Addr::new(203, 0, 113, 20), 80));
+    let replies = tcp_from(client, to, 10);
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|r| r.from == to)),
         "{:?}",
         spread(&replies)
     );
