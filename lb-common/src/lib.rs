@@ -385,6 +385,8 @@ pub mod config_flags {
     pub const MONITOR_DROPS: u32 = 1 << 0;
     /// Emit new-flow decisions to `xlb_events`.
     pub const MONITOR_FLOWS: u32 = 1 << 1;
+    /// Every monitor flag.
+    pub const MONITOR_MASK: u32 = MONITOR_DROPS | MONITOR_FLOWS;
 }
 
 /// Value of `xlb_svc_stats` (index: service id), per CPU.
@@ -618,6 +620,8 @@ pub struct Trace {
     pub ct_flags: u8,
     /// Explicit padding.
     pub _pad: [u8; 3],
+    /// Device the packet leaves through (redirect or XDP_TX); 0 when handed to the stack.
+    pub out_ifindex: u32,
 }
 
 #[cfg(feature = "user")]
@@ -669,7 +673,7 @@ const _: () = {
     assert!(size_of::<SvcStats>() == 48);
     assert!(size_of::<SvcInfo>() == 8 + SVC_NAME_LEN + 8);
     assert!(size_of::<Event>() == 48);
-    assert!(size_of::<Trace>() == 32);
+    assert!(size_of::<Trace>() == 36);
     assert!(counter::MAX <= 32);
 };
 

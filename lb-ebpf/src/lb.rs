@@ -106,6 +106,13 @@ fn translated(flow: &Flow, ct: &CtValue) -> (Ipv4, Ipv4) {
 /// Sends a translated packet on as planned.
 #[inline(always)]
 pub fn finish<P: Packet>(pkt: &mut P, out: Out) -> Verdict {
+    stats::trace(|t| {
+        t.out_ifindex = match out {
+            Out::Stack => 0,
+            Out::Redirect(ifindex) => ifindex,
+            Out::Tx(..) => pkt.ifindex(),
+        }
+    });
     match out {
         Out::Stack => Verdict::Pass,
         Out::Redirect(ifindex) => Verdict::Redirect(ifindex),

@@ -7,18 +7,22 @@
 
 use std::{
     collections::{BTreeSet, HashSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
 use aya::Ebpf;
 use lb_common::{Config, LAYOUT_VERSION};
 use tokio::sync::mpsc;
 
 use crate::{
     bpf::{self, Capacities, Role, XdpModeOpt, devices, maps::Maps},
+    http::Response,
     k8s::{NodeContext, Translator},
+    metrics::{Health, Metrics},
     source::{Delta, files::FileSource, watch::Watch},
     sync::{MapReader as _, MapSync, SyncConfig},
 };
@@ -42,6 +46,10 @@ pub struct AgentConfig {
     pub snat_addr: Option<Ipv4Addr>,
     pub snat_ports: (u16, u16),
     pub timeouts: Timeouts,
+    /// Where `/metrics` is served (None: off).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Where `/healthz` and `/livez` are served (None: off).
+    pub healthz_addr: Option<SocketAddr>,
 }
 
 /// Conntrack timeouts, seconds.
@@ -206,7 +214,13 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut ebpf = bpf::load(&cfg.bpffs, cfg.capacities, false)?;
     let mut maps = Maps::open(&cfg.bpffs)?;
-    maps.write_config(&cfg.datapath_config())?;
+    // Keep the events a running `xlb monitor` asked for across agent restarts.
+    let monitor = maps
+        .read_config()
+        .map_or(0, |c| c.flags & lb_common::config_flags::MONITOR_MASK);
+    let mut dp = cfg.datapath_config();
+    dp.flags |= monitor;
+    maps.write_config(&dp)?;
     let recovered = maps.read_all()?;
     let adopted = recovered.infos.len();
     let sync_cfg = SyncConfig {
@@ -217,12 +231,17 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut sync = MapSync::recover(maps, sync_cfg, recovered);
     tracing::info!(bpffs = %cfg.bpffs.display(), adopted_services = adopted, "datapath loaded");
 
+    let metrics = Metrics::new(&cfg.bpffs);
+    let health = Arc::new(Health::default());
+    let _servers = serve_endpoints(&cfg, &metrics, &health).await?;
+
     let (tx, mut rx) = mpsc::unbounded_channel::<Delta>();
     match (&cfg.services, &cfg.kubeconfig) {
         (Some(path), _) => spawn_file_source(path.clone(), tx),
         (None, Some(_)) => anyhow::bail!("--kubeconfig: the Kubernetes source is not built in yet"),
         (None, None) => {
             tracing::warn!("no --services or --kubeconfig: keeping the programmed state as is");
+            health.mark_synced();
             drop(tx);
         }
     }
@@ -245,9 +264,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut rescan = tokio::time::interval(Duration::from_secs(2));
     let mut retry = tokio::time::interval(Duration::from_secs(5));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut translator = Translator::new(cfg.node_context());
     let mut state = SyncState::default();
-    let mut health = crate::http::HealthChecks::default();
+    let mut hc_ports = crate::http::HealthChecks::default();
+    let obs = Observers {
+        metrics: &metrics,
+        health: &health,
+    };
     let mut sources_open = true;
     devs.reconcile(&mut ebpf);
     tracing::info!(
@@ -272,8 +296,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     noticed = noticed.or(more.noticed);
                 }
                 state.source_problems = problems;
-                sync_now(&mut sync, &mut translator, &mut state, noticed);
-                health.update(translator.health_checks()).await;
+                sync_now(&mut sync, &mut translator, &mut state, noticed, &obs);
+                hc_ports.update(translator.health_checks()).await;
             }
             Some(()) = async { match link_events.as_mut() { Some(r) => r.recv().await, None => None } } => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -282,8 +306,22 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             _ = rescan.tick() => devs.reconcile(&mut ebpf),
             _ = retry.tick(), if state.failing => {
                 state.full = true;
-                sync_now(&mut sync, &mut translator, &mut state, None);
-                health.update(translator.health_checks()).await;
+                sync_now(&mut sync, &mut translator, &mut state, None, &obs);
+                hc_ports.update(translator.health_checks()).await;
+            }
+            _ = sighup.recv() => {
+                // Re-read the maps as a restarted agent would and repair any drift (entries
+                // changed or deleted behind the agent's back, e.g. with bpftool).
+                match sync.writer().read_all() {
+                    Ok(recovered) => {
+                        sync = MapSync::recover(sync.into_writer(), sync_cfg, recovered);
+                        tracing::info!("SIGHUP: re-read the maps; repairing drift");
+                    }
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: reading the maps failed"),
+                }
+                state.full = true;
+                sync_now(&mut sync, &mut translator, &mut state, None, &obs);
+                hc_ports.update(translator.health_checks()).await;
             }
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
@@ -291,6 +329,63 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     tracing::info!("stopping; the datapath stays pinned and keeps forwarding");
     Ok(())
+}
+
+/// Serves `/metrics` and `/healthz` + `/livez` (on one listener when the addresses are equal).
+/// A listen address that cannot be bound is a start-up error naming its flag.
+async fn serve_endpoints(
+    cfg: &AgentConfig,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let handler = |with_metrics: bool, with_health: bool| {
+        let (metrics, health) = (metrics.clone(), health.clone());
+        Arc::new(move |path: &str| match path {
+            "/metrics" if with_metrics => match metrics.encode() {
+                Ok(body) => Response {
+                    status: 200,
+                    content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    body,
+                },
+                Err(_) => Response::text(500, "encoding failed\n"),
+            },
+            "/healthz" | "/readyz" if with_health => {
+                let (ok, body) = health.healthz();
+                Response {
+                    status: if ok { 200 } else { 503 },
+                    content_type: "application/json",
+                    body,
+                }
+            }
+            "/livez" if with_health => Response::text(200, "ok\n"),
+            _ => Response::text(404, "not found\n"),
+        }) as Arc<dyn Fn(&str) -> Response + Send + Sync>
+    };
+    let mut out = Vec::new();
+    let same = cfg.metrics_addr.is_some() && cfg.metrics_addr == cfg.healthz_addr;
+    for (flag, addr, m, h) in [
+        ("--metrics-addr", cfg.metrics_addr, true, same),
+        (
+            "--healthz-addr",
+            cfg.healthz_addr.filter(|_| !same),
+            false,
+            true,
+        ),
+    ] {
+        let Some(addr) = addr else { continue };
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("{flag} {addr}: cannot listen"))?;
+        tracing::info!(%addr, flag, "serving");
+        out.push(crate::http::serve(l, handler(m, h)));
+    }
+    Ok(out)
+}
+
+/// Where sync passes are reported.
+struct Observers<'a> {
+    metrics: &'a Metrics,
+    health: &'a Health,
 }
 
 /// What the sync loop remembers between passes.
@@ -311,6 +406,7 @@ fn sync_now(
     translator: &mut Translator,
     st: &mut SyncState,
     noticed: Option<Instant>,
+    obs: &Observers<'_>,
 ) {
     let changed = translator.flush();
     let problems: Vec<String> = st
@@ -344,6 +440,11 @@ fn sync_now(
         tracing::error!(service = %name, error = %err, "programming failed; will retry");
     }
     st.failing = !report.failed.is_empty();
+    obs.health.record(!st.failing);
+    obs.metrics.observe_sync(&report, noticed, &sync.totals());
+    obs.metrics
+        .source_problems
+        .set(st.logged_problems.len() as i64);
     if report.writes > 0 {
         let totals = sync.totals();
         tracing::info!(

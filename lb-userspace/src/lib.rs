@@ -6,6 +6,7 @@ pub mod cli;
 pub mod http;
 pub mod k8s;
 pub mod maglev;
+pub mod metrics;
 pub mod model;
 pub mod problem;
 pub mod source;

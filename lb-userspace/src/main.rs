@@ -1,6 +1,11 @@
 //! `xlb`: the agent and the operator CLI in one binary.
 
-use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -10,6 +15,7 @@ use lb_userspace::{
     cli::{self, Output},
     k8s::NodeContext,
     maglev,
+    model::Protocol,
 };
 
 #[derive(Parser)]
@@ -35,8 +41,115 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ServiceCmd,
     },
+    /// Backends of every service.
+    Backend {
+        #[command(subcommand)]
+        cmd: BackendCmd,
+    },
+    /// Tracked flows.
+    Conntrack {
+        #[command(subcommand)]
+        cmd: ConntrackCmd,
+    },
+    /// Every datapath counter and drop reason.
+    Stats(ReadArgs),
+    /// Each pinned map: fill level against capacity, and the bpftool command that dumps it.
+    Maps(ReadArgs),
+    /// Run a described packet through the loaded datapath (BPF_PROG_TEST_RUN against the live
+    /// maps, without touching them) and show every decision.
+    Explain(ExplainArgs),
+    /// Stream datapath events: drops with their reason, optionally new-flow decisions.
+    Monitor(MonitorArgs),
     /// Validate service files without touching the kernel.
     Check(CheckArgs),
+}
+
+#[derive(Subcommand)]
+enum BackendCmd {
+    /// List backends with their service, state, locality and weight.
+    List(ReadArgs),
+}
+
+#[derive(Subcommand)]
+enum ConntrackCmd {
+    /// List tracked flows: original and translated tuple, state, age.
+    List(ConntrackArgs),
+}
+
+#[derive(Args)]
+struct ConntrackArgs {
+    #[command(flatten)]
+    read: ReadArgs,
+    /// Only flows of services whose name (namespace/name:port) contains this.
+    #[arg(long)]
+    service: Option<String>,
+    /// Only flows to this backend (ADDR or ADDR:PORT).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Only flows from this client address.
+    #[arg(long)]
+    client: Option<Ipv4Addr>,
+    /// Include expired entries not yet evicted.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    #[command(flatten)]
+    read: ReadArgs,
+    /// Protocol of the packet.
+    #[arg(long, value_parser = parse_proto, default_value = "tcp")]
+    proto: Protocol,
+    /// Source IP:PORT.
+    #[arg(long)]
+    src: SocketAddrV4,
+    /// Destination IP:PORT.
+    #[arg(long)]
+    dst: SocketAddrV4,
+    /// Device the packet arrives on (decides the hook: an uplink runs XDP then tc, a pod device
+    /// tc). Default: the first attached pod device.
+    #[arg(long)]
+    device: Option<String>,
+    /// TCP: a packet of an established connection (ACK) instead of a SYN.
+    #[arg(long)]
+    established: bool,
+}
+
+#[derive(Args)]
+struct MonitorArgs {
+    #[command(flatten)]
+    read: ReadArgs,
+    /// Also stream new-flow decisions (client → frontend → backend).
+    #[arg(long)]
+    flows: bool,
+    /// Do not stream drops.
+    #[arg(long)]
+    no_drops: bool,
+    /// Only events of services whose name contains this.
+    #[arg(long)]
+    service: Option<String>,
+    /// Only events from this client address.
+    #[arg(long)]
+    client: Option<Ipv4Addr>,
+    /// Only events to this frontend address.
+    #[arg(long)]
+    frontend: Option<Ipv4Addr>,
+    /// Exit after this many events.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Exit after this many seconds.
+    #[arg(long)]
+    duration: Option<f64>,
+}
+
+fn parse_proto(s: &str) -> Result<Protocol, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        "sctp" => Ok(Protocol::Sctp),
+        _ => Err(format!("{s:?}: expected tcp, udp or sctp")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -83,6 +196,19 @@ fn parse_ports(s: &str) -> Result<(u16, u16), String> {
     Ok((a, b))
 }
 
+/// A listen address, or none (`off`).
+#[derive(Clone, Copy, Debug)]
+struct Listen(Option<std::net::SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s.is_empty() || s.eq_ignore_ascii_case("off") {
+        return Ok(Listen(None));
+    }
+    s.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|_| format!("{s:?} is not IP:PORT (or `off`)"))
+}
+
 fn parse_table_size(s: &str) -> Result<u32, String> {
     let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
     maglev::check_size(n).map_err(|e| e.to_string())
@@ -115,12 +241,12 @@ struct AgentArgs {
     /// XDP mode on uplinks.
     #[arg(long, env = "XLB_XDP_MODE", value_enum, default_value_t = XdpModeOpt::Native)]
     xdp_mode: XdpModeOpt,
-    /// Prometheus metrics address.
-    #[arg(long, env = "XLB_METRICS_ADDR", default_value = "127.0.0.1:10249")]
-    metrics_addr: String,
-    /// Health check address (/healthz, /livez).
-    #[arg(long, env = "XLB_HEALTHZ_ADDR", default_value = "0.0.0.0:10256")]
-    healthz_addr: String,
+    /// Prometheus metrics address (`/metrics`); `off` disables.
+    #[arg(long, env = "XLB_METRICS_ADDR", default_value = "127.0.0.1:10249", value_parser = parse_listen)]
+    metrics_addr: Listen,
+    /// Health check address (`/healthz`, `/livez`); `off` disables.
+    #[arg(long, env = "XLB_HEALTHZ_ADDR", default_value = "0.0.0.0:10256", value_parser = parse_listen)]
+    healthz_addr: Listen,
     /// Only Services labelled service.kubernetes.io/service-proxy-name=NAME (default: only
     /// Services without the label).
     #[arg(long, env = "XLB_PROXY_NAME")]
@@ -193,12 +319,45 @@ fn agent_config(a: AgentArgs) -> AgentConfig {
             udp: a.ct_udp_timeout,
             ..Timeouts::default()
         },
+        metrics_addr: a.metrics_addr.0,
+        healthz_addr: a.healthz_addr.0,
     }
 }
 
 fn open_maps(bpffs: &std::path::Path) -> anyhow::Result<Maps> {
     Maps::open(bpffs)
         .with_context(|| format!("reading the datapath pinned under {}", bpffs.display()))
+}
+
+fn print_ok(s: String) -> bool {
+    print!("{s}");
+    true
+}
+
+fn monitor(m: MonitorArgs) -> anyhow::Result<bool> {
+    let opts = cli::monitor::Options {
+        drops: !m.no_drops,
+        flows: m.flows,
+        service: m.service,
+        client: m.client,
+        frontend: m.frontend,
+        count: m.count,
+        duration: m
+            .duration
+            .map(Duration::try_from_secs_f64)
+            .transpose()
+            .context("--duration")?,
+        output: m.read.output,
+    };
+    if !opts.drops && !opts.flows {
+        anyhow::bail!("--no-drops without --flows leaves nothing to monitor");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(cli::monitor::run(&m.read.bpffs, &opts, std::io::stdout()))?;
+    Ok(true)
 }
 
 fn main() -> ExitCode {
@@ -223,10 +382,48 @@ fn main() -> ExitCode {
             cmd: ServiceCmd::List(r),
         } => open_maps(&r.bpffs)
             .and_then(|m| cli::service::list(&m, r.output))
-            .map(|s| {
-                print!("{s}");
-                true
-            }),
+            .map(print_ok),
+        Cmd::Backend {
+            cmd: BackendCmd::List(r),
+        } => open_maps(&r.bpffs)
+            .and_then(|m| cli::inspect::backends(&m, r.output))
+            .map(print_ok),
+        Cmd::Conntrack {
+            cmd: ConntrackCmd::List(c),
+        } => {
+            let filter = cli::inspect::CtFilter {
+                service: c.service,
+                backend: c.backend,
+                client: c.client,
+                all: c.all,
+            };
+            open_maps(&c.read.bpffs)
+                .and_then(|m| cli::inspect::conntrack(&m, &filter, c.read.output))
+                .map(print_ok)
+        }
+        Cmd::Stats(r) => open_maps(&r.bpffs)
+            .and_then(|m| cli::inspect::stats(&m, r.output))
+            .map(print_ok),
+        Cmd::Maps(r) => cli::inspect::maps(&r.bpffs, r.output).map(print_ok),
+        Cmd::Explain(e) => {
+            let req = cli::explain::Request {
+                proto: e.proto,
+                src: e.src,
+                dst: e.dst,
+                device: e.device,
+                established: e.established,
+            };
+            cli::explain::explain(&e.read.bpffs, &req)
+                .with_context(|| {
+                    format!(
+                        "explaining with the datapath under {}",
+                        e.read.bpffs.display()
+                    )
+                })
+                .and_then(|x| cli::explain::render(&x, e.read.output))
+                .map(print_ok)
+        }
+        Cmd::Monitor(m) => monitor(m),
         Cmd::Check(c) => {
             let node = NodeContext {
                 node_name: c.node_name,

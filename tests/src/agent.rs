@@ -69,13 +69,19 @@ fn spawn(netns: &Path, log: &Path, args: &[String]) -> Child {
         .open(log)
         .expect("log file");
     let err = out.try_clone().expect("log file");
-    let ns = File::open(netns).expect("netns handle");
     let mut cmd = Command::new(xlb_bin());
     cmd.args(args)
         .env("XLB_LOG", "info,lb_userspace=debug")
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
+    in_netns(&mut cmd, netns);
+    cmd.spawn().expect("spawn xlb agent")
+}
+
+/// Makes `cmd` run in the network namespace at `netns` (bpffs stays the host's).
+pub fn in_netns(cmd: &mut Command, netns: &Path) {
+    let ns = File::open(netns).expect("netns handle");
     // SAFETY: only async-signal-safe calls (setns) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -86,7 +92,6 @@ fn spawn(netns: &Path, log: &Path, args: &[String]) -> Child {
             Ok(())
         });
     }
-    cmd.spawn().expect("spawn xlb agent")
 }
 
 impl Agent {
@@ -95,6 +100,24 @@ impl Agent {
         let mut a = Self::spawn(node, pins, args);
         a.wait_for_log("agent ready", 1);
         a
+    }
+
+    /// Starts the agent of node `node_name` on the service files at `services`, attaching
+    /// every pod device (`xp*`).
+    pub fn start_on_node(node: &Netns, pins: &PinDir, services: &Path, node_name: &str) -> Self {
+        let services = services.to_str().expect("utf-8 path");
+        Self::start(
+            node,
+            pins,
+            &[
+                "--services",
+                services,
+                "--node-name",
+                node_name,
+                "--pod-devices",
+                "xp*",
+            ],
+        )
     }
 
     /// Process id of the running agent.
@@ -197,20 +220,48 @@ impl Agent {
         }
     }
 
-    /// Runs `xlb <args> --bpffs <pins>` (a CLI command) and returns stdout.
+    /// Runs `xlb <args> --bpffs <pins>` (a CLI command) in the agent's network namespace and
+    /// returns stdout; panics if it fails.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(xlb_bin())
-            .args(args)
-            .arg("--bpffs")
-            .arg(&self.bpffs)
-            .output()
-            .expect("run xlb");
+        let out = self.cli_output(args);
         assert!(
             out.status.success(),
             "xlb {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Like `cli`, but returns the whole outcome (status, stdout, stderr).
+    pub fn cli_output(&self, args: &[&str]) -> std::process::Output {
+        self.cli_command(args).output().expect("run xlb")
+    }
+
+    /// `xlb <args> --bpffs <pins>` set up to run in the agent's network namespace.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(xlb_bin());
+        cmd.args(args).arg("--bpffs").arg(&self.bpffs);
+        in_netns(&mut cmd, &self.netns);
+        cmd
+    }
+
+    /// Waits (up to 20 s) until service `name` has `n` active backends in the pinned maps.
+    pub fn wait_active(&self, name: &str, n: usize) {
+        let ok = crate::traffic::eventually(Duration::from_secs(20), || {
+            let v = self.services();
+            let s = v.as_array()?.iter().find(|s| s["name"] == name)?;
+            let k = s["backends"]
+                .as_array()?
+                .iter()
+                .filter(|b| b["state"] == "active")
+                .count();
+            (k == n).then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "{name}: want {n} active backends:\n{}",
+            self.cli(&["service", "list"])
+        );
     }
 
     /// `xlb service list -o json`, parsed.

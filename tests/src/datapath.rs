@@ -72,6 +72,8 @@ pub fn default_config() -> Config {
         snat_addr: None,
         snat_ports: (61000, 65535),
         timeouts: Default::default(),
+        metrics_addr: None,
+        healthz_addr: None,
     }
     .datapath_config();
     c.hash_seed = SEED;

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod datapath;
+pub mod files;
 pub mod kubeproxy;
 pub mod manifests;
 pub mod netns;

@@ -268,6 +268,11 @@ impl Conn {
         Ok(Self { stream, peer })
     }
 
+    /// The client side of the connection.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.stream.local_addr()
+    }
+
     /// Sends one ping and reads the answer line.
     pub fn ping(&mut self) -> std::io::Result<Reply> {
         self.stream.write_all(b"ping\n")?;

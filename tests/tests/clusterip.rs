@@ -8,6 +8,7 @@ use std::{
 
 use xlb_tests::{
     agent::{Agent, PinDir},
+    files::WorkDir,
     manifests::{Ep, Port, docs, service, slice},
     netns::{require_root, unique_tag},
     topology::Node,
@@ -27,37 +28,10 @@ fn cluster(n: u8) -> (String, Node) {
     (tag, node)
 }
 
-fn write(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
-    let p = dir.join("services.yaml");
-    // Write-then-rename so the agent never reads a half-written file.
-    let tmp = dir.join(".services.yaml.tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, &p).unwrap();
-    p
-}
-
-fn wait_backends(agent: &Agent, name: &str, active: usize) {
-    let ok = eventually(Duration::from_secs(15), || {
-        let v = agent.services();
-        let svc = v.as_array()?.iter().find(|s| s["name"] == name)?;
-        let n = svc["backends"]
-            .as_array()?
-            .iter()
-            .filter(|b| b["state"] == "active")
-            .count();
-        (n == active).then_some(())
-    });
-    assert!(
-        ok.is_some(),
-        "{name}: expected {active} active backends; service list:\n{}",
-        agent.cli(&["service", "list"])
-    );
-}
-
 #[test]
 fn tcp_and_udp_reach_every_ready_backend_and_replies_come_from_the_vip() {
     let (tag, node) = cluster(3);
-    let dir = tempdir(&tag);
+    let dir = WorkDir::new(&tag);
     let mut servers = Servers::new();
     let mut eps = Vec::new();
     for (i, pod) in node.pods.iter().enumerate().skip(1) {
@@ -94,22 +68,11 @@ fn tcp_and_udp_reach_every_ready_backend_and_replies_come_from_the_vip() {
             &eps,
         ),
     ]);
-    let path = write(&dir, &yaml);
+    let path = dir.write("services.yaml", &yaml);
     let pins = PinDir::new(&tag);
-    let agent = Agent::start(
-        &node.ns,
-        &pins,
-        &[
-            "--services",
-            path.to_str().unwrap(),
-            "--node-name",
-            "n1",
-            "--pod-devices",
-            "xp*",
-        ],
-    );
-    wait_backends(&agent, "default/web:http/TCP", 3);
-    wait_backends(&agent, "default/web:dns/UDP", 3);
+    let agent = Agent::start_on_node(&node.ns, &pins, &path, "n1");
+    agent.wait_active("default/web:http/TCP", 3);
+    agent.wait_active("default/web:dns/UDP", 3);
 
     let client = &node.pods[0];
     let tcp = tcp_requests(&client.ns, SocketAddr::from((VIP, 80)), 300);
@@ -138,26 +101,9 @@ fn tcp_and_udp_reach_every_ready_backend_and_replies_come_from_the_vip() {
     drop(servers);
 }
 
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("xlbt-{tag}"));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn start(node: &Node, tag: &str, path: &std::path::Path) -> (PinDir, Agent) {
     let pins = PinDir::new(tag);
-    let agent = Agent::start(
-        &node.ns,
-        &pins,
-        &[
-            "--services",
-            path.to_str().unwrap(),
-            "--node-name",
-            "n1",
-            "--pod-devices",
-            "xp*",
-        ],
-    );
+    let agent = Agent::start_on_node(&node.ns, &pins, path, "n1");
     (pins, agent)
 }
 
@@ -175,7 +121,7 @@ fn http(name: &str, target: &'static str) -> Vec<Port<'static>> {
 #[test]
 fn two_services_on_the_same_port_with_different_vips() {
     let (tag, node) = cluster(2);
-    let dir = tempdir(&tag);
+    let dir = WorkDir::new(&tag);
     let mut servers = Servers::new();
     let (p1, p2) = (&node.pods[1], &node.pods[2]);
     servers.tcp(&p1.ns, SocketAddr::from((p1.ip, 8080)), "alpha");
@@ -197,10 +143,10 @@ fn two_services_on_the_same_port_with_different_vips() {
             &[Ep::ready(p2.ip, "n1")],
         ),
     ]);
-    let path = write(&dir, &yaml);
+    let path = dir.write("services.yaml", &yaml);
     let (_pins, agent) = start(&node, &tag, &path);
-    wait_backends(&agent, "default/alpha:http/TCP", 1);
-    wait_backends(&agent, "default/beta:http/TCP", 1);
+    agent.wait_active("default/alpha:http/TCP", 1);
+    agent.wait_active("default/beta:http/TCP", 1);
     let client = &node.pods[0];
     let a = spread(&tcp_requests(&client.ns, SocketAddr::from((VIP, 80)), 50));
     let b = spread(&tcp_requests(&client.ns, SocketAddr::from((vip2, 80)), 50));
@@ -211,7 +157,7 @@ fn two_services_on_the_same_port_with_different_vips() {
 #[test]
 fn named_target_port_with_different_numbers_per_endpoint() {
     let (tag, node) = cluster(2);
-    let dir = tempdir(&tag);
+    let dir = WorkDir::new(&tag);
     let mut servers = Servers::new();
     let (p1, p2) = (&node.pods[1], &node.pods[2]);
     // The same named port ("web") is 8080 on one pod and 9090 on the other: the EndpointSlice
@@ -233,9 +179,9 @@ fn named_target_port_with_different_numbers_per_endpoint() {
             &[Ep::ready(p2.ip, "n1")],
         ),
     ]);
-    let path = write(&dir, &yaml);
+    let path = dir.write("services.yaml", &yaml);
     let (_pins, agent) = start(&node, &tag, &path);
-    wait_backends(&agent, "default/web:http/TCP", 2);
+    agent.wait_active("default/web:http/TCP", 2);
     let s = spread(&tcp_requests(
         &node.pods[0].ns,
         SocketAddr::from((VIP, 80)),
@@ -249,7 +195,7 @@ fn named_target_port_with_different_numbers_per_endpoint() {
 #[test]
 fn a_not_ready_endpoint_gets_nothing() {
     let (tag, node) = cluster(3);
-    let dir = tempdir(&tag);
+    let dir = WorkDir::new(&tag);
     let mut servers = Servers::new();
     let mut eps = Vec::new();
     for (i, pod) in node.pods.iter().enumerate().skip(1) {
@@ -265,9 +211,9 @@ fn a_not_ready_endpoint_gets_nothing() {
         service("web", VIP, &http("web", "8080"), ""),
         slice("web-1", "web", &[("http", 8080, "TCP")], &eps),
     ]);
-    let path = write(&dir, &yaml);
+    let path = dir.write("services.yaml", &yaml);
     let (_pins, agent) = start(&node, &tag, &path);
-    wait_backends(&agent, "default/web:http/TCP", 2);
+    agent.wait_active("default/web:http/TCP", 2);
     let s = spread(&tcp_requests(
         &node.pods[0].ns,
         SocketAddr::from((VIP, 80)),
@@ -289,7 +235,7 @@ fn a_removed_endpoint_stops_getting_new_connections_while_the_others_keep_servin
     use xlb_tests::traffic::{Conn, tcp_ping_once};
 
     let (tag, node) = cluster(3);
-    let dir = tempdir(&tag);
+    let dir = WorkDir::new(&tag);
     let mut servers = Servers::new();
     let mut eps = Vec::new();
     for (i, pod) in node.pods.iter().enumerate().skip(1) {
@@ -302,9 +248,9 @@ fn a_removed_endpoint_stops_getting_new_connections_while_the_others_keep_servin
             slice("web-1", "web", &[("http", 8080, "TCP")], eps),
         ])
     };
-    let path = write(&dir, &file(&eps));
+    let path = dir.write("services.yaml", &file(&eps));
     let (_pins, agent) = start(&node, &tag, &path);
-    wait_backends(&agent, "default/web:http/TCP", 3);
+    agent.wait_active("default/web:http/TCP", 3);
     let vip = SocketAddr::from((VIP, 80));
 
     // Established connections, spread over the three backends.
@@ -329,8 +275,8 @@ fn a_removed_endpoint_stops_getting_new_connections_while_the_others_keep_servin
         replies
     });
     std::thread::sleep(Duration::from_millis(400));
-    write(&dir, &file(&eps[..2]));
-    wait_backends(&agent, "default/web:http/TCP", 2);
+    dir.write("services.yaml", &file(&eps[..2]));
+    agent.wait_active("default/web:http/TCP", 2);
     std::thread::sleep(Duration::from_millis(600));
     stop.store(true, Ordering::Relaxed);
     let replies = churn.join().unwrap();
@@ -365,7 +311,7 @@ fn a_removed_endpoint_stops_getting_new_connections_while_the_others_keep_servin
 #[test]
 fn a_broken_file_keeps_the_last_good_state_and_names_file_and_line() {
     let (tag, node) = cluster(1);
-    let dir = tempdir(&tag);
+    let dir = WorkDir::new(&tag);
     let mut servers = Servers::new();
     let p1 = &node.pods[1];
     servers.tcp(&p1.ns, SocketAddr::from((p1.ip, 8080)), "b1");
@@ -378,12 +324,12 @@ fn a_broken_file_keeps_the_last_good_state_and_names_file_and_line() {
             &[Ep::ready(p1.ip, "n1")],
         ),
     ]);
-    let path = write(&dir, &good);
+    let path = dir.write("services.yaml", &good);
     let (_pins, mut agent) = start(&node, &tag, &path);
-    wait_backends(&agent, "default/web:http/TCP", 1);
+    agent.wait_active("default/web:http/TCP", 1);
     // A syntax error: the whole file keeps its last good objects; the error names file:line.
-    write(
-        &dir,
+    dir.write(
+        "services.yaml",
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: web: x\n",
     );
     agent.wait_for_log("services.yaml:4: mapping values are not allowed", 1);
@@ -396,7 +342,7 @@ fn a_broken_file_keeps_the_last_good_state_and_names_file_and_line() {
     assert_eq!(s.get("b1"), Some(&20), "{s:?}");
     // An invalid field: the object keeps its last good version; the error names it.
     let bad = good.replace("port: 80\n", "port: 0\n");
-    write(&dir, &bad);
+    dir.write("services.yaml", &bad);
     agent.wait_for_log("Service default/web: spec.ports[0].port", 1);
     let s = spread(&tcp_requests(
         &node.pods[0].ns,
@@ -405,9 +351,9 @@ fn a_broken_file_keeps_the_last_good_state_and_names_file_and_line() {
     ));
     assert_eq!(s.get("b1"), Some(&20), "{s:?}");
     // Fixing the file works again; removing the Service removes it.
-    write(&dir, &good);
+    dir.write("services.yaml", &good);
     std::thread::sleep(Duration::from_millis(300));
-    write(&dir, "");
+    dir.write("services.yaml", "");
     let gone = eventually(Duration::from_secs(10), || {
         agent
             .services()
@@ -421,7 +367,7 @@ fn a_broken_file_keeps_the_last_good_state_and_names_file_and_line() {
 #[test]
 fn late_pods_are_attached_sigterm_is_clean_and_the_cli_reads_a_stopped_datapath() {
     let (tag, mut node) = cluster(1);
-    let dir = tempdir(&tag);
+    let dir = WorkDir::new(&tag);
     let mut servers = Servers::new();
     let p1 = &node.pods[1];
     servers.tcp(&p1.ns, SocketAddr::from((p1.ip, 8080)), "b1");
@@ -434,9 +380,9 @@ fn late_pods_are_attached_sigterm_is_clean_and_the_cli_reads_a_stopped_datapath(
             &[Ep::ready(p1.ip, "n1")],
         ),
     ]);
-    let path = write(&dir, &yaml);
+    let path = dir.write("services.yaml", &yaml);
     let (_pins, mut agent) = start(&node, &tag, &path);
-    wait_backends(&agent, "default/web:http/TCP", 1);
+    agent.wait_active("default/web:http/TCP", 1);
     // A pod created after the agent started gets the datapath too.
     node.add_pod(7);
     agent.wait_for_log("device=xp7", 1);

@@ -5,12 +5,12 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
-    path::PathBuf,
     time::Duration,
 };
 
 use xlb_tests::{
     agent::{Agent, PinDir},
+    files::WorkDir,
     netns::{Netns, require_root, unique_tag},
     topology::{Cluster, node_ip},
     traffic::{Reply, Servers, http_get, spread, tcp_request},
@@ -135,13 +135,7 @@ struct Env {
     agents: Vec<Agent>,
     _pins: Vec<PinDir>,
     _servers: Servers,
-    dir: PathBuf,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    _dir: WorkDir,
 }
 
 fn env() -> Env {
@@ -166,10 +160,8 @@ fn env_with(xdp_mode: &str) -> Env {
             servers.udp(&pod.ns, SocketAddr::from((pod.ip, 5353)), &name);
         }
     }
-    let dir = std::env::temp_dir().join(format!("xlbt-{tag}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("services.yaml");
-    std::fs::write(&file, services()).unwrap();
+    let dir = WorkDir::new(&tag);
+    let file = dir.write("services.yaml", &services());
     let mut agents = Vec::new();
     let mut pins = Vec::new();
     for (i, node) in cluster.nodes.iter().enumerate() {
@@ -204,7 +196,7 @@ fn env_with(xdp_mode: &str) -> Env {
         agents,
         _pins: pins,
         _servers: servers,
-        dir,
+        _dir: dir,
     }
 }
 

@@ -3,7 +3,6 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
-    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -13,6 +12,7 @@ use std::{
 
 use xlb_tests::{
     agent::{Agent, PinDir, xlb_bin},
+    files::WorkDir,
     manifests::{Ep, Port, docs, service, slice},
     netns::{Netns, require_root, sh, unique_tag},
     topology::Node,
@@ -30,20 +30,6 @@ fn cluster(n: u8) -> (String, Node) {
         node.add_pod(i);
     }
     (tag, node)
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("xlbt-{tag}"));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn write(dir: &Path, text: &str) -> PathBuf {
-    let p = dir.join("services.yaml");
-    let tmp = dir.join(".services.yaml.tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, &p).unwrap();
-    p
 }
 
 fn ports() -> Vec<Port<'static>> {
@@ -85,24 +71,6 @@ fn web(eps: &[Ep<'_>], extra: bool) -> String {
         ));
     }
     docs(&parts)
-}
-
-fn wait_active(agent: &Agent, name: &str, n: usize) {
-    let ok = eventually(Duration::from_secs(20), || {
-        let v = agent.services();
-        let s = v.as_array()?.iter().find(|s| s["name"] == name)?;
-        let k = s["backends"]
-            .as_array()?
-            .iter()
-            .filter(|b| b["state"] == "active")
-            .count();
-        (k == n).then_some(())
-    });
-    assert!(
-        ok.is_some(),
-        "{name}: want {n} active backends:\n{}",
-        agent.cli(&["service", "list"])
-    );
 }
 
 /// A UDP client sending one datagram every few ms from one socket (one flow), counting
@@ -161,7 +129,7 @@ fn ct_entries(agent: &Agent) -> usize {
 #[test]
 fn kill_9_and_restart_with_same_and_changed_config_disrupts_nothing() {
     let (tag, node) = cluster(4);
-    let dir = tempdir(&tag);
+    let dir = WorkDir::new(&tag);
     let mut servers = Servers::new();
     let mut eps = Vec::new();
     for (i, pod) in node.pods.iter().enumerate().skip(1) {
@@ -169,21 +137,10 @@ fn kill_9_and_restart_with_same_and_changed_config_disrupts_nothing() {
         servers.udp(&pod.ns, SocketAddr::from((pod.ip, 5353)), &format!("b{i}"));
         eps.push(Ep::ready(pod.ip, "n1"));
     }
-    let path = write(&dir, &web(&eps[..3], false));
+    let path = dir.write("services.yaml", &web(&eps[..3], false));
     let pins = PinDir::new(&tag);
-    let mut agent = Agent::start(
-        &node.ns,
-        &pins,
-        &[
-            "--services",
-            path.to_str().unwrap(),
-            "--node-name",
-            "n1",
-            "--pod-devices",
-            "xp*",
-        ],
-    );
-    wait_active(&agent, "default/web:http/TCP", 3);
+    let mut agent = Agent::start_on_node(&node.ns, &pins, &path, "n1");
+    agent.wait_active("default/web:http/TCP", 3);
     let vip = SocketAddr::from((VIP, 80));
     let client = &node.pods[0].ns;
 
@@ -243,10 +200,10 @@ fn kill_9_and_restart_with_same_and_changed_config_disrupts_nothing() {
 
     // Changed config across a kill -9: a fourth backend and a second service.
     agent.kill9();
-    write(&dir, &web(&eps, true));
+    dir.write("services.yaml", &web(&eps, true));
     agent.restart();
-    wait_active(&agent, "default/web:http/TCP", 4);
-    wait_active(&agent, "default/web2:http/TCP", 4);
+    agent.wait_active("default/web:http/TCP", 4);
+    agent.wait_active("default/web2:http/TCP", 4);
     check_conns(&mut conns, "after restart (changed config)");
     let fresh: Vec<_> = client.run(move || {
         (0..100)
@@ -275,7 +232,7 @@ fn kill_9_and_restart_with_same_and_changed_config_disrupts_nothing() {
 #[test]
 fn established_flows_keep_their_backend_and_a_udp_flow_leaves_a_removed_one() {
     let (tag, node) = cluster(4);
-    let dir = tempdir(&tag);
+    let dir = WorkDir::new(&tag);
     let mut servers = Servers::new();
     let mut eps = Vec::new();
     for (i, pod) in node.pods.iter().enumerate().skip(1) {
@@ -283,21 +240,10 @@ fn established_flows_keep_their_backend_and_a_udp_flow_leaves_a_removed_one() {
         servers.udp(&pod.ns, SocketAddr::from((pod.ip, 5353)), &format!("b{i}"));
         eps.push(Ep::ready(pod.ip, "n1"));
     }
-    let path = write(&dir, &web(&eps[..3], false));
+    let path = dir.write("services.yaml", &web(&eps[..3], false));
     let pins = PinDir::new(&tag);
-    let agent = Agent::start(
-        &node.ns,
-        &pins,
-        &[
-            "--services",
-            path.to_str().unwrap(),
-            "--node-name",
-            "n1",
-            "--pod-devices",
-            "xp*",
-        ],
-    );
-    wait_active(&agent, "default/web:http/TCP", 3);
+    let agent = Agent::start_on_node(&node.ns, &pins, &path, "n1");
+    agent.wait_active("default/web:http/TCP", 3);
     let vip = SocketAddr::from((VIP, 80));
     let client = &node.pods[0].ns;
     let mut conns: Vec<(Conn, String)> = client.run(move || {
@@ -340,8 +286,8 @@ fn established_flows_keep_their_backend_and_a_udp_flow_leaves_a_removed_one() {
     let udp_idx = eps.iter().position(|e| e.addr == udp_backend).unwrap();
 
     // Add a backend: every established connection keeps its backend.
-    write(&dir, &web(&eps, false));
-    wait_active(&agent, "default/web:http/TCP", 4);
+    dir.write("services.yaml", &web(&eps, false));
+    agent.wait_active("default/web:http/TCP", 4);
     for (c, b) in &mut conns {
         assert_eq!(&c.ping().expect("ping after add").backend, b);
     }
@@ -353,8 +299,8 @@ fn established_flows_keep_their_backend_and_a_udp_flow_leaves_a_removed_one() {
         .filter(|(i, _)| *i != udp_idx)
         .map(|(_, e)| Ep::ready(e.addr, "n1"))
         .collect();
-    write(&dir, &web(&kept, false));
-    wait_active(&agent, "default/web:http/TCP", 3);
+    dir.write("services.yaml", &web(&kept, false));
+    agent.wait_active("default/web:http/TCP", 3);
     std::thread::sleep(Duration::from_millis(300));
     let removed_name = format!("b{}", udp_idx + 1);
     for (c, b) in &mut conns {
@@ -379,25 +325,14 @@ fn established_flows_keep_their_backend_and_a_udp_flow_leaves_a_removed_one() {
 #[test]
 fn cleanup_removes_the_datapath_and_a_layout_change_is_refused() {
     let (tag, node) = cluster(1);
-    let dir = tempdir(&tag);
+    let dir = WorkDir::new(&tag);
     let mut servers = Servers::new();
     let p1 = &node.pods[1];
     servers.tcp(&p1.ns, SocketAddr::from((p1.ip, 8080)), "b1");
-    let path = write(&dir, &web(&[Ep::ready(p1.ip, "n1")], false));
+    let path = dir.write("services.yaml", &web(&[Ep::ready(p1.ip, "n1")], false));
     let pins = PinDir::new(&tag);
-    let mut agent = Agent::start(
-        &node.ns,
-        &pins,
-        &[
-            "--services",
-            path.to_str().unwrap(),
-            "--node-name",
-            "n1",
-            "--pod-devices",
-            "xp*",
-        ],
-    );
-    wait_active(&agent, "default/web:http/TCP", 1);
+    let mut agent = Agent::start_on_node(&node.ns, &pins, &path, "n1");
+    agent.wait_active("default/web:http/TCP", 1);
     assert!(agent.stop());
     let vip = SocketAddr::from((VIP, 80));
     let before = node.pods[0]

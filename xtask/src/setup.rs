@@ -21,6 +21,8 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("sysctl", "procps"),
     ("ethtool", "ethtool"),
     ("bpftool", "bpftool"),
+    // `systemd-analyze verify` checks the shipped unit (deploy/systemd).
+    ("systemd-analyze", "systemd"),
 ];
 
 /// Extra packages of the end-to-end benchmarks.

@@ -35,6 +35,13 @@ pub enum MapsError {
         #[source]
         source: MapError,
     },
+    /// A raw syscall failed.
+    #[error("{call}: {source}")]
+    Syscall {
+        call: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     /// Reading failed.
     #[error("reading {map}: {source}")]
     Read {
@@ -161,7 +168,28 @@ impl Maps {
 
     /// All conntrack entries.
     pub fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtValue)>, MapsError> {
-        collect(names::CONNTRACK, self.conntrack.iter())
+        let mut out = Vec::new();
+        self.walk(names::CONNTRACK, |k, v| {
+            if k.len() == size_of::<CtKey>() && v.len() == size_of::<CtValue>() {
+                // SAFETY: lengths checked; both are plain #[repr(C)] integer structs.
+                out.push(unsafe {
+                    (
+                        std::ptr::read_unaligned(k.as_ptr().cast::<CtKey>()),
+                        std::ptr::read_unaligned(v.as_ptr().cast::<CtValue>()),
+                    )
+                });
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Walks a pinned hash-type map by name (batched, see `walk_entries`); returns the count.
+    pub fn walk(
+        &self,
+        name: &'static str,
+        f: impl FnMut(&[u8], &[u8]),
+    ) -> Result<usize, MapsError> {
+        walk_entries(&open(&self.dir, name)?, f)
     }
 
     /// All source ranges as (service id, CIDR).
@@ -315,7 +343,68 @@ struct BatchAttr {
     flags: u64,
 }
 
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// Number of entries in a hash-type map (see `walk_entries`).
+pub fn count_entries(map: &MapData) -> Result<usize, MapsError> {
+    walk_entries(map, |_, _| {})
+}
+
+/// Calls `f(key, value)` on every entry of a (non-per-CPU) hash-type map, read with
+/// BPF_MAP_LOOKUP_BATCH: 4096 entries per syscall, so a full 512k-entry conntrack costs ~130
+/// calls, not a million. Returns the number of entries.
+pub fn walk_entries(map: &MapData, mut f: impl FnMut(&[u8], &[u8])) -> Result<usize, MapsError> {
+    let read_err = |source: std::io::Error| MapsError::Syscall {
+        call: "bpf_map_lookup_batch",
+        source,
+    };
+    let info = map.info().map_err(|source| MapsError::Read {
+        map: "map info",
+        source,
+    })?;
+    const BATCH: usize = 4096;
+    let (ks, vs) = (info.key_size() as usize, info.value_size() as usize);
+    let mut keys = vec![0u8; BATCH * ks];
+    let mut values = vec![0u8; BATCH * vs];
+    let mut token = [0u8; 8];
+    let mut total = 0usize;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token.as_ptr() as u64 },
+            out_batch: token.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        first = false;
+        // SAFETY: buffers sized for `count` keys and values, live for the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        // The kernel reports how many entries it copied, also on the final ENOENT.
+        let n = (attr.count as usize).min(BATCH);
+        for i in 0..n {
+            f(&keys[i * ks..(i + 1) * ks], &values[i * vs..(i + 1) * vs]);
+        }
+        total += n;
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                return Ok(total);
+            }
+            return Err(read_err(e));
+        }
+    }
+}
 
 /// Inserts `keys[i] → values[i]` with one BPF_MAP_UPDATE_BATCH. For a map of maps the kernel
 /// waits for running programs once per call instead of once per element.

@@ -2,6 +2,9 @@
 //! and renders a table or, with `-o json`, JSON.
 
 pub mod check;
+pub mod explain;
+pub mod inspect;
+pub mod monitor;
 pub mod service;
 pub mod table;
 

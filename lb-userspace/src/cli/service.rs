@@ -13,6 +13,18 @@ use crate::{
     sync::info_name,
 };
 
+/// Who a frontend entry serves: `all` (one entry for everyone), or, when internal and external
+/// traffic policies differ, `internal` (this node's pods) / `external` (everyone else).
+pub fn scope_text(entry_scope: u8, flags: u16) -> &'static str {
+    if entry_scope == scope::INTERNAL {
+        "internal"
+    } else if flags & svc_flags::TWO_SCOPES != 0 {
+        "external"
+    } else {
+        "all"
+    }
+}
+
 /// A frontend as shown.
 #[derive(Serialize, Debug, Clone)]
 pub struct FrontendView {
@@ -105,11 +117,7 @@ pub fn gather(maps: &Maps) -> Result<Vec<ServiceView>, MapsError> {
             address: endpoint_text(k.addr, k.port, k.proto),
             kind: FrontendKind::from_code(v.kind)
                 .map_or_else(|| v.kind.to_string(), |k| k.to_string()),
-            scope: if k.scope == scope::INTERNAL {
-                "internal"
-            } else {
-                "external"
-            },
+            scope: scope_text(k.scope, v.flags),
             source_ranges: v.flags & svc_flags::SRC_RANGES != 0,
         });
     }

@@ -242,6 +242,11 @@ impl<W: MapWriter> MapSync<W> {
         s
     }
 
+    /// Gives the writer back (to re-adopt what is in the maps with `recover`).
+    pub fn into_writer(self) -> W {
+        self.w
+    }
+
     /// The writer (for metrics or tests).
     pub fn writer(&self) -> &W {
         &self.w

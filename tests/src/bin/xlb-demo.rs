@@ -1,12 +1,14 @@
 //! `cargo xtask demo`: a throw-away node with a client pod and three backend pods, the agent
 //! started on the bundled example (`deploy/examples/demo.yaml`), a few hundred TCP and UDP
-//! requests to the ClusterIP, how they spread, and `xlb service list`. Everything is removed
-//! at the end (also on failure).
+//! requests to the ClusterIP, how they spread, then the operator's view: `xlb service list`,
+//! `xlb explain` of one packet and `xlb stats`. Everything is removed at the end (also on
+//! failure).
 
 use std::net::{Ipv4Addr, SocketAddr};
 
 use xlb_tests::{
     agent::{Agent, PinDir},
+    files::WorkDir,
     netns::{require_root, unique_tag},
     topology::Node,
     traffic::{Servers, spread, tcp_requests, udp_requests},
@@ -37,10 +39,8 @@ fn main() {
             &format!("backend-{i}"),
         );
     }
-    let dir = std::env::temp_dir().join(format!("xlb-demo-{tag}"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let services = dir.join("demo.yaml");
-    std::fs::write(&services, EXAMPLE).expect("write example");
+    let dir = WorkDir::new(&format!("demo-{tag}"));
+    let services = dir.write("demo.yaml", EXAMPLE);
     let pins = PinDir::new(&tag);
     println!(
         "== xlb agent --services {} --node-name node-1 --pod-devices xp*",
@@ -75,10 +75,26 @@ fn main() {
         }
         println!("   replies that came from the VIP: {from_vip}/{REQUESTS}");
     }
-    println!("== xlb service list");
-    print!("{}", agent.cli(&["service", "list"]));
+    for args in [
+        &["service", "list"][..],
+        &[
+            "explain",
+            "--device",
+            "xp0",
+            "--proto",
+            "tcp",
+            "--src",
+            "10.244.1.10:40000",
+            "--dst",
+            "10.96.0.10:80",
+        ],
+        &["stats"],
+    ] {
+        println!("== xlb {}", args.join(" "));
+        print!("{}", agent.cli(args));
+    }
     agent.stop();
     drop(servers);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     println!("== done; namespaces and pins removed");
 }

@@ -1,0 +1,369 @@
+//! `xlb explain`: builds the described packet and runs it, with BPF_PROG_TEST_RUN, through a
+//! private copy of the programs that reads the live pinned maps but writes nothing but its
+//! decision (`xlb_trace`): which frontend matched, which backend was chosen and why, the
+//! rewritten packet and the verdict. Live conntrack, affinity and counters are untouched.
+
+use std::{
+    ffi::CString,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::Path,
+};
+
+use aya::{
+    Ebpf,
+    maps::{Map, MapData, PerCpuArray, PerCpuValues},
+    programs::{TestRun, TestRunOptions},
+};
+use lb_common::{Trace, ct_flags, drop_reason, map_names as names, prog_names, selection};
+use serde::Serialize;
+
+use super::{
+    Output,
+    service::{endpoint_text, scope_text},
+};
+use crate::{
+    bpf::{self, Capacities, Role, maps::Maps},
+    model::Protocol,
+    sync::info_name,
+};
+
+/// What to explain.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub proto: Protocol,
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    /// Device the packet arrives on; decides the hook. Default: the first pod device.
+    pub device: Option<String>,
+    /// TCP: send a plain ACK (a packet of an established connection) instead of a SYN.
+    pub established: bool,
+}
+
+/// One hook's decision.
+#[derive(Serialize, Debug)]
+pub struct Step {
+    pub program: &'static str,
+    pub frontend: Option<String>,
+    pub scope: Option<&'static str>,
+    pub service: Option<String>,
+    pub reply_of_tracked_flow: bool,
+    pub decision: String,
+    pub backend: Option<String>,
+    pub backend_id: u32,
+    pub slot: Option<u32>,
+    pub flow_hash: Option<String>,
+    pub translation: Vec<&'static str>,
+    pub drop_reason: Option<&'static str>,
+    pub packet_after: String,
+    pub verdict: String,
+}
+
+/// The whole explanation.
+#[derive(Serialize, Debug)]
+pub struct Explanation {
+    pub packet: String,
+    pub device: String,
+    pub steps: Vec<Step>,
+}
+
+fn ifindex(name: &str) -> u32 {
+    CString::new(name)
+        // SAFETY: a valid C string; the call only reads it.
+        .map(|c| unsafe { libc::if_nametoindex(c.as_ptr()) })
+        .unwrap_or(0)
+}
+
+fn ifname(index: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has IF_NAMESIZE bytes as the call requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return format!("ifindex {index}");
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into `buf`.
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// An Ethernet/IPv4/TCP-or-UDP packet with valid checksums.
+fn build(req: &Request) -> Vec<u8> {
+    use lb_common::csum;
+    let (proto, l4len) = match req.proto {
+        Protocol::Udp => (17u8, 8usize),
+        _ => (if req.proto == Protocol::Sctp { 132 } else { 6 }, 20),
+    };
+    let mut p = vec![0u8; 14 + 20 + l4len];
+    p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut p[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + l4len) as u16).to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&req.src.ip().octets());
+    ip[16..20].copy_from_slice(&req.dst.ip().octets());
+    let c = !csum::fold(csum::sum_be(ip, 0));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let l4 = &mut p[34..];
+    l4[0..2].copy_from_slice(&req.src.port().to_be_bytes());
+    l4[2..4].copy_from_slice(&req.dst.port().to_be_bytes());
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&req.src.ip().octets());
+    pseudo.extend_from_slice(&req.dst.ip().octets());
+    pseudo.extend_from_slice(&[0, proto]);
+    pseudo.extend_from_slice(&(l4len as u16).to_be_bytes());
+    match proto {
+        6 => {
+            l4[12] = 5 << 4;
+            l4[13] = if req.established { 0x10 } else { 0x02 };
+            l4[14..16].copy_from_slice(&65535u16.to_be_bytes());
+            let c = !csum::fold(csum::sum_be(l4, csum::sum_be(&pseudo, 0)));
+            l4[16..18].copy_from_slice(&c.to_be_bytes());
+        }
+        17 => {
+            l4[4..6].copy_from_slice(&(l4len as u16).to_be_bytes());
+            let c = !csum::fold(csum::sum_be(l4, csum::sum_be(&pseudo, 0)));
+            l4[6..8].copy_from_slice(&c.to_be_bytes());
+        }
+        _ => {}
+    }
+    p
+}
+
+fn describe(p: &[u8]) -> String {
+    if p.len() < 38 {
+        return format!("{} bytes", p.len());
+    }
+    let src = Ipv4Addr::new(p[26], p[27], p[28], p[29]);
+    let dst = Ipv4Addr::new(p[30], p[31], p[32], p[33]);
+    let sport = u16::from_be_bytes([p[34], p[35]]);
+    let dport = u16::from_be_bytes([p[36], p[37]]);
+    let proto = Protocol::from_number(p[23]).map_or_else(|| p[23].to_string(), |p| p.to_string());
+    format!("{proto} {src}:{sport} -> {dst}:{dport}")
+}
+
+fn verdict_name(program: &str, code: i32, out_ifindex: u32) -> String {
+    if program == prog_names::XDP {
+        return match code {
+            1 => "XDP_DROP".to_owned(),
+            2 => "XDP_PASS (to tc / the stack)".to_owned(),
+            3 => format!("XDP_TX (back out of {})", ifname(out_ifindex)),
+            c => format!("XDP action {c}"),
+        };
+    }
+    match code {
+        -1 => "pass (TCX_NEXT: to the stack)".to_owned(),
+        2 => "drop (TC_ACT_SHOT)".to_owned(),
+        7 => format!("redirect to {} (bpf_redirect_neigh)", ifname(out_ifindex)),
+        c => format!("tc action {c}"),
+    }
+}
+
+/// Runs one program on the packet and reads its decision.
+fn run_one(
+    ebpf: &mut Ebpf,
+    trace: &mut PerCpuArray<MapData, Trace>,
+    maps: &Maps,
+    program: &'static str,
+    pkt: &[u8],
+    ifx: u32,
+) -> anyhow::Result<(Step, Vec<u8>)> {
+    let ncpu = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    trace.set(0, PerCpuValues::try_from(vec![Trace::default(); ncpu])?, 0)?;
+    let xdp = program == prog_names::XDP;
+    let mut ctx = vec![0u8; if xdp { 24 } else { 44 }];
+    if xdp {
+        ctx[4..8].copy_from_slice(&(pkt.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifx.to_ne_bytes());
+    } else {
+        ctx[40..44].copy_from_slice(&ifx.to_ne_bytes());
+    }
+    let mut out = vec![0u8; pkt.len() + 64];
+    let opts = TestRunOptions {
+        data_in: Some(pkt),
+        data_out: Some(&mut out),
+        ctx_in: if ifx > 1 { Some(&ctx) } else { None },
+        ..Default::default()
+    };
+    let r = if xdp {
+        bpf::xdp(ebpf)?.test_run(opts)?
+    } else {
+        bpf::classifier(ebpf, program)?.test_run(opts)?
+    };
+    out.truncate(r.data_size_out as usize);
+    let t = trace
+        .get(&0, 0)?
+        .iter()
+        .copied()
+        .find(|t| t.parsed != 0)
+        .unwrap_or_default();
+    let names: std::collections::HashMap<u32, String> = maps
+        .infos()?
+        .into_iter()
+        .map(|(id, i)| (id, info_name(&i)))
+        .collect();
+    let backend = if t.backend_id != 0 {
+        maps.backends
+            .get(&t.backend_id, 0)
+            .ok()
+            .map(|b| format!("{}:{}", Ipv4Addr::from(b.addr), b.port))
+    } else {
+        None
+    };
+    let svc = (t.svc_id != 0).then(|| {
+        names
+            .get(&t.svc_id)
+            .cloned()
+            .unwrap_or_else(|| format!("#{}", t.svc_id))
+    });
+    let (lut_size, fe_flags) = maps
+        .frontends()?
+        .into_iter()
+        .find(|(_, v)| v.svc_id == t.svc_id)
+        .map_or((0, 0), |(_, v)| (v.lut_size, v.flags));
+    let decision = if t.parsed == 0 {
+        "not an IPv4 TCP/UDP/SCTP packet: passed untouched".to_owned()
+    } else if t.drop_reason != 0 {
+        format!("dropped: {}", drop_reason::name(t.drop_reason))
+    } else if t.reply != 0 {
+        "reply of a tracked flow: source restored to the frontend".to_owned()
+    } else if t.svc_id == 0 {
+        "no frontend and no tracked flow: not for a service".to_owned()
+    } else {
+        match t.selection {
+            selection::CONNTRACK => "conntrack hit: the flow keeps its backend".to_owned(),
+            selection::AFFINITY => "new flow: ClientIP session affinity".to_owned(),
+            selection::MAGLEV => format!(
+                "new flow: Maglev slot {} of {lut_size} (flow hash {:#010x})",
+                t.slot, t.hash
+            ),
+            selection::RANDOM => format!("new flow: random slot {} of {lut_size}", t.slot),
+            _ => "left to the next hook (XDP cannot deliver it itself)".to_owned(),
+        }
+    };
+    let mut translation = Vec::new();
+    for (bit, what) in [
+        (ct_flags::XLATE_DST, "destination → backend"),
+        (ct_flags::SNAT, "source → node address (SNAT)"),
+        (ct_flags::HAIRPIN, "source → hairpin address"),
+    ] {
+        if t.ct_flags & bit != 0 && t.reply == 0 {
+            translation.push(what);
+        }
+    }
+    let frontend = (t.scope != 0xff && t.parsed != 0 && t.reply == 0 && t.svc_id != 0).then(|| {
+        endpoint_text(
+            [pkt[30], pkt[31], pkt[32], pkt[33]],
+            u16::from_be_bytes([pkt[36], pkt[37]]),
+            pkt[23],
+        )
+    });
+    let step = Step {
+        program,
+        frontend,
+        scope: (t.scope != 0xff && t.parsed != 0 && t.svc_id != 0 && t.reply == 0)
+            .then(|| scope_text(t.scope, fe_flags)),
+        service: svc,
+        reply_of_tracked_flow: t.reply != 0,
+        decision,
+        backend,
+        backend_id: t.backend_id,
+        slot: matches!(t.selection, selection::MAGLEV | selection::RANDOM).then_some(t.slot),
+        flow_hash: (t.selection == selection::MAGLEV).then(|| format!("{:#010x}", t.hash)),
+        translation,
+        drop_reason: (t.drop_reason != 0).then(|| drop_reason::name(t.drop_reason)),
+        packet_after: describe(&out),
+        verdict: verdict_name(program, r.return_value as i32, t.out_ifindex),
+    };
+    Ok((step, out))
+}
+
+/// Explains what the datapath does with the packet.
+pub fn explain(dir: &Path, req: &Request) -> anyhow::Result<Explanation> {
+    let maps = Maps::open(dir)?;
+    let device = match &req.device {
+        Some(d) => d.clone(),
+        None => bpf::attached(dir, Role::Pod)
+            .into_iter()
+            .map(ifname)
+            .next()
+            .unwrap_or_else(|| "lo".to_owned()),
+    };
+    let ifx = ifindex(&device);
+    if ifx == 0 {
+        anyhow::bail!("--device {device}: no such device in this network namespace");
+    }
+    let uplink = !bpf::attached(dir, Role::Host)
+        .into_iter()
+        .chain(bpf::attached(dir, Role::Xdp))
+        .filter(|i| *i == ifx)
+        .collect::<Vec<_>>()
+        .is_empty();
+    let mut ebpf = bpf::load(dir, Capacities::default(), true)?;
+    let mut trace: PerCpuArray<MapData, Trace> =
+        PerCpuArray::try_from(Map::PerCpuArray(MapData::from_pin(dir.join(names::TRACE))?))?;
+    let pkt = build(req);
+    let mut steps = Vec::new();
+    if uplink {
+        let (step, out) = run_one(&mut ebpf, &mut trace, &maps, prog_names::XDP, &pkt, ifx)?;
+        let deferred = out == pkt && step.verdict.starts_with("XDP_PASS");
+        steps.push(step);
+        if deferred {
+            let (step, _) = run_one(
+                &mut ebpf,
+                &mut trace,
+                &maps,
+                prog_names::HOST_INGRESS,
+                &pkt,
+                ifx,
+            )?;
+            steps.push(step);
+        }
+    } else {
+        let (step, _) = run_one(
+            &mut ebpf,
+            &mut trace,
+            &maps,
+            prog_names::POD_INGRESS,
+            &pkt,
+            ifx,
+        )?;
+        steps.push(step);
+    }
+    Ok(Explanation {
+        packet: describe(&pkt),
+        device,
+        steps,
+    })
+}
+
+/// Renders an explanation.
+pub fn render(e: &Explanation, output: Output) -> anyhow::Result<String> {
+    if output == Output::Json {
+        return Ok(serde_json::to_string_pretty(e)? + "\n");
+    }
+    let mut s = format!("packet: {} arriving on {}\n", e.packet, e.device);
+    for st in &e.steps {
+        s.push_str(&format!("\n[{}]\n", st.program));
+        if let Some(f) = &st.frontend {
+            s.push_str(&format!(
+                "  frontend:    {f} (scope: {})\n",
+                st.scope.unwrap_or("?")
+            ));
+        }
+        if let Some(svc) = &st.service {
+            s.push_str(&format!("  service:     {svc}\n"));
+        }
+        s.push_str(&format!("  decision:    {}\n", st.decision));
+        if let Some(b) = &st.backend {
+            s.push_str(&format!("  backend:     {b} (id {})\n", st.backend_id));
+        }
+        if !st.translation.is_empty() {
+            s.push_str(&format!("  rewrites:    {}\n", st.translation.join(", ")));
+        }
+        s.push_str(&format!("  packet out:  {}\n", st.packet_after));
+        s.push_str(&format!("  verdict:     {}\n", st.verdict));
+    }
+    Ok(s)
+}

@@ -1,0 +1,349 @@
+//! `xlb backend list`, `xlb conntrack list`, `xlb stats`, `xlb maps`: read-only views of the
+//! pinned maps, each gathered into plain data, then rendered as a table or JSON.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+
+use aya::maps::{MapData, MapInfo};
+use lb_common::{
+    backend_flags, counter, ct_dir, ct_flags, ct_state, drop_reason, map_names as names,
+};
+use serde::Serialize;
+
+use super::{
+    Output,
+    service::{backend_state, endpoint_text},
+    table::Table,
+};
+use crate::{
+    bpf::{maps::Maps, pins::expected_layout},
+    sync::info_name,
+};
+
+/// Seconds of CLOCK_MONOTONIC (the datapath's clock).
+pub fn monotonic_secs() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the struct we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u32
+}
+
+fn render<T: Serialize>(
+    output: Output,
+    value: &T,
+    table: impl FnOnce() -> String,
+) -> anyhow::Result<String> {
+    Ok(match output {
+        Output::Json => serde_json::to_string_pretty(value)? + "\n",
+        Output::Table => table(),
+    })
+}
+
+fn names_by_id(maps: &Maps) -> anyhow::Result<BTreeMap<u32, String>> {
+    Ok(maps
+        .infos()?
+        .into_iter()
+        .map(|(id, info)| (id, info_name(&info)))
+        .collect())
+}
+
+/// A backend as listed.
+#[derive(Serialize)]
+pub struct BackendRow {
+    pub id: u32,
+    pub address: String,
+    pub service: String,
+    pub state: &'static str,
+    pub local: bool,
+    pub weight: u16,
+}
+
+/// `xlb backend list`.
+pub fn backends(maps: &Maps, output: Output) -> anyhow::Result<String> {
+    let names = names_by_id(maps)?;
+    let mut rows: Vec<BackendRow> = maps
+        .all_backends()?
+        .into_iter()
+        .map(|(id, b)| BackendRow {
+            id,
+            address: format!("{}:{}", Ipv4Addr::from(b.addr), b.port),
+            service: names
+                .get(&b.svc_id)
+                .cloned()
+                .unwrap_or_else(|| format!("#{}", b.svc_id)),
+            state: backend_state(b.flags),
+            local: b.flags & backend_flags::LOCAL != 0,
+            weight: b.weight,
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.address, &a.service).cmp(&(&b.address, &b.service)));
+    render(output, &rows, || {
+        let mut t = Table::new(&["BACKEND", "ID", "STATE", "LOCAL", "WEIGHT", "SERVICE"]);
+        for r in &rows {
+            t.row(vec![
+                r.address.clone(),
+                r.id.to_string(),
+                r.state.to_owned(),
+                if r.local { "yes" } else { "no" }.to_owned(),
+                r.weight.to_string(),
+                r.service.clone(),
+            ]);
+        }
+        t.render()
+    })
+}
+
+/// Filters of `xlb conntrack list`.
+#[derive(Debug, Default, Clone)]
+pub struct CtFilter {
+    /// Service name (exact) or substring.
+    pub service: Option<String>,
+    /// Backend `addr[:port]`.
+    pub backend: Option<String>,
+    /// Client address.
+    pub client: Option<Ipv4Addr>,
+    /// Show expired entries too.
+    pub all: bool,
+}
+
+/// A tracked flow as listed (one per forward entry).
+#[derive(Serialize)]
+pub struct FlowRow {
+    pub proto: String,
+    /// As the client sent it.
+    pub original: String,
+    /// As the backend receives it.
+    pub translated: String,
+    pub service: String,
+    pub backend_id: u32,
+    pub state: &'static str,
+    pub flags: Vec<&'static str>,
+    pub age_seconds: u32,
+    pub expires_in_seconds: i64,
+}
+
+fn state_name(s: u8) -> &'static str {
+    match s {
+        ct_state::SYN_SENT => "syn-sent",
+        ct_state::ESTABLISHED => "established",
+        ct_state::FIN_WAIT => "fin-wait",
+        ct_state::CLOSED => "closed",
+        _ => "?",
+    }
+}
+
+fn flag_names(f: u8) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    for (bit, name) in [
+        (ct_flags::HAIRPIN, "hairpin"),
+        (ct_flags::SNAT, "snat"),
+        (ct_flags::FIN_FWD, "fin-client"),
+        (ct_flags::FIN_REPLY, "fin-backend"),
+    ] {
+        if f & bit != 0 {
+            v.push(name);
+        }
+    }
+    v
+}
+
+/// `xlb conntrack list`.
+pub fn conntrack(maps: &Maps, filter: &CtFilter, output: Output) -> anyhow::Result<String> {
+    let names = names_by_id(maps)?;
+    let now = monotonic_secs();
+    let mut rows = Vec::new();
+    for (k, v) in maps.conntrack_entries()? {
+        if k.dir != ct_dir::FORWARD {
+            continue;
+        }
+        if !filter.all && v.expires < now {
+            continue;
+        }
+        let service = names
+            .get(&v.svc_id)
+            .cloned()
+            .unwrap_or_else(|| format!("#{}", v.svc_id));
+        let src = if v.flags & ct_flags::XLATE_SRC != 0 {
+            (v.nat_saddr, v.nat_sport)
+        } else {
+            (k.saddr, k.sport)
+        };
+        let backend = format!("{}:{}", Ipv4Addr::from(v.nat_daddr), v.nat_dport);
+        if let Some(s) = &filter.service
+            && !service.contains(s.as_str())
+        {
+            continue;
+        }
+        if let Some(b) = &filter.backend
+            && !(backend == *b || backend.starts_with(&format!("{b}:")))
+        {
+            continue;
+        }
+        if let Some(c) = filter.client
+            && Ipv4Addr::from(k.saddr) != c
+        {
+            continue;
+        }
+        let proto = crate::model::Protocol::from_number(k.proto)
+            .map_or_else(|| k.proto.to_string(), |p| p.to_string());
+        rows.push(FlowRow {
+            proto,
+            original: format!(
+                "{}:{} -> {}:{}",
+                Ipv4Addr::from(k.saddr),
+                k.sport,
+                Ipv4Addr::from(k.daddr),
+                k.dport
+            ),
+            translated: format!("{}:{} -> {backend}", Ipv4Addr::from(src.0), src.1),
+            service,
+            backend_id: v.backend_id,
+            state: state_name(v.state),
+            flags: flag_names(v.flags),
+            age_seconds: now.saturating_sub(v.created),
+            expires_in_seconds: i64::from(v.expires) - i64::from(now),
+        });
+    }
+    rows.sort_by(|a, b| (&a.service, &a.original).cmp(&(&b.service, &b.original)));
+    render(output, &rows, || {
+        let mut t = Table::new(&[
+            "PROTO",
+            "CLIENT -> FRONTEND",
+            "TRANSLATED",
+            "STATE",
+            "AGE",
+            "EXPIRES",
+            "SERVICE",
+            "FLAGS",
+        ]);
+        for r in &rows {
+            t.row(vec![
+                r.proto.clone(),
+                r.original.clone(),
+                r.translated.clone(),
+                r.state.to_owned(),
+                format!("{}s", r.age_seconds),
+                format!("{}s", r.expires_in_seconds),
+                r.service.clone(),
+                r.flags.join(","),
+            ]);
+        }
+        let mut s = t.render();
+        s.push_str(&format!("{} flow(s)\n", rows.len()));
+        s
+    })
+}
+
+/// A counter as listed.
+#[derive(Serialize)]
+pub struct CounterRow {
+    pub name: String,
+    pub value: u64,
+    pub drop: bool,
+}
+
+/// Every global counter and drop reason by name.
+pub fn counter_rows(maps: &Maps) -> anyhow::Result<Vec<CounterRow>> {
+    let sums = maps.counters_sum()?;
+    Ok((0..counter::MAX)
+        .filter(|i| !counter::name(*i).is_empty())
+        .map(|i| CounterRow {
+            name: if i > counter::DROP_BASE {
+                format!("drop_{}", drop_reason::name(i - counter::DROP_BASE))
+            } else {
+                counter::name(i).to_owned()
+            },
+            value: sums.get(i as usize).copied().unwrap_or(0),
+            drop: i > counter::DROP_BASE,
+        })
+        .collect())
+}
+
+/// `xlb stats`.
+pub fn stats(maps: &Maps, output: Output) -> anyhow::Result<String> {
+    let rows = counter_rows(maps)?;
+    render(output, &rows, || {
+        let mut t = Table::new(&["COUNTER", "VALUE"]);
+        for r in &rows {
+            t.row(vec![r.name.clone(), r.value.to_string()]);
+        }
+        t.render()
+    })
+}
+
+/// A pinned map as listed.
+#[derive(Serialize)]
+pub struct MapRow {
+    pub name: &'static str,
+    pub kind: String,
+    pub entries: Option<usize>,
+    pub capacity: u32,
+    pub fill_percent: Option<f64>,
+    pub key_bytes: u32,
+    pub value_bytes: u32,
+    pub bpftool: String,
+}
+
+/// `xlb maps`: each pinned map, its fill level against capacity and how to dump it.
+pub fn maps(dir: &Path, output: Output) -> anyhow::Result<String> {
+    let mut rows = Vec::new();
+    for (name, ty, _, _) in expected_layout() {
+        let path = dir.join(name);
+        let info =
+            MapInfo::from_pin(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let counts_entries = matches!(
+            ty,
+            aya::maps::MapType::Hash | aya::maps::MapType::LruHash | aya::maps::MapType::HashOfMaps
+        );
+        let entries = if counts_entries {
+            let data = MapData::from_pin(&path)?;
+            Some(crate::bpf::maps::count_entries(&data)?)
+        } else if name == names::SRC_RANGES {
+            Some(
+                Maps::open(dir)
+                    .map(|m| m.ranges().map(|r| r.len()).unwrap_or(0))
+                    .unwrap_or(0),
+            )
+        } else {
+            None
+        };
+        let capacity = info.max_entries();
+        rows.push(MapRow {
+            name,
+            kind: format!("{ty:?}"),
+            entries,
+            capacity,
+            fill_percent: entries.map(|e| e as f64 * 100.0 / f64::from(capacity.max(1))),
+            key_bytes: info.key_size(),
+            value_bytes: info.value_size(),
+            // A ring buffer cannot be dumped (`xlb monitor` reads it).
+            bpftool: if ty == aya::maps::MapType::RingBuf {
+                format!("bpftool map show pinned {}", path.display())
+            } else {
+                format!("bpftool map dump pinned {}", path.display())
+            },
+        });
+    }
+    render(output, &rows, || {
+        let mut t = Table::new(&["MAP", "KIND", "ENTRIES", "CAPACITY", "FILL", "DUMP WITH"]);
+        for r in &rows {
+            t.row(vec![
+                r.name.to_owned(),
+                r.kind.clone(),
+                r.entries.map_or_else(|| "-".to_owned(), |e| e.to_string()),
+                r.capacity.to_string(),
+                r.fill_percent
+                    .map_or_else(|| "-".to_owned(), |p| format!("{p:.1}%")),
+                r.bpftool.clone(),
+            ]);
+        }
+        t.render()
+    })
+}
+
+/// The frontends of the service a name matches, for display.
+pub fn frontend_text(key: &lb_common::ServiceKey) -> String {
+    endpoint_text(key.addr, key.port, key.proto)
+}

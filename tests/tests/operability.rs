@@ -1,0 +1,672 @@
+//! Operability through the real agent and real traffic: the inspection CLI (`backend list`,
+//! `conntrack list`, `stats`, `maps`), `xlb explain` against the live maps, `xlb monitor`,
+//! the Prometheus endpoint and health checks, and bpftool reading every pinned map by field
+//! name.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead as _, BufReader},
+    net::{Ipv4Addr, SocketAddr},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use xlb_tests::{
+    agent::{Agent, PinDir},
+    files::WorkDir,
+    manifests::{Ep, Port, docs, service, slice},
+    netns::{require_root, unique_tag},
+    topology::Node,
+    traffic::{Conn, Reply, Servers, eventually, http_get, tcp_ping_once},
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// A service without endpoints: its packets are dropped (`no_backend`).
+const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+const WEB: &str = "default/web:http/TCP";
+
+fn http() -> Vec<Port<'static>> {
+    vec![Port {
+        name: "http",
+        port: 80,
+        proto: "TCP",
+        target: "8080",
+        node_port: None,
+    }]
+}
+
+/// A node with a client pod (p0, 10.244.1.10) and two backends (p1, p2) serving `web`, plus
+/// the endpoint-less `empty` service; `extra` is appended to the service file.
+struct Env {
+    node: Node,
+    agent: Agent,
+    _pins: PinDir,
+    _servers: Servers,
+    _dir: WorkDir,
+}
+
+fn env(extra: &str) -> Env {
+    require_root();
+    let tag = unique_tag();
+    let mut node = Node::new(&tag, "n1", 1);
+    for i in 0..=2 {
+        node.add_pod(i);
+    }
+    let mut servers = Servers::new();
+    for (i, pod) in node.pods.iter().enumerate().skip(1) {
+        servers.tcp_persistent(&pod.ns, SocketAddr::from((pod.ip, 8080)), &format!("b{i}"));
+    }
+    let eps: Vec<Ep> = node.pods[1..]
+        .iter()
+        .map(|p| Ep::ready(p.ip, "n1"))
+        .collect();
+    let mut yaml = docs(&[
+        service("web", VIP, &http(), ""),
+        slice("web-1", "web", &[("http", 8080, "TCP")], &eps),
+        service("empty", EMPTY_VIP, &http(), ""),
+    ]);
+    yaml.push_str(extra);
+    let dir = WorkDir::new(&tag);
+    let path = dir.write("services.yaml", &yaml);
+    let pins = PinDir::new(&tag);
+    let agent = Agent::start_on_node(&node.ns, &pins, &path, "n1");
+    agent.wait_active(WEB, 2);
+    Env {
+        node,
+        agent,
+        _pins: pins,
+        _servers: servers,
+        _dir: dir,
+    }
+}
+
+impl Env {
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.agent.cli(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("xlb {args:?}: {e}:\n{out}"))
+    }
+
+    /// `n` short connections from the client pod to `to` (each a new flow).
+    fn short(&self, to: SocketAddr, n: usize) -> Vec<std::io::Result<Reply>> {
+        self.node.pods[0].ns.run(move || {
+            (0..n)
+                .map(|_| tcp_ping_once(to, Duration::from_secs(2)))
+                .collect()
+        })
+    }
+
+    /// Connection attempts to the endpoint-less service (each one SYN, dropped).
+    fn refused(&self, n: usize) {
+        let to = SocketAddr::from((EMPTY_VIP, 80));
+        let ok = self.node.pods[0].ns.run(move || {
+            (0..n)
+                .filter(|_| Conn::open(to, Duration::from_millis(300)).is_ok())
+                .count()
+        });
+        assert_eq!(
+            ok, 0,
+            "connections to a service without endpoints must fail"
+        );
+    }
+
+    fn scrape(&self, path: &'static str) -> (u16, String) {
+        self.node.ns.run(move || {
+            http_get("127.0.0.1:10249".parse().expect("addr"), path).expect("metrics endpoint")
+        })
+    }
+
+    fn explain(&self, args: &[&str]) -> Value {
+        let mut all = vec!["explain", "--device", "xp0"];
+        all.extend_from_slice(args);
+        self.json(&all)
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        let stats = self.json(&["stats"]);
+        stats
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["name"] == name))
+            .and_then(|r| r["value"].as_u64())
+            .unwrap_or_else(|| panic!("counter {name} missing: {stats}"))
+    }
+}
+
+fn backend_addrs(e: &Env) -> BTreeSet<String> {
+    e.node.pods[1..]
+        .iter()
+        .map(|p| format!("{}:8080", p.ip))
+        .collect()
+}
+
+/// The value of one sample of a Prometheus text exposition.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+        let matches = n == name
+            && labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        matches.then(|| value.parse().ok()).flatten()
+    })
+}
+
+fn must(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    sample(text, name, labels)
+        .unwrap_or_else(|| panic!("{name}{labels:?} missing from /metrics:\n{text}"))
+}
+
+#[test]
+fn inspection_cli_and_explain_show_what_the_datapath_does() {
+    let e = env("");
+    let backends = backend_addrs(&e);
+    let client = e.node.pods[0].ip;
+    let vip = SocketAddr::from((VIP, 80));
+
+    // One long-lived connection and a few short ones.
+    let (conn, conn_reply) = e.node.pods[0].ns.run(move || {
+        let mut c = Conn::open(vip, Duration::from_secs(2)).expect("connect");
+        let r = c.ping().expect("ping");
+        (c, r)
+    });
+    let conn_local = conn.local_addr().expect("local addr");
+    assert!(e.short(vip, 10).iter().all(Result::is_ok));
+    e.refused(3);
+
+    // backend list: both backends, active, of web.
+    let rows = e.json(&["backend", "list"]);
+    let rows = rows.as_array().expect("rows");
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r["service"] == WEB && r["state"] == "active")
+            .map(|r| r["address"].as_str().unwrap().to_owned())
+            .collect::<BTreeSet<_>>(),
+        backends
+    );
+
+    // conntrack list: the long-lived flow, with its translation and state.
+    let flows = e.json(&["conntrack", "list", "--client", &client.to_string()]);
+    let flows = flows.as_array().expect("rows");
+    let original = format!("{conn_local} -> {VIP}:80");
+    let row = flows
+        .iter()
+        .find(|r| r["original"] == original.as_str())
+        .unwrap_or_else(|| panic!("{original} not in {flows:?}"));
+    assert_eq!(row["state"], "established");
+    assert_eq!(row["service"], WEB);
+    let conn_backend = row["translated"]
+        .as_str()
+        .unwrap()
+        .rsplit(" -> ")
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(backends.contains(&conn_backend), "{row}");
+    let seen = conn_reply.backend.trim_start_matches('b');
+    assert_eq!(
+        conn_backend,
+        format!("{}:8080", e.node.pods[seen.parse::<usize>().unwrap()].ip),
+        "conntrack shows the backend that actually answered"
+    );
+    // Filters narrow the list.
+    let by_backend = e.json(&["conntrack", "list", "--backend", &conn_backend]);
+    let by_backend = by_backend.as_array().unwrap();
+    assert!(!by_backend.is_empty());
+    assert!(
+        by_backend
+            .iter()
+            .all(|r| r["translated"].as_str().unwrap().ends_with(&conn_backend))
+    );
+    let none = e.json(&["conntrack", "list", "--service", "no-such-service"]);
+    assert_eq!(none.as_array().unwrap().len(), 0);
+    assert!(
+        e.agent
+            .cli(&["conntrack", "list"])
+            .contains(&format!("{VIP}:80")),
+        "table output lists the flow"
+    );
+
+    // stats: counters and drop reasons by name.
+    assert!(e.counter("ct_new") >= 11);
+    assert!(e.counter("drop_no_backend") >= 3);
+
+    // maps: fill levels and bpftool commands.
+    let maps = e.json(&["maps"]);
+    let ct = maps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "xlb_ct")
+        .expect("xlb_ct listed")
+        .clone();
+    assert!(ct["entries"].as_u64().unwrap() >= 2, "{ct}");
+    assert_eq!(
+        ct["capacity"].as_u64().unwrap(),
+        u64::from(lb_common::capacity::CONNTRACK)
+    );
+    assert!(
+        ct["bpftool"]
+            .as_str()
+            .unwrap()
+            .starts_with("bpftool map dump pinned /sys/fs/bpf/")
+    );
+
+    // explain: a new flow gets a Maglev slot; the answer is stable and nothing is recorded.
+    let ct_new = e.counter("ct_new");
+    let src = format!("{client}:40000");
+    let dst = format!("{VIP}:80");
+    let x = e.explain(&["--src", &src, "--dst", &dst]);
+    let step = &x["steps"][0];
+    assert_eq!(step["program"], "xlb_pod_ingress", "{x}");
+    assert_eq!(step["service"], WEB, "{x}");
+    assert_eq!(step["frontend"], format!("{VIP}:80/TCP"), "{x}");
+    assert!(
+        step["decision"]
+            .as_str()
+            .unwrap()
+            .starts_with("new flow: Maglev slot"),
+        "{x}"
+    );
+    let chosen = step["backend"].as_str().unwrap().to_owned();
+    assert!(backends.contains(&chosen), "{x}");
+    assert_eq!(
+        step["packet_after"],
+        format!("TCP {client}:40000 -> {chosen}"),
+        "{x}"
+    );
+    assert!(
+        step["translation"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t.as_str().unwrap().starts_with("destination")),
+        "{x}"
+    );
+    let again = e.explain(&["--src", &src, "--dst", &dst]);
+    assert_eq!(again["steps"][0]["backend"], chosen.as_str());
+    assert_eq!(again["steps"][0]["slot"], step["slot"]);
+    assert_eq!(e.counter("ct_new"), ct_new, "explain must not create flows");
+    let probe = e.json(&["conntrack", "list", "--client", &client.to_string()]);
+    assert!(
+        !probe
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["original"].as_str().unwrap().contains(":40000 ")),
+        "explain must not write conntrack"
+    );
+
+    // explain: the established flow is a conntrack hit on the backend it really uses.
+    let x = e.explain(&[
+        "--src",
+        &conn_local.to_string(),
+        "--dst",
+        &dst,
+        "--established",
+    ]);
+    assert!(
+        x["steps"][0]["decision"]
+            .as_str()
+            .unwrap()
+            .starts_with("conntrack hit"),
+        "{x}"
+    );
+    assert_eq!(x["steps"][0]["backend"], conn_backend.as_str(), "{x}");
+
+    // explain: no endpoints → dropped with the reason; no service → untouched.
+    let x = e.explain(&["--src", &src, "--dst", &format!("{EMPTY_VIP}:80")]);
+    assert_eq!(x["steps"][0]["drop_reason"], "no_backend", "{x}");
+    assert!(
+        x["steps"][0]["verdict"]
+            .as_str()
+            .unwrap()
+            .starts_with("drop"),
+        "{x}"
+    );
+    let x = e.explain(&[
+        "--src",
+        &src,
+        "--dst",
+        &format!("{}:8080", e.node.pods[1].ip),
+    ]);
+    assert!(
+        x["steps"][0]["decision"]
+            .as_str()
+            .unwrap()
+            .starts_with("no frontend"),
+        "{x}"
+    );
+    // The table rendering names the same facts.
+    let text = e
+        .agent
+        .cli(&["explain", "--device", "xp0", "--src", &src, "--dst", &dst]);
+    assert!(text.contains(&chosen) && text.contains("Maglev"), "{text}");
+    drop(conn);
+}
+
+#[test]
+fn metrics_and_health_move_with_real_traffic() {
+    let e = env("");
+    let vip = SocketAddr::from((VIP, 80));
+    let web = [("service", WEB)];
+    let (status, before) = e.scrape("/metrics");
+    assert_eq!(status, 200);
+    assert!(before.contains("xlb_build_info{"), "{before}");
+    assert!(must(&before, "xlb_sync_duration_seconds_count", &[]) >= 1.0);
+    assert!(must(&before, "xlb_last_sync_timestamp_seconds", &[]) > 1.6e9);
+    assert_eq!(must(&before, "xlb_services", &[]), 2.0);
+    assert_eq!(must(&before, "xlb_backends", &[]), 2.0);
+    assert_eq!(
+        must(
+            &before,
+            "xlb_service_backends",
+            &[("service", WEB), ("state", "active")]
+        ),
+        2.0
+    );
+    let conns0 = must(&before, "xlb_service_new_connections_total", &web);
+    let pkts0 = must(
+        &before,
+        "xlb_service_packets_total",
+        &[("service", WEB), ("direction", "original")],
+    );
+    let drops0 = must(
+        &before,
+        "xlb_datapath_drops_total",
+        &[("reason", "no_backend")],
+    );
+
+    assert!(e.short(vip, 10).iter().all(Result::is_ok));
+    e.refused(2);
+    // A flow kept open so conntrack holds live entries at scrape time.
+    let _conn = e.node.pods[0]
+        .ns
+        .run(move || Conn::open(vip, Duration::from_secs(2)).expect("connect"));
+    // Fill levels are cached for up to 5 s.
+    std::thread::sleep(Duration::from_millis(5200));
+
+    let (_, after) = e.scrape("/metrics");
+    assert_eq!(
+        must(&after, "xlb_service_new_connections_total", &web) - conns0,
+        11.0
+    );
+    // Each short connection: SYN, ACK, data, FIN and ACKs from the client.
+    assert!(
+        must(
+            &after,
+            "xlb_service_packets_total",
+            &[("service", WEB), ("direction", "original")]
+        ) - pkts0
+            >= 40.0,
+        "{after}"
+    );
+    assert!(
+        must(
+            &after,
+            "xlb_service_packets_total",
+            &[("service", WEB), ("direction", "reply")]
+        ) >= 30.0
+    );
+    assert!(
+        must(
+            &after,
+            "xlb_service_bytes_total",
+            &[("service", WEB), ("direction", "original")]
+        ) > 0.0
+    );
+    assert!(
+        must(
+            &after,
+            "xlb_datapath_drops_total",
+            &[("reason", "no_backend")]
+        ) - drops0
+            >= 2.0
+    );
+    assert!(
+        must(
+            &after,
+            "xlb_datapath_operations_total",
+            &[("operation", "ct_hit")]
+        ) > 0.0
+    );
+    assert!(
+        must(&after, "xlb_map_entries", &[("map", "xlb_ct")]) >= 2.0,
+        "{after}"
+    );
+    assert_eq!(
+        must(&after, "xlb_map_capacity", &[("map", "xlb_ct")]),
+        f64::from(lb_common::capacity::CONNTRACK)
+    );
+    assert!(sample(&after, "xlb_map_entries", &[("map", "xlb_affinity")]).is_some());
+    assert!(sample(&after, "xlb_snat_port_utilization_ratio", &[]).is_some());
+    assert!(after.contains("# TYPE xlb_programming_latency_seconds histogram"));
+
+    // Health, kube-proxy style.
+    let (status, body) = e
+        .node
+        .ns
+        .run(|| http_get("127.0.0.1:10256".parse().expect("addr"), "/healthz").expect("healthz"));
+    assert_eq!(status, 200, "{body}");
+    let h: Value = serde_json::from_str(&body).expect("healthz json");
+    assert!(h["lastUpdated"].as_str().unwrap().ends_with('Z'), "{h}");
+    let (status, _) = e
+        .node
+        .ns
+        .run(|| http_get("127.0.0.1:10256".parse().expect("addr"), "/livez").expect("livez"));
+    assert_eq!(status, 200);
+}
+
+/// The `flags` field of `xlb_config`, read with bpftool through BTF.
+fn config_flags(e: &Env) -> u64 {
+    let dump = bpftool_dump(&e.agent.bpffs.join("xlb_config"));
+    dump[0]["value"]["flags"].as_u64().expect("flags")
+}
+
+fn bpftool_dump(path: &std::path::Path) -> Value {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(path)
+        .output()
+        .expect("bpftool (installed by `cargo xtask setup`)");
+    assert!(
+        out.status.success(),
+        "bpftool map dump pinned {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    // With BTF, bpftool prints each entry's fields under "formatted".
+    Value::Array(
+        v.as_array()
+            .expect("entries")
+            .iter()
+            .map(|en| en.get("formatted").cloned().unwrap_or_else(|| en.clone()))
+            .collect(),
+    )
+}
+
+#[test]
+fn monitor_streams_drops_and_new_flows_then_turns_events_off() {
+    let e = env("");
+    let client = e.node.pods[0].ip;
+    assert_eq!(config_flags(&e), 0, "events are off while nobody watches");
+    let mut child = e
+        .agent
+        .cli_command(&[
+            "monitor",
+            "--flows",
+            "-o",
+            "json",
+            "--client",
+            &client.to_string(),
+            "--count",
+            "5",
+            "--duration",
+            "30",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("xlb monitor");
+    assert!(
+        eventually(Duration::from_secs(10), || (config_flags(&e) == 3)
+            .then_some(()))
+        .is_some(),
+        "monitor turns drop and flow events on"
+    );
+    // Another client's flow is filtered out.
+    let vip = SocketAddr::from((VIP, 80));
+    let other = e.node.pods[1]
+        .ns
+        .run(move || tcp_ping_once(vip, Duration::from_secs(2)));
+    assert!(other.is_ok());
+    assert!(e.short(vip, 3).iter().all(Result::is_ok));
+    e.refused(2);
+
+    let stdout = child.stdout.take().expect("stdout");
+    let lines: Vec<Value> = e.node.ns.run(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|_| Instant::now() < deadline)
+            .map(|l| serde_json::from_str(&l).expect("json line"))
+            .collect()
+    });
+    let status = child.wait().expect("monitor exit");
+    assert!(status.success(), "monitor failed: {status}");
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    let backends = backend_addrs(&e);
+    for l in &lines[..3] {
+        assert_eq!(l["kind"], "flow", "{l}");
+        assert_eq!(l["hook"], "pod");
+        assert_eq!(l["service"], WEB);
+        assert_eq!(l["selection"], "maglev");
+        assert!(
+            l["client"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{client}:"))
+        );
+        assert_eq!(l["frontend"], format!("{VIP}:80"));
+        assert!(backends.contains(l["backend"].as_str().unwrap()), "{l}");
+    }
+    for l in &lines[3..] {
+        assert_eq!(l["kind"], "drop", "{l}");
+        assert_eq!(l["reason"], "no_backend");
+        assert_eq!(l["frontend"], format!("{EMPTY_VIP}:80"));
+    }
+    assert_eq!(config_flags(&e), 0, "the last monitor turns events off");
+}
+
+#[test]
+fn bpftool_dumps_every_pinned_map_with_field_names() {
+    let extra = format!(
+        "---\n{}---\n{}",
+        service(
+            "sticky",
+            Ipv4Addr::new(10, 96, 0, 30),
+            &http(),
+            "  type: LoadBalancer\n  sessionAffinity: ClientIP\n  loadBalancerSourceRanges: [10.244.0.0/16]\n"
+        ),
+        slice(
+            "sticky-1",
+            "sticky",
+            &[("http", 8080, "TCP")],
+            &[Ep::ready(Ipv4Addr::new(10, 244, 1, 11), "n1")]
+        )
+    );
+    let e = env(&extra);
+    e.agent.wait_active("default/sticky:http/TCP", 1);
+    assert!(
+        e.short(SocketAddr::from((Ipv4Addr::new(10, 96, 0, 30), 80)), 2)
+            .iter()
+            .all(Result::is_ok)
+    );
+    let _conn = e.node.pods[0].ns.run(move || {
+        Conn::open(SocketAddr::from((VIP, 80)), Duration::from_secs(2)).expect("connect")
+    });
+    // Each map: fields that must appear by name in its first entry.
+    let expect: &[(&str, &[&str])] = &[
+        (
+            "xlb_services",
+            &["addr", "port", "proto", "scope", "svc_id", "lut_size"],
+        ),
+        (
+            "xlb_backends",
+            &["addr", "port", "weight", "flags", "svc_id"],
+        ),
+        (
+            "xlb_ct",
+            &[
+                "saddr",
+                "daddr",
+                "sport",
+                "dport",
+                "dir",
+                "backend_id",
+                "nat_daddr",
+                "state",
+            ],
+        ),
+        ("xlb_affinity", &["client", "svc_id", "backend_id"]),
+        ("xlb_srcranges", &["prefix_len", "svc_id_be", "addr"]),
+        ("xlb_svc_info", &["lut_fingerprint", "name"]),
+        ("xlb_svc_stats", &["fwd_packets", "rev_bytes", "new_flows"]),
+        (
+            "xlb_config",
+            &["layout_version", "hash_seed", "snat_port_min", "flags"],
+        ),
+        ("xlb_counters", &["values"]),
+    ];
+    for (map, fields) in expect {
+        let path = e.agent.bpffs.join(map);
+        let dump = bpftool_dump(&path);
+        let entries = dump.as_array().unwrap();
+        assert!(!entries.is_empty(), "{map}: no entries");
+        let text = serde_json::to_string(&entries[0]).unwrap();
+        for f in *fields {
+            assert!(
+                text.contains(&format!("\"{f}\"")),
+                "{map}: field {f:?} missing in bpftool output {text}"
+            );
+        }
+    }
+    assert!(
+        bpftool_show(&e, "xlb_trace")["btf_id"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    );
+    // The kernel takes no BTF for a map of maps: xlb_lut's values are inner map ids (u32, host
+    // order), and each names a per-service table bpftool can dump by id.
+    let lut = bpftool_dump(&e.agent.bpffs.join("xlb_lut"));
+    let entry = &lut.as_array().unwrap()[0];
+    let bytes: Vec<u8> = entry["value"]
+        .as_array()
+        .expect("raw value bytes")
+        .iter()
+        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+        .collect();
+    let inner = u32::from_ne_bytes(bytes[..4].try_into().unwrap());
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "show", "id", &inner.to_string()])
+        .output()
+        .expect("bpftool");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["type"], "array", "{v}");
+    assert!(v["name"].as_str().unwrap().starts_with("xlb_lut_"), "{v}");
+    assert_eq!(bpftool_show(&e, "xlb_events")["type"], "ringbuf");
+}
+
+fn bpftool_show(e: &Env, map: &str) -> Value {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(e.agent.bpffs.join(map))
+        .output()
+        .expect("bpftool");
+    serde_json::from_slice(&out.stdout).expect("bpftool json")
+}
