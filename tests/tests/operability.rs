@@ -570,7 +570,7 @@ fn bpftool_dumps_every_pinned_map_with_field_names() {
             "sticky",
             Ipv4Addr::new(10, 96, 0, 30),
             &http(),
-            "  type: LoadBalancer\n  sessionAffinity: ClientIP\n  loadBalancerSourceRanges: [10.244.0.0/16]\n"
+            "  type: LoadBalancer\n  sessionAffinity: ClientIP\n  loadBalancerSourceRanges: [10.244.0.0/16]\nstatus:\n  loadBalancer:\n    ingress: [{ip: 203.0.113.30}]\n"
         ),
         slice(
             "sticky-1",
@@ -589,6 +589,20 @@ fn bpftool_dumps_every_pinned_map_with_field_names() {
     let _conn = e.node.pods[0].ns.run(move || {
         Conn::open(SocketAddr::from((VIP, 80)), Duration::from_secs(2)).expect("connect")
     });
+    // explain names the policy decisions too: affinity for a returning client, and the
+    // source-range drop for a client outside loadBalancerSourceRanges.
+    let sticky = "10.96.0.30:80";
+    let x = e.explain(&["--src", "10.244.1.10:41000", "--dst", sticky]);
+    assert_eq!(
+        x["steps"][0]["decision"], "new flow: ClientIP session affinity",
+        "{x}"
+    );
+    assert_eq!(x["steps"][0]["backend"], "10.244.1.11:8080", "{x}");
+    let lb_ip = "203.0.113.30:80";
+    let x = e.explain(&["--src", "192.0.2.1:41000", "--dst", lb_ip]);
+    assert_eq!(x["steps"][0]["drop_reason"], "source_range", "{x}");
+    let x = e.explain(&["--src", "10.244.1.10:41000", "--dst", lb_ip]);
+    assert_eq!(x["steps"][0]["backend"], "10.244.1.11:8080", "{x}");
     // Each map: fields that must appear by name in its first entry.
     let expect: &[(&str, &[&str])] = &[
         (
