@@ -6,7 +6,7 @@
 //! the datapath keeps forwarding until the next agent adopts it.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::Arc,
@@ -23,7 +23,12 @@ use crate::{
     http::Response,
     k8s::{NodeContext, Translator},
     metrics::{Health, Metrics},
-    source::{Delta, files::FileSource, watch::Watch},
+    source::{
+        Delta, SourceId,
+        files::FileSource,
+        kube::{self as kube_source, Access as KubeAccess},
+        watch::Watch,
+    },
     sync::{MapReader as _, MapSync, SyncConfig},
 };
 
@@ -31,7 +36,8 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub services: Option<PathBuf>,
-    pub kubeconfig: Option<PathBuf>,
+    /// The Kubernetes source, if any.
+    pub kubernetes: Option<KubeAccess>,
     pub node_name: Option<String>,
     pub node_ips: Vec<Ipv4Addr>,
     pub devices: Vec<String>,
@@ -131,12 +137,14 @@ impl Devices {
         self.done
             .retain(|(_, idx)| live.iter().any(|i| i.index == *idx));
         for name in &self.uplinks {
-            if !live.iter().any(|i| &i.name == name) && self.missing_warned.insert(name.clone()) {
+            if !live.iter().any(|i| devices::glob_match(name, &i.name))
+                && self.missing_warned.insert(name.clone())
+            {
                 tracing::warn!(device = %name, "uplink not found; will attach when it appears");
             }
         }
         for iface in &live {
-            if self.uplinks.contains(&iface.name) {
+            if devices::matches_any(&self.uplinks, &iface.name) {
                 if self.done.insert((0, iface.index)) {
                     match bpf::attach_xdp(ebpf, &self.dir, iface, self.xdp_mode) {
                         Ok(mode) => {
@@ -236,15 +244,37 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let _servers = serve_endpoints(&cfg, &metrics, &health).await?;
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Delta>();
-    match (&cfg.services, &cfg.kubeconfig) {
-        (Some(path), _) => spawn_file_source(path.clone(), tx),
-        (None, Some(_)) => anyhow::bail!("--kubeconfig: the Kubernetes source is not built in yet"),
-        (None, None) => {
-            tracing::warn!("no --services or --kubeconfig: keeping the programmed state as is");
-            health.mark_synced();
-            drop(tx);
-        }
+    // The first sync waits until every source has reported its whole state once: syncing
+    // earlier would remove what a previous agent programmed from a source not heard yet.
+    let mut waiting: BTreeSet<SourceId> = BTreeSet::new();
+    if let Some(path) = &cfg.services {
+        waiting.insert(SourceId::Files);
+        spawn_file_source(path.clone(), tx.clone());
     }
+    if let Some(access) = &cfg.kubernetes {
+        waiting.insert(SourceId::Kubernetes);
+        let client = kube_source::client(access).await?;
+        tracing::info!(via = %kube_source::describe(access), "watching the Kubernetes API");
+        let opts = kube_source::Options {
+            node_name: cfg.node_name.clone(),
+            proxy_name: cfg.proxy_name.clone(),
+            ..kube_source::Options::default()
+        };
+        let (tx, m) = (tx.clone(), metrics.clone());
+        tokio::spawn(kube_source::run(client, opts, tx, move |r| {
+            m.source_errors
+                .get_or_create(&vec![
+                    ("source", "kubernetes".to_owned()),
+                    ("resource", r.as_str().to_owned()),
+                ])
+                .inc();
+        }));
+    }
+    if waiting.is_empty() {
+        tracing::warn!("no --services or Kubernetes source: keeping the programmed state as is");
+        health.mark_synced();
+    }
+    drop(tx);
 
     let mut devs = Devices {
         dir: cfg.bpffs.clone(),
@@ -287,15 +317,21 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     continue;
                 };
                 // Coalesce a burst: everything queued goes into one sync.
-                let mut noticed = delta.noticed;
-                let mut problems = delta.problems.clone();
-                delta.apply_to(&mut translator);
-                while let Ok(more) = rx.try_recv() {
-                    more.apply_to(&mut translator);
-                    problems = more.problems.clone();
-                    noticed = noticed.or(more.noticed);
+                let mut noticed = None;
+                let mut next = Some(delta);
+                while let Some(d) = next {
+                    noticed = noticed.or(d.noticed);
+                    waiting.remove(&d.source);
+                    if let Some(ips) = &d.node_ips {
+                        adopt_node_ips(&cfg, ips, &mut translator, &mut sync);
+                    }
+                    d.apply_to(&mut translator);
+                    state.source_problems.insert(d.source, d.problems);
+                    next = rx.try_recv().ok();
                 }
-                state.source_problems = problems;
+                if !waiting.is_empty() {
+                    continue;
+                }
                 sync_now(&mut sync, &mut translator, &mut state, noticed, &obs);
                 hc_ports.update(translator.health_checks()).await;
             }
@@ -382,6 +418,41 @@ async fn serve_endpoints(
     Ok(out)
 }
 
+/// Takes this node's addresses from a source (the Node object) when `--node-ip` was not given:
+/// NodePort frontends, and the SNAT source unless `--snat-addr` is set.
+fn adopt_node_ips(
+    cfg: &AgentConfig,
+    ips: &[Ipv4Addr],
+    translator: &mut Translator,
+    sync: &mut MapSync<Maps>,
+) {
+    if !cfg.node_ips.is_empty() {
+        return;
+    }
+    tracing::info!(node_ips = ?ips, "node addresses from the Node object");
+    translator.set_node(NodeContext {
+        node_ips: ips.to_vec(),
+        ..cfg.node_context()
+    });
+    if cfg.snat_addr.is_none() {
+        let maps = sync.writer_mut();
+        let result = maps
+            .read_config()
+            .map_err(anyhow::Error::from)
+            .and_then(|mut c| {
+                c.snat_addr = ips
+                    .first()
+                    .copied()
+                    .unwrap_or(Ipv4Addr::UNSPECIFIED)
+                    .octets();
+                maps.write_config(&c).map_err(anyhow::Error::from)
+            });
+        if let Err(e) = result {
+            tracing::error!(error = %e, "updating the SNAT address failed");
+        }
+    }
+}
+
 /// Where sync passes are reported.
 struct Observers<'a> {
     metrics: &'a Metrics,
@@ -395,7 +466,8 @@ struct SyncState {
     full: bool,
     /// Some service failed: retry periodically.
     failing: bool,
-    source_problems: Vec<crate::problem::Problem>,
+    /// Every problem each source has now.
+    source_problems: BTreeMap<SourceId, Vec<crate::problem::Problem>>,
     logged_problems: Vec<String>,
     synced_once: bool,
 }
@@ -411,7 +483,8 @@ fn sync_now(
     let changed = translator.flush();
     let problems: Vec<String> = st
         .source_problems
-        .iter()
+        .values()
+        .flatten()
         .cloned()
         .chain(translator.problems())
         .map(|p| p.to_string())

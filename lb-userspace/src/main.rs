@@ -16,6 +16,7 @@ use lb_userspace::{
     k8s::NodeContext,
     maglev,
     model::Protocol,
+    source::kube::{Access as KubeAccess, in_cluster_available},
 };
 
 #[derive(Parser)]
@@ -220,16 +221,21 @@ struct AgentArgs {
     /// and/or the compact format); reloaded on change.
     #[arg(long, env = "XLB_SERVICES")]
     services: Option<PathBuf>,
-    /// Kubernetes source: kubeconfig path (in-cluster config when running in a pod).
+    /// Kubernetes source: kubeconfig path. In a pod without `--services`, the pod's service
+    /// account is used (see `--in-cluster`).
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// Kubernetes source through the pod's service account (the default in a pod when neither
+    /// `--services` nor `--kubeconfig` is given).
+    #[arg(long, env = "XLB_IN_CLUSTER")]
+    in_cluster: bool,
     /// This node's name (EndpointSlice `nodeName` of local endpoints).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
     /// Node addresses: NodePort frontends and SNAT source (repeatable or comma-separated).
     #[arg(long = "node-ip", env = "XLB_NODE_IP", value_delimiter = ',')]
     node_ips: Vec<Ipv4Addr>,
-    /// Uplinks (XDP + tc), comma-separated.
+    /// Uplinks (XDP + tc): names or globs such as `eth*`, comma-separated.
     #[arg(long, env = "XLB_DEVICES", value_delimiter = ',')]
     devices: Vec<String>,
     /// Pod-facing device globs (tc), comma-separated; devices appearing later are attached.
@@ -291,9 +297,15 @@ fn init_logging(filter: &str) {
 }
 
 fn agent_config(a: AgentArgs) -> AgentConfig {
+    let no_files = a.services.is_none();
     AgentConfig {
         services: a.services,
-        kubeconfig: a.kubeconfig,
+        kubernetes: match a.kubeconfig {
+            Some(path) => Some(KubeAccess::Kubeconfig(path)),
+            None if a.in_cluster => Some(KubeAccess::InCluster),
+            None if no_files && in_cluster_available() => Some(KubeAccess::InCluster),
+            None => None,
+        },
         node_name: a.node_name,
         node_ips: a.node_ips,
         devices: a.devices.into_iter().filter(|d| !d.is_empty()).collect(),

@@ -60,9 +60,18 @@ pub struct Agent {
     pub bpffs: PathBuf,
     netns: PathBuf,
     args: Vec<String>,
+    /// Capabilities the agent keeps (None: all of root's).
+    caps: Option<Vec<u32>>,
 }
 
-fn spawn(netns: &Path, log: &Path, args: &[String]) -> Child {
+/// Capabilities of the DaemonSet in deploy/kubernetes: CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF.
+pub const DAEMONSET_CAPS: &[u32] = &[12, 38, 39];
+/// The highest capability number the kernel knows of (CAP_CHECKPOINT_RESTORE).
+const CAP_LAST: u32 = 40;
+/// CAP_SETPCAP: needed to shrink the bounding set, so dropped last.
+const CAP_SETPCAP: u32 = 8;
+
+fn spawn(netns: &Path, log: &Path, args: &[String], caps: Option<&[u32]>) -> Child {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -76,7 +85,30 @@ fn spawn(netns: &Path, log: &Path, args: &[String]) -> Child {
         .stdout(out)
         .stderr(err);
     in_netns(&mut cmd, netns);
+    if let Some(keep) = caps {
+        limit_caps(&mut cmd, keep.to_vec());
+    }
     cmd.spawn().expect("spawn xlb agent")
+}
+
+/// Makes `cmd` run with only the capabilities `keep` (bounding set shrunk before exec, so
+/// root gets no others), like a container with `capabilities: {drop: [ALL], add: [...]}`.
+fn limit_caps(cmd: &mut Command, keep: Vec<u32>) {
+    // SAFETY: only async-signal-safe calls (prctl) between fork and exec; runs after the
+    // setns of `in_netns`, which still needs CAP_SYS_ADMIN.
+    unsafe {
+        cmd.pre_exec(move || {
+            let drop = (0..=CAP_LAST)
+                .filter(|c| !keep.contains(c) && *c != CAP_SETPCAP)
+                .chain((!keep.contains(&CAP_SETPCAP)).then_some(CAP_SETPCAP));
+            for cap in drop {
+                if libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Makes `cmd` run in the network namespace at `netns` (bpffs stays the host's).
@@ -127,6 +159,17 @@ impl Agent {
 
     /// Starts the agent without waiting for it to be ready.
     pub fn spawn(node: &Netns, pins: &PinDir, args: &[&str]) -> Self {
+        Self::spawn_with_caps(node, pins, args, None)
+    }
+
+    /// Starts the agent keeping only the capabilities `caps`, and waits until it is ready.
+    pub fn start_with_caps(node: &Netns, pins: &PinDir, args: &[&str], caps: &[u32]) -> Self {
+        let mut a = Self::spawn_with_caps(node, pins, args, Some(caps.to_vec()));
+        a.wait_for_log("agent ready", 1);
+        a
+    }
+
+    fn spawn_with_caps(node: &Netns, pins: &PinDir, args: &[&str], caps: Option<Vec<u32>>) -> Self {
         let log = std::env::temp_dir().join(format!("xlb-agent-{}.log", node.name));
         let _ = std::fs::remove_file(&log);
         let mut all: Vec<String> = vec!["agent".into(), "--bpffs".into()];
@@ -135,11 +178,12 @@ impl Agent {
         all.push("127.0.0.1:10256".into());
         all.extend(args.iter().map(|s| (*s).to_owned()));
         Self {
-            child: Some(spawn(&node.path(), &log, &all)),
+            child: Some(spawn(&node.path(), &log, &all, caps.as_deref())),
             log,
             bpffs: pins.path.clone(),
             netns: node.path(),
             args: all,
+            caps,
         }
     }
 
@@ -206,7 +250,12 @@ impl Agent {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "agent still running");
         let before = self.logs().matches("agent ready").count();
-        self.child = Some(spawn(&self.netns, &self.log, &self.args));
+        self.child = Some(spawn(
+            &self.netns,
+            &self.log,
+            &self.args,
+            self.caps.as_deref(),
+        ));
         self.wait_for_log("agent ready", before + 1);
     }
 

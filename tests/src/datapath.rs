@@ -57,7 +57,7 @@ fn is_xdp(name: &str) -> bool {
 pub fn default_config() -> Config {
     let mut c = AgentConfig {
         services: None,
-        kubeconfig: None,
+        kubernetes: None,
         node_name: None,
         node_ips: vec!["192.168.0.1".parse().expect("ip")],
         devices: Vec::new(),

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod datapath;
+pub mod fakeapi;
 pub mod files;
 pub mod kubeproxy;
 pub mod manifests;

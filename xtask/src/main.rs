@@ -22,7 +22,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what the build and the tests need (idempotent).
-    Setup,
+    Setup {
+        /// Only what building needs (rust-src, bpf-linker): no bpffs, no apt packages.
+        #[arg(long)]
+        toolchain_only: bool,
+    },
     /// Formatting, lints, and every test (what CI runs).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -102,7 +106,8 @@ fn main() -> anyhow::Result<()> {
         .context("workspace root")?;
     std::env::set_current_dir(root)?;
     match cli.cmd {
-        Cmd::Setup => setup::setup(&[]),
+        Cmd::Setup { toolchain_only } if toolchain_only => setup::toolchain(),
+        Cmd::Setup { .. } => setup::setup(&[]),
         Cmd::Test { args } => {
             require_root("the test suite")?;
             setup::setup(&[])?;

@@ -217,12 +217,17 @@ pub fn ensure_packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
     install(false).or_else(|_| install(true))
 }
 
+/// What building the eBPF programs needs (rust-src, bpf-linker): enough for an image build.
+pub fn toolchain() -> anyhow::Result<()> {
+    let sysroot = nightly_sysroot()?;
+    ensure_rust_src(&sysroot)?;
+    ensure_bpf_linker(&sysroot)
+}
+
 /// Everything the build and tests need.
 pub fn setup(extra_packages: &[(&str, &str)]) -> anyhow::Result<()> {
     let start = Instant::now();
-    let sysroot = nightly_sysroot()?;
-    ensure_rust_src(&sysroot)?;
-    ensure_bpf_linker(&sysroot)?;
+    toolchain()?;
     ensure_bpffs()?;
     ensure_packages(TEST_PACKAGES)?;
     ensure_packages(extra_packages)?;

@@ -359,6 +359,7 @@ impl FileSource {
                     changes: Vec::new(),
                     problems: self.problems(),
                     noticed: None,
+                    ..Delta::default()
                 };
             }
         };
@@ -477,6 +478,7 @@ impl FileSource {
             changes,
             problems: self.problems(),
             noticed: None,
+            ..Delta::default()
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod compact;
 pub mod files;
+pub mod kube;
 pub mod watch;
 
 use std::fmt;
@@ -84,9 +85,22 @@ pub enum Spec {
     Compact(LbService),
 }
 
+/// Which source a delta comes from (each keeps its own list of problems).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SourceId {
+    #[default]
+    Files,
+    Kubernetes,
+}
+
 /// What changed in a source since its previous report.
 #[derive(Clone, Debug, Default)]
 pub struct Delta {
+    /// The reporting source.
+    pub source: SourceId,
+    /// This node's addresses as the source knows them (Kubernetes: the Node object), when
+    /// they changed.
+    pub node_ips: Option<Vec<std::net::Ipv4Addr>>,
     /// Objects added or replaced (`Some`) or removed (`None`).
     pub changes: Vec<(ObjectKey, Option<Spec>)>,
     /// Every problem the source has now (already handled: objects skipped or kept).

@@ -247,6 +247,11 @@ impl<W: MapWriter> MapSync<W> {
         self.w
     }
 
+    /// The writer, for writes outside the service state (the datapath configuration).
+    pub fn writer_mut(&mut self) -> &mut W {
+        &mut self.w
+    }
+
     /// The writer (for metrics or tests).
     pub fn writer(&self) -> &W {
         &self.w
