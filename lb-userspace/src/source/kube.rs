@@ -16,7 +16,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use futures::{FutureExt as _, StreamExt as _, stream::BoxStream};
@@ -255,6 +255,11 @@ pub fn node_addresses(node: &Node) -> Vec<Ipv4Addr> {
     out
 }
 
+/// Quiet time that ends a burst of watch events.
+const COALESCE_QUIET: Duration = Duration::from_millis(10);
+/// Longest a burst is held back before it is fed on.
+const COALESCE_MAX: Duration = Duration::from_millis(200);
+
 /// Watches until `tx` closes. `on_error` is told of every failed list or watch (for metrics);
 /// the watchers retry with backoff.
 pub async fn run(
@@ -319,10 +324,21 @@ pub async fn run(
     let mut initial_sent = false;
     let mut noticed: Option<Instant> = None;
     while let Some(first) = events.next().await {
-        // Coalesce a burst: everything already received goes into one delta.
+        // Coalesce a burst: events arriving within COALESCE_QUIET of each other (for at most
+        // COALESCE_MAX) go into one delta.
+        let batch_start = Instant::now();
         let mut next = Some(first);
         while let Some((resource, item)) = next.take() {
-            next = events.next().now_or_never().flatten();
+            next = match events.next().now_or_never() {
+                Some(n) => n,
+                None if batch_start.elapsed() < COALESCE_MAX => {
+                    tokio::time::timeout(COALESCE_QUIET, events.next())
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                None => None,
+            };
             let ev = match item {
                 Ok(ev) => ev,
                 Err(e) => {
