@@ -345,6 +345,7 @@ struct BatchAttr {
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// Number of entries in a hash-type map (see `walk_entries`).
 pub fn count_entries(map: &MapData) -> Result<usize, MapsError> {
@@ -417,16 +418,50 @@ fn update_batch(map: &MapData, keys: &[u32], values: &[u32]) -> std::io::Result<
         ..BatchAttr::default()
     };
     // SAFETY: `attr` points at live key/value arrays of `count` u32 each, for the syscall only.
+    unsafe { batch_call(BPF_MAP_UPDATE_BATCH, &mut attr) }
+}
+
+/// One batch map command; the kernel updates `attr.count` with the elements it handled.
+///
+/// # Safety
+/// The pointers in `attr` must be valid for `attr.count` elements during the call.
+unsafe fn batch_call(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
+    // SAFETY: per the caller; `attr` is a live BatchAttr of the size passed.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &raw mut attr,
+            cmd,
+            std::ptr::from_mut(attr),
             std::mem::size_of::<BatchAttr>(),
         )
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Deletes `keys` with BPF_MAP_DELETE_BATCH (one wait for running programs per call on a map
+/// of maps, where one delete per key would wait once each). Keys already absent are skipped.
+fn delete_batch(map: &MapData, keys: &[u32]) -> std::io::Result<()> {
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let mut attr = BatchAttr {
+            keys: rest.as_ptr() as u64,
+            count: rest.len() as u32,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` points at a live key array of `count` u32, for the syscall only.
+        let Err(e) = (unsafe { batch_call(BPF_MAP_DELETE_BATCH, &mut attr) }) else {
+            return Ok(());
+        };
+        // The kernel stops at the first absent key and reports how many it deleted before it.
+        let done = (attr.count as usize).min(rest.len());
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            return Err(e);
+        }
+        rest = &rest[done + 1..];
     }
     Ok(())
 }
@@ -489,8 +524,12 @@ impl MapWriter for Maps {
         }
         self.insert_tables(&mut created)
     }
-    fn del_table(&mut self, svc_id: u32) -> Result<(), WriteError> {
-        ignore_missing(self.lut.remove(&svc_id)).map_err(|e| write_err(names::LUT, "delete", e))
+    fn del_tables(&mut self, svc_ids: &[u32]) -> Result<(), WriteError> {
+        delete_batch(&self.lut_raw, svc_ids).map_err(|e| WriteError {
+            map: names::LUT,
+            op: "delete",
+            reason: e.to_string(),
+        })
     }
     fn put_info(&mut self, svc_id: u32, info: &SvcInfo) -> Result<(), WriteError> {
         self.svc_info

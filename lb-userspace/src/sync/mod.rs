@@ -457,11 +457,44 @@ impl<W: MapWriter> MapSync<W> {
             next = following;
         }
 
-        // 4. Services no longer desired: everything else goes, then their ids.
-        for name in &work {
-            if desired.services.contains_key(name) || !self.applied.contains_key(name) {
-                continue;
+        // 4. Services no longer desired: frontends first, then all their tables in one batch
+        // (a map-of-maps delete waits for running programs: once per batch, not per service),
+        // then everything else, then their ids.
+        let mut removing: Vec<&String> = work
+            .iter()
+            .filter(|n| !desired.services.contains_key(*n) && self.applied.contains_key(*n))
+            .collect();
+        removing.retain(|name| match self.remove_frontends(name, &mut report) {
+            Ok(()) => true,
+            Err(e) => {
+                report.failed.push(((*name).clone(), e));
+                false
             }
+        });
+        let tables: Vec<u32> = removing
+            .iter()
+            .filter_map(|n| self.applied.get(*n))
+            .filter(|a| a.info.lut_len != 0)
+            .map(|a| a.id)
+            .collect();
+        if !tables.is_empty() {
+            report.writes += tables.len();
+            match self.w.del_tables(&tables) {
+                Ok(()) => {
+                    for name in &removing {
+                        if let Some(a) = self.applied.get_mut(*name) {
+                            a.info.lut_len = 0;
+                        }
+                    }
+                }
+                Err(e) => {
+                    for name in removing.drain(..) {
+                        report.failed.push((name.clone(), e.to_string()));
+                    }
+                }
+            }
+        }
+        for name in removing {
             match self.remove_service(name, &mut report) {
                 Ok(()) => report.removed += 1,
                 Err(e) => report.failed.push((name.clone(), e)),
@@ -762,7 +795,7 @@ impl<W: MapWriter> MapSync<W> {
         {
             report.writes += 1;
             if ids.is_empty() {
-                self.w.del_table(svc_id).map_err(|e| e.to_string())?;
+                self.w.del_tables(&[svc_id]).map_err(|e| e.to_string())?;
             } else {
                 self.w
                     .put_tables(&[(svc_id, ids)])
@@ -802,21 +835,32 @@ impl<W: MapWriter> MapSync<W> {
         Ok(())
     }
 
-    fn remove_service(&mut self, name: &str, report: &mut SyncReport) -> Result<(), String> {
+    /// Removes the frontends left to a service that goes (most went in step 1 or were
+    /// handed to another service).
+    fn remove_frontends(&mut self, name: &str, report: &mut SyncReport) -> Result<(), String> {
         let Some(a) = self.applied.get_mut(name) else {
             return Ok(());
         };
-        let id = a.id;
-        // Frontends were removed in step 1 (or handed to another service).
         for k in a.frontends.keys().copied().collect::<Vec<_>>() {
             report.writes += 1;
             self.w.del_service(&k).map_err(|e| e.to_string())?;
             a.frontends.remove(&k);
             self.fe_owner.remove(&k);
         }
+        Ok(())
+    }
+
+    /// Removes what is left of a service whose frontends are gone: table, backends, source
+    /// ranges, info; then releases its ids.
+    fn remove_service(&mut self, name: &str, report: &mut SyncReport) -> Result<(), String> {
+        self.remove_frontends(name, report)?;
+        let Some(a) = self.applied.get_mut(name) else {
+            return Ok(());
+        };
+        let id = a.id;
         if a.info.lut_len != 0 {
             report.writes += 1;
-            self.w.del_table(id).map_err(|e| e.to_string())?;
+            self.w.del_tables(&[id]).map_err(|e| e.to_string())?;
             a.info.lut_len = 0;
         }
         for (k, (bid, _)) in a.backends.clone() {

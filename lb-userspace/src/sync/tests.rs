@@ -17,6 +17,8 @@ struct Fake {
     info: BTreeMap<u32, SvcInfo>,
     ranges: BTreeMap<(u32, Ipv4Net), ()>,
     ops: Vec<String>,
+    /// `del_tables` calls (each one waits for running programs in the kernel).
+    table_delete_calls: usize,
 }
 
 impl Fake {
@@ -77,9 +79,13 @@ impl MapWriter for Fake {
         }
         Ok(())
     }
-    fn del_table(&mut self, svc_id: u32) -> Result<(), WriteError> {
-        self.tables.remove(&svc_id);
-        self.op(format!("del_table {svc_id}"))
+    fn del_tables(&mut self, svc_ids: &[u32]) -> Result<(), WriteError> {
+        self.table_delete_calls += 1;
+        for svc_id in svc_ids {
+            self.tables.remove(svc_id);
+            self.op(format!("del_table {svc_id}"))?;
+        }
+        Ok(())
     }
     fn put_info(&mut self, svc_id: u32, info: &SvcInfo) -> Result<(), WriteError> {
         self.info.insert(svc_id, *info);
@@ -401,6 +407,35 @@ fn a_shrinking_table_is_never_indexed_past_its_end() {
     s.apply(&state(vec![svc("a", 1, many.clone(), Algorithm::Random)]));
     s.apply(&state(vec![svc("a", 1, vec![], Algorithm::Random)]));
     assert!(s.writer().tables.is_empty());
+}
+
+#[test]
+fn removing_many_services_deletes_their_tables_in_one_call_after_their_frontends() {
+    let svcs: Vec<LbService> = (0..50u8)
+        .map(|i| {
+            svc(
+                &format!("s{i:02}"),
+                i + 1,
+                vec![ep(1, 80)],
+                Algorithm::Maglev,
+            )
+        })
+        .collect();
+    let mut s = MapSync::new(Fake::default(), CFG);
+    s.apply(&state(svcs.clone()));
+    let before = s.writer().ops.len();
+    let r = s.apply(&state(svcs[..10].to_vec()));
+    assert_eq!((r.removed, r.failed.len()), (40, 0));
+    let f = s.writer();
+    assert_eq!(f.table_delete_calls, 1, "one batched delete for 40 tables");
+    assert_eq!(f.tables.len(), 10);
+    let ops = &f.ops[before..];
+    let last_frontend = positions(ops, "del_service").into_iter().max().unwrap();
+    assert!(
+        positions(ops, "del_table")
+            .into_iter()
+            .all(|p| p > last_frontend)
+    );
 }
 
 #[test]

@@ -26,8 +26,8 @@ pub trait MapWriter {
     /// Writes services' whole lookup tables (slot → backend id). A table keeps its place
     /// when its size is unchanged (rewritten in place), otherwise it is swapped in whole.
     fn put_tables(&mut self, tables: &[(u32, Vec<u32>)]) -> Result<(), WriteError>;
-    /// Removes a service's table.
-    fn del_table(&mut self, svc_id: u32) -> Result<(), WriteError>;
+    /// Removes these services' tables (absent ones are skipped).
+    fn del_tables(&mut self, svc_ids: &[u32]) -> Result<(), WriteError>;
     fn put_info(&mut self, svc_id: u32, info: &SvcInfo) -> Result<(), WriteError>;
     fn del_info(&mut self, svc_id: u32) -> Result<(), WriteError>;
     fn put_range(&mut self, svc_id: u32, net: &Ipv4Net) -> Result<(), WriteError>;
