@@ -31,6 +31,11 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("iptables-legacy-restore", "iptables"),
     ("nft", "nftables"),
+    // PNG charts of `bench e2e`.
+    (
+        "/usr/lib/python3/dist-packages/matplotlib",
+        "python3-matplotlib",
+    ),
 ];
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
@@ -182,7 +187,12 @@ fn ensure_bpffs() -> anyhow::Result<()> {
     run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
 }
 
+/// Whether `bin` is on the PATH (or, given as an absolute path, exists: for packages that
+/// install no binary, such as Python modules).
 fn has_binary(bin: &str) -> bool {
+    if bin.starts_with('/') {
+        return Path::new(bin).exists();
+    }
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default()

@@ -9,7 +9,6 @@
 
 use std::{
     fs,
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -21,7 +20,7 @@ use lb_userspace::{
     source::{Spec, files::FileSource},
 };
 use xlb_tests::{
-    agent::{Agent, PinDir},
+    agent::{Agent, PinDir, in_netns},
     datapath::Datapath,
     kubeproxy::{self, Svc},
     netns::{Netns, require_root, unique_tag},
@@ -46,23 +45,13 @@ fn fmt_ms(v: f64) -> String {
 
 /// Runs `cmd < input` inside `ns`; returns the wall time.
 fn timed_in(ns: &Netns, cmd: &[&str], input: &Path) -> Duration {
-    let handle = ns.handle();
     let stdin = fs::File::open(input).expect("input");
     let mut c = Command::new(cmd[0]);
     c.args(&cmd[1..])
         .stdin(stdin)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: only setns between fork and exec.
-    unsafe {
-        c.pre_exec(move || {
-            use std::os::fd::AsRawFd as _;
-            if libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    in_netns(&mut c, &ns.path());
     let start = Instant::now();
     let out = c.output().expect("run");
     let t = start.elapsed();

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Charts of `cargo xtask bench e2e`: reads DIR/e2e.json, writes DIR/e2e-*.png.
+
+Usage: plot_e2e.py DIR
+"""
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+MODES = ["no-LB", "iptables", "nftables", "xlb"]
+STYLE = {"no-LB": "k--", "iptables": "o-", "nftables": "s-", "xlb": "D-"}
+
+
+def series(results, mode, field):
+    """(N, median, min, max) of `field` for `mode`, by N."""
+    out = []
+    for n in sorted(results, key=int):
+        samples = results[n].get(mode)
+        if not samples:
+            continue
+        v = [s[field] for s in samples]
+        out.append((int(n), statistics.median(v), min(v), max(v)))
+    return out
+
+
+def chart(results, machine, field, ylabel, title, path, logy=False):
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for mode in MODES:
+        pts = series(results, mode, field)
+        if not pts:
+            continue
+        xs = [p[0] for p in pts]
+        med = [p[1] for p in pts]
+        err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+        ax.errorbar(xs, med, yerr=err, fmt=STYLE[mode], label=mode, capsize=3)
+    ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("services (N)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.text(0.01, 0.01, machine, fontsize=6, alpha=0.7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main():
+    out = Path(sys.argv[1])
+    data = json.loads((out / "e2e.json").read_text())
+    results, machine = data["results"], data["machine"]
+    chart(results, machine, "last_p50", "µs (median, min–max)",
+          "Connect latency (SYN → SYN/ACK) to the last service, p50",
+          out / "e2e-latency-last.png")
+    chart(results, machine, "last_p99", "µs (median, min–max)",
+          "Connect latency to the last service, p99", out / "e2e-latency-last-p99.png")
+    chart(results, machine, "conns_per_s", "connections/s",
+          "Short connections (wrk, Connection: close) to the last service",
+          out / "e2e-connections.png")
+    chart(results, machine, "gbit_s", "Gbit/s", "One-stream iperf3 throughput",
+          out / "e2e-throughput.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,725 @@
+//! `cargo xtask bench e2e`: xlb against what users would run instead, on one topology shape,
+//! in one invocation, as ratios to a ceiling measured in the same round.
+//!
+//! Four copies of the topology (a node namespace; a client pod and three backend pods on
+//! veths), one per mode, so no mode's rules sit in another's path:
+//! - `no-LB`: the client dials a backend directly (the ceiling);
+//! - `iptables`: kube-proxy's iptables rules (`iptables-legacy-restore`);
+//! - `nftables`: kube-proxy's nftables rules (`nft -f`);
+//! - `xlb`: the real agent on Service/EndpointSlice files.
+//!
+//! For each N (services × 3 endpoints) and repetition, every mode in turn: time to load the N
+//! services and to change one endpoint, connect latency (SYN → SYN/ACK, i.e. `connect()`) to
+//! the first and the last service, short connections per second with wrk (`Connection:
+//! close`), one-stream iperf3 throughput. Results: stdout, `target/bench/e2e.md`,
+//! `target/bench/e2e.json` and PNG charts (`benches/plot_e2e.py`).
+//!
+//! Flags: `--modes no-LB,iptables,nftables,xlb` `--sizes 1,1000,10000` `--reps 3`
+//! `--connects 2000` `--seconds 4`.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+use xlb_tests::{
+    agent::{Agent, PinDir, in_netns},
+    kubeproxy::{self, Svc},
+    netns::{Netns, require_root, unique_tag},
+    topology::Node,
+};
+
+const MODES: [&str; 4] = ["no-LB", "iptables", "nftables", "xlb"];
+/// Services per manifest file of the xlb mode (a directory of manifests, as users keep them).
+const PER_FILE: usize = 100;
+const HTTP_PORT: u16 = 8080;
+const IPERF_PORT: u16 = 5201;
+/// A pod address with nothing behind it: the "changed" endpoint.
+const GONE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 99);
+
+struct Opts {
+    modes: Vec<&'static str>,
+    sizes: Vec<usize>,
+    reps: usize,
+    connects: usize,
+    seconds: u32,
+}
+
+fn opts() -> Opts {
+    let mut o = Opts {
+        modes: MODES.to_vec(),
+        sizes: vec![1, 1000, 10_000],
+        reps: 3,
+        connects: 2000,
+        seconds: 4,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = it.next().unwrap_or_else(|| panic!("{a}: missing value"));
+        let num = |v: &str| -> usize {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{a}: not a number: {v}"))
+        };
+        match a.as_str() {
+            "--sizes" => o.sizes = v.split(',').map(num).collect(),
+            "--modes" => {
+                o.modes = v
+                    .split(',')
+                    .map(|m| {
+                        *MODES
+                            .iter()
+                            .find(|k| **k == m)
+                            .unwrap_or_else(|| panic!("--modes: {m} is not one of {MODES:?}"))
+                    })
+                    .collect();
+                assert!(
+                    o.modes.contains(&"no-LB"),
+                    "--modes: no-LB is the ceiling every ratio needs"
+                );
+            }
+            "--reps" => o.reps = num(v).max(1),
+            "--connects" => o.connects = num(v).max(10),
+            "--seconds" => o.seconds = num(v).max(1) as u32,
+            _ => panic!("unknown flag {a}: --modes --sizes --reps --connects --seconds"),
+        }
+    }
+    o
+}
+
+/// `cmd` as a command that runs inside `ns`, output piped.
+fn ns_command(ns: &Netns, cmd: &[&str]) -> Command {
+    let mut c = Command::new(cmd[0]);
+    c.args(&cmd[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    in_netns(&mut c, &ns.path());
+    c
+}
+
+/// Runs `cmd` inside `ns` (stdin from `input`); returns wall time and output.
+fn run_in(ns: &Netns, cmd: &[&str], input: Option<&Path>) -> (Duration, Output) {
+    let mut c = ns_command(ns, cmd);
+    if let Some(p) = input {
+        c.stdin(Stdio::from(fs::File::open(p).expect("input")));
+    }
+    let start = Instant::now();
+    let out = c.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    (start.elapsed(), out)
+}
+
+/// Like `run_in`, but the command must succeed.
+fn must_in(ns: &Netns, cmd: &[&str], input: Option<&Path>) -> (Duration, String) {
+    let (t, out) = run_in(ns, cmd, input);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (t, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A minimal HTTP/1.1 server: `threads` accept loops answering every request with a short
+/// body and closing (the server closes first, as with `Connection: close`).
+fn http_server(ns: &Netns, bind: SocketAddr, threads: usize) {
+    let listener = ns.run(move || TcpListener::bind(bind).expect("bind http"));
+    for _ in 0..threads {
+        let l = listener.try_clone().expect("clone listener");
+        std::thread::spawn(move || {
+            const RESPONSE: &[u8] =
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n";
+            let mut buf = [0u8; 2048];
+            while let Ok((mut s, _)) = l.accept() {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut n = 0;
+                while n < buf.len() {
+                    match s.read(&mut buf[n..]) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        let _ = s.write_all(RESPONSE);
+                        break;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// `connect()` times in µs for `n` connections to `to`, each reset right away (SO_LINGER 0:
+/// no TIME_WAIT, so `n` is not limited by ports).
+fn connect_times(to: SocketAddr, n: usize, warmup: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(n);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for i in 0..n + warmup {
+        if Instant::now() > deadline {
+            break;
+        }
+        let start = Instant::now();
+        let Ok(s) = TcpStream::connect_timeout(&to, Duration::from_secs(2)) else {
+            continue;
+        };
+        let t = start.elapsed();
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt on an open socket with a correctly sized value.
+        unsafe {
+            use std::os::fd::AsRawFd as _;
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+        drop(s);
+        if i >= warmup {
+            out.push(t.as_secs_f64() * 1e6);
+        }
+    }
+    assert!(
+        out.len() * 10 >= n * 9,
+        "{to}: only {} of {n} connects succeeded",
+        out.len()
+    );
+    out
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[((s.len() - 1) as f64 * p).round() as usize]
+}
+
+/// One mode's topology.
+struct Bed {
+    mode: &'static str,
+    node: Node,
+    backends: Vec<Ipv4Addr>,
+    work: PathBuf,
+    agent: Option<Agent>,
+    _pins: Option<PinDir>,
+    iperf: Child,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = self.iperf.kill();
+        let _ = self.iperf.wait();
+    }
+}
+
+impl Bed {
+    fn new(tag: &str, mode: &'static str, idx: usize) -> Self {
+        let mut node = Node::new(&format!("{tag}{idx}"), "n", 1);
+        for i in 0..=3 {
+            node.add_pod(i);
+        }
+        for pod in &node.pods {
+            // Offloads on, as pods have them (the test topology turns them off for XDP).
+            pod.ns.exec(&["ethtool", "-K", "eth0", "tx", "on"]);
+            pod.ns.sysctl("net.ipv4.ip_local_port_range", "1024 65535");
+        }
+        let backends: Vec<Ipv4Addr> = node.pods[1..].iter().map(|p| p.ip).collect();
+        for (pod, ip) in node.pods[1..].iter().zip(&backends) {
+            http_server(&pod.ns, SocketAddr::from((*ip, HTTP_PORT)), 4);
+        }
+        let iperf = ns_command(
+            &node.pods[1].ns,
+            &["iperf3", "-s", "-p", &IPERF_PORT.to_string()],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 -s");
+        let work = std::env::temp_dir().join(format!("xlb-bench-e2e-{tag}-{idx}"));
+        fs::create_dir_all(work.join("services")).expect("work dir");
+        let mut bed = Self {
+            mode,
+            node,
+            backends,
+            work,
+            agent: None,
+            _pins: None,
+            iperf,
+        };
+        if mode == "xlb" {
+            fs::write(
+                bed.work.join("services/iperf.yaml"),
+                kubeproxy::manifests(&[bed.iperf_svc()]),
+            )
+            .expect("write");
+            let pins = PinDir::new(&format!("{tag}{idx}"));
+            let dir = bed.work.join("services");
+            let mut agent = Agent::spawn(
+                &bed.node.ns,
+                &pins,
+                &[
+                    "--services",
+                    dir.to_str().expect("path"),
+                    "--node-name",
+                    "n",
+                    "--pod-devices",
+                    "xp*",
+                    "--metrics-addr",
+                    "off",
+                ],
+            );
+            agent.wait_for_log("agent ready", 1);
+            bed.agent = Some(agent);
+            bed._pins = Some(pins);
+        }
+        bed
+    }
+
+    fn iperf_svc(&self) -> Svc {
+        Svc {
+            namespace: "bench".into(),
+            name: "iperf".into(),
+            vip: Ipv4Addr::new(10, 97, 0, 1),
+            port: IPERF_PORT,
+            target: IPERF_PORT,
+            endpoints: vec![self.backends[0]],
+        }
+    }
+
+    fn services(&self, n: usize) -> Vec<Svc> {
+        (0..n)
+            .map(|i| Svc {
+                namespace: format!("ns{}", i / PER_FILE),
+                name: format!("svc{i}"),
+                vip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i as u32),
+                port: 80,
+                target: HTTP_PORT,
+                endpoints: self.backends.clone(),
+            })
+            .collect()
+    }
+
+    /// Where the client dials for (first service, last service, iperf).
+    fn targets(&self, n: usize) -> (SocketAddr, SocketAddr, SocketAddr) {
+        if self.mode == "no-LB" {
+            let b = &self.backends;
+            return (
+                SocketAddr::from((b[0], HTTP_PORT)),
+                SocketAddr::from((b[2], HTTP_PORT)),
+                SocketAddr::from((b[0], IPERF_PORT)),
+            );
+        }
+        let s = self.services(n);
+        (
+            SocketAddr::from((s[0].vip, 80)),
+            SocketAddr::from((s[n - 1].vip, 80)),
+            SocketAddr::from((self.iperf_svc().vip, IPERF_PORT)),
+        )
+    }
+
+    fn rules(&self, name: &str, text: String) -> PathBuf {
+        let p = self.work.join(name);
+        fs::write(&p, text).expect("write rules");
+        p
+    }
+
+    /// Removes every service but iperf (untimed).
+    fn clear(&mut self) {
+        let ns = &self.node.ns;
+        match self.mode {
+            "iptables" => {
+                let f = self.rules("empty.rules", kubeproxy::iptables_full(&[self.iperf_svc()]));
+                must_in(ns, &["iptables-legacy-restore"], Some(&f));
+            }
+            "nftables" => {
+                let _ = run_in(ns, &["nft", "delete", "table", "ip", "kube-proxy"], None);
+                let f = self.rules("empty.nft", kubeproxy::nft_full(&[self.iperf_svc()]));
+                must_in(ns, &["nft", "-f", f.to_str().expect("path")], None);
+            }
+            "xlb" => {
+                let dir = self.work.join("services");
+                let mark = self.xlb_mark();
+                let mut removed = false;
+                for e in fs::read_dir(&dir).expect("dir").flatten() {
+                    if e.file_name().to_string_lossy().starts_with('s') {
+                        fs::remove_file(e.path()).expect("remove");
+                        removed = true;
+                    }
+                }
+                if removed {
+                    self.xlb_wait(mark, Instant::now(), Some(1));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// How many syncs the agent has logged so far.
+    fn xlb_mark(&self) -> usize {
+        let agent = self.agent.as_ref().expect("agent");
+        agent.logs().matches("maps synced").count()
+    }
+
+    /// Waits for a sync logged after `mark` (leaving `services` services, if given); returns
+    /// the time since `since`.
+    fn xlb_wait(&self, mark: usize, since: Instant, services: Option<usize>) -> Duration {
+        let agent = self.agent.as_ref().expect("agent");
+        let want = services.map(|n| format!("services={n} "));
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let log = agent.logs();
+            let done = log
+                .lines()
+                .filter(|l| l.contains("maps synced"))
+                .skip(mark)
+                .any(|l| want.as_ref().is_none_or(|w| l.contains(w.as_str())));
+            if done {
+                return since.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "xlb: no sync to {services:?} services:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn xlb_write(&self, services: &[Svc], chunk: usize) {
+        let dir = self.work.join("services");
+        let tmp = dir.join(format!(".tmp{chunk}"));
+        let part = &services[chunk * PER_FILE..((chunk + 1) * PER_FILE).min(services.len())];
+        fs::write(&tmp, kubeproxy::manifests(part)).expect("write");
+        fs::rename(&tmp, dir.join(format!("s{chunk:04}.yaml"))).expect("rename");
+    }
+
+    /// Loads `n` services (timed), then changes one endpoint (timed) and changes it back.
+    fn load(&mut self, n: usize) -> (f64, f64) {
+        self.clear();
+        let mut all = self.services(n);
+        let mid = n / 2;
+        let mut moved = all[mid].clone();
+        moved.endpoints[0] = GONE_POD;
+        let ns = &self.node.ns;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        match self.mode {
+            "iptables" => {
+                let mut with_iperf = all.clone();
+                with_iperf.push(self.iperf_svc());
+                let full = self.rules("full.rules", kubeproxy::iptables_full(&with_iperf));
+                let change = self.rules(
+                    "change.rules",
+                    kubeproxy::iptables_change(&all[mid], &moved),
+                );
+                let back = self.rules("back.rules", kubeproxy::iptables_change(&moved, &all[mid]));
+                let (load, _) = must_in(ns, &["iptables-legacy-restore"], Some(&full));
+                let noflush = ["iptables-legacy-restore", "--noflush"];
+                let (change, _) = must_in(ns, &noflush, Some(&change));
+                must_in(ns, &noflush, Some(&back));
+                (ms(load), ms(change))
+            }
+            "nftables" => {
+                let _ = run_in(ns, &["nft", "delete", "table", "ip", "kube-proxy"], None);
+                let mut with_iperf = all.clone();
+                with_iperf.push(self.iperf_svc());
+                let full = self.rules("full.nft", kubeproxy::nft_full(&with_iperf));
+                let change = self.rules("change.nft", kubeproxy::nft_change(&all[mid], &moved));
+                let back = self.rules("back.nft", kubeproxy::nft_change(&moved, &all[mid]));
+                let nft = |f: &Path| must_in(ns, &["nft", "-f", f.to_str().expect("path")], None).0;
+                let load = nft(&full);
+                let change = nft(&change);
+                nft(&back);
+                (ms(load), ms(change))
+            }
+            "xlb" => {
+                let (mark, start) = (self.xlb_mark(), Instant::now());
+                for chunk in 0..n.div_ceil(PER_FILE) {
+                    self.xlb_write(&all, chunk);
+                }
+                let load = self.xlb_wait(mark, start, Some(n + 1));
+                let original = all[mid].clone();
+                all[mid] = moved;
+                let (mark, start) = (self.xlb_mark(), Instant::now());
+                self.xlb_write(&all, mid / PER_FILE);
+                let change = self.xlb_wait(mark, start, None);
+                all[mid] = original;
+                let (mark, start) = (self.xlb_mark(), Instant::now());
+                self.xlb_write(&all, mid / PER_FILE);
+                self.xlb_wait(mark, start, None);
+                (ms(load), ms(change))
+            }
+            _ => (0.0, 0.0),
+        }
+    }
+}
+
+/// One mode's figures in one round.
+#[derive(Clone, Default, serde::Serialize)]
+struct Sample {
+    first_p50: f64,
+    first_p99: f64,
+    last_p50: f64,
+    last_p99: f64,
+    conns_per_s: f64,
+    gbit_s: f64,
+    load_ms: f64,
+    change_ms: f64,
+}
+
+/// Spawns `cmd` inside `ns` with its output piped.
+fn spawn_in(ns: &Netns, cmd: &[&str]) -> Child {
+    ns_command(ns, cmd)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+/// Short connections per second: three wrk processes at once (one thread, 12 connections
+/// each), all to `targets[i]`. Every mode loads the three backends alike: the load balancers
+/// spread each wrk's connections, the ceiling gives each wrk its own backend.
+fn wrk(bed: &Bed, targets: [SocketAddr; 3], seconds: u32) -> f64 {
+    let d = format!("{seconds}s");
+    let client = &bed.node.pods[0].ns;
+    let children: Vec<Child> = targets
+        .iter()
+        .map(|to| {
+            let url = format!("http://{to}/");
+            let cmd = [
+                "wrk",
+                "-t1",
+                "-c12",
+                "-d",
+                &d,
+                "-H",
+                "Connection: close",
+                &url,
+            ];
+            spawn_in(client, &cmd)
+        })
+        .collect();
+    let mut total = 0.0;
+    for child in children {
+        let out = child.wait_with_output().expect("wrk");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "wrk failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        total += text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("wrk output: {text}"));
+        if let Some(e) = text
+            .lines()
+            .find(|l| l.contains("Socket errors") || l.contains("Non-2xx"))
+        {
+            eprintln!("  {}: wrk: {}", bed.mode, e.trim());
+        }
+    }
+    total
+}
+
+fn iperf(bed: &Bed, to: SocketAddr) -> f64 {
+    let client = &bed.node.pods[0].ns;
+    let ip = to.ip().to_string();
+    let port = to.port().to_string();
+    let cmd = ["iperf3", "-c", &ip, "-p", &port, "-t", "3", "-J"];
+    let (_, out) = must_in(client, &cmd, None);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("iperf3 output: {out}"))
+        / 1e9
+}
+
+fn measure(bed: &mut Bed, n: usize, o: &Opts) -> Sample {
+    let (load_ms, change_ms) = bed.load(n);
+    let (first, last, iperf_to) = bed.targets(n);
+    let client = &bed.node.pods[0].ns;
+    // First and last service alternate in blocks, so drift hits both alike.
+    let k = o.connects.div_ceil(10);
+    let (mut f, mut l) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        f.extend(client.run(move || connect_times(first, k, 20)));
+        l.extend(client.run(move || connect_times(last, k, 20)));
+    }
+    let wrk_targets = if bed.mode == "no-LB" {
+        [0, 1, 2].map(|i| SocketAddr::from((bed.backends[i], HTTP_PORT)))
+    } else {
+        [last; 3]
+    };
+    let conns_per_s = wrk(bed, wrk_targets, o.seconds);
+    let gbit_s = iperf(bed, iperf_to);
+    Sample {
+        first_p50: percentile(&f, 0.5),
+        first_p99: percentile(&f, 0.99),
+        last_p50: percentile(&l, 0.5),
+        last_p99: percentile(&l, 0.99),
+        conns_per_s,
+        gbit_s,
+        load_ms,
+        change_ms,
+    }
+}
+
+/// median [min–max] of `v`.
+fn summary(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    (s[s.len() / 2], s[0], s[s.len() - 1])
+}
+
+fn fmt_range(v: &[f64], digits: usize) -> String {
+    let (m, lo, hi) = summary(v);
+    format!("{m:.digits$} [{lo:.digits$}–{hi:.digits$}]")
+}
+
+fn fmt_ms(v: &[f64]) -> String {
+    let (m, lo, hi) = summary(v);
+    if m >= 1000.0 {
+        format!("{:.2} s [{:.2}–{:.2}]", m / 1e3, lo / 1e3, hi / 1e3)
+    } else {
+        format!("{m:.1} ms [{lo:.1}–{hi:.1}]")
+    }
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu}, {cores} cores, kernel {}", kernel.trim())
+}
+
+fn main() {
+    require_root();
+    let o = opts();
+    let tag = unique_tag();
+    println!(
+        "end-to-end: modes {:?}, N = {:?}, {} repetitions, {} connects per latency figure, wrk {} s",
+        o.modes, o.sizes, o.reps, o.connects, o.seconds
+    );
+    println!("machine: {}", machine());
+    let mut beds: Vec<Bed> = o
+        .modes
+        .iter()
+        .enumerate()
+        .map(|(i, m)| Bed::new(&tag, m, i))
+        .collect();
+    // results[n][mode] = one Sample per round.
+    let mut results: BTreeMap<usize, BTreeMap<&str, Vec<Sample>>> = BTreeMap::new();
+    for &n in &o.sizes {
+        for rep in 0..o.reps {
+            for bed in beds.iter_mut() {
+                let s = measure(bed, n, &o);
+                println!(
+                    "N={n:>5} rep {rep} {:<9} connect p50 {:>6.1}/{:>6.1} µs p99 {:>6.1}/{:>6.1} µs (first/last)  {:>8.0} conn/s  {:>6.2} Gbit/s  load {:>9.1} ms  change {:>7.2} ms",
+                    bed.mode,
+                    s.first_p50,
+                    s.last_p50,
+                    s.first_p99,
+                    s.last_p99,
+                    s.conns_per_s,
+                    s.gbit_s,
+                    s.load_ms,
+                    s.change_ms
+                );
+                results
+                    .entry(n)
+                    .or_default()
+                    .entry(bed.mode)
+                    .or_default()
+                    .push(s);
+            }
+        }
+    }
+    let report = render(&o, &results);
+    println!("\n{report}");
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    fs::create_dir_all(&out).expect("target/bench");
+    fs::write(out.join("e2e.md"), &report).expect("write e2e.md");
+    let json = json!({ "machine": machine(), "results": results });
+    fs::write(
+        out.join("e2e.json"),
+        serde_json::to_string_pretty(&json).expect("json"),
+    )
+    .expect("write e2e.json");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/plot_e2e.py");
+    // Debian's python3, where python3-matplotlib (installed by the bench set-up) lives.
+    match Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(&out)
+        .status()
+    {
+        Ok(s) if s.success() => println!("charts: {}/e2e-*.png", out.display()),
+        other => eprintln!("charts not drawn ({other:?}): is python3-matplotlib installed?"),
+    }
+    drop(beds);
+}
+
+/// The Markdown report: per N, each mode's median [min–max] and its ratio to the no-LB
+/// ceiling (the median of per-round ratios, each against the same round's ceiling).
+fn render(o: &Opts, results: &BTreeMap<usize, BTreeMap<&str, Vec<Sample>>>) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "Machine: {}. {} repetitions; median [min–max]; ratios are medians of per-round ratios to the no-LB ceiling of the same round.\n",
+        machine(),
+        o.reps
+    );
+    for (n, modes) in results {
+        let ceiling = &modes["no-LB"];
+        let ratio = |m: &[Sample], f: fn(&Sample) -> f64| -> f64 {
+            let r: Vec<f64> = m.iter().zip(ceiling).map(|(a, c)| f(a) / f(c)).collect();
+            summary(&r).0
+        };
+        let _ = writeln!(
+            md,
+            "### N = {n} service{}\n",
+            if *n == 1 { "" } else { "s" }
+        );
+        md.push_str("| mode | connect p50 first (µs) | connect p50 last (µs) | last/first | connect p99 first / last (µs) | conn/s (`Connection: close`) | vs no-LB | iperf3 Gbit/s | vs no-LB | load N | change 1 endpoint |\n");
+        md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for mode in o.modes.iter().copied() {
+            let Some(s) = modes.get(mode) else { continue };
+            let col = |f: fn(&Sample) -> f64| s.iter().map(f).collect::<Vec<f64>>();
+            let last_first: Vec<f64> = s.iter().map(|x| x.last_p50 / x.first_p50).collect();
+            let (load, change) = if mode == "no-LB" {
+                ("–".to_owned(), "–".to_owned())
+            } else {
+                (fmt_ms(&col(|x| x.load_ms)), fmt_ms(&col(|x| x.change_ms)))
+            };
+            let _ = writeln!(
+                md,
+                "| {mode} | {} | {} | {:.3} | {:.0} / {:.0} | {} | {:.3} | {} | {:.3} | {load} | {change} |",
+                fmt_range(&col(|x| x.first_p50), 1),
+                fmt_range(&col(|x| x.last_p50), 1),
+                summary(&last_first).0,
+                summary(&col(|x| x.first_p99)).0,
+                summary(&col(|x| x.last_p99)).0,
+                fmt_range(&col(|x| x.conns_per_s), 0),
+                ratio(s, |x| x.conns_per_s),
+                fmt_range(&col(|x| x.gbit_s), 2),
+                ratio(s, |x| x.gbit_s),
+            );
+        }
+        md.push('\n');
+    }
+    md
+}
