@@ -218,6 +218,7 @@ impl Drop for Bed {
     fn drop(&mut self) {
         let _ = self.iperf.kill();
         let _ = self.iperf.wait();
+        let _ = fs::remove_dir_all(&self.work);
     }
 }
 
