@@ -8,6 +8,7 @@ pub mod k8s;
 pub mod maglev;
 pub mod metrics;
 pub mod model;
+pub mod par;
 pub mod problem;
 pub mod source;
 pub mod sync;

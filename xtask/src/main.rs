@@ -85,6 +85,19 @@ fn require_root(what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Release build of the agent and the demo/benchmark binaries.
+fn build_release() -> anyhow::Result<()> {
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "lb-userspace",
+        "-p",
+        "xlb-tests",
+        "--bins",
+    ])
+}
+
 fn run_bin(name: &str, args: &[String]) -> anyhow::Result<()> {
     let bin = std::path::Path::new("target/release").join(name);
     let status = Command::new(&bin)
@@ -136,15 +149,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo => {
             require_root("the demo")?;
             setup::setup(&[])?;
-            cargo(&[
-                "build",
-                "--release",
-                "-p",
-                "lb-userspace",
-                "-p",
-                "xlb-tests",
-                "--bins",
-            ])?;
+            build_release()?;
             run_bin("xlb-demo", &[])
         }
         Cmd::Bench { what, args } => {
@@ -155,15 +160,7 @@ fn main() -> anyhow::Result<()> {
                 &[]
             };
             setup::setup(extra)?;
-            cargo(&[
-                "build",
-                "--release",
-                "-p",
-                "lb-userspace",
-                "-p",
-                "xlb-tests",
-                "--bins",
-            ])?;
+            build_release()?;
             let bin = match what.as_str() {
                 "datapath" => "xlb-bench-datapath",
                 "sync" => "xlb-bench-sync",

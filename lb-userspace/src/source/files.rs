@@ -399,28 +399,9 @@ impl FileSource {
             })
             .filter(|(p, st)| st.is_none() || self.files.get(p).is_none_or(|f| f.stamp != *st))
             .collect();
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(stale.len().div_ceil(8).max(1));
-        let per = stale.len().div_ceil(threads).max(1);
         let this = &*self;
-        let read: Vec<(PathBuf, FileState)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = stale
-                .chunks(per)
-                .map(|chunk| {
-                    scope.spawn(move || {
-                        chunk
-                            .iter()
-                            .map(|(p, st)| (p.clone(), this.read_file(p, *st)))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
-                .collect()
-        });
+        let read: Vec<(PathBuf, FileState)> =
+            crate::par::par_map(&stale, 8, |(p, st)| (p.clone(), this.read_file(p, *st)));
         for (path, state) in read {
             let old_keys: Vec<ObjectKey> = self
                 .files

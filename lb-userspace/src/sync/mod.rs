@@ -887,33 +887,7 @@ type Job = (String, Algorithm, Vec<TableBackend>, u64);
 
 /// Builds the tables of `jobs` using every CPU (Maglev is the costly part of a full sync).
 fn build_tables(cfg: SyncConfig, jobs: &[Job]) -> Vec<Vec<u32>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(jobs.len().div_ceil(16).max(1));
-    if threads <= 1 {
-        return jobs
-            .iter()
-            .map(|(_, alg, tbs, _)| build_table(&cfg, *alg, tbs))
-            .collect();
-    }
-    let per = jobs.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = jobs
-            .chunks(per)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|(_, alg, tbs, _)| build_table(&cfg, *alg, tbs))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    })
+    crate::par::par_map(jobs, 16, |(_, alg, tbs, _)| build_table(&cfg, *alg, tbs))
 }
 
 fn build_table(cfg: &SyncConfig, algorithm: Algorithm, active: &[TableBackend]) -> Vec<u32> {
