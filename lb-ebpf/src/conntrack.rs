@@ -159,30 +159,51 @@ pub enum CreateError {
 }
 
 /// Attempts to claim `key` for `rev`: succeeds if free, expired, or already this same flow's.
+/// An existing entry is rewritten in place (no allocation from the LRU); the route it cached
+/// is kept when it is the same flow's (the reply goes back the same way).
 #[inline(always)]
 fn claim(key: &CtKey, rev: &CtValue, now: u32) -> bool {
-    if CONNTRACK.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
-        return true;
-    }
-    // SAFETY: copied out at once.
-    let Some(old) = (unsafe { CONNTRACK.get(key) }).copied() else {
-        return CONNTRACK.insert(key, rev, u64::from(BPF_ANY)).is_ok();
-    };
-    let same_flow = old.nat_saddr == rev.nat_saddr
-        && old.nat_sport == rev.nat_sport
-        && old.nat_daddr == rev.nat_daddr
-        && old.nat_dport == rev.nat_dport;
-    if same_flow || old.expires < now {
-        return CONNTRACK.insert(key, rev, u64::from(BPF_ANY)).is_ok();
+    // Twice: an insert that loses a race with another CPU finds that entry the second time.
+    for _ in 0..2 {
+        if let Some(p) = CONNTRACK.get_ptr_mut(key) {
+            // SAFETY: pointer into the map value.
+            let old = unsafe { &mut *p };
+            let same_flow = old.nat_saddr == rev.nat_saddr
+                && old.nat_sport == rev.nat_sport
+                && old.nat_daddr == rev.nat_daddr
+                && old.nat_dport == rev.nat_dport;
+            if !same_flow && old.expires >= now {
+                return false;
+            }
+            let mut new = *rev;
+            if same_flow {
+                new.route_flags = old.route_flags;
+                new.route_ifindex = old.route_ifindex;
+                new.route_at = old.route_at;
+                new.route_macs = old.route_macs;
+            }
+            *old = new;
+            return true;
+        }
+        if CONNTRACK.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
+            return true;
+        }
     }
     false
 }
 
 /// Writes both entries of a new flow. `fwd` (with `nat_saddr:nat_sport` = the source the backend
 /// will see) says how to translate the client's packets. If that reply tuple belongs to another
-/// live flow, a free source port is found (`fwd` is updated to use it).
+/// live flow, a free source port is found (`fwd` is updated to use it). `entry` is the tuple's
+/// forward entry when one exists (rewritten in place).
 #[inline(always)]
-pub fn create(flow: &Flow, fwd: &mut CtValue, cfg: &Config, now: u32) -> Result<(), CreateError> {
+pub fn create(
+    flow: &Flow,
+    fwd: &mut CtValue,
+    cfg: &Config,
+    now: u32,
+    entry: Option<*mut CtValue>,
+) -> Result<(), CreateError> {
     if !stats::live() {
         return Ok(());
     }
@@ -234,6 +255,11 @@ pub fn create(flow: &Flow, fwd: &mut CtValue, cfg: &Config, now: u32) -> Result<
     }
     if !ok {
         return Err(CreateError::PortsExhausted);
+    }
+    if let Some(p) = entry {
+        // SAFETY: pointer into the map value (the packet's own tuple).
+        unsafe { *p = *fwd };
+        return Ok(());
     }
     let fkey = key(flow, ct_dir::FORWARD);
     if CONNTRACK.insert(fkey, fwd, u64::from(BPF_ANY)).is_err() {

@@ -51,7 +51,7 @@ pub fn translate_error<P: Packet>(pkt: &mut P, e: &IcmpError, now: u32) -> Optio
     } else {
         e.saddr
     };
-    let out = route::plan(pkt, new_src, new_dst, e.ip_len).0?;
+    let out = route::plan(pkt, new_src, new_dst, e.ip_len, None).0?;
     let inner_csum = e.inner_ip_off + 10;
     let r = (|| {
         // The quoted destination was the backend: make it the frontend.

@@ -155,9 +155,26 @@ fn to_frontend<P: Packet>(
             // The flow's backend left the service (or the frontend moved): pick again now.
             stats::count(counter::CT_RESELECT);
         }
-        stale = Some(conntrack::reply_key_of(&cur, flow.proto));
+        stale = Some(Stale {
+            entry: ct,
+            reply: conntrack::reply_key_of(&cur, flow.proto),
+            xlated: translated(flow, &cur),
+        });
     }
     new_flow(pkt, flow, svc, cfg, now, stale)
+}
+
+/// The forward entry a new flow replaces: its tuple's previous flow (closed, expired, or
+/// whose backend left). Rewritten in place rather than re-inserted: a client reusing a
+/// source port costs no conntrack allocation.
+#[derive(Clone, Copy)]
+pub struct Stale {
+    /// The entry in the map.
+    pub entry: *mut CtValue,
+    /// The previous flow's reply key.
+    pub reply: CtKey,
+    /// The previous flow's translated (source, destination).
+    pub xlated: (Ipv4, Ipv4),
 }
 
 /// Next packet of a tracked flow whose backend is still in the service.
@@ -206,7 +223,7 @@ fn new_flow<P: Packet>(
     svc: &ServiceValue,
     cfg: &Config,
     now: u32,
-    stale: Option<CtKey>,
+    stale: Option<Stale>,
 ) -> Verdict {
     if !lookup::source_allowed(svc, flow) {
         return drop_flow(cfg, P::HOOK, flow, svc.svc_id, drop_reason::SOURCE_RANGE);
@@ -267,7 +284,13 @@ fn new_flow<P: Packet>(
         );
     }
     let (s, d) = translated(flow, &fwd);
-    let (out, hop) = route::plan(pkt, s, d, flow.ip_len);
+    // The previous flow of this tuple went the same way if it was translated alike.
+    let known = stale.and_then(|st| {
+        // SAFETY: pointer into the map value, not yet rewritten.
+        (st.xlated == (s, d)).then(|| route::cached_hop(unsafe { &*st.entry }, now))
+    });
+    let known = known.flatten();
+    let (out, hop) = route::plan(pkt, s, d, flow.ip_len, known);
     let Some(out) = out else {
         return Verdict::Pass;
     };
@@ -279,7 +302,8 @@ fn new_flow<P: Packet>(
         t.hash = sel.hash;
         t.ct_flags = fwd.flags;
     });
-    if let Err(e) = conntrack::create(flow, &mut fwd, cfg, now) {
+    let old_reply = stale.map(|st| st.reply);
+    if let Err(e) = conntrack::create(flow, &mut fwd, cfg, now, stale.map(|st| st.entry)) {
         let reason = match e {
             CreateError::PortsExhausted => drop_reason::SNAT_EXHAUSTED,
             CreateError::Insert => drop_reason::CT_INSERT,
@@ -293,7 +317,7 @@ fn new_flow<P: Packet>(
         };
         lookup::touch_affinity(&key, sel.id, now);
     }
-    if let Some(old) = stale
+    if let Some(old) = old_reply
         && old != conntrack::reply_key_of(&fwd, flow.proto)
         && stats::live()
     {

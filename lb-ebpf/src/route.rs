@@ -91,11 +91,37 @@ fn decide<P: Packet>(pkt: &P, hop: Hop) -> Option<Out> {
     })
 }
 
-/// Plans a packet that has no conntrack entry yet; the hop goes into the entry (`store`).
+/// Plans a packet that has no conntrack entry yet (from `known` when a hop of this second is
+/// at hand); the hop goes into the entry (`store`).
 #[inline(always)]
-pub fn plan<P: Packet>(pkt: &P, saddr: Ipv4, daddr: Ipv4, ip_len: u16) -> (Option<Out>, Hop) {
-    let hop = lookup(pkt, saddr, daddr, ip_len);
+pub fn plan<P: Packet>(
+    pkt: &P,
+    saddr: Ipv4,
+    daddr: Ipv4,
+    ip_len: u16,
+    known: Option<Hop>,
+) -> (Option<Out>, Hop) {
+    let hop = match known {
+        Some(hop) => hop,
+        None => lookup(pkt, saddr, daddr, ip_len),
+    };
     (decide(pkt, hop), hop)
+}
+
+/// The hop cached in `ct`, if it was looked up this second.
+#[inline(always)]
+pub fn cached_hop(ct: &CtValue, now: u32) -> Option<Hop> {
+    if ct.route_flags & route_flags::CACHED == 0 || ct.route_at != now {
+        return None;
+    }
+    let mut dst = [0u8; 6];
+    let mut src = [0u8; 6];
+    dst.copy_from_slice(&ct.route_macs[..6]);
+    src.copy_from_slice(&ct.route_macs[6..]);
+    Some(Hop {
+        ifindex: ct.route_ifindex,
+        macs: (ct.route_flags & route_flags::MACS != 0).then_some((dst, src)),
+    })
 }
 
 /// Records `hop` in a conntrack value being built.
@@ -123,15 +149,7 @@ pub fn plan_cached<P: Packet>(
 ) -> Option<Out> {
     // SAFETY: `ct` points into the map value; fields are read and written one by one.
     let cur = unsafe { &mut *ct };
-    if cur.route_flags & route_flags::CACHED != 0 && cur.route_at == now {
-        let mut dst = [0u8; 6];
-        let mut src = [0u8; 6];
-        dst.copy_from_slice(&cur.route_macs[..6]);
-        src.copy_from_slice(&cur.route_macs[6..]);
-        let hop = Hop {
-            ifindex: cur.route_ifindex,
-            macs: (cur.route_flags & route_flags::MACS != 0).then_some((dst, src)),
-        };
+    if let Some(hop) = cached_hop(cur, now) {
         return decide(pkt, hop);
     }
     let hop = lookup(pkt, saddr, daddr, ip_len);

@@ -383,9 +383,29 @@ fn tcp_close_expires_fast_and_a_new_syn_starts_a_new_flow() {
             "closed flows expire fast"
         );
     }
-    // A new SYN on the closed tuple is a new flow (counted as new, not as a hit).
-    dp.tc(prog_names::POD_INGRESS, &syn);
+    // A new SYN on the closed tuple is a new flow (counted as new, not as a hit), written
+    // over the closed flow's two entries (still two).
+    let (_, out) = dp.tc(prog_names::POD_INGRESS, &syn);
     assert_eq!(dp.counters()[counter::CT_NEW as usize], 2);
+    let ct = dp.maps.conntrack_entries().unwrap();
+    assert_eq!(ct.len(), 2, "the tuple's entries are reused: {ct:?}");
+    for (k, v) in &ct {
+        assert_eq!(v.state, lb_common::ct_state::SYN_SENT, "{k:?}");
+    }
+    // ...and the reused reply entry translates the new flow's SYN/ACK back to the VIP.
+    let be = packet::parse(&out).dst;
+    let syn_ack = packet::tcp((be, 8080), (CLIENT, 42000), flags::SYN | flags::ACK, b"");
+    let (_, back) = dp.tc(prog_names::POD_INGRESS, &syn_ack);
+    let back = packet::parse(&back);
+    assert_eq!((back.src, back.sport), (VIP, 80));
+    let ack = packet::tcp((CLIENT, 42000), (VIP, 80), flags::ACK, b"");
+    dp.tc(prog_names::POD_INGRESS, &ack);
+    let ct = dp.maps.conntrack_entries().unwrap();
+    assert!(
+        ct.iter()
+            .all(|(_, v)| v.state == lb_common::ct_state::ESTABLISHED),
+        "{ct:?}"
+    );
 }
 
 #[test]

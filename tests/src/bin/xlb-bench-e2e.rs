@@ -15,7 +15,8 @@
 //! `target/bench/e2e.json` and PNG charts (`benches/plot_e2e.py`).
 //!
 //! Flags: `--modes no-LB,iptables,nftables,xlb` `--sizes 1,1000,10000` `--reps 3`
-//! `--connects 2000` `--seconds 4`.
+//! `--connects 2000` `--seconds 4` `--perf 1` (a `perf record -a -g` of each wrk phase,
+//! `target/bench/perf-<mode>-<N>.data`).
 
 use std::{
     collections::BTreeMap,
@@ -50,6 +51,8 @@ struct Opts {
     reps: usize,
     connects: usize,
     seconds: u32,
+    /// Record a system-wide `perf` profile of every wrk phase into `target/bench/`.
+    perf: bool,
 }
 
 fn opts() -> Opts {
@@ -59,6 +62,7 @@ fn opts() -> Opts {
         reps: 3,
         connects: 2000,
         seconds: 4,
+        perf: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -88,7 +92,8 @@ fn opts() -> Opts {
             "--reps" => o.reps = num(v).max(1),
             "--connects" => o.connects = num(v).max(10),
             "--seconds" => o.seconds = num(v).max(1) as u32,
-            _ => panic!("unknown flag {a}: --modes --sizes --reps --connects --seconds"),
+            "--perf" => o.perf = num(v) != 0,
+            _ => panic!("unknown flag {a}: --modes --sizes --reps --connects --seconds --perf"),
         }
     }
     o
@@ -558,7 +563,22 @@ fn measure(bed: &mut Bed, n: usize, o: &Opts) -> Sample {
     } else {
         [last; 3]
     };
+    let perf = o.perf.then(|| {
+        let out = bench_dir().join(format!("perf-{}-{n}.data", bed.mode));
+        let secs = o.seconds.to_string();
+        let out = out.to_str().expect("path");
+        let cmd = [
+            "perf", "record", "-a", "-g", "-q", "-o", out, "--", "sleep", &secs,
+        ];
+        spawn_in(&bed.node.ns, &cmd)
+    });
     let conns_per_s = wrk(bed, wrk_targets, o.seconds);
+    if let Some(p) = perf {
+        let out = p.wait_with_output().expect("perf");
+        if !out.status.success() {
+            eprintln!("perf: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
     let gbit_s = iperf(bed, iperf_to);
     Sample {
         first_p50: percentile(&f, 0.5),
@@ -652,8 +672,7 @@ fn main() {
     }
     let report = render(&o, &results);
     println!("\n{report}");
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    fs::create_dir_all(&out).expect("target/bench");
+    let out = bench_dir();
     fs::write(out.join("e2e.md"), &report).expect("write e2e.md");
     let json = json!({ "machine": machine(), "results": results });
     fs::write(
@@ -672,6 +691,13 @@ fn main() {
         other => eprintln!("charts not drawn ({other:?}): is python3-matplotlib installed?"),
     }
     drop(beds);
+}
+
+/// `target/bench/`, created.
+fn bench_dir() -> PathBuf {
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    fs::create_dir_all(&out).expect("target/bench");
+    out
 }
 
 /// The Markdown report: per N, each mode's median [min–max] and its ratio to the no-LB
