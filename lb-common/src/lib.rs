@@ -42,11 +42,13 @@ pub mod map_names {
     pub const EVENTS: &str = "xlb_events";
     /// Decision trace of the last `xlb explain` run (per CPU, one entry).
     pub const TRACE: &str = "xlb_trace";
+    /// Socket-level translations: per TCP socket, the Service it dialled (socket storage).
+    pub const SOCK: &str = "xlb_sock";
 
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         SERVICES, BACKENDS, LUT, CONNTRACK, AFFINITY, SRC_RANGES, COUNTERS, SVC_STATS, SVC_INFO,
-        CONFIG, EVENTS, TRACE,
+        CONFIG, EVENTS, TRACE, SOCK,
     ];
 }
 
@@ -66,6 +68,10 @@ pub mod prog_names {
     pub const GEN: &str = "xlb_gen";
     /// Drops what returns to the generator's device (throughput benchmark).
     pub const SINK: &str = "xlb_sink";
+    /// cgroup connect4: a TCP connect() to a ClusterIP goes to a backend (socket-level LB).
+    pub const CONNECT4: &str = "xlb_connect4";
+    /// cgroup getpeername4: a socket translated at connect() reports the ClusterIP as its peer.
+    pub const PEERNAME4: &str = "xlb_peername4";
 }
 
 /// Default capacities (each overridable by agent flags at load time).
@@ -506,6 +512,8 @@ pub mod counter {
     pub const ICMP_XLATE: u32 = 13;
     /// Packets handed to the kernel stack after translation.
     pub const PASS: u32 = 14;
+    /// TCP connects to a ClusterIP translated at the socket (cgroup connect4).
+    pub const SOCK_XLATE: u32 = 15;
     /// First drop counter; drop reason `r` is counted at `DROP_BASE + r`.
     pub const DROP_BASE: u32 = 16;
     /// Number of counters.
@@ -529,6 +537,7 @@ pub mod counter {
             AFFINITY_HIT => "affinity_hit",
             ICMP_XLATE => "icmp_xlate",
             PASS => "pass",
+            SOCK_XLATE => "sock_xlate",
             i if i > DROP_BASE && i < MAX => super::drop_reason::name(i - DROP_BASE),
             _ => "",
         }
@@ -624,6 +633,22 @@ pub struct Trace {
     pub out_ifindex: u32,
 }
 
+/// Value of `xlb_sock` (socket storage of a TCP socket translated at connect()).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockXlate {
+    /// The ClusterIP the socket dialled.
+    pub vip: Ipv4,
+    /// The backend it was sent to.
+    pub backend: Ipv4,
+    /// The dialled port, network order (as in `bpf_sock_addr::user_port`).
+    pub vip_port_be: u16,
+    /// The backend's port, network order.
+    pub backend_port_be: u16,
+    /// Service id at connect() time.
+    pub svc_id: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     //! `aya::Pod` for every map type, user space only.
@@ -650,6 +675,7 @@ mod pod {
         SvcInfo,
         Event,
         Trace,
+        SockXlate,
     );
 }
 
@@ -657,6 +683,7 @@ mod pod {
 const _: () = {
     use core::mem::{offset_of, size_of};
     assert!(size_of::<ServiceKey>() == 8);
+    assert!(size_of::<SockXlate>() == 16);
     assert!(size_of::<ServiceValue>() == 20);
     assert!(size_of::<Backend>() == 16);
     assert!(size_of::<LutChunk>() == 4 * LUT_CHUNK_SLOTS);

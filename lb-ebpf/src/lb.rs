@@ -73,7 +73,7 @@ pub fn process<P: Packet>(pkt: &mut P) -> Verdict {
             return Verdict::Pass;
         }
     };
-    if let Some((svc, scope)) = lookup::frontend(&flow, P::HOOK) {
+    if let Some((svc, scope)) = lookup::frontend(flow.daddr, flow.dport, flow.proto, P::HOOK) {
         stats::trace(|t| {
             t.scope = scope;
             t.svc_id = svc.svc_id;

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_get_prandom_u32, maps::lpm_trie::Key};
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, Config, LUT_CHUNK_SLOTS, ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, Backend, Config, Ipv4, LUT_CHUNK_SLOTS, ServiceKey, ServiceValue,
     SrcRangeKey, algorithm, backend_flags, drop_reason, flow_hash, hook, scope, selection,
     svc_flags,
 };
@@ -14,13 +14,14 @@ use crate::{
     stats,
 };
 
-/// The frontend a packet is addressed to, with the scope of the entry that matched.
+/// The frontend at `addr:port` (host order) for `l4_proto`, with the scope of the entry that
+/// matched: clients on this node (`hook::POD`) use the internal entry when there is one.
 #[inline(always)]
-pub fn frontend(flow: &Flow, hook_kind: u8) -> Option<(ServiceValue, u8)> {
+pub fn frontend(addr: Ipv4, port: u16, l4_proto: u8, hook_kind: u8) -> Option<(ServiceValue, u8)> {
     let mut key = ServiceKey {
-        addr: flow.daddr,
-        port: flow.dport,
-        proto: flow.proto,
+        addr,
+        port,
+        proto: l4_proto,
         scope: scope::EXTERNAL,
     };
     // SAFETY: the value is copied out at once; the agent may replace it concurrently.
@@ -114,19 +115,9 @@ pub fn select(svc: &ServiceValue, flow: &Flow, cfg: &Config, now: u32) -> Result
     let (slot, how) = if svc.algorithm == algorithm::MAGLEV {
         (hash % svc.lut_size, selection::MAGLEV)
     } else {
-        // SAFETY: helper without preconditions.
-        (
-            unsafe { bpf_get_prandom_u32() } % svc.lut_size,
-            selection::RANDOM,
-        )
+        (random_slot(svc), selection::RANDOM)
     };
-    let chunk_idx = slot / LUT_CHUNK_SLOTS as u32;
-    // SAFETY: one u32 is read out of the chunk at once; tables are replaced, never edited.
-    let chunk = unsafe { LUT.get_value(&svc.svc_id, &chunk_idx) }.ok_or(drop_reason::NO_BACKEND)?;
-    // The mask keeps the index provably inside the chunk for the verifier.
-    let idx = (slot as usize) & (LUT_CHUNK_SLOTS - 1);
-    let id = *chunk.backend_ids.get(idx).ok_or(drop_reason::NO_BACKEND)?;
-    let be = backend(id, svc.svc_id).ok_or(drop_reason::NO_BACKEND)?;
+    let (id, be) = slot_backend(svc, slot).ok_or(drop_reason::NO_BACKEND)?;
     Ok(Selected {
         id,
         backend: be,
@@ -134,6 +125,25 @@ pub fn select(svc: &ServiceValue, flow: &Flow, cfg: &Config, now: u32) -> Result
         slot,
         hash,
     })
+}
+
+/// A random slot of `svc`'s table (`lut_size` must not be 0).
+#[inline(always)]
+pub fn random_slot(svc: &ServiceValue) -> u32 {
+    // SAFETY: helper without preconditions.
+    (unsafe { bpf_get_prandom_u32() }) % svc.lut_size
+}
+
+/// The backend in `slot` of `svc`'s table, with its id.
+#[inline(always)]
+pub fn slot_backend(svc: &ServiceValue, slot: u32) -> Option<(u32, Backend)> {
+    let chunk_idx = slot / LUT_CHUNK_SLOTS as u32;
+    // SAFETY: one u32 is read out of the chunk at once; tables are replaced, never edited.
+    let chunk = unsafe { LUT.get_value(&svc.svc_id, &chunk_idx) }?;
+    // The mask keeps the index provably inside the chunk for the verifier.
+    let idx = (slot as usize) & (LUT_CHUNK_SLOTS - 1);
+    let id = *chunk.backend_ids.get(idx)?;
+    Some((id, backend(id, svc.svc_id)?))
 }
 
 /// Records (or refreshes) a client's affinity to a backend.

@@ -12,13 +12,14 @@ mod maps;
 mod nat;
 mod parse;
 mod route;
+mod sock;
 mod stats;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, xdp_action},
     helpers::bpf_redirect_neigh,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use lb_common::hook;
 
@@ -67,6 +68,21 @@ pub fn xlb_xdp(ctx: XdpContext) -> u32 {
     };
     stats::trace(|t| t.verdict = code as i32);
     code
+}
+
+/// cgroup connect4: TCP connects to a ClusterIP go straight to a backend (socket-level LB).
+#[cgroup_sock_addr(connect4)]
+pub fn xlb_connect4(ctx: SockAddrContext) -> i32 {
+    sock::connect4(&ctx);
+    // 1: let the connect() proceed (to the backend, if translated).
+    1
+}
+
+/// cgroup getpeername4: sockets translated at connect() report the ClusterIP as their peer.
+#[cgroup_sock_addr(getpeername4)]
+pub fn xlb_peername4(ctx: SockAddrContext) -> i32 {
+    sock::getpeername4(&ctx);
+    1
 }
 
 /// Benchmark floor (`cargo xtask bench datapath`): parses like the real programs, then passes.

@@ -3,12 +3,12 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_INNER_MAP, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_F_RDONLY_PROG},
-    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SkStorage},
     macros::btf_map,
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, LutChunk, ServiceKey,
-    ServiceValue, SrcRangeKey, SvcInfo, SvcStats, Trace, capacity, counter,
+    ServiceValue, SockXlate, SrcRangeKey, SvcInfo, SvcStats, Trace, capacity, counter,
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
@@ -69,3 +69,7 @@ pub static EVENTS: RingBuf<lb_common::Event, { capacity::EVENTS_BYTES as usize }
 /// Decision of the last packet run by `xlb explain` (only its private program copy writes here).
 #[btf_map(name = "xlb_trace")]
 pub static TRACE: PerCpuArray<Trace, 1> = PerCpuArray::new();
+
+/// Per TCP socket translated at connect(): the ClusterIP it dialled (freed with the socket).
+#[btf_map(name = "xlb_sock")]
+pub static SOCK: SkStorage<SockXlate> = SkStorage::new();

@@ -19,7 +19,7 @@ use lb_common::{Config, LAYOUT_VERSION};
 use tokio::sync::mpsc;
 
 use crate::{
-    bpf::{self, Capacities, Role, XdpModeOpt, devices, maps::Maps},
+    bpf::{self, Capacities, Role, XdpModeOpt, devices, maps::Maps, sock::CgroupOpt},
     http::Response,
     k8s::{NodeContext, Translator},
     metrics::{Health, Metrics},
@@ -44,6 +44,8 @@ pub struct AgentConfig {
     pub pod_devices: Vec<String>,
     pub bpffs: PathBuf,
     pub xdp_mode: XdpModeOpt,
+    /// Where TCP connects to ClusterIPs are translated at the socket.
+    pub cgroup: CgroupOpt,
     pub proxy_name: Option<String>,
     pub maglev_size: u32,
     pub hash_seed: u32,
@@ -192,6 +194,32 @@ impl Devices {
     }
 }
 
+/// Attaches (or detaches) socket-level load balancing as `--cgroup` says.
+fn attach_sockets(cfg: &AgentConfig, ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let path = match &cfg.cgroup {
+        CgroupOpt::Off => None,
+        CgroupOpt::Path(p) => Some(p.clone()),
+        CgroupOpt::Auto => {
+            let found = bpf::sock::cgroup2_mount();
+            if found.is_none() {
+                tracing::warn!(
+                    "--cgroup auto: no cgroup v2 mount; socket-level load balancing is off (every connection takes the tc path)"
+                );
+            }
+            found
+        }
+    };
+    match path {
+        Some(p) => {
+            bpf::sock::attach(ebpf, &cfg.bpffs, &p)
+                .with_context(|| format!("--cgroup {}", p.display()))?;
+            tracing::info!(cgroup = %p.display(), "socket-level load balancing attached");
+        }
+        None => bpf::sock::detach(&cfg.bpffs),
+    }
+    Ok(())
+}
+
 /// Removes the whole datapath on purpose: links detach, maps (conntrack included) go.
 pub fn cleanup(dir: &std::path::Path) -> anyhow::Result<()> {
     bpf::pins::remove_all(dir)?;
@@ -238,6 +266,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     };
     let mut sync = MapSync::recover(maps, sync_cfg, recovered);
     tracing::info!(bpffs = %cfg.bpffs.display(), adopted_services = adopted, "datapath loaded");
+    attach_sockets(&cfg, &mut ebpf)?;
 
     let metrics = Metrics::new(&cfg.bpffs);
     let health = Arc::new(Health::default());

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use lb_userspace::{
     agent::{self, AgentConfig, Timeouts},
-    bpf::{Capacities, XdpModeOpt, maps::Maps},
+    bpf::{Capacities, XdpModeOpt, maps::Maps, sock::CgroupOpt},
     cli::{self, Output},
     k8s::NodeContext,
     maglev,
@@ -247,6 +247,11 @@ struct AgentArgs {
     /// XDP mode on uplinks.
     #[arg(long, env = "XLB_XDP_MODE", value_enum, default_value_t = XdpModeOpt::Native)]
     xdp_mode: XdpModeOpt,
+    /// cgroup v2 directory whose processes' TCP connects to ClusterIPs are translated at the
+    /// socket (no per-packet NAT): `auto` (the first cgroup2 mount: the whole node), a path, or
+    /// `off` (every connection takes the tc path).
+    #[arg(long, env = "XLB_CGROUP", default_value = "auto")]
+    cgroup: CgroupOpt,
     /// Prometheus metrics address (`/metrics`); `off` disables.
     #[arg(long, env = "XLB_METRICS_ADDR", default_value = "127.0.0.1:10249", value_parser = parse_listen)]
     metrics_addr: Listen,
@@ -316,6 +321,7 @@ fn agent_config(a: AgentArgs) -> AgentConfig {
             .collect(),
         bpffs: a.bpffs,
         xdp_mode: a.xdp_mode,
+        cgroup: a.cgroup,
         proxy_name: a.proxy_name,
         maglev_size: a.maglev_table_size,
         hash_seed: a.hash_seed,

@@ -33,16 +33,26 @@ pub fn xlb_bin() -> PathBuf {
     bin
 }
 
-/// A pin directory that is removed (datapath detached) when dropped.
+/// A pin directory that is removed (datapath detached) when dropped, with the test's own
+/// cgroup: agents started on it attach their socket programs there (never to the machine's
+/// root cgroup, which every other test and process shares).
 pub struct PinDir {
     pub path: PathBuf,
+    /// `<cgroup2 mount>/xlbt-<tag>`: the processes of this test's "node".
+    pub cgroup: PathBuf,
 }
 
 impl PinDir {
-    /// `/sys/fs/bpf/xlbt-<tag>`.
+    /// `/sys/fs/bpf/xlbt-<tag>` and its cgroup.
     pub fn new(tag: &str) -> Self {
+        let root = lb_userspace::bpf::sock::cgroup2_mount()
+            .expect("no cgroup v2 mount: socket-level load balancing cannot be tested here");
+        let cgroup = root.join(format!("xlbt-{tag}"));
+        std::fs::create_dir_all(&cgroup)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", cgroup.display()));
         Self {
             path: PathBuf::from(format!("/sys/fs/bpf/xlbt-{tag}")),
+            cgroup,
         }
     }
 }
@@ -50,6 +60,14 @@ impl PinDir {
 impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+        // A cgroup goes once its last process has exited (which may take a moment).
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        eprintln!("warning: {} not removed", self.cgroup.display());
     }
 }
 
@@ -126,6 +144,26 @@ pub fn in_netns(cmd: &mut Command, netns: &Path) {
     }
 }
 
+/// Makes `cmd` start inside `cgroup` (cgroup v2).
+pub fn in_cgroup(cmd: &mut Command, cgroup: &Path) {
+    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").as_os_str().as_encoded_bytes())
+        .expect("path without NUL");
+    // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec; writing
+    // "0" moves the writing process.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if ok { Ok(()) } else { Err(err) }
+        });
+    }
+}
+
 impl Agent {
     /// Starts `xlb agent <args> --bpffs <pins>` in `node` and waits until it is ready.
     pub fn start(node: &Netns, pins: &PinDir, args: &[&str]) -> Self {
@@ -176,6 +214,10 @@ impl Agent {
         all.push(pins.path.display().to_string());
         all.push("--healthz-addr".into());
         all.push("127.0.0.1:10256".into());
+        if !args.contains(&"--cgroup") {
+            all.push("--cgroup".into());
+            all.push(pins.cgroup.display().to_string());
+        }
         all.extend(args.iter().map(|s| (*s).to_owned()));
         Self {
             child: Some(spawn(&node.path(), &log, &all, caps.as_deref())),

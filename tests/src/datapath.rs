@@ -64,6 +64,7 @@ pub fn default_config() -> Config {
         pod_devices: Vec::new(),
         bpffs: "/nonexistent".into(),
         xdp_mode: bpf::XdpModeOpt::Off,
+        cgroup: lb_userspace::bpf::sock::CgroupOpt::Off,
         proxy_name: None,
         maglev_size: MAGLEV_SIZE,
         hash_seed: SEED,

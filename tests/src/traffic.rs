@@ -312,3 +312,44 @@ pub fn http_get(to: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     Ok((status, body))
 }
+
+/// Runs `n` TCP requests from a separate process (`bin`: `xlb-test-client`) in `ns`, placed in
+/// `cgroup` before it starts; returns the replies as `tcp_request` would.
+pub fn tcp_requests_from_cgroup(
+    bin: &std::path::Path,
+    ns: &Netns,
+    cgroup: &std::path::Path,
+    to: SocketAddr,
+    n: usize,
+) -> Vec<std::io::Result<Reply>> {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args([to.to_string(), n.to_string()])
+        .stdin(std::process::Stdio::null());
+    crate::agent::in_netns(&mut cmd, &ns.path());
+    crate::agent::in_cgroup(&mut cmd, cgroup);
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    assert!(out.status.success(), "{}: {out:?}", bin.display());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let mut it = l.split_whitespace();
+            let (Some(backend), Some(seen), Some(from)) = (it.next(), it.next(), it.next()) else {
+                return Err(std::io::Error::other(l.to_owned()));
+            };
+            if backend == "error" {
+                return Err(std::io::Error::other(l.to_owned()));
+            }
+            let parse = |a: &str| {
+                a.parse::<SocketAddr>()
+                    .map_err(|_| std::io::Error::other(l.to_owned()))
+            };
+            Ok(Reply {
+                backend: backend.to_owned(),
+                seen_from: parse(seen)?,
+                from: parse(from)?,
+            })
+        })
+        .collect()
+}

@@ -12,7 +12,7 @@ use xlb_tests::{
     manifests::{Ep, Port, docs, service, slice},
     netns::{require_root, unique_tag},
     topology::Node,
-    traffic::{Servers, eventually, spread, tcp_requests, udp_requests},
+    traffic::{Servers, eventually, spread, tcp_requests, tcp_requests_from_cgroup, udp_requests},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -402,4 +402,120 @@ fn late_pods_are_attached_sigterm_is_clean_and_the_cli_reads_a_stopped_datapath(
     );
     let s = spread(&tcp_requests(&late.ns, SocketAddr::from((VIP, 80)), 20));
     assert_eq!(s.get("b1"), Some(&20), "{s:?}");
+}
+
+/// `xlb <args> -o json` through the agent's CLI.
+fn json(agent: &Agent, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = agent.cli(&all);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("xlb {args:?}: {e}:\n{out}"))
+}
+
+fn counter(agent: &Agent, name: &str) -> u64 {
+    let stats = json(agent, &["stats"]);
+    stats
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["name"] == name))
+        .and_then(|r| r["value"].as_u64())
+        .unwrap_or_else(|| panic!("counter {name} missing: {stats}"))
+}
+
+/// Tracked flows of `service`.
+fn flows(agent: &Agent, service: &str) -> usize {
+    let rows = json(agent, &["conntrack", "list", "--service", service]);
+    rows.as_array().map_or(0, Vec::len)
+}
+
+/// How many times each socket program is attached to `cgroup` (bpftool's view).
+fn sock_programs(cgroup: &std::path::Path) -> (usize, usize) {
+    let text = xlb_tests::netns::sh(&["bpftool", "cgroup", "show", cgroup.to_str().unwrap()]);
+    (
+        text.matches("xlb_connect4").count(),
+        text.matches("xlb_peername4").count(),
+    )
+}
+
+#[test]
+fn tcp_connects_from_the_nodes_cgroup_are_translated_at_the_socket() {
+    const STICKY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+    let (tag, node) = cluster(3);
+    let dir = WorkDir::new(&tag);
+    let mut servers = Servers::new();
+    let mut eps = Vec::new();
+    for (i, pod) in node.pods.iter().enumerate().skip(1) {
+        servers.tcp(&pod.ns, SocketAddr::from((pod.ip, 8080)), &format!("b{i}"));
+        eps.push(Ep::ready(pod.ip, "n1"));
+    }
+    let yaml = docs(&[
+        service("web", VIP, &http("web", "8080"), ""),
+        slice("web-1", "web", &[("http", 8080, "TCP")], &eps),
+        service(
+            "sticky",
+            STICKY,
+            &http("sticky", "8080"),
+            "  sessionAffinity: ClientIP\n",
+        ),
+        slice("sticky-1", "sticky", &[("http", 8080, "TCP")], &eps),
+    ]);
+    let path = dir.write("services.yaml", &yaml);
+    let (pins, mut agent) = start(&node, &tag, &path);
+    agent.wait_active("default/web:http/TCP", 3);
+    agent.wait_active("default/sticky:http/TCP", 3);
+    assert_eq!(sock_programs(&pins.cgroup), (1, 1));
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_xlb-test-client"));
+    let client = &node.pods[0];
+    let from_cgroup = |to: Ipv4Addr, n| {
+        tcp_requests_from_cgroup(bin, &client.ns, &pins.cgroup, (to, 80).into(), n)
+    };
+
+    // A process of the node's cgroup: every backend serves, the backend sees the client, and
+    // getpeername() names the ClusterIP; no packet was translated (nothing tracked).
+    let replies = from_cgroup(VIP, 200);
+    let s = spread(&replies);
+    assert!(!s.contains_key("<error>"), "failures {s:?}");
+    assert_eq!(s.len(), 3, "every backend serves: {s:?}");
+    for r in replies.iter().flatten() {
+        assert_eq!(r.from, SocketAddr::from((VIP, 80)), "getpeername");
+        assert_eq!(r.seen_from.ip(), std::net::IpAddr::V4(client.ip));
+    }
+    assert_eq!(counter(&agent, "sock_xlate"), 200);
+    assert_eq!(flows(&agent, "default/web"), 0, "translated at the socket");
+
+    // Session affinity needs the client address: left to tc (tracked, one backend).
+    let sticky = spread(&from_cgroup(STICKY, 20));
+    assert_eq!(sticky.len(), 1, "affinity keeps one backend: {sticky:?}");
+    assert!(!sticky.contains_key("<error>"), "{sticky:?}");
+    assert!(flows(&agent, "default/sticky") > 0);
+    assert_eq!(counter(&agent, "sock_xlate"), 200);
+
+    // Outside the cgroup the tc path translates as before.
+    let plain = tcp_requests(&client.ns, SocketAddr::from((VIP, 80)), 5);
+    assert!(plain.iter().all(Result::is_ok), "{plain:?}");
+    assert!(flows(&agent, "default/web") > 0);
+
+    // The programs stay attached while the agent is down; a restarted agent swaps its own in:
+    // still attached once each, still working.
+    assert!(agent.stop());
+    assert!(from_cgroup(VIP, 10).iter().all(Result::is_ok));
+    agent.restart();
+    assert_eq!(sock_programs(&pins.cgroup), (1, 1));
+    assert!(from_cgroup(VIP, 10).iter().all(Result::is_ok));
+    assert_eq!(counter(&agent, "sock_xlate"), 220);
+
+    // --cgroup off detaches them: the same process goes through tc, and still gets answers.
+    assert!(agent.stop());
+    agent.set_arg("--cgroup", "off");
+    agent.restart();
+    assert_eq!(sock_programs(&pins.cgroup), (0, 0));
+    let replies = from_cgroup(VIP, 10);
+    assert!(replies.iter().all(Result::is_ok), "{replies:?}");
+    assert!(
+        replies
+            .iter()
+            .flatten()
+            .all(|r| r.from == SocketAddr::from((VIP, 80)))
+    );
+    assert_eq!(counter(&agent, "sock_xlate"), 220);
+    drop(servers);
 }

@@ -77,6 +77,15 @@ struct Manifests {
     daemonsets: Vec<DaemonSet>,
 }
 
+/// The value of `<flag>VALUE` among the container's arguments.
+fn args_value(c: &k8s_openapi::api::core::v1::Container, flag: &str) -> Option<String> {
+    c.args
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find_map(|a| a.strip_prefix(flag).map(str::to_owned))
+}
+
 fn load() -> Manifests {
     let mut m = Manifests {
         accounts: vec![],
@@ -255,6 +264,23 @@ fn daemonset_runs_the_agent_as_a_host_network_pod_with_only_the_capabilities_it_
     assert_eq!(
         vol.host_path.as_ref().expect("hostPath").path,
         "/sys/fs/bpf"
+    );
+    // Socket-level load balancing attaches to the host's cgroup v2 root, not the pod's own.
+    let cgroup = args_value(c, "--cgroup=").expect("--cgroup");
+    let mount = mounts
+        .iter()
+        .find(|v| v.mount_path == cgroup)
+        .expect("--cgroup is a mount");
+    let vol = pod
+        .volumes
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|v| v.name == mount.name)
+        .expect("cgroup volume");
+    assert_eq!(
+        vol.host_path.as_ref().expect("hostPath").path,
+        "/sys/fs/cgroup"
     );
     for m in mounts {
         assert!(

@@ -6,6 +6,7 @@
 pub mod devices;
 pub mod maps;
 pub mod pins;
+pub mod sock;
 
 use std::path::{Path, PathBuf};
 
@@ -119,6 +120,7 @@ pub fn load_with(
             name: prog_names::XDP,
             source,
         })?;
+    sock::load(&mut ebpf)?;
     Ok(ebpf)
 }
 

@@ -9,7 +9,7 @@ use std::{
 use aya::maps::{MapInfo, MapType};
 use lb_common::{
     AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, LAYOUT_VERSION, ServiceKey,
-    ServiceValue, SrcRangeKey, SvcInfo, SvcStats, Trace, map_names as names,
+    ServiceValue, SockXlate, SrcRangeKey, SvcInfo, SvcStats, Trace, map_names as names,
 };
 
 /// A problem with the pin directory.
@@ -103,7 +103,7 @@ pub fn ensure_dir(dir: &Path) -> Result<(), PinError> {
 }
 
 /// Type, key size and value size each map must have.
-pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 12] {
+pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 13] {
     use std::mem::size_of;
     [
         (
@@ -143,6 +143,7 @@ pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 12] {
         (names::CONFIG, MapType::Array, 4, size_of::<Config>()),
         (names::EVENTS, MapType::RingBuf, 0, 0),
         (names::TRACE, MapType::PerCpuArray, 4, size_of::<Trace>()),
+        (names::SOCK, MapType::SkStorage, 4, size_of::<SockXlate>()),
     ]
 }
 

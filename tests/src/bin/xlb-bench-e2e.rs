@@ -6,7 +6,9 @@
 //! - `no-LB`: the client dials a backend directly (the ceiling);
 //! - `iptables`: kube-proxy's iptables rules (`iptables-legacy-restore`);
 //! - `nftables`: kube-proxy's nftables rules (`nft -f`);
-//! - `xlb`: the real agent on Service/EndpointSlice files.
+//! - `xlb`: the real agent on Service/EndpointSlice files, with its defaults: TCP connects of
+//!   the node's processes translated at the socket (here the node is the bed's own cgroup,
+//!   which the client pod's processes run in), everything else by the tc programs.
 //!
 //! For each N (services × 3 endpoints) and repetition, every mode in turn: time to load the N
 //! services and to change one endpoint, connect latency (SYN → SYN/ACK, i.e. `connect()`) to
@@ -31,7 +33,7 @@ use std::{
 
 use serde_json::json;
 use xlb_tests::{
-    agent::{Agent, PinDir, in_netns},
+    agent::{Agent, PinDir, in_cgroup, in_netns},
     kubeproxy::{self, Svc},
     netns::{Netns, require_root, unique_tag},
     topology::Node,
@@ -215,7 +217,9 @@ struct Bed {
     backends: Vec<Ipv4Addr>,
     work: PathBuf,
     agent: Option<Agent>,
-    _pins: Option<PinDir>,
+    /// xlb: the node's pin directory and cgroup (the agent attaches its socket programs to
+    /// it; the client pod's processes run in it, as every process of a node does).
+    pins: Option<PinDir>,
     iperf: Child,
 }
 
@@ -258,7 +262,7 @@ impl Bed {
             backends,
             work,
             agent: None,
-            _pins: None,
+            pins: None,
             iperf,
         };
         if mode == "xlb" {
@@ -285,9 +289,38 @@ impl Bed {
             );
             agent.wait_for_log("agent ready", 1);
             bed.agent = Some(agent);
-            bed._pins = Some(pins);
+            bed.pins = Some(pins);
         }
         bed
+    }
+
+    /// `cmd` as a process of the client pod (its namespace, and the node's cgroup if any).
+    fn client_command(&self, cmd: &[&str]) -> Command {
+        let mut c = ns_command(&self.node.pods[0].ns, cmd);
+        if let Some(p) = &self.pins {
+            in_cgroup(&mut c, &p.cgroup);
+        }
+        c
+    }
+
+    /// `connect()` times to `to` measured by a client-pod process (see `connect_times`).
+    fn connect_times(&self, to: SocketAddr, n: usize, warmup: usize) -> Vec<f64> {
+        let exe = std::env::current_exe().expect("own path");
+        let exe = exe.to_str().expect("utf-8 path");
+        let (to, n, warmup) = (to.to_string(), n.to_string(), warmup.to_string());
+        let out = self
+            .client_command(&[exe, "--connect-times", &to, &n, &warmup])
+            .output()
+            .expect("connect-times child");
+        assert!(
+            out.status.success(),
+            "connect-times: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
     }
 
     fn iperf_svc(&self) -> Svc {
@@ -492,7 +525,6 @@ fn spawn_in(ns: &Netns, cmd: &[&str]) -> Child {
 /// spread each wrk's connections, the ceiling gives each wrk its own backend.
 fn wrk(bed: &Bed, targets: [SocketAddr; 3], seconds: u32) -> f64 {
     let d = format!("{seconds}s");
-    let client = &bed.node.pods[0].ns;
     let children: Vec<Child> = targets
         .iter()
         .map(|to| {
@@ -507,7 +539,9 @@ fn wrk(bed: &Bed, targets: [SocketAddr; 3], seconds: u32) -> f64 {
                 "Connection: close",
                 &url,
             ];
-            spawn_in(client, &cmd)
+            bed.client_command(&cmd)
+                .spawn()
+                .unwrap_or_else(|e| panic!("wrk: {e}"))
         })
         .collect();
     let mut total = 0.0;
@@ -535,11 +569,16 @@ fn wrk(bed: &Bed, targets: [SocketAddr; 3], seconds: u32) -> f64 {
 }
 
 fn iperf(bed: &Bed, to: SocketAddr) -> f64 {
-    let client = &bed.node.pods[0].ns;
     let ip = to.ip().to_string();
     let port = to.port().to_string();
     let cmd = ["iperf3", "-c", &ip, "-p", &port, "-t", "3", "-J"];
-    let (_, out) = must_in(client, &cmd, None);
+    let res = bed.client_command(&cmd).output().expect("iperf3");
+    assert!(
+        res.status.success(),
+        "iperf3: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let out = String::from_utf8_lossy(&res.stdout);
     let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
@@ -550,13 +589,12 @@ fn iperf(bed: &Bed, to: SocketAddr) -> f64 {
 fn measure(bed: &mut Bed, n: usize, o: &Opts) -> Sample {
     let (load_ms, change_ms) = bed.load(n);
     let (first, last, iperf_to) = bed.targets(n);
-    let client = &bed.node.pods[0].ns;
     // First and last service alternate in blocks, so drift hits both alike.
     let k = o.connects.div_ceil(10);
     let (mut f, mut l) = (Vec::new(), Vec::new());
     for _ in 0..10 {
-        f.extend(client.run(move || connect_times(first, k, 20)));
-        l.extend(client.run(move || connect_times(last, k, 20)));
+        f.extend(bed.connect_times(first, k, 20));
+        l.extend(bed.connect_times(last, k, 20));
     }
     let wrk_targets = if bed.mode == "no-LB" {
         [0, 1, 2].map(|i| SocketAddr::from((bed.backends[i], HTTP_PORT)))
@@ -629,6 +667,19 @@ fn machine() -> String {
 }
 
 fn main() {
+    // Child mode: `--connect-times <addr> <n> <warmup>` prints one time (µs) per line.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--connect-times") {
+        let to: SocketAddr = args[1].parse().expect("address");
+        let (n, warmup) = (
+            args[2].parse().expect("n"),
+            args[3].parse().expect("warmup"),
+        );
+        for t in connect_times(to, n, warmup) {
+            println!("{t:.3}");
+        }
+        return;
+    }
     require_root();
     let o = opts();
     let tag = unique_tag();

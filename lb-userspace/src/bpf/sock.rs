@@ -1,0 +1,173 @@
+//! Socket-level load balancing: the cgroup connect4/getpeername4 programs, attached to a cgroup
+//! v2 directory (by default the root of the first cgroup2 mount, i.e. every process of the node,
+//! pods and host-network processes alike). Their links are pinned like the tc/XDP ones, so
+//! they outlive the agent; a new agent attaches its programs and swaps the pin over, which
+//! detaches the old link (both may run for an instant: the second sees a backend address and
+//! leaves it alone).
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use aya::{
+    Ebpf,
+    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+};
+use lb_common::prog_names;
+
+use super::{LoadError, program_missing};
+
+/// cgroup2's `statfs` magic.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// Which cgroup the socket programs attach to (`--cgroup`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CgroupOpt {
+    /// The first cgroup v2 mount of this mount namespace; off (with a warning) when none.
+    Auto,
+    /// Socket-level load balancing off: every connection goes through the tc path.
+    Off,
+    /// This cgroup v2 directory (and everything below it).
+    Path(PathBuf),
+}
+
+impl FromStr for CgroupOpt {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "auto" => Self::Auto,
+            "off" => Self::Off,
+            p => Self::Path(PathBuf::from(p)),
+        })
+    }
+}
+
+/// The socket programs and their pin names under `<dir>/links`.
+const PROGRAMS: [(&str, &str); 2] = [
+    (prog_names::CONNECT4, "sock-connect4"),
+    (prog_names::PEERNAME4, "sock-peername4"),
+];
+
+/// The first cgroup2 mount point listed in `/proc/self/mountinfo`.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        // "<id> <parent> <dev> <root> <mount point> <opts> ... - <fstype> <source> <opts>"
+        let (left, right) = l.split_once(" - ")?;
+        if right.split(' ').next()? != "cgroup2" {
+            return None;
+        }
+        left.split(' ').nth(4).map(PathBuf::from)
+    })
+}
+
+/// True if `path` is a directory of a cgroup v2 hierarchy.
+pub fn is_cgroup2(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs into a zeroed struct of the right type; `c` is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == CGROUP2_SUPER_MAGIC
+}
+
+fn attach_err(prog: &'static str, cgroup: &Path, e: impl std::error::Error) -> LoadError {
+    let mut reason = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        reason = format!("{reason}: {s}");
+        src = s.source();
+    }
+    LoadError::Attach {
+        prog,
+        iface: format!("cgroup {}", cgroup.display()),
+        reason,
+    }
+}
+
+/// Loads the socket programs of the object.
+pub fn load(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    for (name, _) in PROGRAMS {
+        program(ebpf, name)?
+            .load()
+            .map_err(|source| LoadError::Program { name, source })?;
+    }
+    Ok(())
+}
+
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSockAddr, LoadError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| program_missing(name))?
+        .try_into()
+        .map_err(|source| LoadError::Program { name, source })
+}
+
+/// Attaches both programs to `cgroup` and pins their links in place of any previous ones.
+pub fn attach(ebpf: &mut Ebpf, dir: &Path, cgroup: &Path) -> Result<(), LoadError> {
+    let first = PROGRAMS[0].0;
+    if !is_cgroup2(cgroup) {
+        return Err(attach_err(
+            first,
+            cgroup,
+            std::io::Error::other("not a cgroup v2 directory"),
+        ));
+    }
+    let fd = File::open(cgroup).map_err(|e| attach_err(first, cgroup, e))?;
+    for (name, pin) in PROGRAMS {
+        let prog = program(ebpf, name)?;
+        // A bpf_link: always one among many on the cgroup (link flags must be 0).
+        let id = prog
+            .attach(&fd, CgroupAttachMode::Single)
+            .map_err(|e| attach_err(name, cgroup, e))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|e| attach_err(name, cgroup, e))?;
+        let link = FdLink::try_from(link).map_err(|e| attach_err(name, cgroup, e))?;
+        let links = dir.join("links");
+        // bpffs names cannot contain dots.
+        let tmp = links.join(format!("new-{pin}"));
+        let _ = std::fs::remove_file(&tmp);
+        link.pin(&tmp).map_err(|e| attach_err(name, cgroup, e))?;
+        // The rename drops the previous agent's pin, which detaches its link.
+        std::fs::rename(&tmp, links.join(pin)).map_err(|e| attach_err(name, cgroup, e))?;
+    }
+    Ok(())
+}
+
+/// Detaches the socket programs (their pins go).
+pub fn detach(dir: &Path) {
+    for (_, pin) in PROGRAMS {
+        let _ = std::fs::remove_file(dir.join("links").join(pin));
+    }
+}
+
+/// True if socket programs are attached (pinned) under `dir`.
+pub fn attached(dir: &Path) -> bool {
+    dir.join("links").join(PROGRAMS[0].1).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_flag_values() {
+        assert_eq!("auto".parse::<CgroupOpt>(), Ok(CgroupOpt::Auto));
+        assert_eq!("off".parse::<CgroupOpt>(), Ok(CgroupOpt::Off));
+        assert_eq!(
+            "/sys/fs/cgroup".parse::<CgroupOpt>(),
+            Ok(CgroupOpt::Path("/sys/fs/cgroup".into()))
+        );
+    }
+
+    #[test]
+    fn a_regular_directory_is_not_a_cgroup() {
+        assert!(!is_cgroup2(Path::new("/tmp")));
+        assert!(!is_cgroup2(Path::new("/nonexistent/xlb")));
+    }
+}
