@@ -65,6 +65,9 @@ def main():
     chart(results, machine, "conns_per_s", "connections/s",
           "Short connections (wrk, Connection: close) to the last service",
           out / "e2e-connections.png")
+    chart(results, machine, "conns_per_s_pinned", "connections/s",
+          "Short connections, one backend per wrk process (the ceiling's own pattern)",
+          out / "e2e-connections-pinned.png")
     chart(results, machine, "gbit_s", "Gbit/s", "One-stream iperf3 throughput",
           out / "e2e-throughput.png")
 

@@ -13,7 +13,10 @@
 //! For each N (services × 3 endpoints) and repetition, every mode in turn: time to load the N
 //! services and to change one endpoint, connect latency (SYN → SYN/ACK, i.e. `connect()`) to
 //! the first and the last service, short connections per second with wrk (`Connection:
-//! close`), one-stream iperf3 throughput. Results: stdout, `target/bench/e2e.md`,
+//! close`) twice — to the last service (the load balancers spread each wrk's connections over
+//! the three backends) and with one backend per wrk (through one-endpoint Services: exactly
+//! the ceiling's traffic, so the ratio is the datapath's own cost) — and one-stream iperf3
+//! throughput. Results: stdout, `target/bench/e2e.md`,
 //! `target/bench/e2e.json` and PNG charts (`benches/plot_e2e.py`).
 //!
 //! Flags: `--modes no-LB,iptables,nftables,xlb` `--sizes 1,1000,10000` `--reps 3`
@@ -268,7 +271,7 @@ impl Bed {
         if mode == "xlb" {
             fs::write(
                 bed.work.join("services/iperf.yaml"),
-                kubeproxy::manifests(&[bed.iperf_svc()]),
+                kubeproxy::manifests(&bed.fixed_svcs()),
             )
             .expect("write");
             let pins = PinDir::new(&format!("{tag}{idx}"));
@@ -321,6 +324,26 @@ impl Bed {
             .lines()
             .filter_map(|l| l.parse().ok())
             .collect()
+    }
+
+    /// Services every N has: iperf, and one per backend (`pinned_svc`).
+    fn fixed_svcs(&self) -> Vec<Svc> {
+        let mut v = vec![self.iperf_svc()];
+        v.extend((0..self.backends.len()).map(|i| self.pinned_svc(i)));
+        v
+    }
+
+    /// A Service whose one endpoint is backend `i`: the wrk run with one backend per wrk
+    /// process goes through it, so the load balancers carry exactly the ceiling's traffic.
+    fn pinned_svc(&self, i: usize) -> Svc {
+        Svc {
+            namespace: "bench".into(),
+            name: format!("pinned{i}"),
+            vip: Ipv4Addr::new(10, 98, 0, 1 + i as u8),
+            port: 80,
+            target: HTTP_PORT,
+            endpoints: vec![self.backends[i]],
+        }
     }
 
     fn iperf_svc(&self) -> Svc {
@@ -376,12 +399,12 @@ impl Bed {
         let ns = &self.node.ns;
         match self.mode {
             "iptables" => {
-                let f = self.rules("empty.rules", kubeproxy::iptables_full(&[self.iperf_svc()]));
+                let f = self.rules("empty.rules", kubeproxy::iptables_full(&self.fixed_svcs()));
                 must_in(ns, &["iptables-legacy-restore"], Some(&f));
             }
             "nftables" => {
                 let _ = run_in(ns, &["nft", "delete", "table", "ip", "kube-proxy"], None);
-                let f = self.rules("empty.nft", kubeproxy::nft_full(&[self.iperf_svc()]));
+                let f = self.rules("empty.nft", kubeproxy::nft_full(&self.fixed_svcs()));
                 must_in(ns, &["nft", "-f", f.to_str().expect("path")], None);
             }
             "xlb" => {
@@ -395,7 +418,7 @@ impl Bed {
                     }
                 }
                 if removed {
-                    self.xlb_wait(mark, Instant::now(), Some(1));
+                    self.xlb_wait(mark, Instant::now(), Some(self.fixed_svcs().len()));
                 }
             }
             _ => {}
@@ -452,7 +475,7 @@ impl Bed {
         match self.mode {
             "iptables" => {
                 let mut with_iperf = all.clone();
-                with_iperf.push(self.iperf_svc());
+                with_iperf.extend(self.fixed_svcs());
                 let full = self.rules("full.rules", kubeproxy::iptables_full(&with_iperf));
                 let change = self.rules(
                     "change.rules",
@@ -468,7 +491,7 @@ impl Bed {
             "nftables" => {
                 let _ = run_in(ns, &["nft", "delete", "table", "ip", "kube-proxy"], None);
                 let mut with_iperf = all.clone();
-                with_iperf.push(self.iperf_svc());
+                with_iperf.extend(self.fixed_svcs());
                 let full = self.rules("full.nft", kubeproxy::nft_full(&with_iperf));
                 let change = self.rules("change.nft", kubeproxy::nft_change(&all[mid], &moved));
                 let back = self.rules("back.nft", kubeproxy::nft_change(&moved, &all[mid]));
@@ -483,7 +506,7 @@ impl Bed {
                 for chunk in 0..n.div_ceil(PER_FILE) {
                     self.xlb_write(&all, chunk);
                 }
-                let load = self.xlb_wait(mark, start, Some(n + 1));
+                let load = self.xlb_wait(mark, start, Some(n + self.fixed_svcs().len()));
                 let original = all[mid].clone();
                 all[mid] = moved;
                 let (mark, start) = (self.xlb_mark(), Instant::now());
@@ -508,6 +531,9 @@ struct Sample {
     last_p50: f64,
     last_p99: f64,
     conns_per_s: f64,
+    /// Connections per second with each wrk on one backend of its own (the ceiling's own
+    /// traffic pattern; the load balancers through one-endpoint Services).
+    conns_per_s_pinned: f64,
     gbit_s: f64,
     load_ms: f64,
     change_ms: f64,
@@ -521,8 +547,7 @@ fn spawn_in(ns: &Netns, cmd: &[&str]) -> Child {
 }
 
 /// Short connections per second: three wrk processes at once (one thread, 12 connections
-/// each), all to `targets[i]`. Every mode loads the three backends alike: the load balancers
-/// spread each wrk's connections, the ceiling gives each wrk its own backend.
+/// each), wrk `i` to `targets[i]`.
 fn wrk(bed: &Bed, targets: [SocketAddr; 3], seconds: u32) -> f64 {
     let d = format!("{seconds}s");
     let children: Vec<Child> = targets
@@ -596,8 +621,13 @@ fn measure(bed: &mut Bed, n: usize, o: &Opts) -> Sample {
         f.extend(bed.connect_times(first, k, 20));
         l.extend(bed.connect_times(last, k, 20));
     }
-    let wrk_targets = if bed.mode == "no-LB" {
+    let pinned = if bed.mode == "no-LB" {
         [0, 1, 2].map(|i| SocketAddr::from((bed.backends[i], HTTP_PORT)))
+    } else {
+        [0, 1, 2].map(|i| SocketAddr::from((bed.pinned_svc(i).vip, 80)))
+    };
+    let wrk_targets = if bed.mode == "no-LB" {
+        pinned
     } else {
         [last; 3]
     };
@@ -617,6 +647,12 @@ fn measure(bed: &mut Bed, n: usize, o: &Opts) -> Sample {
             eprintln!("perf: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
+    // The ceiling has one pattern only: its pinned figure is the same measurement.
+    let conns_per_s_pinned = if bed.mode == "no-LB" {
+        conns_per_s
+    } else {
+        wrk(bed, pinned, o.seconds)
+    };
     let gbit_s = iperf(bed, iperf_to);
     Sample {
         first_p50: percentile(&f, 0.5),
@@ -624,6 +660,7 @@ fn measure(bed: &mut Bed, n: usize, o: &Opts) -> Sample {
         last_p50: percentile(&l, 0.5),
         last_p99: percentile(&l, 0.99),
         conns_per_s,
+        conns_per_s_pinned,
         gbit_s,
         load_ms,
         change_ms,
@@ -701,13 +738,14 @@ fn main() {
             for bed in beds.iter_mut() {
                 let s = measure(bed, n, &o);
                 println!(
-                    "N={n:>5} rep {rep} {:<9} connect p50 {:>6.1}/{:>6.1} µs p99 {:>6.1}/{:>6.1} µs (first/last)  {:>8.0} conn/s  {:>6.2} Gbit/s  load {:>9.1} ms  change {:>7.2} ms",
+                    "N={n:>5} rep {rep} {:<9} connect p50 {:>6.1}/{:>6.1} µs p99 {:>6.1}/{:>6.1} µs (first/last)  {:>8.0} conn/s ({:>6.0} pinned)  {:>6.2} Gbit/s  load {:>9.1} ms  change {:>7.2} ms",
                     bed.mode,
                     s.first_p50,
                     s.last_p50,
                     s.first_p99,
                     s.last_p99,
                     s.conns_per_s,
+                    s.conns_per_s_pinned,
                     s.gbit_s,
                     s.load_ms,
                     s.change_ms
@@ -772,8 +810,8 @@ fn render(o: &Opts, results: &BTreeMap<usize, BTreeMap<&str, Vec<Sample>>>) -> S
             "### N = {n} service{}\n",
             if *n == 1 { "" } else { "s" }
         );
-        md.push_str("| mode | connect p50 first (µs) | connect p50 last (µs) | last/first | connect p99 first / last (µs) | conn/s (`Connection: close`) | vs no-LB | iperf3 Gbit/s | vs no-LB | load N | change 1 endpoint |\n");
-        md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        md.push_str("| mode | connect p50 first (µs) | connect p50 last (µs) | last/first | connect p99 first / last (µs) | conn/s (`Connection: close`) | vs no-LB | conn/s, one backend per wrk | vs no-LB | iperf3 Gbit/s | vs no-LB | load N | change 1 endpoint |\n");
+        md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for mode in o.modes.iter().copied() {
             let Some(s) = modes.get(mode) else { continue };
             let col = |f: fn(&Sample) -> f64| s.iter().map(f).collect::<Vec<f64>>();
@@ -785,7 +823,7 @@ fn render(o: &Opts, results: &BTreeMap<usize, BTreeMap<&str, Vec<Sample>>>) -> S
             };
             let _ = writeln!(
                 md,
-                "| {mode} | {} | {} | {:.3} | {:.0} / {:.0} | {} | {:.3} | {} | {:.3} | {load} | {change} |",
+                "| {mode} | {} | {} | {:.3} | {:.0} / {:.0} | {} | {:.3} | {} | {:.3} | {} | {:.3} | {load} | {change} |",
                 fmt_range(&col(|x| x.first_p50), 1),
                 fmt_range(&col(|x| x.last_p50), 1),
                 summary(&last_first).0,
@@ -793,6 +831,8 @@ fn render(o: &Opts, results: &BTreeMap<usize, BTreeMap<&str, Vec<Sample>>>) -> S
                 summary(&col(|x| x.last_p99)).0,
                 fmt_range(&col(|x| x.conns_per_s), 0),
                 ratio(s, |x| x.conns_per_s),
+                fmt_range(&col(|x| x.conns_per_s_pinned), 0),
+                ratio(s, |x| x.conns_per_s_pinned),
                 fmt_range(&col(|x| x.gbit_s), 2),
                 ratio(s, |x| x.gbit_s),
             );
