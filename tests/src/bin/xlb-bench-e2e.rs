@@ -523,6 +523,27 @@ impl Bed {
     }
 }
 
+/// A sysctl of the bench's own (initial) namespace, set until dropped.
+struct Sysctl {
+    path: PathBuf,
+    old: String,
+}
+
+impl Sysctl {
+    fn set(key: &str, value: &str) -> Self {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        let old = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{key}: {e}"));
+        fs::write(&path, value).unwrap_or_else(|e| panic!("{key} = {value}: {e}"));
+        Self { path, old }
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.path, self.old.trim());
+    }
+}
+
 /// One mode's figures in one round.
 #[derive(Clone, Default, serde::Serialize)]
 struct Sample {
@@ -725,17 +746,26 @@ fn main() {
         o.modes, o.sizes, o.reps, o.connects, o.seconds
     );
     println!("machine: {}", machine());
-    let mut beds: Vec<Bed> = o
-        .modes
-        .iter()
-        .enumerate()
-        .map(|(i, m)| Bed::new(&tag, m, i))
-        .collect();
+    let mut beds: Vec<Bed> = {
+        // The servers close first, so every connection leaves a TIME_WAIT socket (60 s) in its
+        // backend pod: ~200k per wrk run. In the kernel's shared socket hash they would slow
+        // down whichever mode runs next; namespaces created with their own hash keep each
+        // mode's sockets to itself.
+        let _own_hash = Sysctl::set("net.ipv4.tcp_child_ehash_entries", "262144");
+        o.modes
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Bed::new(&tag, m, i))
+            .collect()
+    };
     // results[n][mode] = one Sample per round.
     let mut results: BTreeMap<usize, BTreeMap<&str, Vec<Sample>>> = BTreeMap::new();
     for &n in &o.sizes {
         for rep in 0..o.reps {
-            for bed in beds.iter_mut() {
+            // Each round starts with another mode, so no mode always follows the same one.
+            let count = beds.len();
+            for i in 0..count {
+                let bed = &mut beds[(i + rep) % count];
                 let s = measure(bed, n, &o);
                 println!(
                     "N={n:>5} rep {rep} {:<9} connect p50 {:>6.1}/{:>6.1} µs p99 {:>6.1}/{:>6.1} µs (first/last)  {:>8.0} conn/s ({:>6.0} pinned)  {:>6.2} Gbit/s  load {:>9.1} ms  change {:>7.2} ms",
