@@ -52,8 +52,12 @@ const PROGRAMS: [(&str, &str); 2] = [
 
 /// The first cgroup2 mount point listed in `/proc/self/mountinfo`.
 pub fn cgroup2_mount() -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
+    cgroup2_in(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
+}
+
+/// The first cgroup2 mount point of a mountinfo text.
+fn cgroup2_in(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
         // "<id> <parent> <dev> <root> <mount point> <opts> ... - <fstype> <source> <opts>"
         let (left, right) = l.split_once(" - ")?;
         if right.split(' ').next()? != "cgroup2" {
@@ -163,6 +167,24 @@ mod tests {
             "/sys/fs/cgroup".parse::<CgroupOpt>(),
             Ok(CgroupOpt::Path("/sys/fs/cgroup".into()))
         );
+    }
+
+    #[test]
+    fn the_cgroup2_mount_is_found_on_unified_and_hybrid_hosts() {
+        let unified =
+            "29 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(cgroup2_in(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        let hybrid = "\
+24 1 0:21 / /sys/fs/cgroup rw shared:7 - tmpfs tmpfs rw,mode=755
+25 24 0:22 / /sys/fs/cgroup/cpu rw shared:8 - cgroup cgroup rw,cpu
+33 24 0:30 / /sys/fs/cgroup/unified rw shared:16 - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            cgroup2_in(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let v1_only = "25 24 0:22 / /sys/fs/cgroup/cpu rw shared:8 - cgroup cgroup rw,cpu\n";
+        assert_eq!(cgroup2_in(v1_only), None);
     }
 
     #[test]
