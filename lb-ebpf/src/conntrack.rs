@@ -160,36 +160,35 @@ pub enum CreateError {
 
 /// Attempts to claim `key` for `rev`: succeeds if free, expired, or already this same flow's.
 /// An existing entry is rewritten in place (no allocation from the LRU); the route it cached
-/// is kept when it is the same flow's (the reply goes back the same way).
+/// is kept when it is the same flow's (the reply goes back the same way). `present`: the entry
+/// probably exists (the tuple had a flow before), so look before inserting.
 #[inline(always)]
-fn claim(key: &CtKey, rev: &CtValue, now: u32) -> bool {
-    // Twice: an insert that loses a race with another CPU finds that entry the second time.
-    for _ in 0..2 {
-        if let Some(p) = CONNTRACK.get_ptr_mut(key) {
-            // SAFETY: pointer into the map value.
-            let old = unsafe { &mut *p };
-            let same_flow = old.nat_saddr == rev.nat_saddr
-                && old.nat_sport == rev.nat_sport
-                && old.nat_daddr == rev.nat_daddr
-                && old.nat_dport == rev.nat_dport;
-            if !same_flow && old.expires >= now {
-                return false;
-            }
-            let mut new = *rev;
-            if same_flow {
-                new.route_flags = old.route_flags;
-                new.route_ifindex = old.route_ifindex;
-                new.route_at = old.route_at;
-                new.route_macs = old.route_macs;
-            }
-            *old = new;
-            return true;
-        }
-        if CONNTRACK.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
-            return true;
-        }
+fn claim(key: &CtKey, rev: &CtValue, now: u32, present: bool) -> bool {
+    if !present && CONNTRACK.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
+        return true;
     }
-    false
+    let Some(p) = CONNTRACK.get_ptr_mut(key) else {
+        // Absent after all (or evicted meanwhile).
+        return CONNTRACK.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok();
+    };
+    // SAFETY: pointer into the map value.
+    let old = unsafe { &mut *p };
+    let same_flow = old.nat_saddr == rev.nat_saddr
+        && old.nat_sport == rev.nat_sport
+        && old.nat_daddr == rev.nat_daddr
+        && old.nat_dport == rev.nat_dport;
+    if !same_flow && old.expires >= now {
+        return false;
+    }
+    let mut new = *rev;
+    if same_flow {
+        new.route_flags = old.route_flags;
+        new.route_ifindex = old.route_ifindex;
+        new.route_at = old.route_at;
+        new.route_macs = old.route_macs;
+    }
+    *old = new;
+    true
 }
 
 /// Writes both entries of a new flow. `fwd` (with `nat_saddr:nat_sport` = the source the backend
@@ -234,7 +233,7 @@ pub fn create(
     // SNAT takes its port from the range (never a port this node's own sockets may use);
     // other flows keep the client's port unless another live flow owns that reply tuple.
     let snat = fwd.flags & ct_flags::SNAT != 0;
-    let mut ok = !snat && claim(&rkey, &rev, now);
+    let mut ok = !snat && claim(&rkey, &rev, now, entry.is_some());
     if !ok && cfg.snat_port_max > cfg.snat_port_min && flow.proto != proto::SCTP {
         // Another live flow owns this reply tuple: move this flow's source port.
         rev.flags |= ct_flags::XLATE_DST;
@@ -245,7 +244,7 @@ pub fn create(
             // SAFETY: helper without preconditions.
             let port = cfg.snat_port_min + (unsafe { bpf_get_prandom_u32() } % span) as u16;
             rkey.dport = port;
-            if claim(&rkey, &rev, now) {
+            if claim(&rkey, &rev, now, false) {
                 fwd.flags |= ct_flags::XLATE_SRC;
                 fwd.nat_sport = port;
                 ok = true;

@@ -357,7 +357,25 @@ impl Agent {
 
     /// `xlb service list -o json`, parsed.
     pub fn services(&self) -> serde_json::Value {
-        serde_json::from_str(&self.cli(&["service", "list", "-o", "json"])).expect("json")
+        self.json(&["service", "list"])
+    }
+
+    /// `xlb <args> -o json`, parsed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.cli(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("xlb {args:?}: {e}:\n{out}"))
+    }
+
+    /// A datapath counter by name, as `xlb stats` reports it.
+    pub fn counter(&self, name: &str) -> u64 {
+        let stats = self.json(&["stats"]);
+        stats
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["name"] == name))
+            .and_then(|r| r["value"].as_u64())
+            .unwrap_or_else(|| panic!("counter {name} missing: {stats}"))
     }
 }
 

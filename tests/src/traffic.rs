@@ -334,22 +334,13 @@ pub fn tcp_requests_from_cgroup(
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
-            let mut it = l.split_whitespace();
-            let (Some(backend), Some(seen), Some(from)) = (it.next(), it.next(), it.next()) else {
-                return Err(std::io::Error::other(l.to_owned()));
-            };
-            if backend == "error" {
-                return Err(std::io::Error::other(l.to_owned()));
+            // "<backend> <seen from> <peer>", or "error <text>".
+            let bad = || std::io::Error::other(l.to_owned());
+            let (reply, peer) = l.rsplit_once(' ').ok_or_else(bad)?;
+            if l.starts_with("error ") {
+                return Err(bad());
             }
-            let parse = |a: &str| {
-                a.parse::<SocketAddr>()
-                    .map_err(|_| std::io::Error::other(l.to_owned()))
-            };
-            Ok(Reply {
-                backend: backend.to_owned(),
-                seen_from: parse(seen)?,
-                from: parse(from)?,
-            })
+            parse_reply(reply, peer.parse().map_err(|_| bad())?)
         })
         .collect()
 }

@@ -404,26 +404,9 @@ fn late_pods_are_attached_sigterm_is_clean_and_the_cli_reads_a_stopped_datapath(
     assert_eq!(s.get("b1"), Some(&20), "{s:?}");
 }
 
-/// `xlb <args> -o json` through the agent's CLI.
-fn json(agent: &Agent, args: &[&str]) -> serde_json::Value {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    let out = agent.cli(&all);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("xlb {args:?}: {e}:\n{out}"))
-}
-
-fn counter(agent: &Agent, name: &str) -> u64 {
-    let stats = json(agent, &["stats"]);
-    stats
-        .as_array()
-        .and_then(|rows| rows.iter().find(|r| r["name"] == name))
-        .and_then(|r| r["value"].as_u64())
-        .unwrap_or_else(|| panic!("counter {name} missing: {stats}"))
-}
-
 /// Tracked flows of `service`.
 fn flows(agent: &Agent, service: &str) -> usize {
-    let rows = json(agent, &["conntrack", "list", "--service", service]);
+    let rows = agent.json(&["conntrack", "list", "--service", service]);
     rows.as_array().map_or(0, Vec::len)
 }
 
@@ -439,6 +422,7 @@ fn sock_programs(cgroup: &std::path::Path) -> (usize, usize) {
 #[test]
 fn tcp_connects_from_the_nodes_cgroup_are_translated_at_the_socket() {
     const STICKY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+    const EMPTY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
     let (tag, node) = cluster(3);
     let dir = WorkDir::new(&tag);
     let mut servers = Servers::new();
@@ -457,6 +441,7 @@ fn tcp_connects_from_the_nodes_cgroup_are_translated_at_the_socket() {
             "  sessionAffinity: ClientIP\n",
         ),
         slice("sticky-1", "sticky", &[("http", 8080, "TCP")], &eps),
+        service("empty", EMPTY, &http("empty", "8080"), ""),
     ]);
     let path = dir.write("services.yaml", &yaml);
     let (pins, mut agent) = start(&node, &tag, &path);
@@ -479,7 +464,7 @@ fn tcp_connects_from_the_nodes_cgroup_are_translated_at_the_socket() {
         assert_eq!(r.from, SocketAddr::from((VIP, 80)), "getpeername");
         assert_eq!(r.seen_from.ip(), std::net::IpAddr::V4(client.ip));
     }
-    assert_eq!(counter(&agent, "sock_xlate"), 200);
+    assert_eq!(agent.counter("sock_xlate"), 200);
     assert_eq!(flows(&agent, "default/web"), 0, "translated at the socket");
 
     // Session affinity needs the client address: left to tc (tracked, one backend).
@@ -487,7 +472,14 @@ fn tcp_connects_from_the_nodes_cgroup_are_translated_at_the_socket() {
     assert_eq!(sticky.len(), 1, "affinity keeps one backend: {sticky:?}");
     assert!(!sticky.contains_key("<error>"), "{sticky:?}");
     assert!(flows(&agent, "default/sticky") > 0);
-    assert_eq!(counter(&agent, "sock_xlate"), 200);
+    assert_eq!(agent.counter("sock_xlate"), 200);
+
+    // A service without endpoints is left to tc too, which drops the SYN and counts why.
+    let drops = agent.counter("drop_no_backend");
+    let refused = from_cgroup(EMPTY, 1);
+    assert!(refused.iter().all(Result::is_err), "{refused:?}");
+    assert!(agent.counter("drop_no_backend") > drops);
+    assert_eq!(agent.counter("sock_xlate"), 200);
 
     // Outside the cgroup the tc path translates as before.
     let plain = tcp_requests(&client.ns, SocketAddr::from((VIP, 80)), 5);
@@ -501,7 +493,7 @@ fn tcp_connects_from_the_nodes_cgroup_are_translated_at_the_socket() {
     agent.restart();
     assert_eq!(sock_programs(&pins.cgroup), (1, 1));
     assert!(from_cgroup(VIP, 10).iter().all(Result::is_ok));
-    assert_eq!(counter(&agent, "sock_xlate"), 220);
+    assert_eq!(agent.counter("sock_xlate"), 220);
 
     // --cgroup off detaches them: the same process goes through tc, and still gets answers.
     assert!(agent.stop());
@@ -516,6 +508,6 @@ fn tcp_connects_from_the_nodes_cgroup_are_translated_at_the_socket() {
             .flatten()
             .all(|r| r.from == SocketAddr::from((VIP, 80)))
     );
-    assert_eq!(counter(&agent, "sock_xlate"), 220);
+    assert_eq!(agent.counter("sock_xlate"), 220);
     drop(servers);
 }

@@ -248,47 +248,28 @@ fn daemonset_runs_the_agent_as_a_host_network_pod_with_only_the_capabilities_it_
         .expect("fieldRef");
     assert_eq!(field.field_path, "spec.nodeName");
 
-    // bpffs from the host, so pins outlive the pod.
+    // The host path behind the container's mount at `path`.
     let mounts = c.volume_mounts.as_deref().unwrap_or_default();
-    let bpffs = mounts
-        .iter()
-        .find(|v| v.mount_path == "/sys/fs/bpf")
-        .expect("bpffs mount");
-    let vol = pod
-        .volumes
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .find(|v| v.name == bpffs.name)
-        .expect("bpffs volume");
-    assert_eq!(
-        vol.host_path.as_ref().expect("hostPath").path,
-        "/sys/fs/bpf"
-    );
+    let volumes = pod.volumes.as_deref().unwrap_or_default();
+    let host_path = |path: &str| -> String {
+        let mount = mounts
+            .iter()
+            .find(|v| v.mount_path == path)
+            .unwrap_or_else(|| panic!("no mount at {path}"));
+        let vol = volumes
+            .iter()
+            .find(|v| v.name == mount.name)
+            .unwrap_or_else(|| panic!("volume {} not declared", mount.name));
+        vol.host_path.as_ref().expect("hostPath").path.clone()
+    };
+    // bpffs from the host, so pins outlive the pod.
+    assert_eq!(host_path("/sys/fs/bpf"), "/sys/fs/bpf");
     // Socket-level load balancing attaches to the host's cgroup v2 root, not the pod's own.
     let cgroup = args_value(c, "--cgroup=").expect("--cgroup");
-    let mount = mounts
-        .iter()
-        .find(|v| v.mount_path == cgroup)
-        .expect("--cgroup is a mount");
-    let vol = pod
-        .volumes
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .find(|v| v.name == mount.name)
-        .expect("cgroup volume");
-    assert_eq!(
-        vol.host_path.as_ref().expect("hostPath").path,
-        "/sys/fs/cgroup"
-    );
+    assert_eq!(host_path(&cgroup), "/sys/fs/cgroup");
     for m in mounts {
         assert!(
-            pod.volumes
-                .as_deref()
-                .unwrap_or_default()
-                .iter()
-                .any(|v| v.name == m.name),
+            volumes.iter().any(|v| v.name == m.name),
             "volume {} is declared",
             m.name
         );

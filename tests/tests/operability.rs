@@ -83,10 +83,7 @@ fn env(extra: &str) -> Env {
 
 impl Env {
     fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        let out = self.agent.cli(&all);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("xlb {args:?}: {e}:\n{out}"))
+        self.agent.json(args)
     }
 
     /// `n` short connections from the client pod to `to` (each a new flow).
@@ -125,12 +122,7 @@ impl Env {
     }
 
     fn counter(&self, name: &str) -> u64 {
-        let stats = self.json(&["stats"]);
-        stats
-            .as_array()
-            .and_then(|rows| rows.iter().find(|r| r["name"] == name))
-            .and_then(|r| r["value"].as_u64())
-            .unwrap_or_else(|| panic!("counter {name} missing: {stats}"))
+        self.agent.counter(name)
     }
 }
 

@@ -124,11 +124,18 @@ pub fn load_with(
     Ok(ebpf)
 }
 
-fn program_missing(name: &'static str) -> LoadError {
-    LoadError::Program {
-        name,
-        source: aya::programs::ProgramError::NotLoaded,
-    }
+/// The program `name` of the loaded object, as its kind `T`.
+pub(crate) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(LoadError::Program {
+            name,
+            source: aya::programs::ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(|source| LoadError::Program { name, source })
 }
 
 /// A tc program of the loaded object.
@@ -136,19 +143,12 @@ pub fn classifier<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, LoadError> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| program_missing(name))?
-        .try_into()
-        .map_err(|source| LoadError::Program { name, source })
+    program(ebpf, name)
 }
 
 /// The XDP program of the loaded object.
 pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
-    let name = prog_names::XDP;
-    ebpf.program_mut(name)
-        .ok_or_else(|| program_missing(name))?
-        .try_into()
-        .map_err(|source| LoadError::Program { name, source })
+    program(ebpf, prog_names::XDP)
 }
 
 fn attach_err(prog: &'static str, iface: &Iface, e: impl std::fmt::Display) -> LoadError {

@@ -17,7 +17,7 @@ use aya::{
 };
 use lb_common::prog_names;
 
-use super::{LoadError, program_missing};
+use super::{LoadError, program};
 
 /// cgroup2's `statfs` magic.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -94,21 +94,11 @@ fn attach_err(prog: &'static str, cgroup: &Path, e: impl std::error::Error) -> L
 /// Loads the socket programs of the object.
 pub fn load(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     for (name, _) in PROGRAMS {
-        program(ebpf, name)?
+        program::<CgroupSockAddr>(ebpf, name)?
             .load()
             .map_err(|source| LoadError::Program { name, source })?;
     }
     Ok(())
-}
-
-fn program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut CgroupSockAddr, LoadError> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| program_missing(name))?
-        .try_into()
-        .map_err(|source| LoadError::Program { name, source })
 }
 
 /// Attaches both programs to `cgroup` and pins their links in place of any previous ones.
@@ -123,7 +113,7 @@ pub fn attach(ebpf: &mut Ebpf, dir: &Path, cgroup: &Path) -> Result<(), LoadErro
     }
     let fd = File::open(cgroup).map_err(|e| attach_err(first, cgroup, e))?;
     for (name, pin) in PROGRAMS {
-        let prog = program(ebpf, name)?;
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
         // A bpf_link: always one among many on the cgroup (link flags must be 0).
         let id = prog
             .attach(&fd, CgroupAttachMode::Single)
@@ -148,11 +138,6 @@ pub fn detach(dir: &Path) {
     for (_, pin) in PROGRAMS {
         let _ = std::fs::remove_file(dir.join("links").join(pin));
     }
-}
-
-/// True if socket programs are attached (pinned) under `dir`.
-pub fn attached(dir: &Path) -> bool {
-    dir.join("links").join(PROGRAMS[0].1).exists()
 }
 
 #[cfg(test)]
