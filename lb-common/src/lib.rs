@@ -44,11 +44,15 @@ pub mod map_names {
     pub const TRACE: &str = "xlb_trace";
     /// Socket-level translations: per TCP socket, the Service it dialled (socket storage).
     pub const SOCK: &str = "xlb_sock";
+    /// Bitmap of frontend (address, port, protocol) hashes, tested before the services lookup.
+    pub const FE_FILTER: &str = "xlb_fe_filter";
+    /// Bitmap of backend (address, port) hashes, tested before the conntrack reply lookup.
+    pub const BE_FILTER: &str = "xlb_be_filter";
 
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 15] = [
         SERVICES, BACKENDS, LUT, CONNTRACK, AFFINITY, SRC_RANGES, COUNTERS, SVC_STATS, SVC_INFO,
-        CONFIG, EVENTS, TRACE, SOCK,
+        CONFIG, EVENTS, TRACE, SOCK, FE_FILTER, BE_FILTER,
     ];
 }
 
@@ -92,6 +96,29 @@ pub mod capacity {
     pub const SRC_RANGES: u32 = 16_384;
     /// Ring buffer bytes for events.
     pub const EVENTS_BYTES: u32 = 1 << 20;
+}
+
+/// The address filters (`xlb_fe_filter`, `xlb_be_filter`): one bit per hash of a frontend's
+/// (address, port, protocol) or a backend's (address, port, 0). A clear bit proves there is no
+/// such key, so a packet skips the hash lookup; a set bit may be a collision (one lookup more).
+pub mod filter {
+    use super::Ipv4;
+
+    /// log2 of the bits per filter: 2^20 bits (128 KiB), ~1% false positives at 10,000 keys.
+    pub const BITS_LOG2: u32 = 20;
+    /// u64 words per filter.
+    pub const WORDS: u32 = 1 << (BITS_LOG2 - 6);
+
+    /// The bit of (`addr` as packet bytes, `port` host order, `proto`; 0 for backends).
+    #[inline(always)]
+    pub fn bit(addr: Ipv4, port: u16, proto: u8) -> u32 {
+        let a = u32::from_be_bytes(addr).wrapping_mul(0x9e37_79b1);
+        let p = (u32::from(port) | (u32::from(proto) << 16)).wrapping_mul(0x85eb_ca77);
+        let mut h = a ^ p;
+        h ^= h >> 15;
+        h = h.wrapping_mul(0xc2b2_ae3d);
+        h >> (32 - BITS_LOG2)
+    }
 }
 
 /// IP protocol numbers the datapath handles.
@@ -810,6 +837,39 @@ mod tests {
             base,
             flow_hash([10, 0, 0, 1], [10, 96, 0, 10], 40000, 80, proto::TCP, 8)
         );
+    }
+
+    #[test]
+    fn filter_bits_spread_sequential_addresses_and_ports() {
+        // 10,000 ClusterIPs in a row on port 80, and 30,000 pod endpoints (3 ports each): the
+        // shape of a real cluster. Collisions must stay near what a random hash gives.
+        // A bitmap of the filter's size (no std here).
+        let mut seen = [0u64; filter::WORDS as usize];
+        let (mut keys, mut set) = (0, 0);
+        let mut put = |b: u32| {
+            let (w, m) = ((b >> 6) as usize, 1u64 << (b & 63));
+            if seen[w] & m == 0 {
+                set += 1;
+            }
+            seen[w] |= m;
+        };
+        for i in 0..10_000u32 {
+            let vip = (u32::from_be_bytes([10, 96, 0, 0]) + i).to_be_bytes();
+            put(filter::bit(vip, 80, proto::TCP));
+            keys += 1;
+            for port in [8080, 8443, 9090] {
+                let pod = (u32::from_be_bytes([10, 244, 0, 0]) + i).to_be_bytes();
+                put(filter::bit(pod, port, 0));
+                keys += 1;
+            }
+        }
+        // A random hash of 40k keys into 2^20 bits leaves ~760 collisions; allow twice that.
+        assert!(keys - set < 1_600, "{} collisions", keys - set);
+        // Each field matters.
+        let b = filter::bit([10, 96, 0, 1], 80, proto::TCP);
+        assert_ne!(b, filter::bit([10, 96, 0, 2], 80, proto::TCP));
+        assert_ne!(b, filter::bit([10, 96, 0, 1], 81, proto::TCP));
+        assert_ne!(b, filter::bit([10, 96, 0, 1], 80, proto::UDP));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::{
     conntrack::{self, CreateError},
     ctx::Packet,
     icmp, lookup,
-    maps::{CONFIG, CONNTRACK},
+    maps::{BE_FILTER, CONFIG, CONNTRACK, may_hold},
     nat,
     parse::{self, Flow, Parsed, Skip},
     route::{self, Out},
@@ -360,6 +360,10 @@ fn forward<P: Packet>(pkt: &mut P, flow: &Flow, ct: &CtValue, out: Out) -> Verdi
 /// A packet from a backend of a tracked flow: restore what the client dialled.
 #[inline(always)]
 fn reply<P: Packet>(pkt: &mut P, flow: &Flow, cfg: &Config, now: u32) -> Option<Verdict> {
+    // Replies come from a backend's own address and port.
+    if !may_hold(&BE_FILTER, flow.saddr, flow.sport, 0) {
+        return None;
+    }
     let rkey = conntrack::key(flow, ct_dir::REPLY);
     let ct = CONNTRACK.get_ptr_mut(rkey)?;
     // SAFETY: pointer into the map value; copied out at once.

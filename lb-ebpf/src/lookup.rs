@@ -9,7 +9,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{AFFINITY, BACKENDS, LUT, SERVICES, SRC_RANGES},
+    maps::{AFFINITY, BACKENDS, FE_FILTER, LUT, SERVICES, SRC_RANGES, may_hold},
     parse::Flow,
     stats,
 };
@@ -18,6 +18,9 @@ use crate::{
 /// matched: clients on this node (`hook::POD`) use the internal entry when there is one.
 #[inline(always)]
 pub fn frontend(addr: Ipv4, port: u16, l4_proto: u8, hook_kind: u8) -> Option<(ServiceValue, u8)> {
+    if !may_hold(&FE_FILTER, addr, port, l4_proto) {
+        return None;
+    }
     let mut key = ServiceKey {
         addr,
         port,

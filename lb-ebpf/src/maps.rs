@@ -8,10 +8,12 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, LutChunk, ServiceKey,
-    ServiceValue, SockXlate, SrcRangeKey, SvcInfo, SvcStats, Trace, capacity, counter,
+    ServiceValue, SockXlate, SrcRangeKey, SvcInfo, SvcStats, Trace, capacity, counter, filter,
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+/// Filters: mmapable, so the agent sets and clears bits with atomic stores, no syscall.
+const FILTER: usize = BPF_F_MMAPABLE as usize;
 /// Inner tables: mmapable (written by one copy) and of any length (BPF_F_INNER_MAP).
 const INNER_LUT: usize = (BPF_F_MMAPABLE | BPF_F_INNER_MAP) as usize;
 
@@ -73,3 +75,26 @@ pub static TRACE: PerCpuArray<Trace, 1> = PerCpuArray::new();
 /// Per TCP socket translated at connect(): the ClusterIP it dialled (freed with the socket).
 #[btf_map(name = "xlb_sock")]
 pub static SOCK: SkStorage<SockXlate> = SkStorage::new();
+
+/// An address filter's map type.
+pub type Filter = Array<u64, { filter::WORDS as usize }, FILTER>;
+
+/// Frontend filter: bit `filter::bit(addr, port, proto)` set for every frontend key. A clear
+/// bit means no frontend: the packet skips the services lookup.
+#[btf_map(name = "xlb_fe_filter")]
+pub static FE_FILTER: Filter = Array::new();
+
+/// Backend filter: bit `filter::bit(addr, port, 0)` set for every backend. A clear bit means
+/// the packet cannot be a backend's reply: it skips the conntrack reply lookup.
+#[btf_map(name = "xlb_be_filter")]
+pub static BE_FILTER: Filter = Array::new();
+
+/// True unless `map`'s bit for (`addr`, `port`, `proto`) is clear (a missing word counts as set).
+#[inline(always)]
+pub fn may_hold(map: &Filter, addr: lb_common::Ipv4, port: u16, proto: u8) -> bool {
+    let bit = filter::bit(addr, port, proto);
+    match map.get(bit >> 6) {
+        Some(word) => *word & (1u64 << (bit & 63)) != 0,
+        None => true,
+    }
+}

@@ -680,3 +680,112 @@ fn sctp_is_translated_when_its_port_is_kept_and_refused_otherwise() {
         1
     );
 }
+
+#[test]
+fn address_filters_track_the_maps_and_gate_both_lookups() {
+    use lb_common::filter::bit;
+    use lb_userspace::bpf::maps::Maps;
+    let mut dp = datapath();
+    let vip2 = Ipv4Addr::new(10, 96, 0, 20);
+    let web = bit(VIP.octets(), 80, 6);
+    let dns = bit(VIP.octets(), 53, 17);
+    let be = |a: Ipv4Addr, port| bit(a.octets(), port, 0);
+    let f = dp.sync.writer_mut().filters().expect("filters");
+    for b in [web, dns, bit(EMPTY_VIP.octets(), 80, 6)] {
+        assert!(f.frontends.is_set(b), "frontend bit {b} clear");
+    }
+    for a in BACKENDS {
+        assert!(f.backends.is_set(be(a, 8080)) && f.backends.is_set(be(a, 5353)));
+    }
+    assert!(!f.frontends.is_set(bit(CLIENT.octets(), 40000, 6)));
+
+    // The datapath reads them: with the frontend's bit cleared by hand the SYN is not a
+    // service's, with the backend's bit cleared its reply is not reverse-translated.
+    let syn = packet::tcp((CLIENT, 41000), (VIP, 80), flags::SYN, b"");
+    dp.sync
+        .writer_mut()
+        .filters()
+        .unwrap()
+        .frontends
+        .remove(web);
+    let (rc, out) = dp.tc(prog_names::POD_INGRESS, &syn);
+    assert_eq!((rc, &out), (TCX_NEXT, &syn), "filtered frontend translated");
+    dp.sync.writer_mut().filters().unwrap().frontends.add(web);
+    let (rc, out) = dp.tc(prog_names::POD_INGRESS, &syn);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    let chosen = packet::parse(&out).dst;
+    let synack = packet::tcp(
+        (chosen, 8080),
+        (CLIENT, 41000),
+        flags::SYN | flags::ACK,
+        b"",
+    );
+    dp.sync
+        .writer_mut()
+        .filters()
+        .unwrap()
+        .backends
+        .remove(be(chosen, 8080));
+    let (rc, out) = dp.tc(prog_names::POD_INGRESS, &synack);
+    assert_eq!((rc, &out), (TCX_NEXT, &synack), "filtered reply translated");
+    dp.sync
+        .writer_mut()
+        .filters()
+        .unwrap()
+        .backends
+        .add(be(chosen, 8080));
+    let (rc, out) = dp.tc(prog_names::POD_INGRESS, &synack);
+    assert_eq!((rc, packet::parse(&out).src), (TC_ACT_REDIRECT, VIP));
+
+    // Bits follow the services: "web" goes; "web2" shares one of its backends, which stays.
+    let mut d = DesiredState::default();
+    for s in [
+        svc(
+            "web2",
+            vec![fe(vip2, 80, Protocol::Tcp)],
+            &BACKENDS[..1],
+            8080,
+        ),
+        svc("dns", vec![fe(VIP, 53, Protocol::Udp)], &BACKENDS, 5353),
+        svc("empty", vec![fe(EMPTY_VIP, 80, Protocol::Tcp)], &[], 8080),
+    ] {
+        d.services.insert(s.name.clone(), s);
+    }
+    dp.program(&d);
+    let f = dp.sync.writer_mut().filters().unwrap();
+    assert!(!f.frontends.is_set(web), "removed frontend's bit kept");
+    assert!(f.frontends.is_set(bit(vip2.octets(), 80, 6)) && f.frontends.is_set(dns));
+    assert!(
+        f.backends.is_set(be(BACKENDS[0], 8080)),
+        "shared backend's bit cleared"
+    );
+    for a in &BACKENDS[1..] {
+        assert!(
+            !f.backends.is_set(be(*a, 8080)),
+            "removed backend's bit kept"
+        );
+        assert!(f.backends.is_set(be(*a, 5353)));
+    }
+    let (rc, out) = dp.tc(prog_names::POD_INGRESS, &syn);
+    assert_eq!(
+        (rc, &out),
+        (TCX_NEXT, &syn),
+        "removed service still translated"
+    );
+
+    // A bit nothing is behind (left by a crash) is cleared when an agent adopts the maps;
+    // every key's bit stays.
+    let stray = bit([192, 0, 2, 1], 443, 6);
+    let mut other = Maps::open(&dp.maps.dir).expect("open maps");
+    other.filters().unwrap().frontends.add(stray);
+    drop(other);
+    let mut adopter = Maps::open(&dp.maps.dir).expect("open maps");
+    let f = adopter.filters().unwrap();
+    assert!(!f.frontends.is_set(stray), "stray bit survived adoption");
+    assert!(f.frontends.is_set(dns) && f.backends.is_set(be(BACKENDS[0], 8080)));
+    let (rc, _) = dp.tc(
+        prog_names::POD_INGRESS,
+        &packet::udp((CLIENT, 7100), (VIP, 53), b"q", true),
+    );
+    assert_eq!(rc, TC_ACT_REDIRECT);
+}

@@ -17,6 +17,7 @@ use lb_common::{
     ServiceKey, ServiceValue, SrcRangeKey, SvcInfo, SvcStats, map_names as names,
 };
 
+use super::filter::Filters;
 use crate::{
     model::Ipv4Net,
     sync::{MapReader, MapWriter, Recovered, WriteError},
@@ -67,6 +68,11 @@ pub struct Maps {
     pub svc_stats: PerCpuArray<MapData, SvcStats>,
     pub svc_info: HashMap<MapData, u32, SvcInfo>,
     pub config: Array<MapData, Config>,
+    /// The frontend and backend address filters (mapped on the first write).
+    fe_filter: MapData,
+    be_filter: MapData,
+    /// The filters and the keys behind their bits, once this handle writes.
+    filters: Option<Filters>,
     nr_cpus: usize,
 }
 
@@ -132,7 +138,41 @@ impl Maps {
             svc_stats: typed!(dir, names::SVC_STATS, PerCpuArray, PerCpuArray),
             svc_info: typed!(dir, names::SVC_INFO, HashMap, HashMap),
             config: typed!(dir, names::CONFIG, Array, Array),
+            fe_filter: open(dir, names::FE_FILTER)?,
+            be_filter: open(dir, names::BE_FILTER)?,
+            filters: None,
             nr_cpus,
+        })
+    }
+
+    /// The address filters, adopted on first use from the keys now in the maps (so a bit left
+    /// by a crash is cleared, and every key present has its bit).
+    pub fn filters(&mut self) -> Result<&mut Filters, WriteError> {
+        if self.filters.is_none() {
+            let err = |map, reason: String| WriteError {
+                map,
+                op: "adopt",
+                reason,
+            };
+            let fes = self
+                .frontends()
+                .map_err(|e| err(names::SERVICES, e.to_string()))?;
+            let bes = self
+                .all_backends()
+                .map_err(|e| err(names::BACKENDS, e.to_string()))?;
+            let f = Filters::adopt(
+                &self.fe_filter,
+                &self.be_filter,
+                fes.into_iter().map(|(k, _)| k),
+                bes,
+            )
+            .map_err(|e| err(names::FE_FILTER, format!("mmap: {e}")))?;
+            self.filters = Some(f);
+        }
+        self.filters.as_mut().ok_or_else(|| WriteError {
+            map: names::FE_FILTER,
+            op: "adopt",
+            reason: "not adopted".into(),
         })
     }
 
@@ -479,22 +519,31 @@ fn collect<K, V>(
 
 impl MapWriter for Maps {
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), WriteError> {
-        self.services
-            .insert(key, value, 0)
-            .map_err(|e| write_err(names::SERVICES, "update", e))
+        // The filter bit first: the datapath never sees a frontend its filter hides.
+        let new = self.filters()?.frontend_coming(key);
+        let r = self.services.insert(key, value, 0);
+        if r.is_err() && new {
+            self.filters()?.frontend_gone(key);
+        }
+        r.map_err(|e| write_err(names::SERVICES, "update", e))
     }
     fn del_service(&mut self, key: &ServiceKey) -> Result<(), WriteError> {
         ignore_missing(self.services.remove(key))
-            .map_err(|e| write_err(names::SERVICES, "delete", e))
+            .map_err(|e| write_err(names::SERVICES, "delete", e))?;
+        self.filters()?.frontend_gone(key);
+        Ok(())
     }
     fn put_backend(&mut self, id: u32, value: &Backend) -> Result<(), WriteError> {
-        self.backends
-            .insert(id, value, 0)
-            .map_err(|e| write_err(names::BACKENDS, "update", e))
+        let pending = self.filters()?.backend_coming(id, value);
+        let r = self.backends.insert(id, value, 0);
+        self.filters()?.backend_written(pending, r.is_ok());
+        r.map_err(|e| write_err(names::BACKENDS, "update", e))
     }
     fn del_backend(&mut self, id: u32) -> Result<(), WriteError> {
         ignore_missing(self.backends.remove(&id))
-            .map_err(|e| write_err(names::BACKENDS, "delete", e))
+            .map_err(|e| write_err(names::BACKENDS, "delete", e))?;
+        self.filters()?.backend_gone(id);
+        Ok(())
     }
     fn put_tables(&mut self, tables: &[(u32, Vec<u32>)]) -> Result<(), WriteError> {
         let err = |op, reason: String| WriteError {

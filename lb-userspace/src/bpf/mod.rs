@@ -4,6 +4,7 @@
 //! (BPF_LINK_UPDATE) without ever detaching.
 
 pub mod devices;
+pub mod filter;
 pub mod maps;
 pub mod pins;
 pub mod sock;

@@ -103,7 +103,7 @@ pub fn ensure_dir(dir: &Path) -> Result<(), PinError> {
 }
 
 /// Type, key size and value size each map must have.
-pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 13] {
+pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 15] {
     use std::mem::size_of;
     [
         (
@@ -144,6 +144,8 @@ pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 13] {
         (names::EVENTS, MapType::RingBuf, 0, 0),
         (names::TRACE, MapType::PerCpuArray, 4, size_of::<Trace>()),
         (names::SOCK, MapType::SkStorage, 4, size_of::<SockXlate>()),
+        (names::FE_FILTER, MapType::Array, 4, 8),
+        (names::BE_FILTER, MapType::Array, 4, 8),
     ]
 }
 

@@ -300,6 +300,13 @@ pub fn maps(dir: &Path, output: Output) -> anyhow::Result<String> {
         let entries = if counts_entries {
             let data = MapData::from_pin(&path)?;
             Some(crate::bpf::maps::count_entries(&data)?)
+        } else if name == names::FE_FILTER || name == names::BE_FILTER {
+            // Bits set of all bits: the fill is the share of other traffic that still pays a
+            // hash lookup.
+            let data = MapData::from_pin(&path)?;
+            let f = crate::bpf::filter::AddrFilter::open(&data)
+                .map_err(|e| anyhow::anyhow!("{}: mmap: {e}", path.display()))?;
+            Some(f.set_bits() as usize)
         } else if name == names::SRC_RANGES {
             Some(
                 Maps::open(dir)
@@ -309,7 +316,11 @@ pub fn maps(dir: &Path, output: Output) -> anyhow::Result<String> {
         } else {
             None
         };
-        let capacity = info.max_entries();
+        let capacity = if name == names::FE_FILTER || name == names::BE_FILTER {
+            lb_common::filter::WORDS * 64
+        } else {
+            info.max_entries()
+        };
         rows.push(MapRow {
             name,
             kind: format!("{ty:?}"),

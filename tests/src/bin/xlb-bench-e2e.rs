@@ -16,7 +16,9 @@
 //! close`) twice — to the last service (the load balancers spread each wrk's connections over
 //! the three backends) and with one backend per wrk (through one-endpoint Services: exactly
 //! the ceiling's traffic, so the ratio is the datapath's own cost) — and one-stream iperf3
-//! throughput. Results: stdout, `target/bench/e2e.md`,
+//! throughput. A machine shared with others drifts within a round, so each load balancer's two
+//! wrk runs are bracketed by two runs of the ceiling (no-LB bed, same pattern) just before and
+//! after: connection rates are compared with the mean of that bracket. Results: stdout, `target/bench/e2e.md`,
 //! `target/bench/e2e.json` and PNG charts (`benches/plot_e2e.py`).
 //!
 //! Flags: `--modes no-LB,iptables,nftables,xlb` `--sizes 1,1000,10000` `--reps 3`
@@ -555,6 +557,9 @@ struct Sample {
     /// Connections per second with each wrk on one backend of its own (the ceiling's own
     /// traffic pattern; the load balancers through one-endpoint Services).
     conns_per_s_pinned: f64,
+    /// The ceiling's rate around this mode's wrk runs (mean of a no-LB run just before and one
+    /// just after; for no-LB itself, its own rate).
+    ceiling_conns_per_s: f64,
     gbit_s: f64,
     load_ms: f64,
     change_ms: f64,
@@ -632,8 +637,15 @@ fn iperf(bed: &Bed, to: SocketAddr) -> f64 {
         / 1e9
 }
 
-fn measure(bed: &mut Bed, n: usize, o: &Opts) -> Sample {
-    let (load_ms, change_ms) = bed.load(n);
+/// The ceiling's targets: each wrk straight to one backend.
+fn direct(bed: &Bed) -> [SocketAddr; 3] {
+    [0, 1, 2].map(|i| SocketAddr::from((bed.backends[i], HTTP_PORT)))
+}
+
+/// One mode's sample for `n` services, loaded already (`load_ms`, `change_ms`); `ceiling`
+/// (the no-LB bed) brackets a load balancer's wrk runs.
+fn measure(bed: &Bed, ceiling: Option<&Bed>, n: usize, o: &Opts, load: (f64, f64)) -> Sample {
+    let (load_ms, change_ms) = load;
     let (first, last, iperf_to) = bed.targets(n);
     // First and last service alternate in blocks, so drift hits both alike.
     let k = o.connects.div_ceil(10);
@@ -643,7 +655,7 @@ fn measure(bed: &mut Bed, n: usize, o: &Opts) -> Sample {
         l.extend(bed.connect_times(last, k, 20));
     }
     let pinned = if bed.mode == "no-LB" {
-        [0, 1, 2].map(|i| SocketAddr::from((bed.backends[i], HTTP_PORT)))
+        direct(bed)
     } else {
         [0, 1, 2].map(|i| SocketAddr::from((bed.pinned_svc(i).vip, 80)))
     };
@@ -661,6 +673,7 @@ fn measure(bed: &mut Bed, n: usize, o: &Opts) -> Sample {
         ];
         spawn_in(&bed.node.ns, &cmd)
     });
+    let before = ceiling.map(|c| wrk(c, direct(c), o.seconds));
     let conns_per_s = wrk(bed, wrk_targets, o.seconds);
     if let Some(p) = perf {
         let out = p.wait_with_output().expect("perf");
@@ -674,6 +687,11 @@ fn measure(bed: &mut Bed, n: usize, o: &Opts) -> Sample {
     } else {
         wrk(bed, pinned, o.seconds)
     };
+    let after = ceiling.map(|c| wrk(c, direct(c), o.seconds));
+    let ceiling_conns_per_s = match (before, after) {
+        (Some(b), Some(a)) => (b + a) / 2.0,
+        _ => conns_per_s,
+    };
     let gbit_s = iperf(bed, iperf_to);
     Sample {
         first_p50: percentile(&f, 0.5),
@@ -682,6 +700,7 @@ fn measure(bed: &mut Bed, n: usize, o: &Opts) -> Sample {
         last_p99: percentile(&l, 0.99),
         conns_per_s,
         conns_per_s_pinned,
+        ceiling_conns_per_s,
         gbit_s,
         load_ms,
         change_ms,
@@ -764,11 +783,15 @@ fn main() {
         for rep in 0..o.reps {
             // Each round starts with another mode, so no mode always follows the same one.
             let count = beds.len();
+            let ceiling_idx = beds.iter().position(|b| b.mode == "no-LB");
             for i in 0..count {
-                let bed = &mut beds[(i + rep) % count];
-                let s = measure(bed, n, &o);
+                let idx = (i + rep) % count;
+                let load = beds[idx].load(n);
+                let bed = &beds[idx];
+                let ceiling = ceiling_idx.filter(|c| *c != idx).map(|c| &beds[c]);
+                let s = measure(bed, ceiling, n, &o, load);
                 println!(
-                    "N={n:>5} rep {rep} {:<9} connect p50 {:>6.1}/{:>6.1} µs p99 {:>6.1}/{:>6.1} µs (first/last)  {:>8.0} conn/s ({:>6.0} pinned)  {:>6.2} Gbit/s  load {:>9.1} ms  change {:>7.2} ms",
+                    "N={n:>5} rep {rep} {:<9} connect p50 {:>6.1}/{:>6.1} µs p99 {:>6.1}/{:>6.1} µs (first/last)  {:>8.0} conn/s ({:>6.0} pinned, ceiling {:>6.0})  {:>6.2} Gbit/s  load {:>9.1} ms  change {:>7.2} ms",
                     bed.mode,
                     s.first_p50,
                     s.last_p50,
@@ -776,6 +799,7 @@ fn main() {
                     s.last_p99,
                     s.conns_per_s,
                     s.conns_per_s_pinned,
+                    s.ceiling_conns_per_s,
                     s.gbit_s,
                     s.load_ms,
                     s.change_ms
@@ -825,7 +849,7 @@ fn render(o: &Opts, results: &BTreeMap<usize, BTreeMap<&str, Vec<Sample>>>) -> S
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Machine: {}. {} repetitions; median [min–max]; ratios are medians of per-round ratios to the no-LB ceiling of the same round.\n",
+        "Machine: {}. {} repetitions; median [min–max]; ratios are medians of per-round ratios to the no-LB ceiling of the same round; for conn/s, to the mean of two no-LB runs just before and after the mode's own.\n",
         machine(),
         o.reps
     );
@@ -833,6 +857,11 @@ fn render(o: &Opts, results: &BTreeMap<usize, BTreeMap<&str, Vec<Sample>>>) -> S
         let ceiling = &modes["no-LB"];
         let ratio = |m: &[Sample], f: fn(&Sample) -> f64| -> f64 {
             let r: Vec<f64> = m.iter().zip(ceiling).map(|(a, c)| f(a) / f(c)).collect();
+            summary(&r).0
+        };
+        // Connection rates: to the ceiling runs bracketing the mode's own.
+        let paired = |m: &[Sample], f: fn(&Sample) -> f64| -> f64 {
+            let r: Vec<f64> = m.iter().map(|a| f(a) / a.ceiling_conns_per_s).collect();
             summary(&r).0
         };
         let _ = writeln!(
@@ -860,9 +889,9 @@ fn render(o: &Opts, results: &BTreeMap<usize, BTreeMap<&str, Vec<Sample>>>) -> S
                 summary(&col(|x| x.first_p99)).0,
                 summary(&col(|x| x.last_p99)).0,
                 fmt_range(&col(|x| x.conns_per_s), 0),
-                ratio(s, |x| x.conns_per_s),
+                paired(s, |x| x.conns_per_s),
                 fmt_range(&col(|x| x.conns_per_s_pinned), 0),
-                ratio(s, |x| x.conns_per_s_pinned),
+                paired(s, |x| x.conns_per_s_pinned),
                 fmt_range(&col(|x| x.gbit_s), 2),
                 ratio(s, |x| x.gbit_s),
             );

@@ -1,0 +1,258 @@
+//! The address filters (`xlb_fe_filter`, `xlb_be_filter`): bitmaps the datapath tests before
+//! its hash lookups, so a packet that is neither to a frontend nor from a backend (most of a
+//! node's traffic) costs two array reads instead of two hash misses.
+//!
+//! A set bit with nothing behind it (a collision, a key just removed) only costs a lookup; a
+//! clear bit with a key behind it would hide a Service. So a key's bit is set before the key is
+//! written and cleared only after the last key behind it is deleted: this module counts keys
+//! per bit. The bitmap is shared with the kernel through a mapping of the (mmapable) array and
+//! changed with atomic or/and, so a concurrent reader sees every other bit as it was.
+
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use aya::maps::MapData;
+use lb_common::filter;
+
+/// One filter: its shared words and the number of keys behind each set bit.
+pub struct AddrFilter {
+    /// `filter::WORDS` words mapped from the array.
+    words: NonNull<AtomicU64>,
+    /// Keys per bit (absent = 0).
+    counts: HashMap<u32, u32>,
+}
+
+/// Bytes of a filter's mapping.
+const LEN: usize = filter::WORDS as usize * 8;
+
+impl AddrFilter {
+    /// Maps `map` (an mmapable array of `filter::WORDS` u64). The bits are left as they are.
+    pub fn open(map: &MapData) -> std::io::Result<Self> {
+        let fd = map.fd().as_fd().as_raw_fd();
+        // SAFETY: mapping exactly the array's data (a whole number of pages) of an mmapable map;
+        // the mapping holds its own reference to the map.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let words = NonNull::new(ptr.cast::<AtomicU64>()).ok_or(std::io::ErrorKind::Other)?;
+        Ok(Self {
+            words,
+            counts: HashMap::new(),
+        })
+    }
+
+    fn word(&self, bit: u32) -> (&AtomicU64, u64) {
+        let idx = (bit >> 6) as usize % filter::WORDS as usize;
+        // SAFETY: `idx` < WORDS, inside the mapping, which lives as long as `self`.
+        (
+            unsafe { &*self.words.as_ptr().add(idx) },
+            1u64 << (bit & 63),
+        )
+    }
+
+    /// One more key behind `bit` (set it before writing the key).
+    pub fn add(&mut self, bit: u32) {
+        let n = self.counts.entry(bit).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            let (w, m) = self.word(bit);
+            w.fetch_or(m, Ordering::SeqCst);
+        }
+    }
+
+    /// One key fewer behind `bit` (after the key is deleted); the last one clears it.
+    pub fn remove(&mut self, bit: u32) {
+        let Some(n) = self.counts.get_mut(&bit) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            self.counts.remove(&bit);
+            let (w, m) = self.word(bit);
+            w.fetch_and(!m, Ordering::SeqCst);
+        }
+    }
+
+    /// Makes the filter hold exactly `bits` (each counted once per occurrence): set what is
+    /// missing first, then clear the bits nothing is behind (left by a crash, say).
+    pub fn reset(&mut self, bits: impl IntoIterator<Item = u32>) {
+        self.counts.clear();
+        for b in bits {
+            self.add_count(b);
+        }
+        let mut want = vec![0u64; filter::WORDS as usize];
+        for b in self.counts.keys() {
+            want[(*b >> 6) as usize % filter::WORDS as usize] |= 1u64 << (b & 63);
+        }
+        for (i, m) in want.iter().enumerate() {
+            let (w, _) = self.word((i as u32) << 6);
+            w.fetch_or(*m, Ordering::SeqCst);
+        }
+        for (i, m) in want.iter().enumerate() {
+            let (w, _) = self.word((i as u32) << 6);
+            w.fetch_and(*m, Ordering::SeqCst);
+        }
+    }
+
+    fn add_count(&mut self, bit: u32) {
+        *self.counts.entry(bit).or_insert(0) += 1;
+    }
+
+    /// True if `bit` is set in the shared map.
+    pub fn is_set(&self, bit: u32) -> bool {
+        let (w, m) = self.word(bit);
+        w.load(Ordering::SeqCst) & m != 0
+    }
+
+    /// Bits set in the shared map.
+    pub fn set_bits(&self) -> u32 {
+        (0..filter::WORDS)
+            .map(|i| self.word(i << 6).0.load(Ordering::Relaxed).count_ones())
+            .sum()
+    }
+}
+
+impl Drop for AddrFilter {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `open` mapped.
+        unsafe { libc::munmap(self.words.as_ptr().cast(), LEN) };
+    }
+}
+
+// SAFETY: the mapping is process-wide shared memory accessed through atomics only.
+unsafe impl Send for AddrFilter {}
+// SAFETY: as above; `&self` methods only load.
+unsafe impl Sync for AddrFilter {}
+
+/// The two filters and the keys behind their bits, as the agent wrote them.
+pub struct Filters {
+    pub frontends: AddrFilter,
+    pub backends: AddrFilter,
+    /// Frontend keys written (several scopes share a bit).
+    fe_keys: HashMap<lb_common::ServiceKey, u32>,
+    /// Backend id → its bit.
+    be_keys: HashMap<u32, u32>,
+}
+
+/// A backend write in progress (see `Filters::backend_coming`).
+#[must_use]
+pub struct PendingBackend {
+    id: u32,
+    /// Its bit once written.
+    bit: u32,
+    /// Its bit before, if it was in the map.
+    old: Option<u32>,
+    /// Whether `bit` was counted for it now.
+    added: bool,
+}
+
+/// The bit of a frontend key.
+pub fn frontend_bit(key: &lb_common::ServiceKey) -> u32 {
+    filter::bit(key.addr, key.port, key.proto)
+}
+
+/// The bit of a backend.
+pub fn backend_bit(be: &lb_common::Backend) -> u32 {
+    filter::bit(be.addr, be.port, 0)
+}
+
+impl Filters {
+    /// Opens both filters and makes them hold exactly the keys now in the maps.
+    pub fn adopt(
+        fe_map: &MapData,
+        be_map: &MapData,
+        frontends: impl IntoIterator<Item = lb_common::ServiceKey>,
+        backends: impl IntoIterator<Item = (u32, lb_common::Backend)>,
+    ) -> std::io::Result<Self> {
+        let mut f = Self {
+            frontends: AddrFilter::open(fe_map)?,
+            backends: AddrFilter::open(be_map)?,
+            fe_keys: frontends
+                .into_iter()
+                .map(|k| (k, frontend_bit(&k)))
+                .collect(),
+            be_keys: backends
+                .into_iter()
+                .map(|(id, b)| (id, backend_bit(&b)))
+                .collect(),
+        };
+        f.frontends.reset(f.fe_keys.values().copied());
+        f.backends.reset(f.be_keys.values().copied());
+        Ok(f)
+    }
+
+    /// Before writing frontend `key`: its bit is set. Returns whether the key is new (to undo
+    /// with `frontend_gone` if the write fails).
+    pub fn frontend_coming(&mut self, key: &lb_common::ServiceKey) -> bool {
+        if self.fe_keys.contains_key(key) {
+            return false;
+        }
+        let bit = frontend_bit(key);
+        self.fe_keys.insert(*key, bit);
+        self.frontends.add(bit);
+        true
+    }
+
+    /// After deleting frontend `key`.
+    pub fn frontend_gone(&mut self, key: &lb_common::ServiceKey) {
+        if let Some(bit) = self.fe_keys.remove(key) {
+            self.frontends.remove(bit);
+        }
+    }
+
+    /// Before writing backend `id`: its bit is set. Hand the result to `backend_written`.
+    pub fn backend_coming(&mut self, id: u32, be: &lb_common::Backend) -> PendingBackend {
+        let bit = backend_bit(be);
+        let old = self.be_keys.insert(id, bit);
+        let added = old != Some(bit);
+        if added {
+            self.backends.add(bit);
+        }
+        PendingBackend {
+            id,
+            bit,
+            old,
+            added,
+        }
+    }
+
+    /// After backend `p.id`'s write: on success its previous bit (if another) goes; on failure
+    /// everything is as before.
+    pub fn backend_written(&mut self, p: PendingBackend, ok: bool) {
+        if !p.added {
+            return;
+        }
+        if ok {
+            if let Some(old) = p.old {
+                self.backends.remove(old);
+            }
+            return;
+        }
+        self.backends.remove(p.bit);
+        match p.old {
+            Some(old) => self.be_keys.insert(p.id, old),
+            None => self.be_keys.remove(&p.id),
+        };
+    }
+
+    /// After deleting backend `id`.
+    pub fn backend_gone(&mut self, id: u32) {
+        if let Some(bit) = self.be_keys.remove(&id) {
+            self.backends.remove(bit);
+        }
+    }
+}
