@@ -216,6 +216,34 @@ fn kill_9_and_restart_with_same_and_changed_config_disrupts_nothing() {
         client.run(move || tcp_ping_once(SocketAddr::from((VIP2, 80)), Duration::from_secs(2)));
     assert!(two.is_ok(), "{two:?}");
 
+    // Upgrade from an agent whose maps had no address filters: the new agent creates them
+    // empty and must fill them before its programs take over, or every Service would vanish.
+    agent.kill9();
+    for f in [
+        lb_common::map_names::FE_FILTER,
+        lb_common::map_names::BE_FILTER,
+    ] {
+        std::fs::remove_file(pins.path.join(f)).expect("remove filter pin");
+    }
+    agent.restart();
+    agent.wait_active("default/web2:http/TCP", 4);
+    check_conns(&mut conns, "after an upgrade adding the filters");
+    let upgraded: Vec<_> = client.run(move || {
+        (0..50)
+            .flat_map(|_| {
+                [
+                    tcp_ping_once(vip, Duration::from_secs(2)),
+                    tcp_ping_once(SocketAddr::from((VIP2, 80)), Duration::from_secs(2)),
+                ]
+            })
+            .collect()
+    });
+    assert!(
+        upgraded.iter().all(Result::is_ok),
+        "after an upgrade adding the filters: {:?}",
+        spread(&upgraded)
+    );
+
     let udp = stream.finish();
     let lost = udp.iter().filter(|r| r.is_err()).count();
     let backends: std::collections::BTreeSet<&String> = udp.iter().flatten().collect();

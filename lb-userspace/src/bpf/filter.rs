@@ -32,6 +32,14 @@ const LEN: usize = filter::WORDS as usize * 8;
 impl AddrFilter {
     /// Maps `map` (an mmapable array of `filter::WORDS` u64). The bits are left as they are.
     pub fn open(map: &MapData) -> std::io::Result<Self> {
+        // A filter of another size (another build's BITS_LOG2) would be mapped out of bounds.
+        let entries = map.info().map_err(std::io::Error::other)?.max_entries();
+        if entries != filter::WORDS {
+            return Err(std::io::Error::other(format!(
+                "filter has {entries} words, this build uses {}",
+                filter::WORDS
+            )));
+        }
         let fd = map.fd().as_fd().as_raw_fd();
         // SAFETY: mapping exactly the array's data (a whole number of pages) of an mmapable map;
         // the mapping holds its own reference to the map.

@@ -145,35 +145,38 @@ impl Maps {
         })
     }
 
-    /// The address filters, adopted on first use from the keys now in the maps (so a bit left
-    /// by a crash is cleared, and every key present has its bit).
+    /// The address filters, adopted on first use (see `adopt_filters`).
     pub fn filters(&mut self) -> Result<&mut Filters, WriteError> {
-        if self.filters.is_none() {
-            let err = |map, reason: String| WriteError {
-                map,
-                op: "adopt",
-                reason,
-            };
-            let fes = self
-                .frontends()
-                .map_err(|e| err(names::SERVICES, e.to_string()))?;
-            let bes = self
-                .all_backends()
-                .map_err(|e| err(names::BACKENDS, e.to_string()))?;
-            let f = Filters::adopt(
-                &self.fe_filter,
-                &self.be_filter,
-                fes.into_iter().map(|(k, _)| k),
-                bes,
-            )
-            .map_err(|e| err(names::FE_FILTER, format!("mmap: {e}")))?;
-            self.filters = Some(f);
+        match self.filters {
+            Some(ref mut f) => Ok(f),
+            None => self.adopt_filters(),
         }
-        self.filters.as_mut().ok_or_else(|| WriteError {
-            map: names::FE_FILTER,
+    }
+
+    /// Recomputes both address filters from the keys now in the maps: every key present gets
+    /// its bit, and a bit nothing is behind (left by a crash, or edited by hand) is cleared.
+    /// An agent does this before it attaches programs: filters created empty by an upgrade
+    /// would otherwise hide every Service until the next write.
+    pub fn adopt_filters(&mut self) -> Result<&mut Filters, WriteError> {
+        let err = |map, reason: String| WriteError {
+            map,
             op: "adopt",
-            reason: "not adopted".into(),
-        })
+            reason,
+        };
+        let fes = self
+            .frontends()
+            .map_err(|e| err(names::SERVICES, e.to_string()))?;
+        let bes = self
+            .all_backends()
+            .map_err(|e| err(names::BACKENDS, e.to_string()))?;
+        let f = Filters::adopt(
+            &self.fe_filter,
+            &self.be_filter,
+            fes.into_iter().map(|(k, _)| k),
+            bes,
+        )
+        .map_err(|e| err(names::FE_FILTER, format!("mmap: {e}")))?;
+        Ok(self.filters.insert(f))
     }
 
     /// The agent's configuration entry.

@@ -18,7 +18,9 @@
 //! the ceiling's traffic, so the ratio is the datapath's own cost) — and one-stream iperf3
 //! throughput. A machine shared with others drifts within a round, so each load balancer's two
 //! wrk runs are bracketed by two runs of the ceiling (no-LB bed, same pattern) just before and
-//! after: connection rates are compared with the mean of that bracket. Results: stdout, `target/bench/e2e.md`,
+//! after: connection rates are compared with the mean of that bracket (each mode's first wrk
+//! run is preceded by a discarded one-second run, so no run is the first after an idle
+//! spell). Results: stdout, `target/bench/e2e.md`,
 //! `target/bench/e2e.json` and PNG charts (`benches/plot_e2e.py`).
 //!
 //! Flags: `--modes no-LB,iptables,nftables,xlb` `--sizes 1,1000,10000` `--reps 3`
@@ -560,6 +562,8 @@ struct Sample {
     /// The ceiling's rate around this mode's wrk runs (mean of a no-LB run just before and one
     /// just after; for no-LB itself, its own rate).
     ceiling_conns_per_s: f64,
+    /// The two ceiling runs of the bracket, before and after (0 for no-LB itself).
+    ceiling_runs: [f64; 2],
     gbit_s: f64,
     load_ms: f64,
     change_ms: f64,
@@ -673,6 +677,10 @@ fn measure(bed: &Bed, ceiling: Option<&Bed>, n: usize, o: &Opts, load: (f64, f64
         ];
         spawn_in(&bed.node.ns, &cmd)
     });
+    // A discarded second of the first run's traffic: whatever the latency phase left cold
+    // (CPU idle states, caches) must not count against the first measured run alone.
+    let first_bed = ceiling.unwrap_or(bed);
+    wrk(first_bed, direct(first_bed), 1);
     let before = ceiling.map(|c| wrk(c, direct(c), o.seconds));
     let conns_per_s = wrk(bed, wrk_targets, o.seconds);
     if let Some(p) = perf {
@@ -688,9 +696,9 @@ fn measure(bed: &Bed, ceiling: Option<&Bed>, n: usize, o: &Opts, load: (f64, f64
         wrk(bed, pinned, o.seconds)
     };
     let after = ceiling.map(|c| wrk(c, direct(c), o.seconds));
-    let ceiling_conns_per_s = match (before, after) {
-        (Some(b), Some(a)) => (b + a) / 2.0,
-        _ => conns_per_s,
+    let (ceiling_conns_per_s, ceiling_runs) = match (before, after) {
+        (Some(b), Some(a)) => ((b + a) / 2.0, [b, a]),
+        _ => (conns_per_s, [0.0; 2]),
     };
     let gbit_s = iperf(bed, iperf_to);
     Sample {
@@ -701,6 +709,7 @@ fn measure(bed: &Bed, ceiling: Option<&Bed>, n: usize, o: &Opts, load: (f64, f64
         conns_per_s,
         conns_per_s_pinned,
         ceiling_conns_per_s,
+        ceiling_runs,
         gbit_s,
         load_ms,
         change_ms,
