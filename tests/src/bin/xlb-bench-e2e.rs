@@ -18,7 +18,8 @@
 //! the ceiling's traffic, so the ratio is the datapath's own cost) — and one-stream iperf3
 //! throughput. A machine shared with others drifts within a round, so each load balancer's two
 //! wrk runs are bracketed by two runs of the ceiling (no-LB bed, same pattern) just before and
-//! after: connection rates are compared with the mean of that bracket (each mode's first wrk
+//! after: connection rates are compared with the mean of that bracket, and iperf3 likewise
+//! (each mode's first wrk
 //! run is preceded by a discarded one-second run, so no run is the first after an idle
 //! spell). Results: stdout, `target/bench/e2e.md`,
 //! `target/bench/e2e.json` and PNG charts (`benches/plot_e2e.py`).
@@ -565,6 +566,9 @@ struct Sample {
     /// The two ceiling runs of the bracket, before and after (0 for no-LB itself).
     ceiling_runs: [f64; 2],
     gbit_s: f64,
+    /// The ceiling's iperf3 throughput around this mode's (mean of a run just before and one
+    /// just after; for no-LB itself, its own).
+    ceiling_gbit_s: f64,
     load_ms: f64,
     change_ms: f64,
 }
@@ -700,7 +704,14 @@ fn measure(bed: &Bed, ceiling: Option<&Bed>, n: usize, o: &Opts, load: (f64, f64
         (Some(b), Some(a)) => ((b + a) / 2.0, [b, a]),
         _ => (conns_per_s, [0.0; 2]),
     };
+    let ceiling_iperf = |c: &Bed| iperf(c, c.targets(n).2);
+    let before = ceiling.map(ceiling_iperf);
     let gbit_s = iperf(bed, iperf_to);
+    let after = ceiling.map(ceiling_iperf);
+    let ceiling_gbit_s = match (before, after) {
+        (Some(b), Some(a)) => (b + a) / 2.0,
+        _ => gbit_s,
+    };
     Sample {
         first_p50: percentile(&f, 0.5),
         first_p99: percentile(&f, 0.99),
@@ -711,6 +722,7 @@ fn measure(bed: &Bed, ceiling: Option<&Bed>, n: usize, o: &Opts, load: (f64, f64
         ceiling_conns_per_s,
         ceiling_runs,
         gbit_s,
+        ceiling_gbit_s,
         load_ms,
         change_ms,
     }
@@ -858,21 +870,18 @@ fn render(o: &Opts, results: &BTreeMap<usize, BTreeMap<&str, Vec<Sample>>>) -> S
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Machine: {}. {} repetitions; median [min–max]; ratios are medians of per-round ratios to the no-LB ceiling of the same round; for conn/s, to the mean of two no-LB runs just before and after the mode's own.\n",
+        "Machine: {}. {} repetitions; median [min–max]; ratios (conn/s, iperf3) are medians of per-round ratios to the mean of two no-LB runs just before and after the mode's own.\n",
         machine(),
         o.reps
     );
     for (n, modes) in results {
-        let ceiling = &modes["no-LB"];
-        let ratio = |m: &[Sample], f: fn(&Sample) -> f64| -> f64 {
-            let r: Vec<f64> = m.iter().zip(ceiling).map(|(a, c)| f(a) / f(c)).collect();
+        // Connection rates and throughput: to the ceiling runs bracketing the mode's own.
+        let ratio_to = |m: &[Sample], f: fn(&Sample) -> f64, c: fn(&Sample) -> f64| -> f64 {
+            let r: Vec<f64> = m.iter().map(|a| f(a) / c(a)).collect();
             summary(&r).0
         };
-        // Connection rates: to the ceiling runs bracketing the mode's own.
-        let paired = |m: &[Sample], f: fn(&Sample) -> f64| -> f64 {
-            let r: Vec<f64> = m.iter().map(|a| f(a) / a.ceiling_conns_per_s).collect();
-            summary(&r).0
-        };
+        let paired =
+            |m: &[Sample], f: fn(&Sample) -> f64| ratio_to(m, f, |a| a.ceiling_conns_per_s);
         let _ = writeln!(
             md,
             "### N = {n} service{}\n",
@@ -902,7 +911,7 @@ fn render(o: &Opts, results: &BTreeMap<usize, BTreeMap<&str, Vec<Sample>>>) -> S
                 fmt_range(&col(|x| x.conns_per_s_pinned), 0),
                 paired(s, |x| x.conns_per_s_pinned),
                 fmt_range(&col(|x| x.gbit_s), 2),
-                ratio(s, |x| x.gbit_s),
+                ratio_to(s, |x| x.gbit_s, |x| x.ceiling_gbit_s),
             );
         }
         md.push('\n');
