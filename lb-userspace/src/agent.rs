@@ -257,9 +257,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut dp = cfg.datapath_config();
     dp.flags |= monitor;
     maps.write_config(&dp)?;
-    // Before any program of this agent is attached: its filters may be new (an upgrade).
-    maps.adopt_filters()?;
     let recovered = maps.read_all()?;
+    // Before any program of this agent is attached: its filters may be new (an upgrade).
+    maps.adopt_filters(&recovered)?;
     let adopted = recovered.infos.len();
     let sync_cfg = SyncConfig {
         maglev_size: cfg.maglev_size,
@@ -379,11 +379,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             _ = sighup.recv() => {
                 // Re-read the maps as a restarted agent would and repair any drift (entries
                 // changed or deleted behind the agent's back, e.g. with bpftool).
-                if let Err(e) = sync.writer_mut().adopt_filters() {
-                    tracing::error!(error = %e, "SIGHUP: recomputing the address filters failed");
-                }
                 match sync.writer().read_all() {
                     Ok(recovered) => {
+                        if let Err(e) = sync.writer_mut().adopt_filters(&recovered) {
+                            tracing::error!(error = %e, "SIGHUP: recomputing the address filters failed");
+                        }
                         sync = MapSync::recover(sync.into_writer(), sync_cfg, recovered);
                         tracing::info!("SIGHUP: re-read the maps; repairing drift");
                     }

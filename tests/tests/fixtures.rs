@@ -681,6 +681,11 @@ fn sctp_is_translated_when_its_port_is_kept_and_refused_otherwise() {
     );
 }
 
+/// The fixture datapath's address filters, as its sync keeps them.
+fn filters(dp: &mut Datapath) -> &mut lb_userspace::bpf::filter::Filters {
+    dp.sync.writer_mut().filters().expect("filters")
+}
+
 #[test]
 fn address_filters_track_the_maps_and_gate_both_lookups() {
     use lb_common::filter::bit;
@@ -690,7 +695,7 @@ fn address_filters_track_the_maps_and_gate_both_lookups() {
     let web = bit(VIP.octets(), 80, 6);
     let dns = bit(VIP.octets(), 53, 17);
     let be = |a: Ipv4Addr, port| bit(a.octets(), port, 0);
-    let f = dp.sync.writer_mut().filters().expect("filters");
+    let f = filters(&mut dp);
     for b in [web, dns, bit(EMPTY_VIP.octets(), 80, 6)] {
         assert!(f.frontends.is_set(b), "frontend bit {b} clear");
     }
@@ -702,15 +707,10 @@ fn address_filters_track_the_maps_and_gate_both_lookups() {
     // The datapath reads them: with the frontend's bit cleared by hand the SYN is not a
     // service's, with the backend's bit cleared its reply is not reverse-translated.
     let syn = packet::tcp((CLIENT, 41000), (VIP, 80), flags::SYN, b"");
-    dp.sync
-        .writer_mut()
-        .filters()
-        .unwrap()
-        .frontends
-        .remove(web);
+    filters(&mut dp).frontends.remove(web);
     let (rc, out) = dp.tc(prog_names::POD_INGRESS, &syn);
     assert_eq!((rc, &out), (TCX_NEXT, &syn), "filtered frontend translated");
-    dp.sync.writer_mut().filters().unwrap().frontends.add(web);
+    filters(&mut dp).frontends.add(web);
     let (rc, out) = dp.tc(prog_names::POD_INGRESS, &syn);
     assert_eq!(rc, TC_ACT_REDIRECT);
     let chosen = packet::parse(&out).dst;
@@ -720,20 +720,10 @@ fn address_filters_track_the_maps_and_gate_both_lookups() {
         flags::SYN | flags::ACK,
         b"",
     );
-    dp.sync
-        .writer_mut()
-        .filters()
-        .unwrap()
-        .backends
-        .remove(be(chosen, 8080));
+    filters(&mut dp).backends.remove(be(chosen, 8080));
     let (rc, out) = dp.tc(prog_names::POD_INGRESS, &synack);
     assert_eq!((rc, &out), (TCX_NEXT, &synack), "filtered reply translated");
-    dp.sync
-        .writer_mut()
-        .filters()
-        .unwrap()
-        .backends
-        .add(be(chosen, 8080));
+    filters(&mut dp).backends.add(be(chosen, 8080));
     let (rc, out) = dp.tc(prog_names::POD_INGRESS, &synack);
     assert_eq!((rc, packet::parse(&out).src), (TC_ACT_REDIRECT, VIP));
 
@@ -752,7 +742,7 @@ fn address_filters_track_the_maps_and_gate_both_lookups() {
         d.services.insert(s.name.clone(), s);
     }
     dp.program(&d);
-    let f = dp.sync.writer_mut().filters().unwrap();
+    let f = filters(&mut dp);
     assert!(!f.frontends.is_set(web), "removed frontend's bit kept");
     assert!(f.frontends.is_set(bit(vip2.octets(), 80, 6)) && f.frontends.is_set(dns));
     assert!(

@@ -10,18 +10,18 @@
 
 use std::{
     collections::HashMap,
-    os::fd::{AsFd as _, AsRawFd as _},
-    ptr::NonNull,
     sync::atomic::{AtomicU64, Ordering},
 };
 
 use aya::maps::MapData;
 use lb_common::filter;
 
+use super::mmap::Mapping;
+
 /// One filter: its shared words and the number of keys behind each set bit.
 pub struct AddrFilter {
     /// `filter::WORDS` words mapped from the array.
-    words: NonNull<AtomicU64>,
+    words: Mapping,
     /// Keys per bit (absent = 0).
     counts: HashMap<u32, u32>,
 }
@@ -40,23 +40,7 @@ impl AddrFilter {
                 filter::WORDS
             )));
         }
-        let fd = map.fd().as_fd().as_raw_fd();
-        // SAFETY: mapping exactly the array's data (a whole number of pages) of an mmapable map;
-        // the mapping holds its own reference to the map.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let words = NonNull::new(ptr.cast::<AtomicU64>()).ok_or(std::io::ErrorKind::Other)?;
+        let words = Mapping::new(map, LEN)?;
         Ok(Self {
             words,
             counts: HashMap::new(),
@@ -64,10 +48,10 @@ impl AddrFilter {
     }
 
     fn word(&self, bit: u32) -> (&AtomicU64, u64) {
-        let idx = (bit >> 6) as usize % filter::WORDS as usize;
-        // SAFETY: `idx` < WORDS, inside the mapping, which lives as long as `self`.
+        // SAFETY: u64 words at page alignment, changed by nobody but through these atomics.
+        let words = unsafe { self.words.slice::<AtomicU64>() };
         (
-            unsafe { &*self.words.as_ptr().add(idx) },
+            &words[(bit >> 6) as usize % words.len()],
             1u64 << (bit & 63),
         )
     }
@@ -133,18 +117,6 @@ impl AddrFilter {
             .sum()
     }
 }
-
-impl Drop for AddrFilter {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `open` mapped.
-        unsafe { libc::munmap(self.words.as_ptr().cast(), LEN) };
-    }
-}
-
-// SAFETY: the mapping is process-wide shared memory accessed through atomics only.
-unsafe impl Send for AddrFilter {}
-// SAFETY: as above; `&self` methods only load.
-unsafe impl Sync for AddrFilter {}
 
 /// The two filters and the keys behind their bits, as the agent wrote them.
 pub struct Filters {

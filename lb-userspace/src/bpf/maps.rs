@@ -17,7 +17,7 @@ use lb_common::{
     ServiceKey, ServiceValue, SrcRangeKey, SvcInfo, SvcStats, map_names as names,
 };
 
-use super::filter::Filters;
+use super::{filter::Filters, mmap::Mapping};
 use crate::{
     model::Ipv4Net,
     sync::{MapReader, MapWriter, Recovered, WriteError},
@@ -145,38 +145,37 @@ impl Maps {
         })
     }
 
-    /// The address filters, adopted on first use (see `adopt_filters`).
+    /// The address filters, adopted on first use from the maps (see `adopt_filters`).
     pub fn filters(&mut self) -> Result<&mut Filters, WriteError> {
-        match self.filters {
-            Some(ref mut f) => Ok(f),
-            None => self.adopt_filters(),
+        if self.filters.is_none() {
+            let rec = self.read_all()?;
+            self.adopt_filters(&rec)?;
         }
+        self.filters.as_mut().ok_or_else(|| WriteError {
+            map: names::FE_FILTER,
+            op: "adopt",
+            reason: "not adopted".into(),
+        })
     }
 
-    /// Recomputes both address filters from the keys now in the maps: every key present gets
-    /// its bit, and a bit nothing is behind (left by a crash, or edited by hand) is cleared.
-    /// An agent does this before it attaches programs: filters created empty by an upgrade
-    /// would otherwise hide every Service until the next write.
-    pub fn adopt_filters(&mut self) -> Result<&mut Filters, WriteError> {
-        let err = |map, reason: String| WriteError {
-            map,
-            op: "adopt",
-            reason,
-        };
-        let fes = self
-            .frontends()
-            .map_err(|e| err(names::SERVICES, e.to_string()))?;
-        let bes = self
-            .all_backends()
-            .map_err(|e| err(names::BACKENDS, e.to_string()))?;
+    /// Makes both address filters hold exactly the keys of `rec` (the maps as just read):
+    /// every key gets its bit, and a bit nothing is behind (left by a crash, or edited by
+    /// hand) is cleared. An agent does this before it attaches programs: filters created empty
+    /// by an upgrade would otherwise hide every Service until the next write.
+    pub fn adopt_filters(&mut self, rec: &Recovered) -> Result<(), WriteError> {
         let f = Filters::adopt(
             &self.fe_filter,
             &self.be_filter,
-            fes.into_iter().map(|(k, _)| k),
-            bes,
+            rec.frontends.iter().map(|(k, _)| *k),
+            rec.backends.iter().copied(),
         )
-        .map_err(|e| err(names::FE_FILTER, format!("mmap: {e}")))?;
-        Ok(self.filters.insert(f))
+        .map_err(|e| WriteError {
+            map: names::FE_FILTER,
+            op: "adopt",
+            reason: format!("mmap: {e}"),
+        })?;
+        self.filters = Some(f);
+        Ok(())
     }
 
     /// The agent's configuration entry.
@@ -325,23 +324,9 @@ fn chunks_of(len: usize) -> usize {
 /// chunk (a reader still holding a larger size lands on a live backend).
 fn fill_table(map: &MapData, chunks: usize, ids: &[u32]) -> Result<(), String> {
     let len = chunks * std::mem::size_of::<LutChunk>();
-    let fd = map.fd().as_fd().as_raw_fd();
-    // SAFETY: mapping exactly the array's data (a whole number of pages) of an mmapable map.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(format!("mmap table: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: `ptr` maps `len` bytes, i.e. `len / 4` u32 slots.
-    let slots = unsafe { std::slice::from_raw_parts_mut(ptr.cast::<u32>(), len / 4) };
+    let mut m = Mapping::new(map, len).map_err(|e| format!("mmap table: {e}"))?;
+    // SAFETY: u32 slots at page alignment; the datapath only reads them.
+    let slots = unsafe { m.slice_mut::<u32>() };
     if ids.is_empty() {
         slots.fill(0);
     } else {
@@ -350,8 +335,6 @@ fn fill_table(map: &MapData, chunks: usize, ids: &[u32]) -> Result<(), String> {
             *s = ids[i % ids.len()];
         }
     }
-    // SAFETY: unmapping exactly what we mapped.
-    unsafe { libc::munmap(ptr, len) };
     Ok(())
 }
 

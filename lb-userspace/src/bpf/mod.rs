@@ -6,6 +6,7 @@
 pub mod devices;
 pub mod filter;
 pub mod maps;
+pub mod mmap;
 pub mod pins;
 pub mod sock;
 

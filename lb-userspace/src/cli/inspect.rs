@@ -293,6 +293,7 @@ pub fn maps(dir: &Path, output: Output) -> anyhow::Result<String> {
         let path = dir.join(name);
         let info =
             MapInfo::from_pin(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let is_filter = name == names::FE_FILTER || name == names::BE_FILTER;
         let counts_entries = matches!(
             ty,
             aya::maps::MapType::Hash | aya::maps::MapType::LruHash | aya::maps::MapType::HashOfMaps
@@ -300,7 +301,7 @@ pub fn maps(dir: &Path, output: Output) -> anyhow::Result<String> {
         let entries = if counts_entries {
             let data = MapData::from_pin(&path)?;
             Some(crate::bpf::maps::count_entries(&data)?)
-        } else if name == names::FE_FILTER || name == names::BE_FILTER {
+        } else if is_filter {
             // Bits set of all bits: the fill is the share of other traffic that still pays a
             // hash lookup.
             let data = MapData::from_pin(&path)?;
@@ -316,7 +317,7 @@ pub fn maps(dir: &Path, output: Output) -> anyhow::Result<String> {
         } else {
             None
         };
-        let capacity = if name == names::FE_FILTER || name == names::BE_FILTER {
+        let capacity = if is_filter {
             lb_common::filter::WORDS * 64
         } else {
             info.max_entries()

@@ -9,6 +9,8 @@
 //!   each entry expire at once (slightly pessimistic: the stale entry is also overwritten);
 //! - CT hit: a packet of an established flow;
 //! - reply: reverse NAT of a backend's answer;
+//! - not a service: a pod-to-pod packet (both address filters clear), and a backend's packet
+//!   on a flow xlb never translated (the reply lookup misses);
 //! - XDP CT hit / XDP SNAT CT miss / XDP SNAT CT hit: north-south at XDP, forwarded with
 //!   XDP_TX (the floor parses, swaps MACs and transmits);
 //! - throughput: packets per second of live frames pushed by a generator namespace through a
