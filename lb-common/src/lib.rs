@@ -48,11 +48,15 @@ pub mod map_names {
     pub const FE_FILTER: &str = "xlb_fe_filter";
     /// Bitmap of backend (address, port) hashes, tested before the conntrack reply lookup.
     pub const BE_FILTER: &str = "xlb_be_filter";
+    /// Backends that may have translated flows (set by the datapath), tested after the backend
+    /// filter: a backend only ever reached through socket-level load balancing has no reply
+    /// to look up.
+    pub const BE_NAT: &str = "xlb_be_nat";
 
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         SERVICES, BACKENDS, LUT, CONNTRACK, AFFINITY, SRC_RANGES, COUNTERS, SVC_STATS, SVC_INFO,
-        CONFIG, EVENTS, TRACE, SOCK, FE_FILTER, BE_FILTER,
+        CONFIG, EVENTS, TRACE, SOCK, FE_FILTER, BE_FILTER, BE_NAT,
     ];
 }
 
@@ -118,6 +122,22 @@ pub mod filter {
         h ^= h >> 15;
         h = h.wrapping_mul(0xc2b2_ae3d);
         h >> (32 - BITS_LOG2)
+    }
+
+    /// log2 of the slots of the NAT'd-backends map (`xlb_be_nat`): one u64 per word (64 bits)
+    /// of the backend filter, 128 KiB.
+    pub const NAT_SLOTS_LOG2: u32 = 14;
+    /// Slots per map value (one 64-byte value).
+    pub const NAT_SLOTS_PER_VALUE: u32 = 8;
+    /// Values of the NAT'd-backends map.
+    pub const NAT_VALUES: u32 = (1 << NAT_SLOTS_LOG2) / NAT_SLOTS_PER_VALUE;
+    /// Backend-filter bits per NAT slot.
+    pub const BITS_PER_NAT_SLOT: u32 = 1 << (BITS_LOG2 - NAT_SLOTS_LOG2);
+
+    /// The NAT slot of backend-filter bit `bit`.
+    #[inline(always)]
+    pub fn nat_slot(bit: u32) -> u32 {
+        bit / BITS_PER_NAT_SLOT
     }
 }
 

@@ -10,7 +10,11 @@ use aya_ebpf::{
 };
 use lb_common::{Config, CtKey, CtValue, ct_dir, ct_flags, ct_state, proto};
 
-use crate::{maps::CONNTRACK, parse::Flow, parse::tcp_flags, stats};
+use crate::{
+    maps::{self, CONNTRACK},
+    parse::{Flow, tcp_flags},
+    stats,
+};
 
 /// Seconds of CLOCK_MONOTONIC (what user space compares `expires` against).
 #[inline(always)]
@@ -230,6 +234,8 @@ pub fn create(
         rev.flags |= ct_flags::XLATE_DST;
     }
     let mut rkey = reply_key_of(fwd, flow.proto);
+    // Before either entry exists: the backend's replies must be looked up from now on.
+    maps::mark_nat(rkey.saddr, rkey.sport);
     // SNAT takes its port from the range (never a port this node's own sockets may use);
     // other flows keep the client's port unless another live flow owns that reply tuple.
     let snat = fwd.flags & ct_flags::SNAT != 0;

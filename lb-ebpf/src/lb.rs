@@ -15,7 +15,7 @@ use crate::{
     conntrack::{self, CreateError},
     ctx::Packet,
     icmp, lookup,
-    maps::{BE_FILTER, CONFIG, CONNTRACK, may_hold},
+    maps::{BE_FILTER, CONFIG, CONNTRACK, mark_nat, may_have_nat, may_hold},
     nat,
     parse::{self, Flow, Parsed, Skip},
     route::{self, Out},
@@ -193,6 +193,11 @@ fn established<P: Packet>(
         return Verdict::Pass;
     };
     stats::count(counter::CT_HIT);
+    if stats::live() {
+        // Keeps the backend's replies looked up (the agent may have zeroed its slot while the
+        // backend was briefly out of the service).
+        mark_nat(cur.nat_daddr, cur.nat_dport);
+    }
     stats::trace(|t| {
         t.selection = selection::CONNTRACK;
         t.backend_id = cur.backend_id;
@@ -361,7 +366,7 @@ fn forward<P: Packet>(pkt: &mut P, flow: &Flow, ct: &CtValue, out: Out) -> Verdi
 #[inline(always)]
 fn reply<P: Packet>(pkt: &mut P, flow: &Flow, cfg: &Config, now: u32) -> Option<Verdict> {
     // Replies come from a backend's own address and port.
-    if !may_hold(&BE_FILTER, flow.saddr, flow.sport, 0) {
+    if !may_hold(&BE_FILTER, flow.saddr, flow.sport, 0) || !may_have_nat(flow.saddr, flow.sport) {
         return None;
     }
     let rkey = conntrack::key(flow, ct_dir::REPLY);

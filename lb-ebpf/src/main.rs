@@ -1,6 +1,9 @@
 //! xlb datapath entry points. Each is thin: build the hook's packet context, run the shared
 //! pipeline (`lb::process`), map the verdict to the hook's return code.
 #![no_std]
+// `atomic_xadd`: the BPF target has no read-modify-write atomic types, only the instruction.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 
 mod conntrack;

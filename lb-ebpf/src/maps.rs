@@ -89,6 +89,55 @@ pub static FE_FILTER: Filter = Array::new();
 #[btf_map(name = "xlb_be_filter")]
 pub static BE_FILTER: Filter = Array::new();
 
+/// NAT'd backends: slot `filter::nat_slot(bit(addr, port, 0))` is non-zero once a translated
+/// flow to a backend behind it was recorded. The datapath raises it (atomic add) before it
+/// writes the flow's conntrack entries; the agent zeroes it only when no backend is behind it.
+/// Zero: no reply of these backends can be tracked, they skip the reply lookup.
+#[btf_map(name = "xlb_be_nat")]
+pub static BE_NAT: Array<
+    [u64; filter::NAT_SLOTS_PER_VALUE as usize],
+    { filter::NAT_VALUES as usize },
+    FILTER,
+> = Array::new();
+
+/// The NAT slot of backend (`addr`, `port`).
+#[inline(always)]
+fn nat_slot(addr: lb_common::Ipv4, port: u16) -> Option<*mut u64> {
+    let slot = filter::nat_slot(filter::bit(addr, port, 0));
+    let value = BE_NAT.get_ptr_mut(slot / filter::NAT_SLOTS_PER_VALUE)?;
+    // The mask keeps the index inside the value for the verifier.
+    let idx = (slot & (filter::NAT_SLOTS_PER_VALUE - 1)) as usize;
+    // SAFETY: `idx` < NAT_SLOTS_PER_VALUE, inside the map value.
+    Some(unsafe { value.cast::<u64>().add(idx) })
+}
+
+/// False only if no translated flow of backend (`addr`, `port`) can exist.
+#[inline(always)]
+pub fn may_have_nat(addr: lb_common::Ipv4, port: u16) -> bool {
+    match nat_slot(addr, port) {
+        // SAFETY: a slot of the map value; another CPU may raise it concurrently.
+        Some(p) => (unsafe { core::ptr::read_volatile(p) }) != 0,
+        None => true,
+    }
+}
+
+/// Records that backend (`addr`, `port`) may have translated flows (before their entries).
+#[inline(always)]
+pub fn mark_nat(addr: lb_common::Ipv4, port: u16) {
+    let Some(p) = nat_slot(addr, port) else {
+        return;
+    };
+    // SAFETY: as in `may_have_nat`. An atomic add (the one atomic every BPF CPU version has):
+    // two CPUs raising the slot at once leave it at 2, still non-zero.
+    unsafe {
+        if core::ptr::read_volatile(p) == 0 {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                p, 1,
+            );
+        }
+    }
+}
+
 /// True unless `map`'s bit for (`addr`, `port`, `proto`) is clear (a missing word counts as set).
 #[inline(always)]
 pub fn may_hold(map: &Filter, addr: lb_common::Ipv4, port: u16, proto: u8) -> bool {

@@ -779,3 +779,82 @@ fn address_filters_track_the_maps_and_gate_both_lookups() {
     );
     assert_eq!(rc, TC_ACT_REDIRECT);
 }
+
+#[test]
+fn nat_slots_gate_reply_lookups_to_backends_with_translated_flows() {
+    use lb_common::filter::{bit, nat_slot};
+    use lb_userspace::bpf::maps::Maps;
+    let mut dp = datapath();
+    let slot_of = |a: Ipv4Addr, port| nat_slot(bit(a.octets(), port, 0));
+    // No flow yet: no backend's replies are looked up.
+    for a in BACKENDS {
+        assert!(
+            !filters(&mut dp).nat.is_set(slot_of(a, 8080)),
+            "slot raised early"
+        );
+    }
+
+    // A translated flow raises its backend's slot before its first reply.
+    let syn = packet::tcp((CLIENT, 42000), (VIP, 80), flags::SYN, b"");
+    let (rc, out) = dp.tc(prog_names::POD_INGRESS, &syn);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    let chosen = packet::parse(&out).dst;
+    let slot = slot_of(chosen, 8080);
+    assert!(
+        filters(&mut dp).nat.is_set(slot),
+        "flow recorded, slot not raised"
+    );
+    let synack = packet::tcp(
+        (chosen, 8080),
+        (CLIENT, 42000),
+        flags::SYN | flags::ACK,
+        b"",
+    );
+    let (rc, out) = dp.tc(prog_names::POD_INGRESS, &synack);
+    assert_eq!((rc, packet::parse(&out).src), (TC_ACT_REDIRECT, VIP));
+
+    // The datapath reads it: zeroed by hand, the reply skips the lookup (goes out untranslated)
+    // until the client's next packet, a conntrack hit, raises it again.
+    filters(&mut dp).nat.clear(slot);
+    let (rc, out) = dp.tc(prog_names::POD_INGRESS, &synack);
+    assert_eq!(
+        (rc, &out),
+        (TCX_NEXT, &synack),
+        "reply looked up with slot zero"
+    );
+    let ack = packet::tcp((CLIENT, 42000), (VIP, 80), flags::ACK, b"");
+    let (rc, _) = dp.tc(prog_names::POD_INGRESS, &ack);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert!(
+        filters(&mut dp).nat.is_set(slot),
+        "conntrack hit did not raise the slot"
+    );
+    let (rc, out) = dp.tc(prog_names::POD_INGRESS, &synack);
+    assert_eq!((rc, packet::parse(&out).src), (TC_ACT_REDIRECT, VIP));
+
+    // An agent adopting slots that are all zero (an upgrade created the map) raises them from
+    // the conntrack reply entries.
+    for s in 0..1u32 << lb_common::filter::NAT_SLOTS_LOG2 {
+        filters(&mut dp).nat.clear(s);
+    }
+    let mut adopter = Maps::open(&dp.maps.dir).expect("open maps");
+    assert!(
+        adopter.filters().unwrap().nat.is_set(slot),
+        "adoption left a tracked backend's slot zero"
+    );
+    drop(adopter);
+    let (rc, out) = dp.tc(prog_names::POD_INGRESS, &synack);
+    assert_eq!((rc, packet::parse(&out).src), (TC_ACT_REDIRECT, VIP));
+
+    // The slot goes with the last backend of its backend-filter word.
+    let mut d = DesiredState::default();
+    let s = svc("dns", vec![fe(VIP, 53, Protocol::Udp)], &BACKENDS, 5353);
+    d.services.insert(s.name.clone(), s);
+    dp.program(&d);
+    let f = filters(&mut dp);
+    assert_eq!(
+        f.nat.is_set(slot),
+        f.backends.word_set(bit(chosen.octets(), 8080, 0)),
+        "slot kept with no backend behind it (or zeroed with one)"
+    );
+}

@@ -217,11 +217,13 @@ fn kill_9_and_restart_with_same_and_changed_config_disrupts_nothing() {
     assert!(two.is_ok(), "{two:?}");
 
     // Upgrade from an agent whose maps had no address filters: the new agent creates them
-    // empty and must fill them before its programs take over, or every Service would vanish.
+    // empty and must fill them before its programs take over, or every Service would vanish
+    // (and, with the NAT slots empty, every tracked flow's replies would go untranslated).
     agent.kill9();
     for f in [
         lb_common::map_names::FE_FILTER,
         lb_common::map_names::BE_FILTER,
+        lb_common::map_names::BE_NAT,
     ] {
         std::fs::remove_file(pins.path.join(f)).expect("remove filter pin");
     }

@@ -7,6 +7,13 @@
 //! written and cleared only after the last key behind it is deleted: this module counts keys
 //! per bit. The bitmap is shared with the kernel through a mapping of the (mmapable) array and
 //! changed with atomic or/and, so a concurrent reader sees every other bit as it was.
+//!
+//! Behind the backend filter, the NAT'd-backends slots (`xlb_be_nat`, one per word of the
+//! backend filter): the datapath raises a slot before it records a translated flow to a backend
+//! of that word, and tests it before the reply lookup, so a backend only ever reached through
+//! socket-level load balancing (its packets carry no translation) skips that lookup too. This
+//! module zeroes a slot only when its backend-filter word is empty: with no backend behind it,
+//! the backend filter already stops the lookup.
 
 use std::{
     collections::HashMap,
@@ -110,6 +117,11 @@ impl AddrFilter {
         w.load(Ordering::SeqCst) & m != 0
     }
 
+    /// True if any bit of `bit`'s word is set in the shared map.
+    pub fn word_set(&self, bit: u32) -> bool {
+        self.word(bit).0.load(Ordering::SeqCst) != 0
+    }
+
     /// Bits set in the shared map.
     pub fn set_bits(&self) -> u32 {
         (0..filter::WORDS)
@@ -118,10 +130,71 @@ impl AddrFilter {
     }
 }
 
-/// The two filters and the keys behind their bits, as the agent wrote them.
+/// The NAT'd-backends slots: slot `i` covers word `i` of the backend filter.
+pub struct NatSlots {
+    /// `filter::NAT_VALUES` values of `filter::NAT_SLOTS_PER_VALUE` u64, mapped.
+    slots: Mapping,
+}
+
+/// Bytes of the slots' mapping.
+const NAT_LEN: usize = (1usize << filter::NAT_SLOTS_LOG2) * 8;
+
+impl NatSlots {
+    /// Maps `map` (an mmapable array of `filter::NAT_VALUES` 64-byte values).
+    pub fn open(map: &MapData) -> std::io::Result<Self> {
+        let entries = map.info().map_err(std::io::Error::other)?.max_entries();
+        if entries != filter::NAT_VALUES {
+            return Err(std::io::Error::other(format!(
+                "NAT slots map has {entries} values, this build uses {}",
+                filter::NAT_VALUES
+            )));
+        }
+        Ok(Self {
+            slots: Mapping::new(map, NAT_LEN)?,
+        })
+    }
+
+    fn slot(&self, slot: u32) -> &AtomicU64 {
+        // SAFETY: u64 slots at page alignment, changed only through atomics (here and by the
+        // datapath's atomic add).
+        let slots = unsafe { self.slots.slice::<AtomicU64>() };
+        &slots[slot as usize % slots.len()]
+    }
+
+    /// True if `slot` is raised.
+    pub fn is_set(&self, slot: u32) -> bool {
+        self.slot(slot).load(Ordering::SeqCst) != 0
+    }
+
+    /// Raises `slot` (a backend behind it may have translated flows).
+    pub fn mark(&self, slot: u32) {
+        self.slot(slot).fetch_or(1, Ordering::SeqCst);
+    }
+
+    /// Zeroes `slot`.
+    pub fn clear(&self, slot: u32) {
+        self.slot(slot).store(0, Ordering::SeqCst);
+    }
+
+    /// Slots raised.
+    pub fn set_slots(&self) -> u32 {
+        (0..1u32 << filter::NAT_SLOTS_LOG2)
+            .filter(|s| self.is_set(*s))
+            .count() as u32
+    }
+}
+
+/// The NAT slot of a backend.
+pub fn backend_nat_slot(addr: lb_common::Ipv4, port: u16) -> u32 {
+    filter::nat_slot(filter::bit(addr, port, 0))
+}
+
+/// The two filters, the NAT'd-backends slots behind the second, and the keys behind the bits,
+/// as the agent wrote them.
 pub struct Filters {
     pub frontends: AddrFilter,
     pub backends: AddrFilter,
+    pub nat: NatSlots,
     /// Frontend keys written (several scopes share a bit).
     fe_keys: HashMap<lb_common::ServiceKey, u32>,
     /// Backend id → its bit.
@@ -151,16 +224,19 @@ pub fn backend_bit(be: &lb_common::Backend) -> u32 {
 }
 
 impl Filters {
-    /// Opens both filters and makes them hold exactly the keys now in the maps.
+    /// Opens both filters and makes them hold exactly the keys now in the maps; zeroes the
+    /// NAT slots with no backend behind them.
     pub fn adopt(
         fe_map: &MapData,
         be_map: &MapData,
+        nat_map: &MapData,
         frontends: impl IntoIterator<Item = lb_common::ServiceKey>,
         backends: impl IntoIterator<Item = (u32, lb_common::Backend)>,
     ) -> std::io::Result<Self> {
         let mut f = Self {
             frontends: AddrFilter::open(fe_map)?,
             backends: AddrFilter::open(be_map)?,
+            nat: NatSlots::open(nat_map)?,
             fe_keys: frontends
                 .into_iter()
                 .map(|k| (k, frontend_bit(&k)))
@@ -172,7 +248,23 @@ impl Filters {
         };
         f.frontends.reset(f.fe_keys.values().copied());
         f.backends.reset(f.be_keys.values().copied());
+        for slot in 0..1u32 << filter::NAT_SLOTS_LOG2 {
+            f.forget_nat(slot * filter::BITS_PER_NAT_SLOT);
+        }
         Ok(f)
+    }
+
+    /// After backend-filter bit `bit` was cleared: its NAT slot goes with the last bit of it.
+    fn forget_nat(&mut self, bit: u32) {
+        if !self.backends.word_set(bit) {
+            self.nat.clear(filter::nat_slot(bit));
+        }
+    }
+
+    /// One backend key fewer behind `bit`.
+    fn drop_backend_bit(&mut self, bit: u32) {
+        self.backends.remove(bit);
+        self.forget_nat(bit);
     }
 
     /// Before writing frontend `key`: its bit is set. Returns whether the key is new (to undo
@@ -218,11 +310,11 @@ impl Filters {
         }
         if ok {
             if let Some(old) = p.old {
-                self.backends.remove(old);
+                self.drop_backend_bit(old);
             }
             return;
         }
-        self.backends.remove(p.bit);
+        self.drop_backend_bit(p.bit);
         match p.old {
             Some(old) => self.be_keys.insert(p.id, old),
             None => self.be_keys.remove(&p.id),
@@ -232,7 +324,7 @@ impl Filters {
     /// After deleting backend `id`.
     pub fn backend_gone(&mut self, id: u32) {
         if let Some(bit) = self.be_keys.remove(&id) {
-            self.backends.remove(bit);
+            self.drop_backend_bit(bit);
         }
     }
 }

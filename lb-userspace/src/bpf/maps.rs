@@ -71,6 +71,8 @@ pub struct Maps {
     /// The frontend and backend address filters (mapped on the first write).
     fe_filter: MapData,
     be_filter: MapData,
+    /// The NAT'd-backends slots (mapped with the filters).
+    be_nat: MapData,
     /// The filters and the keys behind their bits, once this handle writes.
     filters: Option<Filters>,
     nr_cpus: usize,
@@ -140,6 +142,7 @@ impl Maps {
             config: typed!(dir, names::CONFIG, Array, Array),
             fe_filter: open(dir, names::FE_FILTER)?,
             be_filter: open(dir, names::BE_FILTER)?,
+            be_nat: open(dir, names::BE_NAT)?,
             filters: None,
             nr_cpus,
         })
@@ -161,11 +164,14 @@ impl Maps {
     /// Makes both address filters hold exactly the keys of `rec` (the maps as just read):
     /// every key gets its bit, and a bit nothing is behind (left by a crash, or edited by
     /// hand) is cleared. An agent does this before it attaches programs: filters created empty
-    /// by an upgrade would otherwise hide every Service until the next write.
+    /// by an upgrade would otherwise hide every Service until the next write. NAT slots all
+    /// zero (created by an upgrade, or never raised) are raised for every reply entry in
+    /// conntrack, so no tracked flow's replies go unlooked-up.
     pub fn adopt_filters(&mut self, rec: &Recovered) -> Result<(), WriteError> {
         let f = Filters::adopt(
             &self.fe_filter,
             &self.be_filter,
+            &self.be_nat,
             rec.frontends.iter().map(|(k, _)| *k),
             rec.backends.iter().copied(),
         )
@@ -174,6 +180,20 @@ impl Maps {
             op: "adopt",
             reason: format!("mmap: {e}"),
         })?;
+        if f.nat.set_slots() == 0 {
+            let entries = self.conntrack_entries().map_err(|e| WriteError {
+                map: names::CONNTRACK,
+                op: "read",
+                reason: e.to_string(),
+            })?;
+            for (k, _) in entries
+                .iter()
+                .filter(|(k, _)| k.dir == lb_common::ct_dir::REPLY)
+            {
+                f.nat
+                    .mark(super::filter::backend_nat_slot(k.saddr, k.sport));
+            }
+        }
         self.filters = Some(f);
         Ok(())
     }

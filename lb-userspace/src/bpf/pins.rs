@@ -103,7 +103,7 @@ pub fn ensure_dir(dir: &Path) -> Result<(), PinError> {
 }
 
 /// Type, key size and value size each map must have.
-pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 15] {
+pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 16] {
     use std::mem::size_of;
     [
         (
@@ -146,6 +146,7 @@ pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 15] {
         (names::SOCK, MapType::SkStorage, 4, size_of::<SockXlate>()),
         (names::FE_FILTER, MapType::Array, 4, 8),
         (names::BE_FILTER, MapType::Array, 4, 8),
+        (names::BE_NAT, MapType::Array, 4, 64),
     ]
 }
 

@@ -308,6 +308,12 @@ pub fn maps(dir: &Path, output: Output) -> anyhow::Result<String> {
             let f = crate::bpf::filter::AddrFilter::open(&data)
                 .map_err(|e| anyhow::anyhow!("{}: mmap: {e}", path.display()))?;
             Some(f.set_bits() as usize)
+        } else if name == names::BE_NAT {
+            // Slots raised of all slots: the share of backend words whose replies are looked up.
+            let data = MapData::from_pin(&path)?;
+            let n = crate::bpf::filter::NatSlots::open(&data)
+                .map_err(|e| anyhow::anyhow!("{}: mmap: {e}", path.display()))?;
+            Some(n.set_slots() as usize)
         } else if name == names::SRC_RANGES {
             Some(
                 Maps::open(dir)
@@ -319,6 +325,8 @@ pub fn maps(dir: &Path, output: Output) -> anyhow::Result<String> {
         };
         let capacity = if is_filter {
             lb_common::filter::WORDS * 64
+        } else if name == names::BE_NAT {
+            1 << lb_common::filter::NAT_SLOTS_LOG2
         } else {
             info.max_entries()
         };

@@ -13,20 +13,21 @@
 //! For each N (services × 3 endpoints) and repetition, every mode in turn: time to load the N
 //! services and to change one endpoint, connect latency (SYN → SYN/ACK, i.e. `connect()`) to
 //! the first and the last service, short connections per second with wrk (`Connection:
-//! close`) twice — to the last service (the load balancers spread each wrk's connections over
-//! the three backends) and with one backend per wrk (through one-endpoint Services: exactly
-//! the ceiling's traffic, so the ratio is the datapath's own cost) — and one-stream iperf3
-//! throughput. A machine shared with others drifts within a round, so each load balancer's two
-//! wrk runs are bracketed by two runs of the ceiling (no-LB bed, same pattern) just before and
-//! after: connection rates are compared with the mean of that bracket, and iperf3 likewise
-//! (each mode's first wrk
-//! run is preceded by a discarded one-second run, so no run is the first after an idle
-//! spell). Results: stdout, `target/bench/e2e.md`,
+//! close`) in two patterns — to the last service (the load balancers spread each wrk's
+//! connections over the three backends) and with one backend per wrk (through one-endpoint
+//! Services: exactly the ceiling's traffic, so the ratio is the datapath's own cost) — and
+//! one-stream iperf3 throughput. A machine shared with others drifts by tens of percent within
+//! a round, so a load balancer's connection-rate runs are short and alternate with the
+//! ceiling's (no-LB bed, same pattern): C A C B C A C B … C, each run compared with the mean
+//! of the two ceiling runs around it; the ceiling runs the same sequence against itself (an
+//! A/A control: how far the method alone strays from 1). iperf3 is bracketed likewise by one
+//! ceiling run before and one after. Results: stdout, `target/bench/e2e.md`,
 //! `target/bench/e2e.json` and PNG charts (`benches/plot_e2e.py`).
 //!
 //! Flags: `--modes no-LB,iptables,nftables,xlb` `--sizes 1,1000,10000` `--reps 3`
-//! `--connects 2000` `--seconds 4` `--perf 1` (a `perf record -a -g` of each wrk phase,
-//! `target/bench/perf-<mode>-<N>.data`).
+//! `--connects 2000` `--seconds 1` (per wrk run) `--pairs 4` (runs per pattern, mode and round)
+//! `--perf 1` (a `perf record -a -g` of each mode's first wrk run of each pattern,
+//! `target/bench/perf-<mode>-<N>-<spread|pinned>.data`).
 
 use std::{
     collections::BTreeMap,
@@ -61,6 +62,8 @@ struct Opts {
     reps: usize,
     connects: usize,
     seconds: u32,
+    /// Runs of each connection-rate pattern per mode and round (`interleaved`).
+    pairs: usize,
     /// Record a system-wide `perf` profile of every wrk phase into `target/bench/`.
     perf: bool,
 }
@@ -71,7 +74,8 @@ fn opts() -> Opts {
         sizes: vec![1, 1000, 10_000],
         reps: 3,
         connects: 2000,
-        seconds: 4,
+        seconds: 1,
+        pairs: 4,
         perf: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -102,8 +106,11 @@ fn opts() -> Opts {
             "--reps" => o.reps = num(v).max(1),
             "--connects" => o.connects = num(v).max(10),
             "--seconds" => o.seconds = num(v).max(1) as u32,
+            "--pairs" => o.pairs = num(v).max(1),
             "--perf" => o.perf = num(v) != 0,
-            _ => panic!("unknown flag {a}: --modes --sizes --reps --connects --seconds --perf"),
+            _ => panic!(
+                "unknown flag {a}: --modes --sizes --reps --connects --seconds --pairs --perf"
+            ),
         }
     }
     o
@@ -560,11 +567,15 @@ struct Sample {
     /// Connections per second with each wrk on one backend of its own (the ceiling's own
     /// traffic pattern; the load balancers through one-endpoint Services).
     conns_per_s_pinned: f64,
-    /// The ceiling's rate around this mode's wrk runs (mean of a no-LB run just before and one
-    /// just after; for no-LB itself, its own rate).
+    /// Median of the ceiling's runs interleaved with this mode's (see `interleaved`).
     ceiling_conns_per_s: f64,
-    /// The two ceiling runs of the bracket, before and after (0 for no-LB itself).
-    ceiling_runs: [f64; 2],
+    /// Each of the mode's runs to the last service over the mean of the ceiling runs on
+    /// either side of it (for no-LB itself: the A/A control).
+    conns_ratios: Vec<f64>,
+    /// Likewise for the runs with one backend per wrk.
+    pinned_ratios: Vec<f64>,
+    /// The ceiling's runs, in order.
+    ceiling_runs: Vec<f64>,
     gbit_s: f64,
     /// The ceiling's iperf3 throughput around this mode's (mean of a run just before and one
     /// just after; for no-LB itself, its own).
@@ -672,38 +683,7 @@ fn measure(bed: &Bed, ceiling: Option<&Bed>, n: usize, o: &Opts, load: (f64, f64
     } else {
         [last; 3]
     };
-    let perf = o.perf.then(|| {
-        let out = bench_dir().join(format!("perf-{}-{n}.data", bed.mode));
-        let secs = o.seconds.to_string();
-        let out = out.to_str().expect("path");
-        let cmd = [
-            "perf", "record", "-a", "-g", "-q", "-o", out, "--", "sleep", &secs,
-        ];
-        spawn_in(&bed.node.ns, &cmd)
-    });
-    // A discarded second of the first run's traffic: whatever the latency phase left cold
-    // (CPU idle states, caches) must not count against the first measured run alone.
-    let first_bed = ceiling.unwrap_or(bed);
-    wrk(first_bed, direct(first_bed), 1);
-    let before = ceiling.map(|c| wrk(c, direct(c), o.seconds));
-    let conns_per_s = wrk(bed, wrk_targets, o.seconds);
-    if let Some(p) = perf {
-        let out = p.wait_with_output().expect("perf");
-        if !out.status.success() {
-            eprintln!("perf: {}", String::from_utf8_lossy(&out.stderr));
-        }
-    }
-    // The ceiling has one pattern only: its pinned figure is the same measurement.
-    let conns_per_s_pinned = if bed.mode == "no-LB" {
-        conns_per_s
-    } else {
-        wrk(bed, pinned, o.seconds)
-    };
-    let after = ceiling.map(|c| wrk(c, direct(c), o.seconds));
-    let (ceiling_conns_per_s, ceiling_runs) = match (before, after) {
-        (Some(b), Some(a)) => ((b + a) / 2.0, [b, a]),
-        _ => (conns_per_s, [0.0; 2]),
-    };
+    let rates = interleaved(bed, ceiling, [wrk_targets, pinned], n, o);
     let ceiling_iperf = |c: &Bed| iperf(c, c.targets(n).2);
     let before = ceiling.map(ceiling_iperf);
     let gbit_s = iperf(bed, iperf_to);
@@ -717,15 +697,90 @@ fn measure(bed: &Bed, ceiling: Option<&Bed>, n: usize, o: &Opts, load: (f64, f64
         first_p99: percentile(&f, 0.99),
         last_p50: percentile(&l, 0.5),
         last_p99: percentile(&l, 0.99),
-        conns_per_s,
-        conns_per_s_pinned,
-        ceiling_conns_per_s,
-        ceiling_runs,
+        conns_per_s: median(&rates.runs[0]),
+        conns_per_s_pinned: median(&rates.runs[1]),
+        ceiling_conns_per_s: median(&rates.ceiling),
+        conns_ratios: rates.ratios[0].clone(),
+        pinned_ratios: rates.ratios[1].clone(),
+        ceiling_runs: rates.ceiling,
         gbit_s,
         ceiling_gbit_s,
         load_ms,
         change_ms,
     }
+}
+
+/// Connection rates of one mode in one round (`interleaved`).
+struct Rates {
+    /// The mode's runs, per pattern: [to the last service (spread), one backend per wrk].
+    runs: [Vec<f64>; 2],
+    /// Each run of `runs` divided by the mean of the ceiling runs on either side of it.
+    ratios: [Vec<f64>; 2],
+    /// The ceiling's runs, in order.
+    ceiling: Vec<f64>,
+}
+
+/// Short-connection runs of `bed` interleaved with the ceiling's: C A C B C A C B … C, with
+/// `o.pairs` runs of each of the two patterns (`targets`: A, B), `o.seconds` each. Each of the
+/// mode's runs is divided by the mean of the two ceiling runs around it, so the machine's
+/// drift cancels unless it changes within a couple of seconds. The ceiling itself (`ceiling`
+/// None) runs the same sequence against itself, every second run standing in for a mode's:
+/// an A/A control of the method, whose ratios should centre on 1.
+/// With `--perf`, the mode's first run of each pattern is profiled system-wide.
+fn interleaved(
+    bed: &Bed,
+    ceiling: Option<&Bed>,
+    targets: [[SocketAddr; 3]; 2],
+    n: usize,
+    o: &Opts,
+) -> Rates {
+    let c = ceiling.unwrap_or(bed);
+    // A discarded second: whatever the latency phase left cold (CPU idle states, caches)
+    // must not count against the first run alone.
+    wrk(c, direct(c), 1);
+    let mut r = Rates {
+        runs: [Vec::new(), Vec::new()],
+        ratios: [Vec::new(), Vec::new()],
+        ceiling: vec![wrk(c, direct(c), o.seconds)],
+    };
+    for i in 0..2 * o.pairs {
+        let pattern = i % 2;
+        let perf = (o.perf && i < 2).then(|| {
+            let name = ["spread", "pinned"][pattern];
+            let out = bench_dir().join(format!("perf-{}-{n}-{name}.data", bed.mode));
+            let secs = o.seconds.to_string();
+            let out = out.to_str().expect("path");
+            let cmd = [
+                "perf", "record", "-a", "-g", "-q", "-o", out, "--", "sleep", &secs,
+            ];
+            spawn_in(&bed.node.ns, &cmd)
+        });
+        let own = wrk(bed, targets[pattern], o.seconds);
+        if let Some(p) = perf {
+            let out = p.wait_with_output().expect("perf");
+            if !out.status.success() {
+                eprintln!("perf: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        let after = wrk(c, direct(c), o.seconds);
+        let before = r.ceiling[r.ceiling.len() - 1];
+        r.ratios[pattern].push(own / ((before + after) / 2.0));
+        r.runs[pattern].push(own);
+        r.ceiling.push(after);
+    }
+    r
+}
+
+/// (median, first quartile, third quartile) of `v`.
+fn quartiles(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.25), at(0.75))
+}
+
+fn median(v: &[f64]) -> f64 {
+    summary(v).0
 }
 
 /// median [min–max] of `v`.
@@ -812,7 +867,7 @@ fn main() {
                 let ceiling = ceiling_idx.filter(|c| *c != idx).map(|c| &beds[c]);
                 let s = measure(bed, ceiling, n, &o, load);
                 println!(
-                    "N={n:>5} rep {rep} {:<9} connect p50 {:>6.1}/{:>6.1} µs p99 {:>6.1}/{:>6.1} µs (first/last)  {:>8.0} conn/s ({:>6.0} pinned, ceiling {:>6.0})  {:>6.2} Gbit/s  load {:>9.1} ms  change {:>7.2} ms",
+                    "N={n:>5} rep {rep} {:<9} connect p50 {:>6.1}/{:>6.1} µs p99 {:>6.1}/{:>6.1} µs (first/last)  {:>8.0} conn/s ({:>6.0} pinned, ceiling {:>6.0}; x{:.3} / x{:.3})  {:>6.2} Gbit/s  load {:>9.1} ms  change {:>7.2} ms",
                     bed.mode,
                     s.first_p50,
                     s.last_p50,
@@ -821,6 +876,8 @@ fn main() {
                     s.conns_per_s,
                     s.conns_per_s_pinned,
                     s.ceiling_conns_per_s,
+                    median(&s.conns_ratios),
+                    median(&s.pinned_ratios),
                     s.gbit_s,
                     s.load_ms,
                     s.change_ms
@@ -864,15 +921,18 @@ fn bench_dir() -> PathBuf {
     out
 }
 
-/// The Markdown report: per N, each mode's median [min–max] and its ratio to the no-LB
-/// ceiling (the median of per-round ratios, each against the same round's ceiling).
+/// The Markdown report: per N, each mode's median [min–max] and its ratios to the no-LB
+/// ceiling (connection rates: every run against the ceiling runs around it; iperf3: each
+/// round's run against the ceiling's runs just before and after).
 fn render(o: &Opts, results: &BTreeMap<usize, BTreeMap<&str, Vec<Sample>>>) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Machine: {}. {} repetitions; median [min–max]; ratios (conn/s, iperf3) are medians of per-round ratios to the mean of two no-LB runs just before and after the mode's own.\n",
+        "Machine: {}. {} repetitions; median [min–max]. Connection rates: each mode's {} {}-second wrk runs per pattern and round alternate with the ceiling's; \"vs no-LB\" is the median [quartiles] of every run's ratio to the mean of the two ceiling runs around it (the no-LB row: the same sequence against itself, an A/A control of the method). iperf3: median of per-round ratios to the mean of a no-LB run just before and one just after.\n",
         machine(),
-        o.reps
+        o.reps,
+        o.pairs,
+        o.seconds
     );
     for (n, modes) in results {
         // Connection rates and throughput: to the ceiling runs bracketing the mode's own.
@@ -880,8 +940,12 @@ fn render(o: &Opts, results: &BTreeMap<usize, BTreeMap<&str, Vec<Sample>>>) -> S
             let r: Vec<f64> = m.iter().map(|a| f(a) / c(a)).collect();
             summary(&r).0
         };
-        let paired =
-            |m: &[Sample], f: fn(&Sample) -> f64| ratio_to(m, f, |a| a.ceiling_conns_per_s);
+        // Connection rates: every run's ratio to its own bracket, pooled over the rounds.
+        let pooled = |m: &[Sample], f: fn(&Sample) -> &Vec<f64>| -> String {
+            let all: Vec<f64> = m.iter().flat_map(|a| f(a).iter().copied()).collect();
+            let (med, q1, q3) = quartiles(&all);
+            format!("{med:.3} [{q1:.3}–{q3:.3}]")
+        };
         let _ = writeln!(
             md,
             "### N = {n} service{}\n",
@@ -900,16 +964,16 @@ fn render(o: &Opts, results: &BTreeMap<usize, BTreeMap<&str, Vec<Sample>>>) -> S
             };
             let _ = writeln!(
                 md,
-                "| {mode} | {} | {} | {:.3} | {:.0} / {:.0} | {} | {:.3} | {} | {:.3} | {} | {:.3} | {load} | {change} |",
+                "| {mode} | {} | {} | {:.3} | {:.0} / {:.0} | {} | {} | {} | {} | {} | {:.3} | {load} | {change} |",
                 fmt_range(&col(|x| x.first_p50), 1),
                 fmt_range(&col(|x| x.last_p50), 1),
                 summary(&last_first).0,
                 summary(&col(|x| x.first_p99)).0,
                 summary(&col(|x| x.last_p99)).0,
                 fmt_range(&col(|x| x.conns_per_s), 0),
-                paired(s, |x| x.conns_per_s),
+                pooled(s, |x| &x.conns_ratios),
                 fmt_range(&col(|x| x.conns_per_s_pinned), 0),
-                paired(s, |x| x.conns_per_s_pinned),
+                pooled(s, |x| &x.pinned_ratios),
                 fmt_range(&col(|x| x.gbit_s), 2),
                 ratio_to(s, |x| x.gbit_s, |x| x.ceiling_gbit_s),
             );
