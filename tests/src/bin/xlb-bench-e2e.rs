@@ -17,15 +17,16 @@
 //! connections over the three backends) and with one backend per wrk (through one-endpoint
 //! Services: exactly the ceiling's traffic, so the ratio is the datapath's own cost) — and
 //! one-stream iperf3 throughput. A machine shared with others drifts by tens of percent within
-//! a round, so a load balancer's connection-rate runs are short and alternate with the
-//! ceiling's (no-LB bed, same pattern): C A C B C A C B … C, each run compared with the mean
-//! of the two ceiling runs around it; the ceiling runs the same sequence against itself (an
-//! A/A control: how far the method alone strays from 1). iperf3 is bracketed likewise by one
-//! ceiling run before and one after. Results: stdout, `target/bench/e2e.md`,
+//! a round, so a load balancer's connection rates are compared with the ceiling's (no-LB bed)
+//! in runs side by side — both wrk sets at once, sharing the machine, the ratio of their rates
+//! that of their costs per connection — next to absolute rates from runs in turn (C A C B C);
+//! the ceiling does both against itself (an A/A control: how far the method alone strays from
+//! 1). iperf3 is bracketed by a ceiling run before and one after. Results: stdout, `target/bench/e2e.md`,
 //! `target/bench/e2e.json` and PNG charts (`benches/plot_e2e.py`).
 //!
 //! Flags: `--modes no-LB,iptables,nftables,xlb` `--sizes 1,1000,10000` `--reps 3`
-//! `--connects 2000` `--seconds 1` (per wrk run) `--pairs 4` (runs per pattern, mode and round)
+//! `--connects 2000` `--seconds 2` (per wrk run) `--pairs 4` (side-by-side runs per pattern,
+//! mode and round)
 //! `--perf 1` (a `perf record -a -g` of each mode's first wrk run of each pattern,
 //! `target/bench/perf-<mode>-<N>-<spread|pinned>.data`).
 
@@ -62,7 +63,7 @@ struct Opts {
     reps: usize,
     connects: usize,
     seconds: u32,
-    /// Runs of each connection-rate pattern per mode and round (`interleaved`).
+    /// Side-by-side runs of each connection-rate pattern per mode and round (`interleaved`).
     pairs: usize,
     /// Record a system-wide `perf` profile of every wrk phase into `target/bench/`.
     perf: bool,
@@ -74,7 +75,7 @@ fn opts() -> Opts {
         sizes: vec![1, 1000, 10_000],
         reps: 3,
         connects: 2000,
-        seconds: 1,
+        seconds: 2,
         pairs: 4,
         perf: false,
     };
@@ -576,6 +577,11 @@ struct Sample {
     pinned_ratios: Vec<f64>,
     /// The ceiling's runs, in order.
     ceiling_runs: Vec<f64>,
+    /// The mode's rate to the last service over the ceiling's, in runs side by side (for
+    /// no-LB itself: the A/A control).
+    side_by_side: Vec<f64>,
+    /// Likewise with one backend per wrk.
+    side_by_side_pinned: Vec<f64>,
     gbit_s: f64,
     /// The ceiling's iperf3 throughput around this mode's (mean of a run just before and one
     /// just after; for no-LB itself, its own).
@@ -594,8 +600,13 @@ fn spawn_in(ns: &Netns, cmd: &[&str]) -> Child {
 /// Short connections per second: three wrk processes at once (one thread, 12 connections
 /// each), wrk `i` to `targets[i]`.
 fn wrk(bed: &Bed, targets: [SocketAddr; 3], seconds: u32) -> f64 {
+    wrk_rate(bed, wrk_start(bed, targets, seconds))
+}
+
+/// Starts the three wrk processes of `wrk`.
+fn wrk_start(bed: &Bed, targets: [SocketAddr; 3], seconds: u32) -> Vec<Child> {
     let d = format!("{seconds}s");
-    let children: Vec<Child> = targets
+    targets
         .iter()
         .map(|to| {
             let url = format!("http://{to}/");
@@ -613,7 +624,11 @@ fn wrk(bed: &Bed, targets: [SocketAddr; 3], seconds: u32) -> f64 {
                 .spawn()
                 .unwrap_or_else(|e| panic!("wrk: {e}"))
         })
-        .collect();
+        .collect()
+}
+
+/// The summed rate of wrk processes started by `wrk_start`.
+fn wrk_rate(bed: &Bed, children: Vec<Child>) -> f64 {
     let mut total = 0.0;
     for child in children {
         let out = child.wait_with_output().expect("wrk");
@@ -636,6 +651,16 @@ fn wrk(bed: &Bed, targets: [SocketAddr; 3], seconds: u32) -> f64 {
         }
     }
     total
+}
+
+/// `bed`'s wrk (to `targets`) and the ceiling's (straight to the backends) at the same time,
+/// sharing the machine: the ratio of their rates is that of their costs per connection, with
+/// whatever the machine does at that moment hitting both alike.
+fn side_by_side(bed: &Bed, targets: [SocketAddr; 3], ceiling: &Bed, seconds: u32) -> f64 {
+    let own = wrk_start(bed, targets, seconds);
+    let other = wrk_start(ceiling, direct(ceiling), seconds);
+    let own = wrk_rate(bed, own);
+    own / wrk_rate(ceiling, other)
 }
 
 fn iperf(bed: &Bed, to: SocketAddr) -> f64 {
@@ -703,6 +728,8 @@ fn measure(bed: &Bed, ceiling: Option<&Bed>, n: usize, o: &Opts, load: (f64, f64
         conns_ratios: rates.ratios[0].clone(),
         pinned_ratios: rates.ratios[1].clone(),
         ceiling_runs: rates.ceiling,
+        side_by_side: rates.side_by_side[0].clone(),
+        side_by_side_pinned: rates.side_by_side[1].clone(),
         gbit_s,
         ceiling_gbit_s,
         load_ms,
@@ -718,15 +745,18 @@ struct Rates {
     ratios: [Vec<f64>; 2],
     /// The ceiling's runs, in order.
     ceiling: Vec<f64>,
+    /// Per pattern, the mode's rate over the ceiling's in runs side by side (`side_by_side`).
+    side_by_side: [Vec<f64>; 2],
 }
 
-/// Short-connection runs of `bed` interleaved with the ceiling's: C A C B C A C B … C, with
-/// `o.pairs` runs of each of the two patterns (`targets`: A, B), `o.seconds` each. Each of the
-/// mode's runs is divided by the mean of the two ceiling runs around it, so the machine's
-/// drift cancels unless it changes within a couple of seconds. The ceiling itself (`ceiling`
-/// None) runs the same sequence against itself, every second run standing in for a mode's:
-/// an A/A control of the method, whose ratios should centre on 1.
-/// With `--perf`, the mode's first run of each pattern is profiled system-wide.
+/// Short-connection runs of `bed` and the ceiling in two ways, `o.seconds` each:
+/// - in turn, C A C B C (A, B: `targets`' two patterns), for absolute rates; each of the mode's
+///   runs is also divided by the mean of the ceiling runs around it;
+/// - side by side, `o.pairs` runs of each pattern (alternating) with the ceiling's wrk running
+///   at the same time (`side_by_side`): the machine's drift, tens of percent between runs a
+///   few seconds apart here, hits both alike, so these ratios are the method's main result.
+/// The ceiling itself (`ceiling` None) does both against itself: an A/A control, whose ratios
+/// should centre on 1. With `--perf`, the mode's in-turn run of each pattern is profiled.
 fn interleaved(
     bed: &Bed,
     ceiling: Option<&Bed>,
@@ -742,10 +772,10 @@ fn interleaved(
         runs: [Vec::new(), Vec::new()],
         ratios: [Vec::new(), Vec::new()],
         ceiling: vec![wrk(c, direct(c), o.seconds)],
+        side_by_side: [Vec::new(), Vec::new()],
     };
-    for i in 0..2 * o.pairs {
-        let pattern = i % 2;
-        let perf = (o.perf && i < 2).then(|| {
+    for (pattern, to) in targets.iter().enumerate() {
+        let perf = o.perf.then(|| {
             let name = ["spread", "pinned"][pattern];
             let out = bench_dir().join(format!("perf-{}-{n}-{name}.data", bed.mode));
             let secs = o.seconds.to_string();
@@ -755,7 +785,7 @@ fn interleaved(
             ];
             spawn_in(&bed.node.ns, &cmd)
         });
-        let own = wrk(bed, targets[pattern], o.seconds);
+        let own = wrk(bed, *to, o.seconds);
         if let Some(p) = perf {
             let out = p.wait_with_output().expect("perf");
             if !out.status.success() {
@@ -767,6 +797,10 @@ fn interleaved(
         r.ratios[pattern].push(own / ((before + after) / 2.0));
         r.runs[pattern].push(own);
         r.ceiling.push(after);
+    }
+    for i in 0..2 * o.pairs {
+        let pattern = i % 2;
+        r.side_by_side[pattern].push(side_by_side(bed, targets[pattern], c, o.seconds));
     }
     r
 }
@@ -867,7 +901,7 @@ fn main() {
                 let ceiling = ceiling_idx.filter(|c| *c != idx).map(|c| &beds[c]);
                 let s = measure(bed, ceiling, n, &o, load);
                 println!(
-                    "N={n:>5} rep {rep} {:<9} connect p50 {:>6.1}/{:>6.1} µs p99 {:>6.1}/{:>6.1} µs (first/last)  {:>8.0} conn/s ({:>6.0} pinned, ceiling {:>6.0}; x{:.3} / x{:.3})  {:>6.2} Gbit/s  load {:>9.1} ms  change {:>7.2} ms",
+                    "N={n:>5} rep {rep} {:<9} connect p50 {:>6.1}/{:>6.1} µs p99 {:>6.1}/{:>6.1} µs (first/last)  {:>8.0} conn/s ({:>6.0} pinned, ceiling {:>6.0}; x{:.3} / x{:.3}; side by side x{:.3} / x{:.3})  {:>6.2} Gbit/s  load {:>9.1} ms  change {:>7.2} ms",
                     bed.mode,
                     s.first_p50,
                     s.last_p50,
@@ -878,6 +912,8 @@ fn main() {
                     s.ceiling_conns_per_s,
                     median(&s.conns_ratios),
                     median(&s.pinned_ratios),
+                    median(&s.side_by_side),
+                    median(&s.side_by_side_pinned),
                     s.gbit_s,
                     s.load_ms,
                     s.change_ms
@@ -922,17 +958,17 @@ fn bench_dir() -> PathBuf {
 }
 
 /// The Markdown report: per N, each mode's median [min–max] and its ratios to the no-LB
-/// ceiling (connection rates: every run against the ceiling runs around it; iperf3: each
-/// round's run against the ceiling's runs just before and after).
+/// ceiling (connection rates: side by side, and in turn against the ceiling runs around them;
+/// iperf3: each round's run against the ceiling's runs just before and after).
 fn render(o: &Opts, results: &BTreeMap<usize, BTreeMap<&str, Vec<Sample>>>) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Machine: {}. {} repetitions; median [min–max]. Connection rates: each mode's {} {}-second wrk runs per pattern and round alternate with the ceiling's; \"vs no-LB\" is the median [quartiles] of every run's ratio to the mean of the two ceiling runs around it (the no-LB row: the same sequence against itself, an A/A control of the method). iperf3: median of per-round ratios to the mean of a no-LB run just before and one just after.\n",
+        "Machine: {}. {} repetitions; median [min–max]. Connection rates (conn/s columns): {}-second wrk runs in turn with the ceiling's; their \"vs no-LB\" is the median [quartiles] of {} runs per pattern and round side by side with the ceiling's wrk, both at once (the no-LB row: against itself, an A/A control of the method). iperf3: median of per-round ratios to the mean of a no-LB run just before and one just after.\n",
         machine(),
         o.reps,
-        o.pairs,
-        o.seconds
+        o.seconds,
+        o.pairs
     );
     for (n, modes) in results {
         // Connection rates and throughput: to the ceiling runs bracketing the mode's own.
@@ -940,7 +976,7 @@ fn render(o: &Opts, results: &BTreeMap<usize, BTreeMap<&str, Vec<Sample>>>) -> S
             let r: Vec<f64> = m.iter().map(|a| f(a) / c(a)).collect();
             summary(&r).0
         };
-        // Connection rates: every run's ratio to its own bracket, pooled over the rounds.
+        // Connection rates: every side-by-side run's ratio, pooled over the rounds.
         let pooled = |m: &[Sample], f: fn(&Sample) -> &Vec<f64>| -> String {
             let all: Vec<f64> = m.iter().flat_map(|a| f(a).iter().copied()).collect();
             let (med, q1, q3) = quartiles(&all);
@@ -971,13 +1007,31 @@ fn render(o: &Opts, results: &BTreeMap<usize, BTreeMap<&str, Vec<Sample>>>) -> S
                 summary(&col(|x| x.first_p99)).0,
                 summary(&col(|x| x.last_p99)).0,
                 fmt_range(&col(|x| x.conns_per_s), 0),
-                pooled(s, |x| &x.conns_ratios),
+                pooled(s, |x| &x.side_by_side),
                 fmt_range(&col(|x| x.conns_per_s_pinned), 0),
-                pooled(s, |x| &x.pinned_ratios),
+                pooled(s, |x| &x.side_by_side_pinned),
                 fmt_range(&col(|x| x.gbit_s), 2),
                 ratio_to(s, |x| x.gbit_s, |x| x.ceiling_gbit_s),
             );
         }
+        // The in-turn runs read against the ceiling runs around them (drift included).
+        let in_turn: Vec<String> = o
+            .modes
+            .iter()
+            .filter_map(|m| modes.get(m).map(|s| (m, s)))
+            .map(|(m, s)| {
+                format!(
+                    "{m} {} / {}",
+                    pooled(s, |x| &x.conns_ratios),
+                    pooled(s, |x| &x.pinned_ratios)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            md,
+            "\nIn turn (each run over the mean of the ceiling runs just before and after it; to the last service / one backend per wrk): {}.",
+            in_turn.join("; ")
+        );
         md.push('\n');
     }
     md
