@@ -53,6 +53,46 @@ def chart(results, machine, field, ylabel, title, path, logy=False):
     plt.close(fig)
 
 
+def pooled(results, mode, field):
+    """(N, median, first quartile, third quartile) of every run's `field` ratio, by N."""
+    out = []
+    for n in sorted(results, key=int):
+        samples = results[n].get(mode)
+        if not samples:
+            continue
+        v = sorted(x for s in samples for x in s[field])
+        q = statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3
+        out.append((int(n), q[1], q[0], q[2]))
+    return out
+
+
+def ratio_chart(results, machine, path):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120, sharey=True)
+    for ax, field, title in [
+        (axes[0], "side_by_side", "to the last service (spread)"),
+        (axes[1], "side_by_side_pinned", "one backend per wrk"),
+    ]:
+        for mode in MODES:
+            pts = pooled(results, mode, field)
+            if not pts:
+                continue
+            xs = [p[0] for p in pts]
+            med = [p[1] for p in pts]
+            err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+            ax.errorbar(xs, med, yerr=err, fmt=STYLE[mode], label=mode, capsize=3)
+        ax.axhline(0.95, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("services (N)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("conn/s over the ceiling's, side by side (median, quartiles)")
+    axes[1].legend()
+    fig.text(0.01, 0.01, machine, fontsize=6, alpha=0.7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main():
     out = Path(sys.argv[1])
     data = json.loads((out / "e2e.json").read_text())
@@ -70,6 +110,7 @@ def main():
           out / "e2e-connections-pinned.png")
     chart(results, machine, "gbit_s", "Gbit/s", "One-stream iperf3 throughput",
           out / "e2e-throughput.png")
+    ratio_chart(results, machine, out / "e2e-connections-ratio.png")
 
 
 if __name__ == "__main__":

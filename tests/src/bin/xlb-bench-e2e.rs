@@ -28,7 +28,8 @@
 //! `--connects 2000` `--seconds 2` (per wrk run) `--pairs 4` (side-by-side runs per pattern,
 //! mode and round)
 //! `--perf 1` (a `perf record -a -g` of each mode's first wrk run of each pattern,
-//! `target/bench/perf-<mode>-<N>-<spread|pinned>.data`).
+//! `target/bench/perf-<mode>-<N>-<spread|pinned>.data`), `--render <e2e.json>` (no traffic:
+//! the report and charts of a finished run again).
 
 use std::{
     collections::BTreeMap,
@@ -54,6 +55,8 @@ const MODES: [&str; 4] = ["no-LB", "iptables", "nftables", "xlb"];
 const PER_FILE: usize = 100;
 const HTTP_PORT: u16 = 8080;
 const IPERF_PORT: u16 = 5201;
+/// Pairs of latency blocks (first service, last service) per mode and round.
+const LATENCY_PAIRS: usize = 20;
 /// A pod address with nothing behind it: the "changed" endpoint.
 const GONE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 99);
 
@@ -63,10 +66,12 @@ struct Opts {
     reps: usize,
     connects: usize,
     seconds: u32,
-    /// Side-by-side runs of each connection-rate pattern per mode and round (`interleaved`).
+    /// Side-by-side runs of each connection-rate pattern per mode and round (`conn_rates`).
     pairs: usize,
     /// Record a system-wide `perf` profile of every wrk phase into `target/bench/`.
     perf: bool,
+    /// Only render the report and charts of this finished run's JSON.
+    render: Option<PathBuf>,
 }
 
 fn opts() -> Opts {
@@ -78,6 +83,7 @@ fn opts() -> Opts {
         seconds: 2,
         pairs: 4,
         perf: false,
+        render: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -109,8 +115,9 @@ fn opts() -> Opts {
             "--seconds" => o.seconds = num(v).max(1) as u32,
             "--pairs" => o.pairs = num(v).max(1),
             "--perf" => o.perf = num(v) != 0,
+            "--render" => o.render = Some(PathBuf::from(v)),
             _ => panic!(
-                "unknown flag {a}: --modes --sizes --reps --connects --seconds --pairs --perf"
+                "unknown flag {a}: --modes --sizes --reps --connects --seconds --pairs --perf --render"
             ),
         }
     }
@@ -223,7 +230,15 @@ fn connect_times(to: SocketAddr, n: usize, warmup: usize) -> Vec<f64> {
 fn percentile(v: &[f64], p: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
-    s[((s.len() - 1) as f64 * p).round() as usize]
+    quantile(&s, p)
+}
+
+/// The `q` quantile of sorted `s`, interpolated between neighbours (the median of an even
+/// count is the mean of the middle two).
+fn quantile(s: &[f64], q: f64) -> f64 {
+    let pos = (s.len() - 1) as f64 * q;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
 }
 
 /// One mode's topology.
@@ -558,17 +573,20 @@ impl Drop for Sysctl {
 }
 
 /// One mode's figures in one round.
-#[derive(Clone, Default, serde::Serialize)]
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Sample {
     first_p50: f64,
     first_p99: f64,
     last_p50: f64,
     last_p99: f64,
+    /// Per adjacent pair of latency blocks, the last service's p50 over the first's.
+    #[serde(default)]
+    last_first: Vec<f64>,
     conns_per_s: f64,
     /// Connections per second with each wrk on one backend of its own (the ceiling's own
     /// traffic pattern; the load balancers through one-endpoint Services).
     conns_per_s_pinned: f64,
-    /// Median of the ceiling's runs interleaved with this mode's (see `interleaved`).
+    /// Median of the ceiling's runs in turn with this mode's (see `conn_rates`).
     ceiling_conns_per_s: f64,
     /// Each of the mode's runs to the last service over the mean of the ceiling runs on
     /// either side of it (for no-LB itself: the A/A control).
@@ -691,12 +709,25 @@ fn direct(bed: &Bed) -> [SocketAddr; 3] {
 fn measure(bed: &Bed, ceiling: Option<&Bed>, n: usize, o: &Opts, load: (f64, f64)) -> Sample {
     let (load_ms, change_ms) = load;
     let (first, last, iperf_to) = bed.targets(n);
-    // First and last service alternate in blocks, so drift hits both alike.
-    let k = o.connects.div_ceil(10);
-    let (mut f, mut l) = (Vec::new(), Vec::new());
-    for _ in 0..10 {
-        f.extend(bed.connect_times(first, k, 20));
-        l.extend(bed.connect_times(last, k, 20));
+    // First and last service alternate in short blocks (which goes first alternates too), and
+    // each adjacent pair of blocks gives a ratio of medians: the machine's speed jumps between
+    // rounds and within them (p50 11 vs 18 µs, for the ceiling too), and a jump then spoils one
+    // pair, not the comparison.
+    let k = o.connects.div_ceil(LATENCY_PAIRS);
+    let (mut f, mut l, mut last_first) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..LATENCY_PAIRS {
+        let (a, b) = if i % 2 == 0 {
+            let a = bed.connect_times(first, k, 20);
+            (a, bed.connect_times(last, k, 20))
+        } else {
+            let b = bed.connect_times(last, k, 20);
+            (bed.connect_times(first, k, 20), b)
+        };
+        if !a.is_empty() && !b.is_empty() {
+            last_first.push(percentile(&b, 0.5) / percentile(&a, 0.5));
+        }
+        f.extend(a);
+        l.extend(b);
     }
     let pinned = if bed.mode == "no-LB" {
         direct(bed)
@@ -708,7 +739,7 @@ fn measure(bed: &Bed, ceiling: Option<&Bed>, n: usize, o: &Opts, load: (f64, f64
     } else {
         [last; 3]
     };
-    let rates = interleaved(bed, ceiling, [wrk_targets, pinned], n, o);
+    let rates = conn_rates(bed, ceiling, [wrk_targets, pinned], n, o);
     let ceiling_iperf = |c: &Bed| iperf(c, c.targets(n).2);
     let before = ceiling.map(ceiling_iperf);
     let gbit_s = iperf(bed, iperf_to);
@@ -722,6 +753,7 @@ fn measure(bed: &Bed, ceiling: Option<&Bed>, n: usize, o: &Opts, load: (f64, f64
         first_p99: percentile(&f, 0.99),
         last_p50: percentile(&l, 0.5),
         last_p99: percentile(&l, 0.99),
+        last_first,
         conns_per_s: median(&rates.runs[0]),
         conns_per_s_pinned: median(&rates.runs[1]),
         ceiling_conns_per_s: median(&rates.ceiling),
@@ -737,7 +769,7 @@ fn measure(bed: &Bed, ceiling: Option<&Bed>, n: usize, o: &Opts, load: (f64, f64
     }
 }
 
-/// Connection rates of one mode in one round (`interleaved`).
+/// Connection rates of one mode in one round (`conn_rates`).
 struct Rates {
     /// The mode's runs, per pattern: [to the last service (spread), one backend per wrk].
     runs: [Vec<f64>; 2],
@@ -755,9 +787,10 @@ struct Rates {
 /// - side by side, `o.pairs` runs of each pattern (alternating) with the ceiling's wrk running
 ///   at the same time (`side_by_side`): the machine's drift, tens of percent between runs a
 ///   few seconds apart here, hits both alike, so these ratios are the method's main result.
+///
 /// The ceiling itself (`ceiling` None) does both against itself: an A/A control, whose ratios
 /// should centre on 1. With `--perf`, the mode's in-turn run of each pattern is profiled.
-fn interleaved(
+fn conn_rates(
     bed: &Bed,
     ceiling: Option<&Bed>,
     targets: [[SocketAddr; 3]; 2],
@@ -809,8 +842,7 @@ fn interleaved(
 fn quartiles(v: &[f64]) -> (f64, f64, f64) {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
-    let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.25), at(0.75))
+    (quantile(&s, 0.5), quantile(&s, 0.25), quantile(&s, 0.75))
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -821,7 +853,7 @@ fn median(v: &[f64]) -> f64 {
 fn summary(v: &[f64]) -> (f64, f64, f64) {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
-    (s[s.len() / 2], s[0], s[s.len() - 1])
+    (quantile(&s, 0.5), s[0], s[s.len() - 1])
 }
 
 fn fmt_range(v: &[f64], digits: usize) -> String {
@@ -867,8 +899,12 @@ fn main() {
         }
         return;
     }
-    require_root();
     let o = opts();
+    if let Some(file) = o.render.clone() {
+        rerender(o, &file);
+        return;
+    }
+    require_root();
     let tag = unique_tag();
     println!(
         "end-to-end: modes {:?}, N = {:?}, {} repetitions, {} connects per latency figure, wrk {} s",
@@ -888,7 +924,7 @@ fn main() {
             .collect()
     };
     // results[n][mode] = one Sample per round.
-    let mut results: BTreeMap<usize, BTreeMap<&str, Vec<Sample>>> = BTreeMap::new();
+    let mut results = Results::new();
     for &n in &o.sizes {
         for rep in 0..o.reps {
             // Each round starts with another mode, so no mode always follows the same one.
@@ -927,11 +963,23 @@ fn main() {
             }
         }
     }
-    let report = render(&o, &results);
+    publish(&o, &machine(), &results);
+    drop(beds);
+}
+
+/// Every mode's samples per N.
+type Results = BTreeMap<usize, BTreeMap<&'static str, Vec<Sample>>>;
+
+/// Prints the report and writes it, the JSON and the charts to `target/bench/`.
+fn publish(o: &Opts, machine: &str, results: &Results) {
+    let report = render(o, machine, results);
     println!("\n{report}");
     let out = bench_dir();
     fs::write(out.join("e2e.md"), &report).expect("write e2e.md");
-    let json = json!({ "machine": machine(), "results": results });
+    let opts = json!({
+        "reps": o.reps, "seconds": o.seconds, "pairs": o.pairs, "connects": o.connects,
+    });
+    let json = json!({ "machine": machine, "opts": opts, "results": results });
     fs::write(
         out.join("e2e.json"),
         serde_json::to_string_pretty(&json).expect("json"),
@@ -947,7 +995,47 @@ fn main() {
         Ok(s) if s.success() => println!("charts: {}/e2e-*.png", out.display()),
         other => eprintln!("charts not drawn ({other:?}): is python3-matplotlib installed?"),
     }
-    drop(beds);
+}
+
+/// `--render FILE`: the report and charts of a finished run again, from its JSON (no traffic;
+/// the run's options come from the file, or else from the flags).
+fn rerender(mut o: Opts, file: &Path) {
+    let text = fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let field = |k: &str| v["opts"][k].as_u64().map(|x| x as usize);
+    o.reps = field("reps").unwrap_or(o.reps);
+    o.seconds = field("seconds").map_or(o.seconds, |x| x as u32);
+    o.pairs = field("pairs").unwrap_or(o.pairs);
+    o.connects = field("connects").unwrap_or(o.connects);
+    let mut results = Results::new();
+    let sizes = v["results"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{}: no results", file.display()));
+    for (n, modes) in sizes {
+        let n: usize = n
+            .parse()
+            .unwrap_or_else(|_| panic!("{}: N {n:?}", file.display()));
+        for (m, samples) in modes.as_object().into_iter().flatten() {
+            let mode = *MODES
+                .iter()
+                .find(|k| **k == m)
+                .unwrap_or_else(|| panic!("{}: unknown mode {m}", file.display()));
+            let samples: Vec<Sample> = serde_json::from_value(samples.clone())
+                .unwrap_or_else(|e| panic!("{}: {mode} at N={n}: {e}", file.display()));
+            results.entry(n).or_default().insert(mode, samples);
+        }
+    }
+    o.modes = MODES
+        .iter()
+        .copied()
+        .filter(|m| results.values().any(|r| r.contains_key(m)))
+        .collect();
+    publish(
+        &o,
+        v["machine"].as_str().unwrap_or("unknown machine"),
+        &results,
+    );
 }
 
 /// `target/bench/`, created.
@@ -960,25 +1048,30 @@ fn bench_dir() -> PathBuf {
 /// The Markdown report: per N, each mode's median [min–max] and its ratios to the no-LB
 /// ceiling (connection rates: side by side, and in turn against the ceiling runs around them;
 /// iperf3: each round's run against the ceiling's runs just before and after).
-fn render(o: &Opts, results: &BTreeMap<usize, BTreeMap<&str, Vec<Sample>>>) -> String {
+fn render(o: &Opts, machine: &str, results: &Results) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Machine: {}. {} repetitions; median [min–max]. Connection rates (conn/s columns): {}-second wrk runs in turn with the ceiling's; their \"vs no-LB\" is the median [quartiles] of {} runs per pattern and round side by side with the ceiling's wrk, both at once (the no-LB row: against itself, an A/A control of the method). iperf3: median of per-round ratios to the mean of a no-LB run just before and one just after.\n",
-        machine(),
+        "Machine: {}. {} repetitions; median [min–max]. Connection rates (conn/s columns): {}-second wrk runs in turn with the ceiling's; their \"vs no-LB\" is the median [quartiles] of {} runs per pattern and round side by side with the ceiling's wrk, both at once (the no-LB row: against itself, an A/A control of the method). iperf3: median of per-round ratios to the mean of a no-LB run just before and one just after. last/first: median [quartiles] of the p50 ratio of adjacent blocks of {} connects to the last and the first service.\n",
+        machine,
         o.reps,
         o.seconds,
-        o.pairs
+        o.pairs,
+        o.connects.div_ceil(LATENCY_PAIRS),
     );
     for (n, modes) in results {
-        // Connection rates and throughput: to the ceiling runs bracketing the mode's own.
+        // iperf3: to the ceiling runs bracketing the mode's own.
         let ratio_to = |m: &[Sample], f: fn(&Sample) -> f64, c: fn(&Sample) -> f64| -> f64 {
             let r: Vec<f64> = m.iter().map(|a| f(a) / c(a)).collect();
             summary(&r).0
         };
-        // Connection rates: every side-by-side run's ratio, pooled over the rounds.
+        // Connection rates (every side-by-side run's ratio) and latency (every block pair's),
+        // pooled over the rounds.
         let pooled = |m: &[Sample], f: fn(&Sample) -> &Vec<f64>| -> String {
             let all: Vec<f64> = m.iter().flat_map(|a| f(a).iter().copied()).collect();
+            if all.is_empty() {
+                return "–".to_owned();
+            }
             let (med, q1, q3) = quartiles(&all);
             format!("{med:.3} [{q1:.3}–{q3:.3}]")
         };
@@ -992,7 +1085,6 @@ fn render(o: &Opts, results: &BTreeMap<usize, BTreeMap<&str, Vec<Sample>>>) -> S
         for mode in o.modes.iter().copied() {
             let Some(s) = modes.get(mode) else { continue };
             let col = |f: fn(&Sample) -> f64| s.iter().map(f).collect::<Vec<f64>>();
-            let last_first: Vec<f64> = s.iter().map(|x| x.last_p50 / x.first_p50).collect();
             let (load, change) = if mode == "no-LB" {
                 ("–".to_owned(), "–".to_owned())
             } else {
@@ -1000,10 +1092,10 @@ fn render(o: &Opts, results: &BTreeMap<usize, BTreeMap<&str, Vec<Sample>>>) -> S
             };
             let _ = writeln!(
                 md,
-                "| {mode} | {} | {} | {:.3} | {:.0} / {:.0} | {} | {} | {} | {} | {} | {:.3} | {load} | {change} |",
+                "| {mode} | {} | {} | {} | {:.0} / {:.0} | {} | {} | {} | {} | {} | {:.3} | {load} | {change} |",
                 fmt_range(&col(|x| x.first_p50), 1),
                 fmt_range(&col(|x| x.last_p50), 1),
-                summary(&last_first).0,
+                pooled(s, |x| &x.last_first),
                 summary(&col(|x| x.first_p99)).0,
                 summary(&col(|x| x.last_p99)).0,
                 fmt_range(&col(|x| x.conns_per_s), 0),
