@@ -139,6 +139,10 @@ pub struct NatSlots {
 /// Bytes of the slots' mapping.
 const NAT_LEN: usize = (1usize << filter::NAT_SLOTS_LOG2) * 8;
 
+// `Filters::forget_nat` zeroes a slot when its one backend-filter word is empty: a slot
+// covering several words would need all of them checked.
+const _: () = assert!(filter::BITS_PER_NAT_SLOT == 64);
+
 impl NatSlots {
     /// Maps `map` (an mmapable array of `filter::NAT_VALUES` 64-byte values).
     pub fn open(map: &MapData) -> std::io::Result<Self> {
