@@ -227,14 +227,23 @@ fn inspection_cli_and_explain_show_what_the_datapath_does() {
 
     // maps: fill levels and bpftool commands.
     let maps = e.json(&["maps"]);
-    let ct = maps
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "xlb_ct")
-        .expect("xlb_ct listed")
-        .clone();
+    let map = |name: &str| {
+        maps.as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed"))
+            .clone()
+    };
+    let ct = map("xlb_ct");
     assert!(ct["entries"].as_u64().unwrap() >= 2, "{ct}");
+    // The flows above were translated by tc: their backends' NAT slots are raised.
+    let nat = map("xlb_be_nat");
+    assert_eq!(
+        nat["capacity"].as_u64().unwrap(),
+        1 << lb_common::filter::NAT_SLOTS_LOG2
+    );
+    assert!(nat["entries"].as_u64().unwrap() >= 1, "{nat}");
     assert_eq!(
         ct["capacity"].as_u64().unwrap(),
         u64::from(lb_common::capacity::CONNTRACK)
