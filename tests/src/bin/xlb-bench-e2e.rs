@@ -20,9 +20,10 @@
 //! a round, so a load balancer's connection rates are compared with the ceiling's (no-LB bed)
 //! in runs side by side — both wrk sets at once, sharing the machine, the ratio of their rates
 //! that of their costs per connection — next to absolute rates from runs in turn (C A C B C);
-//! the ceiling does both against itself (an A/A control: how far the method alone strays from
-//! 1). iperf3 is bracketed by a ceiling run before and one after. Results: stdout, `target/bench/e2e.md`,
-//! `target/bench/e2e.json` and PNG charts (`benches/plot_e2e.py`).
+//! the ceiling does both against a second, identical no-LB bed (an A/A control: how far the
+//! method alone strays from 1). iperf3 is bracketed by a ceiling run before and one after.
+//! Results: stdout, `target/bench/e2e.md`, `target/bench/e2e.json` and PNG charts
+//! (`benches/plot_e2e.py`).
 //!
 //! Flags: `--modes no-LB,iptables,nftables,xlb` `--sizes 1,1000,10000` `--reps 3`
 //! `--connects 2000` `--seconds 2` (per wrk run) `--pairs 4` (side-by-side runs per pattern,
@@ -589,14 +590,14 @@ struct Sample {
     /// Median of the ceiling's runs in turn with this mode's (see `conn_rates`).
     ceiling_conns_per_s: f64,
     /// Each of the mode's runs to the last service over the mean of the ceiling runs on
-    /// either side of it (for no-LB itself: the A/A control).
+    /// either side of it (for no-LB itself: against the control bed, A/A).
     conns_ratios: Vec<f64>,
     /// Likewise for the runs with one backend per wrk.
     pinned_ratios: Vec<f64>,
     /// The ceiling's runs, in order.
     ceiling_runs: Vec<f64>,
     /// The mode's rate to the last service over the ceiling's, in runs side by side (for
-    /// no-LB itself: the A/A control).
+    /// no-LB itself: against the control bed, A/A).
     side_by_side: Vec<f64>,
     /// Likewise with one backend per wrk.
     side_by_side_pinned: Vec<f64>,
@@ -788,7 +789,7 @@ struct Rates {
 ///   at the same time (`side_by_side`): the machine's drift, tens of percent between runs a
 ///   few seconds apart here, hits both alike, so these ratios are the method's main result.
 ///
-/// The ceiling itself (`ceiling` None) does both against itself: an A/A control, whose ratios
+/// The no-LB mode does both against a second no-LB bed: an A/A control, whose ratios
 /// should centre on 1. With `--perf`, the mode's in-turn run of each pattern is profiled.
 fn conn_rates(
     bed: &Bed,
@@ -923,6 +924,12 @@ fn main() {
             .map(|(i, m)| Bed::new(&tag, m, i))
             .collect()
     };
+    // A second no-LB bed, identical to the first: the no-LB mode is measured against it (an
+    // A/A control with servers, sockets and namespaces of its own, as every mode has).
+    let control = {
+        let _own_hash = Sysctl::set("net.ipv4.tcp_child_ehash_entries", "262144");
+        Bed::new(&tag, "no-LB", o.modes.len())
+    };
     // results[n][mode] = one Sample per round.
     let mut results = Results::new();
     for &n in &o.sizes {
@@ -934,7 +941,10 @@ fn main() {
                 let idx = (i + rep) % count;
                 let load = beds[idx].load(n);
                 let bed = &beds[idx];
-                let ceiling = ceiling_idx.filter(|c| *c != idx).map(|c| &beds[c]);
+                let ceiling = match ceiling_idx {
+                    Some(c) if c == idx => Some(&control),
+                    c => c.map(|c| &beds[c]),
+                };
                 let s = measure(bed, ceiling, n, &o, load);
                 println!(
                     "N={n:>5} rep {rep} {:<9} connect p50 {:>6.1}/{:>6.1} µs p99 {:>6.1}/{:>6.1} µs (first/last)  {:>8.0} conn/s ({:>6.0} pinned, ceiling {:>6.0}; x{:.3} / x{:.3}; side by side x{:.3} / x{:.3})  {:>6.2} Gbit/s  load {:>9.1} ms  change {:>7.2} ms",
@@ -965,6 +975,7 @@ fn main() {
     }
     publish(&o, &machine(), &results);
     drop(beds);
+    drop(control);
 }
 
 /// Every mode's samples per N.
@@ -1052,7 +1063,7 @@ fn render(o: &Opts, machine: &str, results: &Results) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Machine: {}. {} repetitions; median [min–max]. Connection rates (conn/s columns): {}-second wrk runs in turn with the ceiling's; their \"vs no-LB\" is the median [quartiles] of {} runs per pattern and round side by side with the ceiling's wrk, both at once (the no-LB row: against itself, an A/A control of the method). iperf3: median of per-round ratios to the mean of a no-LB run just before and one just after. last/first: median [quartiles] of the p50 ratio of adjacent blocks of {} connects to the last and the first service.\n",
+        "Machine: {}. {} repetitions; median [min–max]. Connection rates (conn/s columns): {}-second wrk runs in turn with the ceiling's; their \"vs no-LB\" is the median [quartiles] of {} runs per pattern and round side by side with the ceiling's wrk, both at once (the no-LB row: against a second, identical no-LB bed, an A/A control of the method). iperf3: median of per-round ratios to the mean of a no-LB run just before and one just after. last/first: median [quartiles] of the p50 ratio of adjacent blocks of {} connects to the last and the first service.\n",
         machine,
         o.reps,
         o.seconds,
