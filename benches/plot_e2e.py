@@ -17,22 +17,37 @@ MODES = ["no-LB", "iptables", "nftables", "xlb"]
 STYLE = {"no-LB": "k--", "iptables": "o-", "nftables": "s-", "xlb": "D-"}
 
 
-def series(results, mode, field):
-    """(N, median, min, max) of `field` for `mode`, by N."""
+def by_n(results, mode, summarize):
+    """(N, centre, low, high) by N: `summarize` turns one N's samples of `mode` into the rest."""
     out = []
     for n in sorted(results, key=int):
         samples = results[n].get(mode)
-        if not samples:
-            continue
-        v = [s[field] for s in samples]
-        out.append((int(n), statistics.median(v), min(v), max(v)))
+        if samples:
+            out.append((int(n), *summarize(samples)))
     return out
 
 
-def chart(results, machine, field, ylabel, title, path, logy=False):
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+def series(results, mode, field):
+    """(N, median, min, max) of `field` for `mode`, by N."""
+    def summarize(samples):
+        v = [s[field] for s in samples]
+        return statistics.median(v), min(v), max(v)
+    return by_n(results, mode, summarize)
+
+
+def pooled(results, mode, field):
+    """(N, median, first quartile, third quartile) of every run's `field` ratio, by N."""
+    def summarize(samples):
+        v = sorted(x for s in samples for x in s[field])
+        q = statistics.quantiles(v, n=4, method="inclusive") if len(v) > 1 else v * 3
+        return q[1], q[0], q[2]
+    return by_n(results, mode, summarize)
+
+
+def plot_modes(ax, results, points):
+    """One error-bar line per mode; `points(results, mode)` gives its (N, centre, low, high)."""
     for mode in MODES:
-        pts = series(results, mode, field)
+        pts = points(results, mode)
         if not pts:
             continue
         xs = [p[0] for p in pts]
@@ -40,30 +55,26 @@ def chart(results, machine, field, ylabel, title, path, logy=False):
         err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
         ax.errorbar(xs, med, yerr=err, fmt=STYLE[mode], label=mode, capsize=3)
     ax.set_xscale("log")
-    if logy:
-        ax.set_yscale("log")
     ax.set_xlabel("services (N)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+
+
+def save(fig, machine, path):
     fig.text(0.01, 0.01, machine, fontsize=6, alpha=0.7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def pooled(results, mode, field):
-    """(N, median, first quartile, third quartile) of every run's `field` ratio, by N."""
-    out = []
-    for n in sorted(results, key=int):
-        samples = results[n].get(mode)
-        if not samples:
-            continue
-        v = sorted(x for s in samples for x in s[field])
-        q = statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3
-        out.append((int(n), q[1], q[0], q[2]))
-    return out
+def chart(results, machine, field, ylabel, title, path, logy=False):
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    plot_modes(ax, results, lambda r, m: series(r, m, field))
+    if logy:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    save(fig, machine, path)
 
 
 def ratio_chart(results, machine, path):
@@ -72,25 +83,12 @@ def ratio_chart(results, machine, path):
         (axes[0], "side_by_side", "to the last service (spread)"),
         (axes[1], "side_by_side_pinned", "one backend per wrk"),
     ]:
-        for mode in MODES:
-            pts = pooled(results, mode, field)
-            if not pts:
-                continue
-            xs = [p[0] for p in pts]
-            med = [p[1] for p in pts]
-            err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
-            ax.errorbar(xs, med, yerr=err, fmt=STYLE[mode], label=mode, capsize=3)
+        plot_modes(ax, results, lambda r, m, f=field: pooled(r, m, f))
         ax.axhline(0.95, color="grey", linewidth=0.8, linestyle=":")
-        ax.set_xscale("log")
-        ax.set_xlabel("services (N)")
         ax.set_title(title, fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("conn/s over the ceiling's, side by side (median, quartiles)")
     axes[1].legend()
-    fig.text(0.01, 0.01, machine, fontsize=6, alpha=0.7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, machine, path)
 
 
 def main():

@@ -139,6 +139,12 @@ pub mod filter {
     pub fn nat_slot(bit: u32) -> u32 {
         bit / BITS_PER_NAT_SLOT
     }
+
+    /// The NAT slot of backend (`addr` as packet bytes, `port` host order).
+    #[inline(always)]
+    pub fn backend_nat_slot(addr: Ipv4, port: u16) -> u32 {
+        nat_slot(bit(addr, port, 0))
+    }
 }
 
 /// IP protocol numbers the datapath handles.

@@ -103,7 +103,7 @@ pub static BE_NAT: Array<
 /// The NAT slot of backend (`addr`, `port`).
 #[inline(always)]
 fn nat_slot(addr: lb_common::Ipv4, port: u16) -> Option<*mut u64> {
-    let slot = filter::nat_slot(filter::bit(addr, port, 0));
+    let slot = filter::backend_nat_slot(addr, port);
     let value = BE_NAT.get_ptr_mut(slot / filter::NAT_SLOTS_PER_VALUE)?;
     // The mask keeps the index inside the value for the verifier.
     let idx = (slot & (filter::NAT_SLOTS_PER_VALUE - 1)) as usize;

@@ -33,23 +33,11 @@ pub struct AddrFilter {
     counts: HashMap<u32, u32>,
 }
 
-/// Bytes of a filter's mapping.
-const LEN: usize = filter::WORDS as usize * 8;
-
 impl AddrFilter {
     /// Maps `map` (an mmapable array of `filter::WORDS` u64). The bits are left as they are.
     pub fn open(map: &MapData) -> std::io::Result<Self> {
-        // A filter of another size (another build's BITS_LOG2) would be mapped out of bounds.
-        let entries = map.info().map_err(std::io::Error::other)?.max_entries();
-        if entries != filter::WORDS {
-            return Err(std::io::Error::other(format!(
-                "filter has {entries} words, this build uses {}",
-                filter::WORDS
-            )));
-        }
-        let words = Mapping::new(map, LEN)?;
         Ok(Self {
-            words,
+            words: Mapping::array(map, filter::WORDS, 8, "address filter")?,
             counts: HashMap::new(),
         })
     }
@@ -136,9 +124,6 @@ pub struct NatSlots {
     slots: Mapping,
 }
 
-/// Bytes of the slots' mapping.
-const NAT_LEN: usize = (1usize << filter::NAT_SLOTS_LOG2) * 8;
-
 // `Filters::forget_nat` zeroes a slot when its one backend-filter word is empty: a slot
 // covering several words would need all of them checked.
 const _: () = assert!(filter::BITS_PER_NAT_SLOT == 64);
@@ -146,15 +131,8 @@ const _: () = assert!(filter::BITS_PER_NAT_SLOT == 64);
 impl NatSlots {
     /// Maps `map` (an mmapable array of `filter::NAT_VALUES` 64-byte values).
     pub fn open(map: &MapData) -> std::io::Result<Self> {
-        let entries = map.info().map_err(std::io::Error::other)?.max_entries();
-        if entries != filter::NAT_VALUES {
-            return Err(std::io::Error::other(format!(
-                "NAT slots map has {entries} values, this build uses {}",
-                filter::NAT_VALUES
-            )));
-        }
         Ok(Self {
-            slots: Mapping::new(map, NAT_LEN)?,
+            slots: Mapping::array(map, filter::NAT_VALUES, 64, "NAT slots map")?,
         })
     }
 
@@ -186,11 +164,6 @@ impl NatSlots {
             .filter(|s| self.is_set(*s))
             .count() as u32
     }
-}
-
-/// The NAT slot of a backend.
-pub fn backend_nat_slot(addr: lb_common::Ipv4, port: u16) -> u32 {
-    filter::nat_slot(filter::bit(addr, port, 0))
 }
 
 /// The two filters, the NAT'd-backends slots behind the second, and the keys behind the bits,

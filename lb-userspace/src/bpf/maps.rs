@@ -191,7 +191,7 @@ impl Maps {
                 .filter(|(k, _)| k.dir == lb_common::ct_dir::REPLY)
             {
                 f.nat
-                    .mark(super::filter::backend_nat_slot(k.saddr, k.sport));
+                    .mark(lb_common::filter::backend_nat_slot(k.saddr, k.sport));
             }
         }
         self.filters = Some(f);

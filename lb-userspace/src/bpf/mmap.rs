@@ -40,6 +40,19 @@ impl Mapping {
         Ok(Self { ptr, len })
     }
 
+    /// Maps all of `map`, an mmapable array that must have `entries` values of `value_bytes`
+    /// (`what` names it in the error): a map of another size, from another build, would
+    /// otherwise be mapped short or read out of bounds.
+    pub fn array(map: &MapData, entries: u32, value_bytes: usize, what: &str) -> io::Result<Self> {
+        let found = map.info().map_err(io::Error::other)?.max_entries();
+        if found != entries {
+            return Err(io::Error::other(format!(
+                "{what} has {found} entries, this build uses {entries}"
+            )));
+        }
+        Self::new(map, entries as usize * value_bytes)
+    }
+
     /// The mapping as a slice of `T`.
     ///
     /// # Safety

@@ -10,7 +10,8 @@
 //! - CT hit: a packet of an established flow;
 //! - reply: reverse NAT of a backend's answer;
 //! - not a service: a pod-to-pod packet (both address filters clear), and a backend's packet
-//!   on a flow xlb never translated (the reply lookup misses);
+//!   on a flow xlb never translated — from a backend with translated flows too (the reply
+//!   lookup misses) and from one reached only at the socket (NAT slot zero: no lookup);
 //! - XDP CT hit / XDP SNAT CT miss / XDP SNAT CT hit: north-south at XDP, forwarded with
 //!   XDP_TX (the floor parses, swaps MACs and transmits);
 //! - throughput: packets per second of live frames pushed by a generator namespace through a
@@ -42,14 +43,13 @@ use xlb_tests::{
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 5;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+/// A pod that is neither a frontend nor a backend.
+const OTHER_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 7);
 
 /// The fixture datapath's NAT'd-backend slots.
 fn nat_slots(dp: &mut Datapath) -> &lb_userspace::bpf::filter::NatSlots {
     &dp.sync.writer_mut().filters().expect("filters").nat
 }
-
-/// A pod that is neither a frontend nor a backend.
-const OTHER_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 7);
 
 fn service(i: u32) -> LbService {
     let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i);
@@ -190,7 +190,7 @@ fn measure(services: u32) -> Vec<Row> {
     let mut pass_other = Vec::new();
     let mut pass_untracked = Vec::new();
     let mut pass_socket_only = Vec::new();
-    let nat_slot = lb_common::filter::nat_slot(lb_common::filter::bit(backend.octets(), 8080, 0));
+    let nat_slot = lb_common::filter::backend_nat_slot(backend.octets(), 8080);
     // Warm-up (this also creates the pong flow of the reply ping-pong).
     dp.time(prog_names::FLOOR, &ack, REPEAT / 10);
     dp.time(prog_names::POD_INGRESS, &ack, REPEAT / 10);
