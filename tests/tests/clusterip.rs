@@ -12,7 +12,10 @@ use xlb_tests::{
     manifests::{Ep, Port, docs, service, slice},
     netns::{require_root, unique_tag},
     topology::Node,
-    traffic::{Servers, eventually, spread, tcp_requests, tcp_requests_from_cgroup, udp_requests},
+    traffic::{
+        Servers, eventually, spread, tcp_request_from_port, tcp_requests, tcp_requests_from_cgroup,
+        udp_requests,
+    },
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -525,5 +528,55 @@ fn tcp_connects_from_the_nodes_cgroup_are_translated_at_the_socket() {
             .all(|r| r.from == SocketAddr::from((VIP, 80)))
     );
     assert_eq!(agent.counter("sock_xlate"), 220);
+    drop(servers);
+}
+
+#[test]
+fn a_source_port_reused_after_a_translated_flow_reaches_the_backend_directly() {
+    // A connection translated by tc (here: a process outside the node's cgroup) leaves its
+    // conntrack entries behind for a while after it closes. A new connection from the same
+    // source port straight to the backend (pod to pod, or a connect translated at the socket)
+    // has, seen from the backend, that old flow's reply tuple: its SYN/ACK must not be
+    // rewritten to the ClusterIP.
+    const PORT: u16 = 40_123;
+    let (tag, node) = cluster(1);
+    let dir = WorkDir::new(&tag);
+    let mut servers = Servers::new();
+    let backend = SocketAddr::from((node.pods[1].ip, 8080));
+    servers.tcp(&node.pods[1].ns, backend, "b1");
+    let yaml = docs(&[
+        service("web", VIP, &http("web", "8080"), ""),
+        slice(
+            "web-1",
+            "web",
+            &[("http", 8080, "TCP")],
+            &[Ep::ready(node.pods[1].ip, "n1")],
+        ),
+    ]);
+    let path = dir.write("services.yaml", &yaml);
+    let (_pins, agent) = start(&node, &tag, &path);
+    agent.wait_active("default/web:http/TCP", 1);
+    let client = &node.pods[0];
+    let request = |to: SocketAddr| {
+        client.ns.run(move || {
+            tcp_request_from_port(PORT, to, Duration::from_millis(1500)).map(|r| (r.from, r))
+        })
+    };
+
+    for round in 0..3 {
+        let (from, r) = request(SocketAddr::from((VIP, 80)))
+            .unwrap_or_else(|e| panic!("round {round}: via the ClusterIP: {e}"));
+        assert_eq!(from, SocketAddr::from((VIP, 80)));
+        assert_eq!(r.seen_from, SocketAddr::from((client.ip, PORT)));
+        assert!(flows(&agent, "default/web") > 0, "round {round}: tracked");
+        let (from, r) = request(backend)
+            .unwrap_or_else(|e| panic!("round {round}: straight to the backend: {e}"));
+        assert_eq!((from, r.backend.as_str()), (backend, "b1"));
+        assert_eq!(
+            flows(&agent, "default/web"),
+            0,
+            "round {round}: the old flow's entries are retired"
+        );
+    }
     drop(servers);
 }

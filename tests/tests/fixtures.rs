@@ -409,6 +409,46 @@ fn tcp_close_expires_fast_and_a_new_syn_starts_a_new_flow() {
 }
 
 #[test]
+fn an_untranslated_syn_retires_a_closed_flow_on_its_reply_tuple_but_not_a_live_one() {
+    let mut dp = datapath();
+    let to_vip = |fl| packet::tcp((CLIENT, 42000), (VIP, 80), fl, b"");
+    let (_, out) = dp.tc(prog_names::POD_INGRESS, &to_vip(flags::SYN));
+    let be = packet::parse(&out).dst;
+    let from_be = |fl| packet::tcp((be, 8080), (CLIENT, 42000), fl, b"");
+    dp.tc(prog_names::POD_INGRESS, &from_be(flags::SYN | flags::ACK));
+    dp.tc(prog_names::POD_INGRESS, &to_vip(flags::ACK));
+    // The same source port straight to the backend while the translated flow is established:
+    // the SYN passes untouched and the live flow keeps its entries (its replies still go back
+    // from the VIP).
+    let direct_syn = packet::tcp((CLIENT, 42000), (be, 8080), flags::SYN, b"");
+    let (rc, out) = dp.tc(prog_names::POD_INGRESS, &direct_syn);
+    assert_eq!((rc, &out), (TCX_NEXT, &direct_syn));
+    assert_eq!(dp.maps.conntrack_entries().unwrap().len(), 2);
+    let (_, back) = dp.tc(prog_names::POD_INGRESS, &from_be(flags::ACK));
+    assert_eq!(packet::parse(&back).src, VIP, "live flow's reply");
+    // Once it closes, that SYN retires both of its entries: the new connection's SYN/ACK
+    // goes back from the backend, as the client dialled it.
+    dp.tc(prog_names::POD_INGRESS, &from_be(flags::FIN | flags::ACK));
+    dp.tc(prog_names::POD_INGRESS, &to_vip(flags::FIN | flags::ACK));
+    let ct = dp.maps.conntrack_entries().unwrap();
+    assert!(
+        ct.iter()
+            .all(|(_, v)| v.state == lb_common::ct_state::CLOSED),
+        "{ct:?}"
+    );
+    let (rc, out) = dp.tc(prog_names::POD_INGRESS, &direct_syn);
+    assert_eq!((rc, &out), (TCX_NEXT, &direct_syn));
+    assert!(dp.maps.conntrack_entries().unwrap().is_empty());
+    let synack = from_be(flags::SYN | flags::ACK);
+    let (rc, out) = dp.tc(prog_names::POD_INGRESS, &synack);
+    assert_eq!(
+        (rc, &out),
+        (TCX_NEXT, &synack),
+        "reply of the new connection"
+    );
+}
+
+#[test]
 fn random_selection_spreads_new_flows_over_every_backend() {
     let mut dp = datapath();
     let mut s = svc(
