@@ -607,6 +607,96 @@ struct Sample {
     ceiling_gbit_s: f64,
     load_ms: f64,
     change_ms: f64,
+    /// xlb: what its programs cost per connection (`bpf_cost`), one backend per wrk.
+    #[serde(default)]
+    bpf_cost: Option<BpfCost>,
+}
+
+/// The datapath's own share of a connection's CPU, read from the kernel's BPF run-time
+/// statistics over one extra wrk run (one backend per wrk) of the mode alone.
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+struct BpfCost {
+    /// CPU time (all CPUs, not idle, not stolen) per connection over the run, µs.
+    busy_us_per_conn: f64,
+    /// Per program that ran: (name, runs per connection, ns per run).
+    progs: Vec<(String, f64, f64)>,
+}
+
+impl BpfCost {
+    /// ns of BPF program time per connection.
+    fn ns_per_conn(&self) -> f64 {
+        self.progs.iter().map(|(_, runs, ns)| runs * ns).sum()
+    }
+}
+
+/// Every loaded program's (name, run_cnt, run_time_ns), by id, as `bpftool` lists them.
+fn prog_stats() -> BTreeMap<u64, (String, u64, u64)> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p["id"].as_u64()?,
+                (
+                    p["name"].as_str().unwrap_or("?").to_owned(),
+                    p["run_cnt"].as_u64().unwrap_or(0),
+                    p["run_time_ns"].as_u64().unwrap_or(0),
+                ),
+            ))
+        })
+        .collect()
+}
+
+/// Busy and total CPU ticks so far (`/proc/stat`: all but idle, iowait and steal).
+fn cpu_busy_ticks() -> f64 {
+    let stat = fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let f: Vec<f64> = stat
+        .lines()
+        .next()
+        .expect("cpu line")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    f.iter().take(8).sum::<f64>() - f[3] - f[4] - f[7]
+}
+
+/// `bed`'s wrk to `targets` for `seconds` with `kernel.bpf_stats_enabled` on: each xlb
+/// program's runs and time per connection, against the machine's CPU time per connection.
+/// (The statistics add a clock read around each run, counted in ns per run.)
+fn bpf_cost(bed: &Bed, targets: [SocketAddr; 3], seconds: u32) -> BpfCost {
+    let _stats = Sysctl::set("kernel.bpf_stats_enabled", "1");
+    let before = prog_stats();
+    let busy = cpu_busy_ticks();
+    let rate = wrk(bed, targets, seconds);
+    let busy = cpu_busy_ticks() - busy;
+    let after = prog_stats();
+    let conns = rate * f64::from(seconds);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let progs = after
+        .iter()
+        .filter(|(_, (name, ..))| name.starts_with("xlb_"))
+        .filter_map(|(id, (name, cnt, ns))| {
+            let (_, cnt0, ns0) = before.get(id)?;
+            let runs = cnt.checked_sub(*cnt0).filter(|r| *r > 0)?;
+            Some((
+                name.clone(),
+                runs as f64 / conns,
+                (ns - ns0) as f64 / runs as f64,
+            ))
+        })
+        .collect();
+    BpfCost {
+        busy_us_per_conn: busy / hz * 1e6 / conns,
+        progs,
+    }
 }
 
 /// Spawns `cmd` inside `ns` with its output piped.
@@ -767,6 +857,7 @@ fn measure(bed: &Bed, ceiling: Option<&Bed>, n: usize, o: &Opts, load: (f64, f64
         ceiling_gbit_s,
         load_ms,
         change_ms,
+        bpf_cost: (bed.mode == "xlb").then(|| bpf_cost(bed, pinned, o.seconds)),
     }
 }
 
@@ -1049,6 +1140,48 @@ fn rerender(mut o: Opts, file: &Path) {
     );
 }
 
+/// One mode's `BpfCost` over the rounds (medians), as a sentence; None without figures.
+fn bpf_cost_line(mode: &str, samples: &[Sample]) -> Option<String> {
+    let costs: Vec<&BpfCost> = samples.iter().filter_map(|s| s.bpf_cost.as_ref()).collect();
+    if costs.is_empty() {
+        return None;
+    }
+    let mut names: Vec<&str> = costs
+        .iter()
+        .flat_map(|c| c.progs.iter().map(|(n, ..)| n.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let progs: Vec<String> = names
+        .iter()
+        .map(|name| {
+            let of = |f: fn(&(String, f64, f64)) -> f64| {
+                let v: Vec<f64> = costs
+                    .iter()
+                    .flat_map(|c| c.progs.iter().filter(|p| p.0 == *name).map(f))
+                    .collect();
+                median(&v)
+            };
+            format!("{name} {:.1} runs × {:.0} ns", of(|p| p.1), of(|p| p.2))
+        })
+        .collect();
+    let bpf: Vec<f64> = costs.iter().map(|c| c.ns_per_conn() / 1e3).collect();
+    let busy: Vec<f64> = costs.iter().map(|c| c.busy_us_per_conn).collect();
+    let share: Vec<f64> = costs
+        .iter()
+        .map(|c| c.ns_per_conn() / 1e3 / c.busy_us_per_conn)
+        .collect();
+    Some(format!(
+        "{mode}'s programs per connection (one more wrk run per round, one backend per wrk, with `kernel.bpf_stats_enabled`, which adds a clock read to each run; medians over rounds): {}; together {:.2} µs of the {:.1} µs of CPU a connection takes in all ({:.1}% [{:.1}–{:.1}%]).",
+        progs.join(", "),
+        median(&bpf),
+        median(&busy),
+        100.0 * median(&share),
+        100.0 * summary(&share).1,
+        100.0 * summary(&share).2,
+    ))
+}
+
 /// `target/bench/`, created.
 fn bench_dir() -> PathBuf {
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
@@ -1135,6 +1268,11 @@ fn render(o: &Opts, machine: &str, results: &Results) -> String {
             "\nIn turn (each run over the mean of the ceiling runs just before and after it; to the last service / one backend per wrk): {}.",
             in_turn.join("; ")
         );
+        for mode in o.modes.iter().copied() {
+            if let Some(line) = modes.get(mode).and_then(|s| bpf_cost_line(mode, s)) {
+                let _ = writeln!(md, "\n{line}");
+            }
+        }
         md.push('\n');
     }
     md
