@@ -112,18 +112,82 @@ pub fn load_with(
     loader.override_global("GEN_TEMPLATE", &template, true);
     let mut ebpf = loader.load(OBJECT)?;
     for name in [prog_names::POD_INGRESS, prog_names::HOST_INGRESS] {
-        classifier(&mut ebpf, name)?
-            .load()
-            .map_err(|source| LoadError::Program { name, source })?;
+        let prog = classifier(&mut ebpf, name)?;
+        load_program(name, || prog.load())?;
     }
-    xdp(&mut ebpf)?
-        .load()
-        .map_err(|source| LoadError::Program {
-            name: prog_names::XDP,
-            source,
-        })?;
+    let prog = xdp(&mut ebpf)?;
+    load_program(prog_names::XDP, || prog.load())?;
     sock::load(&mut ebpf)?;
     Ok(ebpf)
+}
+
+/// Verifications interrupted by a signal (one of the process's children exiting, say) fail
+/// with EAGAIN: the kernel checks for pending signals while it verifies, and these programs
+/// take ~0.2 s. Tried again, as libbpf does, up to this many times in all.
+const LOAD_ATTEMPTS: u32 = 5;
+
+/// Runs `load` (one program's `load()`), again while the verifier was interrupted.
+pub(crate) fn load_program(
+    name: &'static str,
+    load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), LoadError> {
+    retry_interrupted(load, |e| match e {
+        aya::programs::ProgramError::LoadError { io_error, .. } => Some(io_error),
+        _ => None,
+    })
+    .map_err(|source| LoadError::Program { name, source })
+}
+
+/// Runs `load` up to `LOAD_ATTEMPTS` times while it fails with EAGAIN (`io` finds the
+/// system error in `E`, if any).
+fn retry_interrupted<E>(
+    mut load: impl FnMut() -> Result<(), E>,
+    io: impl Fn(&E) -> Option<&std::io::Error>,
+) -> Result<(), E> {
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(e)
+                if attempt < LOAD_ATTEMPTS
+                    && io(&e).and_then(std::io::Error::raw_os_error) == Some(libc::EAGAIN) =>
+            {
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+#[cfg(test)]
+mod load_tests {
+    use super::*;
+
+    /// `retry_interrupted` over a load failing with `errno` `fails` times: (result, attempts).
+    fn attempts(errno: i32, fails: u32) -> (bool, u32) {
+        let mut n = 0;
+        let r = retry_interrupted(
+            || {
+                n += 1;
+                if n <= fails {
+                    Err(std::io::Error::from_raw_os_error(errno))
+                } else {
+                    Ok(())
+                }
+            },
+            |e: &std::io::Error| Some(e),
+        );
+        (r.is_ok(), n)
+    }
+
+    #[test]
+    fn interrupted_verifications_are_retried_a_bounded_number_of_times() {
+        assert_eq!(attempts(libc::EAGAIN, 0), (true, 1));
+        assert_eq!(attempts(libc::EAGAIN, 2), (true, 3));
+        assert_eq!(attempts(libc::EAGAIN, 100), (false, LOAD_ATTEMPTS));
+        // A real rejection is reported at once.
+        assert_eq!(attempts(libc::EACCES, 100), (false, 1));
+        assert_eq!(attempts(libc::E2BIG, 100), (false, 1));
+    }
 }
 
 /// The program `name` of the loaded object, as its kind `T`.

@@ -94,9 +94,8 @@ fn attach_err(prog: &'static str, cgroup: &Path, e: impl std::error::Error) -> L
 /// Loads the socket programs of the object.
 pub fn load(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     for (name, _) in PROGRAMS {
-        program::<CgroupSockAddr>(ebpf, name)?
-            .load()
-            .map_err(|source| LoadError::Program { name, source })?;
+        let prog = program::<CgroupSockAddr>(ebpf, name)?;
+        super::load_program(name, || prog.load())?;
     }
     Ok(())
 }
