@@ -37,6 +37,21 @@ pub fn key(flow: &Flow, dir: u8) -> CtKey {
     }
 }
 
+/// The key of `flow`'s tuple as its peer sends it (addresses and ports swapped), in direction
+/// `dir`.
+#[inline(always)]
+pub fn reversed_key(flow: &Flow, dir: u8) -> CtKey {
+    CtKey {
+        saddr: flow.daddr,
+        daddr: flow.saddr,
+        sport: flow.dport,
+        dport: flow.sport,
+        proto: flow.proto,
+        dir,
+        _pad: [0; 2],
+    }
+}
+
 /// Timeout of a flow in `state`, in seconds.
 #[inline(always)]
 pub fn timeout(cfg: &Config, l4_proto: u8, state: u8) -> u32 {

@@ -366,57 +366,29 @@ fn forward<P: Packet>(pkt: &mut P, flow: &Flow, ct: &CtValue, out: Out) -> Verdi
 }
 
 /// An untranslated SYN (a connect translated at the socket, or straight to a pod) whose tuple,
-/// seen from the backend, is the reply tuple of an earlier translated flow: that flow has ended
-/// (or is ending) and its source port was reused. Its entries go, or the new connection's
-/// SYN/ACK would be rewritten to the old frontend's address and be refused by the client. A flow
-/// still established keeps its entries (the two connections are then indistinguishable at the
-/// backend; the live one wins).
+/// seen from the backend, is the reply tuple of an earlier translated flow: if that flow is
+/// closed or expired (the rule a frontend's entry follows in `to_frontend`), its source port
+/// was reused and its reply entry goes, or the new connection's SYN/ACK would be rewritten to
+/// the old frontend's address and be refused by the client. The old forward entry stays, closed:
+/// a late packet of the old flow is still forwarded by it instead of starting a flow that would
+/// take the reply tuple back. A flow not closed keeps its entries (the two connections are then
+/// indistinguishable at the backend; the live one wins).
 #[inline(always)]
 fn retire_reused_tuple(flow: &Flow, now: u32) {
-    if !may_hold(&BE_FILTER, flow.daddr, flow.dport, 0) || !may_have_nat(flow.daddr, flow.dport) {
+    if !may_hold(&BE_FILTER, flow.daddr, flow.dport, 0)
+        || !may_have_nat(flow.daddr, flow.dport)
+        || !stats::live()
+    {
         return;
     }
-    let rkey = CtKey {
-        saddr: flow.daddr,
-        daddr: flow.saddr,
-        sport: flow.dport,
-        dport: flow.sport,
-        proto: flow.proto,
-        dir: ct_dir::REPLY,
-        _pad: [0; 2],
-    };
+    let rkey = conntrack::reversed_key(flow, ct_dir::REPLY);
     let Some(ct) = CONNTRACK.get_ptr_mut(rkey) else {
         return;
     };
-    // SAFETY: pointer into the map value; copied out at once.
-    let old = unsafe { *ct };
-    if old.state == ct_state::ESTABLISHED && old.expires >= now || !stats::live() {
-        return;
-    }
-    // The reply entry names the client the old flow's packets came from: the forward entry
-    // is keyed by that client and the frontend it dialled.
-    let (client, cport) = if old.flags & ct_flags::XLATE_DST != 0 {
-        (old.nat_daddr, old.nat_dport)
-    } else {
-        (flow.saddr, flow.sport)
-    };
-    let fkey = CtKey {
-        saddr: client,
-        daddr: old.nat_saddr,
-        sport: cport,
-        dport: old.nat_sport,
-        proto: flow.proto,
-        dir: ct_dir::FORWARD,
-        _pad: [0; 2],
-    };
-    let _ = CONNTRACK.remove(rkey);
-    // Only this flow's forward entry: the client may have dialled the frontend again since.
-    if let Some(f) = CONNTRACK.get_ptr_mut(fkey) {
-        // SAFETY: pointer into the map value; copied out at once.
-        let f = unsafe { *f };
-        if conntrack::reply_key_of(&f, flow.proto) == rkey {
-            let _ = CONNTRACK.remove(fkey);
-        }
+    // SAFETY: pointer into the map value; read once.
+    let (state, expires) = unsafe { ((*ct).state, (*ct).expires) };
+    if state == ct_state::CLOSED || expires < now {
+        let _ = CONNTRACK.remove(rkey);
     }
 }
 

@@ -188,13 +188,13 @@ impl Datapath {
                 .try_into()
                 .expect("xdp");
             if p.fd().is_err() {
-                p.load().expect("load xdp program");
+                bpf::load_program("xdp", || p.load()).expect("load xdp program");
             }
             p.test_run(opts)?
         } else {
             let p = bpf::classifier(&mut self.ebpf, name).expect("classifier");
             if name == prog_names::FLOOR && p.fd().is_err() {
-                p.load().expect("load floor");
+                bpf::load_program(prog_names::FLOOR, || p.load()).expect("load floor");
             }
             p.test_run(opts)?
         };

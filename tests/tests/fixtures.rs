@@ -417,28 +417,51 @@ fn an_untranslated_syn_retires_a_closed_flow_on_its_reply_tuple_but_not_a_live_o
     let from_be = |fl| packet::tcp((be, 8080), (CLIENT, 42000), fl, b"");
     dp.tc(prog_names::POD_INGRESS, &from_be(flags::SYN | flags::ACK));
     dp.tc(prog_names::POD_INGRESS, &to_vip(flags::ACK));
-    // The same source port straight to the backend while the translated flow is established:
-    // the SYN passes untouched and the live flow keeps its entries (its replies still go back
-    // from the VIP).
     let direct_syn = packet::tcp((CLIENT, 42000), (be, 8080), flags::SYN, b"");
-    let (rc, out) = dp.tc(prog_names::POD_INGRESS, &direct_syn);
-    assert_eq!((rc, &out), (TCX_NEXT, &direct_syn));
-    assert_eq!(dp.maps.conntrack_entries().unwrap().len(), 2);
-    let (_, back) = dp.tc(prog_names::POD_INGRESS, &from_be(flags::ACK));
-    assert_eq!(packet::parse(&back).src, VIP, "live flow's reply");
-    // Once it closes, that SYN retires both of its entries: the new connection's SYN/ACK
-    // goes back from the backend, as the client dialled it.
-    dp.tc(prog_names::POD_INGRESS, &from_be(flags::FIN | flags::ACK));
+    let states = |dp: &mut Datapath| {
+        let mut v: Vec<(u8, u8)> = dp
+            .maps
+            .conntrack_entries()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.dir, v.state))
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    // The same source port straight to the backend while the translated flow is established,
+    // then half-closed: the SYN passes untouched and the live flow keeps its entries (its
+    // replies still go back from the VIP).
+    for (fin, state) in [
+        (None, lb_common::ct_state::ESTABLISHED),
+        (
+            Some(from_be(flags::FIN | flags::ACK)),
+            lb_common::ct_state::FIN_WAIT,
+        ),
+    ] {
+        if let Some(fin) = fin {
+            dp.tc(prog_names::POD_INGRESS, &fin);
+        }
+        let (rc, out) = dp.tc(prog_names::POD_INGRESS, &direct_syn);
+        assert_eq!((rc, &out), (TCX_NEXT, &direct_syn));
+        assert_eq!(
+            states(&mut dp),
+            [(ct_dir::FORWARD, state), (ct_dir::REPLY, state)]
+        );
+        let (_, back) = dp.tc(prog_names::POD_INGRESS, &from_be(flags::ACK));
+        assert_eq!(packet::parse(&back).src, VIP, "live flow's reply");
+    }
+    // Once it is closed, that SYN retires its reply entry: the new connection's SYN/ACK goes
+    // back from the backend, as the client dialled it.
     dp.tc(prog_names::POD_INGRESS, &to_vip(flags::FIN | flags::ACK));
-    let ct = dp.maps.conntrack_entries().unwrap();
-    assert!(
-        ct.iter()
-            .all(|(_, v)| v.state == lb_common::ct_state::CLOSED),
-        "{ct:?}"
+    let closed = lb_common::ct_state::CLOSED;
+    assert_eq!(
+        states(&mut dp),
+        [(ct_dir::FORWARD, closed), (ct_dir::REPLY, closed)]
     );
     let (rc, out) = dp.tc(prog_names::POD_INGRESS, &direct_syn);
     assert_eq!((rc, &out), (TCX_NEXT, &direct_syn));
-    assert!(dp.maps.conntrack_entries().unwrap().is_empty());
+    assert_eq!(states(&mut dp), [(ct_dir::FORWARD, closed)]);
     let synack = from_be(flags::SYN | flags::ACK);
     let (rc, out) = dp.tc(prog_names::POD_INGRESS, &synack);
     assert_eq!(
@@ -446,6 +469,14 @@ fn an_untranslated_syn_retires_a_closed_flow_on_its_reply_tuple_but_not_a_live_o
         (TCX_NEXT, &synack),
         "reply of the new connection"
     );
+    // A late packet of the old flow is still forwarded by its closed forward entry, and does
+    // not take the reply tuple back from the new connection.
+    let (rc, out) = dp.tc(prog_names::POD_INGRESS, &to_vip(flags::ACK));
+    assert_eq!((rc, packet::parse(&out).dst), (TC_ACT_REDIRECT, be));
+    assert_eq!(states(&mut dp), [(ct_dir::FORWARD, closed)]);
+    let ack = from_be(flags::ACK);
+    let (rc, out) = dp.tc(prog_names::POD_INGRESS, &ack);
+    assert_eq!((rc, &out), (TCX_NEXT, &ack));
 }
 
 #[test]

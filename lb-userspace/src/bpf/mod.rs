@@ -127,7 +127,7 @@ pub fn load_with(
 const LOAD_ATTEMPTS: u32 = 5;
 
 /// Runs `load` (one program's `load()`), again while the verifier was interrupted.
-pub(crate) fn load_program(
+pub fn load_program(
     name: &'static str,
     load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
 ) -> Result<(), LoadError> {

@@ -193,6 +193,13 @@ fn measure(services: u32) -> Vec<Row> {
         &packet::tcp((CLIENT, 40005), (plain_vip, 80), flags::SYN, b""),
     );
     let plain_backend = packet::parse(&out).dst;
+    assert!(
+        nat_slots(&mut dp).is_set(lb_common::filter::backend_nat_slot(
+            plain_backend.octets(),
+            8080
+        )),
+        "the direct SYN must find its backend's NAT slot raised (else it skips the lookup)"
+    );
     let direct_syn = packet::tcp((CLIENT, 40004), (plain_backend, 8080), flags::SYN, b"");
     let normal = dp.config;
 
@@ -543,7 +550,7 @@ fn throughput() -> Vec<(&'static str, f64)> {
             .expect("program")
             .try_into()
             .expect("xdp");
-        p.load().expect("load program");
+        lb_userspace::bpf::load_program(name, || p.load()).expect("load program");
     }
     in_ns(&generator, || {
         let p: &mut Xdp = ebpf

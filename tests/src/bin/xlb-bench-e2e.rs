@@ -635,6 +635,11 @@ fn prog_stats() -> BTreeMap<u64, (String, u64, u64)> {
         .args(["-j", "prog", "show"])
         .output()
         .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool prog show: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
     v.as_array()
         .into_iter()
@@ -652,7 +657,7 @@ fn prog_stats() -> BTreeMap<u64, (String, u64, u64)> {
         .collect()
 }
 
-/// Busy and total CPU ticks so far (`/proc/stat`: all but idle, iowait and steal).
+/// Busy CPU ticks so far, all CPUs (`/proc/stat`: all but idle, iowait and steal).
 fn cpu_busy_ticks() -> f64 {
     let stat = fs::read_to_string("/proc/stat").expect("/proc/stat");
     let f: Vec<f64> = stat
@@ -674,10 +679,9 @@ fn bpf_cost(bed: &Bed, targets: [SocketAddr; 3], seconds: u32) -> BpfCost {
     let _stats = Sysctl::set("kernel.bpf_stats_enabled", "1");
     let before = prog_stats();
     let busy = cpu_busy_ticks();
-    let rate = wrk(bed, targets, seconds);
+    let (_, conns) = wrk_results(bed, wrk_start(bed, targets, seconds));
     let busy = cpu_busy_ticks() - busy;
     let after = prog_stats();
-    let conns = rate * f64::from(seconds);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let progs = after
@@ -738,7 +742,12 @@ fn wrk_start(bed: &Bed, targets: [SocketAddr; 3], seconds: u32) -> Vec<Child> {
 
 /// The summed rate of wrk processes started by `wrk_start`.
 fn wrk_rate(bed: &Bed, children: Vec<Child>) -> f64 {
-    let mut total = 0.0;
+    wrk_results(bed, children).0
+}
+
+/// The summed rate and request count of wrk processes started by `wrk_start`.
+fn wrk_results(bed: &Bed, children: Vec<Child>) -> (f64, f64) {
+    let (mut total, mut requests) = (0.0, 0.0);
     for child in children {
         let out = child.wait_with_output().expect("wrk");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -752,6 +761,12 @@ fn wrk_rate(bed: &Bed, children: Vec<Child>) -> f64 {
             .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or_else(|| panic!("wrk output: {text}"));
+        // "  123456 requests in 2.00s, ..."
+        requests += text
+            .lines()
+            .find_map(|l| l.trim().split_once(" requests in "))
+            .and_then(|(n, _)| n.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("wrk output: {text}"));
         if let Some(e) = text
             .lines()
             .find(|l| l.contains("Socket errors") || l.contains("Non-2xx"))
@@ -759,7 +774,7 @@ fn wrk_rate(bed: &Bed, children: Vec<Child>) -> f64 {
             eprintln!("  {}: wrk: {}", bed.mode, e.trim());
         }
     }
-    total
+    (total, requests)
 }
 
 /// `bed`'s wrk (to `targets`) and the ceiling's (straight to the backends) at the same time,
