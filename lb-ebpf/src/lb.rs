@@ -15,7 +15,7 @@ use crate::{
     conntrack::{self, CreateError},
     ctx::Packet,
     icmp, lookup,
-    maps::{BE_FILTER, CONFIG, CONNTRACK, mark_nat, may_have_nat, may_hold},
+    maps::{CONFIG, CONNTRACK, mark_nat, may_be_tracked_backend},
     nat,
     parse::{self, Flow, Parsed, Skip},
     route::{self, Out},
@@ -375,10 +375,7 @@ fn forward<P: Packet>(pkt: &mut P, flow: &Flow, ct: &CtValue, out: Out) -> Verdi
 /// indistinguishable at the backend; the live one wins).
 #[inline(always)]
 fn retire_reused_tuple(flow: &Flow, now: u32) {
-    if !may_hold(&BE_FILTER, flow.daddr, flow.dport, 0)
-        || !may_have_nat(flow.daddr, flow.dport)
-        || !stats::live()
-    {
+    if !may_be_tracked_backend(flow.daddr, flow.dport) || !stats::live() {
         return;
     }
     let rkey = conntrack::reversed_key(flow, ct_dir::REPLY);
@@ -396,7 +393,7 @@ fn retire_reused_tuple(flow: &Flow, now: u32) {
 #[inline(always)]
 fn reply<P: Packet>(pkt: &mut P, flow: &Flow, cfg: &Config, now: u32) -> Option<Verdict> {
     // Replies come from a backend's own address and port.
-    if !may_hold(&BE_FILTER, flow.saddr, flow.sport, 0) || !may_have_nat(flow.saddr, flow.sport) {
+    if !may_be_tracked_backend(flow.saddr, flow.sport) {
         return None;
     }
     let rkey = conntrack::key(flow, ct_dir::REPLY);

@@ -138,6 +138,13 @@ pub fn mark_nat(addr: lb_common::Ipv4, port: u16) {
     }
 }
 
+/// False only if (`addr`, `port`) is no backend with translated flows (backend filter, then
+/// NAT slot): then no conntrack reply entry can have it as its source.
+#[inline(always)]
+pub fn may_be_tracked_backend(addr: lb_common::Ipv4, port: u16) -> bool {
+    may_hold(&BE_FILTER, addr, port, 0) && may_have_nat(addr, port)
+}
+
 /// True unless `map`'s bit for (`addr`, `port`, `proto`) is clear (a missing word counts as set).
 #[inline(always)]
 pub fn may_hold(map: &Filter, addr: lb_common::Ipv4, port: u16, proto: u8) -> bool {

@@ -181,12 +181,7 @@ fn parse_reply(text: &str, from: SocketAddr) -> std::io::Result<Reply> {
 
 /// One TCP request (connect, read the answer). Call inside the client's namespace.
 pub fn tcp_request(to: SocketAddr, timeout: Duration) -> std::io::Result<Reply> {
-    let mut s = TcpStream::connect_timeout(&to, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    let peer = s.peer_addr()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    parse_reply(&text, peer)
+    read_reply(TcpStream::connect_timeout(&to, timeout)?, timeout)
 }
 
 /// `tcp_request` from local port `port` (bound with `SO_REUSEADDR`, so a port whose last
@@ -196,59 +191,15 @@ pub fn tcp_request_from_port(
     to: SocketAddr,
     timeout: Duration,
 ) -> std::io::Result<Reply> {
-    use std::os::fd::FromRawFd as _;
-    let SocketAddr::V4(to4) = to else {
-        return Err(std::io::Error::other("IPv4 only"));
-    };
-    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: a new socket; ownership passes to the TcpStream at once.
-    let s = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        TcpStream::from_raw_fd(fd)
-    };
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
-    let one: libc::c_int = 1;
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-    };
-    let local = sockaddr(std::net::Ipv4Addr::UNSPECIFIED, port);
-    let remote = sockaddr(*to4.ip(), to4.port());
-    // SAFETY: valid fd and option/address buffers of the sizes given; SO_SNDTIMEO bounds
-    // the blocking connect().
-    let failed = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&raw const one).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        ) != 0
-            || libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_SNDTIMEO,
-                (&raw const tv).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            ) != 0
-            || libc::bind(fd, (&raw const local).cast(), len) != 0
-            || libc::connect(fd, (&raw const remote).cast(), len) != 0
-    };
-    if failed {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut s = s;
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+    s.connect_timeout(&to.into(), timeout)?;
+    read_reply(s.into(), timeout)
+}
+
+/// Reads a server's answer on a connected stream, to its end.
+fn read_reply(mut s: TcpStream, timeout: Duration) -> std::io::Result<Reply> {
     s.set_read_timeout(Some(timeout))?;
     let peer = s.peer_addr()?;
     let mut text = String::new();

@@ -121,6 +121,14 @@ fn http(name: &str, target: &'static str) -> Vec<Port<'static>> {
     }]
 }
 
+/// A Service `name` on `vip`:80/TCP → 8080 with one EndpointSlice (`<name>-1`) of `eps`.
+fn http_service(name: &str, vip: Ipv4Addr, eps: &[Ep<'_>], extra_spec: &str) -> Vec<String> {
+    vec![
+        service(name, vip, &http(name, "8080"), extra_spec),
+        slice(&format!("{name}-1"), name, &[("http", 8080, "TCP")], eps),
+    ]
+}
+
 #[test]
 fn two_services_on_the_same_port_with_different_vips() {
     let (tag, node) = cluster(2);
@@ -130,22 +138,13 @@ fn two_services_on_the_same_port_with_different_vips() {
     servers.tcp(&p1.ns, SocketAddr::from((p1.ip, 8080)), "alpha");
     servers.tcp(&p2.ns, SocketAddr::from((p2.ip, 8080)), "beta");
     let vip2 = Ipv4Addr::new(10, 96, 0, 11);
-    let yaml = docs(&[
-        service("alpha", VIP, &http("alpha", "8080"), ""),
-        slice(
-            "alpha-1",
-            "alpha",
-            &[("http", 8080, "TCP")],
-            &[Ep::ready(p1.ip, "n1")],
-        ),
-        service("beta", vip2, &http("beta", "8080"), ""),
-        slice(
-            "beta-1",
-            "beta",
-            &[("http", 8080, "TCP")],
-            &[Ep::ready(p2.ip, "n1")],
-        ),
-    ]);
+    let yaml = docs(
+        &[
+            http_service("alpha", VIP, &[Ep::ready(p1.ip, "n1")], ""),
+            http_service("beta", vip2, &[Ep::ready(p2.ip, "n1")], ""),
+        ]
+        .concat(),
+    );
     let path = dir.write("services.yaml", &yaml);
     let (_pins, agent) = start(&node, &tag, &path);
     agent.wait_active("default/alpha:http/TCP", 1);
@@ -210,10 +209,7 @@ fn a_not_ready_endpoint_gets_nothing() {
         }
         eps.push(ep);
     }
-    let yaml = docs(&[
-        service("web", VIP, &http("web", "8080"), ""),
-        slice("web-1", "web", &[("http", 8080, "TCP")], &eps),
-    ]);
+    let yaml = docs(&http_service("web", VIP, &eps, ""));
     let path = dir.write("services.yaml", &yaml);
     let (_pins, agent) = start(&node, &tag, &path);
     agent.wait_active("default/web:http/TCP", 2);
@@ -245,12 +241,7 @@ fn a_removed_endpoint_stops_getting_new_connections_while_the_others_keep_servin
         servers.tcp_persistent(&pod.ns, SocketAddr::from((pod.ip, 8080)), &format!("b{i}"));
         eps.push(Ep::ready(pod.ip, "n1"));
     }
-    let file = |eps: &[Ep<'_>]| {
-        docs(&[
-            service("web", VIP, &http("web", "8080"), ""),
-            slice("web-1", "web", &[("http", 8080, "TCP")], eps),
-        ])
-    };
+    let file = |eps: &[Ep<'_>]| docs(&http_service("web", VIP, eps, ""));
     let path = dir.write("services.yaml", &file(&eps));
     let (_pins, agent) = start(&node, &tag, &path);
     agent.wait_active("default/web:http/TCP", 3);
@@ -334,15 +325,7 @@ fn a_broken_file_keeps_the_last_good_state_and_names_file_and_line() {
     let mut servers = Servers::new();
     let p1 = &node.pods[1];
     servers.tcp(&p1.ns, SocketAddr::from((p1.ip, 8080)), "b1");
-    let good = docs(&[
-        service("web", VIP, &http("web", "8080"), ""),
-        slice(
-            "web-1",
-            "web",
-            &[("http", 8080, "TCP")],
-            &[Ep::ready(p1.ip, "n1")],
-        ),
-    ]);
+    let good = docs(&http_service("web", VIP, &[Ep::ready(p1.ip, "n1")], ""));
     let path = dir.write("services.yaml", &good);
     let (_pins, mut agent) = start(&node, &tag, &path);
     agent.wait_active("default/web:http/TCP", 1);
@@ -390,15 +373,7 @@ fn late_pods_are_attached_sigterm_is_clean_and_the_cli_reads_a_stopped_datapath(
     let mut servers = Servers::new();
     let p1 = &node.pods[1];
     servers.tcp(&p1.ns, SocketAddr::from((p1.ip, 8080)), "b1");
-    let yaml = docs(&[
-        service("web", VIP, &http("web", "8080"), ""),
-        slice(
-            "web-1",
-            "web",
-            &[("http", 8080, "TCP")],
-            &[Ep::ready(p1.ip, "n1")],
-        ),
-    ]);
+    let yaml = docs(&http_service("web", VIP, &[Ep::ready(p1.ip, "n1")], ""));
     let path = dir.write("services.yaml", &yaml);
     let (_pins, mut agent) = start(&node, &tag, &path);
     agent.wait_active("default/web:http/TCP", 1);
@@ -450,18 +425,14 @@ fn tcp_connects_from_the_nodes_cgroup_are_translated_at_the_socket() {
         servers.tcp(&pod.ns, SocketAddr::from((pod.ip, 8080)), &format!("b{i}"));
         eps.push(Ep::ready(pod.ip, "n1"));
     }
-    let yaml = docs(&[
-        service("web", VIP, &http("web", "8080"), ""),
-        slice("web-1", "web", &[("http", 8080, "TCP")], &eps),
-        service(
-            "sticky",
-            STICKY,
-            &http("sticky", "8080"),
-            "  sessionAffinity: ClientIP\n",
-        ),
-        slice("sticky-1", "sticky", &[("http", 8080, "TCP")], &eps),
-        service("empty", EMPTY, &http("empty", "8080"), ""),
-    ]);
+    let yaml = docs(
+        &[
+            http_service("web", VIP, &eps, ""),
+            http_service("sticky", STICKY, &eps, "  sessionAffinity: ClientIP\n"),
+            vec![service("empty", EMPTY, &http("empty", "8080"), "")],
+        ]
+        .concat(),
+    );
     let path = dir.write("services.yaml", &yaml);
     let (pins, mut agent) = start(&node, &tag, &path);
     agent.wait_active("default/web:http/TCP", 3);
@@ -544,15 +515,12 @@ fn a_source_port_reused_after_a_translated_flow_reaches_the_backend_directly() {
     let mut servers = Servers::new();
     let backend = SocketAddr::from((node.pods[1].ip, 8080));
     servers.tcp(&node.pods[1].ns, backend, "b1");
-    let yaml = docs(&[
-        service("web", VIP, &http("web", "8080"), ""),
-        slice(
-            "web-1",
-            "web",
-            &[("http", 8080, "TCP")],
-            &[Ep::ready(node.pods[1].ip, "n1")],
-        ),
-    ]);
+    let yaml = docs(&http_service(
+        "web",
+        VIP,
+        &[Ep::ready(node.pods[1].ip, "n1")],
+        "",
+    ));
     let path = dir.write("services.yaml", &yaml);
     let (_pins, agent) = start(&node, &tag, &path);
     agent.wait_active("default/web:http/TCP", 1);

@@ -631,16 +631,8 @@ impl BpfCost {
 
 /// Every loaded program's (name, run_cnt, run_time_ns), by id, as `bpftool` lists them.
 fn prog_stats() -> BTreeMap<u64, (String, u64, u64)> {
-    let out = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .expect("bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool prog show: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    let out = xlb_tests::netns::sh(&["bpftool", "-j", "prog", "show"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("bpftool JSON");
     v.as_array()
         .into_iter()
         .flatten()
