@@ -11,7 +11,7 @@
 #![no_std]
 
 /// Version of the map layout below. Bump on any change to a key, value, map kind or meaning.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// An IPv4 address as the bytes found in the packet (network order).
 pub type Ipv4 = [u8; 4];
@@ -42,7 +42,7 @@ pub mod map_names {
     pub const EVENTS: &str = "xlb_events";
     /// Decision trace of the last `xlb explain` run (per CPU, one entry).
     pub const TRACE: &str = "xlb_trace";
-    /// Socket-level translations: per TCP socket, the Service it dialled (socket storage).
+    /// Socket-level translations: the Service a TCP socket dialled, in the slot of its cookie.
     pub const SOCK: &str = "xlb_sock";
     /// Bitmap of frontend (address, port, protocol) hashes, tested before the services lookup.
     pub const FE_FILTER: &str = "xlb_fe_filter";
@@ -100,6 +100,9 @@ pub mod capacity {
     pub const SRC_RANGES: u32 = 16_384;
     /// Ring buffer bytes for events.
     pub const EVENTS_BYTES: u32 = 1 << 20;
+    /// Slots of socket-level translations (a power of two: a socket's slot is its cookie's low
+    /// bits). A record is overwritten once this many later sockets were translated.
+    pub const SOCK_SLOTS: u32 = 1 << 19;
 }
 
 /// The address filters (`xlb_fe_filter`, `xlb_be_filter`): one bit per hash of a frontend's
@@ -686,10 +689,13 @@ pub struct Trace {
     pub out_ifindex: u32,
 }
 
-/// Value of `xlb_sock` (socket storage of a TCP socket translated at connect()).
+/// Value of `xlb_sock`: a TCP socket translated at connect(), in slot
+/// `cookie & (capacity::SOCK_SLOTS - 1)`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockXlate {
+    /// The socket's cookie (never 0): a slot answers only for the socket that wrote it.
+    pub cookie: u64,
     /// The ClusterIP the socket dialled.
     pub vip: Ipv4,
     /// The backend it was sent to.
@@ -736,7 +742,7 @@ mod pod {
 const _: () = {
     use core::mem::{offset_of, size_of};
     assert!(size_of::<ServiceKey>() == 8);
-    assert!(size_of::<SockXlate>() == 16);
+    assert!(size_of::<SockXlate>() == 24);
     assert!(size_of::<ServiceValue>() == 20);
     assert!(size_of::<Backend>() == 16);
     assert!(size_of::<LutChunk>() == 4 * LUT_CHUNK_SLOTS);

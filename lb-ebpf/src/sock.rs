@@ -1,17 +1,17 @@
 //! Socket-level load balancing (cgroup hooks): a TCP `connect()` to a ClusterIP is pointed at a
 //! backend before the first packet exists, so the connection's packets carry the backend's
 //! address end to end and need no NAT and no conntrack entry. `getpeername()` still reports the
-//! ClusterIP. What this does not cover falls through to the tc path untouched: UDP (its flows
+//! ClusterIP, from a record in the slot of the socket's cookie (`maps::SOCK`). What this does not cover falls through to the tc path untouched: UDP (its flows
 //! re-select when a backend leaves, which a connected socket could not), session affinity (needs
 //! the client address, unknown before the route is chosen), non-ClusterIP frontends, services
 //! without backends (tc drops and counts them).
 
-use aya_ebpf::programs::SockAddrContext;
+use aya_ebpf::{helpers::bpf_get_socket_cookie, programs::SockAddrContext};
 use lb_common::{SockXlate, counter, hook, kind, proto};
 
 use crate::{
     lookup,
-    maps::{CONFIG, SOCK},
+    maps::{CONFIG, SOCK, sock_slot},
     stats::{self, SvcCounter},
 };
 
@@ -42,21 +42,22 @@ pub fn connect4(ctx: &SockAddrContext) {
     let Some((_, be)) = lookup::slot_backend(&svc, lookup::random_slot(&svc)) else {
         return;
     };
-    let mut rec = SockXlate {
+    // SAFETY: the helper takes this program type's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    // (Every slot exists; the check is the verifier's.)
+    let Some(slot) = SOCK.get_ptr_mut(sock_slot(cookie)) else {
+        return;
+    };
+    let rec = SockXlate {
+        cookie,
         vip,
         backend: be.addr,
         vip_port_be,
         backend_port_be: be.port.to_be(),
         svc_id: svc.svc_id,
     };
-    // Without the record getpeername() could not report the ClusterIP: leave it to tc then.
-    // SAFETY: `ctx.sock_addr->sk` is the socket being connected (never null in connect4).
-    let stored = unsafe { SOCK.get_or_insert_ptr_mut(ctx, Some(&mut rec)) };
-    if stored.is_null() {
-        return;
-    }
-    // SAFETY: socket storage of this socket, owned by this connect() call.
-    unsafe { *stored = rec };
+    // SAFETY: a slot of the map value array; a later socket may take it over at any time.
+    unsafe { *slot = rec };
     sa.user_ip4 = u32::from_ne_bytes(be.addr);
     sa.user_port = u32::from(rec.backend_port_be);
     stats::count(counter::SOCK_XLATE);
@@ -71,14 +72,17 @@ pub fn getpeername4(ctx: &SockAddrContext) {
     if sa.protocol != IPPROTO_TCP {
         return;
     }
-    // SAFETY: lookup only (no create) in this socket's storage.
-    let rec = unsafe { SOCK.get_ptr_mut(ctx) };
-    if rec.is_null() {
+    // SAFETY: the helper takes this program type's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let Some(rec) = SOCK.get(sock_slot(cookie)).copied() else {
         return;
-    }
-    // SAFETY: non-null socket storage of this socket.
-    let rec = unsafe { *rec };
-    if sa.user_ip4 == u32::from_ne_bytes(rec.backend) && sa.user_port as u16 == rec.backend_port_be
+    };
+    // Only the socket that wrote the slot, and only while it is connected to that backend (a
+    // slot being taken over mid-read cannot name another socket's ClusterIP unless both went
+    // to the same backend).
+    if rec.cookie == cookie
+        && sa.user_ip4 == u32::from_ne_bytes(rec.backend)
+        && sa.user_port as u16 == rec.backend_port_be
     {
         sa.user_ip4 = u32::from_ne_bytes(rec.vip);
         sa.user_port = u32::from(rec.vip_port_be);

@@ -1,5 +1,7 @@
 //! ClusterIP services through the real agent and real traffic in network namespaces.
 
+use aya::maps::{Array, Map, MapData};
+use lb_common::SockXlate;
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr},
@@ -413,6 +415,24 @@ fn sock_programs(cgroup: &std::path::Path) -> (usize, usize) {
     )
 }
 
+/// Every slot of the pinned `xlb_sock` map, by index.
+fn sock_slots(pins: &PinDir) -> Vec<(u32, SockXlate)> {
+    let data = MapData::from_pin(pins.path.join(lb_common::map_names::SOCK)).expect("xlb_sock");
+    let map = Array::<_, SockXlate>::try_from(Map::Array(data)).expect("array");
+    (0..map.len())
+        .map(|i| (i, map.get(&i, 0).expect("slot")))
+        .collect()
+}
+
+/// Writes `slots` into the pinned `xlb_sock` map.
+fn write_sock_slots(pins: &PinDir, slots: &[(u32, SockXlate)]) {
+    let data = MapData::from_pin(pins.path.join(lb_common::map_names::SOCK)).expect("xlb_sock");
+    let mut map = Array::<_, SockXlate>::try_from(Map::Array(data)).expect("array");
+    for (i, r) in slots {
+        map.set(*i, *r, 0).expect("write slot");
+    }
+}
+
 #[test]
 fn tcp_connects_from_the_nodes_cgroup_are_translated_at_the_socket() {
     const STICKY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
@@ -443,6 +463,9 @@ fn tcp_connects_from_the_nodes_cgroup_are_translated_at_the_socket() {
     let from_cgroup = |to: Ipv4Addr, n| {
         tcp_requests_from_cgroup(bin, &client.ns, &pins.cgroup, (to, 80).into(), n)
     };
+    let from_cgroup_direct = |to: Ipv4Addr| {
+        tcp_requests_from_cgroup(bin, &client.ns, &pins.cgroup, (to, 8080).into(), 5)
+    };
 
     // A process of the node's cgroup: every backend serves, the backend sees the client, and
     // getpeername() names the ClusterIP; no packet was translated (nothing tracked).
@@ -457,19 +480,55 @@ fn tcp_connects_from_the_nodes_cgroup_are_translated_at_the_socket() {
     assert_eq!(agent.counter("sock_xlate"), 200);
     assert_eq!(flows(&agent, "default/web"), 0, "translated at the socket");
 
+    // One record per socket, each in the slot of its own cookie.
+    let mut slots = sock_slots(&pins);
+    let recorded: Vec<_> = slots.iter().filter(|(_, r)| r.cookie != 0).collect();
+    assert_eq!(recorded.len(), 200, "one slot per translated socket");
+    assert!(recorded.iter().all(|(i, r)| {
+        u64::from(*i) == r.cookie & u64::from(lb_common::capacity::SOCK_SLOTS - 1)
+            && r.vip == VIP.octets()
+    }));
+    // Every slot taken over by other sockets (cookies no socket here has) naming another
+    // ClusterIP for each backend: a socket whose slot is another's gets the backend it is
+    // really connected to, never a ClusterIP it did not dial; new connects write their own.
+    let backend_of = |i: u32| node.pods[1 + i as usize % 3].ip;
+    for (i, r) in &mut slots {
+        *r = SockXlate {
+            cookie: u64::MAX - u64::from(*i),
+            vip: STICKY.octets(),
+            backend: backend_of(*i).octets(),
+            vip_port_be: 80u16.to_be(),
+            backend_port_be: 8080u16.to_be(),
+            svc_id: 0,
+        };
+    }
+    write_sock_slots(&pins, &slots);
+    for pod in &node.pods[1..] {
+        for r in from_cgroup_direct(pod.ip) {
+            assert_eq!(r.expect("direct").from, SocketAddr::from((pod.ip, 8080)));
+        }
+    }
+    for r in from_cgroup(VIP, 20) {
+        assert_eq!(
+            r.expect("via the ClusterIP").from,
+            SocketAddr::from((VIP, 80))
+        );
+    }
+    assert_eq!(agent.counter("sock_xlate"), 220);
+
     // Session affinity needs the client address: left to tc (tracked, one backend).
     let sticky = spread(&from_cgroup(STICKY, 20));
     assert_eq!(sticky.len(), 1, "affinity keeps one backend: {sticky:?}");
     assert!(!sticky.contains_key("<error>"), "{sticky:?}");
     assert!(flows(&agent, "default/sticky") > 0);
-    assert_eq!(agent.counter("sock_xlate"), 200);
+    assert_eq!(agent.counter("sock_xlate"), 220);
 
     // A service without endpoints is left to tc too, which drops the SYN and counts why.
     let drops = agent.counter("drop_no_backend");
     let refused = from_cgroup(EMPTY, 1);
     assert!(refused.iter().all(Result::is_err), "{refused:?}");
     assert!(agent.counter("drop_no_backend") > drops);
-    assert_eq!(agent.counter("sock_xlate"), 200);
+    assert_eq!(agent.counter("sock_xlate"), 220);
 
     // Outside the cgroup the tc path translates as before.
     let plain = tcp_requests(&client.ns, SocketAddr::from((VIP, 80)), 5);
@@ -483,7 +542,7 @@ fn tcp_connects_from_the_nodes_cgroup_are_translated_at_the_socket() {
     agent.restart();
     assert_eq!(sock_programs(&pins.cgroup), (1, 1));
     assert!(from_cgroup(VIP, 10).iter().all(Result::is_ok));
-    assert_eq!(agent.counter("sock_xlate"), 220);
+    assert_eq!(agent.counter("sock_xlate"), 240);
 
     // --cgroup off detaches them: the same process goes through tc, and still gets answers.
     assert!(agent.stop());
@@ -498,7 +557,7 @@ fn tcp_connects_from_the_nodes_cgroup_are_translated_at_the_socket() {
             .flatten()
             .all(|r| r.from == SocketAddr::from((VIP, 80)))
     );
-    assert_eq!(agent.counter("sock_xlate"), 220);
+    assert_eq!(agent.counter("sock_xlate"), 240);
     drop(servers);
 }
 

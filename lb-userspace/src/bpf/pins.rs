@@ -143,7 +143,7 @@ pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 16] {
         (names::CONFIG, MapType::Array, 4, size_of::<Config>()),
         (names::EVENTS, MapType::RingBuf, 0, 0),
         (names::TRACE, MapType::PerCpuArray, 4, size_of::<Trace>()),
-        (names::SOCK, MapType::SkStorage, 4, size_of::<SockXlate>()),
+        (names::SOCK, MapType::Array, 4, size_of::<SockXlate>()),
         (names::FE_FILTER, MapType::Array, 4, 8),
         (names::BE_FILTER, MapType::Array, 4, 8),
         (names::BE_NAT, MapType::Array, 4, 64),

@@ -338,12 +338,8 @@ pub fn maps(dir: &Path, output: Output) -> anyhow::Result<String> {
             fill_percent: entries.map(|e| e as f64 * 100.0 / f64::from(capacity.max(1))),
             key_bytes: info.key_size(),
             value_bytes: info.value_size(),
-            // A ring buffer cannot be dumped (`xlb monitor` reads it), nor can socket storage
-            // (it is reached through sockets, not keys).
-            bpftool: if matches!(
-                ty,
-                aya::maps::MapType::RingBuf | aya::maps::MapType::SkStorage
-            ) {
+            // A ring buffer cannot be dumped (`xlb monitor` reads it).
+            bpftool: if ty == aya::maps::MapType::RingBuf {
                 format!("bpftool map show pinned {}", path.display())
             } else {
                 format!("bpftool map dump pinned {}", path.display())
