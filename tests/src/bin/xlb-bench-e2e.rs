@@ -29,7 +29,10 @@
 //! `--connects 2000` `--seconds 2` (per wrk run) `--pairs 4` (side-by-side runs per pattern,
 //! mode and round)
 //! `--perf 1` (a `perf record -a -g` of each mode's first wrk run of each pattern,
-//! `target/bench/perf-<mode>-<N>-<spread|pinned>.data`), `--render <e2e.json>` (no traffic:
+//! `target/bench/perf-<mode>-<N>-<spread|pinned>.data`), `--cpus 0` (everything the benchmark
+//! starts confined to these CPUs: side by side on one CPU, the two beds' processes take turns
+//! on it and the ratio is purely one of CPU time per connection; the A/A control then stays
+//! within ~1% where sharing two CPUs it strays by ~5%), `--render <e2e.json>` (no traffic:
 //! the report and charts of a finished run again).
 
 use std::{
@@ -73,6 +76,8 @@ struct Opts {
     perf: bool,
     /// Only render the report and charts of this finished run's JSON.
     render: Option<PathBuf>,
+    /// Run the whole benchmark (every process and thread it starts) on these CPUs only.
+    cpus: Option<Vec<usize>>,
 }
 
 fn opts() -> Opts {
@@ -85,6 +90,7 @@ fn opts() -> Opts {
         pairs: 4,
         perf: false,
         render: None,
+        cpus: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -117,8 +123,9 @@ fn opts() -> Opts {
             "--pairs" => o.pairs = num(v).max(1),
             "--perf" => o.perf = num(v) != 0,
             "--render" => o.render = Some(PathBuf::from(v)),
+            "--cpus" => o.cpus = Some(v.split(',').map(num).collect()),
             _ => panic!(
-                "unknown flag {a}: --modes --sizes --reps --connects --seconds --pairs --perf --render"
+                "unknown flag {a}: --modes --sizes --reps --connects --seconds --pairs --perf --cpus --render"
             ),
         }
     }
@@ -649,19 +656,60 @@ fn prog_stats() -> BTreeMap<u64, (String, u64, u64)> {
         .collect()
 }
 
-/// Busy CPU ticks so far, all CPUs (`/proc/stat`: all but idle, iowait and steal).
+/// Busy CPU ticks so far on the CPUs this benchmark may run on (`/proc/stat`: all but idle,
+/// iowait and steal).
 fn cpu_busy_ticks() -> f64 {
+    let mine = allowed_cpus();
     let stat = fs::read_to_string("/proc/stat").expect("/proc/stat");
-    let f: Vec<f64> = stat
-        .lines()
-        .next()
-        .expect("cpu line")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal ...
-    f.iter().take(8).sum::<f64>() - f[3] - f[4] - f[7]
+    stat.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let cpu: usize = f.next()?.strip_prefix("cpu")?.parse().ok()?;
+            mine.contains(&cpu).then_some(f)
+        })
+        .map(|f| {
+            let f: Vec<f64> = f.filter_map(|v| v.parse().ok()).collect();
+            // user nice system idle iowait irq softirq steal ...
+            f.iter().take(8).sum::<f64>() - f[3] - f[4] - f[7]
+        })
+        .sum()
+}
+
+/// The CPUs this process may run on (its affinity mask).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the kernel fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_getaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` < CPU_SETSIZE.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+/// Confines this process, and so everything it starts from now on, to `cpus`.
+fn pin_to(cpus: &[usize]) {
+    // SAFETY: as in `allowed_cpus`.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        assert!(cpu < libc::CPU_SETSIZE as usize, "--cpus: no CPU {cpu}");
+        // SAFETY: `cpu` < CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: `set` is a cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    assert_eq!(
+        rc,
+        0,
+        "--cpus {cpus:?}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// `bed`'s wrk to `targets` for `seconds` with `kernel.bpf_stats_enabled` on: each xlb
@@ -980,8 +1028,15 @@ fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpu}, {cores} cores, kernel {}", kernel.trim())
+    // SAFETY: sysconf has no preconditions.
+    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(0) as usize;
+    let mine = allowed_cpus();
+    let pinned = if mine.len() < cores {
+        format!(" (the benchmark confined to CPU {mine:?} by `--cpus`)")
+    } else {
+        String::new()
+    };
+    format!("{cpu}, {cores} cores{pinned}, kernel {}", kernel.trim())
 }
 
 fn main() {
@@ -1004,6 +1059,10 @@ fn main() {
         return;
     }
     require_root();
+    if let Some(cpus) = &o.cpus {
+        // Before any thread or child exists: all of them inherit the mask.
+        pin_to(cpus);
+    }
     let tag = unique_tag();
     println!(
         "end-to-end: modes {:?}, N = {:?}, {} repetitions, {} connects per latency figure, wrk {} s",
