@@ -1,7 +1,8 @@
 //! Socket-level load balancing (cgroup hooks): a TCP `connect()` to a ClusterIP is pointed at a
 //! backend before the first packet exists, so the connection's packets carry the backend's
 //! address end to end and need no NAT and no conntrack entry. `getpeername()` still reports the
-//! ClusterIP, from a record in the slot of the socket's cookie (`maps::SOCK`). What this does not cover falls through to the tc path untouched: UDP (its flows
+//! ClusterIP, from a record in the slot of the socket's cookie (`maps::SOCK`). What this does
+//! not cover falls through to the tc path untouched: UDP (its flows
 //! re-select when a backend leaves, which a connected socket could not), session affinity (needs
 //! the client address, unknown before the route is chosen), non-ClusterIP frontends, services
 //! without backends (tc drops and counts them).
@@ -48,14 +49,15 @@ pub fn connect4(ctx: &SockAddrContext) {
     let Some(slot) = SOCK.get_ptr_mut(sock_slot(cookie)) else {
         return;
     };
-    let rec = SockXlate {
-        cookie,
+    let mut rec = SockXlate {
+        tag: 0,
         vip,
         backend: be.addr,
         vip_port_be,
         backend_port_be: be.port.to_be(),
         svc_id: svc.svc_id,
     };
+    rec.seal(cookie);
     // SAFETY: a slot of the map value array; a later socket may take it over at any time.
     unsafe { *slot = rec };
     sa.user_ip4 = u32::from_ne_bytes(be.addr);
@@ -77,10 +79,10 @@ pub fn getpeername4(ctx: &SockAddrContext) {
     let Some(rec) = SOCK.get(sock_slot(cookie)).copied() else {
         return;
     };
-    // Only the socket that wrote the slot, and only while it is connected to that backend (a
-    // slot being taken over mid-read cannot name another socket's ClusterIP unless both went
-    // to the same backend).
-    if rec.cookie == cookie
+    // Only the socket that wrote the slot (a record torn by a concurrent writer or read while
+    // another socket takes the slot over names nobody), and only while it is connected to that
+    // backend.
+    if rec.cookie() == cookie
         && sa.user_ip4 == u32::from_ne_bytes(rec.backend)
         && sa.user_port as u16 == rec.backend_port_be
     {

@@ -463,9 +463,6 @@ fn tcp_connects_from_the_nodes_cgroup_are_translated_at_the_socket() {
     let from_cgroup = |to: Ipv4Addr, n| {
         tcp_requests_from_cgroup(bin, &client.ns, &pins.cgroup, (to, 80).into(), n)
     };
-    let from_cgroup_direct = |to: Ipv4Addr| {
-        tcp_requests_from_cgroup(bin, &client.ns, &pins.cgroup, (to, 8080).into(), 5)
-    };
 
     // A process of the node's cgroup: every backend serves, the backend sees the client, and
     // getpeername() names the ClusterIP; no packet was translated (nothing tracked).
@@ -482,31 +479,30 @@ fn tcp_connects_from_the_nodes_cgroup_are_translated_at_the_socket() {
 
     // One record per socket, each in the slot of its own cookie.
     let mut slots = sock_slots(&pins);
-    let recorded: Vec<_> = slots.iter().filter(|(_, r)| r.cookie != 0).collect();
+    let recorded: Vec<_> = slots.iter().filter(|(_, r)| r.tag != 0).collect();
     assert_eq!(recorded.len(), 200, "one slot per translated socket");
     assert!(recorded.iter().all(|(i, r)| {
-        u64::from(*i) == r.cookie & u64::from(lb_common::capacity::SOCK_SLOTS - 1)
+        u64::from(*i) == r.cookie() & u64::from(lb_common::capacity::SOCK_SLOTS - 1)
             && r.vip == VIP.octets()
     }));
-    // Every slot taken over by other sockets (cookies no socket here has) naming another
-    // ClusterIP for each backend: a socket whose slot is another's gets the backend it is
-    // really connected to, never a ClusterIP it did not dial; new connects write their own.
-    let backend_of = |i: u32| node.pods[1 + i as usize % 3].ip;
+    // Every slot taken over by other sockets (tags of cookies no socket here has) that went to
+    // backend 1 through another ClusterIP: a socket connected straight to backend 1 gets
+    // backend 1 from getpeername(), never a ClusterIP it did not dial; new connects through
+    // the ClusterIP write their own slots.
+    let b1 = node.pods[1].ip;
     for (i, r) in &mut slots {
         *r = SockXlate {
-            cookie: u64::MAX - u64::from(*i),
+            tag: u64::MAX - u64::from(*i),
             vip: STICKY.octets(),
-            backend: backend_of(*i).octets(),
+            backend: b1.octets(),
             vip_port_be: 80u16.to_be(),
             backend_port_be: 8080u16.to_be(),
             svc_id: 0,
         };
     }
     write_sock_slots(&pins, &slots);
-    for pod in &node.pods[1..] {
-        for r in from_cgroup_direct(pod.ip) {
-            assert_eq!(r.expect("direct").from, SocketAddr::from((pod.ip, 8080)));
-        }
+    for r in tcp_requests_from_cgroup(bin, &client.ns, &pins.cgroup, (b1, 8080).into(), 20) {
+        assert_eq!(r.expect("direct").from, SocketAddr::from((b1, 8080)));
     }
     for r in from_cgroup(VIP, 20) {
         assert_eq!(
