@@ -101,7 +101,7 @@ pub mod capacity {
     /// Ring buffer bytes for events.
     pub const EVENTS_BYTES: u32 = 1 << 20;
     /// Slots of socket-level translations (a power of two: a socket's slot is its cookie's low
-    /// bits). A record is overwritten once this many later sockets were translated.
+    /// bits). A record may be overwritten once the node's cookie counter moved this far past it.
     pub const SOCK_SLOTS: u32 = 1 << 19;
 }
 

@@ -75,7 +75,7 @@ pub static TRACE: PerCpuArray<Trace, 1> = PerCpuArray::new();
 /// TCP sockets translated at connect(): the ClusterIP each dialled, in the slot of its cookie's
 /// low bits (direct-mapped: no allocation at connect and nothing to free at close, which socket
 /// storage costs — ~4% of a short connection's CPU time, measured). A later socket with the
-/// same low bits takes the slot over; the cookie in it tells the two apart.
+/// same low bits takes the slot over; the record's tag (`SockXlate::seal`) tells the two apart.
 #[btf_map(name = "xlb_sock")]
 pub static SOCK: Array<SockXlate, { capacity::SOCK_SLOTS as usize }, 0> = Array::new();
 

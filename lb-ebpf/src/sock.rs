@@ -2,10 +2,10 @@
 //! backend before the first packet exists, so the connection's packets carry the backend's
 //! address end to end and need no NAT and no conntrack entry. `getpeername()` still reports the
 //! ClusterIP, from a record in the slot of the socket's cookie (`maps::SOCK`). What this does
-//! not cover falls through to the tc path untouched: UDP (its flows
-//! re-select when a backend leaves, which a connected socket could not), session affinity (needs
-//! the client address, unknown before the route is chosen), non-ClusterIP frontends, services
-//! without backends (tc drops and counts them).
+//! not cover falls through to the tc path untouched: UDP (its flows re-select when a backend
+//! leaves, which a connected socket could not), session affinity (needs the client address,
+//! unknown before the route is chosen), non-ClusterIP frontends, services without backends (tc
+//! drops and counts them).
 
 use aya_ebpf::{helpers::bpf_get_socket_cookie, programs::SockAddrContext};
 use lb_common::{SockXlate, counter, hook, kind, proto};

@@ -415,22 +415,10 @@ fn sock_programs(cgroup: &std::path::Path) -> (usize, usize) {
     )
 }
 
-/// Every slot of the pinned `xlb_sock` map, by index.
-fn sock_slots(pins: &PinDir) -> Vec<(u32, SockXlate)> {
+/// The pinned `xlb_sock` map.
+fn sock_map(pins: &PinDir) -> Array<MapData, SockXlate> {
     let data = MapData::from_pin(pins.path.join(lb_common::map_names::SOCK)).expect("xlb_sock");
-    let map = Array::<_, SockXlate>::try_from(Map::Array(data)).expect("array");
-    (0..map.len())
-        .map(|i| (i, map.get(&i, 0).expect("slot")))
-        .collect()
-}
-
-/// Writes `slots` into the pinned `xlb_sock` map.
-fn write_sock_slots(pins: &PinDir, slots: &[(u32, SockXlate)]) {
-    let data = MapData::from_pin(pins.path.join(lb_common::map_names::SOCK)).expect("xlb_sock");
-    let mut map = Array::<_, SockXlate>::try_from(Map::Array(data)).expect("array");
-    for (i, r) in slots {
-        map.set(*i, *r, 0).expect("write slot");
-    }
+    Array::try_from(Map::Array(data)).expect("array")
 }
 
 #[test]
@@ -478,8 +466,11 @@ fn tcp_connects_from_the_nodes_cgroup_are_translated_at_the_socket() {
     assert_eq!(flows(&agent, "default/web"), 0, "translated at the socket");
 
     // One record per socket, each in the slot of its own cookie.
-    let mut slots = sock_slots(&pins);
-    let recorded: Vec<_> = slots.iter().filter(|(_, r)| r.tag != 0).collect();
+    let mut slots = sock_map(&pins);
+    let recorded: Vec<_> = (0..slots.len())
+        .map(|i| (i, slots.get(&i, 0).expect("slot")))
+        .filter(|(_, r)| r.tag != 0)
+        .collect();
     assert_eq!(recorded.len(), 200, "one slot per translated socket");
     assert!(recorded.iter().all(|(i, r)| {
         u64::from(*i) == r.cookie() & u64::from(lb_common::capacity::SOCK_SLOTS - 1)
@@ -490,17 +481,17 @@ fn tcp_connects_from_the_nodes_cgroup_are_translated_at_the_socket() {
     // backend 1 from getpeername(), never a ClusterIP it did not dial; new connects through
     // the ClusterIP write their own slots.
     let b1 = node.pods[1].ip;
-    for (i, r) in &mut slots {
-        *r = SockXlate {
-            tag: u64::MAX - u64::from(*i),
+    for i in 0..slots.len() {
+        let foreign = SockXlate {
+            tag: u64::MAX - u64::from(i),
             vip: STICKY.octets(),
             backend: b1.octets(),
             vip_port_be: 80u16.to_be(),
             backend_port_be: 8080u16.to_be(),
             svc_id: 0,
         };
+        slots.set(i, foreign, 0).expect("write slot");
     }
-    write_sock_slots(&pins, &slots);
     for r in tcp_requests_from_cgroup(bin, &client.ns, &pins.cgroup, (b1, 8080).into(), 20) {
         assert_eq!(r.expect("direct").from, SocketAddr::from((b1, 8080)));
     }

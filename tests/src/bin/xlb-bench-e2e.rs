@@ -623,7 +623,7 @@ struct Sample {
 /// statistics over one extra wrk run (one backend per wrk) of the mode alone.
 #[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 struct BpfCost {
-    /// CPU time (all CPUs, not idle, not stolen) per connection over the run, µs.
+    /// CPU time (the benchmark's CPUs, not idle, not stolen) per connection over the run, µs.
     busy_us_per_conn: f64,
     /// Per program that ran: (name, runs per connection, ns per run).
     progs: Vec<(String, f64, f64)>,
@@ -1032,7 +1032,7 @@ fn machine() -> String {
     let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(0) as usize;
     let mine = allowed_cpus();
     let pinned = if mine.len() < cores {
-        format!(" (the benchmark confined to CPU {mine:?} by `--cpus`)")
+        format!(" (the benchmark confined to CPU {mine:?})")
     } else {
         String::new()
     };
