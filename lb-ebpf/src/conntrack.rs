@@ -4,6 +4,8 @@
 //! The forward entry (client → frontend) says where to send the flow; the reply entry (backend →
 //! client or → SNAT address) says how to restore what the client dialled. FIN/RST update both.
 
+use core::ptr::NonNull;
+
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
@@ -135,6 +137,17 @@ pub fn mirror_close(peer: &CtKey, state: u8, fin_bits: u8, cfg: &Config, now: u3
     }
 }
 
+/// A key no flow has (all zero).
+pub const NO_KEY: CtKey = CtKey {
+    saddr: [0; 4],
+    daddr: [0; 4],
+    sport: 0,
+    dport: 0,
+    proto: 0,
+    dir: 0,
+    _pad: [0; 2],
+};
+
 /// The reply-direction key of a forward entry: the backend answering the (possibly rewritten)
 /// client address. Forward entries always carry the post-translation source in `nat_s*`.
 #[inline(always)]
@@ -199,14 +212,29 @@ fn claim(key: &CtKey, rev: &CtValue, now: u32, present: bool) -> bool {
     if !same_flow && old.expires >= now {
         return false;
     }
-    let mut new = *rev;
-    if same_flow {
-        new.route_flags = old.route_flags;
-        new.route_ifindex = old.route_ifindex;
-        new.route_at = old.route_at;
-        new.route_macs = old.route_macs;
-    }
-    *old = new;
+    // The same flow keeps its cached route (no copy of the whole entry on the stack).
+    let route = if same_flow {
+        (
+            old.route_flags,
+            old.route_ifindex,
+            old.route_at,
+            old.route_macs,
+        )
+    } else {
+        (
+            rev.route_flags,
+            rev.route_ifindex,
+            rev.route_at,
+            rev.route_macs,
+        )
+    };
+    *old = *rev;
+    (
+        old.route_flags,
+        old.route_ifindex,
+        old.route_at,
+        old.route_macs,
+    ) = route;
     true
 }
 
@@ -220,12 +248,18 @@ pub fn create(
     fwd: &mut CtValue,
     cfg: &Config,
     now: u32,
-    entry: Option<*mut CtValue>,
+    entry: Option<NonNull<CtValue>>,
 ) -> Result<(), CreateError> {
     if !stats::live() {
         return Ok(());
     }
-    let mut rev = CtValue {
+    // The reply entry is built in this CPU's scratch, off the stack (see `maps::SCRATCH`).
+    let Some(scratch) = maps::SCRATCH.get_ptr_mut(0) else {
+        return Err(CreateError::Insert);
+    };
+    // SAFETY: this CPU's slot, used by this program run only.
+    let rev = unsafe { &mut (*scratch).ct };
+    *rev = CtValue {
         svc_id: fwd.svc_id,
         backend_id: fwd.backend_id,
         created: now,
@@ -254,7 +288,7 @@ pub fn create(
     // SNAT takes its port from the range (never a port this node's own sockets may use);
     // other flows keep the client's port unless another live flow owns that reply tuple.
     let snat = fwd.flags & ct_flags::SNAT != 0;
-    let mut ok = !snat && claim(&rkey, &rev, now, entry.is_some());
+    let mut ok = !snat && claim(&rkey, rev, now, entry.is_some());
     if !ok && cfg.snat_port_max > cfg.snat_port_min && flow.proto != proto::SCTP {
         // Another live flow owns this reply tuple: move this flow's source port.
         rev.flags |= ct_flags::XLATE_DST;
@@ -265,7 +299,7 @@ pub fn create(
             // SAFETY: helper without preconditions.
             let port = cfg.snat_port_min + (unsafe { bpf_get_prandom_u32() } % span) as u16;
             rkey.dport = port;
-            if claim(&rkey, &rev, now, false) {
+            if claim(&rkey, rev, now, false) {
                 fwd.flags |= ct_flags::XLATE_SRC;
                 fwd.nat_sport = port;
                 ok = true;
@@ -278,7 +312,7 @@ pub fn create(
     }
     if let Some(p) = entry {
         // SAFETY: pointer into the map value (the packet's own tuple).
-        unsafe { *p = *fwd };
+        unsafe { *p.as_ptr() = *fwd };
         return Ok(());
     }
     let fkey = key(flow, ct_dir::FORWARD);

@@ -76,8 +76,9 @@ pub trait Packet {
 pub struct L4 {
     /// IP protocol.
     pub proto: u8,
-    /// Offset of the L4 header.
-    pub off: usize,
+    /// Offset of the L4 header (at most 14 + 60): a byte keeps `Flow` small, and so the stack
+    /// frame of the common path that holds it (the verifier bounds a call chain's frames).
+    pub off: u8,
 }
 
 impl L4 {
@@ -85,8 +86,8 @@ impl L4 {
     #[inline(always)]
     fn csum_off(self) -> Option<usize> {
         match self.proto {
-            proto::TCP => Some(self.off + 16),
-            proto::UDP => Some(self.off + 6),
+            proto::TCP => Some(usize::from(self.off) + 16),
+            proto::UDP => Some(usize::from(self.off) + 6),
             // SCTP's CRC32c does not cover the IP header; ICMP's checksum has no pseudo-header.
             _ => None,
         }
@@ -95,8 +96,8 @@ impl L4 {
     #[inline(always)]
     fn port_off(self, end: End) -> usize {
         match end {
-            End::Src => self.off,
-            End::Dst => self.off + 2,
+            End::Src => usize::from(self.off),
+            End::Dst => usize::from(self.off) + 2,
         }
     }
 }

@@ -7,20 +7,57 @@
 //! checksum unchanged (a valid header always sums to the same value); only quoted ports need
 //! the ICMP checksum adjusted. The quoted L4 checksum is left alone, as receivers ignore it.
 
-use lb_common::{counter, ct_dir, ct_flags, proto};
+use lb_common::{Ipv4, counter, ct_dir, ct_flags, proto};
 
 use crate::{
+    conntrack,
     ctx::{End, L4, Packet},
     lb::{self, Verdict},
     maps::CONNTRACK,
-    parse::IcmpError,
+    parse::{self, IcmpError, IcmpHead},
     route, stats,
 };
+
+/// The ICMP path of the pipeline: parses the message's body and translates an error about a
+/// tracked flow; anything else passes, counted. A BPF subprogram (not inlined) returning
+/// `Verdict::to_raw`: its parsing and rewriting stay out of the common path's program. The
+/// header comes in registers, not as a reference: the caller's stack frame stays small (the
+/// verifier bounds the frames of a call chain together, 512 bytes).
+#[inline(never)]
+pub fn translate<P: Packet>(pkt: &mut P, saddr: Ipv4, daddr: Ipv4, off: u32, ip_len: u32) -> u64 {
+    let head = IcmpHead {
+        saddr,
+        daddr,
+        // At most 14 + 60; the mask gives the verifier that bound back (lost in the call).
+        off: (off & 0xff) as usize,
+        ip_len: ip_len as u16,
+    };
+    message(pkt, &head).to_raw()
+}
+
+#[inline(always)]
+fn message<P: Packet>(pkt: &mut P, head: &IcmpHead) -> Verdict {
+    let e = match parse::icmp_error(pkt, head) {
+        Ok(e) => e,
+        Err(skip) => {
+            lb::count_skip(skip);
+            return Verdict::Pass;
+        }
+    };
+    if lb::config().is_none() {
+        return Verdict::Pass;
+    }
+    if let Some(v) = translate_error(pkt, &e, conntrack::now_secs()) {
+        return v;
+    }
+    stats::count(counter::NOT_SERVICE);
+    Verdict::Pass
+}
 
 /// Translates an ICMP error about a tracked flow; `None` if it is about no flow of ours (or,
 /// at XDP, if tc must deliver it).
 #[inline(always)]
-pub fn translate_error<P: Packet>(pkt: &mut P, e: &IcmpError, now: u32) -> Option<Verdict> {
+fn translate_error<P: Packet>(pkt: &mut P, e: &IcmpError, now: u32) -> Option<Verdict> {
     let q = e.quoted;
     let rkey = lb_common::CtKey {
         saddr: q.daddr,
@@ -38,7 +75,8 @@ pub fn translate_error<P: Packet>(pkt: &mut P, e: &IcmpError, now: u32) -> Optio
     }
     let outer = L4 {
         proto: proto::ICMP,
-        off: e.icmp_csum_off - 2,
+        // The outer ICMP header follows an IPv4 header: at most 14 + 60.
+        off: (e.icmp_csum_off - 2) as u8,
     };
     // Where the error goes once translated; XDP leaves what it cannot deliver to tc.
     let new_dst = if rev.flags & ct_flags::XLATE_DST != 0 {

@@ -6,8 +6,10 @@
 //! is looked up first (`route::plan`), so XDP can leave a packet it cannot deliver itself
 //! untouched, with no state changed, for tc to handle.
 
+use core::ptr::NonNull;
+
 use lb_common::{
-    Config, CtKey, CtValue, Ipv4, ServiceValue, backend_flags, counter, ct_dir, ct_flags, ct_state,
+    Config, CtValue, Ipv4, ServiceValue, backend_flags, counter, ct_dir, ct_flags, ct_state,
     drop_reason, event_kind, hook, kind, proto, selection, svc_flags,
 };
 
@@ -15,7 +17,7 @@ use crate::{
     conntrack::{self, CreateError},
     ctx::Packet,
     icmp, lookup,
-    maps::{CONFIG, CONNTRACK, mark_nat, may_be_tracked_backend},
+    maps::{CONFIG, CONNTRACK, FE_FILTER, mark_nat, may_be_tracked_backend, may_hold},
     nat,
     parse::{self, Flow, Parsed, Skip},
     route::{self, Out},
@@ -35,19 +37,53 @@ pub enum Verdict {
     Tx,
 }
 
+impl Verdict {
+    /// As one scalar, for a BPF subprogram's return: BPF returns a register, never an
+    /// aggregate (LLVM rejects a verdict returned through memory).
+    #[inline(always)]
+    pub fn to_raw(self) -> u64 {
+        match self {
+            Verdict::Pass => 0,
+            Verdict::Drop => 1,
+            Verdict::Tx => 2,
+            Verdict::Redirect(ifindex) => 3 | u64::from(ifindex) << 32,
+        }
+    }
+
+    /// The verdict `to_raw` encoded.
+    #[inline(always)]
+    pub fn from_raw(raw: u64) -> Self {
+        match raw as u32 {
+            0 => Verdict::Pass,
+            1 => Verdict::Drop,
+            2 => Verdict::Tx,
+            _ => Verdict::Redirect((raw >> 32) as u32),
+        }
+    }
+}
+
 /// Runs the whole pipeline on one packet.
+///
+/// The common packet (neither to a frontend, nor a backend's reply, nor a SYN that may reuse a
+/// tracked tuple) is decided here from the parse and the filter words; the rest goes to the
+/// BPF subprograms `frontend`, `backend` and `icmp::translate`. Out of line, they leave this a
+/// short program, which is what a connection's packets pay for most (its code and data go
+/// cold between them; measured in `docs/performance.md`). The verifier bounds the stack
+/// frames of a call chain together (512 bytes): this frame holds little more than the parsed
+/// flow, and the largest temporaries of a new flow live in `maps::SCRATCH`.
 #[inline(always)]
 pub fn process<P: Packet>(pkt: &mut P) -> Verdict {
     stats::count(counter::PACKETS);
-    let parsed = match parse::parse(pkt) {
-        Ok(p) => p,
+    // Borrowed where the parser put it, not copied out (one copy on this frame).
+    let parsed = parse::parse(pkt);
+    let flow = match &parsed {
+        Ok(Parsed::Flow(flow)) => flow,
+        Ok(Parsed::Icmp(h)) => {
+            let raw = icmp::translate(pkt, h.saddr, h.daddr, h.off as u32, u32::from(h.ip_len));
+            return Verdict::from_raw(raw);
+        }
         Err(skip) => {
-            stats::count(match skip {
-                Skip::NotIpv4 => counter::NOT_IPV4,
-                Skip::Malformed => counter::MALFORMED,
-                Skip::Fragment => counter::FRAGMENT,
-                Skip::OtherProto => counter::NOT_SERVICE,
-            });
+            count_skip(*skip);
             return Verdict::Pass;
         }
     };
@@ -55,39 +91,79 @@ pub fn process<P: Packet>(pkt: &mut P) -> Verdict {
         t.parsed = 1;
         t.scope = 0xff;
     });
-    // Until the agent has written its configuration, nothing is translated.
-    let Some(cfg) = CONFIG.get(0).copied() else {
-        return Verdict::Pass;
-    };
-    if cfg.layout_version == 0 {
+    if config().is_none() {
         return Verdict::Pass;
     }
-    let now = conntrack::now_secs();
-    let flow = match parsed {
-        Parsed::Flow(flow) => flow,
-        Parsed::IcmpError(e) => {
-            if let Some(v) = icmp::translate_error(pkt, &e, now) {
-                return v;
-            }
-            stats::count(counter::NOT_SERVICE);
-            return Verdict::Pass;
+    if may_hold(&FE_FILTER, flow.daddr, flow.dport, flow.proto) {
+        let raw = frontend(pkt, flow);
+        if raw != NO_FRONTEND {
+            return Verdict::from_raw(raw);
         }
-    };
-    if let Some((svc, scope)) = lookup::frontend(flow.daddr, flow.dport, flow.proto, P::HOOK) {
-        stats::trace(|t| {
-            t.scope = scope;
-            t.svc_id = svc.svc_id;
-        });
-        return to_frontend(pkt, &flow, &svc, &cfg, now);
     }
-    if flow.is_syn() {
-        retire_reused_tuple(&flow, now);
-    }
-    if let Some(verdict) = reply(pkt, &flow, &cfg, now) {
-        return verdict;
+    if may_be_tracked_backend(flow.saddr, flow.sport)
+        || (flow.is_syn() && may_be_tracked_backend(flow.daddr, flow.dport))
+    {
+        return Verdict::from_raw(backend(pkt, flow));
     }
     stats::count(counter::NOT_SERVICE);
     Verdict::Pass
+}
+
+/// Counts a packet the parser left alone, under why.
+#[inline(always)]
+pub fn count_skip(skip: Skip) {
+    stats::count(match skip {
+        Skip::NotIpv4 => counter::NOT_IPV4,
+        Skip::Malformed => counter::MALFORMED,
+        Skip::Fragment => counter::FRAGMENT,
+        Skip::OtherProto => counter::NOT_SERVICE,
+    });
+}
+
+/// The agent's configuration; `None` until the agent has written it (nothing is translated
+/// before).
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    CONFIG.get(0).filter(|cfg| cfg.layout_version != 0)
+}
+
+/// `frontend`'s answer when the packet is to no frontend (the filter bit was another key's).
+const NO_FRONTEND: u64 = u64::MAX;
+
+/// A packet the frontend filter let through: to a frontend, follow its flow or start one.
+/// A BPF subprogram (see `process`) returning `Verdict::to_raw`, or `NO_FRONTEND`.
+#[inline(never)]
+fn frontend<P: Packet>(pkt: &mut P, flow: &Flow) -> u64 {
+    let Some(cfg) = config() else {
+        return Verdict::Pass.to_raw();
+    };
+    let Some((svc, scope)) = lookup::frontend(flow.daddr, flow.dport, flow.proto, P::HOOK) else {
+        return NO_FRONTEND;
+    };
+    stats::trace(|t| {
+        t.scope = scope;
+        t.svc_id = svc.svc_id;
+    });
+    to_frontend(pkt, flow, &svc, cfg, conntrack::now_secs()).to_raw()
+}
+
+/// A packet the backend filters let through: a SYN reusing a tracked flow's tuple retires it;
+/// a reply of a tracked flow is translated back. A BPF subprogram (see `process`) returning
+/// `Verdict::to_raw`.
+#[inline(never)]
+fn backend<P: Packet>(pkt: &mut P, flow: &Flow) -> u64 {
+    let Some(cfg) = config() else {
+        return Verdict::Pass.to_raw();
+    };
+    let now = conntrack::now_secs();
+    if flow.is_syn() {
+        retire_reused_tuple(flow, now);
+    }
+    if let Some(verdict) = reply(pkt, flow, cfg, now) {
+        return verdict.to_raw();
+    }
+    stats::count(counter::NOT_SERVICE);
+    Verdict::Pass.to_raw()
 }
 
 /// Addresses a packet of `flow` has once `ct` is applied.
@@ -158,26 +234,12 @@ fn to_frontend<P: Packet>(
             // The flow's backend left the service (or the frontend moved): pick again now.
             stats::count(counter::CT_RESELECT);
         }
-        stale = Some(Stale {
-            entry: ct,
-            reply: conntrack::reply_key_of(&cur, flow.proto),
-            xlated: translated(flow, &cur),
-        });
+        // The entry the new flow replaces (closed, expired, or its backend left): rewritten
+        // in place rather than re-inserted, so a client reusing a source port costs no
+        // conntrack allocation.
+        stale = NonNull::new(ct);
     }
     new_flow(pkt, flow, svc, cfg, now, stale)
-}
-
-/// The forward entry a new flow replaces: its tuple's previous flow (closed, expired, or
-/// whose backend left). Rewritten in place rather than re-inserted: a client reusing a
-/// source port costs no conntrack allocation.
-#[derive(Clone, Copy)]
-pub struct Stale {
-    /// The entry in the map.
-    pub entry: *mut CtValue,
-    /// The previous flow's reply key.
-    pub reply: CtKey,
-    /// The previous flow's translated (source, destination).
-    pub xlated: (Ipv4, Ipv4),
 }
 
 /// Next packet of a tracked flow whose backend is still in the service.
@@ -231,7 +293,7 @@ fn new_flow<P: Packet>(
     svc: &ServiceValue,
     cfg: &Config,
     now: u32,
-    stale: Option<Stale>,
+    stale: Option<NonNull<CtValue>>,
 ) -> Verdict {
     if !lookup::source_allowed(svc, flow) {
         return drop_flow(cfg, P::HOOK, flow, svc.svc_id, drop_reason::SOURCE_RANGE);
@@ -293,9 +355,10 @@ fn new_flow<P: Packet>(
     }
     let (s, d) = translated(flow, &fwd);
     // The previous flow of this tuple went the same way if it was translated alike.
-    let known = stale.and_then(|st| {
+    let known = stale.and_then(|prev| {
         // SAFETY: pointer into the map value, not yet rewritten.
-        (st.xlated == (s, d)).then(|| route::cached_hop(unsafe { &*st.entry }, now))
+        let prev = unsafe { prev.as_ref() };
+        (translated(flow, prev) == (s, d)).then(|| route::cached_hop(prev, now))
     });
     let known = known.flatten();
     let (out, hop) = route::plan(pkt, s, d, flow.ip_len, known);
@@ -310,8 +373,15 @@ fn new_flow<P: Packet>(
         t.hash = sel.hash;
         t.ct_flags = fwd.flags;
     });
-    let old_reply = stale.map(|st| st.reply);
-    if let Err(e) = conntrack::create(flow, &mut fwd, cfg, now, stale.map(|st| st.entry)) {
+    // Read before `create` rewrites the entry. A zero key, not `None`, when there is no entry:
+    // LLVM would spill the key's registers on both paths, and the verifier rejects a spill of
+    // registers that no instruction set.
+    let old_reply = match stale {
+        // SAFETY: pointer into the map value.
+        Some(prev) => conntrack::reply_key_of(unsafe { prev.as_ref() }, flow.proto),
+        None => conntrack::NO_KEY,
+    };
+    if let Err(e) = conntrack::create(flow, &mut fwd, cfg, now, stale) {
         let reason = match e {
             CreateError::PortsExhausted => drop_reason::SNAT_EXHAUSTED,
             CreateError::Insert => drop_reason::CT_INSERT,
@@ -325,11 +395,8 @@ fn new_flow<P: Packet>(
         };
         lookup::touch_affinity(&key, sel.id, now);
     }
-    if let Some(old) = old_reply
-        && old != conntrack::reply_key_of(&fwd, flow.proto)
-        && stats::live()
-    {
-        let _ = CONNTRACK.remove(old);
+    if stale.is_some() && old_reply != conntrack::reply_key_of(&fwd, flow.proto) && stats::live() {
+        let _ = CONNTRACK.remove(old_reply);
     }
     stats::count(counter::CT_NEW);
     if fwd.flags & ct_flags::HAIRPIN != 0 {

@@ -2,7 +2,10 @@
 //! loader overrides from agent flags. All maps are BTF-defined so `bpftool` prints field names.
 
 use aya_ebpf::{
-    bindings::{BPF_F_INNER_MAP, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_F_RDONLY_PROG},
+    bindings::{
+        BPF_F_INNER_MAP, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_F_RDONLY_PROG,
+        bpf_fib_lookup as FibParams,
+    },
     btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
@@ -78,6 +81,21 @@ pub static TRACE: PerCpuArray<Trace, 1> = PerCpuArray::new();
 /// same low bits takes the slot over; the record's tag (`SockXlate::seal`) tells the two apart.
 #[btf_map(name = "xlb_sock")]
 pub static SOCK: Array<SockXlate, { capacity::SOCK_SLOTS as usize }, 0> = Array::new();
+
+/// Per-CPU room for the largest temporaries of a new flow, kept off the stack: the verifier
+/// bounds the stack frames of a call chain together (512 bytes), and the translation paths
+/// run as subprograms of the common path. Not pinned: nothing outside one program run reads
+/// it (programs on one CPU never interleave).
+#[btf_map(name = "xlb_scratch")]
+pub static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
+/// `SCRATCH`'s value.
+pub struct Scratch {
+    /// The FIB query of `route::lookup`.
+    pub fib: FibParams,
+    /// The reply entry `conntrack::create` builds.
+    pub ct: CtValue,
+}
 
 /// `SOCK`'s slot of the socket with `cookie`.
 #[inline(always)]

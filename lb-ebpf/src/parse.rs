@@ -72,10 +72,22 @@ pub struct IcmpError {
     pub ip_len: u16,
 }
 
+/// An ICMP message's outer header, before its body is parsed (`icmp_error`).
+#[derive(Clone, Copy)]
+pub struct IcmpHead {
+    pub saddr: Ipv4,
+    pub daddr: Ipv4,
+    /// Offset of the ICMP header.
+    pub off: usize,
+    /// IPv4 total length, host order.
+    pub ip_len: u16,
+}
+
 /// A parsed packet.
 pub enum Parsed {
     Flow(Flow),
-    IcmpError(IcmpError),
+    /// ICMP: its body is parsed by the ICMP path (`icmp::translate`), off the common path.
+    Icmp(IcmpHead),
 }
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -83,6 +95,7 @@ const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
 /// Why a packet has no `Flow`.
+#[derive(Clone, Copy)]
 pub enum Skip {
     NotIpv4,
     Malformed,
@@ -149,7 +162,8 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
     let l4_off = L3_OFF + ihl * 4;
     let l4 = L4 {
         proto: l4_proto,
-        off: l4_off,
+        // At most 14 + 15 * 4.
+        off: l4_off as u8,
     };
     let (ports, flags) = match l4_proto {
         proto::TCP => {
@@ -173,7 +187,12 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
             ([h[0], h[1], h[2], h[3]], 0)
         }
         proto::ICMP => {
-            return icmp_error(pkt, l4_off, saddr, daddr, ip_len).map(Parsed::IcmpError);
+            return Ok(Parsed::Icmp(IcmpHead {
+                saddr,
+                daddr,
+                off: l4_off,
+                ip_len,
+            }));
         }
         _ => return Err(Skip::OtherProto),
     };
@@ -191,13 +210,13 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
 
 /// Parses an ICMP error and the header it quotes; other ICMP messages are not ours.
 #[inline(always)]
-fn icmp_error<P: Packet>(
-    pkt: &mut P,
-    icmp_off: usize,
-    saddr: Ipv4,
-    daddr: Ipv4,
-    ip_len: u16,
-) -> Result<IcmpError, Skip> {
+pub fn icmp_error<P: Packet>(pkt: &mut P, head: &IcmpHead) -> Result<IcmpError, Skip> {
+    let IcmpHead {
+        saddr,
+        daddr,
+        off: icmp_off,
+        ip_len,
+    } = *head;
     let h: *const [u8; 8] = header(pkt, icmp_off).ok_or(Skip::Malformed)?;
     // SAFETY: bounds-checked by `header`.
     let icmp_type = unsafe { (*h)[0] };

@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use lb_common::{CtValue, Ipv4, route_flags};
 
-use crate::{ctx::Packet, stats};
+use crate::{ctx::Packet, maps::SCRATCH, stats};
 
 const AF_INET: u8 = 2;
 
@@ -42,8 +42,20 @@ pub struct Hop {
 
 #[inline(always)]
 fn lookup<P: Packet>(pkt: &P, saddr: Ipv4, daddr: Ipv4, ip_len: u16) -> Hop {
-    // SAFETY: a plain-data struct the helper fills; zero is a valid initial state.
-    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    const NONE: Hop = Hop {
+        ifindex: 0,
+        macs: None,
+    };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return NONE;
+    };
+    // SAFETY: this CPU's slot, used by this program run only; a plain-data struct the helper
+    // fills, zero is a valid initial state.
+    let p = unsafe {
+        let p = &raw mut (*scratch).fib;
+        p.write(core::mem::zeroed());
+        &mut *p
+    };
     p.family = AF_INET;
     p.ifindex = pkt.ifindex();
     p.__bindgen_anon_1.tot_len = ip_len;
@@ -53,7 +65,7 @@ fn lookup<P: Packet>(pkt: &P, saddr: Ipv4, daddr: Ipv4, ip_len: u16) -> Hop {
     let rc = unsafe {
         bpf_fib_lookup(
             pkt.ctx_ptr(),
-            &raw mut p,
+            core::ptr::from_mut(p),
             core::mem::size_of::<FibParams>() as i32,
             0,
         )
@@ -67,10 +79,7 @@ fn lookup<P: Packet>(pkt: &P, saddr: Ipv4, daddr: Ipv4, ip_len: u16) -> Hop {
             ifindex: p.ifindex,
             macs: None,
         },
-        _ => Hop {
-            ifindex: 0,
-            macs: None,
-        },
+        _ => NONE,
     }
 }
 

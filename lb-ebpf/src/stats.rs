@@ -76,7 +76,12 @@ pub fn event(cfg: &Config, hook: u8, kind: u8, flow: &Flow, fill: impl FnOnce(&m
     if cfg.flags & wanted == 0 || !live() {
         return;
     }
-    let mut ev = Event {
+    // Written straight into the ring buffer (no copy of the event on the stack); a full
+    // ring buffer loses the event, never the packet.
+    let Some(mut entry) = EVENTS.reserve(0) else {
+        return;
+    };
+    let ev = entry.write(Event {
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         kind,
@@ -93,10 +98,9 @@ pub fn event(cfg: &Config, hook: u8, kind: u8, flow: &Flow, fill: impl FnOnce(&m
         backend_addr: [0; 4],
         backend_port: 0,
         _pad: [0; 6],
-    };
-    fill(&mut ev);
-    // A full ring buffer loses the event, never the packet.
-    let _ = EVENTS.output(ev, 0);
+    });
+    fill(ev);
+    entry.submit(0);
 }
 
 /// Updates the explain trace (only in the `xlb explain` program copy).
