@@ -85,7 +85,8 @@ pub static SOCK: Array<SockXlate, { capacity::SOCK_SLOTS as usize }, 0> = Array:
 /// Per-CPU room for the largest temporaries of a new flow, kept off the stack: the verifier
 /// bounds the stack frames of a call chain together (512 bytes), and the translation paths
 /// run as subprograms of the common path. Not pinned: nothing outside one program run reads
-/// it (programs on one CPU never interleave).
+/// it. Only the tc and XDP programs use it, which run in softirq context and do not interleave
+/// on one CPU (a PREEMPT_RT kernel, where they can be preempted, is not supported).
 #[btf_map(name = "xlb_scratch")]
 pub static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 
