@@ -13,7 +13,7 @@ use crate::{
     conntrack,
     ctx::{End, L4, Packet},
     lb::{self, Verdict},
-    maps::CONNTRACK,
+    maps::{self, CONNTRACK},
     parse::{self, IcmpError, IcmpHead},
     route, stats,
 };
@@ -44,7 +44,7 @@ fn message<P: Packet>(pkt: &mut P, head: &IcmpHead) -> Verdict {
             return Verdict::Pass;
         }
     };
-    if lb::config().is_none() {
+    if maps::config().is_none() {
         return Verdict::Pass;
     }
     if let Some(v) = translate_error(pkt, &e, conntrack::now_secs()) {

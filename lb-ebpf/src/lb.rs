@@ -17,7 +17,7 @@ use crate::{
     conntrack::{self, CreateError},
     ctx::Packet,
     icmp, lookup,
-    maps::{CONFIG, CONNTRACK, FE_FILTER, mark_nat, may_be_tracked_backend, may_hold},
+    maps::{CONNTRACK, config, mark_nat, may_be_tracked_backend},
     nat,
     parse::{self, Flow, Parsed, Skip},
     route::{self, Out},
@@ -91,19 +91,21 @@ pub fn process<P: Packet>(pkt: &mut P) -> Verdict {
         t.parsed = 1;
         t.scope = 0xff;
     });
-    if config().is_none() {
+    let Some(cfg) = config() else {
         return Verdict::Pass;
-    }
-    if may_hold(&FE_FILTER, flow.daddr, flow.dport, flow.proto) {
-        let raw = frontend(pkt, flow);
+    };
+    if lookup::may_be_frontend(flow.daddr, flow.dport, flow.proto) {
+        let raw = frontend(pkt, flow, cfg);
         if raw != NO_FRONTEND {
             return Verdict::from_raw(raw);
         }
     }
-    if may_be_tracked_backend(flow.saddr, flow.sport)
-        || (flow.is_syn() && may_be_tracked_backend(flow.daddr, flow.dport))
-    {
-        return Verdict::from_raw(backend(pkt, flow));
+    // Replies come from a backend's own address and port; a SYN to a backend may reuse the
+    // reply tuple of one of its translated flows.
+    let reply = may_be_tracked_backend(flow.saddr, flow.sport);
+    let reuse = flow.is_syn() && may_be_tracked_backend(flow.daddr, flow.dport);
+    if reply || reuse {
+        return Verdict::from_raw(backend(pkt, flow, cfg, reply, reuse));
     }
     stats::count(counter::NOT_SERVICE);
     Verdict::Pass
@@ -120,23 +122,13 @@ pub fn count_skip(skip: Skip) {
     });
 }
 
-/// The agent's configuration; `None` until the agent has written it (nothing is translated
-/// before).
-#[inline(always)]
-pub fn config() -> Option<&'static Config> {
-    CONFIG.get(0).filter(|cfg| cfg.layout_version != 0)
-}
-
 /// `frontend`'s answer when the packet is to no frontend (the filter bit was another key's).
 const NO_FRONTEND: u64 = u64::MAX;
 
 /// A packet the frontend filter let through: to a frontend, follow its flow or start one.
 /// A BPF subprogram (see `process`) returning `Verdict::to_raw`, or `NO_FRONTEND`.
 #[inline(never)]
-fn frontend<P: Packet>(pkt: &mut P, flow: &Flow) -> u64 {
-    let Some(cfg) = config() else {
-        return Verdict::Pass.to_raw();
-    };
+fn frontend<P: Packet>(pkt: &mut P, flow: &Flow, cfg: &Config) -> u64 {
     let Some((svc, scope)) = lookup::frontend(flow.daddr, flow.dport, flow.proto, P::HOOK) else {
         return NO_FRONTEND;
     };
@@ -147,19 +139,16 @@ fn frontend<P: Packet>(pkt: &mut P, flow: &Flow) -> u64 {
     to_frontend(pkt, flow, &svc, cfg, conntrack::now_secs()).to_raw()
 }
 
-/// A packet the backend filters let through: a SYN reusing a tracked flow's tuple retires it;
-/// a reply of a tracked flow is translated back. A BPF subprogram (see `process`) returning
-/// `Verdict::to_raw`.
+/// A packet the backend filters let through: a SYN reusing a tracked flow's tuple (`reuse`)
+/// retires it; a reply of a tracked flow (`reply`: its source may be such a backend) is
+/// translated back. A BPF subprogram (see `process`) returning `Verdict::to_raw`.
 #[inline(never)]
-fn backend<P: Packet>(pkt: &mut P, flow: &Flow) -> u64 {
-    let Some(cfg) = config() else {
-        return Verdict::Pass.to_raw();
-    };
+fn backend<P: Packet>(pkt: &mut P, flow: &Flow, cfg: &Config, reply: bool, reuse: bool) -> u64 {
     let now = conntrack::now_secs();
-    if flow.is_syn() {
+    if reuse {
         retire_reused_tuple(flow, now);
     }
-    if let Some(verdict) = reply(pkt, flow, cfg, now) {
+    if reply && let Some(verdict) = translate_reply(pkt, flow, cfg, now) {
         return verdict.to_raw();
     }
     stats::count(counter::NOT_SERVICE);
@@ -439,10 +428,11 @@ fn forward<P: Packet>(pkt: &mut P, flow: &Flow, ct: &CtValue, out: Out) -> Verdi
 /// the old frontend's address and be refused by the client. The old forward entry stays, closed:
 /// a late packet of the old flow is still forwarded by it instead of starting a flow that would
 /// take the reply tuple back. A flow not closed keeps its entries (the two connections are then
-/// indistinguishable at the backend; the live one wins).
+/// indistinguishable at the backend; the live one wins). The caller checked that the backend
+/// may have translated flows.
 #[inline(always)]
 fn retire_reused_tuple(flow: &Flow, now: u32) {
-    if !may_be_tracked_backend(flow.daddr, flow.dport) || !stats::live() {
+    if !stats::live() {
         return;
     }
     let rkey = conntrack::reversed_key(flow, ct_dir::REPLY);
@@ -456,13 +446,10 @@ fn retire_reused_tuple(flow: &Flow, now: u32) {
     }
 }
 
-/// A packet from a backend of a tracked flow: restore what the client dialled.
+/// A packet from a backend of a tracked flow (the caller checked that its source may be one):
+/// restore what the client dialled.
 #[inline(always)]
-fn reply<P: Packet>(pkt: &mut P, flow: &Flow, cfg: &Config, now: u32) -> Option<Verdict> {
-    // Replies come from a backend's own address and port.
-    if !may_be_tracked_backend(flow.saddr, flow.sport) {
-        return None;
-    }
+fn translate_reply<P: Packet>(pkt: &mut P, flow: &Flow, cfg: &Config, now: u32) -> Option<Verdict> {
     let rkey = conntrack::key(flow, ct_dir::REPLY);
     let ct = CONNTRACK.get_ptr_mut(rkey)?;
     // SAFETY: pointer into the map value; copied out at once.

@@ -14,13 +14,18 @@ use crate::{
     stats,
 };
 
+/// False only if no frontend is at `addr:port` (host order) for `l4_proto` (the frontend
+/// filter's bit is clear): then `frontend` need not be asked.
+#[inline(always)]
+pub fn may_be_frontend(addr: Ipv4, port: u16, l4_proto: u8) -> bool {
+    may_hold(&FE_FILTER, addr, port, l4_proto)
+}
+
 /// The frontend at `addr:port` (host order) for `l4_proto`, with the scope of the entry that
 /// matched: clients on this node (`hook::POD`) use the internal entry when there is one.
+/// Callers ask `may_be_frontend` first.
 #[inline(always)]
 pub fn frontend(addr: Ipv4, port: u16, l4_proto: u8, hook_kind: u8) -> Option<(ServiceValue, u8)> {
-    if !may_hold(&FE_FILTER, addr, port, l4_proto) {
-        return None;
-    }
     let mut key = ServiceKey {
         addr,
         port,

@@ -67,6 +67,13 @@ pub static SVC_INFO: HashMap<u32, SvcInfo, { capacity::SVC_IDS as usize }, NO_PR
 #[btf_map(name = "xlb_config")]
 pub static CONFIG: Array<Config, 1, { BPF_F_RDONLY_PROG as usize }> = Array::new();
 
+/// The agent's configuration; `None` until the agent has written it (nothing is translated
+/// before).
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    CONFIG.get(0).filter(|cfg| cfg.layout_version != 0)
+}
+
 /// Drop and new-flow events for `xlb monitor` (only written while a monitor asks for them).
 #[btf_map(name = "xlb_events")]
 pub static EVENTS: RingBuf<lb_common::Event, { capacity::EVENTS_BYTES as usize }> = RingBuf::new();

@@ -12,7 +12,7 @@ use lb_common::{SockXlate, counter, hook, kind, proto};
 
 use crate::{
     lookup,
-    maps::{CONFIG, SOCK, sock_slot},
+    maps::{SOCK, config, sock_slot},
     stats::{self, SvcCounter},
 };
 
@@ -27,14 +27,16 @@ pub fn connect4(ctx: &SockAddrContext) {
     if sa.protocol != IPPROTO_TCP {
         return;
     }
-    match CONFIG.get(0) {
-        Some(cfg) if cfg.layout_version != 0 => {}
-        _ => return,
+    if config().is_none() {
+        return;
     }
     let vip = sa.user_ip4.to_ne_bytes();
     let vip_port_be = sa.user_port as u16;
-    let Some((svc, _)) = lookup::frontend(vip, u16::from_be(vip_port_be), proto::TCP, hook::POD)
-    else {
+    let port = u16::from_be(vip_port_be);
+    if !lookup::may_be_frontend(vip, port, proto::TCP) {
+        return;
+    }
+    let Some((svc, _)) = lookup::frontend(vip, port, proto::TCP, hook::POD) else {
         return;
     };
     if svc.kind != kind::CLUSTER_IP || svc.affinity_timeout != 0 || svc.lut_size == 0 {
