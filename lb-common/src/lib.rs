@@ -11,7 +11,7 @@
 #![no_std]
 
 /// Version of the map layout below. Bump on any change to a key, value, map kind or meaning.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// An IPv4 address as the bytes found in the packet (network order).
 pub type Ipv4 = [u8; 4];
@@ -115,16 +115,31 @@ pub mod filter {
     pub const BITS_LOG2: u32 = 20;
     /// u64 words per filter.
     pub const WORDS: u32 = 1 << (BITS_LOG2 - 6);
+    /// log2 of the bits of an address's region (512 bytes, eight cache lines): every key of an
+    /// address is in its region, the port picking the bit.
+    pub const REGION_LOG2: u32 = 12;
 
     /// The bit of (`addr` as packet bytes, `port` host order, `proto`; 0 for backends).
+    ///
+    /// Address-major: the address alone picks a region, so the packets between two addresses
+    /// read the same few cache lines whatever their (ephemeral) ports, and those lines stay
+    /// warm from one connection to the next; a filter bit keyed on the port as well lands on
+    /// a cold line at every new port. A region of eight lines, not one, keeps an address with
+    /// many keys (a node address with its NodePorts) from filling its bits.
     #[inline(always)]
     pub fn bit(addr: Ipv4, port: u16, proto: u8) -> u32 {
-        let a = u32::from_be_bytes(addr).wrapping_mul(0x9e37_79b1);
-        let p = (u32::from(port) | (u32::from(proto) << 16)).wrapping_mul(0x85eb_ca77);
-        let mut h = a ^ p;
-        h ^= h >> 15;
-        h = h.wrapping_mul(0xc2b2_ae3d);
-        h >> (32 - BITS_LOG2)
+        let mut a = u32::from_be_bytes(addr).wrapping_mul(0x9e37_79b1);
+        a ^= a >> 15;
+        a = a.wrapping_mul(0xc2b2_ae3d);
+        a ^= a >> 13;
+        let region = a >> (32 - (BITS_LOG2 - REGION_LOG2));
+        // The port and protocol, mixed with the address hash so that two addresses sharing a
+        // region do not collide on every port alike.
+        let mut p = (u32::from(port) | (u32::from(proto) << 16)).wrapping_mul(0x85eb_ca77) ^ a;
+        p ^= p >> 16;
+        p = p.wrapping_mul(0x7feb_352d);
+        p ^= p >> 15;
+        (region << REGION_LOG2) | (p >> (32 - REGION_LOG2))
     }
 
     /// log2 of the slots of the NAT'd-backends map (`xlb_be_nat`): one u64 per word (64 bits)
@@ -963,6 +978,21 @@ mod tests {
         }
         // A random hash of 40k keys into 2^20 bits leaves ~760 collisions; allow twice that.
         assert!(keys - set < 1_600, "{} collisions", keys - set);
+        // An address's keys stay in its region (the lines its packets read).
+        let region = |b: u32| b >> filter::REGION_LOG2;
+        let pod = [10, 244, 1, 7];
+        for port in [1u16, 80, 32768, 45000, 60999, 65535] {
+            assert_eq!(region(filter::bit(pod, port, 0)), region(filter::bit(pod, 8080, 0)));
+        }
+        // A node address with 300 NodePorts fills well under half of its region's bits.
+        let mut region_bits = [0u64; 1 << (filter::REGION_LOG2 - 6)];
+        let node = [192, 168, 1, 10];
+        for port in 30000..30300u16 {
+            let b = filter::bit(node, port, proto::TCP) & ((1 << filter::REGION_LOG2) - 1);
+            region_bits[(b >> 6) as usize] |= 1 << (b & 63);
+        }
+        let filled: u32 = region_bits.iter().map(|w| w.count_ones()).sum();
+        assert!(filled > 270 && filled < 1 << (filter::REGION_LOG2 - 3), "{filled} bits");
         // Each field matters.
         let b = filter::bit([10, 96, 0, 1], 80, proto::TCP);
         assert_ne!(b, filter::bit([10, 96, 0, 2], 80, proto::TCP));
