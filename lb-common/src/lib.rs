@@ -257,8 +257,12 @@ pub struct ServiceValue {
     pub algorithm: u8,
     /// Backends that may take new flows (display only).
     pub backend_count: u16,
-    /// Explicit padding.
-    pub _pad: [u8; 2],
+    /// Slots of the weighted list of the same backends that follows a Maglev table, from slot
+    /// `pick_base(lut_size)`: the socket hook picks one of these at random (a line or two,
+    /// warm from the last connect) rather than a random slot of the whole table (a cold line
+    /// of 64 KiB at every connect). 0: picks use the table itself (a random-algorithm table
+    /// is that list).
+    pub pick_len: u16,
 }
 
 /// Value of `xlb_backends` (key: backend id, `u32`, never 0).
@@ -498,10 +502,26 @@ pub struct SvcInfo {
     pub name: [u8; SVC_NAME_LEN],
     /// Frontends of this service (display).
     pub frontends: u16,
-    /// Explicit padding.
-    pub _pad: [u8; 2],
-    /// Slots of the table in `xlb_lut` (0 = none).
+    /// `ServiceValue::pick_len` of the table.
+    pub pick_len: u16,
+    /// `ServiceValue::lut_size` of the table in `xlb_lut` (0 = none); the table holds
+    /// `table_slots(lut_len, pick_len)` slots.
     pub lut_len: u32,
+}
+
+/// First slot of the pick list that follows a table of `lut_size` slots (the next chunk).
+#[inline(always)]
+pub const fn pick_base(lut_size: u32) -> u32 {
+    lut_size.div_ceil(LUT_CHUNK_SLOTS as u32) * LUT_CHUNK_SLOTS as u32
+}
+
+/// Slots written to `xlb_lut` for a table of `lut_size` slots and a pick list of `pick_len`.
+pub const fn table_slots(lut_size: u32, pick_len: u16) -> u32 {
+    if pick_len == 0 {
+        lut_size
+    } else {
+        pick_base(lut_size) + pick_len as u32
+    }
 }
 
 /// Hook a packet was seen at (`CtValue::hook`, `Event::hook`).
@@ -982,7 +1002,10 @@ mod tests {
         let region = |b: u32| b >> filter::REGION_LOG2;
         let pod = [10, 244, 1, 7];
         for port in [1u16, 80, 32768, 45000, 60999, 65535] {
-            assert_eq!(region(filter::bit(pod, port, 0)), region(filter::bit(pod, 8080, 0)));
+            assert_eq!(
+                region(filter::bit(pod, port, 0)),
+                region(filter::bit(pod, 8080, 0))
+            );
         }
         // A node address with 300 NodePorts fills well under half of its region's bits.
         let mut region_bits = [0u64; 1 << (filter::REGION_LOG2 - 6)];
@@ -992,7 +1015,10 @@ mod tests {
             region_bits[(b >> 6) as usize] |= 1 << (b & 63);
         }
         let filled: u32 = region_bits.iter().map(|w| w.count_ones()).sum();
-        assert!(filled > 270 && filled < 1 << (filter::REGION_LOG2 - 3), "{filled} bits");
+        assert!(
+            filled > 270 && filled < 1 << (filter::REGION_LOG2 - 3),
+            "{filled} bits"
+        );
         // Each field matters.
         let b = filter::bit([10, 96, 0, 1], 80, proto::TCP);
         assert_ne!(b, filter::bit([10, 96, 0, 2], 80, proto::TCP));

@@ -4,8 +4,8 @@
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_get_prandom_u32, maps::lpm_trie::Key};
 use lb_common::{
     AffinityKey, AffinityValue, Backend, Config, Ipv4, LUT_CHUNK_SLOTS, ServiceKey, ServiceValue,
-    SrcRangeKey, algorithm, backend_flags, drop_reason, flow_hash, hook, scope, selection,
-    svc_flags,
+    SrcRangeKey, algorithm, backend_flags, drop_reason, flow_hash, hook, pick_base, scope,
+    selection, svc_flags,
 };
 
 use crate::{
@@ -140,6 +140,17 @@ pub fn select(svc: &ServiceValue, flow: &Flow, cfg: &Config, now: u32) -> Result
 pub fn random_slot(svc: &ServiceValue) -> u32 {
     // SAFETY: helper without preconditions.
     (unsafe { bpf_get_prandom_u32() }) % svc.lut_size
+}
+
+/// A weighted random slot for the socket hook: from the pick list after a Maglev table when
+/// there is one (a line or two that stay warm), else from the table (`lut_size` must not be 0).
+#[inline(always)]
+pub fn pick_slot(svc: &ServiceValue) -> u32 {
+    if svc.pick_len == 0 {
+        return random_slot(svc);
+    }
+    // SAFETY: helper without preconditions.
+    pick_base(svc.lut_size) + (unsafe { bpf_get_prandom_u32() }) % u32::from(svc.pick_len)
 }
 
 /// The backend in `slot` of `svc`'s table, with its id.

@@ -42,7 +42,7 @@ pub fn connect4(ctx: &SockAddrContext) {
     if svc.kind != kind::CLUSTER_IP || svc.affinity_timeout != 0 || svc.lut_size == 0 {
         return;
     }
-    let Some((_, be)) = lookup::slot_backend(&svc, lookup::random_slot(&svc)) else {
+    let Some((_, be)) = lookup::slot_backend(&svc, lookup::pick_slot(&svc)) else {
         return;
     };
     // SAFETY: the helper takes this program type's context.

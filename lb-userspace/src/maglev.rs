@@ -14,6 +14,8 @@ pub const DEFAULT_TABLE_SIZE: u32 = 16_381;
 pub const MAX_TABLE_SIZE: u32 = 1_048_573;
 /// Largest random table (slots), after weight expansion.
 pub const MAX_RANDOM_TABLE: usize = 65_536;
+/// Largest pick list after a Maglev table (`ServiceValue::pick_len`, a u16).
+pub const MAX_PICK_LIST: usize = 4_096;
 
 /// Error building a table.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -149,6 +151,11 @@ fn gcd(a: u32, b: u32) -> u32 {
 /// Builds a random-selection table: backend `i` appears in proportion to its weight (weights
 /// reduced by their gcd, and scaled down if the table would exceed `MAX_RANDOM_TABLE`).
 pub fn random(backends: &[TableBackend]) -> Vec<u32> {
+    random_capped(backends, MAX_RANDOM_TABLE)
+}
+
+/// `random`, scaled down to about `cap` slots at most.
+pub fn random_capped(backends: &[TableBackend], cap: usize) -> Vec<u32> {
     if backends.is_empty() {
         return Vec::new();
     }
@@ -159,12 +166,12 @@ pub fn random(backends: &[TableBackend]) -> Vec<u32> {
         .iter()
         .map(|b| (u32::from(b.weight.max(1)) / g) as usize)
         .sum();
-    let scale = if total > MAX_RANDOM_TABLE {
-        total as f64 / MAX_RANDOM_TABLE as f64
+    let scale = if total > cap {
+        total as f64 / cap as f64
     } else {
         1.0
     };
-    let mut table = Vec::with_capacity(total.min(MAX_RANDOM_TABLE));
+    let mut table = Vec::with_capacity(total.min(cap));
     for (i, b) in backends.iter().enumerate() {
         let reps = ((f64::from(u32::from(b.weight.max(1)) / g) / scale).round() as usize).max(1);
         table.extend(std::iter::repeat_n(i as u32, reps));

@@ -149,8 +149,21 @@ struct Staged {
 /// A table to write for one service (computed before any write, possibly in parallel).
 struct TablePlan {
     fingerprint: u64,
-    /// Table entries as indexes into `active`.
+    /// The table as indexes into `active`.
+    table: Table,
+}
+
+/// A service's table: the selection table (Maglev or weighted random), then, for Maglev, a
+/// weighted list of the same backends from the next chunk on, which the socket hook picks
+/// from (`ServiceValue::pick_len`).
+#[derive(Default)]
+struct Table {
+    /// Every slot written (padding before the pick list repeats entry 0).
     entries: Vec<u32>,
+    /// Slots of the selection table (`ServiceValue::lut_size`).
+    lut_len: u32,
+    /// Slots of the pick list (`ServiceValue::pick_len`).
+    pick_len: u16,
 }
 
 impl<W: MapWriter> MapSync<W> {
@@ -189,7 +202,7 @@ impl<W: MapWriter> MapSync<W> {
                         lut_fingerprint: 0,
                         name: name_bytes(&name),
                         frontends: 0,
-                        _pad: [0; 2],
+                        pick_len: 0,
                         lut_len: 0,
                     }),
                     model: None,
@@ -232,10 +245,9 @@ impl<W: MapWriter> MapSync<W> {
         }
         for a in s.applied.values_mut() {
             // A table whose frontends disagree with the recorded length is rewritten.
-            if a.frontends
-                .values()
-                .any(|v| v.lut_size != 0 && v.lut_size != a.info.lut_len)
-            {
+            if a.frontends.values().any(|v| {
+                v.lut_size != 0 && (v.lut_size != a.info.lut_len || v.pick_len != a.info.pick_len)
+            }) {
                 a.info.lut_fingerprint = 0;
             }
         }
@@ -434,15 +446,7 @@ impl<W: MapWriter> MapSync<W> {
             let plans: HashMap<String, TablePlan> = jobs
                 .into_iter()
                 .zip(tables)
-                .map(|((name, _, _, fingerprint), entries)| {
-                    (
-                        name,
-                        TablePlan {
-                            fingerprint,
-                            entries,
-                        },
-                    )
-                })
+                .map(|((name, _, _, fingerprint), table)| (name, TablePlan { fingerprint, table }))
                 .collect();
             let following = batches
                 .get(k + 1)
@@ -632,7 +636,7 @@ impl<W: MapWriter> MapSync<W> {
                         lut_fingerprint: 0,
                         name: name_bytes(name),
                         frontends: 0,
-                        _pad: [0; 2],
+                        pick_len: 0,
                         lut_len: 0,
                     },
                     model: None,
@@ -687,12 +691,16 @@ impl<W: MapWriter> MapSync<W> {
                 .filter_map(|e| a.backends.get(&(e.addr, e.port)).map(|b| b.0))
                 .collect();
             let ids: Vec<u32> = p
+                .table
                 .entries
                 .iter()
                 .filter_map(|i| active.get(*i as usize).copied())
                 .collect();
+            if ids.len() != p.table.entries.len() {
+                return Err("internal: a table entry names no active backend".to_owned());
+            }
             new_info.lut_fingerprint = p.fingerprint;
-            new_info.lut_len = ids.len() as u32;
+            (new_info.lut_len, new_info.pick_len) = (p.table.lut_len, p.table.pick_len);
             table = Some(ids);
             changed = true;
         }
@@ -700,7 +708,7 @@ impl<W: MapWriter> MapSync<W> {
             svc_id,
             is_new,
             changed,
-            grows: new_info.lut_len >= a.info.lut_len,
+            grows: slots(&new_info) >= slots(&a.info),
             table,
             new_info,
         })
@@ -740,7 +748,7 @@ impl<W: MapWriter> MapSync<W> {
                 .map_err(|e| e.to_string())?;
             a.info = new_info;
         }
-        let lut_len = new_info.lut_len;
+        let (lut_len, pick_len) = (new_info.lut_len, new_info.pick_len);
         let active_count = svc
             .endpoints
             .iter()
@@ -768,7 +776,7 @@ impl<W: MapWriter> MapSync<W> {
                 kind: f.kind.code(),
                 algorithm: svc.algorithm.code(),
                 backend_count: active_count.min(usize::from(u16::MAX)) as u16,
-                _pad: [0; 2],
+                pick_len: if active_count == 0 { 0 } else { pick_len },
             };
             let Some(a) = self.applied.get_mut(name) else {
                 return Err("internal: service vanished".to_owned());
@@ -886,15 +894,49 @@ impl<W: MapWriter> MapSync<W> {
 type Job = (String, Algorithm, Vec<TableBackend>, u64);
 
 /// Builds the tables of `jobs` using every CPU (Maglev is the costly part of a full sync).
-fn build_tables(cfg: SyncConfig, jobs: &[Job]) -> Vec<Vec<u32>> {
+fn build_tables(cfg: SyncConfig, jobs: &[Job]) -> Vec<Table> {
     crate::par::par_map(jobs, 16, |(_, alg, tbs, _)| build_table(&cfg, *alg, tbs))
 }
 
-fn build_table(cfg: &SyncConfig, algorithm: Algorithm, active: &[TableBackend]) -> Vec<u32> {
+fn build_table(cfg: &SyncConfig, algorithm: Algorithm, active: &[TableBackend]) -> Table {
     match algorithm {
-        Algorithm::Maglev => maglev::maglev(active, cfg.maglev_size, cfg.hash_seed),
-        Algorithm::Random => maglev::random(active),
+        Algorithm::Maglev => {
+            let mut entries = maglev::maglev(active, cfg.maglev_size, cfg.hash_seed);
+            let lut_len = entries.len() as u32;
+            if lut_len == 0 {
+                return Table::default();
+            }
+            let pick = maglev::random_capped(active, maglev::MAX_PICK_LIST);
+            // Over 65,535 backends (each is listed once at least): no list, picks use the table.
+            let Ok(pick_len) = u16::try_from(pick.len()) else {
+                return Table {
+                    entries,
+                    lut_len,
+                    pick_len: 0,
+                };
+            };
+            entries.resize(lb_common::pick_base(lut_len) as usize, entries[0]);
+            entries.extend_from_slice(&pick);
+            Table {
+                entries,
+                lut_len,
+                pick_len,
+            }
+        }
+        Algorithm::Random => {
+            let entries = maglev::random(active);
+            Table {
+                lut_len: entries.len() as u32,
+                entries,
+                pick_len: 0,
+            }
+        }
     }
+}
+
+/// Slots of the table `info` describes, as written to `xlb_lut`.
+fn slots(info: &SvcInfo) -> u32 {
+    lb_common::table_slots(info.lut_len, info.pick_len)
 }
 
 /// The map key of a frontend.

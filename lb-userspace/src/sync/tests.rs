@@ -32,7 +32,9 @@ impl Fake {
                 .tables
                 .get(&v.svc_id)
                 .unwrap_or_else(|| panic!("frontend {k:?}: no table"));
-            for slot in 0..v.lut_size {
+            let base = lb_common::pick_base(v.lut_size);
+            let picks = base..base + u32::from(v.pick_len);
+            for slot in (0..v.lut_size).chain(picks) {
                 let id = *table
                     .get(slot as usize)
                     .unwrap_or_else(|| panic!("frontend {k:?} slot {slot}: past the table"));
@@ -320,7 +322,7 @@ fn orphans_left_by_a_crash_are_removed() {
             kind: 1,
             algorithm: 2,
             backend_count: 0,
-            _pad: [0; 2],
+            pick_len: 0,
         },
     );
     let rec = fake.read_all().unwrap();
@@ -389,6 +391,50 @@ fn no_active_endpoint_means_lut_size_zero() {
     let f = s.writer();
     assert_eq!(f.services.values().next().map(|v| v.lut_size), Some(0));
     assert!(f.tables.is_empty() && f.backends.is_empty());
+}
+
+#[test]
+fn a_maglev_table_is_followed_by_a_weighted_pick_list_from_the_next_chunk() {
+    let mut eps = vec![ep(1, 80), ep(2, 80), ep(3, 80)];
+    eps[0].weight = 4;
+    eps[1].weight = 2;
+    let mut s = MapSync::new(Fake::default(), CFG);
+    s.apply(&state(vec![
+        svc("m", 1, eps.clone(), Algorithm::Maglev),
+        svc("r", 2, eps, Algorithm::Random),
+    ]));
+    let f = s.writer();
+    let by_vip = |last: u8| {
+        *f.services
+            .iter()
+            .find(|(k, _)| k.addr == [10, 96, 0, last])
+            .map(|(_, v)| v)
+            .expect("frontend")
+    };
+    let counts = |ids: &[u32]| {
+        let mut c: BTreeMap<[u8; 4], usize> = BTreeMap::new();
+        for id in ids {
+            *c.entry(f.backends[id].addr).or_default() += 1;
+        }
+        c.into_values().collect::<Vec<_>>()
+    };
+    // Maglev: the table, padding to the next chunk, then the list in proportion 4:2:1.
+    let m = by_vip(1);
+    assert_eq!((m.lut_size, m.pick_len), (CFG.maglev_size, 7));
+    let base = lb_common::pick_base(m.lut_size) as usize;
+    assert_eq!(
+        base,
+        lb_common::LUT_CHUNK_SLOTS,
+        "1021 slots: the list starts at 1024"
+    );
+    let table = &f.tables[&m.svc_id];
+    assert_eq!(table.len(), base + 7);
+    assert_eq!(counts(&table[base..]), vec![4, 2, 1]);
+    assert_eq!(f.info[&m.svc_id].pick_len, 7);
+    // Random: the table is the list; nothing follows it.
+    let r = by_vip(2);
+    assert_eq!((r.lut_size, r.pick_len), (7, 0));
+    assert_eq!(counts(&f.tables[&r.svc_id]), vec![4, 2, 1]);
 }
 
 #[test]
