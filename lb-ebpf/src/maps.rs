@@ -135,10 +135,10 @@ pub static BE_NAT: Array<
     FILTER,
 > = Array::new();
 
-/// The NAT slot of backend (`addr`, `port`).
+/// The NAT slot behind backend-filter bit `bit`.
 #[inline(always)]
-fn nat_slot(addr: lb_common::Ipv4, port: u16) -> Option<*mut u64> {
-    let slot = filter::backend_nat_slot(addr, port);
+fn nat_slot(bit: u32) -> Option<*mut u64> {
+    let slot = filter::nat_slot(bit);
     let value = BE_NAT.get_ptr_mut(slot / filter::NAT_SLOTS_PER_VALUE)?;
     // The mask keeps the index inside the value for the verifier.
     let idx = (slot & (filter::NAT_SLOTS_PER_VALUE - 1)) as usize;
@@ -146,10 +146,10 @@ fn nat_slot(addr: lb_common::Ipv4, port: u16) -> Option<*mut u64> {
     Some(unsafe { value.cast::<u64>().add(idx) })
 }
 
-/// False only if no translated flow of backend (`addr`, `port`) can exist.
+/// False only if no translated flow of the backend with filter bit `bit` can exist.
 #[inline(always)]
-pub fn may_have_nat(addr: lb_common::Ipv4, port: u16) -> bool {
-    match nat_slot(addr, port) {
+fn may_have_nat(bit: u32) -> bool {
+    match nat_slot(bit) {
         // SAFETY: a slot of the map value; another CPU may raise it concurrently.
         Some(p) => (unsafe { core::ptr::read_volatile(p) }) != 0,
         None => true,
@@ -159,7 +159,7 @@ pub fn may_have_nat(addr: lb_common::Ipv4, port: u16) -> bool {
 /// Records that backend (`addr`, `port`) may have translated flows (before their entries).
 #[inline(always)]
 pub fn mark_nat(addr: lb_common::Ipv4, port: u16) {
-    let Some(p) = nat_slot(addr, port) else {
+    let Some(p) = nat_slot(filter::bit(addr, port, 0)) else {
         return;
     };
     // SAFETY: as in `may_have_nat`. An atomic add (the one atomic every BPF CPU version has):
@@ -174,16 +174,23 @@ pub fn mark_nat(addr: lb_common::Ipv4, port: u16) {
 }
 
 /// False only if (`addr`, `port`) is no backend with translated flows (backend filter, then
-/// NAT slot): then no conntrack reply entry can have it as its source.
+/// NAT slot; the bit hashed once for both): then no conntrack reply entry can have it as its
+/// source.
 #[inline(always)]
 pub fn may_be_tracked_backend(addr: lb_common::Ipv4, port: u16) -> bool {
-    may_hold(&BE_FILTER, addr, port, 0) && may_have_nat(addr, port)
+    let bit = filter::bit(addr, port, 0);
+    bit_set(&BE_FILTER, bit) && may_have_nat(bit)
 }
 
 /// True unless `map`'s bit for (`addr`, `port`, `proto`) is clear (a missing word counts as set).
 #[inline(always)]
 pub fn may_hold(map: &Filter, addr: lb_common::Ipv4, port: u16, proto: u8) -> bool {
-    let bit = filter::bit(addr, port, proto);
+    bit_set(map, filter::bit(addr, port, proto))
+}
+
+/// True unless bit `bit` of `map` is clear (a missing word counts as set).
+#[inline(always)]
+fn bit_set(map: &Filter, bit: u32) -> bool {
     match map.get(bit >> 6) {
         Some(word) => *word & (1u64 << (bit & 63)) != 0,
         None => true,

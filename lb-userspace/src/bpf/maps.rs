@@ -560,7 +560,8 @@ impl MapWriter for Maps {
         let mut created: Vec<(u32, MapData)> = Vec::new();
         for (svc_id, ids) in tables {
             // A table of the same size is rewritten in place: no map-of-maps update, so no
-            // wait for running programs (Maglev tables never change size).
+            // wait for running programs (a Maglev table keeps its chunks unless its pick list
+            // crosses a chunk boundary).
             if let Ok(inner) = self.lut.get(svc_id, 0)
                 && inner
                     .info()
