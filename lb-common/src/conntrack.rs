@@ -1,0 +1,103 @@
+//! Connection tracking: keys and values of `xlb_ct`.
+
+use crate::Ipv4;
+
+/// Conntrack direction (`CtKey::dir`).
+pub mod ct_dir {
+    /// Client → frontend, as the client sent it.
+    pub const FORWARD: u8 = 1;
+    /// Backend → client (or → SNAT address), as the backend sent it.
+    pub const REPLY: u8 = 2;
+}
+
+/// Key of `xlb_ct`: the packet's own 5-tuple before translation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKey {
+    /// Source address, network order.
+    pub saddr: Ipv4,
+    /// Destination address, network order.
+    pub daddr: Ipv4,
+    /// Source port, host order (0 for ICMP).
+    pub sport: u16,
+    /// Destination port, host order.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// `ct_dir::*`.
+    pub dir: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+}
+
+/// TCP connection state (`CtValue::state`).
+pub mod ct_state {
+    /// Only a SYN seen.
+    pub const SYN_SENT: u8 = 1;
+    /// Data flowing (and every non-TCP flow).
+    pub const ESTABLISHED: u8 = 2;
+    /// A FIN seen in one direction.
+    pub const FIN_WAIT: u8 = 3;
+    /// RST, or FIN in both directions: expires fast; a new SYN starts a new flow.
+    pub const CLOSED: u8 = 4;
+}
+
+/// `CtValue::flags`.
+pub mod ct_flags {
+    /// Rewrite the source to `nat_saddr:nat_sport`.
+    pub const XLATE_SRC: u8 = 1 << 0;
+    /// Rewrite the destination to `nat_daddr:nat_dport`.
+    pub const XLATE_DST: u8 = 1 << 1;
+    /// The client is its own backend (source rewritten to the hairpin address).
+    pub const HAIRPIN: u8 = 1 << 2;
+    /// North-south flow SNATed to a node address (eTP=Cluster, remote backend).
+    pub const SNAT: u8 = 1 << 3;
+    /// FIN seen from the client.
+    pub const FIN_FWD: u8 = 1 << 4;
+    /// FIN seen from the backend.
+    pub const FIN_REPLY: u8 = 1 << 5;
+}
+
+/// Value of `xlb_ct`: what to rewrite for packets matching the key, and the flow's state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtValue {
+    /// Service id at selection time.
+    pub svc_id: u32,
+    /// Selected backend id.
+    pub backend_id: u32,
+    /// Creation time, seconds of CLOCK_MONOTONIC.
+    pub created: u32,
+    /// Expiry time, seconds of CLOCK_MONOTONIC; an expired entry counts as absent.
+    pub expires: u32,
+    /// New source address when `XLATE_SRC`.
+    pub nat_saddr: Ipv4,
+    /// New destination address when `XLATE_DST`.
+    pub nat_daddr: Ipv4,
+    /// New source port when `XLATE_SRC`, host order.
+    pub nat_sport: u16,
+    /// New destination port when `XLATE_DST`, host order.
+    pub nat_dport: u16,
+    /// `ct_state::*`.
+    pub state: u8,
+    /// `ct_flags::*`.
+    pub flags: u8,
+    /// Ingress ifindex class of the flow's first packet (`hook::*`), for display.
+    pub hook: u8,
+    /// `route_flags::*` of the cached next hop below.
+    pub route_flags: u8,
+    /// Cached next hop: the egress device (0: the stack delivers).
+    pub route_ifindex: u32,
+    /// Second (CLOCK_MONOTONIC) the next hop was looked up; it is used during that second only.
+    pub route_at: u32,
+    /// Cached next hop's Ethernet destination then source (valid with `route_flags::MACS`).
+    pub route_macs: [u8; 12],
+}
+
+/// `CtValue::route_flags`.
+pub mod route_flags {
+    /// The route fields hold a lookup result.
+    pub const CACHED: u8 = 1 << 0;
+    /// The neighbour was resolved: `route_macs` are valid.
+    pub const MACS: u8 = 1 << 1;
+}

@@ -1,0 +1,82 @@
+//! Capacities of the maps and the compile-time layout checks of every shared type (a change
+//! here is a contract change: bump `LAYOUT_VERSION`).
+
+use crate::*;
+
+/// Default capacities (each overridable by agent flags at load time).
+pub mod capacity {
+    /// Frontend entries.
+    pub const SERVICES: u32 = 65_536;
+    /// Service ids (backend sets); also the size of the per-service stats array.
+    pub const SVC_IDS: u32 = 65_536;
+    /// Backend entries.
+    pub const BACKENDS: u32 = 262_144;
+    /// Chunks of the inner-table template; tables of any size are accepted (BPF_F_INNER_MAP).
+    pub const LUT_TEMPLATE_CHUNKS: u32 = 16;
+    /// Conntrack entries (two per flow).
+    pub const CONNTRACK: u32 = 524_288;
+    /// Session-affinity entries.
+    pub const AFFINITY: u32 = 65_536;
+    /// Source-range prefixes.
+    pub const SRC_RANGES: u32 = 16_384;
+    /// Ring buffer bytes for events.
+    pub const EVENTS_BYTES: u32 = 1 << 20;
+    /// Slots of socket-level translations (a power of two: a socket's slot is its cookie's low
+    /// bits). A record may be overwritten once the node's cookie counter moved this far past it.
+    pub const SOCK_SLOTS: u32 = 1 << 19;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    //! `aya::Pod` for every map type, user space only.
+    use super::*;
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => { $(
+            // SAFETY: `#[repr(C)]`, only integer fields and arrays, explicit padding: every bit
+            // pattern is valid and there are no implicit padding bytes.
+            unsafe impl aya::Pod for $t {}
+        )* };
+    }
+    pod!(
+        ServiceKey,
+        ServiceValue,
+        Backend,
+        LutChunk,
+        CtKey,
+        CtValue,
+        AffinityKey,
+        AffinityValue,
+        SrcRangeKey,
+        Config,
+        SvcStats,
+        SvcInfo,
+        Event,
+        Trace,
+        SockXlate,
+    );
+}
+
+// Layout checks: a change here is a contract change (bump LAYOUT_VERSION).
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<ServiceKey>() == 8);
+    assert!(size_of::<SockXlate>() == 24);
+    assert!(size_of::<ServiceValue>() == 20);
+    assert!(size_of::<Backend>() == 16);
+    assert!(size_of::<LutChunk>() == 4 * LUT_CHUNK_SLOTS);
+    assert!(LUT_CHUNK_SLOTS.is_power_of_two());
+    assert!(size_of::<CtKey>() == 16);
+    assert!(offset_of!(CtKey, proto) == 12);
+    assert!(size_of::<CtValue>() == 52);
+    assert!(offset_of!(CtValue, state) == 28);
+    assert!(offset_of!(CtValue, route_ifindex) == 32);
+    assert!(size_of::<AffinityKey>() == 8);
+    assert!(size_of::<AffinityValue>() == 8);
+    assert!(size_of::<SrcRangeKey>() == 8);
+    assert!(size_of::<Config>() == 44);
+    assert!(size_of::<SvcStats>() == 48);
+    assert!(size_of::<SvcInfo>() == 8 + SVC_NAME_LEN + 8);
+    assert!(size_of::<Event>() == 48);
+    assert!(size_of::<Trace>() == 36);
+    assert!(counter::MAX <= 32);
+};

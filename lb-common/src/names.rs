@@ -1,0 +1,68 @@
+//! Map and program names: as the kernel sees them (at most 15 characters) and as they are
+//! pinned.
+
+/// Map names as the kernel sees them (at most 15 characters) and as they are pinned.
+pub mod map_names {
+    /// Frontends: (address, port, protocol, scope) → service.
+    pub const SERVICES: &str = "xlb_services";
+    /// Backends by id.
+    pub const BACKENDS: &str = "xlb_backends";
+    /// Backend lookup tables (Maglev or random): service id → that service's own table.
+    pub const LUT: &str = "xlb_lut";
+    /// Connection tracking, both directions of every translated flow.
+    pub const CONNTRACK: &str = "xlb_ct";
+    /// ClientIP session affinity.
+    pub const AFFINITY: &str = "xlb_affinity";
+    /// loadBalancerSourceRanges (LPM trie).
+    pub const SRC_RANGES: &str = "xlb_srcranges";
+    /// Global counters by reason (per CPU).
+    pub const COUNTERS: &str = "xlb_counters";
+    /// Per-service packet/byte/flow counters (per CPU).
+    pub const SVC_STATS: &str = "xlb_svc_stats";
+    /// Service names for the CLI, written by the agent only.
+    pub const SVC_INFO: &str = "xlb_svc_info";
+    /// Agent-set configuration (one entry).
+    pub const CONFIG: &str = "xlb_config";
+    /// Datapath events for `xlb monitor`.
+    pub const EVENTS: &str = "xlb_events";
+    /// Decision trace of the last `xlb explain` run (per CPU, one entry).
+    pub const TRACE: &str = "xlb_trace";
+    /// Socket-level translations: the Service a TCP socket dialled, in the slot of its cookie.
+    pub const SOCK: &str = "xlb_sock";
+    /// Bitmap of frontend (address, port, protocol) hashes, tested before the services lookup.
+    pub const FE_FILTER: &str = "xlb_fe_filter";
+    /// Bitmap of backend (address, port) hashes, tested before the conntrack reply lookup.
+    pub const BE_FILTER: &str = "xlb_be_filter";
+    /// Backends that may have translated flows (set by the datapath), tested after the backend
+    /// filter: a backend only ever reached through socket-level load balancing has no reply
+    /// to look up.
+    pub const BE_NAT: &str = "xlb_be_nat";
+
+    /// Every map, in the order the loader pins them.
+    pub const ALL: [&str; 16] = [
+        SERVICES, BACKENDS, LUT, CONNTRACK, AFFINITY, SRC_RANGES, COUNTERS, SVC_STATS, SVC_INFO,
+        CONFIG, EVENTS, TRACE, SOCK, FE_FILTER, BE_FILTER, BE_NAT,
+    ];
+}
+
+/// Program names (function names in `lb-ebpf`, at most 15 characters).
+pub mod prog_names {
+    /// tc ingress on pod-facing devices: pod → Service (east-west), replies from local backends.
+    pub const POD_INGRESS: &str = "xlb_pod_ingress";
+    /// tc ingress on uplinks: what XDP passed or could not finish (replies, fallback frontends).
+    pub const HOST_INGRESS: &str = "xlb_host_ingres";
+    /// XDP on uplinks: north-south frontends and their replies.
+    pub const XDP: &str = "xlb_xdp";
+    /// Parse-and-pass program: the benchmark floor (never attached).
+    pub const FLOOR: &str = "xlb_floor";
+    /// XDP benchmark floor: parse, swap MACs, transmit back.
+    pub const FLOOR_XDP: &str = "xlb_floor_xdp";
+    /// XDP live-frames generator of the throughput benchmark.
+    pub const GEN: &str = "xlb_gen";
+    /// Drops what returns to the generator's device (throughput benchmark).
+    pub const SINK: &str = "xlb_sink";
+    /// cgroup connect4: a TCP connect() to a ClusterIP goes to a backend (socket-level LB).
+    pub const CONNECT4: &str = "xlb_connect4";
+    /// cgroup getpeername4: a socket translated at connect() reports the ClusterIP as its peer.
+    pub const PEERNAME4: &str = "xlb_peername4";
+}

@@ -1,0 +1,232 @@
+//! What the datapath reports: counters and drop reasons, per-service statistics, monitor
+//! events and the `xlb explain` trace.
+
+use crate::Ipv4;
+
+/// Value of `xlb_svc_stats` (index: service id), per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SvcStats {
+    /// Client → backend packets translated.
+    pub fwd_packets: u64,
+    /// Client → backend bytes translated.
+    pub fwd_bytes: u64,
+    /// Backend → client packets reverse-translated.
+    pub rev_packets: u64,
+    /// Backend → client bytes reverse-translated.
+    pub rev_bytes: u64,
+    /// New flows (backend selections).
+    pub new_flows: u64,
+    /// Packets dropped for this service (no backend, source range, …).
+    pub drops: u64,
+}
+
+/// Why a packet was dropped. Counted under `counter::DROP_BASE + reason`.
+pub mod drop_reason {
+    /// The service has no backend that may take a new flow.
+    pub const NO_BACKEND: u32 = 1;
+    /// The client is outside loadBalancerSourceRanges.
+    pub const SOURCE_RANGE: u32 = 2;
+    /// externalTrafficPolicy Local and no endpoint on this node.
+    pub const NO_LOCAL_BACKEND: u32 = 3;
+    /// No free SNAT port.
+    pub const SNAT_EXHAUSTED: u32 = 4;
+    /// A packet rewrite helper failed.
+    pub const XLATE_ERROR: u32 = 5;
+    /// A conntrack entry could not be written.
+    pub const CT_INSERT: u32 = 6;
+    /// A rewritten SCTP port (the CRC32c would be wrong).
+    pub const SCTP_PORT_REWRITE: u32 = 7;
+    /// SNAT needed but the agent has no node address to use (`--node-ip`/`--snat-addr`).
+    pub const NO_SNAT_ADDRESS: u32 = 8;
+    /// Number of reasons (exclusive bound).
+    pub const MAX: u32 = 9;
+
+    /// Human-readable name of a reason.
+    pub const fn name(reason: u32) -> &'static str {
+        match reason {
+            NO_BACKEND => "no_backend",
+            SOURCE_RANGE => "source_range",
+            NO_LOCAL_BACKEND => "no_local_backend",
+            SNAT_EXHAUSTED => "snat_exhausted",
+            XLATE_ERROR => "xlate_error",
+            CT_INSERT => "ct_insert",
+            SCTP_PORT_REWRITE => "sctp_port_rewrite",
+            NO_SNAT_ADDRESS => "no_snat_address",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Indexes of `xlb_counters` (a per-CPU array of `u64`).
+pub mod counter {
+    /// Packets seen by any xlb program.
+    pub const PACKETS: u32 = 0;
+    /// Not IPv4 (passed).
+    pub const NOT_IPV4: u32 = 1;
+    /// Not for a frontend nor a reply of a translated flow (passed).
+    pub const NOT_SERVICE: u32 = 2;
+    /// Truncated or malformed headers (passed untouched).
+    pub const MALFORMED: u32 = 3;
+    /// IP fragments (passed untouched).
+    pub const FRAGMENT: u32 = 4;
+    /// Conntrack hit for a frontend packet.
+    pub const CT_HIT: u32 = 5;
+    /// New flow: backend selected.
+    pub const CT_NEW: u32 = 6;
+    /// Conntrack entry whose backend left the service: re-selected.
+    pub const CT_RESELECT: u32 = 7;
+    /// Client → backend translations.
+    pub const XLATE_FWD: u32 = 8;
+    /// Backend → client reverse translations.
+    pub const XLATE_REV: u32 = 9;
+    /// Hairpin flows created.
+    pub const HAIRPIN: u32 = 10;
+    /// SNAT flows created.
+    pub const SNAT: u32 = 11;
+    /// New flows that followed session affinity.
+    pub const AFFINITY_HIT: u32 = 12;
+    /// ICMP errors translated back to the frontend.
+    pub const ICMP_XLATE: u32 = 13;
+    /// Packets handed to the kernel stack after translation.
+    pub const PASS: u32 = 14;
+    /// TCP connects to a ClusterIP translated at the socket (cgroup connect4).
+    pub const SOCK_XLATE: u32 = 15;
+    /// First drop counter; drop reason `r` is counted at `DROP_BASE + r`.
+    pub const DROP_BASE: u32 = 16;
+    /// Number of counters.
+    pub const MAX: u32 = DROP_BASE + super::drop_reason::MAX;
+
+    /// Human-readable name of a counter index.
+    pub const fn name(index: u32) -> &'static str {
+        match index {
+            PACKETS => "packets",
+            NOT_IPV4 => "not_ipv4",
+            NOT_SERVICE => "not_service",
+            MALFORMED => "malformed",
+            FRAGMENT => "fragment",
+            CT_HIT => "ct_hit",
+            CT_NEW => "ct_new",
+            CT_RESELECT => "ct_reselect",
+            XLATE_FWD => "xlate_fwd",
+            XLATE_REV => "xlate_rev",
+            HAIRPIN => "hairpin",
+            SNAT => "snat",
+            AFFINITY_HIT => "affinity_hit",
+            ICMP_XLATE => "icmp_xlate",
+            PASS => "pass",
+            SOCK_XLATE => "sock_xlate",
+            i if i > DROP_BASE && i < MAX => super::drop_reason::name(i - DROP_BASE),
+            _ => "",
+        }
+    }
+}
+
+/// Kind of `Event`.
+pub mod event_kind {
+    /// A packet was dropped (`reason`).
+    pub const DROP: u8 = 1;
+    /// A new flow got a backend.
+    pub const NEW_FLOW: u8 = 2;
+}
+
+/// How a backend was chosen (`Event::selection`, `Trace::selection`).
+pub mod selection {
+    /// Existing conntrack entry.
+    pub const CONNTRACK: u8 = 1;
+    /// Session affinity entry.
+    pub const AFFINITY: u8 = 2;
+    /// Maglev slot of the flow hash.
+    pub const MAGLEV: u8 = 3;
+    /// Random slot.
+    pub const RANDOM: u8 = 4;
+}
+
+/// A record in `xlb_events`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Monotonic time, nanoseconds.
+    pub ts_ns: u64,
+    /// `event_kind::*`.
+    pub kind: u8,
+    /// `hook::*`.
+    pub hook: u8,
+    /// IP protocol.
+    pub proto: u8,
+    /// `selection::*` for new flows.
+    pub selection: u8,
+    /// `drop_reason::*` for drops.
+    pub reason: u32,
+    /// Client address.
+    pub saddr: Ipv4,
+    /// Frontend address.
+    pub daddr: Ipv4,
+    /// Client port.
+    pub sport: u16,
+    /// Frontend port.
+    pub dport: u16,
+    /// Service id (0 if unknown).
+    pub svc_id: u32,
+    /// Backend id (0 if none).
+    pub backend_id: u32,
+    /// Backend address.
+    pub backend_addr: Ipv4,
+    /// Backend port.
+    pub backend_port: u16,
+    /// Explicit padding.
+    pub _pad: [u8; 6],
+}
+
+/// What the datapath decided for one packet; written to `xlb_trace` only by the `xlb explain`
+/// instance of the programs (their `TRACE` global is set), never by the attached ones.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trace {
+    /// Set when the packet parsed as IPv4 TCP/UDP/SCTP/ICMP.
+    pub parsed: u8,
+    /// `scope::*` of the frontend entry that matched, 0xff when none.
+    pub scope: u8,
+    /// `selection::*` (0 if no backend was chosen).
+    pub selection: u8,
+    /// 1 when the packet matched the reply side of a tracked flow.
+    pub reply: u8,
+    /// Service id of the matching frontend.
+    pub svc_id: u32,
+    /// Backend id chosen.
+    pub backend_id: u32,
+    /// Lookup-table slot used (Maglev or random).
+    pub slot: u32,
+    /// Flow hash.
+    pub hash: u32,
+    /// `drop_reason::*` if dropped.
+    pub drop_reason: u32,
+    /// Program return code.
+    pub verdict: i32,
+    /// `ct_flags::*` of the (would-be) conntrack entry.
+    pub ct_flags: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+    /// Device the packet leaves through (redirect or XDP_TX); 0 when handed to the stack.
+    pub out_ifindex: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_names_are_unique_and_cover_drops() {
+        for i in 0..counter::MAX {
+            let n = counter::name(i);
+            for j in 0..i {
+                if !n.is_empty() {
+                    assert_ne!(n, counter::name(j), "counter {i} and {j}");
+                }
+            }
+        }
+        for r in 1..drop_reason::MAX {
+            assert_eq!(counter::name(counter::DROP_BASE + r), drop_reason::name(r));
+        }
+    }
+}
