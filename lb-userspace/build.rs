@@ -11,5 +11,18 @@ fn main() -> anyhow::Result<()> {
         "cargo:rerun-if-changed={}",
         concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-common")
     );
+    // The commit `xlb --version` and `xlb status` name (none outside a git checkout).
+    let git = concat!(env!("CARGO_MANIFEST_DIR"), "/../.git");
+    println!("cargo:rerun-if-changed={git}/HEAD");
+    println!("cargo:rerun-if-changed={git}/refs/heads");
+    if let Ok(out) = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        && out.status.success()
+    {
+        let commit = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        println!("cargo:rustc-env=XLB_COMMIT={commit}");
+    }
     aya_build::build_ebpf([pkg], aya_build::Toolchain::Nightly)
 }

@@ -53,6 +53,8 @@ mod pod {
         Event,
         Trace,
         SockXlate,
+        DevState,
+        AgentStatus,
     );
 }
 
@@ -78,5 +80,8 @@ const _: () = {
     assert!(size_of::<SvcInfo>() == 8 + SVC_NAME_LEN + 8);
     assert!(size_of::<Event>() == 48);
     assert!(size_of::<Trace>() == 36);
-    assert!(counter::MAX <= 32);
+    assert!(super::drop_reason::MAX <= counter::SLOTS - counter::DROP_BASE);
+    assert!(size_of::<DevState>() == 24);
+    assert!(size_of::<DeviceStatus>() == 24);
+    assert!(size_of::<AgentStatus>() == 64 + 32 + 2 * STATUS_TEXT + 24 * STATUS_DEVICES);
 };

@@ -11,7 +11,7 @@
 #![no_std]
 
 /// Version of the map layout below. Bump on any change to a key, value, map kind or meaning.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// An IPv4 address as the bytes found in the packet (network order).
 pub type Ipv4 = [u8; 4];
@@ -19,6 +19,7 @@ pub type Ipv4 = [u8; 4];
 mod config;
 mod conntrack;
 pub mod csum;
+mod device;
 pub mod filter;
 mod hash;
 mod layout;
@@ -29,6 +30,7 @@ mod sock;
 
 pub use config::*;
 pub use conntrack::*;
+pub use device::*;
 pub use hash::*;
 pub use layout::*;
 pub use names::*;

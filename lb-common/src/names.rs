@@ -37,11 +37,15 @@ pub mod map_names {
     /// filter: a backend only ever reached through socket-level load balancing has no reply
     /// to look up.
     pub const BE_NAT: &str = "xlb_be_nat";
+    /// Uplinks running XDP: their XDP_TX errors and whether XDP must leave them to tc.
+    pub const DEVICES: &str = "xlb_devices";
+    /// The agent's status (one entry, written by the agent only): `xlb status` reads it.
+    pub const AGENT: &str = "xlb_agent";
 
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 18] = [
         SERVICES, BACKENDS, LUT, CONNTRACK, AFFINITY, SRC_RANGES, COUNTERS, SVC_STATS, SVC_INFO,
-        CONFIG, EVENTS, TRACE, SOCK, FE_FILTER, BE_FILTER, BE_NAT,
+        CONFIG, EVENTS, TRACE, SOCK, FE_FILTER, BE_FILTER, BE_NAT, DEVICES, AGENT,
     ];
 }
 
@@ -65,4 +69,8 @@ pub mod prog_names {
     pub const CONNECT4: &str = "xlb_connect4";
     /// cgroup getpeername4: a socket translated at connect() reports the ClusterIP as its peer.
     pub const PEERNAME4: &str = "xlb_peername4";
+    /// Raw tracepoint `xdp_bulk_tx`: frames a device's XDP_TX could not send.
+    pub const TXERR_BULK: &str = "xlb_txerr_bulk";
+    /// Raw tracepoint `xdp_exception`: an XDP_TX a driver refused.
+    pub const TXERR_EXCEPTION: &str = "xlb_txerr_exc";
 }

@@ -39,8 +39,11 @@ pub mod drop_reason {
     pub const SCTP_PORT_REWRITE: u32 = 7;
     /// SNAT needed but the agent has no node address to use (`--node-ip`/`--snat-addr`).
     pub const NO_SNAT_ADDRESS: u32 = 8;
+    /// Frames an uplink's XDP_TX could not send (counted by the tracepoint programs; the
+    /// device falls back to tc, see `dev_flags::TX_FALLBACK`).
+    pub const XDP_TX_ERROR: u32 = 9;
     /// Number of reasons (exclusive bound).
-    pub const MAX: u32 = 9;
+    pub const MAX: u32 = 10;
 
     /// Human-readable name of a reason.
     pub const fn name(reason: u32) -> &'static str {
@@ -53,6 +56,7 @@ pub mod drop_reason {
             CT_INSERT => "ct_insert",
             SCTP_PORT_REWRITE => "sctp_port_rewrite",
             NO_SNAT_ADDRESS => "no_snat_address",
+            XDP_TX_ERROR => "xdp_tx_error",
             _ => "unknown",
         }
     }
@@ -92,8 +96,11 @@ pub mod counter {
     pub const PASS: u32 = 14;
     /// TCP connects to a ClusterIP translated at the socket (cgroup connect4).
     pub const SOCK_XLATE: u32 = 15;
-    /// First drop counter; drop reason `r` is counted at `DROP_BASE + r`.
-    pub const DROP_BASE: u32 = 16;
+    /// First drop counter; drop reason `r` is counted at `DROP_BASE + r`. Counters below it
+    /// may be added without moving any other.
+    pub const DROP_BASE: u32 = 32;
+    /// Entries of `xlb_counters` (room for new counters and reasons without a layout change).
+    pub const SLOTS: u32 = 64;
     /// Number of counters.
     pub const MAX: u32 = DROP_BASE + super::drop_reason::MAX;
 

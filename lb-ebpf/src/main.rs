@@ -8,6 +8,7 @@
 
 mod conntrack;
 mod ctx;
+mod device;
 mod icmp;
 mod lb;
 mod lookup;
@@ -21,8 +22,8 @@ mod stats;
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, xdp_action},
     helpers::bpf_redirect_neigh,
-    macros::{cgroup_sock_addr, classifier, xdp},
-    programs::{SockAddrContext, TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, raw_tracepoint, xdp},
+    programs::{RawTracePointContext, SockAddrContext, TcContext, XdpContext},
 };
 use lb_common::hook;
 
@@ -86,6 +87,20 @@ pub fn xlb_connect4(ctx: SockAddrContext) -> i32 {
 pub fn xlb_peername4(ctx: SockAddrContext) -> i32 {
     sock::getpeername4(&ctx);
     1
+}
+
+/// Raw tracepoint `xdp_bulk_tx`: counts frames an uplink's XDP_TX could not send.
+#[raw_tracepoint(tracepoint = "xdp_bulk_tx")]
+pub fn xlb_txerr_bulk(ctx: RawTracePointContext) -> i32 {
+    device::bulk_tx(&ctx);
+    0
+}
+
+/// Raw tracepoint `xdp_exception`: counts an XDP_TX a driver refused.
+#[raw_tracepoint(tracepoint = "xdp_exception")]
+pub fn xlb_txerr_exc(ctx: RawTracePointContext) -> i32 {
+    device::exception(&ctx);
+    0
 }
 
 /// Benchmark floor (`cargo xtask bench datapath`): parses like the real programs, then passes.

@@ -10,8 +10,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, LutChunk, ServiceKey,
-    ServiceValue, SockXlate, SrcRangeKey, SvcInfo, SvcStats, Trace, capacity, counter, filter,
+    AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtValue, DEVICE_SLOTS,
+    DevState, LutChunk, ServiceKey, ServiceValue, SockXlate, SrcRangeKey, SvcInfo, SvcStats, Trace,
+    capacity, counter, filter,
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
@@ -52,7 +53,7 @@ pub static SRC_RANGES: LpmTrie<SrcRangeKey, u8, { capacity::SRC_RANGES as usize 
 
 /// Global counters by reason, per CPU.
 #[btf_map(name = "xlb_counters")]
-pub static COUNTERS: PerCpuArray<u64, { counter::MAX as usize }> = PerCpuArray::new();
+pub static COUNTERS: PerCpuArray<u64, { counter::SLOTS as usize }> = PerCpuArray::new();
 
 /// Per-service counters, per CPU, indexed by service id.
 #[btf_map(name = "xlb_svc_stats")]
@@ -104,6 +105,17 @@ pub struct Scratch {
     /// The reply entry `conntrack::create` builds.
     pub ct: CtValue,
 }
+
+/// Uplinks running XDP, in the slot `device_slot(ifindex)`: their XDP_TX errors (written by
+/// the tracepoint programs) and whether XDP must leave their flows to tc (read by the route
+/// lookup). The agent claims a slot when it attaches XDP.
+#[btf_map(name = "xlb_devices")]
+pub static DEVICES: Array<DevState, { DEVICE_SLOTS as usize }, 0> = Array::new();
+
+/// The agent's status for `xlb status`; never read by the datapath (kept here so it is pinned
+/// with BTF).
+#[btf_map(name = "xlb_agent")]
+pub static AGENT: Array<AgentStatus, 1, 0> = Array::new();
 
 /// `SOCK`'s slot of the socket with `cookie`.
 #[inline(always)]

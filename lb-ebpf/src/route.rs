@@ -7,6 +7,9 @@
 //! the packet leaves through the device it came in on, and otherwise leaves the packet
 //! untouched (no flow state written) for the tc program on the same device to finish.
 //!
+//! An uplink whose XDP_TX lost frames (`device`) gets no MACs in its hops: XDP leaves those
+//! flows to tc.
+//!
 //! A flow's next hop is cached in its conntrack entry and looked up again at most once a
 //! second (route changes take effect within a second; packets in between skip the FIB).
 
@@ -14,9 +17,13 @@ use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
     helpers::bpf_fib_lookup,
 };
-use lb_common::{CtValue, Ipv4, route_flags};
+use lb_common::{CtValue, Ipv4, dev_flags, device_slot, route_flags};
 
-use crate::{ctx::Packet, maps::SCRATCH, stats};
+use crate::{
+    ctx::Packet,
+    maps::{DEVICES, SCRATCH},
+    stats,
+};
 
 const AF_INET: u8 = 2;
 
@@ -71,6 +78,12 @@ fn lookup<P: Packet>(pkt: &P, saddr: Ipv4, daddr: Ipv4, ip_len: u16) -> Hop {
         )
     } as u32;
     match rc {
+        // Back out of the device it came in on, which lost XDP_TX frames: no MACs, so XDP
+        // leaves the flow to tc (which needs none).
+        BPF_FIB_LKUP_RET_SUCCESS if p.ifindex == pkt.ifindex() && tx_fallback(p.ifindex) => Hop {
+            ifindex: p.ifindex,
+            macs: None,
+        },
         BPF_FIB_LKUP_RET_SUCCESS => Hop {
             ifindex: p.ifindex,
             macs: Some((p.dmac, p.smac)),
@@ -81,6 +94,14 @@ fn lookup<P: Packet>(pkt: &P, saddr: Ipv4, daddr: Ipv4, ip_len: u16) -> Hop {
         },
         _ => NONE,
     }
+}
+
+/// True if XDP_TX lost frames on device `ifindex` (see `device`).
+#[inline(always)]
+fn tx_fallback(ifindex: u32) -> bool {
+    DEVICES
+        .get(device_slot(ifindex))
+        .is_some_and(|d| d.ifindex == ifindex && d.flags & dev_flags::TX_FALLBACK != 0)
 }
 
 /// What this hook does with a packet whose next hop is `hop`; `None` (XDP only): leave it

@@ -25,12 +25,18 @@ pub fn live() -> bool {
 /// Adds one to a global counter.
 #[inline(always)]
 pub fn count(index: u32) {
+    count_n(index, 1);
+}
+
+/// Adds `n` to a global counter.
+#[inline(always)]
+pub fn count_n(index: u32, n: u64) {
     if !live() {
         return;
     }
     if let Some(c) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *c += 1 };
+        unsafe { *c += n };
     }
 }
 

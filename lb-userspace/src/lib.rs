@@ -11,4 +11,5 @@ pub mod model;
 pub mod par;
 pub mod problem;
 pub mod source;
+pub mod status;
 pub mod sync;

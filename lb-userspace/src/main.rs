@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use lb_userspace::{
     agent::{self, AgentConfig, Timeouts},
-    bpf::{Capacities, XdpModeOpt, maps::Maps, sock::CgroupOpt},
+    bpf::{Capacities, XdpModeOpt, maps::Maps, pins, sock::CgroupOpt},
     cli::{self, Output},
     k8s::NodeContext,
     maglev,
@@ -63,6 +63,20 @@ enum Cmd {
     Monitor(MonitorArgs),
     /// Validate service files without touching the kernel.
     Check(CheckArgs),
+    /// Is it working? The agent (running, stopped, never started), its last sync, every
+    /// device with its attach mode and why, socket hooks, map fill, drops, warnings.
+    /// Exit code: 0 running and fine, 1 running with warnings, 3 no agent running, 4 no
+    /// datapath.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    read: ReadArgs,
+    /// Seconds to watch the drop counters for (0: do not wait).
+    #[arg(long, default_value_t = 1.0)]
+    sample: f64,
 }
 
 #[derive(Subcommand)]
@@ -245,7 +259,7 @@ struct AgentArgs {
     #[arg(long, env = "XLB_BPFFS", default_value = "/sys/fs/bpf/xlb")]
     bpffs: PathBuf,
     /// XDP mode on uplinks.
-    #[arg(long, env = "XLB_XDP_MODE", value_enum, default_value_t = XdpModeOpt::Native)]
+    #[arg(long, env = "XLB_XDP_MODE", value_enum, default_value_t = XdpModeOpt::Auto)]
     xdp_mode: XdpModeOpt,
     /// cgroup v2 directory whose processes' TCP connects to ClusterIPs are translated at the
     /// socket (no per-packet NAT): `auto` (the first cgroup2 mount: the whole node), a path, or
@@ -343,7 +357,7 @@ fn agent_config(a: AgentArgs) -> AgentConfig {
 }
 
 fn open_maps(bpffs: &std::path::Path) -> anyhow::Result<Maps> {
-    Maps::open(bpffs)
+    Maps::open(&pins::resolve_read(bpffs))
         .with_context(|| format!("reading the datapath pinned under {}", bpffs.display()))
 }
 
@@ -374,7 +388,11 @@ fn monitor(m: MonitorArgs) -> anyhow::Result<bool> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(cli::monitor::run(&m.read.bpffs, &opts, std::io::stdout()))?;
+    rt.block_on(cli::monitor::run(
+        &pins::resolve_read(&m.read.bpffs),
+        &opts,
+        std::io::stdout(),
+    ))?;
     Ok(true)
 }
 
@@ -422,7 +440,20 @@ fn main() -> ExitCode {
         Cmd::Stats(r) => open_maps(&r.bpffs)
             .and_then(|m| cli::inspect::stats(&m, r.output))
             .map(print_ok),
-        Cmd::Maps(r) => cli::inspect::maps(&r.bpffs, r.output).map(print_ok),
+        Cmd::Maps(r) => cli::inspect::maps(&pins::resolve_read(&r.bpffs), r.output).map(print_ok),
+        Cmd::Status(a) => {
+            let dir = pins::resolve_read(&a.read.bpffs);
+            let sample = Duration::try_from_secs_f64(a.sample.max(0.0)).unwrap_or_default();
+            let mut view = cli::status::gather(&dir, sample);
+            view.bpffs = a.read.bpffs.display().to_string();
+            match cli::status::render(&view, a.read.output) {
+                Ok(s) => {
+                    print!("{s}");
+                    return ExitCode::from(view.exit);
+                }
+                Err(e) => Err(e),
+            }
+        }
         Cmd::Explain(e) => {
             let req = cli::explain::Request {
                 proto: e.proto,
@@ -431,7 +462,7 @@ fn main() -> ExitCode {
                 device: e.device,
                 established: e.established,
             };
-            cli::explain::explain(&e.read.bpffs, &req)
+            cli::explain::explain(&pins::resolve_read(&e.read.bpffs), &req)
                 .with_context(|| {
                     format!(
                         "explaining with the datapath under {}",

@@ -18,7 +18,7 @@ use std::{
 };
 
 use lb_common::{
-    Backend, CtKey, CtValue, counter, ct_dir, ct_flags, drop_reason, map_names as names,
+    Backend, CtKey, CtValue, counter, ct_dir, ct_flags, dev_mode, drop_reason, map_names as names,
 };
 use prometheus_client::{
     collector::Collector,
@@ -185,7 +185,7 @@ fn count_fill(dir: &Path) -> anyhow::Result<Fill> {
     let maps = Maps::open(dir)?;
     let cfg = maps.read_config()?;
     let range = u64::from(cfg.snat_port_max.saturating_sub(cfg.snat_port_min)) + 1;
-    let now = crate::cli::inspect::monotonic_secs();
+    let now = crate::status::monotonic_secs();
     let mut fill = Fill::default();
     let mut snat_per_dest: HashMap<([u8; 4], u16, u8), u64> = HashMap::new();
     for (name, ty, _, _) in expected_layout() {
@@ -409,6 +409,40 @@ impl Collector for Datapath {
             "Packets dropped by the datapath, by reason",
             None,
             &drop_rows,
+        )?;
+        let mut tx_errors: Vec<(Labels, u64)> = Vec::new();
+        let mut fallback: Vec<(Labels, i64)> = Vec::new();
+        for d in maps
+            .read_agent()
+            .map(|a| a.devices)
+            .unwrap_or([Default::default(); lb_common::STATUS_DEVICES])
+        {
+            if !matches!(d.mode, dev_mode::XDP_NATIVE | dev_mode::XDP_GENERIC) {
+                continue;
+            }
+            let Ok(Some(st)) = maps.device(d.ifindex) else {
+                continue;
+            };
+            let l = vec![("device", crate::status::from_text(&d.name))];
+            tx_errors.push((l.clone(), st.tx_errors));
+            fallback.push((
+                l,
+                i64::from(st.flags & lb_common::dev_flags::TX_FALLBACK != 0),
+            ));
+        }
+        counter(
+            &mut enc,
+            "xdp_tx_errors",
+            "Frames an uplink's XDP_TX could not send (the device then falls back to tc)",
+            None,
+            &tx_errors,
+        )?;
+        gauge(
+            &mut enc,
+            "xdp_tx_fallback",
+            "1 when XDP leaves an uplink's flows to tc after XDP_TX errors",
+            None,
+            &fallback,
         )?;
 
         let fill = self.fill();

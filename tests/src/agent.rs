@@ -80,6 +80,9 @@ pub struct Agent {
     args: Vec<String>,
     /// Capabilities the agent keeps (None: all of root's).
     caps: Option<Vec<u32>>,
+    /// Started as a user would, with `ip netns exec` (its own mount namespace), rather than by
+    /// entering only the network namespace.
+    ip_netns_exec: bool,
 }
 
 /// Capabilities of the DaemonSet in deploy/kubernetes: CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF.
@@ -89,20 +92,38 @@ const CAP_LAST: u32 = 40;
 /// CAP_SETPCAP: needed to shrink the bounding set, so dropped last.
 const CAP_SETPCAP: u32 = 8;
 
-fn spawn(netns: &Path, log: &Path, args: &[String], caps: Option<&[u32]>) -> Child {
+fn spawn(
+    netns: &Path,
+    log: &Path,
+    args: &[String],
+    caps: Option<&[u32]>,
+    ip_netns_exec: bool,
+) -> Child {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("log file");
     let err = out.try_clone().expect("log file");
-    let mut cmd = Command::new(xlb_bin());
+    let mut cmd = if ip_netns_exec {
+        let name = netns
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("netns name");
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", name]).arg(xlb_bin());
+        c
+    } else {
+        Command::new(xlb_bin())
+    };
     cmd.args(args)
         .env("XLB_LOG", "info,lb_userspace=debug")
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    in_netns(&mut cmd, netns);
+    if !ip_netns_exec {
+        in_netns(&mut cmd, netns);
+    }
     if let Some(keep) = caps {
         limit_caps(&mut cmd, keep.to_vec());
     }
@@ -192,12 +213,29 @@ impl Agent {
 
     /// Process id of the running agent.
     pub fn pid(&self) -> Option<u32> {
+        // (`ip netns exec` execs the command: the same process.)
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `sig` to the agent.
+    fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: signalling a process this test started.
+            unsafe { libc::kill(pid as i32, sig) };
+        }
     }
 
     /// Starts the agent without waiting for it to be ready.
     pub fn spawn(node: &Netns, pins: &PinDir, args: &[&str]) -> Self {
         Self::spawn_with_caps(node, pins, args, None)
+    }
+
+    /// Starts the agent as a user would, `ip netns exec <node> xlb agent <args> --bpffs
+    /// <pins>` (a private mount namespace with a fresh /sys), and waits until it is ready.
+    pub fn start_via_ip_netns_exec(node: &Netns, pins: &PinDir, args: &[&str]) -> Self {
+        let mut a = Self::spawn_inner(node, pins, args, None, true);
+        a.wait_for_log("agent ready", 1);
+        a
     }
 
     /// Starts the agent keeping only the capabilities `caps`, and waits until it is ready.
@@ -208,6 +246,16 @@ impl Agent {
     }
 
     fn spawn_with_caps(node: &Netns, pins: &PinDir, args: &[&str], caps: Option<Vec<u32>>) -> Self {
+        Self::spawn_inner(node, pins, args, caps, false)
+    }
+
+    fn spawn_inner(
+        node: &Netns,
+        pins: &PinDir,
+        args: &[&str],
+        caps: Option<Vec<u32>>,
+        ip_netns_exec: bool,
+    ) -> Self {
         let log = std::env::temp_dir().join(format!("xlb-agent-{}.log", node.name));
         let _ = std::fs::remove_file(&log);
         let mut all: Vec<String> = vec!["agent".into(), "--bpffs".into()];
@@ -220,12 +268,19 @@ impl Agent {
         }
         all.extend(args.iter().map(|s| (*s).to_owned()));
         Self {
-            child: Some(spawn(&node.path(), &log, &all, caps.as_deref())),
+            child: Some(spawn(
+                &node.path(),
+                &log,
+                &all,
+                caps.as_deref(),
+                ip_netns_exec,
+            )),
             log,
             bpffs: pins.path.clone(),
             netns: node.path(),
             args: all,
             caps,
+            ip_netns_exec,
         }
     }
 
@@ -260,11 +315,10 @@ impl Agent {
 
     /// Sends SIGTERM and waits for exit; returns the exit status success.
     pub fn stop(&mut self) -> bool {
+        self.signal(libc::SIGTERM);
         let Some(mut c) = self.child.take() else {
             return true;
         };
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(s)) = c.try_wait() {
@@ -281,6 +335,7 @@ impl Agent {
 
     /// Kills the agent with SIGKILL (no chance to clean anything).
     pub fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -297,6 +352,7 @@ impl Agent {
             &self.log,
             &self.args,
             self.caps.as_deref(),
+            self.ip_netns_exec,
         ));
         self.wait_for_log("agent ready", before + 1);
     }
@@ -366,6 +422,13 @@ impl Agent {
         all.extend(["-o", "json"]);
         let out = self.cli(&all);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("xlb {args:?}: {e}:\n{out}"))
+    }
+
+    /// `xlb status -o json --sample 0`, parsed (whatever its exit code: warnings are data).
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.cli_output(&["status", "-o", "json", "--sample", "0"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("xlb status: {e}: {text}"))
     }
 
     /// A datapath counter by name, as `xlb stats` reports it.

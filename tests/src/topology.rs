@@ -82,13 +82,26 @@ pub struct Cluster {
     pub switch: Netns,
     pub nodes: Vec<Node>,
     pub clients: Vec<(Netns, Ipv4Addr)>,
-    /// XDP pass programs on the switch ports (see `Cluster::new`).
+    /// XDP pass programs on the switch ports (see `Cluster::with_xdp_peers`).
     _switch_xdp: Option<(aya::Ebpf, crate::agent::PinDir)>,
 }
 
 impl Cluster {
-    /// `nodes` nodes (named n1, n2, …) and `clients` external clients.
+    /// `nodes` nodes (named n1, n2, …) and `clients` external clients. The switch ports (the
+    /// peers of every uplink) run no XDP program, as in kind clusters, containers and netns
+    /// labs: native XDP_TX on an uplink loses its frames there.
     pub fn new(tag: &str, nodes: usize, clients: usize, routed: &[&str]) -> Self {
+        Self::build(tag, nodes, clients, routed, false)
+    }
+
+    /// Like `new`, with an XDP program (passing every frame) on each switch port: a veth
+    /// delivers frames its peer sent with XDP_TX only through the receiving side's XDP NAPI,
+    /// so native XDP_TX on the uplinks works.
+    pub fn with_xdp_peers(tag: &str, nodes: usize, clients: usize, routed: &[&str]) -> Self {
+        Self::build(tag, nodes, clients, routed, true)
+    }
+
+    fn build(tag: &str, nodes: usize, clients: usize, routed: &[&str], xdp_peers: bool) -> Self {
         let switch = Netns::new(&format!("xlbt-{tag}-sw"));
         switch.ip(&["link", "add", "br0", "type", "bridge"]);
         switch.ip(&["link", "set", "br0", "up"]);
@@ -131,10 +144,16 @@ impl Cluster {
             ns.sysctl("net.ipv4.tcp_max_tw_buckets", "0");
             cls.push((ns, addr));
         }
-        // A veth delivers frames its peer sent with XDP_TX through the receiving side's XDP
-        // NAPI: without a program there they wait for unrelated traffic to be flushed. Real
-        // NICs have no such coupling; here each switch port runs the xlb XDP program with no
-        // configuration, which passes every frame.
+        if !xdp_peers {
+            return Self {
+                switch,
+                nodes: all,
+                clients: cls,
+                _switch_xdp: None,
+            };
+        }
+        // Each switch port runs the xlb XDP program with no configuration, which passes every
+        // frame.
         let pins = crate::agent::PinDir::new(&format!("{tag}-sw"));
         let mut ebpf =
             lb_userspace::bpf::load(&pins.path, lb_userspace::bpf::Capacities::default(), false)

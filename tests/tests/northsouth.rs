@@ -138,14 +138,21 @@ struct Env {
     _dir: WorkDir,
 }
 
+/// Default flags; the uplinks' peers (switch ports) run no XDP, as in most labs.
 fn env() -> Env {
-    env_with("native")
+    env_with(None, false)
 }
 
-fn env_with(xdp_mode: &str) -> Env {
+/// `--xdp-mode` as given (None: the default), with or without XDP on the uplinks' peers.
+fn env_with(xdp_mode: Option<&str>, xdp_peers: bool) -> Env {
     require_root();
     let tag = unique_tag();
-    let mut cluster = Cluster::new(&tag, 2, 2, &["203.0.113.0/24"]);
+    let routed = ["203.0.113.0/24"];
+    let mut cluster = if xdp_peers {
+        Cluster::with_xdp_peers(&tag, 2, 2, &routed)
+    } else {
+        Cluster::new(&tag, 2, 2, &routed)
+    };
     for i in [0u8, 1] {
         cluster.nodes[0].add_pod(i);
     }
@@ -167,24 +174,22 @@ fn env_with(xdp_mode: &str) -> Env {
     for (i, node) in cluster.nodes.iter().enumerate() {
         let p = PinDir::new(&format!("{tag}-{}", node.name));
         let ip = node_ip(i).to_string();
-        let a = Agent::start(
-            &node.ns,
-            &p,
-            &[
-                "--services",
-                file.to_str().unwrap(),
-                "--node-name",
-                &node.name,
-                "--node-ip",
-                &ip,
-                "--devices",
-                "eth0",
-                "--pod-devices",
-                "xp*",
-                "--xdp-mode",
-                xdp_mode,
-            ],
-        );
+        let mut args = vec![
+            "--services",
+            file.to_str().unwrap(),
+            "--node-name",
+            &node.name,
+            "--node-ip",
+            &ip,
+            "--devices",
+            "eth0",
+            "--pod-devices",
+            "xp*",
+        ];
+        if let Some(m) = xdp_mode {
+            args.extend(["--xdp-mode", m]);
+        }
+        let a = Agent::start(&node.ns, &p, &args);
         pins.push(p);
         agents.push(a);
     }
@@ -219,7 +224,109 @@ fn nodeport_and_load_balancers_from_outside() {
 
 #[test]
 fn nodeport_and_load_balancers_with_generic_xdp() {
-    nodeport_and_load_balancers(&env_with("generic"));
+    nodeport_and_load_balancers(&env_with(Some("generic"), false));
+}
+
+#[test]
+fn nodeport_and_load_balancers_with_native_xdp_where_the_peers_run_xdp() {
+    let e = env_with(Some("native"), true);
+    nodeport_and_load_balancers(&e);
+    // XDP_TX worked: nothing lost, no fallback.
+    assert_eq!(e.agents[0].counter("drop_xdp_tx_error"), 0);
+    let st = e.agents[0].status();
+    let up = uplink(&st);
+    assert_eq!(up["mode"], "xdp-native+tc", "{st:#}");
+    assert_eq!(up["xdp_tx_fallback"], false, "{st:#}");
+}
+
+/// `xlb status`'s entry of eth0.
+fn uplink(st: &serde_json::Value) -> &serde_json::Value {
+    st["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["name"] == "eth0"))
+        .unwrap_or_else(|| panic!("no eth0 in {st:#}"))
+}
+
+/// NodePort eTP=Cluster from outside, endpoints on both nodes: `n` connections to node 1's
+/// NodePort, each a SYN retransmit long (3 s); returns the replies.
+fn nodeport_connections(e: &Env, n: usize) -> Vec<std::io::Result<Reply>> {
+    let client = &e.cluster.clients[0].0;
+    let to = SocketAddr::from((node_ip(0), NP));
+    client.run(move || {
+        (0..n)
+            .map(|_| tcp_request(to, Duration::from_secs(3)))
+            .collect()
+    })
+}
+
+#[test]
+fn default_flags_on_veth_uplinks_whose_peers_run_no_xdp_lose_nothing() {
+    let e = env();
+    let replies = nodeport_connections(&e, 200);
+    let s = spread(&replies);
+    assert_eq!(s.get("<error>"), None, "{s:?}");
+    assert!(s.contains_key("n1p1") && s.contains_key("n2p1"), "{s:?}");
+    // The agent chose tc on the veth uplink, said why, and nothing was lost.
+    assert!(
+        e.agents[0]
+            .logs()
+            .contains("XDP would stop GRO/GSO aggregation"),
+        "{}",
+        e.agents[0].logs()
+    );
+    let st = e.agents[0].status();
+    let up = uplink(&st);
+    assert_eq!(
+        (up["role"].as_str(), up["mode"].as_str()),
+        (Some("uplink"), Some("tc")),
+        "{st:#}"
+    );
+    assert!(up["reason"].as_str().unwrap().starts_with("veth"), "{st:#}");
+    assert_eq!(e.agents[0].counter("drop_xdp_tx_error"), 0);
+}
+
+#[test]
+fn forced_native_xdp_on_bare_veth_uplinks_counts_tx_errors_and_falls_back_to_tc() {
+    let e = env_with(Some("native"), false);
+    assert!(
+        e.agents[0].logs().contains("XDP_TX loses frames there"),
+        "no warning at attach:
+{}",
+        e.agents[0].logs()
+    );
+    // Flows to the remote endpoint leave through XDP_TX, which the veth drops; each lost
+    // frame is counted and the device falls back to tc, so no connection is lost (the SYN
+    // retransmit goes through tc).
+    let replies = nodeport_connections(&e, 200);
+    let s = spread(&replies);
+    assert_eq!(s.get("<error>"), None, "{s:?}");
+    assert!(s.contains_key("n2p1"), "{s:?}");
+    let lost = e.agents[0].counter("drop_xdp_tx_error");
+    assert!(lost > 0, "XDP_TX errors were not counted");
+    let st = e.agents[0].status();
+    let up = uplink(&st);
+    assert_eq!(up["mode"], "xdp-native+tc", "{st:#}");
+    assert_eq!(up["xdp_tx_fallback"], true, "{st:#}");
+    assert!(up["xdp_tx_errors"].as_u64().unwrap() >= 1, "{st:#}");
+    assert!(st["warnings"].to_string().contains("XDP_TX lost"), "{st:#}");
+    xlb_tests::traffic::eventually(Duration::from_secs(10), || {
+        e.agents[0]
+            .logs()
+            .contains("XDP_TX lost frames on this device")
+            .then_some(())
+    })
+    .expect("no warning in the log");
+    // The metric, labelled with the device.
+    let metrics = e.cluster.nodes[0]
+        .ns
+        .run(|| http_get(SocketAddr::from(([127, 0, 0, 1], 10249)), "/metrics").map(|(_, b)| b));
+    let metrics = metrics.expect("metrics");
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("xlb_xdp_tx_errors_total{device=\"eth0\"}") && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
 }
 
 fn nodeport_and_load_balancers(e: &Env) {

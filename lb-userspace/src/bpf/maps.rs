@@ -13,8 +13,9 @@ use aya::maps::{
     lpm_trie::Key,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, LUT_CHUNK_SLOTS, LutChunk,
-    ServiceKey, ServiceValue, SrcRangeKey, SvcInfo, SvcStats, map_names as names,
+    AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtValue, DevState,
+    LUT_CHUNK_SLOTS, LutChunk, ServiceKey, ServiceValue, SrcRangeKey, SvcInfo, SvcStats,
+    device_slot, map_names as names,
 };
 
 use super::{filter::Filters, mmap::Mapping};
@@ -68,6 +69,10 @@ pub struct Maps {
     pub svc_stats: PerCpuArray<MapData, SvcStats>,
     pub svc_info: HashMap<MapData, u32, SvcInfo>,
     pub config: Array<MapData, Config>,
+    /// Uplinks with XDP: their XDP_TX errors (`xlb_devices`).
+    pub devices: Array<MapData, DevState>,
+    /// The agent's status (`xlb_agent`).
+    pub agent: Array<MapData, AgentStatus>,
     /// The frontend and backend address filters (mapped on the first write).
     fe_filter: MapData,
     be_filter: MapData,
@@ -140,6 +145,8 @@ impl Maps {
             svc_stats: typed!(dir, names::SVC_STATS, PerCpuArray, PerCpuArray),
             svc_info: typed!(dir, names::SVC_INFO, HashMap, HashMap),
             config: typed!(dir, names::CONFIG, Array, Array),
+            devices: typed!(dir, names::DEVICES, Array, Array),
+            agent: typed!(dir, names::AGENT, Array, Array),
             fe_filter: open(dir, names::FE_FILTER)?,
             be_filter: open(dir, names::BE_FILTER)?,
             be_nat: open(dir, names::BE_NAT)?,
@@ -195,6 +202,82 @@ impl Maps {
             }
         }
         self.filters = Some(f);
+        Ok(())
+    }
+
+    /// The agent's status entry (all zero if no agent ever wrote one).
+    pub fn read_agent(&self) -> Result<AgentStatus, MapsError> {
+        self.agent.get(&0, 0).map_err(|source| MapsError::Read {
+            map: names::AGENT,
+            source,
+        })
+    }
+
+    /// Writes the agent's status entry.
+    pub fn write_agent(&mut self, st: &AgentStatus) -> Result<(), WriteError> {
+        self.agent
+            .set(0, st, 0)
+            .map_err(|e| write_err(names::AGENT, "update", e))
+    }
+
+    /// The datapath's state of uplink `ifindex`, if the slot is that device's.
+    pub fn device(&self, ifindex: u32) -> Result<Option<DevState>, MapsError> {
+        let d = self
+            .devices
+            .get(&device_slot(ifindex), 0)
+            .map_err(|source| MapsError::Read {
+                map: names::DEVICES,
+                source,
+            })?;
+        Ok((d.ifindex == ifindex && ifindex != 0).then_some(d))
+    }
+
+    /// Claims uplink `ifindex`'s slot for XDP (its error count is kept when the slot is
+    /// already its own; the fallback flag is cleared, so XDP_TX is tried again). Returns the
+    /// ifindex of another device holding the slot, which keeps it.
+    pub fn claim_device(&mut self, ifindex: u32) -> Result<Option<u32>, WriteError> {
+        let slot = device_slot(ifindex);
+        let cur = self
+            .devices
+            .get(&slot, 0)
+            .map_err(|e| write_err(names::DEVICES, "lookup", e))?;
+        if cur.ifindex != 0 && cur.ifindex != ifindex && crate::bpf::devices::exists(cur.ifindex) {
+            return Ok(Some(cur.ifindex));
+        }
+        let kept = if cur.ifindex == ifindex {
+            cur.tx_errors
+        } else {
+            0
+        };
+        let st = DevState {
+            ifindex,
+            flags: 0,
+            tx_errors: kept,
+            last_error: if cur.ifindex == ifindex {
+                cur.last_error
+            } else {
+                0
+            },
+            _pad: 0,
+        };
+        self.devices
+            .set(slot, st, 0)
+            .map_err(|e| write_err(names::DEVICES, "update", e))?;
+        Ok(None)
+    }
+
+    /// Frees uplink `ifindex`'s slot (XDP detached from it).
+    pub fn release_device(&mut self, ifindex: u32) -> Result<(), WriteError> {
+        let slot = device_slot(ifindex);
+        let cur = self
+            .devices
+            .get(&slot, 0)
+            .map_err(|e| write_err(names::DEVICES, "lookup", e))?;
+        if cur.ifindex == ifindex {
+            self.devices
+                .set(slot, DevState::default(), 0)
+                .map_err(|e| write_err(names::DEVICES, "update", e))?;
+        }
         Ok(())
     }
 

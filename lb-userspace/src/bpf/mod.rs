@@ -3,6 +3,7 @@
 //! keeps running when the agent stops, and a new agent swaps its programs in atomically
 //! (BPF_LINK_UPDATE) without ever detaching.
 
+pub mod btf;
 pub mod devices;
 pub mod filter;
 pub mod maps;
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
@@ -70,12 +71,64 @@ impl Default for Capacities {
 /// XDP attachment mode requested for uplinks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpModeOpt {
-    /// Driver mode; falls back to generic with a warning.
+    /// Per device: native XDP where the driver runs it and it cannot lose frames; tc
+    /// elsewhere (veth, bridges, tunnels and other virtual devices, drivers without native
+    /// XDP). Every decision is logged with its reason and shown by `xlb status`.
+    Auto,
+    /// Driver mode everywhere; falls back to generic with a warning. On a veth whose peer
+    /// runs no XDP, XDP_TX loses frames: warned, counted, and XDP leaves those flows to tc.
     Native,
     /// Generic (skb) mode.
     Generic,
     /// No XDP: tc handles uplink traffic.
     Off,
+}
+
+/// How XDP goes on one uplink, and why (`lb_common::dev_reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdpPlan {
+    /// The mode to try first (None: tc only).
+    pub mode: Option<XdpMode>,
+    /// If the driver has no native XDP: fall back to generic (an explicit `native`) or to tc
+    /// only (`auto`).
+    pub generic_fallback: bool,
+    /// `dev_reason::*`.
+    pub reason: u8,
+}
+
+/// Decides XDP on device `ifindex` for `opt`: from its link kind and, for a veth, its peer.
+pub fn plan_xdp(opt: XdpModeOpt, ifindex: u32) -> XdpPlan {
+    use lb_common::dev_reason;
+    let (kind, peer) = devices::classify(ifindex).unwrap_or((None, devices::Peer::None));
+    let tc_only = |reason| XdpPlan {
+        mode: None,
+        generic_fallback: false,
+        reason,
+    };
+    match opt {
+        XdpModeOpt::Off => tc_only(dev_reason::REQUESTED),
+        XdpModeOpt::Generic => XdpPlan {
+            mode: Some(XdpMode::Skb),
+            generic_fallback: false,
+            reason: dev_reason::REQUESTED,
+        },
+        XdpModeOpt::Native => XdpPlan {
+            mode: Some(XdpMode::Driver),
+            generic_fallback: true,
+            reason: if matches!(peer, devices::Peer::WithoutXdp | devices::Peer::Unknown) {
+                dev_reason::REQUESTED_MAY_DROP
+            } else {
+                dev_reason::REQUESTED
+            },
+        },
+        XdpModeOpt::Auto if peer != devices::Peer::None => tc_only(dev_reason::VETH),
+        XdpModeOpt::Auto if kind.is_some() => tc_only(dev_reason::VIRTUAL),
+        XdpModeOpt::Auto => XdpPlan {
+            mode: Some(XdpMode::Driver),
+            generic_fallback: false,
+            reason: dev_reason::NATIVE_DRIVER,
+        },
+    }
 }
 
 /// Loads the programs against the maps pinned under `dir` (creating and pinning missing ones).
@@ -110,6 +163,18 @@ pub fn load_with(
         .override_global("TRACE_MODE", &trace_mode, true);
     let template = gen_template.unwrap_or([0; 64]);
     loader.override_global("GEN_TEMPLATE", &template, true);
+    // Where the tracepoint programs find a device's ifindex and namespace (zero offsets: they
+    // count nothing, and the agent says so).
+    let offsets = btf::Btf::from_kernel()
+        .and_then(|b| btf::NetdevOffsets::from_btf(&b))
+        .ok();
+    let (ifx, net, inum) = offsets.map_or((0, 0, 0), |o| (o.ifindex, o.nd_net, o.net_inum));
+    let netns = netns_inum();
+    loader
+        .override_global("NETDEV_IFINDEX_OFF", &ifx, true)
+        .override_global("NETDEV_NET_OFF", &net, true)
+        .override_global("NET_INUM_OFF", &inum, true)
+        .override_global("NETNS_INUM", &netns, true);
     let mut ebpf = loader.load(OBJECT)?;
     for name in [prog_names::POD_INGRESS, prog_names::HOST_INGRESS] {
         let prog = classifier(&mut ebpf, name)?;
@@ -118,7 +183,55 @@ pub fn load_with(
     let prog = xdp(&mut ebpf)?;
     load_program(prog_names::XDP, || prog.load())?;
     sock::load(&mut ebpf)?;
+    for (name, _, _) in TXERR_PROGRAMS {
+        let prog: &mut RawTracePoint = program(&mut ebpf, name)?;
+        load_program(name, || prog.load())?;
+    }
     Ok(ebpf)
+}
+
+/// The inode number of this process's network namespace (what `struct net`'s `ns.inum` holds).
+pub fn netns_inum() -> u32 {
+    std::fs::metadata("/proc/self/ns/net").map_or(0, |m| {
+        use std::os::unix::fs::MetadataExt as _;
+        m.ino() as u32
+    })
+}
+
+/// The XDP_TX error counters: (program, tracepoint, pin name under `<dir>/links`).
+const TXERR_PROGRAMS: [(&str, &str, &str); 2] = [
+    (prog_names::TXERR_BULK, "xdp_bulk_tx", "txerr-bulk"),
+    (prog_names::TXERR_EXCEPTION, "xdp_exception", "txerr-exc"),
+];
+
+/// True if the loaded object can tell which device an XDP_TX error is on (the kernel's BTF
+/// gave the offsets it needs).
+pub fn txerr_supported() -> bool {
+    btf::Btf::from_kernel()
+        .and_then(|b| btf::NetdevOffsets::from_btf(&b))
+        .is_ok()
+}
+
+/// Attaches the XDP_TX error counters and pins their links in place of a previous agent's
+/// (raw tracepoint links cannot be updated in place: the rename drops the old link).
+pub fn attach_txerr(ebpf: &mut Ebpf, dir: &Path) -> Result<(), LoadError> {
+    for (name, tp, pin) in TXERR_PROGRAMS {
+        let prog: &mut RawTracePoint = program(ebpf, name)?;
+        let err = |e: &dyn std::fmt::Display| LoadError::Attach {
+            prog: name,
+            iface: format!("tracepoint {tp}"),
+            reason: e.to_string(),
+        };
+        let id = prog.attach(tp).map_err(|e| err(&e))?;
+        let link = prog.take_link(id).map_err(|e| err(&e))?;
+        let link = FdLink::from(link);
+        let links = dir.join("links");
+        let tmp = links.join(format!("new-{pin}"));
+        let _ = std::fs::remove_file(&tmp);
+        link.pin(&tmp).map_err(|e| err(&e))?;
+        std::fs::rename(&tmp, links.join(pin)).map_err(|e| err(&e))?;
+    }
+    Ok(())
 }
 
 /// Verifications interrupted by a signal (one of the process's children exiting, say) fail
@@ -226,7 +339,7 @@ fn attach_err(prog: &'static str, iface: &Iface, e: impl std::fmt::Display) -> L
 }
 
 /// Role of an attachment, part of its pin name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
     /// tc ingress on a pod-facing device.
     Pod,
@@ -286,53 +399,78 @@ pub fn attach_tc(ebpf: &mut Ebpf, dir: &Path, role: Role, iface: &Iface) -> Resu
     Ok(())
 }
 
-/// Attaches (or re-points) XDP on an uplink. Returns the mode in use.
+/// Attaches (or re-points) XDP on an uplink as `plan` says. Returns the mode in use
+/// (`dev_mode::*`; `TC` when XDP is off there, after removing any XDP a previous agent left).
 pub fn attach_xdp(
     ebpf: &mut Ebpf,
     dir: &Path,
     iface: &Iface,
-    mode: XdpModeOpt,
-) -> Result<Option<&'static str>, LoadError> {
+    plan: XdpPlan,
+) -> Result<u8, LoadError> {
+    use lb_common::dev_mode;
     let name = prog_names::XDP;
-    if mode == XdpModeOpt::Off {
-        return Ok(None);
-    }
     let pin = link_pin(dir, Role::Xdp, iface.index);
+    let Some(first) = plan.mode else {
+        detach(dir, Role::Xdp, iface.index);
+        return Ok(dev_mode::TC);
+    };
     let prog = xdp(ebpf)?;
+    let mode_of = |m: XdpMode| {
+        if m == XdpMode::Driver {
+            dev_mode::XDP_NATIVE
+        } else {
+            dev_mode::XDP_GENERIC
+        }
+    };
     if pin.exists() {
+        // The previous agent's link, if in the mode wanted: re-pointed to this agent's program.
+        let mode = attached_xdp_mode(iface.index);
         let updated = PinnedLink::from_pin(&pin)
             .map_err(|e| e.to_string())
             .and_then(|p| XdpLink::try_from(FdLink::from(p)).map_err(|e| e.to_string()))
-            .and_then(|link| prog.attach_to_link(link).map_err(|e| e.to_string()));
+            .and_then(|link| {
+                if mode != Some(first) {
+                    return Err(format!("attached in {mode:?}, {first:?} wanted"));
+                }
+                prog.attach_to_link(link).map_err(|e| e.to_string())
+            });
         match updated {
-            Ok(_) => return Ok(Some("adopted")),
+            Ok(_) => return Ok(mode_of(first)),
             Err(e) => {
-                tracing::info!(iface = %iface.name, error = %e, "stale XDP link pin replaced");
+                tracing::info!(iface = %iface.name, error = %e, "XDP link pin replaced");
                 let _ = std::fs::remove_file(&pin);
             }
         }
     }
-    let attempt = |prog: &mut Xdp, m: XdpMode| prog.attach(&iface.name, m);
-    let (id, used) = match mode {
-        XdpModeOpt::Native => match attempt(prog, XdpMode::Driver) {
-            Ok(id) => (id, "native"),
-            Err(e) => {
-                tracing::warn!(iface = %iface.name, error = %e, "native XDP unavailable, using generic XDP");
-                (
-                    attempt(prog, XdpMode::Skb).map_err(|e| attach_err(name, iface, e))?,
-                    "generic",
-                )
-            }
-        },
-        _ => (
-            attempt(prog, XdpMode::Skb).map_err(|e| attach_err(name, iface, e))?,
-            "generic",
-        ),
+    let (id, used) = match prog.attach(&iface.name, first) {
+        Ok(id) => (id, first),
+        Err(e) if plan.generic_fallback && first == XdpMode::Driver => {
+            tracing::warn!(iface = %iface.name, error = %e, "native XDP unavailable, using generic XDP");
+            (
+                prog.attach(&iface.name, XdpMode::Skb)
+                    .map_err(|e| attach_err(name, iface, e))?,
+                XdpMode::Skb,
+            )
+        }
+        Err(e) if first == XdpMode::Driver => {
+            tracing::debug!(iface = %iface.name, error = %e, "no native XDP");
+            return Ok(dev_mode::TC);
+        }
+        Err(e) => return Err(attach_err(name, iface, e)),
     };
     let link = prog.take_link(id).map_err(|e| attach_err(name, iface, e))?;
     let fd = FdLink::try_from(link).map_err(|e| attach_err(name, iface, e))?;
     fd.pin(&pin).map_err(|e| attach_err(name, iface, e))?;
-    Ok(Some(used))
+    Ok(mode_of(used))
+}
+
+/// The mode of the XDP program attached to `ifindex` (rtnetlink `IFLA_XDP_ATTACHED`).
+fn attached_xdp_mode(ifindex: u32) -> Option<XdpMode> {
+    match devices::link_info(ifindex, None).ok()?.xdp_attached {
+        1 => Some(XdpMode::Driver),
+        2 => Some(XdpMode::Skb),
+        _ => None,
+    }
 }
 
 /// Removes link pins of devices that no longer exist (their links are already defunct).
@@ -356,6 +494,16 @@ pub fn prune_links(dir: &Path, live: &[Iface]) {
 /// Detaches one attachment (device no longer selected) by removing its pin.
 pub fn detach(dir: &Path, role: Role, ifindex: u32) {
     let _ = std::fs::remove_file(link_pin(dir, role, ifindex));
+}
+
+/// Program links pinned under `<dir>/links` that still hold a live link.
+pub fn pinned_links(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir.join("links")) else {
+        return 0;
+    };
+    rd.filter_map(Result::ok)
+        .filter(|e| PinnedLink::from_pin(e.path()).is_ok())
+        .count()
 }
 
 /// Ifindexes with an attachment of `role`.

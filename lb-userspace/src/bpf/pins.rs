@@ -1,5 +1,13 @@
-//! The pin directory: bpffs checks, and the layout check that keeps an agent from adopting maps
-//! written with another layout (a version bump is refused with a clear message, never mixed).
+//! The pin directory: where it really is (`resolve`), bpffs checks, and the layout check that
+//! keeps an agent from adopting maps written with another layout (a version bump is refused
+//! with a clear message, never mixed).
+//!
+//! Pins must outlive the agent, so they must live in a bpffs the host keeps mounted. A process
+//! started with `ip netns exec` (or `unshare -m`) runs in a private mount namespace whose
+//! `/sys` is a fresh sysfs without the host's bpffs: a bpffs mounted there would vanish with
+//! the process, and every program with it. `resolve` finds the host's bpffs through the first
+//! ancestor process in another mount namespace and keeps a handle on it
+//! (`/proc/self/fd/N/...`), or refuses with what to do.
 
 use std::{
     ffi::CString,
@@ -8,8 +16,9 @@ use std::{
 
 use aya::maps::{MapInfo, MapType};
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, LAYOUT_VERSION, ServiceKey,
-    ServiceValue, SockXlate, SrcRangeKey, SvcInfo, SvcStats, Trace, map_names as names,
+    AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtValue, DevState,
+    LAYOUT_VERSION, ServiceKey, ServiceValue, SockXlate, SrcRangeKey, SvcInfo, SvcStats, Trace,
+    map_names as names,
 };
 
 /// A problem with the pin directory.
@@ -25,6 +34,9 @@ pub enum PinError {
         #[source]
         source: std::io::Error,
     },
+    /// Pins made here would vanish with this process.
+    #[error("{path}: {reason}")]
+    Private { path: PathBuf, reason: String },
     /// A pinned map has another layout than this agent's.
     #[error(
         "{path} was created by an xlb with another map layout ({found}; this agent needs \
@@ -53,17 +65,178 @@ fn is_bpffs(path: &Path) -> bool {
     rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
 }
 
-/// Makes sure `dir` exists on a bpffs; mounts bpffs on `/sys/fs/bpf` if that is where `dir`
-/// lives and nothing is mounted there yet.
-pub fn ensure_dir(dir: &Path) -> Result<(), PinError> {
-    let mut probe = dir.to_path_buf();
-    while !probe.exists() {
-        if !probe.pop() {
+/// Where a pin directory really is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinRoot {
+    /// The path to use for every syscall (the directory itself, or a path through a handle on
+    /// the host's mount namespace).
+    pub path: PathBuf,
+    /// What the user named (for messages).
+    pub shown: PathBuf,
+    /// `lb_common::pins_via::*`.
+    pub via: u8,
+}
+
+/// `stat().st_ino` of a namespace link of `pid` ("self" or a number).
+fn ns_inode(pid: &str, ns: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(format!("/proc/{pid}/ns/{ns}"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// The parent pid of `pid`, from `/proc/<pid>/stat`.
+fn parent_of(pid: &str) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "<pid> (<comm>) <state> <ppid> ...": comm may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The root directory of the nearest ancestor process in another mount namespace (the one
+/// `ip netns exec` or `unshare -m` was run from), if any is visible and readable.
+pub fn outer_root() -> Option<PathBuf> {
+    let own = ns_inode("self", "mnt")?;
+    let mut pid = parent_of("self")?;
+    for _ in 0..32 {
+        if pid == 0 {
+            return None;
+        }
+        let p = pid.to_string();
+        match ns_inode(&p, "mnt") {
+            Some(ns) if ns != own => {
+                let root = PathBuf::from(format!("/proc/{p}/root"));
+                return std::fs::read_dir(&root).is_ok().then_some(root);
+            }
+            _ => {}
+        }
+        if pid == 1 {
+            return None;
+        }
+        pid = parent_of(&p)?;
+    }
+    None
+}
+
+/// `path` as seen from the root `root`.
+fn under(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// The nearest existing ancestor of `path` (itself included).
+fn existing(path: &Path) -> PathBuf {
+    let mut p = path.to_path_buf();
+    while !p.exists() {
+        if !p.pop() {
             break;
         }
     }
+    p
+}
+
+/// The device of the filesystem at `path`.
+fn dev_of(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().map(|m| m.dev())
+}
+
+/// True in the host's pid namespace (a container has its own).
+fn in_initial_pid_ns() -> bool {
+    /// `PROC_PID_INIT_INO`: the initial pid namespace's fixed inode number.
+    const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
+    ns_inode("self", "pid") == Some(PROC_PID_INIT_INO)
+}
+
+/// Handles on the host's bpffs kept for the process's life (see `resolve`).
+static HANDLES: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+
+/// `path` (an existing directory) through a handle that stays valid when the process that
+/// showed it to us exits: `/proc/self/fd/N`.
+fn held(path: &Path) -> Result<PathBuf, PinError> {
+    use std::os::fd::AsRawFd as _;
+    let f = std::fs::File::open(path).map_err(|source| PinError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let p = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+    HANDLES.lock().unwrap_or_else(|e| e.into_inner()).push(f);
+    Ok(p)
+}
+
+/// Where the pin directory `dir` is for the agent: on a bpffs that outlives it. `dir` itself
+/// when it is on the host's bpffs (or no other is visible: `ensure_dir` decides); in a private
+/// mount namespace, the host's bpffs at `dir` (through a handle), even when a private one is
+/// mounted here. Refused when pins could only be made in a bpffs private to this namespace.
+pub fn resolve(dir: &Path) -> Result<PinRoot, PinError> {
+    let local = PinRoot {
+        path: dir.to_owned(),
+        shown: dir.to_owned(),
+        via: lb_common::pins_via::LOCAL,
+    };
+    let here = existing(dir);
+    let Some(outer) = outer_root() else {
+        return Ok(local);
+    };
+    let there = existing(&under(&outer, dir));
+    if is_bpffs(&here) && (!is_bpffs(&there) || dev_of(&here) == dev_of(&there)) {
+        // The host's own bpffs (a shared mount), or the only one there is.
+        return Ok(local);
+    }
+    if is_bpffs(&there) {
+        // Hold the host's directory, then name the rest of `dir` below it.
+        let held_dir = held(&there)?;
+        let full = under(&outer, dir);
+        let rest = full.strip_prefix(&there).unwrap_or(Path::new(""));
+        return Ok(PinRoot {
+            path: held_dir.join(rest),
+            shown: dir.to_owned(),
+            via: lb_common::pins_via::HOST,
+        });
+    }
+    Err(PinError::Private {
+        path: dir.to_owned(),
+        reason: format!(
+            "this process runs in a private mount namespace (as `ip netns exec` and `unshare -m` \
+             make), and the host has no bpffs at {}: pins made here would vanish with the agent, \
+             and the datapath with them. Mount bpffs on the host (`mount -t bpf bpf /sys/fs/bpf`) \
+             or start the agent in the host's mount namespace (e.g. `nsenter --net=/run/netns/NS \
+             xlb agent ...`).",
+            dir.display()
+        ),
+    })
+}
+
+/// Where the pin directory `dir` is for a reader (the CLI): the directory itself when it is
+/// on a bpffs here, else the host's through the outer mount namespace (`ip netns exec xlb ...`).
+pub fn resolve_read(dir: &Path) -> PathBuf {
+    if is_bpffs(&existing(dir)) {
+        return dir.to_owned();
+    }
+    if let Some(outer) = outer_root() {
+        let there = under(&outer, dir);
+        if there.exists() && is_bpffs(&there) {
+            return there;
+        }
+    }
+    dir.to_owned()
+}
+
+/// Makes sure `dir` exists on a bpffs; mounts bpffs on `/sys/fs/bpf` if that is where `dir`
+/// lives and nothing is mounted there yet (never in a container: that bpffs would be the
+/// container's own and vanish with it).
+pub fn ensure_dir(dir: &Path) -> Result<(), PinError> {
+    let probe = existing(dir);
     if !is_bpffs(&probe) {
         let sysfs_bpf = Path::new("/sys/fs/bpf");
+        if dir.starts_with(sysfs_bpf) && !is_bpffs(sysfs_bpf) && !in_initial_pid_ns() {
+            return Err(PinError::Private {
+                path: dir.to_owned(),
+                reason: "not on a BPF filesystem, and this process runs in a container: a bpffs \
+                         mounted here would vanish with it. Mount the host's /sys/fs/bpf into \
+                         the container (hostPath, as deploy/kubernetes does)."
+                    .to_owned(),
+            });
+        }
         if dir.starts_with(sysfs_bpf) && !is_bpffs(sysfs_bpf) {
             let src = CString::new("bpf").unwrap_or_default();
             let target = CString::new("/sys/fs/bpf").unwrap_or_default();
@@ -103,7 +276,7 @@ pub fn ensure_dir(dir: &Path) -> Result<(), PinError> {
 }
 
 /// Type, key size and value size each map must have.
-pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 16] {
+pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 18] {
     use std::mem::size_of;
     [
         (
@@ -147,6 +320,8 @@ pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 16] {
         (names::FE_FILTER, MapType::Array, 4, 8),
         (names::BE_FILTER, MapType::Array, 4, 8),
         (names::BE_NAT, MapType::Array, 4, 64),
+        (names::DEVICES, MapType::Array, 4, size_of::<DevState>()),
+        (names::AGENT, MapType::Array, 4, size_of::<AgentStatus>()),
     ]
 }
 

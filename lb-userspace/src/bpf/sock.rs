@@ -55,6 +55,35 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     cgroup2_in(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
 }
 
+/// The cgroup v2 root for `--cgroup auto`: this mount namespace's first cgroup2 mount, else
+/// (in a private mount namespace whose `/sys` has none, as under `ip netns exec`) the host's,
+/// through the outer mount namespace.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    if let Some(p) = cgroup2_mount() {
+        return Some(p);
+    }
+    let outer = super::pins::outer_root()?;
+    let pid_dir = outer.parent()?;
+    let found = cgroup2_in(&std::fs::read_to_string(pid_dir.join("mountinfo")).ok()?)?;
+    let p = outer.join(found.strip_prefix("/").unwrap_or(&found));
+    is_cgroup2(&p).then_some(p)
+}
+
+/// The cgroup `--cgroup PATH` names: `path` itself, else (in a private mount namespace) the
+/// same path in the host's mount namespace.
+pub fn resolve_cgroup(path: &Path) -> Result<PathBuf, std::io::Error> {
+    if is_cgroup2(path) {
+        return Ok(path.to_owned());
+    }
+    if let Some(outer) = super::pins::outer_root() {
+        let p = outer.join(path.strip_prefix("/").unwrap_or(path));
+        if is_cgroup2(&p) {
+            return Ok(p);
+        }
+    }
+    Err(std::io::Error::other("not a cgroup v2 directory"))
+}
+
 /// The first cgroup2 mount point of a mountinfo text.
 fn cgroup2_in(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|l| {

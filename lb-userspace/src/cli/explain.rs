@@ -282,33 +282,54 @@ fn run_one(
 /// Explains what the datapath does with the packet.
 pub fn explain(dir: &Path, req: &Request) -> anyhow::Result<Explanation> {
     let maps = Maps::open(dir)?;
+    let with_program: Vec<u32> = [Role::Pod, Role::Host, Role::Xdp]
+        .into_iter()
+        .flat_map(|r| bpf::attached(dir, r))
+        .collect();
+    let names = || {
+        let mut v: Vec<String> = with_program.iter().map(|i| ifname(*i)).collect();
+        v.sort();
+        v.dedup();
+        v.join(", ")
+    };
     let device = match &req.device {
         Some(d) => d.clone(),
         None => bpf::attached(dir, Role::Pod)
             .into_iter()
+            .chain(bpf::attached(dir, Role::Host))
             .map(ifname)
             .next()
-            .unwrap_or_else(|| "lo".to_owned()),
+            .ok_or_else(|| {
+                anyhow::anyhow!("no device has an xlb program: nothing to explain a packet with")
+            })?,
     };
     let ifx = ifindex(&device);
     if ifx == 0 {
         anyhow::bail!("--device {device}: no such device in this network namespace");
     }
-    let uplink = !bpf::attached(dir, Role::Host)
-        .into_iter()
-        .chain(bpf::attached(dir, Role::Xdp))
-        .filter(|i| *i == ifx)
-        .collect::<Vec<_>>()
-        .is_empty();
+    if !with_program.contains(&ifx) {
+        anyhow::bail!(
+            "--device {device}: no xlb program is attached there (devices with one: {})",
+            names()
+        );
+    }
+    let has_xdp = bpf::attached(dir, Role::Xdp).contains(&ifx);
+    let uplink = has_xdp || bpf::attached(dir, Role::Host).contains(&ifx);
     let mut ebpf = bpf::load(dir, Capacities::default(), true)?;
     let mut trace: PerCpuArray<MapData, Trace> =
         PerCpuArray::try_from(Map::PerCpuArray(MapData::from_pin(dir.join(names::TRACE))?))?;
     let pkt = build(req);
     let mut steps = Vec::new();
     if uplink {
-        let (step, out) = run_one(&mut ebpf, &mut trace, &maps, prog_names::XDP, &pkt, ifx)?;
-        let deferred = out == pkt && step.verdict.starts_with("XDP_PASS");
-        steps.push(step);
+        // XDP first where it runs; what it passes untouched goes on to tc.
+        let deferred = if has_xdp {
+            let (step, out) = run_one(&mut ebpf, &mut trace, &maps, prog_names::XDP, &pkt, ifx)?;
+            let deferred = out == pkt && step.verdict.starts_with("XDP_PASS");
+            steps.push(step);
+            deferred
+        } else {
+            true
+        };
         if deferred {
             let (step, _) = run_one(
                 &mut ebpf,

@@ -19,17 +19,6 @@ use crate::{
     sync::info_name,
 };
 
-/// Seconds of CLOCK_MONOTONIC (the datapath's clock).
-pub fn monotonic_secs() -> u32 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime fills the struct we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u32
-}
-
 fn render<T: Serialize>(
     output: Output,
     value: &T,
@@ -152,7 +141,7 @@ fn flag_names(f: u8) -> Vec<&'static str> {
 /// `xlb conntrack list`.
 pub fn conntrack(maps: &Maps, filter: &CtFilter, output: Output) -> anyhow::Result<String> {
     let names = names_by_id(maps)?;
-    let now = monotonic_secs();
+    let now = crate::status::monotonic_secs();
     let mut rows = Vec::new();
     for (k, v) in maps.conntrack_entries()? {
         if k.dir != ct_dir::FORWARD {

@@ -6,6 +6,7 @@ pub mod explain;
 pub mod inspect;
 pub mod monitor;
 pub mod service;
+pub mod status;
 pub mod table;
 
 /// Output format.

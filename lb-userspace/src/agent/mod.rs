@@ -3,10 +3,15 @@
 //!
 //! Sources run as tasks and publish snapshots (latest wins); this task alone translates and
 //! writes maps. On exit (SIGTERM, SIGINT) nothing is detached: maps and links stay pinned and
-//! the datapath keeps forwarding until the next agent adopts it.
+//! the datapath keeps forwarding until the next agent adopts it — the pins are in a bpffs the
+//! host keeps (`bpf::pins::resolve`), and the stop message says what the pins show.
+
+mod attach;
+
+pub use attach::mode_text;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::Arc,
@@ -14,12 +19,11 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::Ebpf;
 use lb_common::{Config, LAYOUT_VERSION};
 use tokio::sync::mpsc;
 
 use crate::{
-    bpf::{self, Capacities, Role, XdpModeOpt, devices, maps::Maps, sock::CgroupOpt},
+    bpf::{self, Capacities, XdpModeOpt, devices, maps::Maps, sock::CgroupOpt},
     http::Response,
     k8s::{NodeContext, Translator},
     metrics::{Health, Metrics},
@@ -29,6 +33,7 @@ use crate::{
         kube::{self as kube_source, Access as KubeAccess},
         watch::Watch,
     },
+    status::StatusRecord,
     sync::{MapReader as _, MapSync, SyncConfig},
 };
 
@@ -114,112 +119,6 @@ impl AgentConfig {
     }
 }
 
-/// Attachments owned by this agent run.
-struct Devices {
-    dir: PathBuf,
-    uplinks: Vec<String>,
-    pod_globs: Vec<String>,
-    xdp_mode: XdpModeOpt,
-    /// (role, ifindex) handled by this process (pins from a previous agent are re-pointed
-    /// to this agent's programs the first time they are seen).
-    done: HashSet<(u8, u32)>,
-    missing_warned: BTreeSet<String>,
-}
-
-impl Devices {
-    fn reconcile(&mut self, ebpf: &mut Ebpf) {
-        let live = match devices::list() {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "listing devices failed");
-                return;
-            }
-        };
-        bpf::prune_links(&self.dir, &live);
-        self.done
-            .retain(|(_, idx)| live.iter().any(|i| i.index == *idx));
-        for name in &self.uplinks {
-            if !live.iter().any(|i| devices::glob_match(name, &i.name))
-                && self.missing_warned.insert(name.clone())
-            {
-                tracing::warn!(device = %name, "uplink not found; will attach when it appears");
-            }
-        }
-        for iface in &live {
-            if devices::matches_any(&self.uplinks, &iface.name) {
-                if self.done.insert((0, iface.index)) {
-                    match bpf::attach_xdp(ebpf, &self.dir, iface, self.xdp_mode) {
-                        Ok(mode) => {
-                            tracing::info!(device = %iface.name, xdp = mode.unwrap_or("off"), "uplink XDP")
-                        }
-                        Err(e) => {
-                            tracing::error!(device = %iface.name, error = %e, "XDP attach failed")
-                        }
-                    }
-                    match bpf::attach_tc(ebpf, &self.dir, Role::Host, iface) {
-                        Ok(()) => {
-                            tracing::info!(device = %iface.name, "uplink tc ingress attached")
-                        }
-                        Err(e) => {
-                            tracing::error!(device = %iface.name, error = %e, "tc attach failed");
-                            self.done.remove(&(0, iface.index));
-                        }
-                    }
-                }
-            } else if devices::matches_any(&self.pod_globs, &iface.name)
-                && self.done.insert((1, iface.index))
-            {
-                match bpf::attach_tc(ebpf, &self.dir, Role::Pod, iface) {
-                    Ok(()) => tracing::info!(device = %iface.name, "pod device attached"),
-                    Err(e) => {
-                        tracing::error!(device = %iface.name, error = %e, "pod device attach failed");
-                        self.done.remove(&(1, iface.index));
-                    }
-                }
-            }
-        }
-        // Devices no longer selected (flags changed across a restart) are detached.
-        for idx in bpf::attached(&self.dir, Role::Pod) {
-            if !self.done.contains(&(1, idx)) && live.iter().any(|i| i.index == idx) {
-                bpf::detach(&self.dir, Role::Pod, idx);
-            }
-        }
-        for role in [Role::Host, Role::Xdp] {
-            for idx in bpf::attached(&self.dir, role) {
-                if !self.done.contains(&(0, idx)) && live.iter().any(|i| i.index == idx) {
-                    bpf::detach(&self.dir, role, idx);
-                }
-            }
-        }
-    }
-}
-
-/// Attaches (or detaches) socket-level load balancing as `--cgroup` says.
-fn attach_sockets(cfg: &AgentConfig, ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    let path = match &cfg.cgroup {
-        CgroupOpt::Off => None,
-        CgroupOpt::Path(p) => Some(p.clone()),
-        CgroupOpt::Auto => {
-            let found = bpf::sock::cgroup2_mount();
-            if found.is_none() {
-                tracing::warn!(
-                    "--cgroup auto: no cgroup v2 mount; socket-level load balancing is off (every connection takes the tc path)"
-                );
-            }
-            found
-        }
-    };
-    match path {
-        Some(p) => {
-            bpf::sock::attach(ebpf, &cfg.bpffs, &p)
-                .with_context(|| format!("--cgroup {}", p.display()))?;
-            tracing::info!(cgroup = %p.display(), "socket-level load balancing attached");
-        }
-        None => bpf::sock::detach(&cfg.bpffs),
-    }
-    Ok(())
-}
-
 /// Removes the whole datapath on purpose: links detach, maps (conntrack included) go.
 pub fn cleanup(dir: &std::path::Path) -> anyhow::Result<()> {
     bpf::pins::remove_all(dir)?;
@@ -246,8 +145,17 @@ fn spawn_file_source(path: PathBuf, tx: mpsc::UnboundedSender<Delta>) {
 }
 
 /// Runs the agent until SIGTERM/SIGINT.
-pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
     let started = Instant::now();
+    let pins = bpf::pins::resolve(&cfg.bpffs)?;
+    if pins.via == lb_common::pins_via::HOST {
+        tracing::info!(
+            bpffs = %pins.shown.display(),
+            "running in a private mount namespace (e.g. `ip netns exec`): pinning in the host's bpffs, so the datapath outlives the agent"
+        );
+    }
+    // Every syscall from here on goes through the resolved path.
+    cfg.bpffs = pins.path.clone();
     let mut ebpf = bpf::load(&cfg.bpffs, cfg.capacities, false)?;
     let mut maps = Maps::open(&cfg.bpffs)?;
     // Keep the events a running `xlb monitor` asked for across agent restarts.
@@ -267,8 +175,17 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         svc_id_limit: u64::from(lb_common::capacity::SVC_IDS),
     };
     let mut sync = MapSync::recover(maps, sync_cfg, recovered);
-    tracing::info!(bpffs = %cfg.bpffs.display(), adopted_services = adopted, "datapath loaded");
-    attach_sockets(&cfg, &mut ebpf)?;
+    tracing::info!(bpffs = %pins.shown.display(), adopted_services = adopted, "datapath loaded");
+    let mut record = StatusRecord::new(pins.via);
+    let cgroup = attach::attach_sockets(&cfg.cgroup, &cfg.bpffs, &mut ebpf)?;
+    record.set_cgroup(cgroup.as_deref());
+    record.warn(
+        lb_common::agent_warn::NO_SOCKET_LB,
+        cgroup.is_none() && cfg.cgroup != CgroupOpt::Off,
+    );
+    if let Err(e) = bpf::attach_txerr(&mut ebpf, &cfg.bpffs) {
+        tracing::warn!(error = %e, "XDP_TX errors cannot be counted");
+    }
 
     let metrics = Metrics::new(&cfg.bpffs);
     let health = Arc::new(Health::default());
@@ -307,14 +224,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     drop(tx);
 
-    let mut devs = Devices {
-        dir: cfg.bpffs.clone(),
-        uplinks: cfg.devices.clone(),
-        pod_globs: cfg.pod_devices.clone(),
-        xdp_mode: cfg.xdp_mode,
-        done: HashSet::new(),
-        missing_warned: BTreeSet::new(),
-    };
+    let mut devs = attach::Devices::new(&cfg.bpffs, &cfg.devices, &cfg.pod_devices, cfg.xdp_mode);
     let mut link_events = match devices::watch_links() {
         Ok(rx) => Some(rx),
         Err(e) => {
@@ -334,7 +244,16 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         health: &health,
     };
     let mut sources_open = true;
-    devs.reconcile(&mut ebpf);
+    devs.reconcile(&mut ebpf, sync.writer_mut());
+    record.set_devices(devs.attached());
+    if devs.count() == 0 {
+        tracing::warn!(
+            devices = ?cfg.devices,
+            pod_devices = ?cfg.pod_devices,
+            "no device has an xlb program: only socket-level translation works until one is attached (check --devices / --pod-devices)"
+        );
+    }
+    publish(&mut record, &mut devs, &mut sync);
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "agent ready"
@@ -364,16 +283,29 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     continue;
                 }
                 sync_now(&mut sync, &mut translator, &mut state, noticed, &obs);
+                state.publish_to(&mut record, &sync);
+                publish(&mut record, &mut devs, &mut sync);
                 hc_ports.update(translator.health_checks()).await;
             }
             Some(()) = async { match link_events.as_mut() { Some(r) => r.recv().await, None => None } } => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                devs.reconcile(&mut ebpf);
+                if devs.reconcile(&mut ebpf, sync.writer_mut()) {
+                    record.set_devices(devs.attached());
+                    publish(&mut record, &mut devs, &mut sync);
+                }
             }
-            _ = rescan.tick() => devs.reconcile(&mut ebpf),
+            _ = rescan.tick() => {
+                if devs.reconcile(&mut ebpf, sync.writer_mut()) {
+                    record.set_devices(devs.attached());
+                }
+                // The heartbeat, XDP_TX errors and the rest of the status.
+                publish(&mut record, &mut devs, &mut sync);
+            }
             _ = retry.tick(), if state.failing => {
                 state.full = true;
                 sync_now(&mut sync, &mut translator, &mut state, None, &obs);
+                state.publish_to(&mut record, &sync);
+                publish(&mut record, &mut devs, &mut sync);
                 hc_ports.update(translator.health_checks()).await;
             }
             _ = sighup.recv() => {
@@ -391,14 +323,48 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 }
                 state.full = true;
                 sync_now(&mut sync, &mut translator, &mut state, None, &obs);
+                state.publish_to(&mut record, &sync);
+                publish(&mut record, &mut devs, &mut sync);
                 hc_ports.update(translator.health_checks()).await;
             }
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    tracing::info!("stopping; the datapath stays pinned and keeps forwarding");
+    record.stop();
+    if let Err(e) = sync.writer_mut().write_agent(record.get()) {
+        tracing::warn!(error = %e, "writing the status failed");
+    }
+    // Say what the pins show, not what was meant.
+    let links = bpf::pinned_links(&cfg.bpffs);
+    if links == 0 {
+        tracing::warn!(
+            bpffs = %pins.shown.display(),
+            "stopping; no program link is pinned there: nothing keeps forwarding without the agent"
+        );
+    } else {
+        tracing::info!(
+            bpffs = %pins.shown.display(),
+            links,
+            "stopping; the datapath stays pinned and keeps forwarding"
+        );
+    }
     Ok(())
+}
+
+/// Refreshes the status record (heartbeat, devices' XDP_TX errors) and writes it.
+fn publish(record: &mut StatusRecord, devs: &mut attach::Devices, sync: &mut MapSync<Maps>) {
+    let any = devs.check_tx_errors(sync.writer());
+    record.warn(lb_common::agent_warn::XDP_TX_ERRORS, any);
+    record.warn(
+        lb_common::agent_warn::NATIVE_MAY_DROP,
+        devs.attached()
+            .any(|d| d.reason == lb_common::dev_reason::REQUESTED_MAY_DROP),
+    );
+    record.beat();
+    if let Err(e) = sync.writer_mut().write_agent(record.get()) {
+        tracing::warn!(error = %e, "writing the status failed");
+    }
 }
 
 /// Serves `/metrics` and `/healthz` + `/livez` (on one listener when the addresses are equal).
@@ -504,6 +470,21 @@ struct SyncState {
     source_problems: BTreeMap<SourceId, Vec<crate::problem::Problem>>,
     logged_problems: Vec<String>,
     synced_once: bool,
+    /// Services that failed at the last pass.
+    failures: usize,
+}
+
+impl SyncState {
+    /// Copies the last pass's outcome into the status record.
+    fn publish_to(&self, record: &mut StatusRecord, sync: &MapSync<Maps>) {
+        let t = sync.totals();
+        record.set_sync(
+            self.failures,
+            &self.logged_problems,
+            t.services as u64,
+            t.backends as u64,
+        );
+    }
 }
 
 /// Translates what changed and programs it.
@@ -547,6 +528,7 @@ fn sync_now(
         tracing::error!(service = %name, error = %err, "programming failed; will retry");
     }
     st.failing = !report.failed.is_empty();
+    st.failures = report.failed.len();
     obs.health.record(!st.failing);
     obs.metrics.observe_sync(&report, noticed, &sync.totals());
     obs.metrics
