@@ -1,4 +1,9 @@
-//! Connection tracking: keys and values of `xlb_ct`.
+//! Connection tracking: keys and values of `xlb_ct` (confirmed flows) and `xlb_ct_new`
+//! (flows not yet answered), and of `xlb_frags` (the ports of fragmented datagrams).
+//!
+//! A flow starts in `xlb_ct_new` and moves to `xlb_ct` when the client speaks again after a
+//! reply (the TCP handshake's ACK, UDP both ways), so a flood of new flows (SYNs, spoofed or
+//! one-way UDP) only churns `xlb_ct_new`: it cannot evict a confirmed flow.
 
 use crate::Ipv4;
 
@@ -38,7 +43,8 @@ pub mod ct_state {
     pub const ESTABLISHED: u8 = 2;
     /// A FIN seen in one direction.
     pub const FIN_WAIT: u8 = 3;
-    /// RST, or FIN in both directions: expires fast; a new SYN starts a new flow.
+    /// An accepted RST (its sequence number the one the receiver expects), or FIN in both
+    /// directions: expires fast; a new SYN starts a new flow.
     pub const CLOSED: u8 = 4;
 }
 
@@ -56,6 +62,10 @@ pub mod ct_flags {
     pub const FIN_FWD: u8 = 1 << 4;
     /// FIN seen from the backend.
     pub const FIN_REPLY: u8 = 1 << 5;
+    /// Forward entry of an unanswered flow (`xlb_ct_new`): the backend answered (not with an
+    /// RST). The client's next packet confirms the flow: a TCP handshake completed, or UDP
+    /// traffic both ways. A spoofed flood never gets that far.
+    pub const SEEN_REPLY: u8 = 1 << 6;
 }
 
 /// Value of `xlb_ct`: what to rewrite for packets matching the key, and the flow's state.
@@ -92,6 +102,41 @@ pub struct CtValue {
     pub route_at: u32,
     /// Cached next hop's Ethernet destination then source (valid with `route_flags::MACS`).
     pub route_macs: [u8; 12],
+    /// TCP: the sequence number after the last segment sent in this direction (seq + length,
+    /// SYN and FIN counting one): an RST of this direction is accepted only with exactly this
+    /// sequence number (RFC 5961's rule for a reset, which the endpoint applies too). While a
+    /// reply entry is `SYN_SENT` it holds the number an RST answering the SYN must acknowledge
+    /// instead. 0: unknown.
+    pub seq_end: u32,
+    /// MTU of the cached next hop's device: a larger packet (or a GSO one at tc) looks the
+    /// route up again, which checks its size.
+    pub route_mtu: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+}
+
+/// Key of `xlb_frags`: a datagram's fragments as they arrive (before translation).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    /// Source address, network order.
+    pub saddr: Ipv4,
+    /// Destination address, network order.
+    pub daddr: Ipv4,
+    /// IP identification, host order.
+    pub id: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Explicit padding.
+    pub _pad: u8,
+}
+
+/// Value of `xlb_frags`: the ports the first fragment carried, host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragPorts {
+    pub sport: u16,
+    pub dport: u16,
 }
 
 /// `CtValue::route_flags`.

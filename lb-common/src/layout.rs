@@ -13,8 +13,12 @@ pub mod capacity {
     pub const BACKENDS: u32 = 262_144;
     /// Chunks of the inner-table template; tables of any size are accepted (BPF_F_INNER_MAP).
     pub const LUT_TEMPLATE_CHUNKS: u32 = 16;
-    /// Conntrack entries (two per flow).
+    /// Conntrack entries of confirmed flows (two per flow).
     pub const CONNTRACK: u32 = 524_288;
+    /// Conntrack entries of flows not answered yet (two per flow).
+    pub const CT_NEW: u32 = 131_072;
+    /// Fragmented datagrams in flight.
+    pub const FRAGS: u32 = 8_192;
     /// Session-affinity entries.
     pub const AFFINITY: u32 = 65_536;
     /// Source-range prefixes.
@@ -44,6 +48,8 @@ mod pod {
         LutChunk,
         CtKey,
         CtValue,
+        FragKey,
+        FragPorts,
         AffinityKey,
         AffinityValue,
         SrcRangeKey,
@@ -69,7 +75,9 @@ const _: () = {
     assert!(LUT_CHUNK_SLOTS.is_power_of_two());
     assert!(size_of::<CtKey>() == 16);
     assert!(offset_of!(CtKey, proto) == 12);
-    assert!(size_of::<CtValue>() == 52);
+    assert!(size_of::<CtValue>() == 60);
+    assert!(size_of::<FragKey>() == 12);
+    assert!(size_of::<FragPorts>() == 4);
     assert!(offset_of!(CtValue, state) == 28);
     assert!(offset_of!(CtValue, route_ifindex) == 32);
     assert!(size_of::<AffinityKey>() == 8);

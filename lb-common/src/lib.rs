@@ -11,7 +11,7 @@
 #![no_std]
 
 /// Version of the map layout below. Bump on any change to a key, value, map kind or meaning.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// An IPv4 address as the bytes found in the packet (network order).
 pub type Ipv4 = [u8; 4];

@@ -9,8 +9,12 @@ pub mod map_names {
     pub const BACKENDS: &str = "xlb_backends";
     /// Backend lookup tables (Maglev or random): service id → that service's own table.
     pub const LUT: &str = "xlb_lut";
-    /// Connection tracking, both directions of every translated flow.
+    /// Connection tracking of confirmed flows (a reply was seen), both directions.
     pub const CONNTRACK: &str = "xlb_ct";
+    /// Connection tracking of flows not answered yet (SYN sent, one-way UDP), both directions.
+    pub const CT_NEW: &str = "xlb_ct_new";
+    /// Fragmented datagrams: the ports of their first fragment, for the later ones.
+    pub const FRAGS: &str = "xlb_frags";
     /// ClientIP session affinity.
     pub const AFFINITY: &str = "xlb_affinity";
     /// loadBalancerSourceRanges (LPM trie).
@@ -41,11 +45,17 @@ pub mod map_names {
     pub const DEVICES: &str = "xlb_devices";
     /// The agent's status (one entry, written by the agent only): `xlb status` reads it.
     pub const AGENT: &str = "xlb_agent";
+    /// Stage programs of the tc entry programs (every load its own, pinned by the agent once
+    /// attached).
+    pub const TC_STAGES: &str = "xlb_tc_stages";
+    /// Stage programs of the XDP entry program.
+    pub const XDP_STAGES: &str = "xlb_xdp_stages";
 
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 18] = [
-        SERVICES, BACKENDS, LUT, CONNTRACK, AFFINITY, SRC_RANGES, COUNTERS, SVC_STATS, SVC_INFO,
-        CONFIG, EVENTS, TRACE, SOCK, FE_FILTER, BE_FILTER, BE_NAT, DEVICES, AGENT,
+    pub const ALL: [&str; 20] = [
+        SERVICES, BACKENDS, LUT, CONNTRACK, CT_NEW, FRAGS, AFFINITY, SRC_RANGES, COUNTERS,
+        SVC_STATS, SVC_INFO, CONFIG, EVENTS, TRACE, SOCK, FE_FILTER, BE_FILTER, BE_NAT, DEVICES,
+        AGENT,
     ];
 }
 
@@ -69,8 +79,50 @@ pub mod prog_names {
     pub const CONNECT4: &str = "xlb_connect4";
     /// cgroup getpeername4: a socket translated at connect() reports the ClusterIP as its peer.
     pub const PEERNAME4: &str = "xlb_peername4";
+    /// Stages (tail-called from the entry programs above; see `stage`).
+    pub const POD_FRONT: &str = "xlb_pod_front";
+    pub const POD_BACK: &str = "xlb_pod_back";
+    pub const POD_ICMP: &str = "xlb_pod_icmp";
+    pub const POD_ERROR: &str = "xlb_pod_error";
+    pub const HOST_FRONT: &str = "xlb_host_front";
+    pub const HOST_BACK: &str = "xlb_host_back";
+    pub const HOST_ICMP: &str = "xlb_host_icmp";
+    pub const HOST_ERROR: &str = "xlb_host_error";
+    pub const XDP_FRONT: &str = "xlb_xdp_front";
+    pub const XDP_BACK: &str = "xlb_xdp_back";
+    pub const XDP_ICMP: &str = "xlb_xdp_icmp";
+    /// Stage programs of the tc entry programs, in `xlb_tc_stages` slot order.
+    pub const TC_STAGES: [&str; 8] = [
+        POD_FRONT, POD_BACK, POD_ICMP, POD_ERROR, HOST_FRONT, HOST_BACK, HOST_ICMP, HOST_ERROR,
+    ];
+    /// Stage programs of the XDP entry program, in `xlb_xdp_stages` slot order.
+    pub const XDP_STAGES: [&str; 3] = [XDP_FRONT, XDP_BACK, XDP_ICMP];
     /// Raw tracepoint `xdp_bulk_tx`: frames a device's XDP_TX could not send.
     pub const TXERR_BULK: &str = "xlb_txerr_bulk";
     /// Raw tracepoint `xdp_exception`: an XDP_TX a driver refused.
     pub const TXERR_EXCEPTION: &str = "xlb_txerr_exc";
+}
+
+/// The stages of the pipeline, each its own program, tail-called by the entry program of a
+/// hook: the verifier checks each program on its own (its paths and its 512-byte stack), so
+/// the stages' paths add up rather than multiply. A stage's slot in its hook's program array
+/// (`xlb_tc_stages`, `xlb_xdp_stages`; not pinned: every load has its own) is the hook's
+/// base plus the stage.
+pub mod stage {
+    /// A packet to a frontend: follow its flow or start one.
+    pub const FRONT: u32 = 0;
+    /// A backend's reply, or a SYN reusing a tracked flow's tuple.
+    pub const BACK: u32 = 1;
+    /// An ICMP error about a tracked flow.
+    pub const ICMP: u32 = 2;
+    /// Send an ICMP error (time exceeded, fragmentation needed) instead of forwarding (tc).
+    pub const ERROR: u32 = 3;
+    /// Slots per hook.
+    pub const PER_HOOK: u32 = 4;
+    /// Base slot of the pod tc hook in `xlb_tc_stages`.
+    pub const POD_BASE: u32 = 0;
+    /// Base slot of the uplink tc hook in `xlb_tc_stages`.
+    pub const HOST_BASE: u32 = PER_HOOK;
+    /// Base slot of the XDP hook in `xlb_xdp_stages`.
+    pub const XDP_BASE: u32 = 0;
 }

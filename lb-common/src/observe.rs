@@ -42,8 +42,13 @@ pub mod drop_reason {
     /// Frames an uplink's XDP_TX could not send (counted by the tracepoint programs; the
     /// device falls back to tc, see `dev_flags::TX_FALLBACK`).
     pub const XDP_TX_ERROR: u32 = 9;
+    /// A packet with TTL 1 would have been forwarded: an ICMP time exceeded went back.
+    pub const TTL_EXCEEDED: u32 = 10;
+    /// A packet with DF set too big for the next hop's MTU: an ICMP fragmentation needed went
+    /// back.
+    pub const FRAG_NEEDED: u32 = 11;
     /// Number of reasons (exclusive bound).
-    pub const MAX: u32 = 10;
+    pub const MAX: u32 = 12;
 
     /// Human-readable name of a reason.
     pub const fn name(reason: u32) -> &'static str {
@@ -57,6 +62,8 @@ pub mod drop_reason {
             SCTP_PORT_REWRITE => "sctp_port_rewrite",
             NO_SNAT_ADDRESS => "no_snat_address",
             XDP_TX_ERROR => "xdp_tx_error",
+            TTL_EXCEEDED => "ttl_exceeded",
+            FRAG_NEEDED => "frag_needed",
             _ => "unknown",
         }
     }
@@ -72,7 +79,8 @@ pub mod counter {
     pub const NOT_SERVICE: u32 = 2;
     /// Truncated or malformed headers (passed untouched).
     pub const MALFORMED: u32 = 3;
-    /// IP fragments (passed untouched).
+    /// Later fragments of a datagram whose first fragment was not seen (passed untouched:
+    /// nothing says which flow they belong to).
     pub const FRAGMENT: u32 = 4;
     /// Conntrack hit for a frontend packet.
     pub const CT_HIT: u32 = 5;
@@ -96,6 +104,24 @@ pub mod counter {
     pub const PASS: u32 = 14;
     /// TCP connects to a ClusterIP translated at the socket (cgroup connect4).
     pub const SOCK_XLATE: u32 = 15;
+    /// Flows confirmed by their first reply (moved from `xlb_ct_new` to `xlb_ct`).
+    pub const CT_CONFIRMED: u32 = 16;
+    /// Packets of a flow in mid-stream (a TCP segment without SYN) that had no conntrack
+    /// entry: the flow's state was lost (evicted, or the flow predates the datapath). The
+    /// flow is picked up again (Maglev gives the same backend while the backends are the
+    /// same); this counts how often state is lost.
+    pub const CT_MISSING: u32 = 17;
+    /// RSTs whose sequence number is not the one the receiver expects: forwarded (the endpoint
+    /// decides, and answers a challenge ACK) but the flow is not closed.
+    pub const RST_IGNORED: u32 = 18;
+    /// Fragments translated: first fragments (their ports recorded) and later ones.
+    pub const FRAG_XLATE: u32 = 19;
+    /// ICMP errors the datapath sent itself (fragmentation needed, time exceeded) about a
+    /// packet it would have forwarded.
+    pub const ICMP_SENT: u32 = 20;
+    /// A stage program could not be tail-called (a datapath not fully loaded): the packet
+    /// passed untranslated.
+    pub const STAGE_MISSING: u32 = 21;
     /// First drop counter; drop reason `r` is counted at `DROP_BASE + r`. Counters below it
     /// may be added without moving any other.
     pub const DROP_BASE: u32 = 32;
@@ -111,7 +137,7 @@ pub mod counter {
             NOT_IPV4 => "not_ipv4",
             NOT_SERVICE => "not_service",
             MALFORMED => "malformed",
-            FRAGMENT => "fragment",
+            FRAGMENT => "fragment_untracked",
             CT_HIT => "ct_hit",
             CT_NEW => "ct_new",
             CT_RESELECT => "ct_reselect",
@@ -123,6 +149,12 @@ pub mod counter {
             ICMP_XLATE => "icmp_xlate",
             PASS => "pass",
             SOCK_XLATE => "sock_xlate",
+            CT_CONFIRMED => "ct_confirmed",
+            CT_MISSING => "ct_missing",
+            RST_IGNORED => "rst_ignored",
+            FRAG_XLATE => "frag_xlate",
+            ICMP_SENT => "icmp_sent",
+            STAGE_MISSING => "stage_missing",
             i if i > DROP_BASE && i < MAX => super::drop_reason::name(i - DROP_BASE),
             _ => "",
         }

@@ -2,7 +2,17 @@
 //! packet's own 5-tuple, holding the rewrite to apply, the service/backend ids and the TCP state.
 //!
 //! The forward entry (client → frontend) says where to send the flow; the reply entry (backend →
-//! client or → SNAT address) says how to restore what the client dialled. FIN/RST update both.
+//! client or → SNAT address) says how to restore what the client dialled. FIN/RST update both,
+//! and a UDP/SCTP flow's two entries expire together however one-way its traffic is.
+//!
+//! Two tables: a flow is created in `CT_NEW` and moves to `CONNTRACK` when its client speaks
+//! again after a reply (`saw_reply`, `confirm`): the TCP handshake's ACK, UDP both ways. A
+//! flood of new flows (SYNs, one-way UDP, spoofed sources) evicts only other unanswered flows;
+//! confirmed flows are evicted only by confirmed flows.
+//!
+//! An RST closes a flow only with the sequence number its receiver expects (RFC 5961; the
+//! endpoint ignores others and answers a challenge ACK), so a blind RST cannot make the flow's
+//! state expire while the connection lives on.
 
 use core::ptr::NonNull;
 
@@ -10,10 +20,10 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
 };
-use lb_common::{Config, CtKey, CtValue, ct_dir, ct_flags, ct_state, proto};
+use lb_common::{Config, CtKey, CtValue, counter, ct_dir, ct_flags, ct_state, proto};
 
 use crate::{
-    maps::{self, CONNTRACK},
+    maps::{self, CONNTRACK, CT_NEW},
     parse::{Flow, tcp_flags},
     stats,
 };
@@ -23,6 +33,28 @@ use crate::{
 pub fn now_secs() -> u32 {
     // SAFETY: helper without preconditions.
     (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
+}
+
+/// Copies a conntrack value word by word. A plain `*dst = *src` of this size becomes a call to
+/// `memcpy`, a byte loop the verifier walks 60 times on every path through it; volatile word
+/// accesses keep LLVM from forming that call again.
+#[inline(always)]
+pub fn copy_ct(dst: *mut CtValue, src: *const CtValue) {
+    const WORDS: usize = core::mem::size_of::<CtValue>() / 4;
+    let (d, s) = (dst.cast::<u32>(), src.cast::<u32>());
+    for i in 0..WORDS {
+        // SAFETY: both point to a whole CtValue (4-byte aligned, a multiple of 4 bytes).
+        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
+    }
+}
+
+/// A conntrack value read out of a map (see `copy_ct`).
+#[inline(always)]
+pub fn read_ct(src: *const CtValue) -> CtValue {
+    let mut v = core::mem::MaybeUninit::<CtValue>::uninit();
+    copy_ct(v.as_mut_ptr(), src);
+    // SAFETY: every byte was written by `copy_ct`.
+    unsafe { v.assume_init() }
 }
 
 /// The packet's own 5-tuple as a key in direction `dir`.
@@ -54,6 +86,17 @@ pub fn reversed_key(flow: &Flow, dir: u8) -> CtKey {
     }
 }
 
+/// The entry of `key` in either table (confirmed flows first), copied.
+///
+/// Paths that keep a pointer into a table name the table statically rather than carrying a
+/// map pointer that may be either: the verifier cannot merge states holding different map
+/// pointers, and the new-flow path's states would double at every branch.
+#[inline(always)]
+pub fn get(key: &CtKey) -> Option<CtValue> {
+    let p = CONNTRACK.get_ptr(key).or_else(|| CT_NEW.get_ptr(key))?;
+    Some(read_ct(p))
+}
+
 /// Timeout of a flow in `state`, in seconds.
 #[inline(always)]
 pub fn timeout(cfg: &Config, l4_proto: u8, state: u8) -> u32 {
@@ -68,14 +111,15 @@ pub fn timeout(cfg: &Config, l4_proto: u8, state: u8) -> u32 {
     }
 }
 
-/// State and FIN bits after a packet with `flags` in direction `dir`.
+/// State and FIN bits after a packet with `flags` in direction `dir`; an RST counts only if
+/// `rst_ok` (its sequence number checked).
 #[inline(always)]
-pub fn next_state(l4_proto: u8, state: u8, fl: u8, tcp: u8, dir: u8) -> (u8, u8) {
+pub fn next_state(l4_proto: u8, state: u8, fl: u8, tcp: u8, dir: u8, rst_ok: bool) -> (u8, u8) {
     if l4_proto != proto::TCP {
         return (ct_state::ESTABLISHED, fl);
     }
     if tcp & tcp_flags::RST != 0 {
-        return (ct_state::CLOSED, fl);
+        return (if rst_ok { ct_state::CLOSED } else { state }, fl);
     }
     let mut fl = fl;
     if tcp & tcp_flags::FIN != 0 {
@@ -101,40 +145,93 @@ pub fn next_state(l4_proto: u8, state: u8, fl: u8, tcp: u8, dir: u8) -> (u8, u8)
     (st, fl)
 }
 
-/// Refreshes an entry for a packet of `flow` in direction `dir`: state, then expiry (written only
-/// when it moves, so a busy flow writes its entry at most once a second).
-/// Returns true if the packet closed or half-closed the flow (FIN/RST), so the peer entry must
-/// learn it too.
+/// `a` comes after `b` in sequence space.
 #[inline(always)]
-pub fn refresh(ct: *mut CtValue, flow: &Flow, cfg: &Config, now: u32, dir: u8) -> bool {
+fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+/// What a refresh asks of the flow's other entry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// Nothing.
+    Keep,
+    /// The packet closed or half-closed the flow (FIN, accepted RST): copy the state.
+    Close,
+    /// A UDP/SCTP entry's expiry moved: the other one's moves too (one-way flows keep both).
+    Extend,
+}
+
+/// Refreshes an entry for a packet of `flow` in direction `dir`: the RST check, the sequence
+/// number, state, then expiry (written only when it moves, so a busy flow writes its expiry at
+/// most once a second). `ack`: the packet's acknowledgment number (read for RSTs only).
+#[inline(always)]
+pub fn refresh(ct: *mut CtValue, flow: &Flow, cfg: &Config, now: u32, dir: u8, ack: u32) -> Peer {
     if !stats::live() {
-        return false;
+        return Peer::Keep;
     }
-    // SAFETY: `ct` points into the map value; racing writers only move timestamps and state.
+    // SAFETY: `ct` points into the map value; racing writers only move timestamps, the
+    // sequence number and the state.
     let ct = unsafe { &mut *ct };
-    let (state, fl) = next_state(flow.proto, ct.state, ct.flags, flow.tcp_flags, dir);
+    let tcp = flow.proto == proto::TCP;
+    let rst = tcp && flow.tcp_flags & tcp_flags::RST != 0;
+    // A reply entry still SYN_SENT holds what an RST answering the SYN must acknowledge.
+    let answering_syn = dir == ct_dir::REPLY && ct.state == ct_state::SYN_SENT;
+    let rst_ok = rst
+        && if answering_syn {
+            flow.tcp_flags & tcp_flags::ACK != 0 && ack == ct.seq_end
+        } else {
+            ct.seq_end == 0 || flow.seq_end == ct.seq_end
+        };
+    if rst && !rst_ok {
+        stats::count(counter::RST_IGNORED);
+    }
+    if tcp && !rst && (answering_syn || ct.seq_end == 0 || seq_after(flow.seq_end, ct.seq_end)) {
+        ct.seq_end = flow.seq_end;
+    }
+    let (state, fl) = next_state(flow.proto, ct.state, ct.flags, flow.tcp_flags, dir, rst_ok);
     let changed = state != ct.state || fl != ct.flags;
     if changed {
         ct.state = state;
         ct.flags = fl;
     }
     let expires = now.wrapping_add(timeout(cfg, flow.proto, state));
-    if expires != ct.expires {
+    let moved = expires != ct.expires;
+    if moved {
         ct.expires = expires;
     }
-    changed && flow.tcp_flags & (tcp_flags::FIN | tcp_flags::RST) != 0
+    if changed && (flow.tcp_flags & tcp_flags::FIN != 0 || rst_ok) {
+        Peer::Close
+    } else if moved && !tcp {
+        Peer::Extend
+    } else {
+        Peer::Keep
+    }
 }
 
-/// Copies the closing state of one direction's entry to the other's.
+/// Applies a refresh's `Peer` to the flow's other entry (`peer`, in the table of confirmed
+/// flows or the other): the state and expiry `after` has now (the same state has the same
+/// timeout).
 #[inline(always)]
-pub fn mirror_close(peer: &CtKey, state: u8, fin_bits: u8, cfg: &Config, now: u32, l4_proto: u8) {
-    if let Some(p) = CONNTRACK.get_ptr_mut(peer) {
-        // SAFETY: pointer into the map value.
-        let p = unsafe { &mut *p };
-        p.state = state;
-        p.flags |= fin_bits;
-        p.expires = now.wrapping_add(timeout(cfg, l4_proto, state));
+pub fn touch_peer(confirmed: bool, peer: &CtKey, what: Peer, after: &CtValue) {
+    if what == Peer::Keep {
+        return;
     }
+    let p = if confirmed {
+        CONNTRACK.get_ptr_mut(peer)
+    } else {
+        CT_NEW.get_ptr_mut(peer)
+    };
+    let Some(p) = p else {
+        return;
+    };
+    // SAFETY: pointer into the map value.
+    let p = unsafe { &mut *p };
+    if what == Peer::Close {
+        p.state = after.state;
+        p.flags |= after.flags & (ct_flags::FIN_FWD | ct_flags::FIN_REPLY);
+    }
+    p.expires = after.expires;
 }
 
 /// A key no flow has (all zero).
@@ -163,20 +260,20 @@ pub fn reply_key_of(fwd: &CtValue, l4_proto: u8) -> CtKey {
     }
 }
 
-/// The forward-direction key of a reply entry, for a reply packet `flow`.
+/// The forward-direction key of the reply entry `rev` stored at `rkey`.
 #[inline(always)]
-pub fn forward_key_of(rev: &CtValue, flow: &Flow) -> CtKey {
+pub fn forward_key_of(rkey: &CtKey, rev: &CtValue) -> CtKey {
     let (client, cport) = if rev.flags & ct_flags::XLATE_DST != 0 {
         (rev.nat_daddr, rev.nat_dport)
     } else {
-        (flow.daddr, flow.dport)
+        (rkey.daddr, rkey.dport)
     };
     CtKey {
         saddr: client,
         daddr: rev.nat_saddr,
         sport: cport,
         dport: rev.nat_sport,
-        proto: flow.proto,
+        proto: rkey.proto,
         dir: ct_dir::FORWARD,
         _pad: [0; 2],
     }
@@ -190,18 +287,24 @@ pub enum CreateError {
     Insert,
 }
 
-/// Attempts to claim `key` for `rev`: succeeds if free, expired, or already this same flow's.
-/// An existing entry is rewritten in place (no allocation from the LRU); the route it cached
-/// is kept when it is the same flow's (the reply goes back the same way). `present`: the entry
-/// probably exists (the tuple had a flow before), so look before inserting.
+/// Attempts to claim `key` in `CT_NEW` for `rev`: succeeds if free, expired, or already this
+/// same flow's. An existing entry is rewritten in place (no allocation from the LRU); the route
+/// it cached is kept when it is the same flow's (the reply goes back the same way). A reply
+/// tuple a live confirmed flow holds is not free either. `present`: the entry probably exists
+/// (the tuple had a flow before), so look before inserting.
 #[inline(always)]
-fn claim(key: &CtKey, rev: &CtValue, now: u32, present: bool) -> bool {
-    if !present && CONNTRACK.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
+fn claim(key: &CtKey, rev: &mut CtValue, now: u32, present: bool) -> bool {
+    let fresh: &CtValue = rev;
+    // SAFETY: read once.
+    if unsafe { CONNTRACK.get(key) }.is_some_and(|c| c.expires >= now) {
+        return false;
+    }
+    if !present && CT_NEW.insert(key, fresh, u64::from(BPF_NOEXIST)).is_ok() {
         return true;
     }
-    let Some(p) = CONNTRACK.get_ptr_mut(key) else {
+    let Some(p) = CT_NEW.get_ptr_mut(key) else {
         // Absent after all (or evicted meanwhile).
-        return CONNTRACK.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok();
+        return CT_NEW.insert(key, fresh, u64::from(BPF_NOEXIST)).is_ok();
     };
     // SAFETY: pointer into the map value.
     let old = unsafe { &mut *p };
@@ -212,36 +315,42 @@ fn claim(key: &CtKey, rev: &CtValue, now: u32, present: bool) -> bool {
     if !same_flow && old.expires >= now {
         return false;
     }
-    // The same flow keeps its cached route (no copy of the whole entry on the stack).
-    let route = if same_flow {
-        (
-            old.route_flags,
-            old.route_ifindex,
-            old.route_at,
-            old.route_macs,
-        )
-    } else {
-        (
-            rev.route_flags,
-            rev.route_ifindex,
-            rev.route_at,
-            rev.route_macs,
-        )
-    };
-    *old = *rev;
-    (
-        old.route_flags,
-        old.route_ifindex,
-        old.route_at,
-        old.route_macs,
-    ) = route;
+    // The same flow keeps its cached route (`rev`, built in scratch, takes it over first: no
+    // copy of the whole entry on the stack).
+    if same_flow {
+        rev.route_flags = old.route_flags;
+        rev.route_ifindex = old.route_ifindex;
+        rev.route_at = old.route_at;
+        rev.route_macs = old.route_macs;
+        rev.route_mtu = old.route_mtu;
+    }
+    copy_ct(old, rev);
     true
 }
 
-/// Writes both entries of a new flow. `fwd` (with `nat_saddr:nat_sport` = the source the backend
-/// will see) says how to translate the client's packets. If that reply tuple belongs to another
-/// live flow, a free source port is found (`fwd` is updated to use it). `entry` is the tuple's
-/// forward entry when one exists (rewritten in place).
+/// `claim` for a port the SNAT search picked (`rev` a fresh reply entry): free, or held by an
+/// expired flow. Fewer branches than `claim`, which the verifier walks at every try.
+#[inline(always)]
+fn claim_port(key: &CtKey, rev: &CtValue, now: u32) -> bool {
+    // SAFETY: read once.
+    if unsafe { CONNTRACK.get(key) }.is_some_and(|c| c.expires >= now) {
+        return false;
+    }
+    if CT_NEW.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
+        return true;
+    }
+    // SAFETY: read once.
+    if unsafe { CT_NEW.get(key) }.is_some_and(|c| c.expires >= now) {
+        return false;
+    }
+    CT_NEW.insert(key, rev, u64::from(BPF_ANY)).is_ok()
+}
+
+/// Writes both entries of a new flow into `CT_NEW`. `fwd` (with `nat_saddr:nat_sport` = the
+/// source the backend will see) says how to translate the client's packets. If that reply
+/// tuple belongs to another live flow, a free source port is found (`fwd` is updated to use
+/// it); SCTP keeps its port (its checksum covers the ports). `entry` is the tuple's forward
+/// entry in `CT_NEW` when one exists (rewritten in place).
 #[inline(always)]
 pub fn create(
     flow: &Flow,
@@ -278,6 +387,10 @@ pub fn create(
         route_ifindex: 0,
         route_at: 0,
         route_macs: [0; 12],
+        // Until the backend answers: what an RST answering the SYN must acknowledge.
+        seq_end: fwd.seq_end,
+        route_mtu: 0,
+        _pad: 0,
     };
     if fwd.flags & ct_flags::XLATE_SRC != 0 {
         rev.flags |= ct_flags::XLATE_DST;
@@ -286,9 +399,11 @@ pub fn create(
     // Before either entry exists: the backend's replies must be looked up from now on.
     maps::mark_nat(rkey.saddr, rkey.sport);
     // SNAT takes its port from the range (never a port this node's own sockets may use);
-    // other flows keep the client's port unless another live flow owns that reply tuple.
+    // other flows, and SCTP always, keep the client's port unless another live flow owns that
+    // reply tuple.
     let snat = fwd.flags & ct_flags::SNAT != 0;
-    let mut ok = !snat && claim(&rkey, rev, now, entry.is_some());
+    let keep_port = !snat || flow.proto == proto::SCTP;
+    let mut ok = keep_port && claim(&rkey, rev, now, entry.is_some());
     if !ok && cfg.snat_port_max > cfg.snat_port_min && flow.proto != proto::SCTP {
         // Another live flow owns this reply tuple: move this flow's source port.
         rev.flags |= ct_flags::XLATE_DST;
@@ -299,7 +414,7 @@ pub fn create(
             // SAFETY: helper without preconditions.
             let port = cfg.snat_port_min + (unsafe { bpf_get_prandom_u32() } % span) as u16;
             rkey.dport = port;
-            if claim(&rkey, rev, now, false) {
+            if claim_port(&rkey, rev, now) {
                 fwd.flags |= ct_flags::XLATE_SRC;
                 fwd.nat_sport = port;
                 ok = true;
@@ -311,14 +426,80 @@ pub fn create(
         return Err(CreateError::PortsExhausted);
     }
     if let Some(p) = entry {
-        // SAFETY: pointer into the map value (the packet's own tuple).
-        unsafe { *p.as_ptr() = *fwd };
+        copy_ct(p.as_ptr(), fwd);
         return Ok(());
     }
     let fkey = key(flow, ct_dir::FORWARD);
-    if CONNTRACK.insert(fkey, fwd, u64::from(BPF_ANY)).is_err() {
-        let _ = CONNTRACK.remove(rkey);
+    if CT_NEW.insert(fkey, fwd, u64::from(BPF_ANY)).is_err() {
+        let _ = CT_NEW.remove(rkey);
         return Err(CreateError::Insert);
     }
     Ok(())
+}
+
+/// Marks an unanswered flow as answered (`SEEN_REPLY` on its forward entry), from its reply
+/// entry at `rkey`.
+#[inline(always)]
+pub fn saw_reply(rkey: &CtKey, rev: &CtValue) {
+    if !stats::live() {
+        return;
+    }
+    if let Some(f) = CT_NEW.get_ptr_mut(forward_key_of(rkey, rev)) {
+        // SAFETY: pointer into the map value; a racing writer sets the same bit.
+        unsafe { (*f).flags |= ct_flags::SEEN_REPLY };
+    }
+}
+
+/// Asks `lb::process` to confirm the flow of this packet once its translation path is done.
+#[inline(always)]
+pub fn ask_confirm() {
+    if let Some(s) = maps::SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, used by this program run only.
+        unsafe { (*s).confirm = 1 };
+    }
+}
+
+/// True (once) if the translation path asked to confirm the packet's flow.
+#[inline(always)]
+pub fn confirm_asked() -> bool {
+    let Some(s) = maps::SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot, used by this program run only.
+    unsafe {
+        let asked = (*s).confirm != 0;
+        if asked {
+            (*s).confirm = 0;
+        }
+        asked
+    }
+}
+
+/// Moves a flow whose client spoke again after a reply from `CT_NEW` to `CONNTRACK`: the
+/// forward entry (`fkey`, in `CT_NEW`) and its reply entry. Both are in `CONNTRACK` before
+/// either leaves `CT_NEW`, so every packet finds one of them. A BPF subprogram called from the
+/// entry program (see `lb::process`).
+#[inline(never)]
+pub fn confirm(fkey: &CtKey) {
+    if !stats::live() {
+        return;
+    }
+    // SAFETY: read in place by the helpers.
+    let Some(fwd) = (unsafe { CT_NEW.get(fkey) }) else {
+        return;
+    };
+    let rkey = reply_key_of(fwd, fkey.proto);
+    // SAFETY: read in place by the helper.
+    let Some(rev) = (unsafe { CT_NEW.get(rkey) }) else {
+        return;
+    };
+    if CONNTRACK.insert(fkey, fwd, u64::from(BPF_ANY)).is_err()
+        || CONNTRACK.insert(rkey, rev, u64::from(BPF_ANY)).is_err()
+    {
+        let _ = CONNTRACK.remove(fkey);
+        return;
+    }
+    let _ = CT_NEW.remove(rkey);
+    let _ = CT_NEW.remove(fkey);
+    stats::count(counter::CT_CONFIRMED);
 }

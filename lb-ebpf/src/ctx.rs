@@ -5,14 +5,14 @@
 //! no skb: it writes directly and updates checksums incrementally (RFC 1624).
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
     programs::{TcContext, XdpContext},
 };
 use lb_common::{Ipv4, csum, hook, proto};
 
 /// Offset of the IPv4 header (no VLAN support: tagged frames pass untouched).
 pub const L3_OFF: usize = 14;
-const IP_CSUM_OFF: usize = L3_OFF + 10;
+pub const IP_CSUM_OFF: usize = L3_OFF + 10;
 const IP_SADDR_OFF: usize = L3_OFF + 12;
 const IP_DADDR_OFF: usize = L3_OFF + 16;
 
@@ -27,7 +27,7 @@ pub enum End {
 pub struct RewriteError;
 
 /// A packet at one of the hooks.
-pub trait Packet {
+pub trait Packet: Sized {
     /// `hook::*` of this context.
     const HOOK: u8;
     /// The hook may leave a packet it cannot deliver itself untouched for the next one
@@ -69,7 +69,56 @@ pub trait Packet {
         old: u16,
         new: u16,
     ) -> Result<(), RewriteError>;
+    /// True for an aggregate (GSO) packet: the stack segments it on the way out.
+    fn is_gso(&self) -> bool;
+    /// Tail-calls this hook's program of `stage` (`lb_common::stage`); returns only if there
+    /// is none.
+    fn tail_call(&self, stage: u32);
+    /// Replaces the packet by `hdr` (new IPv4 and ICMP headers, `ICMP_HDRS` bytes) followed by
+    /// its own first `Q` bytes from the IPv4 header on (tc only; XDP leaves errors to tc).
+    fn make_icmp_error<const Q: usize>(
+        &mut self,
+        hdr: &[u8; ICMP_HDRS],
+    ) -> Result<(), RewriteError>;
+
+    /// The IPv4 header's TTL.
+    #[inline(always)]
+    fn ttl(&self) -> Option<u8> {
+        let p: *const u8 = ptr_at(self, L3_OFF + 8)?;
+        // SAFETY: bounds-checked by `ptr_at`.
+        Some(unsafe { *p })
+    }
+
+    /// A big-endian u32 of the packet (e.g. a TCP acknowledgment number).
+    #[inline(always)]
+    fn load_be32(&self, off: usize) -> Option<u32> {
+        let p: *const [u8; 4] = ptr_at(self, off)?;
+        // SAFETY: bounds-checked by `ptr_at`.
+        Some(u32::from_be_bytes(unsafe { *p }))
+    }
+
+    /// Decrements the TTL (the caller checked it is above 1), fixing the IPv4 checksum: a
+    /// router's duty, so a routing loop through the balancer dies out.
+    #[inline(always)]
+    fn decrement_ttl(&mut self) -> Result<(), RewriteError> {
+        let Some(ttl) = self.ttl() else {
+            return Err(RewriteError);
+        };
+        let word = ptr_at::<Self, [u8; 2]>(self, L3_OFF + 8).ok_or(RewriteError)?;
+        // SAFETY: bounds-checked by `ptr_at`.
+        let old = u16::from_ne_bytes(unsafe { *word });
+        let new = u16::from_ne_bytes([ttl - 1, (old.to_ne_bytes())[1]]);
+        self.store2_fix(
+            L3_OFF + 8,
+            IP_CSUM_OFF,
+            u16::from_be(old),
+            u16::from_be(new),
+        )
+    }
 }
+
+/// Bytes of the IPv4 and ICMP headers of an ICMP error.
+pub const ICMP_HDRS: usize = 28;
 
 /// Where the L4 header and its checksum are.
 #[derive(Clone, Copy)]
@@ -243,6 +292,42 @@ impl<const H: u8> Packet for TcPacket<H> {
             .store(off, &new.to_be(), 0)
             .map_err(|_| RewriteError)
     }
+
+    #[inline(always)]
+    fn is_gso(&self) -> bool {
+        // SAFETY: the context pointer is valid for the program's run.
+        unsafe { (*self.ctx.skb.skb).gso_size != 0 }
+    }
+
+    #[inline(always)]
+    fn tail_call(&self, stage: u32) {
+        let base = if H == hook::POD {
+            lb_common::stage::POD_BASE
+        } else {
+            lb_common::stage::HOST_BASE
+        };
+        // SAFETY: the context is this program's; the slot's program is of the same type.
+        unsafe { crate::maps::TC_STAGES.tail_call(&self.ctx, base + stage) };
+    }
+
+    #[inline(always)]
+    fn make_icmp_error<const Q: usize>(
+        &mut self,
+        hdr: &[u8; ICMP_HDRS],
+    ) -> Result<(), RewriteError> {
+        // Keep the quoted bytes, then room for the new headers before them.
+        // SAFETY: the context is the program's; the helper checks the length.
+        let rc = unsafe {
+            aya_ebpf::helpers::bpf_skb_change_tail(self.ctx.skb.skb, (L3_OFF + Q) as u32, 0)
+        };
+        if rc != 0 {
+            return Err(RewriteError);
+        }
+        self.ctx
+            .adjust_room(ICMP_HDRS as i32, BPF_ADJ_ROOM_MAC, 0)
+            .map_err(|_| RewriteError)?;
+        self.ctx.store(L3_OFF, hdr, 0).map_err(|_| RewriteError)
+    }
 }
 
 /// XDP packets.
@@ -377,5 +462,25 @@ impl Packet for XdpPacket {
             field.write_unaligned(new.to_be());
         }
         Ok(())
+    }
+
+    #[inline(always)]
+    fn is_gso(&self) -> bool {
+        false
+    }
+
+    #[inline(always)]
+    fn tail_call(&self, stage: u32) {
+        // SAFETY: the context is this program's; the slot's program is of the same type.
+        unsafe { crate::maps::XDP_STAGES.tail_call(&self.ctx, lb_common::stage::XDP_BASE + stage) };
+    }
+
+    #[inline(always)]
+    fn make_icmp_error<const Q: usize>(
+        &mut self,
+        _hdr: &[u8; ICMP_HDRS],
+    ) -> Result<(), RewriteError> {
+        // XDP defers every packet that needs an error to tc.
+        Err(RewriteError)
     }
 }

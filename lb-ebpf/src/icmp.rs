@@ -1,38 +1,38 @@
-//! ICMP errors about translated flows (port/host unreachable, fragmentation needed, time
-//! exceeded): rewritten so the client sees them about the frontend it dialled, which makes
-//! connection errors and path-MTU discovery work through the balancer.
+//! ICMP errors, both ways.
 //!
-//! The quoted packet went client → backend, so the flow is found by its reply entry. Rewriting
-//! an address of the quoted IPv4 header together with that header's checksum leaves the ICMP
-//! checksum unchanged (a valid header always sums to the same value); only quoted ports need
-//! the ICMP checksum adjusted. The quoted L4 checksum is left alone, as receivers ignore it.
+//! Errors about translated flows (port/host unreachable, fragmentation needed, time exceeded)
+//! are rewritten so that each end sees them about the packet it sent: an error about a
+//! client → backend packet reaches the client about the frontend it dialled (found by the
+//! flow's reply entry), and an error about a backend's reply (a router between the node and
+//! the client finding it too big, say) reaches the backend about the packet it sent (found by
+//! the forward entry). That makes connection errors and path-MTU discovery work through the
+//! balancer in both directions.
+//!
+//! Rewriting an address of the quoted IPv4 header together with that header's checksum leaves
+//! the ICMP checksum unchanged (a valid header always sums to the same value); only quoted
+//! ports need the ICMP checksum adjusted. The quoted L4 checksum is left alone, as receivers
+//! ignore it.
+//!
+//! And errors the datapath sends itself, as a router does (`send_error`, tc only): time
+//! exceeded for a packet whose TTL runs out, fragmentation needed for one too big for the next
+//! hop with DF set, rate-limited per CPU.
 
-use lb_common::{Ipv4, counter, ct_dir, ct_flags, proto};
+use lb_common::{CtKey, counter, ct_dir, ct_flags, drop_reason, proto};
 
 use crate::{
     conntrack,
-    ctx::{End, L4, Packet},
-    lb::{self, Verdict},
-    maps::{self, CONNTRACK},
+    ctx::{End, ICMP_HDRS, L3_OFF, L4, Packet, ptr_at},
+    maps::{self, SCRATCH},
     parse::{self, IcmpError, IcmpHead},
     route, stats,
+    verdict::{Verdict, count_skip, finish},
 };
 
-/// The ICMP path of the pipeline: parses the message's body and translates an error about a
-/// tracked flow; anything else passes, counted. A BPF subprogram (not inlined) returning
-/// `Verdict::to_raw`: its parsing and rewriting stay out of the common path's program. The
-/// header comes in registers, not as a reference: the caller's stack frame stays small (the
-/// verifier bounds the frames of a call chain together, 512 bytes).
-#[inline(never)]
-pub fn translate<P: Packet>(pkt: &mut P, saddr: Ipv4, daddr: Ipv4, off: u32, ip_len: u32) -> u64 {
-    let head = IcmpHead {
-        saddr,
-        daddr,
-        // At most 14 + 60; the mask gives the verifier that bound back (lost in the call).
-        off: (off & 0xff) as usize,
-        ip_len: ip_len as u16,
-    };
-    message(pkt, &head).to_raw()
+/// The ICMP stage of the pipeline: parses the message's body and translates an error about a
+/// tracked flow; anything else passes, counted.
+#[inline(always)]
+pub fn translate<P: Packet>(pkt: &mut P, head: &IcmpHead) -> Verdict {
+    message(pkt, head)
 }
 
 #[inline(always)]
@@ -40,26 +40,63 @@ fn message<P: Packet>(pkt: &mut P, head: &IcmpHead) -> Verdict {
     let e = match parse::icmp_error(pkt, head) {
         Ok(e) => e,
         Err(skip) => {
-            lb::count_skip(skip);
+            count_skip(skip);
             return Verdict::Pass;
         }
     };
     if maps::config().is_none() {
         return Verdict::Pass;
     }
-    if let Some(v) = translate_error(pkt, &e, conntrack::now_secs()) {
+    let now = conntrack::now_secs();
+    if let Some(v) = about_client_packet(pkt, &e, now) {
+        return v;
+    }
+    if let Some(v) = about_reply(pkt, &e, now) {
         return v;
     }
     stats::count(counter::NOT_SERVICE);
     Verdict::Pass
 }
 
-/// Translates an ICMP error about a tracked flow; `None` if it is about no flow of ours (or,
-/// at XDP, if tc must deliver it).
+/// The outer ICMP header's place, for address rewrites (no pseudo-header checksum).
 #[inline(always)]
-fn translate_error<P: Packet>(pkt: &mut P, e: &IcmpError, now: u32) -> Option<Verdict> {
+fn outer(e: &IcmpError) -> L4 {
+    L4 {
+        proto: proto::ICMP,
+        // The outer ICMP header follows an IPv4 header: at most 14 + 60.
+        off: (e.icmp_csum_off - 2) as u8,
+    }
+}
+
+/// Counts a translated error and sends it on.
+#[inline(always)]
+fn done<P: Packet>(
+    pkt: &mut P,
+    r: Result<(), crate::ctx::RewriteError>,
+    out: route::Out,
+    svc: u32,
+    be: u32,
+) -> Verdict {
+    if r.is_err() {
+        stats::drop_reason(drop_reason::XLATE_ERROR);
+        return Verdict::Drop;
+    }
+    stats::count(counter::ICMP_XLATE);
+    stats::trace(|t| {
+        t.reply = 1;
+        t.svc_id = svc;
+        t.backend_id = be;
+    });
+    finish(pkt, out)
+}
+
+/// An error about a client → backend packet (it quotes what the backend was sent): to the
+/// client, about the frontend it dialled. `None` if no flow of ours (or, at XDP, if tc must
+/// deliver it).
+#[inline(always)]
+fn about_client_packet<P: Packet>(pkt: &mut P, e: &IcmpError, now: u32) -> Option<Verdict> {
     let q = e.quoted;
-    let rkey = lb_common::CtKey {
+    let rkey = CtKey {
         saddr: q.daddr,
         daddr: q.saddr,
         sport: q.dport,
@@ -68,16 +105,10 @@ fn translate_error<P: Packet>(pkt: &mut P, e: &IcmpError, now: u32) -> Option<Ve
         dir: ct_dir::REPLY,
         _pad: [0; 2],
     };
-    // SAFETY: copied out at once.
-    let rev = *unsafe { CONNTRACK.get(rkey) }?;
+    let rev = conntrack::get(&rkey)?;
     if rev.expires < now {
         return None;
     }
-    let outer = L4 {
-        proto: proto::ICMP,
-        // The outer ICMP header follows an IPv4 header: at most 14 + 60.
-        off: (e.icmp_csum_off - 2) as u8,
-    };
     // Where the error goes once translated; XDP leaves what it cannot deliver to tc.
     let new_dst = if rev.flags & ct_flags::XLATE_DST != 0 {
         rev.nat_daddr
@@ -108,24 +139,156 @@ fn translate_error<P: Packet>(pkt: &mut P, e: &IcmpError, now: u32) -> Option<Ve
                 pkt.store2_fix(e.inner_l4_off, e.icmp_csum_off, q.sport, rev.nat_dport)?;
             }
             if rev.nat_daddr != e.daddr {
-                pkt.set_addr(outer, End::Dst, e.daddr, rev.nat_daddr)?;
+                pkt.set_addr(outer(e), End::Dst, e.daddr, rev.nat_daddr)?;
             }
         }
         // Sent by the backend itself: it comes from the frontend now.
         if e.saddr == q.daddr && rev.nat_saddr != e.saddr {
-            pkt.set_addr(outer, End::Src, e.saddr, rev.nat_saddr)?;
+            pkt.set_addr(outer(e), End::Src, e.saddr, rev.nat_saddr)?;
         }
         Ok::<(), crate::ctx::RewriteError>(())
     })();
-    if r.is_err() {
-        stats::drop_reason(lb_common::drop_reason::XLATE_ERROR);
-        return Some(Verdict::Drop);
+    Some(done(pkt, r, out, rev.svc_id, rev.backend_id))
+}
+
+/// An error about a backend's reply (it quotes frontend → client, as the reply left this
+/// node): to the backend, about the packet it sent, so its path-MTU discovery works.
+#[inline(always)]
+fn about_reply<P: Packet>(pkt: &mut P, e: &IcmpError, now: u32) -> Option<Verdict> {
+    let q = e.quoted;
+    let fkey = CtKey {
+        saddr: q.daddr,
+        daddr: q.saddr,
+        sport: q.dport,
+        dport: q.sport,
+        proto: q.proto,
+        dir: ct_dir::FORWARD,
+        _pad: [0; 2],
+    };
+    let fwd = conntrack::get(&fkey)?;
+    if fwd.expires < now || fwd.flags & ct_flags::XLATE_DST == 0 {
+        return None;
     }
-    stats::count(counter::ICMP_XLATE);
-    stats::trace(|t| {
-        t.reply = 1;
-        t.svc_id = rev.svc_id;
-        t.backend_id = rev.backend_id;
+    let out = route::plan(pkt, e.saddr, fwd.nat_daddr, e.ip_len, None).0?;
+    let inner_csum = e.inner_ip_off + 10;
+    let r = (|| {
+        // The quoted source was the frontend: the backend sent it.
+        if fwd.nat_daddr != q.saddr {
+            pkt.store4_fix(e.inner_ip_off + 12, inner_csum, q.saddr, fwd.nat_daddr)?;
+        }
+        if fwd.nat_dport != q.sport {
+            pkt.store2_fix(e.inner_l4_off, e.icmp_csum_off, q.sport, fwd.nat_dport)?;
+        }
+        if fwd.flags & ct_flags::XLATE_SRC != 0 {
+            // The backend sent it to the rewritten client (SNAT, hairpin).
+            if fwd.nat_saddr != q.daddr {
+                pkt.store4_fix(e.inner_ip_off + 16, inner_csum, q.daddr, fwd.nat_saddr)?;
+            }
+            if fwd.nat_sport != q.dport {
+                pkt.store2_fix(e.inner_l4_off + 2, e.icmp_csum_off, q.dport, fwd.nat_sport)?;
+            }
+        }
+        if fwd.nat_daddr != e.daddr {
+            pkt.set_addr(outer(e), End::Dst, e.daddr, fwd.nat_daddr)?;
+        }
+        Ok::<(), crate::ctx::RewriteError>(())
+    })();
+    Some(done(pkt, r, out, fwd.svc_id, fwd.backend_id))
+}
+
+/// Errors one CPU may send per second (a flood of TTL-1 packets must not become a flood of
+/// errors; the kernel limits its own the same way).
+const ERRORS_PER_SEC: u32 = 100;
+
+/// Sends an ICMP error back to the packet's source, from its destination (where it was
+/// sending to), in place of the packet (still untranslated): time exceeded if `mtu` is 0,
+/// else fragmentation needed with that next-hop MTU. tc only: XDP leaves such packets to tc.
+#[inline(always)]
+pub fn send_error<P: Packet>(pkt: &mut P, mtu: u16) -> Verdict {
+    stats::drop_reason(if mtu == 0 {
+        drop_reason::TTL_EXCEEDED
+    } else {
+        drop_reason::FRAG_NEEDED
     });
-    Some(lb::finish(pkt, out))
+    let Some(ip) = ptr_at::<P, [u8; 20]>(pkt, L3_OFF) else {
+        return Verdict::Drop;
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let ip = unsafe { *ip };
+    // Errors quote the IPv4 header and the L4 header's first bytes: only whole headers
+    // without IP options are quoted (an error with options is dropped, counted), and no error
+    // answers a later fragment (RFC 1812).
+    let later_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
+    if P::DEFERS || ip[0] != 0x45 || later_fragment || !allowed() {
+        return Verdict::Drop;
+    }
+    let from = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    let to = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
+    let r = match ip[9] {
+        proto::TCP => build::<P, 40>(pkt, from, to, mtu),
+        proto::SCTP => build::<P, 32>(pkt, from, to, mtu),
+        _ => build::<P, 28>(pkt, from, to, mtu),
+    };
+    let Some(len) = r else {
+        return Verdict::Drop;
+    };
+    let (from, to) = (from.to_ne_bytes(), to.to_ne_bytes());
+    match route::plan(pkt, from, to, len, None).0 {
+        Some(out) if out.how == route::how::REDIRECT || out.how == route::how::STACK => {
+            stats::count(counter::ICMP_SENT);
+            finish(pkt, out)
+        }
+        _ => Verdict::Drop,
+    }
+}
+
+/// True if this CPU may send one more error this second.
+#[inline(always)]
+fn allowed() -> bool {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    let now = conntrack::now_secs();
+    // SAFETY: this CPU's slot; the two fields persist across runs on this CPU.
+    unsafe {
+        if (*s).icmp_sec != now {
+            (*s).icmp_sec = now;
+            (*s).icmp_sent = 0;
+        }
+        (*s).icmp_sent += 1;
+        (*s).icmp_sent <= ERRORS_PER_SEC
+    }
+}
+
+/// Turns the packet into the ICMP error quoting its first `Q` bytes from the IPv4 header on;
+/// returns the error's IPv4 length.
+#[inline(always)]
+fn build<P: Packet, const Q: usize>(pkt: &mut P, from: u32, to: u32, mtu: u16) -> Option<u16> {
+    let quoted: *const [u8; Q] = ptr_at(pkt, L3_OFF)?;
+    let mut hdr = [0u8; ICMP_HDRS];
+    let total = (ICMP_HDRS + Q) as u16;
+    // IPv4: version 4, IHL 5, TOS internetwork control (as the kernel's own errors), no DF.
+    hdr[0] = 0x45;
+    hdr[1] = 0xc0;
+    hdr[2..4].copy_from_slice(&total.to_be_bytes());
+    hdr[8] = 64;
+    hdr[9] = proto::ICMP;
+    hdr[12..16].copy_from_slice(&from.to_ne_bytes());
+    hdr[16..20].copy_from_slice(&to.to_ne_bytes());
+    let ip = !lb_common::csum::fold(lb_common::csum::sum_be(&hdr[..20], 0));
+    hdr[10..12].copy_from_slice(&ip.to_be_bytes());
+    // ICMP: time exceeded in transit, or destination unreachable / fragmentation needed with
+    // the next-hop MTU (RFC 1191).
+    if mtu == 0 {
+        hdr[20] = 11;
+    } else {
+        hdr[20] = 3;
+        hdr[21] = 4;
+        hdr[26..28].copy_from_slice(&mtu.to_be_bytes());
+    }
+    // SAFETY: bounds-checked by `ptr_at`.
+    let sum = lb_common::csum::sum_be(unsafe { &*quoted }, lb_common::csum::sum_be(&hdr[20..], 0));
+    hdr[22..24].copy_from_slice(&(!lb_common::csum::fold(sum)).to_be_bytes());
+    pkt.make_icmp_error::<Q>(&hdr).ok()?;
+    Some(total)
 }

@@ -2,157 +2,235 @@
 //! backend and record the flow) → reply of a tracked flow? → pass. Each stage returns a
 //! `Verdict` or hands on; every drop carries a reason that is counted.
 //!
+//! The entry program of a hook decides which stage a packet needs and tail-calls it
+//! (`process`); the stages are programs of their own (`front_stage`, `back_stage`,
+//! `icmp_stage`, `error_stage`).
+//!
 //! A translation is planned before anything is written: the route of the translated packet
 //! is looked up first (`route::plan`), so XDP can leave a packet it cannot deliver itself
-//! untouched, with no state changed, for tc to handle.
+//! untouched, with no state changed, for tc to handle. Translated packets are forwarded as a
+//! router would: the TTL is decremented, and a packet that cannot go on (TTL 1, too big with
+//! DF set) gets an ICMP error instead (`icmp::send_error`, tc only).
 
 use core::ptr::NonNull;
 
 use lb_common::{
-    Config, CtValue, Ipv4, ServiceValue, backend_flags, counter, ct_dir, ct_flags, ct_state,
-    drop_reason, event_kind, hook, kind, proto, selection, svc_flags,
+    Config, CtValue, FragKey, FragPorts, Ipv4, ServiceValue, backend_flags, counter, ct_dir,
+    ct_flags, ct_state, drop_reason, event_kind, hook, kind, proto, selection, stage, svc_flags,
 };
 
 use crate::{
-    conntrack::{self, CreateError},
+    conntrack::{self, CreateError, Peer},
     ctx::Packet,
     icmp, lookup,
-    maps::{CONNTRACK, config, mark_nat, may_be_tracked_backend},
+    maps::{CONNTRACK, CT_NEW, FRAGS, SCRATCH, Scratch, config, mark_nat, may_be_tracked_backend},
     nat,
-    parse::{self, Flow, Parsed, Skip},
+    parse::{self, Flow, Parsed, frag, tcp_flags},
     route::{self, Out},
     stats::{self, SvcCounter},
+    verdict::{Verdict, count_skip, finish},
 };
 
-/// What the hook should do with the packet.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Hand the packet to the stack (or the next program) as it is now.
-    Pass,
-    /// Drop it; the reason was counted.
-    Drop,
-    /// tc: send it out of this device through `bpf_redirect_neigh`.
-    Redirect(u32),
-    /// XDP: transmit it back out of the device it came in on.
-    Tx,
-}
-
-impl Verdict {
-    /// As one scalar, for a BPF subprogram's return: BPF returns a register, never an
-    /// aggregate (LLVM rejects a verdict returned through memory).
-    #[inline(always)]
-    pub fn to_raw(self) -> u64 {
-        match self {
-            Verdict::Pass => 0,
-            Verdict::Drop => 1,
-            Verdict::Tx => 2,
-            Verdict::Redirect(ifindex) => 3 | u64::from(ifindex) << 32,
-        }
-    }
-
-    /// The verdict `to_raw` encoded.
-    #[inline(always)]
-    pub fn from_raw(raw: u64) -> Self {
-        match raw as u32 {
-            0 => Verdict::Pass,
-            1 => Verdict::Drop,
-            2 => Verdict::Tx,
-            _ => Verdict::Redirect((raw >> 32) as u32),
-        }
-    }
-}
-
-/// Runs the whole pipeline on one packet.
+/// Runs the common part of the pipeline on one packet: the entry program of every hook.
 ///
 /// The common packet (neither to a frontend, nor a backend's reply, nor a SYN that may reuse a
-/// tracked tuple) is decided here from the parse and the filter words; the rest goes to the
-/// BPF subprograms `frontend`, `backend` and `icmp::translate`. Out of line, they leave this a
-/// short program, which is what a connection's packets pay for most (its code and data go
-/// cold between them; measured in `docs/performance.md`). The verifier bounds the stack
-/// frames of a call chain together (512 bytes): this frame holds little more than the parsed
-/// flow, and the largest temporaries of a new flow live in `maps::SCRATCH`.
+/// tracked tuple) is decided here from the parse and the filter words, in a short program:
+/// what a connection's packets pay for most is code and data gone cold between them (measured
+/// in `docs/performance.md`). The rest goes to a stage (`lb_common::stage`), its own program,
+/// tail-called with the parsed flow in this CPU's scratch: the verifier checks each stage on
+/// its own, so their paths add up instead of multiplying, and each has its own stack.
 #[inline(always)]
 pub fn process<P: Packet>(pkt: &mut P) -> Verdict {
     stats::count(counter::PACKETS);
-    // Borrowed where the parser put it, not copied out (one copy on this frame).
-    let parsed = parse::parse(pkt);
-    let flow = match &parsed {
+    let mut parsed = parse::parse(pkt);
+    let flow = match &mut parsed {
         Ok(Parsed::Flow(flow)) => flow,
         Ok(Parsed::Icmp(h)) => {
-            let raw = icmp::translate(pkt, h.saddr, h.daddr, h.off as u32, u32::from(h.ip_len));
-            return Verdict::from_raw(raw);
+            let head = *h;
+            return to_stage(pkt, stage::ICMP, |s| s.icmp = head);
         }
         Err(skip) => {
             count_skip(*skip);
             return Verdict::Pass;
         }
     };
+    if flow.frag == frag::LATER && !fragment_ports(flow) {
+        count_skip(parse::Skip::Fragment);
+        return Verdict::Pass;
+    }
     stats::trace(|t| {
         t.parsed = 1;
         t.scope = 0xff;
     });
-    let Some(cfg) = config() else {
+    if config().is_none() {
+        return Verdict::Pass;
+    }
+    // XDP cannot answer a TTL that runs out: tc does, with the packet untouched.
+    if P::DEFERS && flow.ttl <= 1 {
+        return Verdict::Pass;
+    }
+    let flow = *flow;
+    if lookup::may_be_frontend(flow.daddr, flow.dport, flow.proto) {
+        return to_stage(pkt, stage::FRONT, |s| s.flow = flow);
+    }
+    to_backend_stage(pkt, &flow)
+}
+
+/// Hands the packet to `stage` with what `fill` puts in this CPU's scratch. Returns only if
+/// the stage is missing (the packet passes, counted).
+#[inline(always)]
+fn to_stage<P: Packet>(pkt: &mut P, stage: u32, fill: impl FnOnce(&mut Scratch)) -> Verdict {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return Verdict::Pass;
     };
-    if lookup::may_be_frontend(flow.daddr, flow.dport, flow.proto) {
-        let raw = frontend(pkt, flow, cfg);
-        if raw != NO_FRONTEND {
-            return Verdict::from_raw(raw);
-        }
-    }
-    // Replies come from a backend's own address and port; a SYN to a backend may reuse the
-    // reply tuple of one of its translated flows.
-    let reply = may_be_tracked_backend(flow.saddr, flow.sport);
-    let reuse = flow.is_syn() && may_be_tracked_backend(flow.daddr, flow.dport);
-    if reply || reuse {
-        return Verdict::from_raw(backend(pkt, flow, cfg, reply, reuse));
-    }
-    stats::count(counter::NOT_SERVICE);
+    // SAFETY: this CPU's slot; the stage reads it in the same softirq run.
+    fill(unsafe { &mut *s });
+    pkt.tail_call(stage);
+    stats::count(counter::STAGE_MISSING);
     Verdict::Pass
 }
 
-/// Counts a packet the parser left alone, under why.
+/// A packet to no frontend: the backend stage if it may be a tracked flow's reply (from a
+/// backend's own address and port) or a SYN reusing such a flow's tuple; else it passes.
 #[inline(always)]
-pub fn count_skip(skip: Skip) {
-    stats::count(match skip {
-        Skip::NotIpv4 => counter::NOT_IPV4,
-        Skip::Malformed => counter::MALFORMED,
-        Skip::Fragment => counter::FRAGMENT,
-        Skip::OtherProto => counter::NOT_SERVICE,
-    });
+fn to_backend_stage<P: Packet>(pkt: &mut P, flow: &Flow) -> Verdict {
+    let reply = may_be_tracked_backend(flow.saddr, flow.sport);
+    let reuse = flow.is_syn() && may_be_tracked_backend(flow.daddr, flow.dport);
+    if !reply && !reuse {
+        stats::count(counter::NOT_SERVICE);
+        return Verdict::Pass;
+    }
+    let flow = *flow;
+    to_stage(pkt, stage::BACK, |s| {
+        s.flow = flow;
+        s.reply = u8::from(reply);
+        s.reuse = u8::from(reuse);
+    })
 }
 
-/// `frontend`'s answer when the packet is to no frontend (the filter bit was another key's).
-const NO_FRONTEND: u64 = u64::MAX;
+/// The flow the entry program left in this CPU's scratch.
+#[inline(always)]
+fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: this CPU's slot, written by the entry program of this very packet.
+    SCRATCH.get_ptr_mut(0).map(|s| unsafe { &mut *s })
+}
 
-/// A packet the frontend filter let through: to a frontend, follow its flow or start one.
-/// A BPF subprogram (see `process`) returning `Verdict::to_raw`, or `NO_FRONTEND`.
-#[inline(never)]
-fn frontend<P: Packet>(pkt: &mut P, flow: &Flow, cfg: &Config) -> u64 {
+/// Stage `FRONT`: a packet the frontend filter let through. Follows its flow or starts one;
+/// a packet to no frontend after all (the bit was another key's) goes on to `BACK`.
+#[inline(always)]
+pub fn front_stage<P: Packet>(pkt: &mut P) -> Verdict {
+    let (Some(s), Some(cfg)) = (scratch(), config()) else {
+        return Verdict::Pass;
+    };
+    let flow = s.flow;
     let Some((svc, scope)) = lookup::frontend(flow.daddr, flow.dport, flow.proto, P::HOOK) else {
-        return NO_FRONTEND;
+        return to_backend_stage(pkt, &flow);
     };
     stats::trace(|t| {
         t.scope = scope;
         t.svc_id = svc.svc_id;
     });
-    to_frontend(pkt, flow, &svc, cfg, conntrack::now_secs()).to_raw()
+    let v = to_frontend(pkt, &flow, &svc, cfg, conntrack::now_secs());
+    if conntrack::confirm_asked() {
+        conntrack::confirm(&conntrack::key(&flow, ct_dir::FORWARD));
+    }
+    after_stage(pkt, v)
 }
 
-/// A packet the backend filters let through: a SYN reusing a tracked flow's tuple (`reuse`)
-/// retires it; a reply of a tracked flow (`reply`: its source may be such a backend) is
-/// translated back. A BPF subprogram (see `process`) returning `Verdict::to_raw`.
-#[inline(never)]
-fn backend<P: Packet>(pkt: &mut P, flow: &Flow, cfg: &Config, reply: bool, reuse: bool) -> u64 {
+/// Stage `BACK`: a SYN reusing a tracked flow's tuple (`reuse`) retires it; a reply of a
+/// tracked flow (`reply`) is translated back.
+#[inline(always)]
+pub fn back_stage<P: Packet>(pkt: &mut P) -> Verdict {
+    let (Some(s), Some(cfg)) = (scratch(), config()) else {
+        return Verdict::Pass;
+    };
+    let (flow, reply, reuse) = (s.flow, s.reply != 0, s.reuse != 0);
     let now = conntrack::now_secs();
     if reuse {
-        retire_reused_tuple(flow, now);
+        retire_reused_tuple(&flow, now);
     }
-    if reply && let Some(verdict) = translate_reply(pkt, flow, cfg, now) {
-        return verdict.to_raw();
+    if reply && let Some(v) = translate_reply(pkt, &flow, cfg, now) {
+        return after_stage(pkt, v);
     }
     stats::count(counter::NOT_SERVICE);
-    Verdict::Pass.to_raw()
+    Verdict::Pass
+}
+
+/// Stage `ICMP`: an ICMP message, translated if it is an error about a tracked flow.
+#[inline(always)]
+pub fn icmp_stage<P: Packet>(pkt: &mut P) -> Verdict {
+    let Some(s) = scratch() else {
+        return Verdict::Pass;
+    };
+    let mut head = s.icmp;
+    // At most 14 + 60; the mask gives the verifier that bound back (lost in scratch).
+    head.off &= 0xff;
+    icmp::translate(pkt, &head)
+}
+
+/// Stage `ERROR`: the ICMP error a translation path asked for (its MTU in scratch).
+#[inline(always)]
+pub fn error_stage<P: Packet>(pkt: &mut P) -> Verdict {
+    let Some(s) = scratch() else {
+        return Verdict::Drop;
+    };
+    let mtu = s.error_mtu;
+    icmp::send_error(pkt, mtu)
+}
+
+/// What a translation stage's verdict becomes: an ICMP error goes to stage `ERROR` (the
+/// packet untouched); a missing stage drops the packet, which cannot be forwarded.
+#[inline(always)]
+fn after_stage<P: Packet>(pkt: &mut P, v: Verdict) -> Verdict {
+    match v {
+        Verdict::Error { mtu } => {
+            to_stage(pkt, stage::ERROR, |s| s.error_mtu = mtu);
+            Verdict::Drop
+        }
+        v => v,
+    }
+}
+
+/// The ports of a later fragment, from its datagram's first fragment; false if unknown.
+#[inline(always)]
+fn fragment_ports(flow: &mut Flow) -> bool {
+    let key = FragKey {
+        saddr: flow.saddr,
+        daddr: flow.daddr,
+        id: flow.ip_id,
+        proto: flow.proto,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once.
+    let Some(p) = (unsafe { FRAGS.get(key) }).copied() else {
+        return false;
+    };
+    flow.sport = p.sport;
+    flow.dport = p.dport;
+    true
+}
+
+/// Records a translated first fragment's ports for the datagram's later fragments.
+#[inline(always)]
+fn note_fragment(flow: &Flow) {
+    if flow.frag == frag::NONE || !stats::live() {
+        return;
+    }
+    if flow.frag == frag::FIRST {
+        let key = FragKey {
+            saddr: flow.saddr,
+            daddr: flow.daddr,
+            id: flow.ip_id,
+            proto: flow.proto,
+            _pad: 0,
+        };
+        let ports = FragPorts {
+            sport: flow.sport,
+            dport: flow.dport,
+        };
+        let _ = FRAGS.insert(key, ports, 0);
+    }
+    stats::count(counter::FRAG_XLATE);
 }
 
 /// Addresses a packet of `flow` has once `ct` is applied.
@@ -171,27 +249,13 @@ fn translated(flow: &Flow, ct: &CtValue) -> (Ipv4, Ipv4) {
     (s, d)
 }
 
-/// Sends a translated packet on as planned.
+/// The packet's acknowledgment number when it is an RST (which `conntrack::refresh` checks).
 #[inline(always)]
-pub fn finish<P: Packet>(pkt: &mut P, out: Out) -> Verdict {
-    stats::trace(|t| {
-        t.out_ifindex = match out {
-            Out::Stack => 0,
-            Out::Redirect(ifindex) => ifindex,
-            Out::Tx(..) => pkt.ifindex(),
-        }
-    });
-    match out {
-        Out::Stack => Verdict::Pass,
-        Out::Redirect(ifindex) => Verdict::Redirect(ifindex),
-        Out::Tx(src, dst) => {
-            if pkt.set_macs(src, dst).is_err() {
-                stats::drop_reason(drop_reason::XLATE_ERROR);
-                return Verdict::Drop;
-            }
-            Verdict::Tx
-        }
+fn rst_ack<P: Packet>(pkt: &P, flow: &Flow) -> u32 {
+    if flow.proto != proto::TCP || flow.tcp_flags & tcp_flags::RST == 0 {
+        return 0;
     }
+    pkt.load_be32(usize::from(flow.l4.off) + 8).unwrap_or(0)
 }
 
 /// A packet addressed to a frontend: follow its flow, or start one.
@@ -204,16 +268,19 @@ fn to_frontend<P: Packet>(
     now: u32,
 ) -> Verdict {
     let fkey = conntrack::key(flow, ct_dir::FORWARD);
+    let (found, confirmed) = match CONNTRACK.get_ptr_mut(fkey) {
+        Some(p) => (Some(p), true),
+        None => (CT_NEW.get_ptr_mut(fkey), false),
+    };
     let mut stale = None;
-    if let Some(ct) = CONNTRACK.get_ptr_mut(fkey) {
-        // SAFETY: pointer into the map value; copied out at once.
-        let cur = unsafe { *ct };
+    if let Some(ct) = found {
+        let cur = conntrack::read_ct(ct);
         let usable = cur.expires >= now && !(flow.is_syn() && cur.state == ct_state::CLOSED);
         if usable
             && cur.svc_id == svc.svc_id
             && lookup::backend(cur.backend_id, cur.svc_id).is_some()
         {
-            return established(pkt, flow, svc, ct, &cur, cfg, now);
+            return established(pkt, flow, svc, ct, confirmed, &cur, cfg, now);
         }
         if usable && P::DEFERS {
             // Re-selection rewrites state: leave it to tc, which sees this packet next.
@@ -223,21 +290,38 @@ fn to_frontend<P: Packet>(
             // The flow's backend left the service (or the frontend moved): pick again now.
             stats::count(counter::CT_RESELECT);
         }
-        // The entry the new flow replaces (closed, expired, or its backend left): rewritten
-        // in place rather than re-inserted, so a client reusing a source port costs no
-        // conntrack allocation.
-        stale = NonNull::new(ct);
+        if confirmed {
+            // A new flow starts unanswered: the confirmed one's entries go (its reply entry
+            // only if still its own).
+            if stats::live() {
+                retire_old_reply(&conntrack::reply_key_of(&cur, flow.proto), flow);
+                let _ = CONNTRACK.remove(fkey);
+            }
+        } else {
+            // The unanswered entry the new flow replaces (closed, expired, or its backend
+            // left): rewritten in place rather than re-inserted, so a client reusing a source
+            // port costs no conntrack allocation.
+            stale = NonNull::new(ct);
+        }
+    } else if flow.proto == proto::TCP && flow.tcp_flags & tcp_flags::SYN == 0 {
+        // Mid-stream, but no state: it was evicted (or predates the datapath).
+        stats::count(counter::CT_MISSING);
     }
     new_flow(pkt, flow, svc, cfg, now, stale)
 }
 
 /// Next packet of a tracked flow whose backend is still in the service.
 #[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the state of one packet, kept in registers"
+)]
 fn established<P: Packet>(
     pkt: &mut P,
     flow: &Flow,
     svc: &ServiceValue,
     ct: *mut CtValue,
+    confirmed: bool,
     cur: &CtValue,
     cfg: &Config,
     now: u32,
@@ -245,6 +329,10 @@ fn established<P: Packet>(
     let (s, d) = translated(flow, cur);
     let Some(out) = route::plan_cached(pkt, ct, s, d, flow.ip_len, now) else {
         return Verdict::Pass;
+    };
+    let out = match can_go(flow, out) {
+        Ok(o) => o,
+        Err(v) => return v,
     };
     stats::count(counter::CT_HIT);
     if stats::live() {
@@ -257,12 +345,16 @@ fn established<P: Packet>(
         t.backend_id = cur.backend_id;
         t.ct_flags = cur.flags;
     });
-    if conntrack::refresh(ct, flow, cfg, now, ct_dir::FORWARD) {
-        // SAFETY: pointer into the map value.
-        let after = unsafe { *ct };
-        let fins = after.flags & (ct_flags::FIN_FWD | ct_flags::FIN_REPLY);
-        let peer = conntrack::reply_key_of(&after, flow.proto);
-        conntrack::mirror_close(&peer, after.state, fins, cfg, now, flow.proto);
+    let what = conntrack::refresh(ct, flow, cfg, now, ct_dir::FORWARD, rst_ack(pkt, flow));
+    if what != Peer::Keep {
+        // SAFETY: pointer into the map value (read in place, no copy on this frame).
+        let after = unsafe { &*ct };
+        let peer = conntrack::reply_key_of(after, flow.proto);
+        conntrack::touch_peer(confirmed, &peer, what, after);
+    }
+    if !confirmed && cur.flags & ct_flags::SEEN_REPLY != 0 && cur.state != ct_state::CLOSED {
+        // The client speaks again after a reply: the flow is real (`process` moves it).
+        conntrack::ask_confirm();
     }
     if svc.affinity_timeout != 0 {
         let key = lb_common::AffinityKey {
@@ -274,7 +366,8 @@ fn established<P: Packet>(
     forward(pkt, flow, cur, out)
 }
 
-/// First packet of a flow (or one whose backend left): select, record, translate.
+/// First packet of a flow (or one whose backend left): select, record (in `CT_NEW`; `stale`
+/// is the tuple's entry there), translate.
 #[inline(always)]
 fn new_flow<P: Packet>(
     pkt: &mut P,
@@ -292,7 +385,8 @@ fn new_flow<P: Packet>(
         Err(reason) => return drop_flow(cfg, P::HOOK, flow, svc.svc_id, reason),
     };
     let be = sel.backend;
-    let (state, _) = conntrack::next_state(flow.proto, 0, 0, flow.tcp_flags, ct_dir::FORWARD);
+    let (state, _) =
+        conntrack::next_state(flow.proto, 0, 0, flow.tcp_flags, ct_dir::FORWARD, false);
     let mut fwd = CtValue {
         svc_id: svc.svc_id,
         backend_id: sel.id,
@@ -309,6 +403,9 @@ fn new_flow<P: Packet>(
         route_ifindex: 0,
         route_at: 0,
         route_macs: [0; 12],
+        seq_end: flow.seq_end,
+        route_mtu: 0,
+        _pad: 0,
     };
     if be.addr == flow.saddr {
         // Hairpin: the client is its own backend; a packet from its own address would be a
@@ -321,7 +418,8 @@ fn new_flow<P: Packet>(
     {
         // From outside to an endpoint on another node (externalTrafficPolicy: Cluster): the
         // reply must come back through this node, so the source becomes a node address (the
-        // NodePort address itself, else the agent's SNAT address) and a port of the range.
+        // NodePort address itself, else the agent's SNAT address) and a port of the range
+        // (SCTP keeps its port: its checksum covers the ports).
         let snat = if svc.kind == kind::NODE_PORT {
             flow.daddr
         } else {
@@ -347,12 +445,17 @@ fn new_flow<P: Packet>(
     let known = stale.and_then(|prev| {
         // SAFETY: pointer into the map value, not yet rewritten.
         let prev = unsafe { prev.as_ref() };
-        (translated(flow, prev) == (s, d)).then(|| route::cached_hop(prev, now))
+        (translated(flow, prev) == (s, d))
+            .then(|| route::cached_hop(prev, now, flow.ip_len, pkt.is_gso()))
     });
     let known = known.flatten();
     let (out, hop) = route::plan(pkt, s, d, flow.ip_len, known);
     let Some(out) = out else {
         return Verdict::Pass;
+    };
+    let out = match can_go(flow, out) {
+        Ok(o) => o,
+        Err(v) => return v,
     };
     route::store(&mut fwd, hop, now);
     stats::trace(|t| {
@@ -385,7 +488,7 @@ fn new_flow<P: Packet>(
         lookup::touch_affinity(&key, sel.id, now);
     }
     if stale.is_some() && old_reply != conntrack::reply_key_of(&fwd, flow.proto) && stats::live() {
-        let _ = CONNTRACK.remove(old_reply);
+        retire_old_reply(&old_reply, flow);
     }
     stats::count(counter::CT_NEW);
     if fwd.flags & ct_flags::HAIRPIN != 0 {
@@ -408,14 +511,67 @@ fn new_flow<P: Packet>(
     forward(pkt, flow, &fwd, out)
 }
 
+/// Removes the reply entry of the flow this tuple had before (from either table), if it is
+/// still that flow's: its tuple may have been taken by another flow meanwhile (a SYN reusing
+/// it, another client's SNAT port), whose entry must stay.
+#[inline(always)]
+fn retire_old_reply(old_reply: &lb_common::CtKey, flow: &Flow) {
+    let fkey = conntrack::key(flow, ct_dir::FORWARD);
+    // SAFETY: read in place.
+    if let Some(rev) = unsafe { CONNTRACK.get(old_reply) }
+        && conntrack::forward_key_of(old_reply, rev) == fkey
+    {
+        let _ = CONNTRACK.remove(old_reply);
+    }
+    // SAFETY: read in place.
+    if let Some(rev) = unsafe { CT_NEW.get(old_reply) }
+        && conntrack::forward_key_of(old_reply, rev) == fkey
+    {
+        let _ = CT_NEW.remove(old_reply);
+    }
+}
+
+/// Whether a planned packet can go on as a router would forward it: one that cannot is
+/// answered with an ICMP error instead (`process` sends it, untranslated); `process`
+/// decrements the TTL of one that goes on. Asked right after planning, before any state is
+/// written (and so that the paths after it carry no `TooBig`).
+#[inline(always)]
+fn can_go(flow: &Flow, out: Out) -> Result<Out, Verdict> {
+    if out.how == route::how::TOO_BIG {
+        // Without DF the stack fragments it (`finish` passes it to the stack).
+        if !flow.df {
+            return Ok(out);
+        }
+        return Err(Verdict::Error {
+            mtu: route::too_big_mtu(),
+        });
+    }
+    if out.routed() && flow.ttl <= 1 {
+        return Err(Verdict::Error { mtu: 0 });
+    }
+    Ok(out)
+}
+
+/// Translates a packet about to be forwarded (`can_go` passed it), decrementing the TTL of
+/// one routed on as a router does (a routing loop through the balancer dies out).
+#[inline(always)]
+fn deliver<P: Packet>(pkt: &mut P, flow: &Flow, ct: &CtValue, out: Out) -> Result<Out, Verdict> {
+    if nat::apply(pkt, flow, ct).is_err() || (out.routed() && pkt.decrement_ttl().is_err()) {
+        stats::drop_reason(drop_reason::XLATE_ERROR);
+        return Err(Verdict::Drop);
+    }
+    note_fragment(flow);
+    Ok(out)
+}
+
 /// Translates a client → frontend packet as its forward entry says, and sends it on.
 #[inline(always)]
 fn forward<P: Packet>(pkt: &mut P, flow: &Flow, ct: &CtValue, out: Out) -> Verdict {
     let len = pkt.len();
-    if nat::apply(pkt, flow, ct).is_err() {
-        stats::drop_reason(drop_reason::XLATE_ERROR);
-        return Verdict::Drop;
-    }
+    let out = match deliver(pkt, flow, ct, out) {
+        Ok(o) => o,
+        Err(v) => return v,
+    };
     stats::count(counter::XLATE_FWD);
     stats::svc(ct.svc_id, SvcCounter::Fwd, len);
     finish(pkt, out)
@@ -436,24 +592,30 @@ fn retire_reused_tuple(flow: &Flow, now: u32) {
         return;
     }
     let rkey = conntrack::reversed_key(flow, ct_dir::REPLY);
-    let Some(ct) = CONNTRACK.get_ptr_mut(rkey) else {
-        return;
-    };
-    // SAFETY: pointer into the map value; read once.
-    let (state, expires) = unsafe { ((*ct).state, (*ct).expires) };
-    if state == ct_state::CLOSED || expires < now {
+    // SAFETY: read once.
+    if let Some(c) = unsafe { CONNTRACK.get(rkey) }
+        && (c.state == ct_state::CLOSED || c.expires < now)
+    {
         let _ = CONNTRACK.remove(rkey);
+    }
+    // SAFETY: read once.
+    if let Some(c) = unsafe { CT_NEW.get(rkey) }
+        && (c.state == ct_state::CLOSED || c.expires < now)
+    {
+        let _ = CT_NEW.remove(rkey);
     }
 }
 
 /// A packet from a backend of a tracked flow (the caller checked that its source may be one):
-/// restore what the client dialled.
+/// restore what the client dialled. A flow's first reply confirms it (`conntrack::confirm`).
 #[inline(always)]
 fn translate_reply<P: Packet>(pkt: &mut P, flow: &Flow, cfg: &Config, now: u32) -> Option<Verdict> {
     let rkey = conntrack::key(flow, ct_dir::REPLY);
-    let ct = CONNTRACK.get_ptr_mut(rkey)?;
-    // SAFETY: pointer into the map value; copied out at once.
-    let cur = unsafe { *ct };
+    let (ct, confirmed) = match CONNTRACK.get_ptr_mut(rkey) {
+        Some(p) => (p, true),
+        None => (CT_NEW.get_ptr_mut(rkey)?, false),
+    };
+    let cur = conntrack::read_ct(ct);
     if cur.expires < now {
         return None;
     }
@@ -461,24 +623,31 @@ fn translate_reply<P: Packet>(pkt: &mut P, flow: &Flow, cfg: &Config, now: u32) 
     let Some(out) = route::plan_cached(pkt, ct, s, d, flow.ip_len, now) else {
         return Some(Verdict::Pass);
     };
+    let out = match can_go(flow, out) {
+        Ok(o) => o,
+        Err(v) => return Some(v),
+    };
     stats::trace(|t| {
         t.reply = 1;
         t.svc_id = cur.svc_id;
         t.backend_id = cur.backend_id;
         t.ct_flags = cur.flags;
     });
-    if conntrack::refresh(ct, flow, cfg, now, ct_dir::REPLY) {
-        // SAFETY: pointer into the map value.
-        let after = unsafe { *ct };
-        let fins = after.flags & (ct_flags::FIN_FWD | ct_flags::FIN_REPLY);
-        let peer = conntrack::forward_key_of(&after, flow);
-        conntrack::mirror_close(&peer, after.state, fins, cfg, now, flow.proto);
+    let what = conntrack::refresh(ct, flow, cfg, now, ct_dir::REPLY, rst_ack(pkt, flow));
+    // SAFETY: pointer into the map value (read in place, no copy on this frame).
+    let after = unsafe { &*ct };
+    if what != Peer::Keep {
+        let peer = conntrack::forward_key_of(&rkey, after);
+        conntrack::touch_peer(confirmed, &peer, what, after);
+    }
+    if !confirmed && flow.tcp_flags & tcp_flags::RST == 0 {
+        conntrack::saw_reply(&rkey, after);
     }
     let len = pkt.len();
-    if nat::apply(pkt, flow, &cur).is_err() {
-        stats::drop_reason(drop_reason::XLATE_ERROR);
-        return Some(Verdict::Drop);
-    }
+    let out = match deliver(pkt, flow, &cur, out) {
+        Ok(o) => o,
+        Err(v) => return Some(v),
+    };
     stats::count(counter::XLATE_REV);
     stats::svc(cur.svc_id, SvcCounter::Rev, len);
     Some(finish(pkt, out))

@@ -1,5 +1,6 @@
 //! xlb datapath entry points. Each is thin: build the hook's packet context, run the shared
-//! pipeline (`lb::process`), map the verdict to the hook's return code.
+//! pipeline (`lb::process`) or one of its stages (tail-called by it, see `lb_common::stage`),
+//! map the verdict to the hook's return code.
 #![no_std]
 // `atomic_xadd`: the BPF target has no read-modify-write atomic types, only the instruction.
 #![feature(core_intrinsics)]
@@ -18,6 +19,7 @@ mod parse;
 mod route;
 mod sock;
 mod stats;
+mod verdict;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, xdp_action},
@@ -29,17 +31,31 @@ use lb_common::hook;
 
 use crate::{
     ctx::{TcPacket, XdpPacket},
-    lb::Verdict,
+    verdict::Verdict,
 };
 
 /// tcx "next": let later programs and the stack see the (translated) packet.
 const TCX_NEXT: i32 = -1;
 
+/// The XDP action of a verdict (XDP never plans a redirect nor an error: only tc does).
+#[inline(always)]
+fn xdp_code(v: Verdict) -> u32 {
+    let code = match v {
+        Verdict::Pass | Verdict::Redirect(_) | Verdict::Error { .. } => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Tx => xdp_action::XDP_TX,
+    };
+    stats::trace(|t| t.verdict = code as i32);
+    code
+}
+
+/// The tc return code of a verdict.
 #[inline(always)]
 fn tc_code(v: Verdict) -> i32 {
     let code = match v {
         Verdict::Pass | Verdict::Tx => TCX_NEXT,
-        Verdict::Drop => TC_ACT_SHOT,
+        // (Stages turn an error into the error stage's verdict: one left is dropped.)
+        Verdict::Drop | Verdict::Error { .. } => TC_ACT_SHOT,
         // SAFETY: helper without pointer arguments (no neighbour parameters given).
         Verdict::Redirect(ifindex) => unsafe {
             bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32
@@ -64,15 +80,44 @@ pub fn xlb_host_ingres(ctx: TcContext) -> i32 {
 /// XDP on uplinks: north-south frontends and their replies, before the stack.
 #[xdp]
 pub fn xlb_xdp(ctx: XdpContext) -> u32 {
-    let code = match lb::process(&mut XdpPacket { ctx }) {
-        // XDP never plans a redirect (only tc does).
-        Verdict::Pass | Verdict::Redirect(_) => xdp_action::XDP_PASS,
-        Verdict::Drop => xdp_action::XDP_DROP,
-        Verdict::Tx => xdp_action::XDP_TX,
-    };
-    stats::trace(|t| t.verdict = code as i32);
-    code
+    xdp_code(lb::process(&mut XdpPacket { ctx }))
 }
+
+/// Declares a hook's stage programs (tail-called by its entry program).
+macro_rules! stages {
+    (tc $hook:expr => $($name:ident: $stage:path;)*) => { $(
+        /// A stage of the tc pipeline (see `lb_common::stage`).
+        #[classifier]
+        pub fn $name(ctx: TcContext) -> i32 {
+            tc_code($stage(&mut TcPacket::<{ $hook }> { ctx }))
+        }
+    )* };
+    (xdp => $($name:ident: $stage:path;)*) => { $(
+        /// A stage of the XDP pipeline (see `lb_common::stage`).
+        #[xdp]
+        pub fn $name(ctx: XdpContext) -> u32 {
+            xdp_code($stage(&mut XdpPacket { ctx }))
+        }
+    )* };
+}
+
+stages!(tc hook::POD =>
+    xlb_pod_front: lb::front_stage;
+    xlb_pod_back: lb::back_stage;
+    xlb_pod_icmp: lb::icmp_stage;
+    xlb_pod_error: lb::error_stage;
+);
+stages!(tc hook::HOST =>
+    xlb_host_front: lb::front_stage;
+    xlb_host_back: lb::back_stage;
+    xlb_host_icmp: lb::icmp_stage;
+    xlb_host_error: lb::error_stage;
+);
+stages!(xdp =>
+    xlb_xdp_front: lb::front_stage;
+    xlb_xdp_back: lb::back_stage;
+    xlb_xdp_icmp: lb::icmp_stage;
+);
 
 /// cgroup connect4: TCP connects to a ClusterIP go straight to a backend (socket-level LB).
 #[cgroup_sock_addr(connect4)]

@@ -6,13 +6,15 @@ use aya_ebpf::{
         BPF_F_INNER_MAP, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_F_RDONLY_PROG,
         bpf_fib_lookup as FibParams,
     },
-    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{
+        Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
+    },
     macros::btf_map,
 };
 use lb_common::{
     AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtValue, DEVICE_SLOTS,
-    DevState, LutChunk, ServiceKey, ServiceValue, SockXlate, SrcRangeKey, SvcInfo, SvcStats, Trace,
-    capacity, counter, filter,
+    DevState, FragKey, FragPorts, LutChunk, ServiceKey, ServiceValue, SockXlate, SrcRangeKey,
+    SvcInfo, SvcStats, Trace, capacity, counter, filter, stage,
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
@@ -37,10 +39,22 @@ pub static BACKENDS: HashMap<u32, Backend, { capacity::BACKENDS as usize }> = Ha
 #[btf_map(name = "xlb_lut")]
 pub static LUT: HashOfMaps<u32, Table, { capacity::SVC_IDS as usize }> = HashOfMaps::new();
 
-/// Connection tracking: both directions of every translated flow (LRU: the oldest go first).
+/// A conntrack table (the loader sets each one's capacity).
+pub type CtTable = LruHashMap<CtKey, CtValue, { capacity::CONNTRACK as usize }>;
+
+/// Connection tracking of confirmed flows (a reply was seen), both directions (LRU: the least
+/// recently used go first, and only confirmed flows compete for it).
 #[btf_map(name = "xlb_ct")]
-pub static CONNTRACK: LruHashMap<CtKey, CtValue, { capacity::CONNTRACK as usize }> =
-    LruHashMap::new();
+pub static CONNTRACK: CtTable = LruHashMap::new();
+
+/// Connection tracking of flows not answered yet, both directions: a flood of new flows
+/// churns this table only. A flow moves to `CONNTRACK` with its first reply.
+#[btf_map(name = "xlb_ct_new")]
+pub static CT_NEW: CtTable = LruHashMap::new();
+
+/// Fragmented datagrams: the ports of each first fragment, for the later fragments (LRU).
+#[btf_map(name = "xlb_frags")]
+pub static FRAGS: LruHashMap<FragKey, FragPorts, { capacity::FRAGS as usize }> = LruHashMap::new();
 
 /// ClientIP session affinity (LRU).
 #[btf_map(name = "xlb_affinity")]
@@ -90,21 +104,51 @@ pub static TRACE: PerCpuArray<Trace, 1> = PerCpuArray::new();
 #[btf_map(name = "xlb_sock")]
 pub static SOCK: Array<SockXlate, { capacity::SOCK_SLOTS as usize }, 0> = Array::new();
 
-/// Per-CPU room for the largest temporaries of a new flow, kept off the stack: the verifier
-/// bounds the stack frames of a call chain together (512 bytes), and the translation paths
-/// run as subprograms of the common path. Not pinned: nothing outside one program run reads
-/// it. Only the tc and XDP programs use it, which run in softirq context and do not interleave
-/// on one CPU (a PREEMPT_RT kernel, where they can be preempted, is not supported).
+/// Per-CPU room for what the entry program hands to a stage (its tail call runs on the same
+/// CPU, at once) and for the largest temporaries of a new flow, kept off the stack. Not
+/// pinned: nothing outside one packet's programs reads it. Only the tc and XDP programs use
+/// it, which run in softirq context and do not interleave on one CPU (a PREEMPT_RT kernel,
+/// where they can be preempted, is not supported).
 #[btf_map(name = "xlb_scratch")]
 pub static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 
 /// `SCRATCH`'s value.
 pub struct Scratch {
+    /// The parsed flow the entry program hands to a stage (see `lb::process`).
+    pub flow: crate::parse::Flow,
+    /// The ICMP header the entry program hands to the ICMP stage.
+    pub icmp: crate::parse::IcmpHead,
+    /// For the backend stage: the packet may be a tracked flow's reply / a SYN reusing one's
+    /// tuple.
+    pub reply: u8,
+    pub reuse: u8,
+    /// For the error stage: the next-hop MTU (0: time exceeded).
+    pub error_mtu: u16,
     /// The FIB query of `route::lookup`.
     pub fib: FibParams,
     /// The reply entry `conntrack::create` builds.
     pub ct: CtValue,
+    /// `icmp::send_error`'s rate limit on this CPU: the second counted, and errors sent in it
+    /// (these two persist from run to run).
+    pub icmp_sec: u32,
+    pub icmp_sent: u32,
+    /// The next-hop MTU of the last too-big packet `route::decide` saw (see `route::Out`).
+    pub too_big_mtu: u16,
+    /// Set by a translation path: `lb::process` confirms the packet's flow (see
+    /// `conntrack::confirm_asked`).
+    pub confirm: u8,
 }
+
+/// The stage programs of the tc entry programs (`lb_common::stage`): filled by the loader,
+/// every load its own (stages hand over through this load's `SCRATCH`), pinned by the agent
+/// once its entry programs are attached (the kernel empties a program array no pin or
+/// descriptor refers to).
+#[btf_map(name = "xlb_tc_stages")]
+pub static TC_STAGES: ProgramArray<{ (2 * stage::PER_HOOK) as usize }> = ProgramArray::new();
+
+/// The stage programs of the XDP entry program.
+#[btf_map(name = "xlb_xdp_stages")]
+pub static XDP_STAGES: ProgramArray<{ stage::PER_HOOK as usize }> = ProgramArray::new();
 
 /// Uplinks running XDP, in the slot `device_slot(ifindex)`: their XDP_TX errors (written by
 /// the tracepoint programs) and whether XDP must leave their flows to tc (read by the route

@@ -1,20 +1,23 @@
-//! Applies a conntrack entry's rewrite to the packet (addresses and ports, both ends).
+//! Applies a conntrack entry's rewrite to the packet (addresses and ports, both ends). A later
+//! fragment has no L4 header: only its addresses are rewritten (the first fragment's checksum
+//! covers the whole datagram and was adjusted with it).
 
 use lb_common::{CtValue, ct_flags};
 
 use crate::{
     ctx::{End, Packet, RewriteError},
-    parse::Flow,
+    parse::{Flow, frag},
 };
 
 /// Rewrites destination and/or source as `ct` says; fields that already match are left alone.
 #[inline(always)]
 pub fn apply<P: Packet>(pkt: &mut P, flow: &Flow, ct: &CtValue) -> Result<(), RewriteError> {
+    let ports = flow.frag != frag::LATER;
     if ct.flags & ct_flags::XLATE_DST != 0 {
         if ct.nat_daddr != flow.daddr {
             pkt.set_addr(flow.l4, End::Dst, flow.daddr, ct.nat_daddr)?;
         }
-        if ct.nat_dport != flow.dport {
+        if ports && ct.nat_dport != flow.dport {
             pkt.set_port(flow.l4, End::Dst, flow.dport, ct.nat_dport)?;
         }
     }
@@ -22,7 +25,7 @@ pub fn apply<P: Packet>(pkt: &mut P, flow: &Flow, ct: &CtValue) -> Result<(), Re
         if ct.nat_saddr != flow.saddr {
             pkt.set_addr(flow.l4, End::Src, flow.saddr, ct.nat_saddr)?;
         }
-        if ct.nat_sport != flow.sport {
+        if ports && ct.nat_sport != flow.sport {
             pkt.set_port(flow.l4, End::Src, flow.sport, ct.nat_sport)?;
         }
     }

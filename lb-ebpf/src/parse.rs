@@ -1,4 +1,6 @@
 //! Header parsing: Ethernet → IPv4 → TCP/UDP/SCTP, into one `Flow` built once per packet.
+//! A first fragment parses like a whole datagram (its ports are recorded, `frag`); a later
+//! fragment has no L4 header and gets its ports from that record (`lb::process`).
 //!
 //! Every read goes through `ptr_at` (bounds-checked against `data_end`); nothing is read as a Rust
 //! enum from packet memory. Truncated or malformed headers are reported, never translated.
@@ -17,6 +19,16 @@ pub mod tcp_flags {
     pub const ACK: u8 = 0x10;
 }
 
+/// `Flow::frag`: where the packet is in its datagram.
+pub mod frag {
+    /// A whole datagram.
+    pub const NONE: u8 = 0;
+    /// The first fragment: it has the L4 header.
+    pub const FIRST: u8 = 1;
+    /// A later fragment: no L4 header; its ports come from the first's record.
+    pub const LATER: u8 = 2;
+}
+
 /// The packet's 5-tuple and where its L4 header is.
 #[derive(Clone, Copy)]
 pub struct Flow {
@@ -29,9 +41,20 @@ pub struct Flow {
     pub proto: u8,
     /// TCP flags (0 for other protocols).
     pub tcp_flags: u8,
+    /// Where the L4 header is; for a later fragment `proto` is 0 (no header to rewrite).
     pub l4: L4,
     /// IPv4 total length, host order (for the route's MTU check).
     pub ip_len: u16,
+    /// IPv4 identification, host order (fragments).
+    pub ip_id: u16,
+    /// `frag::*`.
+    pub frag: u8,
+    /// TCP: the sequence number after this segment (seq + payload, SYN and FIN counting one).
+    pub seq_end: u32,
+    /// IPv4 TTL.
+    pub ttl: u8,
+    /// IPv4 don't-fragment set.
+    pub df: bool,
 }
 
 impl Flow {
@@ -99,6 +122,7 @@ const ICMP_PARAMETER_PROBLEM: u8 = 12;
 pub enum Skip {
     NotIpv4,
     Malformed,
+    /// A later fragment of a datagram whose first fragment was not seen.
     Fragment,
     /// An L4 protocol the balancer does not translate.
     OtherProto,
@@ -140,7 +164,7 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
     }
     let ip: *const Ipv4Hdr = header(pkt, L3_OFF).ok_or(Skip::Malformed)?;
     // SAFETY: bounds-checked by `header`.
-    let (ver_ihl, frag_off, l4_proto, saddr, daddr, tot_len) = unsafe {
+    let (ver_ihl, frag_off, l4_proto, saddr, daddr, tot_len, id, ttl) = unsafe {
         (
             (*ip).ver_ihl,
             (*ip).frag_off,
@@ -148,6 +172,8 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
             (*ip).saddr,
             (*ip).daddr,
             (*ip).tot_len,
+            (*ip).id,
+            (*ip).ttl,
         )
     };
     let ip_len = u16::from_be(tot_len);
@@ -155,22 +181,56 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
     if ver_ihl >> 4 != 4 || ihl < 5 {
         return Err(Skip::Malformed);
     }
-    // More-fragments flag or a fragment offset: no usable L4 header in every piece.
-    if u16::from_be(frag_off) & 0x3fff != 0 {
-        return Err(Skip::Fragment);
-    }
     let l4_off = L3_OFF + ihl * 4;
+    let frag_off = u16::from_be(frag_off);
+    let frag = if frag_off & 0x1fff != 0 {
+        frag::LATER
+    } else if frag_off & 0x2000 != 0 {
+        frag::FIRST
+    } else {
+        frag::NONE
+    };
+    if frag == frag::LATER {
+        if !matches!(l4_proto, proto::TCP | proto::UDP | proto::SCTP) {
+            return Err(Skip::OtherProto);
+        }
+        return Ok(Parsed::Flow(Flow {
+            saddr,
+            daddr,
+            sport: 0,
+            dport: 0,
+            proto: l4_proto,
+            tcp_flags: 0,
+            l4: L4 {
+                proto: 0,
+                off: l4_off as u8,
+            },
+            ip_len,
+            ip_id: u16::from_be(id),
+            frag,
+            seq_end: 0,
+            ttl,
+            df: frag_off & 0x4000 != 0,
+        }));
+    }
     let l4 = L4 {
         proto: l4_proto,
         // At most 14 + 15 * 4.
         off: l4_off as u8,
     };
+    let mut seq_end = 0;
     let (ports, flags) = match l4_proto {
         proto::TCP => {
-            // Whole fixed header: ports, flags (byte 13) and checksum (bytes 16-17).
+            // Whole fixed header: ports, seq (4-7), data offset (12), flags (13), checksum.
             let h: *const [u8; 20] = header(pkt, l4_off).ok_or(Skip::Malformed)?;
             // SAFETY: bounds-checked by `header`.
             let h = unsafe { &*h };
+            let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            let hdrs = (ihl * 4) as u32 + u32::from(h[12] >> 4) * 4;
+            let payload = u32::from(ip_len).saturating_sub(hdrs);
+            let syn = u32::from(h[13] & tcp_flags::SYN != 0);
+            let fin = u32::from(h[13] & tcp_flags::FIN != 0);
+            seq_end = seq.wrapping_add(payload + syn + fin);
             ([h[0], h[1], h[2], h[3]], h[13])
         }
         proto::UDP => {
@@ -205,6 +265,11 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
         tcp_flags: flags,
         l4,
         ip_len,
+        ip_id: u16::from_be(id),
+        frag,
+        seq_end,
+        ttl,
+        df: frag_off & 0x4000 != 0,
     }))
 }
 

@@ -282,9 +282,14 @@ struct AgentArgs {
     /// Seed of the flow and Maglev hashes; must be equal on every node.
     #[arg(long, env = "XLB_HASH_SEED", default_value_t = 0x786c_6221)]
     hash_seed: u32,
-    /// Conntrack capacity (entries; two per flow). Applies when the map is created.
+    /// Conntrack capacity of confirmed flows (entries; two per flow). Applies when the map is
+    /// created.
     #[arg(long, env = "XLB_CT_MAX", default_value_t = lb_common::capacity::CONNTRACK)]
     ct_max: u32,
+    /// Conntrack capacity of flows not answered yet (entries; two per flow): a flood of new
+    /// flows churns only these. Applies when the map is created.
+    #[arg(long, env = "XLB_CT_NEW_MAX", default_value_t = lb_common::capacity::CT_NEW)]
+    ct_new_max: u32,
     /// Source address of hairpin flows (a pod reaching itself through a Service).
     #[arg(long, env = "XLB_HAIRPIN_ADDR", default_value = "169.254.42.1")]
     hairpin_addr: Ipv4Addr,
@@ -341,6 +346,7 @@ fn agent_config(a: AgentArgs) -> AgentConfig {
         hash_seed: a.hash_seed,
         capacities: Capacities {
             conntrack: a.ct_max,
+            ct_new: a.ct_new_max,
             ..Capacities::default()
         },
         hairpin_addr: a.hairpin_addr,

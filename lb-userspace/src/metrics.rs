@@ -194,7 +194,7 @@ fn count_fill(dir: &Path) -> anyhow::Result<Fill> {
             continue;
         }
         let cap = aya::maps::MapInfo::from_pin(dir.join(name))?.max_entries();
-        let n = if name == names::CONNTRACK {
+        let n = if name == names::CONNTRACK || name == names::CT_NEW {
             maps.walk(name, |k, v| {
                 if k.len() != size_of::<CtKey>() || v.len() != size_of::<CtValue>() {
                     return;

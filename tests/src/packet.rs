@@ -35,12 +35,25 @@ fn pseudo(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
     csum::sum_be(&p, 0)
 }
 
-/// An Ethernet/IPv4/TCP packet with valid checksums.
+/// An Ethernet/IPv4/TCP packet with valid checksums (sequence number 1000, no ACK number).
 pub fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), tcp_flags: u8, payload: &[u8]) -> Vec<u8> {
+    tcp_seq(src, dst, tcp_flags, 1000, 0, payload)
+}
+
+/// An Ethernet/IPv4/TCP packet with valid checksums, sequence and acknowledgment numbers.
+pub fn tcp_seq(
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    tcp_flags: u8,
+    seq: u32,
+    ack: u32,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut t = vec![0u8; 20];
     t[0..2].copy_from_slice(&src.1.to_be_bytes());
     t[2..4].copy_from_slice(&dst.1.to_be_bytes());
-    t[4..8].copy_from_slice(&1000u32.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
     t[12] = 5 << 4;
     t[13] = tcp_flags;
     t[14..16].copy_from_slice(&65535u16.to_be_bytes());

@@ -245,6 +245,8 @@ pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
     };
     let mut sources_open = true;
     devs.reconcile(&mut ebpf, sync.writer_mut());
+    // Every attached entry program is this agent's now: its stages take over the pins.
+    bpf::pin_stages(&ebpf, &cfg.bpffs)?;
     record.set_devices(devs.attached());
     if devs.count() == 0 {
         tracing::warn!(

@@ -311,20 +311,33 @@ impl Maps {
         collect(names::SVC_INFO, self.svc_info.iter())
     }
 
-    /// All conntrack entries.
+    /// All conntrack entries of both tables (confirmed flows, then unanswered ones).
     pub fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtValue)>, MapsError> {
+        Ok(self
+            .conntrack_tables()?
+            .into_iter()
+            .map(|(k, v, _)| (k, v))
+            .collect())
+    }
+
+    /// All conntrack entries with whether their flow is confirmed (`xlb_ct`) or not yet
+    /// answered (`xlb_ct_new`).
+    pub fn conntrack_tables(&self) -> Result<Vec<(CtKey, CtValue, bool)>, MapsError> {
         let mut out = Vec::new();
-        self.walk(names::CONNTRACK, |k, v| {
-            if k.len() == size_of::<CtKey>() && v.len() == size_of::<CtValue>() {
-                // SAFETY: lengths checked; both are plain #[repr(C)] integer structs.
-                out.push(unsafe {
-                    (
-                        std::ptr::read_unaligned(k.as_ptr().cast::<CtKey>()),
-                        std::ptr::read_unaligned(v.as_ptr().cast::<CtValue>()),
-                    )
-                });
-            }
-        })?;
+        for (name, confirmed) in [(names::CONNTRACK, true), (names::CT_NEW, false)] {
+            self.walk(name, |k, v| {
+                if k.len() == size_of::<CtKey>() && v.len() == size_of::<CtValue>() {
+                    // SAFETY: lengths checked; both are plain #[repr(C)] integer structs.
+                    out.push(unsafe {
+                        (
+                            std::ptr::read_unaligned(k.as_ptr().cast::<CtKey>()),
+                            std::ptr::read_unaligned(v.as_ptr().cast::<CtValue>()),
+                            confirmed,
+                        )
+                    });
+                }
+            })?;
+        }
         Ok(out)
     }
 

@@ -44,6 +44,8 @@ pub enum LoadError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("stage program {name}: {reason}")]
+    Stage { name: &'static str, reason: String },
     #[error("attaching {prog} to {iface}: {reason}")]
     Attach {
         prog: &'static str,
@@ -55,7 +57,10 @@ pub enum LoadError {
 /// Map capacities chosen by the agent (only applied when a map is created).
 #[derive(Clone, Copy, Debug)]
 pub struct Capacities {
+    /// Entries of confirmed flows (`xlb_ct`).
     pub conntrack: u32,
+    /// Entries of flows not answered yet (`xlb_ct_new`).
+    pub ct_new: u32,
     pub affinity: u32,
 }
 
@@ -63,6 +68,7 @@ impl Default for Capacities {
     fn default() -> Self {
         Self {
             conntrack: capacity::CONNTRACK,
+            ct_new: capacity::CT_NEW,
             affinity: capacity::AFFINITY,
         }
     }
@@ -150,6 +156,9 @@ pub fn load_with(
     }
     pins::ensure_dir(dir)?;
     pins::check_layout(dir)?;
+    // The stage arrays are this load's own (never adopted): a stage hands over through the
+    // per-CPU scratch, which is the load's own too, so entry programs and stages of two agents
+    // must never mix. `pin_stages` pins them once this load's programs are attached.
     let paths: Vec<(&'static str, PathBuf)> =
         names::ALL.iter().map(|n| (*n, dir.join(n))).collect();
     let trace_mode = u8::from(trace);
@@ -159,6 +168,7 @@ pub fn load_with(
     }
     loader
         .map_max_entries(names::CONNTRACK, caps.conntrack)
+        .map_max_entries(names::CT_NEW, caps.ct_new)
         .map_max_entries(names::AFFINITY, caps.affinity)
         .override_global("TRACE_MODE", &trace_mode, true);
     let template = gen_template.unwrap_or([0; 64]);
@@ -182,12 +192,85 @@ pub fn load_with(
     }
     let prog = xdp(&mut ebpf)?;
     load_program(prog_names::XDP, || prog.load())?;
+    load_stages(&mut ebpf)?;
     sock::load(&mut ebpf)?;
     for (name, _, _) in TXERR_PROGRAMS {
         let prog: &mut RawTracePoint = program(&mut ebpf, name)?;
         load_program(name, || prog.load())?;
     }
     Ok(ebpf)
+}
+
+/// Loads the stage programs and puts each in its slot of its hook's program array (the
+/// entry programs tail-call them; see `lb_common::stage`). The arrays are this load's own.
+fn load_stages(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    use aya::maps::ProgramArray;
+    use std::os::fd::AsFd as _;
+    let mut fds = Vec::new();
+    for name in prog_names::TC_STAGES {
+        let prog = classifier(ebpf, name)?;
+        load_program(name, || prog.load())?;
+        fds.push((
+            names::TC_STAGES,
+            name,
+            prog.fd()
+                .map_err(|source| LoadError::Program { name, source })?
+                .try_clone(),
+        ));
+    }
+    for name in prog_names::XDP_STAGES {
+        let prog: &mut Xdp = program(ebpf, name)?;
+        load_program(name, || prog.load())?;
+        fds.push((
+            names::XDP_STAGES,
+            name,
+            prog.fd()
+                .map_err(|source| LoadError::Program { name, source })?
+                .try_clone(),
+        ));
+    }
+    let mut slot = std::collections::HashMap::<&str, u32>::new();
+    for (map, name, fd) in fds {
+        let fd = fd.map_err(|e| LoadError::Stage {
+            name,
+            reason: e.to_string(),
+        })?;
+        let data = ebpf.map_mut(map).ok_or(LoadError::Stage {
+            name,
+            reason: format!("no map {map} in the object"),
+        })?;
+        let mut arr = ProgramArray::try_from(data).map_err(|e| LoadError::Stage {
+            name,
+            reason: e.to_string(),
+        })?;
+        let i = slot.entry(map).or_insert(0);
+        arr.set(*i, &fd, 0).map_err(|e| LoadError::Stage {
+            name,
+            reason: e.to_string(),
+        })?;
+        let _ = fd.as_fd();
+        *i += 1;
+    }
+    Ok(())
+}
+
+/// Pins this load's stage arrays in place of a previous agent's, once its entry programs are
+/// attached everywhere: the kernel empties a program array no pin or descriptor refers to, so
+/// unpinned they would stop every stage when the agent exits. The previous arrays, no longer
+/// used, empty then.
+pub fn pin_stages(ebpf: &Ebpf, dir: &Path) -> Result<(), LoadError> {
+    for name in [names::TC_STAGES, names::XDP_STAGES] {
+        let err = |reason: String| LoadError::Stage { name, reason };
+        let map = ebpf
+            .map(name)
+            .ok_or_else(|| err("no such map in the object".into()))?;
+        // bpffs names cannot contain dots.
+        let tmp = dir.join(format!("new-{name}"));
+        let _ = std::fs::remove_file(&tmp);
+        map.pin(&tmp).map_err(|e| err(e.to_string()))?;
+        std::fs::rename(&tmp, dir.join(name)).map_err(|e| err(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// The inode number of this process's network namespace (what `struct net`'s `ns.inum` holds).

@@ -16,9 +16,9 @@ use std::{
 
 use aya::maps::{MapInfo, MapType};
 use lb_common::{
-    AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtValue, DevState,
-    LAYOUT_VERSION, ServiceKey, ServiceValue, SockXlate, SrcRangeKey, SvcInfo, SvcStats, Trace,
-    map_names as names,
+    AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtValue, DevState, FragKey,
+    FragPorts, LAYOUT_VERSION, ServiceKey, ServiceValue, SockXlate, SrcRangeKey, SvcInfo, SvcStats,
+    Trace, map_names as names,
 };
 
 /// A problem with the pin directory.
@@ -276,7 +276,7 @@ pub fn ensure_dir(dir: &Path) -> Result<(), PinError> {
 }
 
 /// Type, key size and value size each map must have.
-pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 18] {
+pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 20] {
     use std::mem::size_of;
     [
         (
@@ -292,6 +292,18 @@ pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 18] {
             MapType::LruHash,
             size_of::<CtKey>(),
             size_of::<CtValue>(),
+        ),
+        (
+            names::CT_NEW,
+            MapType::LruHash,
+            size_of::<CtKey>(),
+            size_of::<CtValue>(),
+        ),
+        (
+            names::FRAGS,
+            MapType::LruHash,
+            size_of::<FragKey>(),
+            size_of::<FragPorts>(),
         ),
         (
             names::AFFINITY,

@@ -108,6 +108,9 @@ pub struct FlowRow {
     pub service: String,
     pub backend_id: u32,
     pub state: &'static str,
+    /// Answered by its backend (in `xlb_ct`); false while only the client has spoken
+    /// (`xlb_ct_new`).
+    pub confirmed: bool,
     pub flags: Vec<&'static str>,
     pub age_seconds: u32,
     pub expires_in_seconds: i64,
@@ -143,7 +146,7 @@ pub fn conntrack(maps: &Maps, filter: &CtFilter, output: Output) -> anyhow::Resu
     let names = names_by_id(maps)?;
     let now = crate::status::monotonic_secs();
     let mut rows = Vec::new();
-    for (k, v) in maps.conntrack_entries()? {
+    for (k, v, confirmed) in maps.conntrack_tables()? {
         if k.dir != ct_dir::FORWARD {
             continue;
         }
@@ -190,6 +193,7 @@ pub fn conntrack(maps: &Maps, filter: &CtFilter, output: Output) -> anyhow::Resu
             service,
             backend_id: v.backend_id,
             state: state_name(v.state),
+            confirmed,
             flags: flag_names(v.flags),
             age_seconds: now.saturating_sub(v.created),
             expires_in_seconds: i64::from(v.expires) - i64::from(now),
@@ -212,7 +216,11 @@ pub fn conntrack(maps: &Maps, filter: &CtFilter, output: Output) -> anyhow::Resu
                 r.proto.clone(),
                 r.original.clone(),
                 r.translated.clone(),
-                r.state.to_owned(),
+                if r.confirmed {
+                    r.state.to_owned()
+                } else {
+                    format!("{} (unanswered)", r.state)
+                },
                 format!("{}s", r.age_seconds),
                 format!("{}s", r.expires_in_seconds),
                 r.service.clone(),

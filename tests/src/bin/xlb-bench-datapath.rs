@@ -256,6 +256,9 @@ fn measure(services: u32) -> Vec<Row> {
         route_ifindex: 0,
         route_at: 0,
         route_macs: [0; 12],
+        seq_end: 0,
+        route_mtu: 0,
+        _pad: 0,
     };
     let key = |s: (Ipv4Addr, u16), d: (Ipv4Addr, u16)| lb_common::CtKey {
         saddr: s.0.octets(),
