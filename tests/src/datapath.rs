@@ -86,6 +86,11 @@ impl Datapath {
     /// moves the calling thread into a namespace of its own where test packets arrive on a
     /// dummy uplink with routes (so routing decisions are the same on every machine).
     pub fn new(tag: &str, maglev_size: u32) -> Self {
+        Self::with_capacities(tag, maglev_size, Capacities::default())
+    }
+
+    /// `new`, with the given map capacities (small conntrack tables for flood tests).
+    pub fn with_capacities(tag: &str, maglev_size: u32, caps: Capacities) -> Self {
         let ns = Netns::new(&format!("xlbt-{tag}-fx"));
         // A veth pair (no dummy driver on every kernel); the peer only provides carrier.
         ns.ip(&[
@@ -120,7 +125,7 @@ impl Datapath {
         let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
         assert_ne!(ifindex, 0, "no {UPLINK} in the fixture namespace");
         let pins = PinDir::new(tag);
-        let ebpf = bpf::load(&pins.path, Capacities::default(), false).expect("load datapath");
+        let ebpf = bpf::load(&pins.path, caps, false).expect("load datapath");
         let mut maps = Maps::open(&pins.path).expect("open maps");
         let config = default_config();
         maps.write_config(&config).expect("config");

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod datapath;
 pub mod fakeapi;
 pub mod files;
+pub mod fixture;
 pub mod kubeproxy;
 pub mod manifests;
 pub mod netns;

@@ -179,3 +179,102 @@ pub fn parse_icmp(p: &[u8]) -> ParsedIcmp {
         inner_dport: u16::from_be_bytes([l4[2], l4[3]]),
     }
 }
+
+/// Sets the IPv4 TTL of a frame (checksum fixed).
+pub fn with_ttl(mut p: Vec<u8>, ttl: u8) -> Vec<u8> {
+    p[22] = ttl;
+    p[24..26].copy_from_slice(&[0, 0]);
+    let c = !csum::fold(csum::sum_be(&p[14..34], 0));
+    p[24..26].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// The IPv4 TTL of a frame.
+pub fn ttl(p: &[u8]) -> u8 {
+    p[22]
+}
+
+/// Splits an IPv4 frame (20-byte header) into fragments carrying at most `chunk` bytes of
+/// payload each (a multiple of 8), as a sender does; `id` is their identification.
+pub fn fragment(p: &[u8], chunk: usize, id: u16) -> Vec<Vec<u8>> {
+    assert!(chunk.is_multiple_of(8) && p[14] == 0x45);
+    let payload = &p[34..];
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < payload.len() {
+        let end = (off + chunk).min(payload.len());
+        let mut f = p[..34].to_vec();
+        f[16..18].copy_from_slice(&((20 + end - off) as u16).to_be_bytes());
+        f[18..20].copy_from_slice(&id.to_be_bytes());
+        let mf = if end < payload.len() { 0x2000 } else { 0 };
+        f[20..22].copy_from_slice(&(mf | (off / 8) as u16).to_be_bytes());
+        f[24..26].copy_from_slice(&[0, 0]);
+        let c = !csum::fold(csum::sum_be(&f[14..34], 0));
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&payload[off..end]);
+        out.push(f);
+        off = end;
+    }
+    out
+}
+
+/// Reassembles fragments (in any order) into one frame, as a receiver does; checks that every
+/// fragment's IPv4 checksum verifies and that all carry the same addresses.
+pub fn reassemble(frags: &[Vec<u8>]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    let mut first = None;
+    for f in frags {
+        assert_eq!(
+            csum::fold(csum::sum_be(&f[14..34], 0)),
+            0xffff,
+            "fragment IPv4 checksum"
+        );
+        let off = usize::from(u16::from_be_bytes([f[20], f[21]]) & 0x1fff) * 8;
+        let body = &f[34..];
+        if payload.len() < off + body.len() {
+            payload.resize(off + body.len(), 0);
+        }
+        payload[off..off + body.len()].copy_from_slice(body);
+        if off == 0 {
+            first = Some(f.clone());
+        }
+        let a = first.as_ref().map_or(&f[26..34], |x| &x[26..34]);
+        assert_eq!(&f[26..34], a, "fragments with different addresses");
+    }
+    let mut p = first.expect("no first fragment")[..34].to_vec();
+    p[16..18].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    p[20..22].copy_from_slice(&[0, 0]);
+    p[24..26].copy_from_slice(&[0, 0]);
+    let c = !csum::fold(csum::sum_be(&p[14..34], 0));
+    p[24..26].copy_from_slice(&c.to_be_bytes());
+    p.extend(payload);
+    p
+}
+
+/// An Ethernet/IPv4/SCTP packet: the common header (ports, verification tag, a CRC32c left
+/// as is: it does not cover the IP header, and address-only translation keeps it) and an
+/// INIT-like chunk.
+pub fn sctp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
+    let mut l4 = vec![0u8; 12];
+    l4[0..2].copy_from_slice(&src.1.to_be_bytes());
+    l4[2..4].copy_from_slice(&dst.1.to_be_bytes());
+    l4[8..12].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    l4.extend_from_slice(&[
+        1, 0, 0, 20, 0, 0, 0, 1, 0, 0, 0x10, 0, 0, 1, 0, 1, 0, 0, 0, 1,
+    ]);
+    let mut p = ETH.to_vec();
+    p.extend(ipv4_header(src.0, dst.0, 132, l4.len()));
+    p.extend(l4);
+    p
+}
+
+/// The addresses and ports of a frame (any L4 with ports): (src, sport, dst, dport).
+pub fn parse_addrs(p: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
+    let l4 = 14 + usize::from(p[14] & 0x0f) * 4;
+    (
+        Ipv4Addr::new(p[26], p[27], p[28], p[29]),
+        u16::from_be_bytes([p[l4], p[l4 + 1]]),
+        Ipv4Addr::new(p[30], p[31], p[32], p[33]),
+        u16::from_be_bytes([p[l4 + 2], p[l4 + 3]]),
+    )
+}

@@ -4,86 +4,13 @@
 use std::net::Ipv4Addr;
 
 use lb_common::{counter, ct_dir, drop_reason, prog_names};
-use lb_userspace::model::{
-    Algorithm, DesiredState, Endpoint, EndpointState, Frontend, FrontendKind, LbService, Protocol,
-    Scope,
-};
+use lb_userspace::model::{Algorithm, DesiredState, Protocol};
 use xlb_tests::{
     datapath::Datapath,
+    fixture::*,
     netns::{require_root, unique_tag},
     packet::{self, flags},
 };
-
-const TCX_NEXT: i32 = -1;
-const TC_ACT_SHOT: i32 = 2;
-/// Translated packets leave through `bpf_redirect_neigh` (no input route lookup).
-const TC_ACT_REDIRECT: i32 = 7;
-const XDP_PASS: u32 = 2;
-const XDP_DROP: u32 = 1;
-/// Translated packets routed back out of the ingress device leave through `XDP_TX`.
-const XDP_TX: u32 = 3;
-
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
-const BACKENDS: [Ipv4Addr; 3] = [
-    Ipv4Addr::new(10, 244, 1, 11),
-    Ipv4Addr::new(10, 244, 1, 12),
-    Ipv4Addr::new(10, 244, 1, 13),
-];
-const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 99);
-
-fn fe(addr: Ipv4Addr, port: u16, proto: Protocol) -> Frontend {
-    Frontend {
-        addr,
-        port,
-        proto,
-        scope: Scope::External,
-        kind: FrontendKind::ClusterIp,
-        source_ranges: false,
-    }
-}
-
-fn svc(name: &str, frontends: Vec<Frontend>, backends: &[Ipv4Addr], port: u16) -> LbService {
-    LbService {
-        name: name.to_owned(),
-        frontends,
-        endpoints: backends
-            .iter()
-            .map(|a| Endpoint {
-                addr: *a,
-                port,
-                weight: 1,
-                local: true,
-                state: EndpointState::Active,
-                node: None,
-            })
-            .collect(),
-        algorithm: Algorithm::Maglev,
-        affinity_timeout: 0,
-        source_ranges: Vec::new(),
-        ext_local: false,
-    }
-}
-
-fn datapath() -> Datapath {
-    require_root();
-    let mut dp = Datapath::new(&unique_tag(), xlb_tests::datapath::MAGLEV_SIZE);
-    let mut d = DesiredState::default();
-    for s in [
-        svc("web", vec![fe(VIP, 80, Protocol::Tcp)], &BACKENDS, 8080),
-        svc("dns", vec![fe(VIP, 53, Protocol::Udp)], &BACKENDS, 5353),
-        svc("empty", vec![fe(EMPTY_VIP, 80, Protocol::Tcp)], &[], 8080),
-    ] {
-        d.services.insert(s.name.clone(), s);
-    }
-    dp.program(&d);
-    dp
-}
-
-fn assert_valid(p: &packet::Parsed, what: &str) {
-    assert!(p.ip_csum_ok, "{what}: IPv4 checksum wrong: {p:?}");
-    assert!(p.l4_csum_ok, "{what}: L4 checksum wrong: {p:?}");
-}
 
 #[test]
 fn syn_to_vip_is_dnated_and_the_reply_reverse_translated() {
@@ -556,37 +483,6 @@ fn maglev_picks_the_same_backend_on_independent_nodes() {
     assert_eq!(differ, 0, "{differ} of 200 flows picked different backends");
 }
 
-const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
-const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 20);
-const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-
-/// A LoadBalancer and a NodePort frontend whose only backend runs on another node.
-fn north_south(ext_local: bool) -> Datapath {
-    let mut dp = datapath();
-    let mut s = svc("lb", vec![], &[REMOTE], 8080);
-    s.endpoints[0].local = false;
-    s.ext_local = ext_local;
-    s.frontends = vec![
-        Frontend {
-            kind: FrontendKind::LoadBalancer,
-            ..fe(LB_IP, 80, Protocol::Tcp)
-        },
-        Frontend {
-            kind: FrontendKind::NodePort,
-            ..fe(NODE_IP, 30080, Protocol::Tcp)
-        },
-        Frontend {
-            kind: FrontendKind::LoadBalancer,
-            ..fe(LB_IP, 53, Protocol::Udp)
-        },
-    ];
-    let mut d = DesiredState::default();
-    d.services.insert(s.name.clone(), s);
-    dp.program(&d);
-    dp
-}
-
 #[test]
 fn external_traffic_to_a_remote_backend_is_snated_and_replies_restored() {
     let mut dp = north_south(false);
@@ -731,25 +627,7 @@ fn sctp_is_translated_when_its_port_is_kept_and_refused_otherwise() {
         d.services.insert(s.name.clone(), s);
     }
     dp.program(&d);
-    let sctp = |dport: u16| {
-        // SCTP common header (ports, verification tag, CRC32c) + an INIT-like chunk.
-        let mut l4 = vec![0u8; 12];
-        l4[0..2].copy_from_slice(&5000u16.to_be_bytes());
-        l4[2..4].copy_from_slice(&dport.to_be_bytes());
-        l4[8..12].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
-        l4.extend_from_slice(&[
-            1, 0, 0, 20, 0, 0, 0, 1, 0, 0, 0x10, 0, 0, 1, 0, 1, 0, 0, 0, 1,
-        ]);
-        let mut p = packet::tcp((CLIENT, 5000), (vip, dport), flags::SYN, b"");
-        p.truncate(34);
-        p[23] = 132;
-        p[16..18].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-        p[24..26].copy_from_slice(&[0, 0]);
-        let c = !lb_common::csum::fold(lb_common::csum::sum_be(&p[14..34], 0));
-        p[24..26].copy_from_slice(&c.to_be_bytes());
-        p.extend(l4);
-        p
-    };
+    let sctp = |dport: u16| packet::sctp((CLIENT, 5000), (vip, dport));
     let pkt = sctp(9000);
     let (rc, out) = dp.tc(prog_names::POD_INGRESS, &pkt);
     assert_eq!(rc, TC_ACT_REDIRECT);

@@ -1,0 +1,241 @@
+//! Path MTU and fragments through the balancer with real traffic: a client behind a router,
+//! the balancer node (standalone, routed: the client's address preserved) and a backend pod,
+//! with an MTU smaller than the ends' on either side. Bulk TCP must complete both ways
+//! (path-MTU discovery through the balancer), and a UDP datagram larger than the MTU must
+//! arrive whole both ways (fragments translated).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use xlb_tests::{
+    agent::{Agent, PinDir},
+    files::WorkDir,
+    netns::{Netns, require_root, unique_tag},
+    topology::Node,
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 50);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 2);
+const SMALL: &str = "1280";
+
+struct Bed {
+    client: Netns,
+    router: Netns,
+    node: Node,
+    agent: Agent,
+    _pins: PinDir,
+    _dir: WorkDir,
+}
+
+/// client (10.10.1.2) — router — node (10.10.2.2, xlb on eth0) — pod 10.244.1.11.
+fn bed() -> Bed {
+    require_root();
+    let tag = unique_tag();
+    let client = Netns::new(&format!("xlbt-{tag}-cl"));
+    let router = Netns::new(&format!("xlbt-{tag}-rt"));
+    let mut node = Node::new(&tag, "n1", 1);
+    node.add_pod(1);
+    let link = |a: &Netns, an: &str, b: &Netns, bn: &str, a_ip: &str, b_ip: &str| {
+        a.ip(&[
+            "link", "add", an, "type", "veth", "peer", "name", bn, "netns", &b.name,
+        ]);
+        a.ip(&["addr", "add", a_ip, "dev", an]);
+        b.ip(&["addr", "add", b_ip, "dev", bn]);
+        a.ip(&["link", "set", an, "up"]);
+        b.ip(&["link", "set", bn, "up"]);
+        for (ns, dev) in [(a, an), (b, bn)] {
+            // Full checksums on the wire, as a NIC delivers.
+            ns.exec(&["ethtool", "-K", dev, "tx", "off"]);
+        }
+    };
+    link(
+        &client,
+        "eth0",
+        &router,
+        "c0",
+        "10.10.1.2/24",
+        "10.10.1.1/24",
+    );
+    link(
+        &router,
+        "n0",
+        &node.ns,
+        "eth0",
+        "10.10.2.1/24",
+        "10.10.2.2/24",
+    );
+    router.sysctl("net.ipv4.ip_forward", "1");
+    client.ip(&["route", "add", "default", "via", "10.10.1.1"]);
+    router.ip(&["route", "add", &format!("{VIP}/32"), "via", "10.10.2.2"]);
+    node.ns
+        .ip(&["route", "add", "10.10.1.0/24", "via", "10.10.2.1"]);
+    client.sysctl("net.ipv4.tcp_max_tw_buckets", "0");
+    let dir = WorkDir::new(&tag);
+    dir.write(
+        "svc.yaml",
+        &format!(
+            "services:\n  - name: bulk\n    frontend: {VIP}:80/tcp\n    clientIP: preserve\n    backends: [10.244.1.11:8080]\n  - name: big\n    frontend: {VIP}:53/udp\n    clientIP: preserve\n    backends: [10.244.1.11:5353]\n"
+        ),
+    );
+    let pins = PinDir::new(&tag);
+    let agent = Agent::start(
+        &node.ns,
+        &pins,
+        &[
+            "--services",
+            dir.path.to_str().unwrap(),
+            "--devices",
+            "eth0",
+            "--pod-devices",
+            "xp*",
+            "--node-ip",
+            "10.10.2.2",
+        ],
+    );
+    agent.wait_active("bulk", 1);
+    agent.wait_active("big", 1);
+    Bed {
+        client,
+        router,
+        node,
+        agent,
+        _pins: pins,
+        _dir: dir,
+    }
+}
+
+/// A backend answering "get N" with N bytes and "put N" (then N bytes) with "ok N".
+fn serve_bulk(pod: &Netns) -> std::thread::JoinHandle<()> {
+    pod.spawn(|| {
+        let l = TcpListener::bind("10.244.1.11:8080").expect("bind");
+        l.set_nonblocking(false).ok();
+        {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while !line.ends_with(b"\n") && s.read(&mut b).unwrap_or(0) == 1 {
+                line.push(b[0]);
+            }
+            let text = String::from_utf8_lossy(&line).into_owned();
+            let mut it = text.split_whitespace();
+            let (op, n) = (
+                it.next().unwrap_or(""),
+                it.next().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0),
+            );
+            if op == "get" {
+                let _ = s.write_all(&vec![b'x'; n]);
+            } else {
+                let mut got = 0;
+                let mut buf = vec![0u8; 65536];
+                while got < n {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => got += k,
+                    }
+                }
+                let _ = s.write_all(format!("ok {got}\n").as_bytes());
+            }
+        }
+    })
+}
+
+/// Runs one bulk exchange from the client; returns bytes received (get) or acknowledged (put).
+fn exchange(client: &Netns, op: &'static str, n: usize) -> std::io::Result<usize> {
+    client.run(move || {
+        let mut s =
+            TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(15)))?;
+        s.set_write_timeout(Some(Duration::from_secs(15)))?;
+        s.write_all(format!("{op} {n}\n").as_bytes())?;
+        if op == "put" {
+            s.write_all(&vec![b'y'; n])?;
+            let mut reply = String::new();
+            s.read_to_string(&mut reply)?;
+            return reply
+                .trim()
+                .strip_prefix("ok ")
+                .and_then(|k| k.parse().ok())
+                .ok_or_else(|| std::io::Error::other(reply.clone()));
+        }
+        let mut got = 0;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match s.read(&mut buf)? {
+                0 => return Ok(got),
+                k => got += k,
+            }
+        }
+    })
+}
+
+/// Bytes of each bulk exchange.
+const N: usize = 2_000_000;
+
+// Each direction on a bed of its own: an end that learned the path MTU once advertises a
+// smaller MSS from then on, and the other direction would never need the balancer's help.
+
+#[test]
+fn a_bulk_download_finds_the_path_mtu_past_the_balancer() {
+    let b = bed();
+    let server = serve_bulk(&b.node.pods[0].ns);
+    // A router between the balancer and the client has a smaller MTU on its client side than
+    // either end. It answers the backend's full-size segments (sent from the VIP) with
+    // fragmentation needed, which the balancer hands to the backend.
+    b.router.ip(&["link", "set", "c0", "mtu", SMALL]);
+    let got = exchange(&b.client, "get", N).expect("download through a smaller MTU stalled");
+    assert_eq!(got, N);
+    assert!(
+        b.agent.counter("icmp_xlate") >= 1,
+        "the router's error was not translated"
+    );
+    drop(server);
+}
+
+#[test]
+fn a_bulk_upload_finds_the_balancers_smaller_next_hop_mtu() {
+    let b = bed();
+    let server = serve_bulk(&b.node.pods[0].ns);
+    // The balancer's own next hop to the backend has the smaller MTU: it answers the client's
+    // full-size segments itself with fragmentation needed, from the VIP.
+    b.node.ns.ip(&["link", "set", "xp1", "mtu", SMALL]);
+    let acked = exchange(&b.client, "put", N).expect("upload through a smaller MTU stalled");
+    assert_eq!(acked, N);
+    assert!(b.agent.counter("drop_frag_needed") >= 1);
+    assert!(b.agent.counter("icmp_sent") >= 1);
+    drop(server);
+}
+
+#[test]
+fn a_udp_datagram_larger_than_the_mtu_crosses_the_balancer_whole_both_ways() {
+    let b = bed();
+    let server = b.node.pods[0].ns.spawn(|| {
+        let s = UdpSocket::bind("10.244.1.11:5353").expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut buf = vec![0u8; 65536];
+        if let Ok((n, peer)) = s.recv_from(&mut buf) {
+            // An answer as big as a large DNS response over UDP, sent to the client as seen.
+            let answer = vec![b'a'; 4000];
+            let _ = s.send_to(&answer, peer);
+            return (n, peer);
+        }
+        (0, SocketAddr::from(([0, 0, 0, 0], 0)))
+    });
+    let (from, len) = b.client.run(|| {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.send_to(&vec![b'q'; 3000], SocketAddr::from((VIP, 53)))
+            .unwrap();
+        let mut buf = vec![0u8; 65536];
+        let (n, from) = s.recv_from(&mut buf).expect("no answer: fragments lost");
+        (from, n)
+    });
+    let (query_len, seen) = server.join().unwrap();
+    assert_eq!(query_len, 3000, "the query arrived in pieces");
+    assert_eq!(seen.ip(), CLIENT, "the client's address was not preserved");
+    assert_eq!((from, len), (SocketAddr::from((VIP, 53)), 4000));
+    assert!(b.agent.counter("frag_xlate") >= 4);
+}
