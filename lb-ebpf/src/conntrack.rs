@@ -210,10 +210,11 @@ pub fn refresh(ct: *mut CtValue, flow: &Flow, cfg: &Config, now: u32, dir: u8, a
 }
 
 /// Applies a refresh's `Peer` to the flow's other entry (`peer`, in the table of confirmed
-/// flows or the other): the state and expiry `after` has now (the same state has the same
-/// timeout).
+/// flows or the other): the state and expiry `after` (the entry at `own`) has now (the same
+/// state has the same timeout). Only if `peer` still names `own` as its other half: another
+/// flow may have taken the tuple over (a reused tuple, a re-created flow).
 #[inline(always)]
-pub fn touch_peer(confirmed: bool, peer: &CtKey, what: Peer, after: &CtValue) {
+pub fn touch_peer(confirmed: bool, own: &CtKey, peer: &CtKey, what: Peer, after: &CtValue) {
     if what == Peer::Keep {
         return;
     }
@@ -227,11 +228,25 @@ pub fn touch_peer(confirmed: bool, peer: &CtKey, what: Peer, after: &CtValue) {
     };
     // SAFETY: pointer into the map value.
     let p = unsafe { &mut *p };
+    if !names(peer, p, own) {
+        return;
+    }
     if what == Peer::Close {
         p.state = after.state;
         p.flags |= after.flags & (ct_flags::FIN_FWD | ct_flags::FIN_REPLY);
     }
     p.expires = after.expires;
+}
+
+/// True if the entry `e` at `key` names `other` as its flow's other half (the reply key of a
+/// forward entry, the forward key of a reply entry).
+#[inline(always)]
+pub fn names(key: &CtKey, e: &CtValue, other: &CtKey) -> bool {
+    if key.dir == ct_dir::FORWARD {
+        reply_key_of(e, key.proto) == *other
+    } else {
+        forward_key_of(key, e) == *other
+    }
 }
 
 /// A key no flow has (all zero).
@@ -444,7 +459,11 @@ pub fn saw_reply(rkey: &CtKey, rev: &CtValue) {
     if !stats::live() {
         return;
     }
-    if let Some(f) = CT_NEW.get_ptr_mut(forward_key_of(rkey, rev)) {
+    let fkey = forward_key_of(rkey, rev);
+    if let Some(f) = CT_NEW.get_ptr_mut(fkey)
+        // SAFETY: pointer into the map value, read in place.
+        && names(&fkey, unsafe { &*f }, rkey)
+    {
         // SAFETY: pointer into the map value; a racing writer sets the same bit.
         unsafe { (*f).flags |= ct_flags::SEEN_REPLY };
     }
@@ -493,6 +512,10 @@ pub fn confirm(fkey: &CtKey) {
     let Some(rev) = (unsafe { CT_NEW.get(rkey) }) else {
         return;
     };
+    // Another flow's reply entry (it took the tuple over) stays with that flow.
+    if !names(&rkey, rev, fkey) {
+        return;
+    }
     if CONNTRACK.insert(fkey, fwd, u64::from(BPF_ANY)).is_err()
         || CONNTRACK.insert(rkey, rev, u64::from(BPF_ANY)).is_err()
     {

@@ -350,7 +350,8 @@ fn established<P: Packet>(
         // SAFETY: pointer into the map value (read in place, no copy on this frame).
         let after = unsafe { &*ct };
         let peer = conntrack::reply_key_of(after, flow.proto);
-        conntrack::touch_peer(confirmed, &peer, what, after);
+        let own = conntrack::key(flow, ct_dir::FORWARD);
+        conntrack::touch_peer(confirmed, &own, &peer, what, after);
     }
     if !confirmed && cur.flags & ct_flags::SEEN_REPLY != 0 && cur.state != ct_state::CLOSED {
         // The client speaks again after a reply: the flow is real (`process` moves it).
@@ -519,13 +520,13 @@ fn retire_old_reply(old_reply: &lb_common::CtKey, flow: &Flow) {
     let fkey = conntrack::key(flow, ct_dir::FORWARD);
     // SAFETY: read in place.
     if let Some(rev) = unsafe { CONNTRACK.get(old_reply) }
-        && conntrack::forward_key_of(old_reply, rev) == fkey
+        && conntrack::names(old_reply, rev, &fkey)
     {
         let _ = CONNTRACK.remove(old_reply);
     }
     // SAFETY: read in place.
     if let Some(rev) = unsafe { CT_NEW.get(old_reply) }
-        && conntrack::forward_key_of(old_reply, rev) == fkey
+        && conntrack::names(old_reply, rev, &fkey)
     {
         let _ = CT_NEW.remove(old_reply);
     }
@@ -638,7 +639,7 @@ fn translate_reply<P: Packet>(pkt: &mut P, flow: &Flow, cfg: &Config, now: u32) 
     let after = unsafe { &*ct };
     if what != Peer::Keep {
         let peer = conntrack::forward_key_of(&rkey, after);
-        conntrack::touch_peer(confirmed, &peer, what, after);
+        conntrack::touch_peer(confirmed, &rkey, &peer, what, after);
     }
     if !confirmed && flow.tcp_flags & tcp_flags::RST == 0 {
         conntrack::saw_reply(&rkey, after);

@@ -232,6 +232,65 @@ fn a_reused_tuple_never_removes_the_reply_entry_another_flow_took_over() {
 }
 
 #[test]
+fn a_closed_flows_fin_never_reaches_the_entry_of_a_flow_that_took_its_tuple_over() {
+    let mut dp = datapath();
+    let client = (CLIENT, 40000);
+    let hook = prog_names::POD_INGRESS;
+    // The first flow: a SYN, refused by the backend (an RST answering it closes the flow).
+    let (_, out) = dp.tc(
+        hook,
+        &packet::tcp_seq(client, (VIP, 80), flags::SYN, 1000, 0, b""),
+    );
+    let be = packet::parse(&out).dst;
+    dp.tc(
+        hook,
+        &packet::tcp_seq((be, 8080), client, flags::RST | flags::ACK, 0, 1001, b""),
+    );
+    // The client dials the backend straight from the same port (its SYN retires the closed
+    // flow's reply entry), then a second service whose only backend is that one: the second
+    // flow takes the reply tuple (backend → client port) over.
+    dp.tc(
+        hook,
+        &packet::tcp_seq(client, (be, 8080), flags::SYN, 1000, 0, b""),
+    );
+    let vip2 = Ipv4Addr::new(10, 96, 0, 20);
+    let mut d = services();
+    let s = svc("other", vec![fe(vip2, 80, Protocol::Tcp)], &[be], 8080);
+    d.services.insert(s.name.clone(), s);
+    dp.program(&d);
+    let (rc, _) = dp.tc(
+        hook,
+        &packet::tcp_seq(client, (vip2, 80), flags::SYN, 3000, 0, b""),
+    );
+    assert_eq!(rc, TC_ACT_REDIRECT, "the second flow's SYN");
+    // A late FIN on the first flow's tuple: its forward entry (closed) still forwards it, and
+    // the FIN must not reach the reply entry the second flow owns now.
+    dp.tc(
+        hook,
+        &packet::tcp_seq(client, (VIP, 80), flags::FIN | flags::ACK, 1001, 1, b""),
+    );
+    let reply = dp
+        .maps
+        .conntrack_tables()
+        .expect("conntrack")
+        .into_iter()
+        .find(|(k, _, _)| k.saddr == be.octets() && k.dport == 40000 && k.dir == 2)
+        .map(|(_, v, _)| v)
+        .expect("the second flow's reply entry");
+    assert_eq!(reply.nat_saddr, vip2.octets(), "owned by the second flow");
+    assert_eq!(
+        (reply.state, reply.flags & lb_common::ct_flags::FIN_FWD),
+        (ct_state::SYN_SENT, 0),
+        "the first flow's FIN closed the second flow's reply entry"
+    );
+    let (_, back) = dp.tc(
+        hook,
+        &packet::tcp_seq((be, 8080), client, flags::SYN | flags::ACK, 5000, 3001, b""),
+    );
+    assert_eq!(packet::parse(&back).src, vip2, "the second flow's SYN/ACK");
+}
+
+#[test]
 fn sctp_through_snat_keeps_its_port_and_comes_back() {
     let mut dp = north_south(false);
     let mut d = DesiredState::default();
