@@ -211,6 +211,16 @@ impl Ipv4Net {
             len: l,
         })
     }
+
+    /// True if `a` is inside the network.
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        let mask = if self.len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.len)
+        };
+        u32::from(a) & mask == u32::from(self.addr)
+    }
 }
 
 impl fmt::Display for Ipv4Net {

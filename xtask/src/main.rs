@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | test | demo | bench <what>`.
+//! Project tasks: `cargo xtask setup | test | demo | bench <what> | fuzz`.
 //!
 //! `test` is what CI runs: set-up, formatting, lints (user space and the kernel crate), then
 //! every test (host unit tests, BPF_PROG_TEST_RUN fixtures, network-namespace integration
@@ -42,6 +42,18 @@ enum Cmd {
         /// Extra arguments for the benchmark.
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+    },
+    /// Differential fuzzing of the datapath against the reference model.
+    Fuzz {
+        /// How long to run.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// First seed (default: one from the clock).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Actions per case.
+        #[arg(long, default_value_t = 2000)]
+        steps: usize,
     },
 }
 
@@ -168,6 +180,25 @@ fn main() -> anyhow::Result<()> {
                 other => bail!("unknown benchmark {other:?}: datapath, sync or e2e"),
             };
             run_bin(bin, &args)
+        }
+        Cmd::Fuzz {
+            seconds,
+            seed,
+            steps,
+        } => {
+            require_root("the fuzzer")?;
+            setup::setup(&[])?;
+            build_release()?;
+            let mut args = vec![
+                "--seconds".to_owned(),
+                seconds.to_string(),
+                "--steps".to_owned(),
+                steps.to_string(),
+            ];
+            if let Some(s) = seed {
+                args.extend(["--seed".to_owned(), s.to_string()]);
+            }
+            run_bin("xlb-fuzz", &args)
         }
     }
 }
