@@ -30,6 +30,9 @@ pub const ROUTED: [&str; 5] = [
     "10.94.0.0/15",
 ];
 
+/// Repeats per run of `Datapath::time_routed`: a TTL of 255 lasts 254 hops.
+pub const ROUTED_RUN: u32 = 250;
+
 /// A loaded, unattached datapath with its own maps.
 pub struct Datapath {
     pub ebpf: Ebpf,
@@ -209,7 +212,9 @@ impl Datapath {
 
     /// Runs a tc program once: (return code, packet after).
     pub fn tc(&mut self, name: &'static str, pkt: &[u8]) -> (i32, Vec<u8>) {
-        let (r, out) = self.run(name, pkt, 1).expect("test run");
+        let (r, out) = self
+            .run(name, pkt, 1)
+            .unwrap_or_else(|e| panic!("test run {pkt:02x?}: {e}"));
         (r.return_value as i32, out)
     }
 
@@ -231,6 +236,30 @@ impl Datapath {
     pub fn time(&mut self, name: &'static str, pkt: &[u8], repeat: u32) -> f64 {
         let (r, _) = self.run(name, pkt, repeat).expect("test run");
         r.duration.as_secs_f64() * 1e9
+    }
+
+    /// `time` for a packet the program forwards as a router would, decrementing its TTL at
+    /// every repeat (BPF_PROG_TEST_RUN runs the repeats on the same buffer): runs of
+    /// `ROUTED_RUN` repeats, each from TTL 255, averaged over `repeat` in all.
+    pub fn time_routed(&mut self, name: &'static str, pkt: &[u8], repeat: u32) -> f64 {
+        self.time_runs(name, repeat, |_| pkt.to_vec())
+    }
+
+    /// `time_routed` with a packet per run (`make(run)`), e.g. a new flow for every run.
+    pub fn time_runs(
+        &mut self,
+        name: &'static str,
+        repeat: u32,
+        mut make: impl FnMut(u32) -> Vec<u8>,
+    ) -> f64 {
+        let runs = repeat.div_ceil(ROUTED_RUN);
+        (0..runs)
+            .map(|i| {
+                let pkt = crate::packet::with_ttl(make(i), 255);
+                self.time(name, &pkt, ROUTED_RUN)
+            })
+            .sum::<f64>()
+            / f64::from(runs)
     }
 
     /// Global counters summed over CPUs.
