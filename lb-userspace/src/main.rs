@@ -61,7 +61,9 @@ enum Cmd {
     Explain(ExplainArgs),
     /// Stream datapath events: drops with their reason, optionally new-flow decisions.
     Monitor(MonitorArgs),
-    /// Validate service files without touching the kernel.
+    /// Validate service files without touching the kernel. Problems go to stderr, the summary
+    /// to stdout. Exit code: 0 clean, 1 errors (entries the agent would skip or keep at their
+    /// last good version), 3 warnings only (input read and deliberately ignored).
     Check(CheckArgs),
     /// Is it working? The agent (running, stopped, never started), its last sync, every
     /// device with its attach mode and why, socket hooks, map fill, drops, warnings.
@@ -485,10 +487,14 @@ fn main() -> ExitCode {
                 node_ips: c.node_ips,
                 proxy_name: None,
             };
-            cli::check::run(&c.path, &node, c.output).map(|(s, ok)| {
-                print!("{s}");
-                ok
-            })
+            match cli::check::run(&c.path, &node, c.output) {
+                Ok(r) => {
+                    eprint!("{}", r.stderr);
+                    print!("{}", r.stdout);
+                    return ExitCode::from(r.exit);
+                }
+                Err(e) => Err(e),
+            }
         }
     };
     match result {

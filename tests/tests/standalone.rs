@@ -209,14 +209,15 @@ fn frontend_key_hex(addr: Ipv4Addr, port: u16, proto: u8) -> String {
         .join(" ")
 }
 
-fn check(path: &Path) -> (bool, String) {
+/// `xlb check PATH`: (exit code, stdout + stderr).
+fn check(path: &Path) -> (i32, String) {
     let out = Command::new(xlb_bin())
         .arg("check")
         .arg(path)
         .output()
         .expect("xlb check");
     (
-        out.status.success(),
+        out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
     )
 }
@@ -225,10 +226,10 @@ fn check(path: &Path) -> (bool, String) {
 fn check_names_file_line_and_field_of_every_problem() {
     let dir = WorkDir::new(&format!("check-{}", unique_tag()));
     let good = dir.write("good.yaml", &compact());
-    let (ok, text) = check(&good);
-    assert!(ok, "{text}");
+    let (code, text) = check(&good);
+    assert_eq!(code, 0, "{text}");
     assert!(
-        text.contains("0 problem(s); would program 3 service(s)"),
+        text.contains("0 error(s), 0 warning(s); would program 3 service(s)"),
         "{text}"
     );
 
@@ -248,8 +249,8 @@ fn check_names_file_line_and_field_of_every_problem() {
     backends: [{address: 10.0.1.2:80, weight: 0}]
 ",
     );
-    let (ok, text) = check(&bad);
-    assert!(!ok, "{text}");
+    let (code, text) = check(&bad);
+    assert_eq!(code, 1, "{text}");
     for needle in [
         "bad.yaml:6",
         "services[0].backends[1]",
@@ -257,15 +258,15 @@ fn check_names_file_line_and_field_of_every_problem() {
         "bad.yaml:8",
         "services[1].frontends[0]",
         "bad.yaml:12",
-        "services[2].backends[0].weight",
-        "3 problem(s)",
+        "services[2].backends[0]: weight must be a whole number from 1 to 65535, got 0",
+        "3 error(s)",
     ] {
         assert!(text.contains(needle), "{needle:?} missing:\n{text}");
     }
     // A directory: every file is checked, manifests and compact alike.
     dir.write("legacy.yaml", &manifest());
-    let (ok, text) = check(&dir.path);
-    assert!(!ok);
+    let (code, text) = check(&dir.path);
+    assert_eq!(code, 1, "{text}");
     assert!(
         text.contains("bad.yaml:6") && text.contains("would program 4 service(s)"),
         "{text}"
@@ -275,8 +276,8 @@ fn check_names_file_line_and_field_of_every_problem() {
 #[test]
 fn shipped_standalone_example_and_systemd_unit_are_valid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let (ok, text) = check(&root.join("deploy/standalone/services.yaml"));
-    assert!(ok, "{text}");
+    let (code, text) = check(&root.join("deploy/standalone/services.yaml"));
+    assert_eq!(code, 0, "{text}");
     // systemd-analyze wants the ExecStart binary to exist: point the unit at this build.
     let dir = WorkDir::new(&format!("unit-{}", unique_tag()));
     let unit = std::fs::read_to_string(root.join("deploy/systemd/xlb.service")).expect("unit");

@@ -1,5 +1,7 @@
-//! `xlb check PATH`: validates service files without touching the kernel. Prints every
-//! problem with file and line, then what would be programmed.
+//! `xlb check PATH`: validates service files without touching the kernel. Every problem goes to
+//! stderr with file, line, object and field, marked error or warning; the summary of what would
+//! be programmed goes to stdout. Exit code: 0 clean, 1 errors (entries that would be skipped or
+//! keep their last good version), 3 warnings only (input read and deliberately ignored).
 
 use std::path::Path;
 
@@ -8,55 +10,113 @@ use serde::Serialize;
 use super::Output;
 use crate::{
     k8s::{NodeContext, Translator},
+    problem::{Problem, Severity},
     source::files::FileSource,
 };
 
+/// Exit code when only warnings were found.
+pub const EXIT_WARNINGS: u8 = 3;
+
+/// One problem, structured for `-o json`.
+#[derive(Serialize)]
+struct Item {
+    file: String,
+    line: Option<usize>,
+    object: String,
+    field: String,
+    message: String,
+    severity: Severity,
+}
+
+impl From<&Problem> for Item {
+    fn from(p: &Problem) -> Self {
+        let (file, line) = p.file_line();
+        Self {
+            file: file.to_owned(),
+            line,
+            object: p.object.clone(),
+            field: p.field.clone(),
+            message: p.message.clone(),
+            severity: p.severity,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Report {
-    problems: Vec<String>,
+    errors: usize,
+    warnings: usize,
+    problems: Vec<Item>,
     services: usize,
     frontends: usize,
     endpoints: usize,
 }
 
-/// Runs the check. Returns the text to print and whether the files are clean.
-pub fn run(path: &Path, node: &NodeContext, output: Output) -> anyhow::Result<(String, bool)> {
+/// What `xlb check` prints and its exit code.
+pub struct Checked {
+    /// For stdout: the summary (or the whole JSON report).
+    pub stdout: String,
+    /// For stderr: one line per problem (table output only).
+    pub stderr: String,
+    /// 0, 1 or `EXIT_WARNINGS`.
+    pub exit: u8,
+}
+
+/// Runs the check.
+pub fn run(path: &Path, node: &NodeContext, output: Output) -> anyhow::Result<Checked> {
     let delta = FileSource::new(path).load();
     let mut t = Translator::new(node.clone());
     delta.apply_to(&mut t);
     t.flush();
-    let problems: Vec<String> = delta
-        .problems
-        .iter()
-        .cloned()
-        .chain(t.problems())
-        .map(|p| p.to_string())
-        .collect();
+    let mut problems: Vec<Problem> = delta.problems.iter().cloned().chain(t.problems()).collect();
     let state = t.desired();
+    let services = state.services.len();
+    if services == 0 {
+        problems.push(
+            Problem::file(
+                path.display().to_string(),
+                "nothing to program: no service with a frontend found",
+            )
+            .warning(),
+        );
+    }
+    let errors = problems.iter().filter(|p| p.is_error()).count();
     let report = Report {
-        services: state.services.len(),
+        errors,
+        warnings: problems.len() - errors,
+        problems: problems.iter().map(Item::from).collect(),
+        services,
         frontends: state.services.values().map(|s| s.frontends.len()).sum(),
         endpoints: state.services.values().map(|s| s.endpoints.len()).sum(),
-        problems,
     };
-    let ok = report.problems.is_empty();
-    let text = match output {
-        Output::Json => serde_json::to_string_pretty(&report)? + "\n",
+    let exit = match (report.errors, report.warnings) {
+        (0, 0) => 0,
+        (0, _) => EXIT_WARNINGS,
+        _ => 1,
+    };
+    let (stdout, stderr) = match output {
+        Output::Json => (serde_json::to_string_pretty(&report)? + "\n", String::new()),
         Output::Table => {
-            let mut s = String::new();
-            for p in &report.problems {
-                s.push_str(&format!("error: {p}\n"));
-            }
-            s.push_str(&format!(
-                "{}: {} problem(s); would program {} service(s), {} frontend(s), {} endpoint(s)\n",
+            let stderr: String = problems
+                .iter()
+                .map(|p| format!("{}: {p}\n", p.severity))
+                .collect();
+            let stdout = format!(
+                "{}: {} error(s), {} warning(s); would program {} service(s), {} frontend(s), \
+                 {} endpoint(s)\n",
                 path.display(),
-                report.problems.len(),
+                report.errors,
+                report.warnings,
                 report.services,
                 report.frontends,
                 report.endpoints
-            ));
-            s
+            );
+            (stdout, stderr)
         }
     };
-    Ok((text, ok))
+    Ok(Checked {
+        stdout,
+        stderr,
+        exit,
+    })
 }

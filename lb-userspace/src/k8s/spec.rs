@@ -10,7 +10,7 @@ use k8s_openapi::{
 
 use crate::{
     model::{Algorithm, Ipv4Net, Protocol},
-    problem::Problem,
+    problem::{Checked, Problem},
 };
 
 /// Label naming the Service an EndpointSlice belongs to.
@@ -116,8 +116,15 @@ fn ipv4_list<'a>(
     for (i, v) in values.into_iter().enumerate() {
         match v.parse::<std::net::IpAddr>() {
             Ok(std::net::IpAddr::V4(a)) => out.push(a),
-            // IPv6 entries of dual-stack objects are not programmed (IPv4 datapath).
-            Ok(std::net::IpAddr::V6(_)) => {}
+            // IPv6 entries of dual-stack objects are not programmed (IPv4 datapath): said.
+            Ok(std::net::IpAddr::V6(_)) => problems.push(
+                Problem::field(
+                    object,
+                    format!("{field}[{i}]"),
+                    format!("{v}: IPv6 is not served (IPv4 datapath); ignored"),
+                )
+                .warning(),
+            ),
             Err(_) => problems.push(Problem::field(
                 object,
                 format!("{field}[{i}]"),
@@ -128,8 +135,9 @@ fn ipv4_list<'a>(
     out
 }
 
-/// Validates a Service. Returns every problem found if it cannot be programmed as written.
-pub fn service_spec(svc: &Service) -> Result<ServiceSpec, Vec<Problem>> {
+/// Validates a Service. Returns the spec with the warnings about what it ignores, or every
+/// problem found if it cannot be programmed as written.
+pub fn service_spec(svc: &Service) -> Checked<ServiceSpec> {
     let meta = &svc.metadata;
     let namespace = meta
         .namespace
@@ -380,7 +388,15 @@ pub fn service_spec(svc: &Service) -> Result<ServiceSpec, Vec<Problem>> {
         .enumerate()
     {
         if r.contains(':') {
-            continue; // IPv6 range: not applicable to the IPv4 datapath.
+            problems.push(
+                Problem::field(
+                    &object,
+                    format!("spec.loadBalancerSourceRanges[{i}]"),
+                    format!("{r}: IPv6 is not served (IPv4 datapath); ignored"),
+                )
+                .warning(),
+            );
+            continue;
         }
         match Ipv4Net::parse(r) {
             Some(n) => source_ranges.push(n),
@@ -414,10 +430,10 @@ pub fn service_spec(svc: &Service) -> Result<ServiceSpec, Vec<Problem>> {
         .cloned();
     let health_check_node_port = spec.health_check_node_port.and_then(port_u16);
 
-    if !problems.is_empty() {
+    if problems.iter().any(Problem::is_error) {
         return Err(problems);
     }
-    Ok(ServiceSpec {
+    let spec = ServiceSpec {
         namespace,
         name,
         kind,
@@ -432,11 +448,12 @@ pub fn service_spec(svc: &Service) -> Result<ServiceSpec, Vec<Problem>> {
         algorithm,
         proxy_name,
         health_check_node_port,
-    })
+    };
+    Ok((spec, problems))
 }
 
 /// Validates an EndpointSlice.
-pub fn slice_spec(slice: &EndpointSlice) -> Result<SliceSpec, Vec<Problem>> {
+pub fn slice_spec(slice: &EndpointSlice) -> Checked<SliceSpec> {
     let meta = &slice.metadata;
     let namespace = meta
         .namespace
@@ -463,7 +480,17 @@ pub fn slice_spec(slice: &EndpointSlice) -> Result<SliceSpec, Vec<Problem>> {
     }
     let ipv4 = match slice.address_type.as_str() {
         "IPv4" => true,
-        "IPv6" | "FQDN" => false,
+        t @ ("IPv6" | "FQDN") => {
+            problems.push(
+                Problem::field(
+                    &object,
+                    "addressType",
+                    format!("{t} endpoints are not served (IPv4 datapath); ignored"),
+                )
+                .warning(),
+            );
+            false
+        }
         other => {
             problems.push(Problem::field(
                 &object,
@@ -527,14 +554,15 @@ pub fn slice_spec(slice: &EndpointSlice) -> Result<SliceSpec, Vec<Problem>> {
             });
         }
     }
-    if !problems.is_empty() {
+    if problems.iter().any(Problem::is_error) {
         return Err(problems);
     }
-    Ok(SliceSpec {
+    let spec = SliceSpec {
         namespace,
         name,
         service,
         ports,
         endpoints,
-    })
+    };
+    Ok((spec, problems))
 }

@@ -26,11 +26,11 @@ fn node() -> NodeContext {
 fn run(svcs: &[&str], slices: &[&str]) -> super::Translation {
     let s: Vec<_> = svcs
         .iter()
-        .map(|y| service_spec(&svc(y)).unwrap())
+        .map(|y| service_spec(&svc(y)).unwrap().0)
         .collect();
     let e: Vec<_> = slices
         .iter()
-        .map(|y| slice_spec(&slice(y)).unwrap())
+        .map(|y| slice_spec(&slice(y)).unwrap().0)
         .collect();
     translate(&s, &e, &node())
 }
@@ -360,11 +360,12 @@ fn incremental_translation_matches_a_fresh_one() {
             "metadata: {{name: {name}, namespace: default, labels: {{kubernetes.io/service-name: {svc}}}}}\naddressType: IPv4\nports: [{{port: 80}}]\nendpoints: [{{addresses: [{ip}]}}]"
         )))
         .unwrap()
+        .0
     };
     let mut t = Translator::new(node());
     let mut services = vec![
-        service_spec(&svc(svc_a)).unwrap(),
-        service_spec(&svc(svc_b)).unwrap(),
+        service_spec(&svc(svc_a)).unwrap().0,
+        service_spec(&svc(svc_b)).unwrap().0,
     ];
     let mut slices = vec![sl("a-1", "a", "10.244.0.1"), sl("b-1", "b", "10.244.0.2")];
     for s in &services {
@@ -392,7 +393,7 @@ fn incremental_translation_matches_a_fresh_one() {
     check(&t, &services, &slices);
 
     // A conflicting service appears, then the owner goes away.
-    services.push(service_spec(&svc(svc_c)).unwrap());
+    services.push(service_spec(&svc(svc_c)).unwrap().0);
     slices.push(sl("c-1", "c", "10.244.0.4"));
     t.upsert_service(services[2].clone());
     t.upsert_slice(slices[2].clone());

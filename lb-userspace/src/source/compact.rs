@@ -32,7 +32,8 @@ use crate::{
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
-    services: Vec<Svc>,
+    /// Entries, each deserialized on its own so one bad entry skips only itself.
+    services: Vec<serde_yaml_ng::Value>,
 }
 
 #[derive(Deserialize)]
@@ -48,23 +49,55 @@ struct Svc {
     source_ranges: Vec<String>,
     #[serde(rename = "clientIP")]
     client_ip: Option<String>,
+    /// `address:port` strings or `{address, weight}` maps, read by `backend_entry`.
     #[serde(default)]
-    backends: Vec<BackendEntry>,
+    backends: Vec<serde_yaml_ng::Value>,
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum BackendEntry {
-    Short(String),
-    Full {
-        address: String,
-        #[serde(default = "one")]
-        weight: u16,
-    },
+#[serde(deny_unknown_fields)]
+struct FullBackend {
+    address: String,
+    weight: Option<serde_yaml_ng::Value>,
 }
 
-fn one() -> u16 {
-    1
+/// A backend entry as (address:port text, weight), or what is wrong with it.
+fn backend_entry(v: &serde_yaml_ng::Value) -> Result<(String, u16), String> {
+    use serde_yaml_ng::Value;
+    match v {
+        Value::String(s) => Ok((s.clone(), 1)),
+        Value::Mapping(_) => {
+            let b: FullBackend = serde_yaml_ng::from_value(v.clone()).map_err(|e| {
+                let msg = e.to_string();
+                msg.split(" at line ").next().unwrap_or(&msg).to_owned()
+            })?;
+            let weight = match &b.weight {
+                None => 1,
+                Some(w) => w
+                    .as_u64()
+                    .and_then(|w| u16::try_from(w).ok())
+                    .filter(|w| *w >= 1)
+                    .ok_or_else(|| {
+                        format!(
+                            "weight must be a whole number from 1 to 65535, got {}",
+                            yaml_text(w)
+                        )
+                    })?,
+            };
+            Ok((b.address, weight))
+        }
+        other => Err(format!(
+            "{} is not a backend: write address:port or {{address: address:port, weight: 1-65535}}",
+            yaml_text(other)
+        )),
+    }
+}
+
+/// A YAML value as written, for messages.
+fn yaml_text(v: &serde_yaml_ng::Value) -> String {
+    serde_yaml_ng::to_string(v)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| format!("{v:?}"))
 }
 
 /// Parses `a.b.c.d:port[/proto]` (protocol defaults to TCP).
@@ -96,186 +129,237 @@ pub fn parse_addr_port(s: &str) -> Result<(Ipv4Addr, u16), String> {
     Ok((addr, port))
 }
 
-/// Line (1-based, within the file) of the first occurrence of `needle` at or after `from`.
-fn line_of(text: &str, first_line: usize, needle: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(needle))
-        .map_or(first_line, |i| first_line + i)
+/// Line (1-based, within the file) of the first line of `lines` holding `needle`, or `dflt`.
+fn line_of(lines: &[(usize, &str)], needle: &str, dflt: usize) -> usize {
+    lines
+        .iter()
+        .find(|(_, l)| l.contains(needle))
+        .map_or(dflt, |(n, _)| *n)
+}
+
+/// The lines of each entry of the `services:` list (numbered within the file), in order: block
+/// entries start at the list's own indentation with `- `; a flow list is one line.
+fn entry_spans(text: &str, first_line: usize) -> Vec<Vec<(usize, &str)>> {
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (first_line + i, l))
+        .collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let is_item = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with("- ") || t == "-"
+    };
+    let Some(list_indent) = lines
+        .iter()
+        .find(|(_, l)| is_item(l))
+        .map(|(_, l)| indent(l))
+    else {
+        return Vec::new();
+    };
+    let mut spans: Vec<Vec<(usize, &str)>> = Vec::new();
+    for &(n, l) in &lines {
+        if is_item(l) && indent(l) == list_indent {
+            spans.push(Vec::new());
+        }
+        if let Some(span) = spans.last_mut() {
+            span.push((n, l));
+        }
+    }
+    spans
 }
 
 /// Services of a compact document, each with the line it starts at.
 pub type Parsed = Vec<(usize, LbService)>;
 
 /// Parses one compact document. Returns its services and the problems of entries that were
-/// skipped; `Err` if the document does not have the format.
+/// skipped (every problem of each, with the line of the field); `Err` if the document does not
+/// have the format.
 pub fn parse(text: &str, file: &str, first_line: usize) -> Result<(Parsed, Vec<Problem>), Problem> {
     let doc: File = serde_yaml_ng::from_str(text).map_err(|e| {
         let line = e
             .location()
             .map_or(first_line, |l| first_line + l.line() - 1);
         let msg = e.to_string();
-        Problem {
-            origin: format!("{file}:{line}"),
-            object: String::new(),
-            field: String::new(),
-            message: msg.split(" at line ").next().unwrap_or(&msg).to_owned(),
-        }
+        Problem::file(
+            format!("{file}:{line}"),
+            msg.split(" at line ").next().unwrap_or(&msg),
+        )
     })?;
+    let spans = entry_spans(text, first_line);
     let mut out = Vec::new();
     let mut problems = Vec::new();
-    // Each entry starts at a line "- " under `services:`; find them in order for origins.
-    let mut entry_lines = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.trim_start().starts_with("- ") && !l.starts_with("      "))
-        .map(|(i, _)| first_line + i);
-    for (i, svc) in doc.services.into_iter().enumerate() {
-        let entry_line = entry_lines.next().unwrap_or(first_line);
-        let label = svc.name.clone().unwrap_or_else(|| format!("services[{i}]"));
+    for (i, value) in doc.services.into_iter().enumerate() {
+        let lines: &[(usize, &str)] = spans.get(i).map_or(&[], Vec::as_slice);
+        let entry_line = lines.first().map_or(first_line, |(n, _)| *n);
+        let label = value
+            .get("name")
+            .and_then(|n| n.as_str())
+            .map_or_else(|| format!("services[{i}]"), str::to_owned);
         let object = format!("service {label}");
+        let mut found = Vec::new();
         let mut bad = |field: String, needle: &str, msg: String| {
-            problems.push(Problem {
-                origin: format!("{file}:{}", line_of(text, first_line, needle)),
-                object: object.clone(),
-                field,
-                message: msg + "; skipped",
-            });
+            let mut p = Problem::field(&object, field, msg + "; skipped");
+            p.origin = format!("{file}:{}", line_of(lines, needle, entry_line));
+            found.push(p);
         };
-        let mut fe_strings: Vec<String> = svc.frontend.into_iter().collect();
-        fe_strings.extend(svc.frontends);
-        if fe_strings.is_empty() {
-            bad(
-                format!("services[{i}].frontends"),
-                &label,
-                "required".to_owned(),
-            );
-            continue;
+        let svc: Svc = match serde_yaml_ng::from_value(value) {
+            Ok(s) => s,
+            Err(e) => {
+                let msg = e.to_string();
+                let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+                // `unknown field `frontnd`, expected …`: point at the field's line.
+                let needle = msg.split('`').nth(1).unwrap_or(&label).to_owned();
+                bad(format!("services[{i}]"), &needle, msg);
+                problems.append(&mut found);
+                continue;
+            }
+        };
+        if let Some(service) = entry(svc, i, &label, &mut bad) {
+            out.push((entry_line, service));
         }
-        let ranges: Result<Vec<Ipv4Net>, (usize, String)> = svc
-            .source_ranges
-            .iter()
-            .enumerate()
-            .map(|(j, r)| Ipv4Net::parse(r).ok_or((j, r.clone())))
-            .collect();
-        let ranges = match ranges {
-            Ok(r) => r,
-            Err((j, r)) => {
+        problems.append(&mut found);
+    }
+    Ok((out, problems))
+}
+
+/// Validates one entry, reporting every problem through `bad(field, needle, message)` (the
+/// needle finds the line); `None` if any.
+fn entry(
+    svc: Svc,
+    i: usize,
+    label: &str,
+    bad: &mut impl FnMut(String, &str, String),
+) -> Option<LbService> {
+    let mut ok = true;
+    let mut fe_strings: Vec<String> = svc.frontend.into_iter().collect();
+    fe_strings.extend(svc.frontends);
+    if fe_strings.is_empty() {
+        bad(
+            format!("services[{i}].frontends"),
+            label,
+            "required".to_owned(),
+        );
+        ok = false;
+    }
+    let mut ranges = Vec::new();
+    for (j, r) in svc.source_ranges.iter().enumerate() {
+        match Ipv4Net::parse(r) {
+            Some(n) => ranges.push(n),
+            None => {
                 bad(
                     format!("services[{i}].sourceRanges[{j}]"),
-                    &r,
-                    format!("{r:?} is not a CIDR"),
+                    r,
+                    format!("{r:?} is not an IPv4 CIDR"),
                 );
-                continue;
-            }
-        };
-        let mut frontends = Vec::new();
-        let mut ok = true;
-        for (j, f) in fe_strings.iter().enumerate() {
-            match parse_frontend(f) {
-                Ok((addr, port, proto)) => frontends.push(Frontend {
-                    addr,
-                    port,
-                    proto,
-                    scope: Scope::External,
-                    kind: FrontendKind::LoadBalancer,
-                    source_ranges: !ranges.is_empty(),
-                }),
-                Err(e) => {
-                    bad(format!("services[{i}].frontends[{j}]"), f, e);
-                    ok = false;
-                }
+                ok = false;
             }
         }
-        let algorithm = match svc.algorithm.as_deref() {
-            None => Algorithm::default(),
-            Some(a) => match Algorithm::parse(a) {
-                Some(a) => a,
-                None => {
-                    bad(
-                        format!("services[{i}].algorithm"),
-                        a,
-                        format!("{a:?} is not maglev or random"),
-                    );
-                    continue;
-                }
-            },
-        };
-        let ext_local = match svc.client_ip.as_deref() {
-            None | Some("snat") => false,
-            Some("preserve") => true,
-            Some(other) => {
-                bad(
-                    format!("services[{i}].clientIP"),
-                    other,
-                    format!("{other:?} is not snat or preserve"),
-                );
-                continue;
+    }
+    let mut frontends = Vec::new();
+    for (j, f) in fe_strings.iter().enumerate() {
+        match parse_frontend(f) {
+            Ok((addr, port, proto)) => frontends.push(Frontend {
+                addr,
+                port,
+                proto,
+                scope: Scope::External,
+                kind: FrontendKind::LoadBalancer,
+                source_ranges: !svc.source_ranges.is_empty(),
+            }),
+            Err(e) => {
+                bad(format!("services[{i}].frontends[{j}]"), f, e);
+                ok = false;
             }
+        }
+    }
+    let algorithm = match svc.algorithm.as_deref() {
+        None => Algorithm::default(),
+        Some(a) => Algorithm::parse(a).unwrap_or_else(|| {
+            bad(
+                format!("services[{i}].algorithm"),
+                a,
+                format!("{a:?} is not maglev or random"),
+            );
+            ok = false;
+            Algorithm::default()
+        }),
+    };
+    let ext_local = match svc.client_ip.as_deref() {
+        None | Some("snat") => false,
+        Some("preserve") => true,
+        Some(other) => {
+            bad(
+                format!("services[{i}].clientIP"),
+                other,
+                format!("{other:?} is not snat or preserve"),
+            );
+            ok = false;
+            false
+        }
+    };
+    let mut endpoints = Vec::new();
+    for (j, b) in svc.backends.iter().enumerate() {
+        let needle = match b {
+            serde_yaml_ng::Value::String(s) => s.clone(),
+            other => other
+                .get("address")
+                .and_then(|a| a.as_str())
+                .unwrap_or("backends")
+                .to_owned(),
         };
-        let mut endpoints = Vec::new();
-        for (j, b) in svc.backends.iter().enumerate() {
-            let (s, weight) = match b {
-                BackendEntry::Short(s) => (s, 1),
-                BackendEntry::Full { address, weight } => (address, *weight),
-            };
-            if weight == 0 {
-                bad(
-                    format!("services[{i}].backends[{j}].weight"),
-                    s,
-                    "must be at least 1".to_owned(),
-                );
+        let (s, weight) = match backend_entry(b) {
+            Ok(e) => e,
+            Err(e) => {
+                bad(format!("services[{i}].backends[{j}]"), &needle, e);
                 ok = false;
                 continue;
             }
-            match parse_addr_port(s) {
-                Ok((addr, port)) => endpoints.push(Endpoint {
-                    addr,
-                    port,
-                    weight,
-                    local: false,
-                    state: EndpointState::Active,
-                    node: None,
-                }),
-                Err(e) => {
-                    bad(format!("services[{i}].backends[{j}]"), s, e);
-                    ok = false;
-                }
+        };
+        match parse_addr_port(&s) {
+            Ok((addr, port)) => endpoints.push(Endpoint {
+                addr,
+                port,
+                weight,
+                local: false,
+                state: EndpointState::Active,
+                node: None,
+            }),
+            Err(e) => {
+                bad(format!("services[{i}].backends[{j}]"), &s, e);
+                ok = false;
             }
         }
-        if !ok {
-            continue;
-        }
-        if let Some(f) = frontends
-            .iter()
-            .find(|f| f.proto == Protocol::Sctp && endpoints.iter().any(|e| e.port != f.port))
-        {
-            bad(
-                format!("services[{i}].backends"),
-                &label,
-                format!(
-                    "SCTP frontend {f} needs backends on the same port (SCTP's CRC32c covers \
-                     ports, so xlb does not rewrite them)"
-                ),
-            );
-            continue;
-        }
-        endpoints.sort();
-        endpoints.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
-        let name = svc.name.unwrap_or_else(|| frontends[0].to_string());
-        out.push((
-            entry_line,
-            LbService {
-                name,
-                frontends,
-                endpoints,
-                algorithm,
-                affinity_timeout: svc.session_affinity_seconds.unwrap_or(0),
-                source_ranges: ranges,
-                ext_local,
-            },
-        ));
     }
-    Ok((out, problems))
+    if let Some(f) = frontends
+        .iter()
+        .find(|f| f.proto == Protocol::Sctp && endpoints.iter().any(|e| e.port != f.port))
+    {
+        bad(
+            format!("services[{i}].backends"),
+            "backends",
+            format!(
+                "SCTP frontend {f} needs backends on the same port (SCTP's CRC32c covers \
+                 ports, so xlb does not rewrite them)"
+            ),
+        );
+        ok = false;
+    }
+    if !ok {
+        return None;
+    }
+    endpoints.sort();
+    endpoints.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
+    let name = svc.name.unwrap_or_else(|| frontends[0].to_string());
+    Some(LbService {
+        name,
+        frontends,
+        endpoints,
+        algorithm,
+        affinity_timeout: svc.session_affinity_seconds.unwrap_or(0),
+        source_ranges: ranges,
+        ext_local,
+    })
 }
 
 #[cfg(test)]
@@ -319,10 +403,66 @@ mod tests {
     }
 
     #[test]
-    fn unknown_field_is_an_error_with_line() {
-        let text = "services:\n  - name: web\n    frontnd: 192.0.2.10:80\n";
-        let err = parse(text, "lb.yaml", 1).unwrap_err();
-        assert_eq!(err.origin, "lb.yaml:3");
-        assert!(err.message.contains("frontnd"), "{}", err.message);
+    fn unknown_field_skips_only_its_entry_and_names_its_line() {
+        let text = "services:\n  - name: web\n    frontnd: 192.0.2.10:80\n  - name: ok\n    frontend: 192.0.2.11:80\n    backends: [10.0.1.1:80]\n";
+        let (svcs, problems) = parse(text, "lb.yaml", 1).unwrap();
+        assert_eq!(svcs.len(), 1, "{problems:?}");
+        assert_eq!(svcs[0].1.name, "ok");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].origin, "lb.yaml:3");
+        assert_eq!(problems[0].object, "service web");
+        assert!(problems[0].message.contains("frontnd"), "{}", problems[0]);
+    }
+
+    #[test]
+    fn every_problem_of_an_entry_is_reported_at_its_own_line() {
+        let text = "services:
+  - name: web
+    frontend: 192.0.2.10:80/tcpx
+    algorithm: roundrobin
+    backends:
+      - 10.0.1.1:8080
+      - {address: 10.0.1.2:8080, weight: 70000}
+      - {address: 10.0.1.3:8080, weight: many}
+      - 10.0.1.4
+";
+        let (svcs, problems) = parse(text, "lb.yaml", 1).unwrap();
+        assert!(svcs.is_empty());
+        let got: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.origin.as_str(), p.field.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("lb.yaml:3", "services[0].frontends[0]"),
+                ("lb.yaml:4", "services[0].algorithm"),
+                ("lb.yaml:7", "services[0].backends[1]"),
+                ("lb.yaml:8", "services[0].backends[2]"),
+                ("lb.yaml:9", "services[0].backends[3]"),
+            ],
+            "{problems:#?}"
+        );
+        assert!(
+            problems[2].message.contains("from 1 to 65535, got 70000"),
+            "{}",
+            problems[2]
+        );
+        assert!(problems[3].message.contains("got many"), "{}", problems[3]);
+        assert!(!problems.iter().any(|p| p.message.contains("untagged")));
+    }
+
+    #[test]
+    fn a_backend_that_is_neither_text_nor_a_map_says_what_is_accepted() {
+        let text = "services:\n  - frontend: 192.0.2.10:80\n    backends: [[1, 2]]\n";
+        let (_, problems) = parse(text, "lb.yaml", 1).unwrap();
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0]
+                .message
+                .contains("write address:port or {address"),
+            "{}",
+            problems[0]
+        );
     }
 }

@@ -60,6 +60,8 @@ pub struct FileSource {
     duplicates: BTreeMap<ObjectKey, Problem>,
     /// The source could not be listed at all.
     unreadable: Option<Problem>,
+    /// What the listing did not read (subdirectories, other files, dangling links).
+    listing: Vec<Problem>,
 }
 
 /// A YAML document of a file and the line it starts at (1-based).
@@ -105,15 +107,13 @@ fn documents(text: &str) -> Vec<Document<'_>> {
 fn yaml_problem(origin_file: &str, doc_line: usize, e: &serde_yaml_ng::Error) -> Problem {
     let line = e.location().map_or(doc_line, |l| doc_line + l.line() - 1);
     let msg = e.to_string();
-    // serde_yaml_ng appends " at line X column Y" relative to the document: drop it, the origin
-    // carries the file's own line.
-    let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
-    Problem {
-        origin: format!("{origin_file}:{line}"),
-        object: String::new(),
-        field: String::new(),
-        message: msg,
+    // serde_yaml_ng appends " at line X column Y" relative to the document: the origin carries
+    // the file's own line, the message keeps the column.
+    let mut msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+    if let Some(l) = e.location() {
+        msg.push_str(&format!(" (column {})", l.column()));
     }
+    Problem::file(format!("{origin_file}:{line}"), msg)
 }
 
 fn parse_as<T: DeserializeOwned>(
@@ -127,6 +127,25 @@ fn parse_as<T: DeserializeOwned>(
         p.object = object.to_owned();
         p
     })
+}
+
+/// The warning for an object xlb does not read.
+fn not_ours(kind: &str, api: &str) -> String {
+    let hint = match kind {
+        "Service" | "EndpointSlice" | "List" => {
+            let want = if kind == "EndpointSlice" {
+                "discovery.k8s.io/v1"
+            } else {
+                "v1"
+            };
+            format!("; {kind} is read as apiVersion {want}")
+        }
+        _ => String::new(),
+    };
+    format!(
+        "kind {kind:?} ({api}) is not read: xlb reads v1 Service, discovery.k8s.io/v1 \
+         EndpointSlice, v1 List and the compact format{hint}; ignored"
+    )
 }
 
 /// Parses one file's text into objects; whole-file problems (syntax) make it `Err`, object
@@ -183,16 +202,21 @@ fn parse_file(file: &str, text: &str) -> Result<(FileObjects, Vec<Problem>), Vec
                             .map(|s| Object::Service(Box::new(s))),
                         "EndpointSlice" => serde_yaml_ng::from_value::<EndpointSlice>(item.clone())
                             .map(|s| Object::Slice(Box::new(s))),
-                        _ => continue,
+                        _ => {
+                            problems.push(
+                                Problem::file(origin.clone(), not_ours(k, "v1/List item"))
+                                    .warning(),
+                            );
+                            continue;
+                        }
                     };
                     match parsed {
                         Ok(o) => objs.objects.push((doc.line, o)),
-                        Err(e) => problems.push(Problem {
-                            origin: origin.clone(),
-                            object: format!("items[{i}] ({k})"),
-                            field: String::new(),
-                            message: e.to_string(),
-                        }),
+                        Err(e) => {
+                            let mut p = Problem::file(origin.clone(), e.to_string());
+                            p.object = format!("items[{i}] ({k})");
+                            problems.push(p);
+                        }
                     }
                 }
             }
@@ -209,14 +233,21 @@ fn parse_file(file: &str, text: &str) -> Result<(FileObjects, Vec<Problem>), Vec
                     Err(p) => syntax.push(p),
                 }
             }
-            ("", _) | (_, "") => problems.push(Problem {
-                origin,
-                object: String::new(),
-                field: if api.is_empty() { "apiVersion" } else { "kind" }.to_owned(),
-                message: "required (or use the compact format's top-level `services:`)".to_owned(),
-            }),
-            // Other Kubernetes objects (Deployments, …) may share the directory: not ours.
-            _ => {}
+            ("", _) | (_, "") => {
+                let mut p = Problem::file(
+                    origin,
+                    "required (or use the compact format's top-level `services:`)",
+                );
+                p.field = if api.is_empty() { "apiVersion" } else { "kind" }.to_owned();
+                problems.push(p);
+            }
+            // Other objects (Deployments, …) may share the directory: not ours, but said, so a
+            // misspelt kind or an old apiVersion does not read as success.
+            (api, kind) => {
+                let mut p = Problem::file(origin, not_ours(kind, api)).warning();
+                p.object = format!("{kind} {ns}/{name}");
+                problems.push(p);
+            }
         }
     }
     if !syntax.is_empty() {
@@ -225,36 +256,131 @@ fn parse_file(file: &str, text: &str) -> Result<(FileObjects, Vec<Problem>), Vec
     Ok((objs, problems))
 }
 
+/// Files larger than this are refused (service files are kilobytes to a few megabytes; a
+/// mistaken path to a disk image or a log must not be read into memory).
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// Flow collections (`[`, `{`) nested deeper than this are refused before parsing: the YAML
+/// parser's time grows steeply with depth, and no service file nests more than a few levels.
+pub const MAX_NESTING: usize = 64;
+
 /// Lists the files a path stands for: the file itself, or a directory's `*.yaml`/`*.yml`/
-/// `*.json` files (not hidden; sorted, so the result is deterministic).
-pub fn files_of(path: &Path) -> Result<Vec<PathBuf>, Problem> {
-    let meta = fs::metadata(path).map_err(|e| Problem {
-        origin: path.display().to_string(),
-        object: String::new(),
-        field: String::new(),
-        message: format!("cannot read: {e}"),
-    })?;
+/// `*.json` files (not hidden; sorted, so the result is deterministic), with problems about what
+/// is not read: subdirectories and other files (warnings), dangling links and special files
+/// (errors). `Err` if the path itself cannot be read.
+pub fn files_of(path: &Path) -> Result<(Vec<PathBuf>, Vec<Problem>), Problem> {
+    let meta = fs::metadata(path)
+        .map_err(|e| Problem::file(path.display().to_string(), format!("cannot read: {e}")))?;
     if !meta.is_dir() {
-        return Ok(vec![path.to_owned()]);
+        if !meta.is_file() {
+            return Err(Problem::file(
+                path.display().to_string(),
+                "not a regular file or a directory: not read",
+            ));
+        }
+        return Ok((vec![path.to_owned()], Vec::new()));
     }
-    let rd = fs::read_dir(path).map_err(|e| Problem {
-        origin: path.display().to_string(),
-        object: String::new(),
-        field: String::new(),
-        message: format!("cannot list directory: {e}"),
+    let rd = fs::read_dir(path).map_err(|e| {
+        Problem::file(
+            path.display().to_string(),
+            format!("cannot list directory: {e}"),
+        )
     })?;
-    let mut files: Vec<PathBuf> = rd
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            !name.starts_with('.')
-                && (name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json"))
-                && p.is_file()
-        })
-        .collect();
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for entry in rd.filter_map(Result::ok) {
+        let p = entry.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        // Hidden entries: editor swap files, a ConfigMap volume's `..data` links.
+        if name.starts_with('.') {
+            continue;
+        }
+        let shown = p.display().to_string();
+        let ours = name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json");
+        match fs::metadata(&p) {
+            Err(e) if fs::symlink_metadata(&p).is_ok() => {
+                problems.push(Problem::file(
+                    shown,
+                    format!("dangling link ({e}): not read"),
+                ));
+            }
+            Err(e) => problems.push(Problem::file(shown, format!("cannot read: {e}"))),
+            Ok(m) if m.is_dir() => problems.push(
+                Problem::file(
+                    shown,
+                    "subdirectory: not read (only the directory's own files)",
+                )
+                .warning(),
+            ),
+            Ok(_) if !ours => problems.push(
+                Problem::file(shown, "not read: only *.yaml, *.yml and *.json files are").warning(),
+            ),
+            Ok(m) if !m.is_file() => problems.push(Problem::file(
+                shown,
+                "not a regular file (a FIFO or device): not read",
+            )),
+            Ok(_) => files.push(p),
+        }
+    }
     files.sort();
-    Ok(files)
+    problems.sort_by(|a, b| a.origin.cmp(&b.origin));
+    Ok((files, problems))
+}
+
+/// Reads a file as text within `MAX_FILE_BYTES`, refusing special files (reading a FIFO would
+/// block, a device would never end).
+fn read_text(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let meta = fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file (a FIFO or device): not read".to_owned());
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "{} bytes: larger than the {} MiB a service file may have; not read",
+            meta.len(),
+            MAX_FILE_BYTES >> 20
+        ));
+    }
+    let mut text = String::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!(
+            "larger than the {} MiB a service file may have; not read",
+            MAX_FILE_BYTES >> 20
+        ));
+    }
+    Ok(text)
+}
+
+/// Line of the first flow collection nested deeper than `MAX_NESTING` (brackets inside quotes
+/// and comments do not count), if any.
+fn too_deep(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        let mut quote: Option<char> = None;
+        let mut prev = ' ';
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '#') if prev.is_whitespace() => break,
+                (None, '[' | '{') => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        return Some(i + 1);
+                    }
+                }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            prev = c;
+        }
+    }
+    None
 }
 
 impl FileSource {
@@ -275,15 +401,14 @@ impl FileSource {
     fn read_file(&self, path: &Path, stamp: Option<Stamp>) -> FileState {
         let display = path.display().to_string();
         let prev = self.files.get(path);
-        let parsed = fs::read_to_string(path)
-            .map_err(|e| {
-                vec![Problem {
-                    origin: display.clone(),
-                    object: String::new(),
-                    field: String::new(),
-                    message: format!("cannot read: {e}"),
-                }]
+        let parsed = read_text(path)
+            .and_then(|text| match too_deep(&text) {
+                Some(line) => Err(format!(
+                    "line {line}: collections nested deeper than {MAX_NESTING} levels; not parsed"
+                )),
+                None => Ok(text),
             })
+            .map_err(|msg| vec![Problem::file(display.clone(), msg)])
             .and_then(|text| parse_file(&display, &text));
         let (objs, mut problems) = match parsed {
             Ok(ok) => ok,
@@ -305,16 +430,17 @@ impl FileSource {
             let origin = format!("{display}:{line}");
             let key = obj.key();
             if let Some((first, _)) = specs.get(&key) {
-                problems.push(Problem {
+                let mut p = Problem::file(
                     origin,
-                    object: key.to_string(),
-                    field: String::new(),
-                    message: format!("already defined at {display}:{first}: ignored"),
-                });
+                    format!("already defined at {display}:{first}: ignored"),
+                );
+                p.object = key.to_string();
+                problems.push(p);
                 continue;
             }
             match obj.validate() {
-                Ok(spec) => {
+                Ok((spec, warnings)) => {
+                    problems.extend(warnings.into_iter().map(|p| p.at(&origin)));
                     specs.insert(key, (line, spec));
                 }
                 Err(found) => {
@@ -351,7 +477,10 @@ impl FileSource {
     /// first load) and every current problem.
     pub fn load(&mut self) -> Delta {
         let files = match files_of(&self.root) {
-            Ok(f) => f,
+            Ok((f, listing)) => {
+                self.listing = listing;
+                f
+            }
             Err(p) => {
                 // The whole path is unreadable: keep everything as it was.
                 self.unreadable = Some(p);
@@ -440,15 +569,12 @@ impl FileSource {
                     .map(|p| p.display().to_string())
                     .unwrap_or_default();
                 let others: Vec<String> = it.map(|p| p.display().to_string()).collect();
-                self.duplicates.insert(
-                    key.clone(),
-                    Problem {
-                        origin: others.join(", "),
-                        object: key.to_string(),
-                        field: String::new(),
-                        message: format!("already defined in {first}: ignored"),
-                    },
+                let mut p = Problem::file(
+                    others.join(", "),
+                    format!("already defined in {first}: ignored"),
                 );
+                p.object = key.to_string();
+                self.duplicates.insert(key.clone(), p);
             }
             let now = self.effective(&key).cloned();
             if before.get(&key).cloned().flatten() != now {
@@ -468,6 +594,7 @@ impl FileSource {
         self.unreadable
             .iter()
             .cloned()
+            .chain(self.listing.iter().cloned())
             .chain(self.files.values().flat_map(|f| f.problems.iter().cloned()))
             .chain(self.duplicates.values().cloned())
             .collect()

@@ -181,8 +181,13 @@ impl Tracker {
             return;
         }
         match obj.validate() {
-            Ok(spec) => {
-                self.problems.remove(&key);
+            Ok((spec, warnings)) => {
+                if warnings.is_empty() {
+                    self.problems.remove(&key);
+                } else {
+                    let ws = warnings.into_iter().map(|p| p.at("kubernetes")).collect();
+                    self.problems.insert(key.clone(), ws);
+                }
                 out.push((key.clone(), Some(spec)));
             }
             Err(ps) => {

@@ -13,7 +13,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use crate::{
     k8s::{self, ServiceSpec, SliceSpec, Translator},
     model::LbService,
-    problem::Problem,
+    problem::{Checked, Problem},
 };
 
 /// An input object as parsed.
@@ -67,12 +67,12 @@ impl Object {
         }
     }
 
-    /// Validates the object.
-    pub fn validate(&self) -> Result<Spec, Vec<Problem>> {
+    /// Validates the object: its spec and warnings, or its problems.
+    pub fn validate(&self) -> Checked<Spec> {
         match self {
-            Self::Service(s) => k8s::service_spec(s).map(Spec::Service),
-            Self::Slice(s) => k8s::slice_spec(s).map(Spec::Slice),
-            Self::Compact(s) => Ok(Spec::Compact((**s).clone())),
+            Self::Service(s) => k8s::service_spec(s).map(|(s, w)| (Spec::Service(s), w)),
+            Self::Slice(s) => k8s::slice_spec(s).map(|(s, w)| (Spec::Slice(s), w)),
+            Self::Compact(s) => Ok((Spec::Compact((**s).clone()), Vec::new())),
         }
     }
 }

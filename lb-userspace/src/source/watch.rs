@@ -18,7 +18,7 @@ pub const QUIET: Duration = Duration::from_millis(20);
 type Stamp = Vec<(PathBuf, Option<SystemTime>, u64)>;
 
 fn stamp(root: &Path) -> Stamp {
-    let files = files_of(root).unwrap_or_default();
+    let files = files_of(root).map(|(f, _)| f).unwrap_or_default();
     files
         .into_iter()
         .map(|f| {
