@@ -286,11 +286,13 @@ struct AgentArgs {
     hash_seed: u32,
     /// Conntrack capacity of confirmed flows (entries; two per flow). Applies when the map is
     /// created.
-    #[arg(long, env = "XLB_CT_MAX", default_value_t = lb_common::capacity::CONNTRACK)]
+    #[arg(long, env = "XLB_CT_MAX", default_value_t = lb_common::capacity::CONNTRACK,
+          value_parser = clap::value_parser!(u32).range(2..))]
     ct_max: u32,
     /// Conntrack capacity of flows not answered yet (entries; two per flow): a flood of new
     /// flows churns only these. Applies when the map is created.
-    #[arg(long, env = "XLB_CT_NEW_MAX", default_value_t = lb_common::capacity::CT_NEW)]
+    #[arg(long, env = "XLB_CT_NEW_MAX", default_value_t = lb_common::capacity::CT_NEW,
+          value_parser = clap::value_parser!(u32).range(2..))]
     ct_new_max: u32,
     /// Source address of hairpin flows (a pod reaching itself through a Service).
     #[arg(long, env = "XLB_HAIRPIN_ADDR", default_value = "169.254.42.1")]

@@ -270,3 +270,25 @@ fn hostile_input_is_refused_at_once() {
     let (code, out, err, _) = check_within(&[], &quoted, limit);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[test]
+fn a_zero_conntrack_capacity_is_one_clear_error_before_anything_loads() {
+    for flag in ["--ct-max", "--ct-new-max"] {
+        let out = Command::new(xlb_bin())
+            .args(["agent", flag, "0", "--bpffs", "/nonexistent/xlb-never-used"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("xlb agent");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!("invalid value '0' for '{flag}")) && err.contains("2.."),
+            "{err}"
+        );
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("error")).count(),
+            1,
+            "{err}"
+        );
+    }
+}
