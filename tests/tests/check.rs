@@ -2,7 +2,8 @@
 //! kinds, old apiVersions, IPv6 halves of dual-stack objects, subdirectories, other files,
 //! dangling links, an empty result), warnings and errors have their own exit codes, `-o json`
 //! gives structured problems, and hostile input (a FIFO, a device, a huge file, deep nesting) is
-//! refused at once instead of hanging or eating memory.
+//! refused at once instead of hanging or eating memory; a zero conntrack capacity is one clear
+//! flag error.
 
 use std::{
     io::Read as _,
