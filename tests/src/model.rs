@@ -436,12 +436,7 @@ impl Model {
         confirmed: bool,
         svc: &ServiceValue,
     ) -> V {
-        let to = if cur.flags & ct_flags::XLATE_DST != 0 {
-            cur.nat_daddr
-        } else {
-            f.daddr
-        };
-        let go = routed(to);
+        let go = routed(next_dst(&cur, f));
         if hook == Hook::Xdp && (!go || f.ip_len > MTU) {
             return V::Pass;
         }
@@ -663,12 +658,7 @@ impl Model {
     fn reply(&mut self, hook: Hook, p: &mut [u8], f: &Pkt) -> Option<V> {
         let rkey = f.key(ct_dir::REPLY);
         let (cur, confirmed) = self.ct.get(&rkey).copied()?;
-        let to = if cur.flags & ct_flags::XLATE_DST != 0 {
-            cur.nat_daddr
-        } else {
-            f.daddr
-        };
-        let go = routed(to);
+        let go = routed(next_dst(&cur, f));
         if hook == Hook::Xdp && (!go || f.ip_len > MTU) {
             return Some(V::Pass);
         }
@@ -898,6 +888,15 @@ enum V {
     Stack,
     /// An ICMP error instead (MTU, 0: time exceeded).
     Error(u16),
+}
+
+/// Where a tracked packet goes: the translated destination if the entry rewrites it.
+fn next_dst(cur: &Entry, f: &Pkt) -> [u8; 4] {
+    if cur.flags & ct_flags::XLATE_DST != 0 {
+        cur.nat_daddr
+    } else {
+        f.daddr
+    }
 }
 
 /// True if the fixture namespace routes `addr` through its uplink (`datapath::ROUTED`, via a
