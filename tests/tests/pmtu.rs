@@ -212,8 +212,12 @@ fn a_bulk_upload_finds_the_balancers_smaller_next_hop_mtu() {
 #[test]
 fn a_udp_datagram_larger_than_the_mtu_crosses_the_balancer_whole_both_ways() {
     let b = bed();
-    let server = b.node.pods[0].ns.spawn(|| {
-        let s = UdpSocket::bind("10.244.1.11:5353").expect("bind");
+    // Bound before the client sends (a socket keeps the namespace it was made in), so the query
+    // cannot arrive before anyone listens.
+    let s = b.node.pods[0]
+        .ns
+        .run(|| UdpSocket::bind("10.244.1.11:5353").expect("bind"));
+    let server = std::thread::spawn(move || {
         s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
         let mut buf = vec![0u8; 65536];
         if let Ok((n, peer)) = s.recv_from(&mut buf) {
