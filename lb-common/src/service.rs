@@ -77,6 +77,23 @@ pub struct ServiceKey {
     pub scope: u8,
 }
 
+impl ServiceKey {
+    /// The key's bytes as the map holds them (what `bpftool map lookup ... key hex` takes).
+    pub fn to_bytes(&self) -> [u8; 8] {
+        let p = self.port.to_ne_bytes();
+        [
+            self.addr[0],
+            self.addr[1],
+            self.addr[2],
+            self.addr[3],
+            p[0],
+            p[1],
+            self.proto,
+            self.scope,
+        ]
+    }
+}
+
 /// Frontend value of `xlb_services`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use lb_userspace::{
     agent::{self, AgentConfig, Timeouts},
     bpf::{Capacities, XdpModeOpt, maps::Maps, pins, sock::CgroupOpt},
@@ -19,10 +19,14 @@ use lb_userspace::{
     source::kube::{Access as KubeAccess, in_cluster_available},
 };
 
+/// `--version`: the release, the commit it was built from and the pinned-map layout it speaks.
+static VERSION: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| cli::BuildInfo::this().to_string());
+
 #[derive(Parser)]
 #[command(
     name = "xlb",
-    version,
+    version = VERSION.as_str(),
     about = "eBPF/XDP layer-4 service load balancer"
 )]
 struct Cli {
@@ -70,6 +74,24 @@ enum Cmd {
     /// Exit code: 0 running and fine, 1 running with warnings, 3 no agent running, 4 no
     /// datapath.
     Status(StatusArgs),
+    /// This build: release, commit, and the pinned-map layout version it reads and writes.
+    Version {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Print a shell completion script (e.g. `xlb completions bash > /etc/bash_completion.d/xlb`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or with `--dir` write xlb.1 and a page per subcommand
+    /// (xlb-agent.1, ...) there.
+    Man {
+        /// Directory to write every page to (e.g. /usr/local/share/man/man1).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -118,8 +140,8 @@ struct ExplainArgs {
     /// Protocol of the packet.
     #[arg(long, value_parser = parse_proto, default_value = "tcp")]
     proto: Protocol,
-    /// Source IP:PORT.
-    #[arg(long)]
+    /// Source IP or IP:PORT (without a port: 40000; the port only feeds the backend hash).
+    #[arg(long, value_parser = parse_src)]
     src: SocketAddrV4,
     /// Destination IP:PORT.
     #[arg(long)]
@@ -160,6 +182,17 @@ struct MonitorArgs {
     duration: Option<f64>,
 }
 
+fn parse_src(s: &str) -> Result<SocketAddrV4, String> {
+    if let Ok(ip) = s.parse::<Ipv4Addr>() {
+        return Ok(SocketAddrV4::new(ip, EXPLAIN_SRC_PORT));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is not IP or IP:PORT (IPv4)"))
+}
+
+/// Source port of `xlb explain --src IP`.
+const EXPLAIN_SRC_PORT: u16 = 40000;
+
 fn parse_proto(s: &str) -> Result<Protocol, String> {
     match s.to_ascii_lowercase().as_str() {
         "tcp" => Ok(Protocol::Tcp),
@@ -172,7 +205,13 @@ fn parse_proto(s: &str) -> Result<Protocol, String> {
 #[derive(Subcommand)]
 enum ServiceCmd {
     /// List services, frontends, backends and counters from the pinned maps.
-    List(ReadArgs),
+    List {
+        /// Only this service: NAME (any namespace), NAMESPACE/NAME[:PORT], or a frontend
+        /// VIP[:PORT].
+        filter: Option<String>,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
 }
 
 /// Options of commands that read the pinned maps.
@@ -184,7 +223,37 @@ struct ReadArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// Tables without their title row.
+    #[arg(long)]
+    no_headers: bool,
 }
+
+impl ReadArgs {
+    fn format(&self) -> cli::Format {
+        cli::Format {
+            output: self.output,
+            headers: !self.no_headers,
+        }
+    }
+
+    /// The pin directory as this process reaches it, or the one "no agent" error.
+    fn datapath(&self) -> anyhow::Result<PathBuf> {
+        let dir = pins::resolve_read(&self.bpffs);
+        if pins::has_datapath(&dir) {
+            Ok(dir)
+        } else {
+            Err(NoDatapath(self.bpffs.clone()).into())
+        }
+    }
+}
+
+/// No datapath is pinned where a read command looks: one message and exit code for all.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", pins::no_datapath_message(.0))]
+struct NoDatapath(PathBuf);
+
+/// Exit code of a read command that found no datapath (as `xlb status`).
+const EXIT_NO_DATAPATH: u8 = 4;
 
 #[derive(Args)]
 struct CheckArgs {
@@ -366,9 +435,10 @@ fn agent_config(a: AgentArgs) -> AgentConfig {
     }
 }
 
-fn open_maps(bpffs: &std::path::Path) -> anyhow::Result<Maps> {
-    Maps::open(&pins::resolve_read(bpffs))
-        .with_context(|| format!("reading the datapath pinned under {}", bpffs.display()))
+fn open_maps(r: &ReadArgs) -> anyhow::Result<Maps> {
+    let dir = r.datapath()?;
+    Maps::open(&dir)
+        .with_context(|| format!("reading the datapath pinned under {}", r.bpffs.display()))
 }
 
 fn print_ok(s: String) -> bool {
@@ -398,11 +468,8 @@ fn monitor(m: MonitorArgs) -> anyhow::Result<bool> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(cli::monitor::run(
-        &pins::resolve_read(&m.read.bpffs),
-        &opts,
-        std::io::stdout(),
-    ))?;
+    let dir = m.read.datapath()?;
+    rt.block_on(cli::monitor::run(&dir, &opts, std::io::stdout()))?;
     Ok(true)
 }
 
@@ -412,7 +479,15 @@ fn main() -> ExitCode {
     let result: anyhow::Result<bool> = match cli.cmd {
         Cmd::Agent(a) => {
             if a.cleanup {
-                agent::cleanup(&a.bpffs).map(|()| true)
+                agent::cleanup(&pins::resolve_read(&a.bpffs)).map(|removed| {
+                    if !removed {
+                        println!(
+                            "nothing to remove: no xlb datapath under {}",
+                            a.bpffs.display()
+                        );
+                    }
+                    true
+                })
             } else {
                 let cfg = agent_config(*a);
                 tokio::runtime::Builder::new_multi_thread()
@@ -425,14 +500,14 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Service {
-            cmd: ServiceCmd::List(r),
-        } => open_maps(&r.bpffs)
-            .and_then(|m| cli::service::list(&m, r.output))
+            cmd: ServiceCmd::List { filter, read: r },
+        } => open_maps(&r)
+            .and_then(|m| cli::service::list(&m, filter.as_deref(), r.format()))
             .map(print_ok),
         Cmd::Backend {
             cmd: BackendCmd::List(r),
-        } => open_maps(&r.bpffs)
-            .and_then(|m| cli::inspect::backends(&m, r.output))
+        } => open_maps(&r)
+            .and_then(|m| cli::inspect::backends(&m, r.format()))
             .map(print_ok),
         Cmd::Conntrack {
             cmd: ConntrackCmd::List(c),
@@ -443,20 +518,23 @@ fn main() -> ExitCode {
                 client: c.client,
                 all: c.all,
             };
-            open_maps(&c.read.bpffs)
-                .and_then(|m| cli::inspect::conntrack(&m, &filter, c.read.output))
+            open_maps(&c.read)
+                .and_then(|m| cli::inspect::conntrack(&m, &filter, c.read.format()))
                 .map(print_ok)
         }
-        Cmd::Stats(r) => open_maps(&r.bpffs)
-            .and_then(|m| cli::inspect::stats(&m, r.output))
+        Cmd::Stats(r) => open_maps(&r)
+            .and_then(|m| cli::inspect::stats(&m, r.format()))
             .map(print_ok),
-        Cmd::Maps(r) => cli::inspect::maps(&pins::resolve_read(&r.bpffs), r.output).map(print_ok),
+        Cmd::Maps(r) => r
+            .datapath()
+            .and_then(|dir| cli::inspect::maps(&dir, r.format()))
+            .map(print_ok),
         Cmd::Status(a) => {
             let dir = pins::resolve_read(&a.read.bpffs);
             let sample = Duration::try_from_secs_f64(a.sample.max(0.0)).unwrap_or_default();
             let mut view = cli::status::gather(&dir, sample);
             view.bpffs = a.read.bpffs.display().to_string();
-            match cli::status::render(&view, a.read.output) {
+            match cli::status::render(&view, a.read.format()) {
                 Ok(s) => {
                     print!("{s}");
                     return ExitCode::from(view.exit);
@@ -472,17 +550,38 @@ fn main() -> ExitCode {
                 device: e.device,
                 established: e.established,
             };
-            cli::explain::explain(&pins::resolve_read(&e.read.bpffs), &req)
-                .with_context(|| {
-                    format!(
-                        "explaining with the datapath under {}",
-                        e.read.bpffs.display()
-                    )
+            e.read
+                .datapath()
+                .and_then(|dir| {
+                    cli::explain::explain(&dir, &req).with_context(|| {
+                        format!(
+                            "explaining with the datapath under {}",
+                            e.read.bpffs.display()
+                        )
+                    })
                 })
-                .and_then(|x| cli::explain::render(&x, e.read.output))
+                .and_then(|x| cli::explain::render(&x, e.read.format()))
                 .map(print_ok)
         }
         Cmd::Monitor(m) => monitor(m),
+        Cmd::Version { output } => cli::Format::from(output)
+            .render(&cli::BuildInfo::this(), |_| format!("xlb {}\n", *VERSION))
+            .map(print_ok),
+        Cmd::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "xlb", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)
+                .context("writing the completion script")
+                .map(|()| true)
+        }
+        Cmd::Man { dir: None } => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .context("writing the man page")
+            .map(|()| true),
+        Cmd::Man { dir: Some(dir) } => std::fs::create_dir_all(&dir)
+            .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+            .with_context(|| format!("writing the man pages to {}", dir.display()))
+            .map(|()| true),
         Cmd::Check(c) => {
             let node = NodeContext {
                 node_name: c.node_name,
@@ -502,6 +601,10 @@ fn main() -> ExitCode {
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
+        Err(e) if e.is::<NoDatapath>() => {
+            eprintln!("xlb: {e}");
+            ExitCode::from(EXIT_NO_DATAPATH)
+        }
         Err(e) => {
             eprintln!("xlb: {e:#}");
             ExitCode::FAILURE

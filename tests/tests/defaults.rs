@@ -196,7 +196,7 @@ fn status_tells_a_never_started_a_running_and_a_stopped_setup_apart() {
         .output()
         .unwrap();
     assert!(
-        String::from_utf8_lossy(&text.stdout).contains("no datapath is pinned"),
+        String::from_utf8_lossy(&text.stdout).contains("no xlb datapath is pinned"),
         "{text:?}"
     );
 

@@ -685,3 +685,231 @@ fn bpftool_show(e: &Env, map: &str) -> Value {
         .expect("bpftool");
     serde_json::from_slice(&out.stdout).expect("bpftool json")
 }
+
+/// `xlb <args>` with a pin directory no agent ever used: (exit code, stdout, stderr).
+fn without_agent(args: &[&str]) -> (Option<i32>, String, String) {
+    let mut all = args.to_vec();
+    all.extend(["--bpffs", "/sys/fs/bpf/xlbt-never-started"]);
+    xlb(&all)
+}
+
+/// `xlb <args>` on the host: (exit code, stdout, stderr).
+fn xlb(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(xlb_tests::agent::xlb_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run xlb");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_filters_formats_and_one_no_agent_message() {
+    let e = env("");
+    let pins = e.agent.bpffs.clone();
+
+    // `service list NAME|VIP`: by bare name, namespace/name, full name, VIP and VIP:PORT.
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["service", "list"];
+        all.extend_from_slice(args);
+        e.json(&all)
+            .as_array()
+            .expect("services")
+            .iter()
+            .map(|s| s["name"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    assert_eq!(names(&[]).len(), 2);
+    for f in [
+        "web",
+        "default/web",
+        "default/web:http",
+        WEB,
+        "10.96.0.10",
+        "10.96.0.10:80",
+    ] {
+        assert_eq!(names(&[f]), [WEB], "filter {f}");
+    }
+    assert_eq!(names(&["10.96.0.20"]), ["default/empty:http/TCP"]);
+    let miss = e.agent.cli_output(&["service", "list", "nosuch"]);
+    assert_eq!(miss.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&miss.stderr).contains("no programmed service matches \"nosuch\"")
+    );
+
+    // `-o yaml` is the JSON document.
+    for args in [
+        &["service", "list"][..],
+        &["backend", "list"],
+        &["stats"],
+        &["maps"],
+    ] {
+        let mut y = args.to_vec();
+        y.extend(["-o", "yaml"]);
+        let yaml: Value = serde_yaml_ng::from_str(&e.agent.cli(&y)).expect("yaml");
+        let mut json = e.json(args);
+        if args == ["stats"] || args == ["maps"] {
+            // Counters and fill levels move between the two reads; compare the shape.
+            let keys = |v: &Value| -> Vec<String> {
+                v.as_array()
+                    .expect("rows")
+                    .iter()
+                    .map(|r| r["name"].to_string())
+                    .collect()
+            };
+            assert_eq!(keys(&yaml), keys(&json), "{args:?}");
+            json = yaml.clone();
+        }
+        assert_eq!(yaml, json, "{args:?}");
+    }
+
+    // `-o wide` adds bpftool keys that really look the entries up; `--no-headers` drops titles.
+    let wide = e.agent.cli(&["backend", "list", "-o", "wide"]);
+    assert!(wide.starts_with("BACKEND "), "{wide}");
+    let narrow = e.agent.cli(&["backend", "list"]);
+    assert!(!narrow.contains("BPFTOOL KEY"), "{narrow}");
+    let rows: Vec<&str> = wide.lines().filter(|l| l.contains(WEB)).collect();
+    assert_eq!(rows.len(), 2, "{wide}");
+    for row in rows {
+        let key = &row[row.find("hex ").expect("key column")..];
+        let mut cmd = vec!["map", "lookup", "pinned"];
+        let map = pins.join("xlb_backends");
+        cmd.push(map.to_str().expect("path"));
+        cmd.push("key");
+        cmd.extend(key.split_whitespace());
+        let out = std::process::Command::new("bpftool")
+            .args(&cmd)
+            .output()
+            .expect("bpftool");
+        assert!(
+            out.status.success(),
+            "bpftool {cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let svc_wide = e.agent.cli(&["service", "list", "web", "-o", "wide"]);
+    let key_line = svc_wide
+        .lines()
+        .find(|l| l.contains("10.96.0.10:80/TCP"))
+        .expect("frontend row");
+    let key = &key_line[key_line.find("hex ").expect("key column")..];
+    let map = pins.join("xlb_services");
+    let mut cmd = vec![
+        "map",
+        "lookup",
+        "pinned",
+        map.to_str().expect("path"),
+        "key",
+    ];
+    cmd.extend(key.split_whitespace());
+    let out = std::process::Command::new("bpftool")
+        .args(&cmd)
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool {cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bare = e.agent.cli(&["backend", "list", "--no-headers"]);
+    assert_eq!(bare.lines().count(), 2, "{bare}");
+    assert!(!bare.contains("BACKEND"), "{bare}");
+
+    // `explain --src` takes an address without a port.
+    let x = e.json(&[
+        "explain",
+        "--device",
+        "xp0",
+        "--src",
+        "10.244.1.10",
+        "--dst",
+        "10.96.0.10:80",
+    ]);
+    assert!(
+        x["packet"]
+            .as_str()
+            .expect("packet")
+            .contains("10.244.1.10:40000"),
+        "{x}"
+    );
+
+    // Every read command without a datapath: the same one line, exit code 4 (as `xlb status`).
+    let reads: [&[&str]; 8] = [
+        &["service", "list"],
+        &["backend", "list"],
+        &["conntrack", "list"],
+        &["stats"],
+        &["maps"],
+        &["explain", "--src", "10.0.0.1", "--dst", "10.96.0.10:80"],
+        &["monitor", "--count", "1"],
+        &["service", "list", "web", "-o", "yaml"],
+    ];
+    let mut messages = BTreeSet::new();
+    for args in reads {
+        let (code, out, err) = without_agent(args);
+        assert_eq!(code, Some(4), "xlb {args:?}: {err}");
+        assert!(out.is_empty(), "xlb {args:?} printed {out}");
+        assert!(
+            err.contains("no xlb datapath is pinned under /sys/fs/bpf/xlbt-never-started"),
+            "{err}"
+        );
+        messages.insert(err);
+    }
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let (code, _, _) = without_agent(&["status", "--sample", "0"]);
+    assert_eq!(code, Some(4));
+    let (code, out, _) = without_agent(&["agent", "--cleanup"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("nothing to remove"), "{out}");
+
+    // The version names the commit (built from git here) and the map layout.
+    let (code, out, _) = xlb(&["version", "-o", "json"]);
+    assert_eq!(code, Some(0));
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["layout_version"], lb_common::LAYOUT_VERSION);
+    let (_, long, _) = xlb(&["--version"]);
+    assert!(
+        long.contains(&format!("map layout v{}", lb_common::LAYOUT_VERSION)),
+        "{long}"
+    );
+    let commit = v["commit"].as_str().expect("commit");
+    assert!(commit.len() >= 7 && long.contains(commit), "{long} / {v}");
+}
+
+#[test]
+fn completions_and_man_pages_are_generated_and_valid() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, script, err) = xlb(&["completions", shell]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            script.contains("service") && script.contains("bpffs"),
+            "{shell}"
+        );
+        if shell == "bash" {
+            let dir = WorkDir::new(&unique_tag());
+            let ok = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(dir.write("xlb.bash", &script))
+                .status()
+                .expect("bash");
+            assert!(ok.success(), "the bash completion does not parse");
+        }
+    }
+    let dir = WorkDir::new(&unique_tag());
+    let (code, _, err) = xlb(&["man", "--dir", dir.path.to_str().expect("path")]);
+    assert_eq!(code, Some(0), "{err}");
+    let page = dir.path.join("xlb-agent.1");
+    let out = std::process::Command::new("man")
+        .args(["-P", "cat", "-l"])
+        .arg(&page)
+        .env("MANWIDTH", "200")
+        .output()
+        .expect("man");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("--ct-max"), "{text}");
+    assert!(dir.path.join("xlb-service-list.1").exists());
+}

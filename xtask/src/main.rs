@@ -43,6 +43,15 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Release build of `xlb` installed with its man page and bash/zsh/fish completions.
+    Install {
+        /// Installation prefix.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        /// Install this already built binary instead of building one.
+        #[arg(long)]
+        bin: Option<std::path::PathBuf>,
+    },
     /// Differential fuzzing of the datapath against the reference model.
     Fuzz {
         /// How long to run.
@@ -123,6 +132,53 @@ fn run_bin(name: &str, args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Copies `bin` to `PREFIX/bin/xlb` and writes what it generates about itself: the man pages and
+/// the completion scripts, where man and the shells look for them under `prefix`.
+fn install(bin: &std::path::Path, prefix: &std::path::Path) -> anyhow::Result<()> {
+    let put = |rel: &str, bytes: &[u8], mode: u32| -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = prefix.join(rel);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        println!("xtask: installed {}", path.display());
+        Ok(())
+    };
+    let generate = |args: &[&str]| -> anyhow::Result<Vec<u8>> {
+        let out = Command::new(bin)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", bin.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{} {}: {}",
+                bin.display(),
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(out.stdout)
+    };
+    put(
+        "bin/xlb",
+        &std::fs::read(bin).with_context(|| format!("reading {}", bin.display()))?,
+        0o755,
+    )?;
+    let man = prefix.join("share/man/man1");
+    generate(&["man", "--dir", &man.to_string_lossy()])?;
+    println!("xtask: installed the man pages under {}", man.display());
+    for (shell, rel) in [
+        ("bash", "share/bash-completion/completions/xlb"),
+        ("zsh", "share/zsh/site-functions/_xlb"),
+        ("fish", "share/fish/vendor_completions.d/xlb.fish"),
+    ] {
+        put(rel, &generate(&["completions", shell])?, 0o644)?;
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Tasks run from the workspace root whatever the caller's directory.
@@ -180,6 +236,17 @@ fn main() -> anyhow::Result<()> {
                 other => bail!("unknown benchmark {other:?}: datapath, sync or e2e"),
             };
             run_bin(bin, &args)
+        }
+        Cmd::Install { prefix, bin } => {
+            let bin = match bin {
+                Some(b) => b,
+                None => {
+                    setup::toolchain()?;
+                    cargo(&["build", "--release", "-p", "lb-userspace", "--bin", "xlb"])?;
+                    "target/release/xlb".into()
+                }
+            };
+            install(&bin, &prefix)
         }
         Cmd::Fuzz {
             seconds,

@@ -23,6 +23,8 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     // `systemd-analyze verify` checks the shipped unit (deploy/systemd).
     ("systemd-analyze", "systemd"),
+    // Renders the generated man pages (tests/operability.rs).
+    ("man", "man-db"),
 ];
 
 /// Extra packages of the end-to-end benchmarks.

@@ -119,11 +119,14 @@ impl AgentConfig {
     }
 }
 
-/// Removes the whole datapath on purpose: links detach, maps (conntrack included) go.
-pub fn cleanup(dir: &std::path::Path) -> anyhow::Result<()> {
-    bpf::pins::remove_all(dir)?;
-    tracing::info!(bpffs = %dir.display(), "datapath removed");
-    Ok(())
+/// Removes the whole datapath on purpose: links detach, maps (conntrack included) go. False
+/// when nothing was pinned there.
+pub fn cleanup(dir: &std::path::Path) -> anyhow::Result<bool> {
+    let removed = bpf::pins::remove_all(dir)?;
+    if removed {
+        tracing::info!(bpffs = %dir.display(), "datapath removed");
+    }
+    Ok(removed)
 }
 
 /// Runs the file source: sends everything now, then what changed after every change.

@@ -383,12 +383,30 @@ pub fn check_layout(dir: &Path) -> Result<(), PinError> {
 }
 
 /// Removes every pin under `dir` (maps and links): the datapath detaches and its state is gone.
-pub fn remove_all(dir: &Path) -> Result<(), PinError> {
+/// False when there was nothing.
+pub fn remove_all(dir: &Path) -> Result<bool, PinError> {
     if !dir.exists() {
-        return Ok(());
+        return Ok(false);
     }
-    std::fs::remove_dir_all(dir).map_err(|source| PinError::Io {
-        path: dir.to_owned(),
-        source,
-    })
+    std::fs::remove_dir_all(dir)
+        .map(|()| true)
+        .map_err(|source| PinError::Io {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// Whether an xlb datapath is pinned in `dir` (its frontend map is).
+pub fn has_datapath(dir: &Path) -> bool {
+    dir.join(lb_common::map_names::SERVICES).exists()
+}
+
+/// What every read command says when `dir` holds no datapath.
+pub fn no_datapath_message(dir: &Path) -> String {
+    format!(
+        "no xlb datapath is pinned under {}: no agent ever ran with this --bpffs, or it was \
+         removed (`xlb agent --cleanup`); start one with `xlb agent`, or point --bpffs \
+         (XLB_BPFFS) at its pin directory",
+        dir.display()
+    )
 }

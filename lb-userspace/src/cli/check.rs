@@ -96,7 +96,8 @@ pub fn run(path: &Path, node: &NodeContext, output: Output) -> anyhow::Result<Ch
     };
     let (stdout, stderr) = match output {
         Output::Json => (serde_json::to_string_pretty(&report)? + "\n", String::new()),
-        Output::Table => {
+        Output::Yaml => (serde_yaml_ng::to_string(&report)?, String::new()),
+        Output::Table | Output::Wide => {
             let stderr: String = problems
                 .iter()
                 .map(|p| format!("{}: {p}\n", p.severity))

@@ -18,7 +18,7 @@ use lb_common::{Trace, ct_flags, drop_reason, map_names as names, prog_names, se
 use serde::Serialize;
 
 use super::{
-    Output,
+    Format,
     service::{endpoint_text, scope_text},
 };
 use crate::{
@@ -360,10 +360,11 @@ pub fn explain(dir: &Path, req: &Request) -> anyhow::Result<Explanation> {
 }
 
 /// Renders an explanation.
-pub fn render(e: &Explanation, output: Output) -> anyhow::Result<String> {
-    if output == Output::Json {
-        return Ok(serde_json::to_string_pretty(e)? + "\n");
-    }
+pub fn render(e: &Explanation, format: Format) -> anyhow::Result<String> {
+    format.render(e, |_| text(e))
+}
+
+fn text(e: &Explanation) -> String {
     let mut s = format!("packet: {} arriving on {}\n", e.packet, e.device);
     for st in &e.steps {
         s.push_str(&format!("\n[{}]\n", st.program));
@@ -386,5 +387,5 @@ pub fn render(e: &Explanation, output: Output) -> anyhow::Result<String> {
         s.push_str(&format!("  packet out:  {}\n", st.packet_after));
         s.push_str(&format!("  verdict:     {}\n", st.verdict));
     }
-    Ok(s)
+    s
 }

@@ -10,7 +10,7 @@ use lb_common::{
 use serde::Serialize;
 
 use super::{
-    Output,
+    Format,
     service::{backend_state, endpoint_text},
     table::Table,
 };
@@ -18,17 +18,6 @@ use crate::{
     bpf::{maps::Maps, pins::expected_layout},
     sync::info_name,
 };
-
-fn render<T: Serialize>(
-    output: Output,
-    value: &T,
-    table: impl FnOnce() -> String,
-) -> anyhow::Result<String> {
-    Ok(match output {
-        Output::Json => serde_json::to_string_pretty(value)? + "\n",
-        Output::Table => table(),
-    })
-}
 
 fn names_by_id(maps: &Maps) -> anyhow::Result<BTreeMap<u32, String>> {
     Ok(maps
@@ -44,13 +33,14 @@ pub struct BackendRow {
     pub id: u32,
     pub address: String,
     pub service: String,
+    pub service_id: u32,
     pub state: &'static str,
     pub local: bool,
     pub weight: u16,
 }
 
 /// `xlb backend list`.
-pub fn backends(maps: &Maps, output: Output) -> anyhow::Result<String> {
+pub fn backends(maps: &Maps, format: Format) -> anyhow::Result<String> {
     let names = names_by_id(maps)?;
     let mut rows: Vec<BackendRow> = maps
         .all_backends()?
@@ -62,14 +52,16 @@ pub fn backends(maps: &Maps, output: Output) -> anyhow::Result<String> {
                 .get(&b.svc_id)
                 .cloned()
                 .unwrap_or_else(|| format!("#{}", b.svc_id)),
+            service_id: b.svc_id,
             state: backend_state(b.flags),
             local: b.flags & backend_flags::LOCAL != 0,
             weight: b.weight,
         })
         .collect();
     rows.sort_by(|a, b| (&a.address, &a.service).cmp(&(&b.address, &b.service)));
-    render(output, &rows, || {
-        let mut t = Table::new(&["BACKEND", "ID", "STATE", "LOCAL", "WEIGHT", "SERVICE"]);
+    format.render(&rows, |style| {
+        let mut t = Table::new(&["BACKEND", "ID", "STATE", "LOCAL", "WEIGHT", "SERVICE"])
+            .wide(&["SERVICE-ID", "BPFTOOL KEY (xlb_backends)"]);
         for r in &rows {
             t.row(vec![
                 r.address.clone(),
@@ -78,9 +70,11 @@ pub fn backends(maps: &Maps, output: Output) -> anyhow::Result<String> {
                 if r.local { "yes" } else { "no" }.to_owned(),
                 r.weight.to_string(),
                 r.service.clone(),
+                r.service_id.to_string(),
+                hex_key(&r.id.to_ne_bytes()),
             ]);
         }
-        t.render()
+        t.render(style)
     })
 }
 
@@ -142,7 +136,7 @@ fn flag_names(f: u8) -> Vec<&'static str> {
 }
 
 /// `xlb conntrack list`.
-pub fn conntrack(maps: &Maps, filter: &CtFilter, output: Output) -> anyhow::Result<String> {
+pub fn conntrack(maps: &Maps, filter: &CtFilter, format: Format) -> anyhow::Result<String> {
     let names = names_by_id(maps)?;
     let now = crate::status::monotonic_secs();
     let mut rows = Vec::new();
@@ -200,7 +194,7 @@ pub fn conntrack(maps: &Maps, filter: &CtFilter, output: Output) -> anyhow::Resu
         });
     }
     rows.sort_by(|a, b| (&a.service, &a.original).cmp(&(&b.service, &b.original)));
-    render(output, &rows, || {
+    format.render(&rows, |style| {
         let mut t = Table::new(&[
             "PROTO",
             "CLIENT -> FRONTEND",
@@ -210,7 +204,8 @@ pub fn conntrack(maps: &Maps, filter: &CtFilter, output: Output) -> anyhow::Resu
             "EXPIRES",
             "SERVICE",
             "FLAGS",
-        ]);
+        ])
+        .wide(&["BACKEND-ID", "MAP"]);
         for r in &rows {
             t.row(vec![
                 r.proto.clone(),
@@ -225,9 +220,16 @@ pub fn conntrack(maps: &Maps, filter: &CtFilter, output: Output) -> anyhow::Resu
                 format!("{}s", r.expires_in_seconds),
                 r.service.clone(),
                 r.flags.join(","),
+                r.backend_id.to_string(),
+                if r.confirmed {
+                    names::CONNTRACK
+                } else {
+                    names::CT_NEW
+                }
+                .to_owned(),
             ]);
         }
-        let mut s = t.render();
+        let mut s = t.render(style);
         s.push_str(&format!("{} flow(s)\n", rows.len()));
         s
     })
@@ -259,14 +261,18 @@ pub fn counter_rows(maps: &Maps) -> anyhow::Result<Vec<CounterRow>> {
 }
 
 /// `xlb stats`.
-pub fn stats(maps: &Maps, output: Output) -> anyhow::Result<String> {
+pub fn stats(maps: &Maps, format: Format) -> anyhow::Result<String> {
     let rows = counter_rows(maps)?;
-    render(output, &rows, || {
-        let mut t = Table::new(&["COUNTER", "VALUE"]);
+    format.render(&rows, |style| {
+        let mut t = Table::new(&["COUNTER", "VALUE"]).wide(&["KIND"]);
         for r in &rows {
-            t.row(vec![r.name.clone(), r.value.to_string()]);
+            t.row(vec![
+                r.name.clone(),
+                r.value.to_string(),
+                if r.drop { "drop" } else { "event" }.to_owned(),
+            ]);
         }
-        t.render()
+        t.render(style)
     })
 }
 
@@ -284,7 +290,7 @@ pub struct MapRow {
 }
 
 /// `xlb maps`: each pinned map, its fill level against capacity and how to dump it.
-pub fn maps(dir: &Path, output: Output) -> anyhow::Result<String> {
+pub fn maps(dir: &Path, format: Format) -> anyhow::Result<String> {
     let mut rows = Vec::new();
     for (name, ty, _, _) in expected_layout() {
         let path = dir.join(name);
@@ -343,8 +349,9 @@ pub fn maps(dir: &Path, output: Output) -> anyhow::Result<String> {
             },
         });
     }
-    render(output, &rows, || {
-        let mut t = Table::new(&["MAP", "KIND", "ENTRIES", "CAPACITY", "FILL", "DUMP WITH"]);
+    format.render(&rows, |style| {
+        let mut t = Table::new(&["MAP", "KIND", "ENTRIES", "CAPACITY", "FILL", "DUMP WITH"])
+            .wide(&["KEY B", "VALUE B"]);
         for r in &rows {
             t.row(vec![
                 r.name.to_owned(),
@@ -354,10 +361,18 @@ pub fn maps(dir: &Path, output: Output) -> anyhow::Result<String> {
                 r.fill_percent
                     .map_or_else(|| "-".to_owned(), |p| format!("{p:.1}%")),
                 r.bpftool.clone(),
+                r.key_bytes.to_string(),
+                r.value_bytes.to_string(),
             ]);
         }
-        t.render()
+        t.render(style)
     })
+}
+
+/// A map key as `bpftool ... key hex` takes it.
+pub fn hex_key(bytes: &[u8]) -> String {
+    let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("hex {}", hex.join(" "))
 }
 
 /// The frontends of the service a name matches, for display.

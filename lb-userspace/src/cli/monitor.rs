@@ -147,8 +147,14 @@ impl Options {
 
 /// Renders one row as a line.
 pub fn line(r: &EventRow, output: Output) -> String {
-    if output == Output::Json {
-        return serde_json::to_string(r).unwrap_or_default();
+    match output {
+        // One JSON document per line, or a stream of YAML documents.
+        Output::Json => return serde_json::to_string(r).unwrap_or_default(),
+        Output::Yaml => {
+            let doc = serde_yaml_ng::to_string(r).unwrap_or_default();
+            return format!("---\n{}", doc.trim_end());
+        }
+        Output::Table | Output::Wide => {}
     }
     let svc = r.service.as_deref().unwrap_or("-");
     match r.kind {

@@ -6,7 +6,11 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use lb_common::{backend_flags, scope, svc_flags};
 use serde::Serialize;
 
-use super::{Output, table::Table};
+use super::{
+    Format,
+    inspect::hex_key,
+    table::{Style, Table},
+};
 use crate::{
     bpf::maps::{Maps, MapsError},
     model::{FrontendKind, Protocol},
@@ -29,6 +33,8 @@ pub fn scope_text(entry_scope: u8, flags: u16) -> &'static str {
 #[derive(Serialize, Debug, Clone)]
 pub struct FrontendView {
     pub address: String,
+    /// The frontend's key in `xlb_services`, as `bpftool map lookup ... key hex ...` takes it.
+    pub bpftool_key: String,
     pub kind: String,
     pub scope: &'static str,
     pub source_ranges: bool,
@@ -115,6 +121,7 @@ pub fn gather(maps: &Maps) -> Result<Vec<ServiceView>, MapsError> {
         s.table_slots = v.lut_size;
         s.frontends.push(FrontendView {
             address: endpoint_text(k.addr, k.port, k.proto),
+            bpftool_key: hex_key(&k.to_bytes()),
             kind: FrontendKind::from_code(v.kind)
                 .map_or_else(|| v.kind.to_string(), |k| k.to_string()),
             scope: scope_text(k.scope, v.flags),
@@ -151,7 +158,7 @@ pub fn gather(maps: &Maps) -> Result<Vec<ServiceView>, MapsError> {
 }
 
 /// Renders services for humans.
-pub fn render(services: &[ServiceView]) -> String {
+pub fn render(services: &[ServiceView], style: Style) -> String {
     if services.is_empty() {
         return "no services programmed\n".to_owned();
     }
@@ -165,11 +172,15 @@ pub fn render(services: &[ServiceView]) -> String {
         if s.external_traffic_local {
             policy.push("eTP=Local".to_owned());
         }
+        let algorithm = if style.wide && s.algorithm == "maglev" {
+            format!("maglev, {} slots", s.table_slots)
+        } else {
+            s.algorithm.to_owned()
+        };
         out.push_str(&format!(
-            "{}  (id {}, {}, {active}/{} backends active{})\n",
+            "{}  (id {}, {algorithm}, {active}/{} backends active{})\n",
             s.name,
             s.id,
-            s.algorithm,
             s.backends.len(),
             if policy.is_empty() {
                 String::new()
@@ -177,17 +188,20 @@ pub fn render(services: &[ServiceView]) -> String {
                 format!(", {}", policy.join(", "))
             }
         ));
-        let mut t = Table::new(&["  FRONTEND", "KIND", "SCOPE", "SOURCE-RANGES"]);
+        let mut t = Table::new(&["  FRONTEND", "KIND", "SCOPE", "SOURCE-RANGES"])
+            .wide(&["BPFTOOL KEY (xlb_services)"]);
         for f in &s.frontends {
             t.row(vec![
                 format!("  {}", f.address),
                 f.kind.clone(),
                 f.scope.to_owned(),
                 if f.source_ranges { "checked" } else { "-" }.to_owned(),
+                f.bpftool_key.clone(),
             ]);
         }
-        out.push_str(&t.render());
-        let mut t = Table::new(&["  BACKEND", "ID", "STATE", "LOCAL", "WEIGHT"]);
+        out.push_str(&t.render(style));
+        let mut t = Table::new(&["  BACKEND", "ID", "STATE", "LOCAL", "WEIGHT"])
+            .wide(&["BPFTOOL KEY (xlb_backends)"]);
         for b in &s.backends {
             t.row(vec![
                 format!("  {}", b.address),
@@ -195,9 +209,10 @@ pub fn render(services: &[ServiceView]) -> String {
                 b.state.to_owned(),
                 if b.local { "yes" } else { "no" }.to_owned(),
                 b.weight.to_string(),
+                hex_key(&b.id.to_ne_bytes()),
             ]);
         }
-        out.push_str(&t.render());
+        out.push_str(&t.render(style));
         let tr = &s.traffic;
         out.push_str(&format!(
             "  traffic: {} flows, {} pkts / {} B to backends, {} pkts / {} B back, {} drops\n\n",
@@ -207,11 +222,35 @@ pub fn render(services: &[ServiceView]) -> String {
     out
 }
 
-/// `xlb service list`.
-pub fn list(maps: &Maps, output: Output) -> anyhow::Result<String> {
-    let services = gather(maps)?;
-    Ok(match output {
-        Output::Json => serde_json::to_string_pretty(&services)? + "\n",
-        Output::Table => render(&services),
-    })
+/// Whether `s` is what `filter` names: a frontend address (`VIP` or `VIP:PORT`), or a name as
+/// `NAME` (any namespace), `NAMESPACE/NAME`, `NAMESPACE/NAME:PORT` or the full name.
+fn matches(s: &ServiceView, filter: &str) -> bool {
+    if filter.parse::<Ipv4Addr>().is_ok() || filter.parse::<std::net::SocketAddrV4>().is_ok() {
+        let with_port = filter.contains(':');
+        return s.frontends.iter().any(|f| {
+            let (addr, _proto) = f.address.rsplit_once('/').unwrap_or((&f.address, ""));
+            if with_port {
+                addr == filter
+            } else {
+                addr.rsplit_once(':').is_some_and(|(ip, _)| ip == filter)
+            }
+        });
+    }
+    // `namespace/name:port/PROTO`.
+    let (full, port_proto) = s.name.rsplit_once(':').unwrap_or((&s.name, ""));
+    let (_ns, bare) = full.split_once('/').unwrap_or(("", full));
+    let port = port_proto.split_once('/').map_or(port_proto, |(p, _)| p);
+    s.name == filter || full == filter || bare == filter || format!("{full}:{port}") == filter
+}
+
+/// `xlb service list [NAME|VIP]`: every service, or those the filter names (an error when none).
+pub fn list(maps: &Maps, filter: Option<&str>, format: Format) -> anyhow::Result<String> {
+    let mut services = gather(maps)?;
+    if let Some(f) = filter {
+        services.retain(|s| matches(s, f));
+        if services.is_empty() {
+            anyhow::bail!("no programmed service matches {f:?} (a name, namespace/name, or VIP)");
+        }
+    }
+    format.render(&services, |style| render(&services, style))
 }

@@ -18,7 +18,10 @@ use lb_common::{
 };
 use serde::Serialize;
 
-use super::{Output, table::Table};
+use super::{
+    Format,
+    table::{Style, Table},
+};
 use crate::{
     agent::mode_text,
     bpf::{Role, link_pin, maps::Maps},
@@ -178,10 +181,7 @@ pub fn gather(dir: &Path, sample: Duration) -> StatusView {
             maps: Vec::new(),
             sample_secs: 0.0,
             drops_moved: Vec::new(),
-            warnings: vec![format!(
-                "no datapath is pinned under {shown}: no xlb agent ever ran with this --bpffs, or it \
-                 was removed (`xlb agent --cleanup`)"
-            )],
+            warnings: vec![crate::bpf::pins::no_datapath_message(dir)],
             exit: EXIT_NO_DATAPATH,
         };
     };
@@ -342,10 +342,11 @@ fn secs(s: Option<u32>) -> String {
 }
 
 /// Renders the status.
-pub fn render(v: &StatusView, output: Output) -> anyhow::Result<String> {
-    if output == Output::Json {
-        return Ok(serde_json::to_string_pretty(v)? + "\n");
-    }
+pub fn render(v: &StatusView, format: Format) -> anyhow::Result<String> {
+    format.render(v, |style| text(v, style))
+}
+
+fn text(v: &StatusView, style: Style) -> String {
     let mut s = format!("datapath:   {} under {}\n", v.datapath, v.bpffs);
     if let Some(a) = &v.agent {
         s += &format!(
@@ -400,7 +401,7 @@ pub fn render(v: &StatusView, output: Output) -> anyhow::Result<String> {
             ]);
         }
         s += "\n";
-        s += &t.render();
+        s += &t.render(style);
     }
     if v.datapath == "pinned" {
         s += &format!(
@@ -437,5 +438,5 @@ pub fn render(v: &StatusView, output: Output) -> anyhow::Result<String> {
             s += &format!("  - {w}\n");
         }
     }
-    Ok(s)
+    s
 }
