@@ -334,3 +334,134 @@ fn dockerfile_builds_the_binary_the_daemonset_runs() {
     // The DaemonSet passes arguments only: the image's entrypoint is the binary.
     assert!(pod.containers[0].command.is_none());
 }
+
+/// A YAML file of deploy/kubernetes as JSON.
+fn yaml_file(rel: &str) -> Value {
+    let text = std::fs::read_to_string(manifest_dir().join(rel)).expect(rel);
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+#[test]
+fn kustomization_holds_every_value_to_edit_and_the_daemonset_reads_them() {
+    let text = std::fs::read_to_string(manifest_dir().join("kustomization.yaml")).expect("read");
+    let k = yaml_file("kustomization.yaml");
+    // The header counts the EDIT markers; the manifests themselves have none left.
+    let marks = text.matches("# EDIT").count();
+    assert_eq!(marks, 4, "kustomization.yaml");
+    assert!(text.contains("marked EDIT (four places)"));
+    for f in ["daemonset.yaml", "rbac.yaml", "serviceaccount.yaml"] {
+        let t = std::fs::read_to_string(manifest_dir().join(f)).expect("read");
+        assert!(
+            !t.contains("# EDIT"),
+            "{f}: values to edit belong in kustomization.yaml"
+        );
+    }
+    let ds = &load().daemonsets[0];
+    let c = &ds
+        .spec
+        .as_ref()
+        .expect("spec")
+        .template
+        .spec
+        .as_ref()
+        .expect("pod")
+        .containers[0];
+    // The image transformer names the DaemonSet's image.
+    let image = c.image.as_deref().expect("image");
+    let repo = image.rsplit_once(':').map_or(image, |(r, _)| r);
+    assert_eq!(k["images"][0]["name"], repo);
+    assert!(k["images"][0]["newTag"].is_string());
+    // The generated ConfigMap reaches the container, and every key is an environment variable
+    // the agent reads (or the API server address the Kubernetes client reads).
+    let generator = &k["configMapGenerator"][0];
+    let from = c.env_from.as_deref().unwrap_or_default();
+    assert!(
+        from.iter()
+            .any(|e| e.config_map_ref.as_ref().map(|r| r.name.as_str())
+                == generator["name"].as_str()),
+        "the DaemonSet does not read {}",
+        generator["name"]
+    );
+    let help = std::process::Command::new(xlb_bin())
+        .args(["agent", "--help"])
+        .output()
+        .expect("xlb agent --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let mut keys = BTreeSet::new();
+    for lit in generator["literals"].as_array().expect("literals") {
+        let (key, value) = lit
+            .as_str()
+            .expect("literal")
+            .split_once('=')
+            .expect("KEY=VALUE");
+        assert!(!value.is_empty(), "{key} is empty");
+        assert!(
+            key.starts_with("KUBERNETES_SERVICE_") || help.contains(&format!("[env: {key}=")),
+            "{key}: not an environment variable of `xlb agent`"
+        );
+        keys.insert(key.to_owned());
+    }
+    for key in [
+        "KUBERNETES_SERVICE_HOST",
+        "KUBERNETES_SERVICE_PORT",
+        "XLB_DEVICES",
+        "XLB_POD_DEVICES",
+    ] {
+        assert!(keys.contains(key), "{key} missing from the ConfigMap");
+    }
+}
+
+#[test]
+fn the_podmonitor_scrapes_the_metrics_port_the_agent_serves() {
+    let pm = yaml_file("monitoring/podmonitor.yaml");
+    assert_eq!(pm["kind"], "PodMonitor");
+    let ds = &load().daemonsets[0];
+    let spec = ds.spec.as_ref().expect("spec");
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .expect("labels");
+    for (k, v) in pm["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("selector")
+    {
+        assert_eq!(
+            pod_labels.get(k).map(String::as_str),
+            v.as_str(),
+            "selector {k}"
+        );
+    }
+    let c = &spec.template.spec.as_ref().expect("pod").containers[0];
+    let port_name = pm["spec"]["podMetricsEndpoints"][0]["port"]
+        .as_str()
+        .expect("port");
+    let port = c
+        .ports
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|p| p.name.as_deref() == Some(port_name))
+        .unwrap_or_else(|| panic!("no container port named {port_name}"));
+    let addr = args_value(c, "--metrics-addr=").expect("--metrics-addr");
+    let addr: std::net::SocketAddr = addr.parse().expect("address");
+    assert_eq!(i32::from(addr.port()), port.container_port);
+    assert!(!addr.ip().is_loopback(), "Prometheus cannot reach {addr}");
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["path"], "/metrics");
+    let k = yaml_file("monitoring/kustomization.yaml");
+    assert_eq!(k["resources"][0], "podmonitor.yaml");
+    let file = k["configMapGenerator"][0]["files"][0]
+        .as_str()
+        .expect("file");
+    let (_, path) = file.split_once('=').expect("KEY=FILE");
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(manifest_dir().join("monitoring").join(path)).expect("dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    assert!(
+        dashboard["panels"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+    );
+}

@@ -913,3 +913,77 @@ fn completions_and_man_pages_are_generated_and_valid() {
     assert!(out.status.success() && text.contains("--ct-max"), "{text}");
     assert!(dir.path.join("xlb-service-list.1").exists());
 }
+
+/// Metrics that exist only with the Kubernetes source (tests/kubernetes.rs scrapes them).
+const KUBERNETES_SOURCE_ONLY: [&str; 1] = ["xlb_source_errors_total"];
+
+#[test]
+fn every_grafana_dashboard_query_names_an_exported_metric() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/kubernetes/monitoring/grafana-dashboard.json");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard")).expect("JSON");
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().expect("targets") {
+            queries.push(t["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    for v in dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+    {
+        if let Some(q) = v["query"]["query"].as_str() {
+            queries.push(q.to_owned());
+        }
+    }
+    assert!(queries.len() >= 10, "{queries:?}");
+
+    // The families a live agent exports after real traffic (histograms as their series).
+    let e = env("");
+    assert!(
+        e.short(SocketAddr::from((VIP, 80)), 3)
+            .iter()
+            .all(Result::is_ok)
+    );
+    e.refused(1);
+    let (_, text) = e.scrape("/metrics");
+    let mut exported = BTreeSet::new();
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let mut it = rest.split_whitespace();
+            let (name, kind) = (it.next().expect("name"), it.next().unwrap_or(""));
+            let series: &[&str] = match kind {
+                "histogram" => &["_bucket", "_sum", "_count"],
+                "counter" => &["_total"],
+                _ => &[""],
+            };
+            for s in series {
+                let full = if name.ends_with(s) {
+                    name.to_owned()
+                } else {
+                    format!("{name}{s}")
+                };
+                exported.insert(full);
+            }
+        }
+    }
+    let mut unknown = Vec::new();
+    for q in &queries {
+        let names: Vec<&str> = q
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("xlb_"))
+            .collect();
+        assert!(!names.is_empty(), "{q}: no xlb metric");
+        unknown.extend(
+            names
+                .into_iter()
+                .filter(|n| !exported.contains(*n) && !KUBERNETES_SOURCE_ONLY.contains(n))
+                .map(|n| format!("{n} in {q}")),
+        );
+    }
+    assert!(
+        unknown.is_empty(),
+        "not exported: {unknown:#?}\nexported: {exported:?}"
+    );
+}
