@@ -363,6 +363,21 @@ struct AgentArgs {
     #[arg(long, env = "XLB_CT_NEW_MAX", default_value_t = lb_common::capacity::CT_NEW,
           value_parser = clap::value_parser!(u32).range(2..))]
     ct_new_max: u32,
+    /// Services (backend sets) the maps hold. Applies when the maps are created; a service
+    /// beyond it is not programmed and says so.
+    #[arg(long, env = "XLB_MAX_SERVICES", default_value_t = lb_common::capacity::SVC_IDS,
+          value_parser = clap::value_parser!(u32).range(2..))]
+    max_services: u32,
+    /// Frontend entries (address, port, protocol) the maps hold. Applies when the maps are
+    /// created.
+    #[arg(long, env = "XLB_MAX_FRONTENDS", default_value_t = lb_common::capacity::SERVICES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_frontends: u32,
+    /// Backend entries the maps hold (every endpoint of every service). Applies when the maps
+    /// are created.
+    #[arg(long, env = "XLB_MAX_BACKENDS", default_value_t = lb_common::capacity::BACKENDS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_backends: u32,
     /// Source address of hairpin flows (a pod reaching itself through a Service).
     #[arg(long, env = "XLB_HAIRPIN_ADDR", default_value = "169.254.42.1")]
     hairpin_addr: Ipv4Addr,
@@ -420,6 +435,9 @@ fn agent_config(a: AgentArgs) -> AgentConfig {
         capacities: Capacities {
             conntrack: a.ct_max,
             ct_new: a.ct_new_max,
+            services: a.max_services,
+            frontends: a.max_frontends,
+            backends: a.max_backends,
             ..Capacities::default()
         },
         hairpin_addr: a.hairpin_addr,

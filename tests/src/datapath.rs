@@ -137,7 +137,7 @@ impl Datapath {
             SyncConfig {
                 maglev_size,
                 hash_seed: SEED,
-                svc_id_limit: u64::from(lb_common::capacity::SVC_IDS),
+                limits: lb_userspace::sync::Limits::default(),
             },
         );
         Self {

@@ -597,3 +597,84 @@ fn a_source_port_reused_after_a_translated_flow_reaches_the_backend_directly() {
     }
     drop(servers);
 }
+
+#[test]
+fn a_service_beyond_the_frontend_capacity_is_refused_naming_the_flag_and_the_others_serve() {
+    let (tag, node) = cluster(1);
+    let dir = WorkDir::new(&tag);
+    let mut servers = Servers::new();
+    let pod = &node.pods[1];
+    servers.tcp(&pod.ns, SocketAddr::from((pod.ip, 8080)), "b1");
+    let http = [Port {
+        name: "http",
+        port: 80,
+        proto: "TCP",
+        target: "8080",
+        node_port: None,
+    }];
+    let eps = [Ep::ready(pod.ip, "n1")];
+    let vips = [
+        VIP,
+        Ipv4Addr::new(10, 96, 0, 11),
+        Ipv4Addr::new(10, 96, 0, 12),
+    ];
+    let mut objects = Vec::new();
+    for (i, vip) in vips.iter().enumerate() {
+        let name = format!("s{i}");
+        objects.push(service(&name, *vip, &http, ""));
+        objects.push(slice(
+            &format!("{name}-1"),
+            &name,
+            &[("http", 8080, "TCP")],
+            &eps,
+        ));
+    }
+    let path = dir.write("services.yaml", &docs(&objects));
+    let pins = PinDir::new(&tag);
+    let services = path.to_str().expect("path");
+    // Room for two frontends; three services of one frontend each.
+    let mut agent = Agent::start(
+        &node.ns,
+        &pins,
+        &[
+            "--services",
+            services,
+            "--node-name",
+            "n1",
+            "--pod-devices",
+            "xp*",
+            "--max-frontends",
+            "2",
+        ],
+    );
+    agent.wait_for_log("raise --max-frontends", 1);
+    let list = agent.services();
+    let names: BTreeSet<&str> = list
+        .as_array()
+        .expect("services")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["default/s0:http/TCP", "default/s1:http/TCP"].into(),
+        "{list}"
+    );
+    let logs = agent.logs();
+    assert!(
+        logs.contains("default/s2:http/TCP") && logs.contains("2 entries of xlb_services"),
+        "{logs}"
+    );
+    // The two that fit serve; the status says a service fails.
+    for vip in &vips[..2] {
+        let to = SocketAddr::from((*vip, 80));
+        let ok = tcp_requests(&node.pods[0].ns, to, 3);
+        assert_eq!(ok.iter().filter(|r| r.is_ok()).count(), 3, "{vip}");
+    }
+    assert!(
+        agent.status()["agent"]["sync_failures"].as_u64() >= Some(1),
+        "{}",
+        agent.status()
+    );
+    drop(servers);
+}

@@ -175,7 +175,7 @@ pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
     let sync_cfg = SyncConfig {
         maglev_size: cfg.maglev_size,
         hash_seed: cfg.hash_seed,
-        svc_id_limit: u64::from(lb_common::capacity::SVC_IDS),
+        limits: maps.limits(),
     };
     let mut sync = MapSync::recover(maps, sync_cfg, recovered);
     tracing::info!(bpffs = %pins.shown.display(), adopted_services = adopted, "datapath loaded");

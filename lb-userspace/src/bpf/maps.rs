@@ -129,6 +129,22 @@ fn range_key(svc_id: u32, net: &Ipv4Net) -> Key<SrcRangeKey> {
 }
 
 impl Maps {
+    /// The capacities of the pinned maps (those they were created with, whatever this agent's
+    /// flags say: a pinned map keeps its size); the defaults where one cannot be read.
+    pub fn limits(&self) -> crate::sync::Limits {
+        let d = crate::sync::Limits::default();
+        let cap = |name: &str| {
+            aya::maps::MapInfo::from_pin(self.dir.join(name))
+                .map(|i| i.max_entries())
+                .ok()
+        };
+        crate::sync::Limits {
+            services: cap(names::SVC_INFO).map_or(d.services, u64::from),
+            frontends: cap(names::SERVICES).map_or(d.frontends, |c| c as usize),
+            backends: cap(names::BACKENDS).map_or(d.backends, |c| c as usize),
+        }
+    }
+
     /// Opens every pinned map under `dir`.
     pub fn open(dir: &Path) -> Result<Self, MapsError> {
         let nr_cpus = aya::util::nr_cpus().map_or(1, |n| n);

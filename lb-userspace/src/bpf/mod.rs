@@ -61,7 +61,14 @@ pub struct Capacities {
     pub conntrack: u32,
     /// Entries of flows not answered yet (`xlb_ct_new`).
     pub ct_new: u32,
+    /// Session-affinity entries (`xlb_affinity`).
     pub affinity: u32,
+    /// Services, i.e. backend sets (`xlb_lut`, `xlb_svc_stats`, `xlb_svc_info`).
+    pub services: u32,
+    /// Frontend entries (`xlb_services`).
+    pub frontends: u32,
+    /// Backend entries (`xlb_backends`).
+    pub backends: u32,
 }
 
 impl Default for Capacities {
@@ -70,6 +77,9 @@ impl Default for Capacities {
             conntrack: capacity::CONNTRACK,
             ct_new: capacity::CT_NEW,
             affinity: capacity::AFFINITY,
+            services: capacity::SVC_IDS,
+            frontends: capacity::SERVICES,
+            backends: capacity::BACKENDS,
         }
     }
 }
@@ -170,6 +180,11 @@ pub fn load_with(
         .map_max_entries(names::CONNTRACK, caps.conntrack)
         .map_max_entries(names::CT_NEW, caps.ct_new)
         .map_max_entries(names::AFFINITY, caps.affinity)
+        .map_max_entries(names::SERVICES, caps.frontends)
+        .map_max_entries(names::BACKENDS, caps.backends)
+        .map_max_entries(names::LUT, caps.services)
+        .map_max_entries(names::SVC_STATS, caps.services)
+        .map_max_entries(names::SVC_INFO, caps.services)
         .override_global("TRACE_MODE", &trace_mode, true);
     let template = gen_template.unwrap_or([0; 64]);
     loader.override_global("GEN_TEMPLATE", &template, true);

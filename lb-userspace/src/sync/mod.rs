@@ -37,8 +37,30 @@ pub struct SyncConfig {
     pub maglev_size: u32,
     /// Seed of the Maglev permutations (equal on every node).
     pub hash_seed: u32,
-    /// Service ids are in `[1, svc_id_limit)` (the size of the per-service stats array).
-    pub svc_id_limit: u64,
+    /// What the maps hold.
+    pub limits: Limits,
+}
+
+/// Capacities the sync keeps within, each named after the agent flag that raises it: a service
+/// that does not fit is not programmed (the others are) and says which flag to raise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Service ids are in `[1, services)` (`--max-services`: the per-service tables' size).
+    pub services: u64,
+    /// Entries of `xlb_services` (`--max-frontends`).
+    pub frontends: usize,
+    /// Entries of `xlb_backends` (`--max-backends`).
+    pub backends: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            services: u64::from(lb_common::capacity::SVC_IDS),
+            frontends: lb_common::capacity::SERVICES as usize,
+            backends: lb_common::capacity::BACKENDS as usize,
+        }
+    }
 }
 
 /// What one `apply` did.
@@ -175,7 +197,7 @@ impl<W: MapWriter> MapSync<W> {
             applied: BTreeMap::new(),
             fe_owner: HashMap::new(),
             internal: HashMap::new(),
-            svc_ids: IdAlloc::new(cfg.svc_id_limit),
+            svc_ids: IdAlloc::new(cfg.limits.services),
             backend_ids: IdAlloc::new(1 << 32),
         }
     }
@@ -425,11 +447,7 @@ impl<W: MapWriter> MapSync<W> {
         // 2./3. In batches of services: tables computed in parallel; per service backends →
         //       table → ranges/info → frontends, then cleanup. New tables of a batch enter
         //       the kernel together.
-        let present: Vec<String> = work
-            .iter()
-            .filter(|n| desired.services.contains_key(*n))
-            .cloned()
-            .collect();
+        let present = self.admit(&work, desired, &mut report);
         // Batch k+1's tables are built on other threads while batch k is written (the
         // writer mostly waits in the kernel).
         let batches: Vec<&[String]> = present.chunks(SYNC_BATCH).collect();
@@ -559,6 +577,74 @@ impl<W: MapWriter> MapSync<W> {
         }
     }
 
+    /// The services of `work` to program, in order: those that fit the maps' capacities once
+    /// this pass's removals are done (services already programmed first). The others are
+    /// reported as failed, naming the flag that raises the capacity, and retried later.
+    fn admit(
+        &self,
+        work: &BTreeSet<String>,
+        desired: &DesiredState,
+        report: &mut SyncReport,
+    ) -> Vec<String> {
+        let mut frontends = self.fe_owner.len();
+        let mut backends: usize = self.applied.values().map(|a| a.backends.len()).sum();
+        let mut services = self.applied.len();
+        for n in work.iter().filter(|n| !desired.services.contains_key(*n)) {
+            if let Some(a) = self.applied.get(n) {
+                frontends -= a.frontends.len().min(frontends);
+                backends -= a.backends.len().min(backends);
+                services -= 1;
+            }
+        }
+        let (old, new): (Vec<&String>, Vec<&String>) = work
+            .iter()
+            .filter(|n| desired.services.contains_key(*n))
+            .partition(|n| self.applied.contains_key(*n));
+        let max_services = (self.cfg.limits.services.saturating_sub(1)) as usize;
+        let mut admitted = Vec::with_capacity(old.len() + new.len());
+        for name in old.into_iter().chain(new) {
+            let (Some(svc), a) = (desired.services.get(name), self.applied.get(name)) else {
+                continue;
+            };
+            let f = svc.frontends.len();
+            let b = svc.endpoints.len();
+            let (f0, b0) = a.map_or((0, 0), |a| (a.frontends.len(), a.backends.len()));
+            let refusal = if a.is_none() && services + 1 > max_services {
+                Some(format!(
+                    "not programmed: {max_services} services are programmed, the most the \
+                     per-service maps hold (raise --max-services)"
+                ))
+            } else if f > f0 && frontends + (f - f0) > self.cfg.limits.frontends {
+                Some(format!(
+                    "not programmed: its {f} frontends would take {} of the {} entries of \
+                     {} (raise --max-frontends)",
+                    frontends + (f - f0),
+                    self.cfg.limits.frontends,
+                    lb_common::map_names::SERVICES
+                ))
+            } else if b > b0 && backends + (b - b0) > self.cfg.limits.backends {
+                Some(format!(
+                    "not programmed: its {b} backends would take {} of the {} entries of \
+                     {} (raise --max-backends)",
+                    backends + (b - b0),
+                    self.cfg.limits.backends,
+                    lb_common::map_names::BACKENDS
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = refusal {
+                report.failed.push((name.clone(), why));
+                continue;
+            }
+            frontends = (frontends + f).saturating_sub(f0);
+            backends = (backends + b).saturating_sub(b0);
+            services += usize::from(a.is_none());
+            admitted.push(name.clone());
+        }
+        admitted
+    }
+
     /// Lists the tables of `batch` whose inputs changed, allocating ids for new backends on
     /// the way (sequential; the tables themselves are built by `build_tables`).
     fn plan_jobs(
@@ -622,7 +708,9 @@ impl<W: MapWriter> MapSync<W> {
     ) -> Result<Staged, String> {
         let is_new = !self.applied.contains_key(name);
         if is_new {
-            let id = self.svc_ids.alloc().map_err(|e| e.to_string())?;
+            let id = self.svc_ids.alloc().map_err(|e| {
+                format!("no service id free ({e}; ids of removed services return after this pass; raise --max-services)")
+            })?;
             report.writes += 1;
             if let Err(e) = self.w.reset_stats(id) {
                 self.svc_ids.release(id);

@@ -124,7 +124,11 @@ impl MapReader for Fake {
 const CFG: SyncConfig = SyncConfig {
     maglev_size: 1021,
     hash_seed: 0,
-    svc_id_limit: 1000,
+    limits: Limits {
+        services: 1000,
+        frontends: 65_536,
+        backends: 262_144,
+    },
 };
 
 fn ep(last: u8, port: u16) -> Endpoint {
@@ -518,4 +522,68 @@ fn many_services_go_through_several_pipelined_batches_consistently() {
     let r = s.apply(&mk(1));
     assert_eq!((r.changed, r.failed.len()), (n, 0));
     assert_eq!(s.apply(&mk(1)).writes, 0);
+}
+
+#[test]
+fn services_beyond_a_capacity_are_refused_naming_the_flag_and_the_rest_stays() {
+    let cfg = SyncConfig {
+        limits: Limits {
+            services: 3, // ids 1 and 2
+            frontends: 2,
+            backends: 3,
+        },
+        ..CFG
+    };
+    let mut s = MapSync::new(Fake::default(), cfg);
+    let a = svc("a", 1, vec![ep(1, 80), ep(2, 80)], Algorithm::Maglev);
+    let b = svc("b", 2, vec![ep(3, 80)], Algorithm::Maglev);
+    let c = svc("c", 3, vec![ep(4, 80)], Algorithm::Maglev);
+    // Three services, room for two: the third is refused and names --max-services.
+    let r = s.apply(&state(vec![a.clone(), b.clone(), c.clone()]));
+    assert_eq!(r.added, 2);
+    assert_eq!(r.failed.len(), 1, "{:?}", r.failed);
+    assert_eq!(r.failed[0].0, "c");
+    assert!(r.failed[0].1.contains("--max-services"), "{:?}", r.failed);
+    // An existing service growing past the backend capacity keeps what it had.
+    let mut a2 = a.clone();
+    a2.endpoints.push(ep(5, 80));
+    let r = s.apply(&state(vec![a2.clone(), b.clone()]));
+    assert!(
+        r.failed
+            .iter()
+            .any(|(n, e)| n == "a" && e.contains("--max-backends")),
+        "{:?}",
+        r.failed
+    );
+    assert_eq!(s.writer().backends.len(), 3);
+    // A second frontend on b would exceed the frontend capacity.
+    let mut b2 = b.clone();
+    b2.frontends.push(Frontend {
+        port: 81,
+        ..b.frontends[0]
+    });
+    let r = s.apply(&state(vec![a.clone(), b2]));
+    assert!(
+        r.failed
+            .iter()
+            .any(|(n, e)| n == "b" && e.contains("--max-frontends")),
+        "{:?}",
+        r.failed
+    );
+    assert_eq!(s.writer().services.len(), 2);
+    // Removing a makes room for c: its id is free once the pass that removes a is done, so the
+    // retry programs c.
+    let d = state(vec![b.clone(), c.clone()]);
+    let r = s.apply(&d);
+    assert!(
+        r.failed
+            .iter()
+            .all(|(n, e)| n == "c" && e.contains("--max-services")),
+        "{:?}",
+        r.failed
+    );
+    let r = s.apply(&d);
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    assert_eq!(s.totals().services, 2);
+    assert!(s.service_id("c").is_some());
 }

@@ -542,7 +542,7 @@ fn throughput() -> Vec<(&'static str, f64)> {
         lb_userspace::sync::SyncConfig {
             maglev_size: DEFAULT_TABLE_SIZE,
             hash_seed: 1,
-            svc_id_limit: 65_536,
+            limits: lb_userspace::sync::Limits::default(),
         },
     );
     let mut s = service(0);
