@@ -1,11 +1,11 @@
-//! Project tasks: `cargo xtask setup | test | demo | bench <what> | fuzz`.
+//! Project tasks: `cargo xtask setup | test | demo | bench <what> | fuzz | install | image`.
 //!
 //! `test` is what CI runs: set-up, formatting, lints (user space and the kernel crate), then
 //! every test (host unit tests, BPF_PROG_TEST_RUN fixtures, network-namespace integration
 //! tests with the real agent). xtask depends on nothing of the project, so it builds before
 //! bpf-linker exists.
 
-mod setup;
+use xtask::{image, setup};
 
 use std::process::Command;
 
@@ -49,6 +49,16 @@ enum Cmd {
         #[arg(long, default_value = "/usr/local")]
         prefix: std::path::PathBuf,
         /// Install this already built binary instead of building one.
+        #[arg(long)]
+        bin: Option<std::path::PathBuf>,
+    },
+    /// The agent's OCI image (podman, from a debootstrapped Debian), saved as an OCI archive,
+    /// then run: `xlb --version` and `xlb check` on the examples it ships.
+    Image {
+        /// Image name and tag.
+        #[arg(long, default_value = concat!("localhost/xlb:", env!("CARGO_PKG_VERSION")))]
+        tag: String,
+        /// Put this already built binary in instead of a release build.
         #[arg(long)]
         bin: Option<std::path::PathBuf>,
     },
@@ -191,7 +201,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Setup { .. } => setup::setup(&[]),
         Cmd::Test { args } => {
             require_root("the test suite")?;
-            setup::setup(&[])?;
+            // tests/image.rs builds and runs the image.
+            setup::setup(image::PACKAGES)?;
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
             nightly_cargo(&[
@@ -247,6 +258,23 @@ fn main() -> anyhow::Result<()> {
                 }
             };
             install(&bin, &prefix)
+        }
+        Cmd::Image { tag, bin } => {
+            let bin = match bin {
+                Some(b) => b,
+                None => {
+                    setup::toolchain()?;
+                    cargo(&["build", "--release", "-p", "lb-userspace", "--bin", "xlb"])?;
+                    "target/release/xlb".into()
+                }
+            };
+            let version = tag.rsplit(':').next().unwrap_or("dev").to_owned();
+            image::build_and_check(&image::Options {
+                bin,
+                tag,
+                work: "target/image".into(),
+                archive: format!("target/image/xlb-{version}.oci.tar").into(),
+            })
         }
         Cmd::Fuzz {
             seconds,

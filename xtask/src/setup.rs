@@ -40,7 +40,8 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ),
 ];
 
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
+/// Runs `cmd`; an error unless it succeeds.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
@@ -48,7 +49,8 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn output(cmd: &mut Command) -> anyhow::Result<String> {
+/// Runs `cmd` and returns its trimmed stdout; an error unless it succeeds.
+pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
