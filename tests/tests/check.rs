@@ -293,3 +293,93 @@ fn a_zero_conntrack_capacity_is_one_clear_error_before_anything_loads() {
         );
     }
 }
+
+#[test]
+fn manifest_problems_point_at_the_field_and_conflicts_name_both_places() {
+    let dir = WorkDir::new(&unique_tag());
+    let compact = dir.write(
+        "a.yaml",
+        "services:\n  - name: web\n    frontend: 192.0.2.10:80/tcp\n    backends: [10.0.1.11:80]\n",
+    );
+    let manifests = dir.write(
+        "b.yaml",
+        "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: web2
+spec:
+  clusterIP: 192.0.2.10
+  ports:
+    - name: http
+      port: 80
+      targetPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: bad
+spec:
+  clusterIP: 10.96.0.99
+  ports:
+    - name: http
+      port: 80
+    - name: other
+      port: 99999
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web2-1
+  labels:
+    kubernetes.io/service-name: web2
+addressType: IPv4
+ports:
+  - name: http
+    port: 8080
+endpoints:
+  - addresses: [10.0.1.21]
+  - addresses:
+      - 10.0.1.300
+      - 10.0.1.22
+",
+    );
+    let (code, out, err) = check(&["-o", "json"], &dir.path);
+    assert_eq!(code, 1, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    let problems = v["problems"].as_array().expect("problems");
+    let find = |needle: &str| -> &Value {
+        problems
+            .iter()
+            .find(|p| p["message"].as_str().unwrap_or("").contains(needle))
+            .unwrap_or_else(|| panic!("no problem with {needle:?}: {v:#}"))
+    };
+    let b = manifests.display().to_string();
+    let a = compact.display().to_string();
+    // The wrong port is on line 22 of b.yaml, in the second document.
+    let port = find("99999");
+    assert_eq!(
+        (port["file"].as_str(), port["line"].as_u64()),
+        (Some(b.as_str()), Some(22)),
+        "{port}"
+    );
+    assert_eq!(port["field"], "spec.ports[1].port");
+    // The bad address of the slice: line 37, the list item itself.
+    let addr = find("10.0.1.300");
+    assert_eq!(addr["line"], 37, "{addr}");
+    assert_eq!(addr["field"], "endpoints[1].addresses[0]");
+    // The duplicate VIP: reported at the entry that loses it, naming where the owner is.
+    let clash = find("is already used by");
+    assert_eq!(
+        (clash["file"].as_str(), clash["line"].as_u64()),
+        (Some(a.as_str()), Some(2)),
+        "{clash}"
+    );
+    assert!(
+        clash["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("({b}:1)")),
+        "{clash}"
+    );
+}

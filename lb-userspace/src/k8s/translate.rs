@@ -324,6 +324,9 @@ pub struct Translator {
     desired: DesiredState,
     conflicts: HashMap<String, Vec<Problem>>,
     dirty: BTreeSet<Origin>,
+    /// Where each object is defined (`file:line`), by its display name (`Service ns/name`,
+    /// `service name`), when its source knows: conflicts name both places.
+    locations: HashMap<String, String>,
 }
 
 impl Translator {
@@ -332,6 +335,18 @@ impl Translator {
         Self {
             node,
             ..Self::default()
+        }
+    }
+
+    /// Records where an object (by display name) is defined, or forgets it.
+    pub fn set_location(&mut self, object: String, location: Option<String>) {
+        match location {
+            Some(l) => {
+                self.locations.insert(object, l);
+            }
+            None => {
+                self.locations.remove(&object);
+            }
         }
     }
 
@@ -509,10 +524,11 @@ impl Translator {
         let origin = self.origin_of.get(name)?;
         let raw = self.raw.get(origin)?;
         let mut set = raw.sets.iter().find(|s| s.name == name)?.clone();
-        let object = match origin {
+        let display = |o: &Origin| match o {
             Origin::Service(ns, n) => format!("Service {ns}/{n}"),
             Origin::Compact(n) => format!("service {n}"),
         };
+        let object = display(origin);
         let mut lost = Vec::new();
         set.frontends.retain(|f| {
             let owner = self
@@ -524,11 +540,21 @@ impl Translator {
             if owner == name {
                 return true;
             }
-            lost.push(Problem::field(
+            let owner_at = self
+                .origin_of
+                .get(&owner)
+                .and_then(|o| self.locations.get(&display(o)))
+                .map(|l| format!(" ({l})"))
+                .unwrap_or_default();
+            let mut p = Problem::field(
                 &object,
                 "",
-                format!("frontend {f} is already used by {owner}: not programmed"),
-            ));
+                format!("frontend {f} is already used by {owner}{owner_at}: not programmed"),
+            );
+            if let Some(l) = self.locations.get(&object) {
+                p.origin = l.clone();
+            }
+            lost.push(p);
             false
         });
         if !lost.is_empty() {

@@ -401,15 +401,33 @@ impl FileSource {
     fn read_file(&self, path: &Path, stamp: Option<Stamp>) -> FileState {
         let display = path.display().to_string();
         let prev = self.files.get(path);
-        let parsed = read_text(path)
+        let text = read_text(path)
             .and_then(|text| match too_deep(&text) {
                 Some(line) => Err(format!(
                     "line {line}: collections nested deeper than {MAX_NESTING} levels; not parsed"
                 )),
                 None => Ok(text),
             })
-            .map_err(|msg| vec![Problem::file(display.clone(), msg)])
-            .and_then(|text| parse_file(&display, &text));
+            .map_err(|msg| vec![Problem::file(display.clone(), msg)]);
+        let parsed = text
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|text| parse_file(&display, text));
+        let docs = text.as_deref().map(documents).unwrap_or_default();
+        // A manifest's problem about a field points at that field's line.
+        let at_field = |obj: &Object, line: usize, mut p: Problem| -> Problem {
+            let doc = matches!(obj, Object::Service(_) | Object::Slice(_))
+                .then(|| docs.iter().find(|d| d.line == line))
+                .flatten();
+            if let Some(doc) = doc
+                && !p.field.is_empty()
+                && p.origin.is_empty()
+                && let Some(off) = super::locate::field_line(doc.text, &p.field)
+            {
+                p.origin = format!("{display}:{}", line + off);
+            }
+            p
+        };
         let (objs, mut problems) = match parsed {
             Ok(ok) => ok,
             Err(mut problems) => {
@@ -440,7 +458,11 @@ impl FileSource {
             }
             match obj.validate() {
                 Ok((spec, warnings)) => {
-                    problems.extend(warnings.into_iter().map(|p| p.at(&origin)));
+                    problems.extend(
+                        warnings
+                            .into_iter()
+                            .map(|p| at_field(&obj, line, p).at(&origin)),
+                    );
                     specs.insert(key, (line, spec));
                 }
                 Err(found) => {
@@ -451,7 +473,7 @@ impl FileSource {
                         "; skipped"
                     };
                     for p in found {
-                        let mut p = p.at(&origin);
+                        let mut p = at_field(&obj, line, p).at(&origin);
                         p.message.push_str(suffix);
                         problems.push(p);
                     }
@@ -581,12 +603,24 @@ impl FileSource {
                 changes.push((key, now));
             }
         }
+        let locations = changes
+            .iter()
+            .map(|(key, _)| (key.clone(), self.location(key)))
+            .collect();
         Delta {
             changes,
             problems: self.problems(),
             noticed: None,
+            locations,
             ..Delta::default()
         }
+    }
+
+    /// `file:line` of the version of `key` in force.
+    fn location(&self, key: &ObjectKey) -> Option<String> {
+        let path = self.defs.get(key)?.iter().next()?;
+        let (line, _) = self.files.get(path)?.specs.get(key)?;
+        Some(format!("{}:{line}", path.display()))
     }
 
     /// Every problem of the current files.

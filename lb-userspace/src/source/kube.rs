@@ -399,6 +399,7 @@ pub async fn run(
             changes: std::mem::take(&mut pending),
             problems: problems.clone(),
             noticed: noticed.take(),
+            locations: Vec::new(),
         };
         if ips_changed {
             sent_node_ips.clone_from(&node_ips);

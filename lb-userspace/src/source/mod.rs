@@ -4,6 +4,7 @@
 pub mod compact;
 pub mod files;
 pub mod kube;
+pub mod locate;
 pub mod watch;
 
 use std::fmt;
@@ -107,11 +108,16 @@ pub struct Delta {
     pub problems: Vec<Problem>,
     /// When the source noticed the change (for change-to-programmed latency).
     pub noticed: Option<std::time::Instant>,
+    /// Where the changed objects are defined (`file:line`; `None`: removed or unknown).
+    pub locations: Vec<(ObjectKey, Option<String>)>,
 }
 
 impl Delta {
     /// Feeds the changes to a translator.
     pub fn apply_to(&self, t: &mut Translator) {
+        for (key, at) in &self.locations {
+            t.set_location(key.to_string(), at.clone());
+        }
         for (key, spec) in &self.changes {
             match (key, spec) {
                 (_, Some(Spec::Service(s))) => t.upsert_service(s.clone()),
