@@ -255,6 +255,36 @@ struct NoDatapath(PathBuf);
 /// Exit code of a read command that found no datapath (as `xlb status`).
 const EXIT_NO_DATAPATH: u8 = 4;
 
+/// What the maps hold: the agent sizes them, `xlb check` compares the files against them.
+#[derive(Args)]
+struct MaxArgs {
+    /// Services (backend sets) the maps hold. Applies when the maps are created; a service
+    /// beyond it is not programmed and says so.
+    #[arg(long, env = "XLB_MAX_SERVICES", default_value_t = lb_common::capacity::SVC_IDS,
+          value_parser = clap::value_parser!(u32).range(2..))]
+    max_services: u32,
+    /// Frontend entries (address, port, protocol) the maps hold. Applies when the maps are
+    /// created.
+    #[arg(long, env = "XLB_MAX_FRONTENDS", default_value_t = lb_common::capacity::SERVICES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_frontends: u32,
+    /// Backend entries the maps hold (every endpoint of every service). Applies when the maps
+    /// are created.
+    #[arg(long, env = "XLB_MAX_BACKENDS", default_value_t = lb_common::capacity::BACKENDS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_backends: u32,
+}
+
+impl MaxArgs {
+    fn limits(&self) -> lb_userspace::sync::Limits {
+        lb_userspace::sync::Limits {
+            services: u64::from(self.max_services),
+            frontends: self.max_frontends as usize,
+            backends: self.max_backends as usize,
+        }
+    }
+}
+
 #[derive(Args)]
 struct CheckArgs {
     /// A file or directory of service files.
@@ -268,6 +298,8 @@ struct CheckArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
+    #[command(flatten)]
+    max: MaxArgs,
 }
 
 fn parse_ports(s: &str) -> Result<(u16, u16), String> {
@@ -363,21 +395,8 @@ struct AgentArgs {
     #[arg(long, env = "XLB_CT_NEW_MAX", default_value_t = lb_common::capacity::CT_NEW,
           value_parser = clap::value_parser!(u32).range(2..))]
     ct_new_max: u32,
-    /// Services (backend sets) the maps hold. Applies when the maps are created; a service
-    /// beyond it is not programmed and says so.
-    #[arg(long, env = "XLB_MAX_SERVICES", default_value_t = lb_common::capacity::SVC_IDS,
-          value_parser = clap::value_parser!(u32).range(2..))]
-    max_services: u32,
-    /// Frontend entries (address, port, protocol) the maps hold. Applies when the maps are
-    /// created.
-    #[arg(long, env = "XLB_MAX_FRONTENDS", default_value_t = lb_common::capacity::SERVICES,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    max_frontends: u32,
-    /// Backend entries the maps hold (every endpoint of every service). Applies when the maps
-    /// are created.
-    #[arg(long, env = "XLB_MAX_BACKENDS", default_value_t = lb_common::capacity::BACKENDS,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    max_backends: u32,
+    #[command(flatten)]
+    max: MaxArgs,
     /// Source address of hairpin flows (a pod reaching itself through a Service).
     #[arg(long, env = "XLB_HAIRPIN_ADDR", default_value = "169.254.42.1")]
     hairpin_addr: Ipv4Addr,
@@ -435,9 +454,9 @@ fn agent_config(a: AgentArgs) -> AgentConfig {
         capacities: Capacities {
             conntrack: a.ct_max,
             ct_new: a.ct_new_max,
-            services: a.max_services,
-            frontends: a.max_frontends,
-            backends: a.max_backends,
+            services: a.max.max_services,
+            frontends: a.max.max_frontends,
+            backends: a.max.max_backends,
             ..Capacities::default()
         },
         hairpin_addr: a.hairpin_addr,
@@ -606,7 +625,7 @@ fn main() -> ExitCode {
                 node_ips: c.node_ips,
                 proxy_name: None,
             };
-            match cli::check::run(&c.path, &node, c.output) {
+            match cli::check::run(&c.path, &node, c.max.limits(), c.output) {
                 Ok(r) => {
                     eprint!("{}", r.stderr);
                     print!("{}", r.stdout);

@@ -383,3 +383,30 @@ endpoints:
         "{clash}"
     );
 }
+
+#[test]
+fn more_than_the_maps_hold_is_an_error_naming_the_flag() {
+    let dir = WorkDir::new(&unique_tag());
+    let file = dir.write(
+        "s.yaml",
+        "services:
+  - {name: a, frontend: 192.0.2.10:80/tcp, backends: [10.0.1.1:80, 10.0.1.2:80]}
+  - {name: b, frontend: 192.0.2.11:80/tcp, backends: [10.0.1.1:80]}
+  - {name: c, frontend: 192.0.2.12:80/tcp, backends: [10.0.1.1:80]}
+",
+    );
+    let (code, out, err) = check(&[], &file);
+    assert_eq!(code, 0, "{out}{err}");
+    for (flag, value, what) in [
+        ("--max-frontends", "2", "3 frontends exceed the 2"),
+        ("--max-backends", "3", "4 backends exceed the 3"),
+        ("--max-services", "3", "3 services exceed the 2"),
+    ] {
+        let (code, out, err) = check(&[flag, value], &file);
+        assert_eq!(code, 1, "{flag}: {out}{err}");
+        assert!(
+            err.contains(what) && err.contains(&format!("(raise {flag})")),
+            "{flag}: {err}"
+        );
+    }
+}

@@ -63,7 +63,12 @@ pub struct Checked {
 }
 
 /// Runs the check.
-pub fn run(path: &Path, node: &NodeContext, output: Output) -> anyhow::Result<Checked> {
+pub fn run(
+    path: &Path,
+    node: &NodeContext,
+    limits: crate::sync::Limits,
+    output: Output,
+) -> anyhow::Result<Checked> {
     let delta = FileSource::new(path).load();
     let mut t = Translator::new(node.clone());
     delta.apply_to(&mut t);
@@ -80,14 +85,32 @@ pub fn run(path: &Path, node: &NodeContext, output: Output) -> anyhow::Result<Ch
             .warning(),
         );
     }
+    let frontends: usize = state.services.values().map(|s| s.frontends.len()).sum();
+    let endpoints: usize = state.services.values().map(|s| s.endpoints.len()).sum();
+    let max_services = limits.services.saturating_sub(1) as usize;
+    for (n, what, cap, flag) in [
+        (services, "services", max_services, "--max-services"),
+        (frontends, "frontends", limits.frontends, "--max-frontends"),
+        (endpoints, "backends", limits.backends, "--max-backends"),
+    ] {
+        if n > cap {
+            problems.push(Problem::file(
+                path.display().to_string(),
+                format!(
+                    "{n} {what} exceed the {cap} the maps hold: the agent would leave services \
+                     unprogrammed (raise {flag})"
+                ),
+            ));
+        }
+    }
     let errors = problems.iter().filter(|p| p.is_error()).count();
     let report = Report {
         errors,
         warnings: problems.len() - errors,
         problems: problems.iter().map(Item::from).collect(),
         services,
-        frontends: state.services.values().map(|s| s.frontends.len()).sum(),
-        endpoints: state.services.values().map(|s| s.endpoints.len()).sum(),
+        frontends,
+        endpoints,
     };
     let exit = match (report.errors, report.warnings) {
         (0, 0) => 0,
