@@ -83,6 +83,8 @@ pub struct Agent {
     /// Started as a user would, with `ip netns exec` (its own mount namespace), rather than by
     /// entering only the network namespace.
     ip_netns_exec: bool,
+    /// The `xlb` binary run (`xlb_bin()` unless a test runs another release).
+    bin: PathBuf,
 }
 
 /// Capabilities of the DaemonSet in deploy/kubernetes: CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF.
@@ -93,6 +95,7 @@ const CAP_LAST: u32 = 40;
 const CAP_SETPCAP: u32 = 8;
 
 fn spawn(
+    bin: &Path,
     netns: &Path,
     log: &Path,
     args: &[String],
@@ -111,10 +114,10 @@ fn spawn(
             .and_then(|n| n.to_str())
             .expect("netns name");
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", name]).arg(xlb_bin());
+        c.args(["netns", "exec", name]).arg(bin);
         c
     } else {
-        Command::new(xlb_bin())
+        Command::new(bin)
     };
     cmd.args(args)
         .env("XLB_LOG", "info,lb_userspace=debug")
@@ -233,7 +236,7 @@ impl Agent {
     /// Starts the agent as a user would, `ip netns exec <node> xlb agent <args> --bpffs
     /// <pins>` (a private mount namespace with a fresh /sys), and waits until it is ready.
     pub fn start_via_ip_netns_exec(node: &Netns, pins: &PinDir, args: &[&str]) -> Self {
-        let mut a = Self::spawn_inner(node, pins, args, None, true);
+        let mut a = Self::spawn_inner(node, pins, args, None, true, xlb_bin());
         a.wait_for_log("agent ready", 1);
         a
     }
@@ -246,7 +249,7 @@ impl Agent {
     }
 
     fn spawn_with_caps(node: &Netns, pins: &PinDir, args: &[&str], caps: Option<Vec<u32>>) -> Self {
-        Self::spawn_inner(node, pins, args, caps, false)
+        Self::spawn_inner(node, pins, args, caps, false, xlb_bin())
     }
 
     fn spawn_inner(
@@ -255,6 +258,7 @@ impl Agent {
         args: &[&str],
         caps: Option<Vec<u32>>,
         ip_netns_exec: bool,
+        bin: PathBuf,
     ) -> Self {
         let log = std::env::temp_dir().join(format!("xlb-agent-{}.log", node.name));
         let _ = std::fs::remove_file(&log);
@@ -269,6 +273,7 @@ impl Agent {
         all.extend(args.iter().map(|s| (*s).to_owned()));
         Self {
             child: Some(spawn(
+                &bin,
                 &node.path(),
                 &log,
                 &all,
@@ -281,7 +286,26 @@ impl Agent {
             args: all,
             caps,
             ip_netns_exec,
+            bin,
         }
+    }
+
+    /// Like `start`, running the binary `bin` (another release), waiting for `ready` in its log.
+    pub fn start_binary(
+        bin: &Path,
+        node: &Netns,
+        pins: &PinDir,
+        args: &[&str],
+        ready: &str,
+    ) -> Self {
+        let mut a = Self::spawn_inner(node, pins, args, None, false, bin.to_owned());
+        a.wait_for_log(ready, 1);
+        a
+    }
+
+    /// The binary the next `restart` runs.
+    pub fn set_binary(&mut self, bin: &Path) {
+        self.bin = bin.to_owned();
     }
 
     /// The agent's log so far.
@@ -348,6 +372,7 @@ impl Agent {
         assert!(self.child.is_none(), "agent still running");
         let before = self.logs().matches("agent ready").count();
         self.child = Some(spawn(
+            &self.bin,
             &self.netns,
             &self.log,
             &self.args,

@@ -20,11 +20,12 @@ use xlb_tests::{
 };
 
 /// The files whose code blocks are run.
-const DOCS: [&str; 4] = [
+const DOCS: [&str; 5] = [
     "README.md",
     "docs/kubernetes.md",
     "docs/standalone.md",
     "docs/troubleshooting.md",
+    "docs/upgrading.md",
 ];
 
 /// A documented `xlb` command line: where it is, and the line.

@@ -159,8 +159,13 @@ pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
     }
     // Every syscall from here on goes through the resolved path.
     cfg.bpffs = pins.path.clone();
+    // A datapath of the previous layout is upgraded in place, its flows kept.
+    let mut migration = bpf::migrate::prepare(&cfg.bpffs)?;
     let mut ebpf = bpf::load(&cfg.bpffs, cfg.capacities, false)?;
     let mut maps = Maps::open(&cfg.bpffs)?;
+    if let Some(m) = migration.as_mut() {
+        m.copy()?;
+    }
     // Keep the events a running `xlb monitor` asked for across agent restarts.
     let monitor = maps
         .read_config()
@@ -259,6 +264,13 @@ pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
         );
     }
     publish(&mut record, &mut devs, &mut sync);
+    // The previous layout's programs are detached now: the last of their flows, then their
+    // table goes.
+    if let Some(m) = migration.take()
+        && let Err(e) = m.finish()
+    {
+        tracing::warn!(error = %e, "finishing the layout migration");
+    }
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "agent ready"

@@ -7,6 +7,7 @@ pub mod btf;
 pub mod devices;
 pub mod filter;
 pub mod maps;
+pub mod migrate;
 pub mod mmap;
 pub mod pins;
 pub mod sock;

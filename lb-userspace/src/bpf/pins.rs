@@ -40,9 +40,10 @@ pub enum PinError {
     /// A pinned map has another layout than this agent's.
     #[error(
         "{path} was created by an xlb with another map layout ({found}; this agent needs \
-         {expected}). Refusing to mix layouts. Either run the xlb version that created it, or \
-         remove the old datapath with `xlb agent --cleanup --bpffs {dir}` (established \
-         connections through VIPs are reset) and start again."
+         {expected}, and migrates only from the layout just before it). Refusing to mix \
+         layouts; the old datapath keeps forwarding. Upgrade through each release in turn, \
+         or remove the old datapath with `xlb agent --cleanup --bpffs {dir}` (established \
+         connections through VIPs are reset) and start again: docs/upgrading.md."
     )]
     Layout {
         path: PathBuf,
@@ -339,6 +340,13 @@ pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 20] {
 
 /// Checks every map already pinned under `dir` against this agent's layout.
 pub fn check_layout(dir: &Path) -> Result<(), PinError> {
+    check_layout_except_version(dir)?;
+    check_version(dir)
+}
+
+/// The shapes (type, key and value sizes) of the maps pinned under `dir`, without the version
+/// the config names (a migration checks the shapes before it rewrites the version).
+pub fn check_layout_except_version(dir: &Path) -> Result<(), PinError> {
     for (name, ty, key, value) in expected_layout() {
         let path = dir.join(name);
         if !path.exists() {
@@ -363,7 +371,11 @@ pub fn check_layout(dir: &Path) -> Result<(), PinError> {
             )));
         }
     }
-    // Same sizes but another meaning: the version in the config entry tells.
+    Ok(())
+}
+
+/// Same sizes but another meaning: the version in the config entry tells.
+fn check_version(dir: &Path) -> Result<(), PinError> {
     let cfg = dir.join(names::CONFIG);
     if cfg.exists()
         && let Ok(data) = aya::maps::MapData::from_pin(&cfg)
