@@ -255,6 +255,24 @@ struct NoDatapath(PathBuf);
 /// Exit code of a read command that found no datapath (as `xlb status`).
 const EXIT_NO_DATAPATH: u8 = 4;
 
+/// How Services are read for this node, shared by the agent and `xlb check`.
+#[derive(Args)]
+struct PolicyArgs {
+    /// This node's zone, for topology-aware routing (`hints.forZones`); default: the Node's
+    /// `topology.kubernetes.io/zone` label.
+    #[arg(long, env = "XLB_NODE_ZONE")]
+    node_zone: Option<String>,
+    /// Only externalIPs within these CIDRs are served (comma-separated); others are reported
+    /// and not programmed. Without it any address is (as kube-proxy): whoever may create
+    /// Services can then take over any address for the cluster (CVE-2020-8554).
+    #[arg(long, env = "XLB_EXTERNAL_IP_CIDRS", value_delimiter = ',', value_parser = parse_cidr)]
+    external_ip_cidrs: Option<Vec<lb_userspace::model::Ipv4Net>>,
+}
+
+fn parse_cidr(s: &str) -> Result<lb_userspace::model::Ipv4Net, String> {
+    lb_userspace::model::Ipv4Net::parse(s).ok_or_else(|| format!("{s:?} is not an IPv4 CIDR"))
+}
+
 /// What the maps hold: the agent sizes them, `xlb check` compares the files against them.
 #[derive(Args)]
 struct MaxArgs {
@@ -300,6 +318,8 @@ struct CheckArgs {
     output: Output,
     #[command(flatten)]
     max: MaxArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
 }
 
 fn parse_ports(s: &str) -> Result<(u16, u16), String> {
@@ -397,6 +417,8 @@ struct AgentArgs {
     ct_new_max: u32,
     #[command(flatten)]
     max: MaxArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
     /// Source address of hairpin flows (a pod reaching itself through a Service).
     #[arg(long, env = "XLB_HAIRPIN_ADDR", default_value = "169.254.42.1")]
     hairpin_addr: Ipv4Addr,
@@ -439,6 +461,8 @@ fn agent_config(a: AgentArgs) -> AgentConfig {
         },
         node_name: a.node_name,
         node_ips: a.node_ips,
+        node_zone: a.policy.node_zone,
+        external_ip_cidrs: a.policy.external_ip_cidrs,
         devices: a.devices.into_iter().filter(|d| !d.is_empty()).collect(),
         pod_devices: a
             .pod_devices
@@ -624,6 +648,8 @@ fn main() -> ExitCode {
                 node_name: c.node_name,
                 node_ips: c.node_ips,
                 proxy_name: None,
+                zone: c.policy.node_zone,
+                external_ip_cidrs: c.policy.external_ip_cidrs,
             };
             match cli::check::run(&c.path, &node, c.max.limits(), c.output) {
                 Ok(r) => {

@@ -63,6 +63,8 @@ pub fn default_config() -> Config {
         kubernetes: None,
         node_name: None,
         node_ips: vec!["192.168.0.1".parse().expect("ip")],
+        node_zone: None,
+        external_ip_cidrs: None,
         devices: Vec::new(),
         pod_devices: Vec::new(),
         bpffs: "/nonexistent".into(),

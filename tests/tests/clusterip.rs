@@ -678,3 +678,95 @@ fn a_service_beyond_the_frontend_capacity_is_refused_naming_the_flag_and_the_oth
     );
     drop(servers);
 }
+
+#[test]
+fn guarded_external_ips_and_proxy_mode_lb_ips_are_left_to_the_network() {
+    let (tag, node) = cluster(1);
+    let dir = WorkDir::new(&tag);
+    let mut servers = Servers::new();
+    let pod = &node.pods[1];
+    servers.tcp_persistent(&pod.ns, SocketAddr::from((pod.ip, 8080)), "b1");
+    // Outside the node: an external proxy load balancer (192.0.2.51) and whoever really owns
+    // 198.51.100.7, both answering for themselves.
+    let ext = xlb_tests::netns::Netns::new(&format!("xlbt-{tag}-ext"));
+    node.ns.ip(&[
+        "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns", &ext.name,
+    ]);
+    node.ns.ip(&["addr", "add", "10.99.0.1/24", "dev", "ext0"]);
+    node.ns.ip(&["link", "set", "ext0", "up"]);
+    ext.ip(&["addr", "add", "10.99.0.2/24", "dev", "eth0"]);
+    ext.ip(&["link", "set", "eth0", "up"]);
+    ext.ip(&["link", "set", "lo", "up"]);
+    ext.ip(&["route", "add", "10.244.0.0/16", "via", "10.99.0.1"]);
+    for (addr, name) in [("192.0.2.51", "external-lb"), ("198.51.100.7", "owner")] {
+        ext.ip(&["addr", "add", &format!("{addr}/32"), "dev", "lo"]);
+        node.ns
+            .ip(&["route", "add", &format!("{addr}/32"), "via", "10.99.0.2"]);
+        servers.tcp_persistent(
+            &ext,
+            SocketAddr::from((addr.parse::<Ipv4Addr>().unwrap(), 80)),
+            name,
+        );
+    }
+    let http = [Port {
+        name: "http",
+        port: 80,
+        proto: "TCP",
+        target: "8080",
+        node_port: None,
+    }];
+    let yaml = docs(&[
+        service(
+            "lb",
+            VIP,
+            &http,
+            "  type: LoadBalancer\n  externalIPs: [203.0.113.5, 198.51.100.7]\nstatus:\n  loadBalancer:\n    ingress:\n    - {ip: 192.0.2.50}\n    - {ip: 192.0.2.51, ipMode: Proxy}\n",
+        ),
+        slice(
+            "lb-1",
+            "lb",
+            &[("http", 8080, "TCP")],
+            &[Ep::ready(pod.ip, "n1")],
+        ),
+    ]);
+    let path = dir.write("services.yaml", &yaml);
+    let pins = PinDir::new(&tag);
+    let services = path.to_str().expect("path");
+    let mut agent = Agent::start(
+        &node.ns,
+        &pins,
+        &[
+            "--services",
+            services,
+            "--node-name",
+            "n1",
+            "--pod-devices",
+            "xp*",
+            "--external-ip-cidrs",
+            "203.0.113.0/24",
+        ],
+    );
+    agent.wait_active("default/lb:http/TCP", 1);
+    agent.wait_for_log("198.51.100.7 is outside --external-ip-cidrs", 1);
+    let who = |addr: [u8; 4]| -> String {
+        let to = SocketAddr::from((addr, 80));
+        node.pods[0]
+            .ns
+            .run(move || xlb_tests::traffic::tcp_ping_once(to, Duration::from_secs(2)))
+            .map_or_else(|e| format!("<{e}>"), |r| r.backend)
+    };
+    assert_eq!(who([10, 96, 0, 10]), "b1");
+    assert_eq!(who([203, 0, 113, 5]), "b1", "an allowed externalIP");
+    assert_eq!(who([192, 0, 2, 50]), "b1", "a VIP-mode LoadBalancer IP");
+    assert_eq!(
+        who([198, 51, 100, 7]),
+        "owner",
+        "an externalIP outside the CIDRs was taken over"
+    );
+    assert_eq!(
+        who([192, 0, 2, 51]),
+        "external-lb",
+        "a Proxy-mode LoadBalancer IP was short-circuited"
+    );
+    drop(servers);
+}

@@ -584,3 +584,92 @@ fn agent_with_kubeconfig_follows_the_api_server_and_survives_its_restart() {
     assert_eq!(code, 200);
     drop(servers);
 }
+
+/// A slice of `web` whose endpoints (last octet of 10.244.1.x, zone) carry zone hints.
+fn zoned_slice(eps: &[(u8, &str)]) -> String {
+    let mut s = String::from(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: default\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv4\nports: [{name: http, port: 8080, protocol: TCP}]\nendpoints:\n",
+    );
+    for (last, zone) in eps {
+        s.push_str(&format!(
+            "- {{addresses: [10.244.1.{last}], nodeName: n1, zone: {zone}, conditions: {{ready: true}}, hints: {{forZones: [{{name: {zone}}}]}}}}\n"
+        ));
+    }
+    s
+}
+
+#[test]
+fn topology_hints_keep_new_flows_in_the_nodes_zone_and_fall_back_when_it_empties() {
+    require_root();
+    let tag = unique_tag();
+    let mut node = Node::new(&tag, "n1", 1);
+    for i in 0..=3 {
+        node.add_pod(i);
+    }
+    let mut servers = Servers::new();
+    for (i, pod) in node.pods.iter().enumerate().skip(1) {
+        servers.tcp_persistent(&pod.ns, SocketAddr::from((pod.ip, 8080)), &format!("b{i}"));
+    }
+    let vip = Ipv4Addr::new(10, 96, 0, 10);
+    let mut api = FakeApi::new();
+    // The node is in zone-a (its label); b1 is hinted for zone-a, b2 and b3 for zone-b.
+    api.apply(
+        &node_object("n1", Ipv4Addr::new(192, 168, 77, 1), None).replace(
+            "metadata: {name: n1}",
+            "metadata: {name: n1, labels: {topology.kubernetes.io/zone: zone-a}}",
+        ),
+    );
+    api.apply(&docs(&[service("web", vip, &http(None), "")]));
+    api.apply(&zoned_slice(&[
+        (11, "zone-a"),
+        (12, "zone-b"),
+        (13, "zone-b"),
+    ]));
+    api.serve_in(node.ns.handle());
+    let dir = WorkDir::new(&tag);
+    let kubeconfig = api.kubeconfig(&dir.path);
+    let pins = PinDir::new(&tag);
+    let mut agent = Agent::start(
+        &node.ns,
+        &pins,
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--node-name",
+            "n1",
+            "--pod-devices",
+            "xp*",
+            // Through tc, where every new flow picks (the socket path picks the same way).
+            "--cgroup",
+            "off",
+        ],
+    );
+    agent.wait_for_log("node zone from the Node object", 1);
+    const WEB: &str = "default/web:http/TCP";
+    agent.wait_active(WEB, 1);
+    let client = &node.pods[0].ns;
+    let to = SocketAddr::from((vip, 80));
+    let served = |n: usize| -> std::collections::BTreeMap<String, usize> {
+        spread(&client.run(move || {
+            (0..n)
+                .map(|_| tcp_ping_once(to, Duration::from_secs(2)))
+                .collect::<Vec<_>>()
+        }))
+    };
+    // Every new flow stays in zone-a.
+    let s = served(30);
+    assert_eq!(s.keys().cloned().collect::<Vec<_>>(), ["b1"], "{s:?}");
+    // zone-a empties: new flows fall back to every endpoint.
+    api.apply(&zoned_slice(&[(12, "zone-b"), (13, "zone-b")]));
+    agent.wait_active(WEB, 2);
+    let s = served(40);
+    assert_eq!(s.keys().cloned().collect::<Vec<_>>(), ["b2", "b3"], "{s:?}");
+    // An endpoint without hints: topology is off, all ready endpoints serve.
+    api.apply(&zoned_slice(&[(11, "zone-a"), (12, "zone-b"), (13, "zone-b")]).replace(
+        "- {addresses: [10.244.1.13], nodeName: n1, zone: zone-b, conditions: {ready: true}, hints: {forZones: [{name: zone-b}]}}",
+        "- {addresses: [10.244.1.13], nodeName: n1, zone: zone-b, conditions: {ready: true}}",
+    ));
+    agent.wait_active(WEB, 3);
+    assert_eq!(served(60).len(), 3);
+    drop(servers);
+}

@@ -45,6 +45,10 @@ pub struct AgentConfig {
     pub kubernetes: Option<KubeAccess>,
     pub node_name: Option<String>,
     pub node_ips: Vec<Ipv4Addr>,
+    /// This node's zone (`--node-zone`; else the Node's `topology.kubernetes.io/zone`).
+    pub node_zone: Option<String>,
+    /// CIDRs externalIPs must be in (`--external-ip-cidrs`); `None`: any.
+    pub external_ip_cidrs: Option<Vec<crate::model::Ipv4Net>>,
     pub devices: Vec<String>,
     pub pod_devices: Vec<String>,
     pub bpffs: PathBuf,
@@ -115,6 +119,8 @@ impl AgentConfig {
             node_name: self.node_name.clone(),
             node_ips: self.node_ips.clone(),
             proxy_name: self.proxy_name.clone(),
+            zone: self.node_zone.clone(),
+            external_ip_cidrs: self.external_ip_cidrs.clone(),
         }
     }
 }
@@ -292,6 +298,16 @@ pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
                     if let Some(ips) = &d.node_ips {
                         adopt_node_ips(&cfg, ips, &mut translator, &mut sync);
                     }
+                    if let Some(zone) = &d.node_zone
+                        && cfg.node_zone.is_none()
+                    {
+                        let zone = (!zone.is_empty()).then(|| zone.clone());
+                        tracing::info!(zone = ?zone, "node zone from the Node object");
+                        translator.set_node(NodeContext {
+                            zone,
+                            ..translator.node().clone()
+                        });
+                    }
                     d.apply_to(&mut translator);
                     state.source_problems.insert(d.source, d.problems);
                     next = rx.try_recv().ok();
@@ -449,7 +465,7 @@ fn adopt_node_ips(
     tracing::info!(node_ips = ?ips, "node addresses from the Node object");
     translator.set_node(NodeContext {
         node_ips: ips.to_vec(),
-        ..cfg.node_context()
+        ..translator.node().clone()
     });
     if cfg.snat_addr.is_none() {
         let maps = sync.writer_mut();

@@ -88,6 +88,12 @@ pub struct EndpointSpec {
     pub terminating: bool,
     pub node_name: Option<String>,
     pub zone: Option<String>,
+    /// `hints.forZones`: the zones whose nodes should use this endpoint (topology-aware
+    /// routing, set by the EndpointSlice controller for `trafficDistribution: PreferClose` /
+    /// `PreferSameZone` or the topology-mode annotation).
+    pub zone_hints: Vec<String>,
+    /// `hints.forNodes` (`trafficDistribution: PreferSameNode`).
+    pub node_hints: Vec<String>,
 }
 
 /// A validated EndpointSlice (IPv4 only; other address types yield no endpoints).
@@ -198,9 +204,13 @@ pub fn service_spec(svc: &Service) -> Checked<ServiceSpec> {
             .as_ref()
             .and_then(|s| s.load_balancer.as_ref())
             .and_then(|lb| lb.ingress.as_ref());
+        // `ipMode: Proxy`: the load balancer proxies (to NodePorts or pods) rather than
+        // delivering packets for its IP, so in-cluster traffic to that IP must reach it: not
+        // programmed here (as kube-proxy).
         let ips: Vec<&String> = ingress
             .into_iter()
             .flatten()
+            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
             .filter_map(|i| i.ip.as_ref())
             .collect();
         ipv4_list(
@@ -551,6 +561,18 @@ pub fn slice_spec(slice: &EndpointSlice) -> Checked<SliceSpec> {
                 terminating: c.terminating.unwrap_or(false),
                 node_name: ep.node_name.clone(),
                 zone: ep.zone.clone(),
+                zone_hints: ep
+                    .hints
+                    .iter()
+                    .flat_map(|h| h.for_zones.iter().flatten())
+                    .map(|z| z.name.clone())
+                    .collect(),
+                node_hints: ep
+                    .hints
+                    .iter()
+                    .flat_map(|h| h.for_nodes.iter().flatten())
+                    .map(|n| n.name.clone())
+                    .collect(),
             });
         }
     }

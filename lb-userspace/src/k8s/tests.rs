@@ -20,10 +20,16 @@ fn node() -> NodeContext {
         node_name: Some("n1".into()),
         node_ips: vec![Ipv4Addr::new(192, 168, 0, 1)],
         proxy_name: None,
+        zone: Some("z1".into()),
+        external_ip_cidrs: None,
     }
 }
 
 fn run(svcs: &[&str], slices: &[&str]) -> super::Translation {
+    run_on(svcs, slices, &node())
+}
+
+fn run_on(svcs: &[&str], slices: &[&str], node: &NodeContext) -> super::Translation {
     let s: Vec<_> = svcs
         .iter()
         .map(|y| service_spec(&svc(y)).unwrap().0)
@@ -32,7 +38,7 @@ fn run(svcs: &[&str], slices: &[&str]) -> super::Translation {
         .iter()
         .map(|y| slice_spec(&slice(y)).unwrap().0)
         .collect();
-    translate(&s, &e, &node())
+    translate(&s, &e, node)
 }
 
 const WEB: &str = "
@@ -425,4 +431,165 @@ fn incremental_translation_matches_a_fresh_one() {
             .endpoints
             .is_empty()
     );
+}
+
+/// The active endpoints (last octets) of `name`.
+fn active(t: &super::Translation, name: &str) -> Vec<u8> {
+    t.state.services[name]
+        .endpoints
+        .iter()
+        .filter(|e| e.state == EndpointState::Active)
+        .map(|e| e.addr.octets()[3])
+        .collect()
+}
+
+#[test]
+fn topology_hints_pick_this_zone_or_node_and_fall_back_as_kube_proxy() {
+    let hinted = |eps: &str| {
+        format!(
+            "
+metadata: {{name: web-a, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints:
+{eps}"
+        )
+    };
+    // Every ready endpoint hinted, one for this zone: only it takes new flows, the others stay
+    // for established ones.
+    let zonal = hinted(
+        "- {addresses: [10.244.0.1], zone: z1, hints: {forZones: [{name: z1}]}}
+- {addresses: [10.244.0.2], zone: z2, hints: {forZones: [{name: z2}]}}
+- {addresses: [10.244.0.3], zone: z2, hints: {forZones: [{name: z2}]}}
+",
+    );
+    let t = run(&[WEB], &[&zonal]);
+    assert_eq!(active(&t, "default/web:http/TCP"), [1]);
+    assert_eq!(t.state.services["default/web:http/TCP"].endpoints.len(), 3);
+    // Another zone's node gets the other two; a node without a zone label gets all.
+    let z2 = NodeContext {
+        zone: Some("z2".into()),
+        ..node()
+    };
+    assert_eq!(
+        active(&run_on(&[WEB], &[&zonal], &z2), "default/web:http/TCP"),
+        [2, 3]
+    );
+    let nozone = NodeContext {
+        zone: None,
+        ..node()
+    };
+    assert_eq!(
+        active(&run_on(&[WEB], &[&zonal], &nozone), "default/web:http/TCP"),
+        [1, 2, 3]
+    );
+    // No endpoint hinted for this zone (it emptied), or one ready endpoint without hints: all.
+    let emptied = hinted(
+        "- {addresses: [10.244.0.2], zone: z2, hints: {forZones: [{name: z2}]}}
+- {addresses: [10.244.0.3], zone: z2, hints: {forZones: [{name: z2}]}}
+",
+    );
+    assert_eq!(
+        active(&run(&[WEB], &[&emptied]), "default/web:http/TCP"),
+        [2, 3]
+    );
+    let partial = hinted(
+        "- {addresses: [10.244.0.1], zone: z1, hints: {forZones: [{name: z1}]}}
+- {addresses: [10.244.0.2], zone: z2}
+",
+    );
+    assert_eq!(
+        active(&run(&[WEB], &[&partial]), "default/web:http/TCP"),
+        [1, 2]
+    );
+    // A not-ready endpoint's missing hints do not matter.
+    let unready = hinted(
+        "- {addresses: [10.244.0.1], zone: z1, hints: {forZones: [{name: z1}]}}
+- {addresses: [10.244.0.2], zone: z2, hints: {forZones: [{name: z2}]}}
+- {addresses: [10.244.0.4], zone: z1, conditions: {ready: false}}
+",
+    );
+    assert_eq!(
+        active(&run(&[WEB], &[&unready]), "default/web:http/TCP"),
+        [1]
+    );
+    // PreferSameNode: node hints win over zone hints.
+    let nodes = hinted(
+        "- {addresses: [10.244.0.1], nodeName: n2, zone: z1, hints: {forNodes: [{name: n2}], forZones: [{name: z1}]}}
+- {addresses: [10.244.0.2], nodeName: n1, zone: z1, hints: {forNodes: [{name: n1}], forZones: [{name: z1}]}}
+",
+    );
+    assert_eq!(active(&run(&[WEB], &[&nodes]), "default/web:http/TCP"), [2]);
+    // externalTrafficPolicy / internalTrafficPolicy Local ignore topology (they are local).
+    let local = WEB.replace(
+        "clusterIP: 10.96.0.10",
+        "clusterIP: 10.96.0.10\n  internalTrafficPolicy: Local",
+    );
+    let t = run(&[&local], &[&nodes]);
+    assert_eq!(active(&t, "default/web:http/TCP"), [2]);
+}
+
+#[test]
+fn externalips_outside_the_allowed_cidrs_and_proxy_mode_lb_ips_are_not_programmed() {
+    let svc = "
+metadata: {name: lb, namespace: default}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.20
+  externalIPs: [203.0.113.5, 198.51.100.7]
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]
+status:
+  loadBalancer:
+    ingress:
+    - {ip: 192.0.2.50}
+    - {ip: 192.0.2.51, ipMode: Proxy}
+    - {ip: 192.0.2.52, ipMode: VIP}
+";
+    let eps = "
+metadata: {name: lb-a, namespace: default, labels: {kubernetes.io/service-name: lb}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.244.0.1]}]
+";
+    let guarded = NodeContext {
+        external_ip_cidrs: Some(vec![
+            crate::model::Ipv4Net::parse("203.0.113.0/24").unwrap(),
+        ]),
+        ..node()
+    };
+    let t = run_on(&[svc], &[eps], &guarded);
+    let fes: Vec<(Ipv4Addr, FrontendKind)> = t.state.services["default/lb:http/TCP"]
+        .frontends
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.kind,
+                FrontendKind::ExternalIp | FrontendKind::LoadBalancer
+            )
+        })
+        .map(|f| (f.addr, f.kind))
+        .collect();
+    assert_eq!(
+        fes,
+        [
+            (Ipv4Addr::new(192, 0, 2, 50), FrontendKind::LoadBalancer),
+            (Ipv4Addr::new(192, 0, 2, 52), FrontendKind::LoadBalancer),
+            (Ipv4Addr::new(203, 0, 113, 5), FrontendKind::ExternalIp),
+        ]
+    );
+    assert_eq!(t.problems.len(), 1, "{:?}", t.problems);
+    assert!(
+        t.problems[0]
+            .message
+            .contains("198.51.100.7 is outside --external-ip-cidrs")
+    );
+    assert!(!t.problems[0].is_error());
+    // Without the flag every externalIP is served.
+    let t = run(&[svc], &[eps]);
+    let n = t.state.services["default/lb:http/TCP"]
+        .frontends
+        .iter()
+        .filter(|f| f.kind == FrontendKind::ExternalIp)
+        .count();
+    assert_eq!(n, 2);
 }

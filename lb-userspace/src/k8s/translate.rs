@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// What the translation needs to know about this node and proxy.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeContext {
     /// EndpointSlice `nodeName` of endpoints on this node.
     pub node_name: Option<String>,
@@ -33,6 +33,10 @@ pub struct NodeContext {
     pub node_ips: Vec<Ipv4Addr>,
     /// This proxy's name for the `service.kubernetes.io/service-proxy-name` label.
     pub proxy_name: Option<String>,
+    /// This node's `topology.kubernetes.io/zone` (topology-aware routing).
+    pub zone: Option<String>,
+    /// CIDRs externalIPs may be in (`--external-ip-cidrs`; `None`: any, as kube-proxy).
+    pub external_ip_cidrs: Option<Vec<crate::model::Ipv4Net>>,
 }
 
 /// A healthCheckNodePort to serve (externalTrafficPolicy Local).
@@ -63,6 +67,7 @@ fn port_label(p: &PortSpec) -> String {
 }
 
 /// An endpoint of one service port, before policy filtering.
+#[derive(Clone)]
 struct Candidate {
     addr: Ipv4Addr,
     port: u16,
@@ -71,6 +76,65 @@ struct Candidate {
     terminating: bool,
     local: bool,
     node: Option<String>,
+    zone_hints: Vec<String>,
+    node_hints: Vec<String>,
+}
+
+/// Which endpoints new cluster-wide flows of this node may use, from the slices' hints
+/// (topology-aware routing, as kube-proxy decides it): only when every ready endpoint carries
+/// hints of that kind and at least one is meant for this node (or its zone); else all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Topology {
+    /// Every endpoint.
+    Any,
+    /// Endpoints hinted for this node (`hints.forNodes`, `PreferSameNode`).
+    Node,
+    /// Endpoints hinted for this node's zone (`hints.forZones`).
+    Zone,
+}
+
+fn topology(cands: &[Candidate], node: &NodeContext) -> Topology {
+    let ready: Vec<&Candidate> = cands.iter().filter(|c| c.ready).collect();
+    if ready.is_empty() {
+        return Topology::Any;
+    }
+    let hinted = |hints: fn(&Candidate) -> &Vec<String>, mine: &Option<String>| {
+        mine.as_ref().is_some_and(|m| {
+            ready.iter().all(|c| !hints(c).is_empty()) && ready.iter().any(|c| hints(c).contains(m))
+        })
+    };
+    if hinted(|c| &c.node_hints, &node.node_name) {
+        Topology::Node
+    } else if hinted(|c| &c.zone_hints, &node.zone) {
+        Topology::Zone
+    } else {
+        Topology::Any
+    }
+}
+
+/// The candidates as seen by this node's cluster-wide flows: those the topology leaves out
+/// count as not ready (kept for established flows, given no new ones).
+fn for_topology(cands: &[Candidate], node: &NodeContext) -> Vec<Candidate> {
+    let mode = topology(cands, node);
+    cands
+        .iter()
+        .map(|c| {
+            let mine = match mode {
+                Topology::Any => true,
+                Topology::Node => node
+                    .node_name
+                    .as_ref()
+                    .is_some_and(|n| c.node_hints.contains(n)),
+                Topology::Zone => node.zone.as_ref().is_some_and(|z| c.zone_hints.contains(z)),
+            };
+            let mut c = c.clone();
+            if !mine {
+                c.ready = false;
+                c.serving = false;
+            }
+            c
+        })
+        .collect()
 }
 
 /// Applies readiness rules to a subset: ready endpoints serve; when none is ready,
@@ -128,6 +192,8 @@ fn candidates(port: &PortSpec, slices: &[&SliceSpec], node: &NodeContext) -> Vec
                 terminating: ep.terminating,
                 local,
                 node: ep.node_name.clone(),
+                zone_hints: ep.zone_hints.clone(),
+                node_hints: ep.node_hints.clone(),
             };
             let better = |old: &Candidate| (c.ready, c.serving) > (old.ready, old.serving);
             match by_addr.get(&(c.addr, c.port)) {
@@ -181,7 +247,7 @@ fn translate_service(svc: &ServiceSpec, slices: &[&SliceSpec], node: &NodeContex
             port.proto
         );
         let cands = candidates(port, slices, node);
-        let cluster = with_conditions(cands.iter());
+        let cluster = with_conditions(for_topology(&cands, node).iter());
         let local = with_conditions(cands.iter().filter(|c| c.local));
         health_local = health_local.max(
             local
@@ -215,6 +281,21 @@ fn translate_service(svc: &ServiceSpec, slices: &[&SliceSpec], node: &NodeContex
             external_fes.push(fe(*a, port.port, FrontendKind::LoadBalancer, ranges));
         }
         for a in &svc.external_ips {
+            if let Some(allowed) = &node.external_ip_cidrs
+                && !allowed.iter().any(|n| n.contains(*a))
+            {
+                // CVE-2020-8554: whoever can create Services could take over any address.
+                let p = Problem::field(
+                    &svc.object(),
+                    "spec.externalIPs",
+                    format!("{a} is outside --external-ip-cidrs: not programmed"),
+                )
+                .warning();
+                if !raw.problems.contains(&p) {
+                    raw.problems.push(p);
+                }
+                continue;
+            }
             external_fes.push(fe(*a, port.port, FrontendKind::ExternalIp, false));
         }
         let internal_eps = if svc.int_local {
@@ -352,10 +433,7 @@ impl Translator {
 
     /// Changes the node context (every Service is translated again on the next flush).
     pub fn set_node(&mut self, node: NodeContext) {
-        if node.node_name != self.node.node_name
-            || node.node_ips != self.node.node_ips
-            || node.proxy_name != self.node.proxy_name
-        {
+        if node != self.node {
             self.node = node;
             self.dirty.extend(self.raw.keys().cloned());
             for k in self.services.keys() {

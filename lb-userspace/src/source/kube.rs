@@ -260,6 +260,9 @@ pub fn node_addresses(node: &Node) -> Vec<Ipv4Addr> {
     out
 }
 
+/// The Node label naming its zone (topology-aware routing).
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
 /// Quiet time that ends a burst of watch events.
 const COALESCE_QUIET: Duration = Duration::from_millis(10);
 /// Longest a burst is held back before it is fed on.
@@ -324,6 +327,8 @@ pub async fn run(
     let mut node_synced = node_store.is_none();
     let mut node_ips: Option<Vec<Ipv4Addr>> = None;
     let mut sent_node_ips: Option<Vec<Ipv4Addr>> = None;
+    let mut node_zone: Option<String> = None;
+    let mut sent_node_zone: Option<String> = None;
     let mut pending: Changes = Vec::new();
     let mut sent_problems: Vec<Problem> = Vec::new();
     let mut initial_sent = false;
@@ -367,7 +372,16 @@ pub async fn run(
                 Ev::Node { settled } => {
                     if let (Some(store), Some(r), true) = (&node_store, &node_ref, settled) {
                         node_synced = true;
-                        let ips = store.get(r).map(|n| node_addresses(&n));
+                        let node = store.get(r);
+                        let ips = node.as_ref().map(|n| node_addresses(n));
+                        node_zone = node.as_ref().map(|n| {
+                            n.metadata
+                                .labels
+                                .as_ref()
+                                .and_then(|l| l.get(ZONE_LABEL))
+                                .cloned()
+                                .unwrap_or_default()
+                        });
                         if ips.is_none() && node_ips.is_some() || !initial_sent && ips.is_none() {
                             tracing::warn!(node = %r.name, "Node not found: NodePorts need its addresses (or --node-ip)");
                         }
@@ -389,13 +403,24 @@ pub async fn run(
             .cloned()
             .collect();
         let ips_changed = node_ips.is_some() && node_ips != sent_node_ips;
-        if initial_sent && pending.is_empty() && problems == sent_problems && !ips_changed {
+        let zone_changed = node_zone.is_some() && node_zone != sent_node_zone;
+        if initial_sent
+            && pending.is_empty()
+            && problems == sent_problems
+            && !ips_changed
+            && !zone_changed
+        {
             noticed = None;
             continue;
         }
         let delta = Delta {
             source: SourceId::Kubernetes,
             node_ips: ips_changed.then(|| node_ips.clone().unwrap_or_default()),
+            node_zone: if zone_changed {
+                node_zone.clone()
+            } else {
+                None
+            },
             changes: std::mem::take(&mut pending),
             problems: problems.clone(),
             noticed: noticed.take(),
@@ -403,6 +428,9 @@ pub async fn run(
         };
         if ips_changed {
             sent_node_ips.clone_from(&node_ips);
+        }
+        if zone_changed {
+            sent_node_zone.clone_from(&node_zone);
         }
         sent_problems = problems;
         initial_sent = true;

@@ -102,6 +102,8 @@ pub struct Delta {
     /// This node's addresses as the source knows them (Kubernetes: the Node object), when
     /// they changed.
     pub node_ips: Option<Vec<std::net::Ipv4Addr>>,
+    /// This node's `topology.kubernetes.io/zone` label when it changed (empty: none).
+    pub node_zone: Option<String>,
     /// Objects added or replaced (`Some`) or removed (`None`).
     pub changes: Vec<(ObjectKey, Option<Spec>)>,
     /// Every problem the source has now (already handled: objects skipped or kept).
