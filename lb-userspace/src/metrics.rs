@@ -526,6 +526,9 @@ pub struct Health {
     last_ok: AtomicU64,
     /// Unix seconds since which passes fail (0: not failing).
     failing_since: AtomicU64,
+    /// This node is being deleted or drained by the cluster autoscaler (KEP-3836): load
+    /// balancers in front of NodePorts should stop sending new connections here.
+    node_leaving: AtomicBool,
 }
 
 /// How long programming may fail before `/healthz` turns 503.
@@ -552,15 +555,24 @@ impl Health {
         self.record(true);
     }
 
-    /// (healthy, JSON body) in kube-proxy's shape.
+    /// Records whether this node is leaving (its Node has a deletionTimestamp or the
+    /// `ToBeDeletedByClusterAutoscaler` taint).
+    pub fn set_node_leaving(&self, leaving: bool) {
+        self.node_leaving.store(leaving, Ordering::Relaxed);
+    }
+
+    /// (healthy, JSON body) in kube-proxy's shape: unhealthy before the first sync, after a
+    /// minute of failing syncs, and while the node is leaving (`nodeEligible: false`).
     pub fn healthz(&self) -> (bool, String) {
         let now = unix_now() as u64;
         let failing = self.failing_since.load(Ordering::Relaxed);
+        let eligible = !self.node_leaving.load(Ordering::Relaxed);
         let healthy = self.synced.load(Ordering::Relaxed)
+            && eligible
             && (failing == 0 || now.saturating_sub(failing) < UNHEALTHY_AFTER.as_secs());
         let last = self.last_ok.load(Ordering::Relaxed);
         let body = format!(
-            "{{\"lastUpdated\":\"{}\",\"currentTime\":\"{}\",\"nodeEligible\":true,\"synced\":{},\"failingSince\":{}}}\n",
+            "{{\"lastUpdated\":\"{}\",\"currentTime\":\"{}\",\"nodeEligible\":{eligible},\"synced\":{},\"failingSince\":{}}}\n",
             rfc3339(last),
             rfc3339(now),
             self.synced.load(Ordering::Relaxed),
@@ -612,6 +624,11 @@ mod tests {
         let h = Health::default();
         assert!(!h.healthz().0, "not healthy before the first sync");
         h.record(true);
+        assert!(h.healthz().0);
+        h.set_node_leaving(true);
+        let (ok, body) = h.healthz();
+        assert!(!ok && body.contains("\"nodeEligible\":false"), "{body}");
+        h.set_node_leaving(false);
         assert!(h.healthz().0);
         h.record(false);
         assert!(h.healthz().0, "a fresh failure is tolerated");

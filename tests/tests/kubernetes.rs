@@ -673,3 +673,75 @@ fn topology_hints_keep_new_flows_in_the_nodes_zone_and_fall_back_when_it_empties
     assert_eq!(served(60).len(), 3);
     drop(servers);
 }
+
+#[test]
+fn healthz_fails_while_the_node_is_deleted_or_drained_by_the_autoscaler() {
+    require_root();
+    let tag = unique_tag();
+    let mut node = Node::new(&tag, "n1", 1);
+    node.add_pod(0);
+    let node_ip = Ipv4Addr::new(192, 168, 77, 1);
+    let plain = node_object("n1", node_ip, None);
+    let with_spec = |spec_or_meta: &str| -> String { format!("{plain}{spec_or_meta}") };
+    let mut api = FakeApi::new();
+    api.apply(&plain);
+    api.apply(&docs(&[service(
+        "web",
+        Ipv4Addr::new(10, 96, 0, 10),
+        &http(None),
+        "",
+    )]));
+    api.serve_in(node.ns.handle());
+    let dir = WorkDir::new(&tag);
+    let kubeconfig = api.kubeconfig(&dir.path);
+    let pins = PinDir::new(&tag);
+    let _agent = Agent::start(
+        &node.ns,
+        &pins,
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--node-name",
+            "n1",
+            "--pod-devices",
+            "xp*",
+        ],
+    );
+    let get = |path: &'static str| -> (u16, String) {
+        node.ns
+            .run(move || http_get("127.0.0.1:10256".parse().expect("addr"), path).expect(path))
+    };
+    let wait_for = |code: u16| {
+        let ok = eventually(Duration::from_secs(10), || {
+            (get("/healthz").0 == code).then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "/healthz never answered {code}: {:?}",
+            get("/healthz")
+        );
+    };
+    wait_for(200);
+    // The cluster autoscaler taints the node before deleting it.
+    api.apply(&with_spec(
+        "spec:\n  taints:\n  - {key: ToBeDeletedByClusterAutoscaler, value: \"1700000000\", effect: NoSchedule}\n",
+    ));
+    wait_for(503);
+    let (_, body) = get("/healthz");
+    assert!(body.contains("\"nodeEligible\":false"), "{body}");
+    assert_eq!(
+        get("/livez").0,
+        200,
+        "liveness does not follow the node's fate"
+    );
+    // Scale-down cancelled: the taint goes, so does the failure.
+    api.apply(&plain);
+    wait_for(200);
+    // The Node is being deleted.
+    api.apply(&plain.replace(
+        "metadata: {name: n1}",
+        "metadata: {name: n1, deletionTimestamp: \"2026-01-01T00:00:00Z\", finalizers: [example.com/hold]}",
+    ));
+    wait_for(503);
+    assert_eq!(get("/livez").0, 200);
+}

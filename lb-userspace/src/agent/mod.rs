@@ -298,6 +298,10 @@ pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
                     if let Some(ips) = &d.node_ips {
                         adopt_node_ips(&cfg, ips, &mut translator, &mut sync);
                     }
+                    if let Some(leaving) = d.node_leaving {
+                        tracing::info!(leaving, "node deletion or autoscaler drain: /healthz follows");
+                        health.set_node_leaving(leaving);
+                    }
                     if let Some(zone) = &d.node_zone
                         && cfg.node_zone.is_none()
                     {

@@ -260,6 +260,20 @@ pub fn node_addresses(node: &Node) -> Vec<Ipv4Addr> {
     out
 }
 
+/// Whether `node` is on its way out: deleted (a deletionTimestamp) or tainted by the cluster
+/// autoscaler for deletion.
+pub fn leaving(node: &Node) -> bool {
+    node.metadata.deletion_timestamp.is_some()
+        || node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| t.iter().any(|t| t.key == AUTOSCALER_TAINT))
+}
+
+/// The cluster autoscaler's taint on a node it is about to delete.
+const AUTOSCALER_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+
 /// The Node label naming its zone (topology-aware routing).
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
@@ -329,6 +343,9 @@ pub async fn run(
     let mut sent_node_ips: Option<Vec<Ipv4Addr>> = None;
     let mut node_zone: Option<String> = None;
     let mut sent_node_zone: Option<String> = None;
+    let mut node_leaving = false;
+    let mut sent_node_leaving = false;
+    let mut node_seen = false;
     let mut pending: Changes = Vec::new();
     let mut sent_problems: Vec<Problem> = Vec::new();
     let mut initial_sent = false;
@@ -373,6 +390,13 @@ pub async fn run(
                     if let (Some(store), Some(r), true) = (&node_store, &node_ref, settled) {
                         node_synced = true;
                         let node = store.get(r);
+                        // KEP-3836: a node being deleted (or gone after it was seen), or
+                        // drained by the cluster autoscaler, fails /healthz.
+                        node_leaving = match &node {
+                            Some(n) => leaving(n),
+                            None => node_seen,
+                        };
+                        node_seen |= node.is_some();
                         let ips = node.as_ref().map(|n| node_addresses(n));
                         node_zone = node.as_ref().map(|n| {
                             n.metadata
@@ -404,11 +428,13 @@ pub async fn run(
             .collect();
         let ips_changed = node_ips.is_some() && node_ips != sent_node_ips;
         let zone_changed = node_zone.is_some() && node_zone != sent_node_zone;
+        let leaving_changed = node_leaving != sent_node_leaving;
         if initial_sent
             && pending.is_empty()
             && problems == sent_problems
             && !ips_changed
             && !zone_changed
+            && !leaving_changed
         {
             noticed = None;
             continue;
@@ -421,6 +447,7 @@ pub async fn run(
             } else {
                 None
             },
+            node_leaving: leaving_changed.then_some(node_leaving),
             changes: std::mem::take(&mut pending),
             problems: problems.clone(),
             noticed: noticed.take(),
@@ -432,6 +459,7 @@ pub async fn run(
         if zone_changed {
             sent_node_zone.clone_from(&node_zone);
         }
+        sent_node_leaving = node_leaving;
         sent_problems = problems;
         initial_sent = true;
         if tx.send(delta).is_err() {

@@ -104,6 +104,9 @@ pub struct Delta {
     pub node_ips: Option<Vec<std::net::Ipv4Addr>>,
     /// This node's `topology.kubernetes.io/zone` label when it changed (empty: none).
     pub node_zone: Option<String>,
+    /// Whether this node is leaving (deleted, or tainted `ToBeDeletedByClusterAutoscaler`),
+    /// when that changed.
+    pub node_leaving: Option<bool>,
     /// Objects added or replaced (`Some`) or removed (`None`).
     pub changes: Vec<(ObjectKey, Option<Spec>)>,
     /// Every problem the source has now (already handled: objects skipped or kept).
