@@ -770,3 +770,64 @@ fn guarded_external_ips_and_proxy_mode_lb_ips_are_left_to_the_network() {
     );
     drop(servers);
 }
+
+#[test]
+fn session_affinity_holds_within_its_timeout_and_expires_after_it() {
+    let (tag, node) = cluster(3);
+    let dir = WorkDir::new(&tag);
+    let mut servers = Servers::new();
+    let mut eps = Vec::new();
+    for (i, pod) in node.pods.iter().enumerate().skip(1) {
+        servers.tcp(&pod.ns, SocketAddr::from((pod.ip, 8080)), &format!("b{i}"));
+        eps.push(Ep::ready(pod.ip, "n1"));
+    }
+    let http = [Port {
+        name: "http",
+        port: 80,
+        proto: "TCP",
+        target: "8080",
+        node_port: None,
+    }];
+    const TIMEOUT: u64 = 2;
+    let yaml = docs(&[
+        service(
+            "sticky",
+            VIP,
+            &http,
+            &format!(
+                "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {{clientIP: {{timeoutSeconds: {TIMEOUT}}}}}\n"
+            ),
+        ),
+        slice("sticky-1", "sticky", &[("http", 8080, "TCP")], &eps),
+    ]);
+    let path = dir.write("services.yaml", &yaml);
+    let pins = PinDir::new(&tag);
+    let agent = Agent::start_on_node(&node.ns, &pins, &path, "n1");
+    agent.wait_active("default/sticky:http/TCP", 3);
+    let to = SocketAddr::from((VIP, 80));
+    let burst = |n: usize| spread(&tcp_requests(&node.pods[0].ns, to, n));
+    // Within the timeout every connection of the client goes to one backend; after it expired
+    // (idle longer than the timeout) the next connection is balanced again, so over a few
+    // rounds more than one backend is seen (three backends: the chance that every round
+    // lands on the same one is 3^-(rounds-1)).
+    let mut firsts = BTreeSet::new();
+    for round in 0..12 {
+        let b = burst(6);
+        assert_eq!(
+            b.len(),
+            1,
+            "round {round}: affinity broke within its timeout: {b:?}"
+        );
+        assert!(!b.contains_key("<error>"), "{b:?}");
+        firsts.extend(b.into_keys());
+        if firsts.len() >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(TIMEOUT * 1000 + 1500));
+    }
+    assert!(
+        firsts.len() >= 2,
+        "affinity never expired: always {firsts:?}"
+    );
+    drop(servers);
+}
