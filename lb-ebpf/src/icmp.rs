@@ -15,7 +15,8 @@
 //!
 //! And errors the datapath sends itself, as a router does (`send_error`, tc only): time
 //! exceeded for a packet whose TTL runs out, fragmentation needed for one too big for the next
-//! hop with DF set, rate-limited per CPU.
+//! hop with DF set, port unreachable for a Service without endpoints (kube-proxy's reject),
+//! rate-limited per CPU.
 
 use lb_common::{CtKey, counter, ct_dir, ct_flags, drop_reason, proto};
 
@@ -196,20 +197,24 @@ fn about_reply<P: Packet>(pkt: &mut P, e: &IcmpError, now: u32) -> Option<Verdic
     Some(done(pkt, r, out, fwd.svc_id, fwd.backend_id))
 }
 
+/// `send_error`'s "MTU" for a port unreachable (no next hop has an MTU of 1).
+pub const PORT_UNREACHABLE: u16 = 1;
+
 /// Errors one CPU may send per second (a flood of TTL-1 packets must not become a flood of
 /// errors; the kernel limits its own the same way).
 const ERRORS_PER_SEC: u32 = 100;
 
 /// Sends an ICMP error back to the packet's source, from its destination (where it was
 /// sending to), in place of the packet (still untranslated): time exceeded if `mtu` is 0,
-/// else fragmentation needed with that next-hop MTU. tc only: XDP leaves such packets to tc.
+/// port unreachable if it is `PORT_UNREACHABLE` (the drop was counted as `no_backend`), else
+/// fragmentation needed with that next-hop MTU. tc only: XDP leaves such packets to tc.
 #[inline(always)]
 pub fn send_error<P: Packet>(pkt: &mut P, mtu: u16) -> Verdict {
-    stats::drop_reason(if mtu == 0 {
-        drop_reason::TTL_EXCEEDED
-    } else {
-        drop_reason::FRAG_NEEDED
-    });
+    match mtu {
+        0 => stats::drop_reason(drop_reason::TTL_EXCEEDED),
+        PORT_UNREACHABLE => {}
+        _ => stats::drop_reason(drop_reason::FRAG_NEEDED),
+    }
     let Some(ip) = ptr_at::<P, [u8; 20]>(pkt, L3_OFF) else {
         return Verdict::Drop;
     };
@@ -277,10 +282,13 @@ fn build<P: Packet, const Q: usize>(pkt: &mut P, from: u32, to: u32, mtu: u16) -
     hdr[16..20].copy_from_slice(&to.to_ne_bytes());
     let ip = !lb_common::csum::fold(lb_common::csum::sum_be(&hdr[..20], 0));
     hdr[10..12].copy_from_slice(&ip.to_be_bytes());
-    // ICMP: time exceeded in transit, or destination unreachable / fragmentation needed with
-    // the next-hop MTU (RFC 1191).
+    // ICMP: time exceeded in transit, destination unreachable / port unreachable, or
+    // destination unreachable / fragmentation needed with the next-hop MTU (RFC 1191).
     if mtu == 0 {
         hdr[20] = 11;
+    } else if mtu == PORT_UNREACHABLE {
+        hdr[20] = 3;
+        hdr[21] = 3;
     } else {
         hdr[20] = 3;
         hdr[21] = 4;

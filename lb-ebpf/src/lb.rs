@@ -383,6 +383,16 @@ fn new_flow<P: Packet>(
     }
     let sel = match lookup::select(svc, flow, cfg, now) {
         Ok(sel) => sel,
+        // A Service without endpoints is rejected, as kube-proxy does: the client fails at once
+        // (ICMP port unreachable, which TCP reports as a refused connect) instead of timing
+        // out. XDP leaves the packet to tc, which counts it and sends the error.
+        Err(drop_reason::NO_BACKEND) if P::DEFERS => return Verdict::Pass,
+        Err(drop_reason::NO_BACKEND) => {
+            let _ = drop_flow(cfg, P::HOOK, flow, svc.svc_id, drop_reason::NO_BACKEND);
+            return Verdict::Error {
+                mtu: icmp::PORT_UNREACHABLE,
+            };
+        }
         Err(reason) => return drop_flow(cfg, P::HOOK, flow, svc.svc_id, reason),
     };
     let be = sel.backend;

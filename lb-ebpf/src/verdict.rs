@@ -22,7 +22,8 @@ pub enum Verdict {
     /// XDP: transmit it back out of the device it came in on.
     Tx,
     /// tc: answer the sender with an ICMP error instead of forwarding (`mtu` 0: time exceeded;
-    /// else fragmentation needed, next-hop MTU `mtu`). The packet is still untranslated.
+    /// `icmp::PORT_UNREACHABLE`: port unreachable, a Service without endpoints; else
+    /// fragmentation needed, next-hop MTU `mtu`). The packet is still untranslated.
     Error { mtu: u16 },
 }
 

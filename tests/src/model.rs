@@ -276,7 +276,16 @@ pub struct Model {
     /// The uplink's MAC and the next hop's (XDP_TX writes them).
     pub uplink_mac: [u8; 6],
     pub next_hop_mac: [u8; 6],
+    /// ICMP errors the model had tc send in the current wall-clock second (the datapath sends
+    /// at most `ERRORS_PER_SEC` per CPU and second, then drops).
+    errors: (u64, u32),
 }
+
+/// The datapath's ICMP error budget per CPU and second (`icmp.rs`).
+const ERRORS_PER_SEC: u32 = 100;
+
+/// Port unreachable, as the datapath encodes it in place of a next-hop MTU (`icmp.rs`).
+const PORT_UNREACHABLE: u16 = 1;
 
 /// The datapath's answer, which the model consults for what it cannot predict (the random
 /// SNAT ports).
@@ -298,6 +307,7 @@ impl Model {
             frags: HashMap::new(),
             affinity: HashMap::new(),
             nat_raised: HashSet::new(),
+            errors: (0, 0),
             uplink_mac,
             next_hop_mac,
         }
@@ -371,7 +381,7 @@ impl Model {
         }
         if let Some(svc) = self.frontends.get(&(f.daddr, f.dport, f.proto)).copied() {
             let v = self.for_frontend(hook, p, &f, &svc, seen)?;
-            return Ok(self.error_if_asked(hook, p, v));
+            return Ok(self.error_if_asked(hook, p, v, seen));
         }
         let tracked = |m: &Self, a: [u8; 4], port: u16| {
             m.backend_keys.contains(&(a, port)) && m.nat_raised.contains(&(a, port))
@@ -389,7 +399,7 @@ impl Model {
             }
         }
         if reply && let Some(v) = self.reply(hook, p, &f) {
-            return Ok(self.error_if_asked(hook, p, v));
+            return Ok(self.error_if_asked(hook, p, v, seen));
         }
         Ok(V::Pass)
     }
@@ -512,7 +522,15 @@ impl Model {
             return Ok(V::Drop);
         }
         if svc.lut_size == 0 {
-            return Ok(V::Drop);
+            // No endpoint: rejected (port unreachable) from tc; XDP leaves it to tc. Without a
+            // local endpoint (externalTrafficPolicy Local): dropped.
+            if svc.flags & svc_flags::EXT_LOCAL != 0 {
+                return Ok(V::Drop);
+            }
+            if hook == Hook::Xdp {
+                return Ok(V::Pass);
+            }
+            return Ok(V::Error(PORT_UNREACHABLE));
         }
         let mut chosen = None;
         if svc.affinity_timeout != 0
@@ -837,13 +855,25 @@ impl Model {
 
     /// tc answers a packet that cannot go on with an ICMP error in its place (XDP passes it
     /// to tc before).
-    fn error_if_asked(&self, hook: Hook, p: &mut Vec<u8>, v: V) -> V {
+    fn error_if_asked(&mut self, hook: Hook, p: &mut Vec<u8>, v: V, seen: &Observed<'_>) -> V {
         let V::Error(mtu) = v else {
             return v;
         };
         if hook == Hook::Xdp {
             return V::Pass;
         }
+        // The rate limit: once the model sent a second's budget, a datapath that answered
+        // with nothing (the packet unchanged) ran out on its CPU.
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.errors.0 != second {
+            self.errors = (second, 0);
+        }
+        if self.errors.1 >= ERRORS_PER_SEC && seen.packet == p.as_slice() {
+            return V::Drop;
+        }
+        self.errors.1 += 1;
         let later = be16(p, 20) & 0x1fff != 0;
         let q = match p[23] {
             proto::TCP => 40,
@@ -862,6 +892,8 @@ impl Model {
         h[10..12].copy_from_slice(&c.to_be_bytes());
         let mut icmp = if mtu == 0 {
             vec![11, 0, 0, 0, 0, 0, 0, 0]
+        } else if mtu == PORT_UNREACHABLE {
+            vec![3, 3, 0, 0, 0, 0, 0, 0]
         } else {
             let m = mtu.to_be_bytes();
             vec![3, 4, 0, 0, 0, 0, m[0], m[1]]

@@ -831,3 +831,50 @@ fn session_affinity_holds_within_its_timeout_and_expires_after_it() {
     );
     drop(servers);
 }
+
+#[test]
+fn a_service_without_endpoints_refuses_tcp_and_udp_at_once() {
+    let (tag, node) = cluster(0);
+    let dir = WorkDir::new(&tag);
+    let ports = [
+        Port {
+            name: "http",
+            port: 80,
+            proto: "TCP",
+            target: "8080",
+            node_port: None,
+        },
+        Port {
+            name: "dns",
+            port: 53,
+            proto: "UDP",
+            target: "5353",
+            node_port: None,
+        },
+    ];
+    let path = dir.write("services.yaml", &docs(&[service("empty", VIP, &ports, "")]));
+    let pins = PinDir::new(&tag);
+    let mut agent = Agent::start_on_node(&node.ns, &pins, &path, "n1");
+    agent.wait_for_log("maps synced", 1);
+    let (tcp, udp) = node.pods[0].ns.run(|| {
+        let tcp = std::net::TcpStream::connect_timeout(
+            &SocketAddr::from((VIP, 80)),
+            Duration::from_secs(5),
+        )
+        .map(|_| ())
+        .map_err(|e| e.kind());
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.connect(SocketAddr::from((VIP, 53))).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.send(b"query").expect("send");
+        let mut buf = [0u8; 64];
+        let udp = s.recv(&mut buf).map(|_| ()).map_err(|e| e.kind());
+        (tcp, udp)
+    });
+    // Refused (the ICMP port unreachable), not timed out.
+    assert_eq!(tcp, Err(std::io::ErrorKind::ConnectionRefused));
+    assert_eq!(udp, Err(std::io::ErrorKind::ConnectionRefused));
+    assert!(agent.counter("drop_no_backend") >= 2);
+    assert!(agent.counter("icmp_sent") >= 2);
+}

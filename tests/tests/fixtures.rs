@@ -211,18 +211,31 @@ fn truncated_and_malformed_packets_are_never_translated() {
 }
 
 #[test]
-fn no_backend_drops_and_counts() {
+fn no_backend_is_rejected_with_port_unreachable_from_tc_and_counted_once() {
     let mut dp = datapath();
     let syn = packet::tcp((CLIENT, 40000), (EMPTY_VIP, 80), flags::SYN, b"");
-    let (rc, _) = dp.tc(prog_names::POD_INGRESS, &syn);
-    assert_eq!(rc, TC_ACT_SHOT);
-    let (rc, _) = dp.xdp(&syn);
-    assert_eq!(rc, XDP_DROP);
+    // XDP leaves it to tc, untouched and uncounted.
+    let (rc, out) = dp.xdp(&syn);
+    assert_eq!(rc, XDP_PASS);
+    assert_eq!(out, syn);
+    // tc answers in its place: ICMP port unreachable from the VIP to the client, quoting the
+    // SYN's IPv4 and TCP headers.
+    let (rc, out) = dp.tc(prog_names::POD_INGRESS, &syn);
+    assert_ne!(rc, TC_ACT_SHOT);
+    assert_eq!(out.len(), 14 + 20 + 8 + 40, "{out:02x?}");
+    assert_eq!(out[23], 1, "not ICMP");
+    assert_eq!(&out[26..30], &EMPTY_VIP.octets(), "source");
+    assert_eq!(&out[30..34], &CLIENT.octets(), "destination");
+    assert_eq!((out[34], out[35]), (3, 3), "not port unreachable");
+    assert_eq!(&out[42..82], &syn[14..54], "quote");
+    let ok = |b: &[u8]| lb_common::csum::fold(lb_common::csum::sum_be(b, 0)) == 0xffff;
+    assert!(ok(&out[14..34]) && ok(&out[34..]), "checksums: {out:02x?}");
     let c = dp.counters();
     assert_eq!(
         c[(counter::DROP_BASE + drop_reason::NO_BACKEND) as usize],
-        2
+        1
     );
+    assert_eq!(c[counter::ICMP_SENT as usize], 1);
 }
 
 #[test]

@@ -22,7 +22,7 @@ use xlb_tests::{
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-/// A service without endpoints: its packets are dropped (`no_backend`).
+/// A service without endpoints: its packets are rejected (`no_backend`, ICMP port unreachable).
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 const WEB: &str = "default/web:http/TCP";
 
@@ -317,14 +317,23 @@ fn inspection_cli_and_explain_show_what_the_datapath_does() {
     );
     assert_eq!(x["steps"][0]["backend"], conn_backend.as_str(), "{x}");
 
-    // explain: no endpoints → dropped with the reason; no service → untouched.
+    // explain: no endpoints → rejected with the reason (the answer goes back to the client);
+    // no service → untouched.
     let x = e.explain(&["--src", &src, "--dst", &format!("{EMPTY_VIP}:80")]);
     assert_eq!(x["steps"][0]["drop_reason"], "no_backend", "{x}");
     assert!(
-        x["steps"][0]["verdict"]
+        x["steps"][0]["decision"]
             .as_str()
             .unwrap()
-            .starts_with("drop"),
+            .starts_with("rejected: no endpoint"),
+        "{x}"
+    );
+    assert_eq!(
+        x["steps"][0]["packet_after"],
+        format!(
+            "ICMP port unreachable {EMPTY_VIP} -> {src_ip}",
+            src_ip = e.node.pods[0].ip
+        ),
         "{x}"
     );
     let x = e.explain(&[

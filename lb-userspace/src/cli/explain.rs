@@ -139,6 +139,18 @@ fn describe(p: &[u8]) -> String {
     let dst = Ipv4Addr::new(p[30], p[31], p[32], p[33]);
     let sport = u16::from_be_bytes([p[34], p[35]]);
     let dport = u16::from_be_bytes([p[36], p[37]]);
+    if p[23] == lb_common::proto::ICMP {
+        let what = match (p[34], p[35]) {
+            (3, 3) => "port unreachable".to_owned(),
+            (3, 4) => format!(
+                "fragmentation needed (MTU {})",
+                u16::from_be_bytes([p[40], p[41]])
+            ),
+            (11, _) => "time exceeded".to_owned(),
+            (t, c) => format!("type {t} code {c}"),
+        };
+        return format!("ICMP {what} {src} -> {dst}");
+    }
     let proto = Protocol::from_number(p[23]).map_or_else(|| p[23].to_string(), |p| p.to_string());
     format!("{proto} {src}:{sport} -> {dst}:{dport}")
 }
@@ -224,6 +236,8 @@ fn run_one(
         .map_or((0, 0), |(_, v)| (v.lut_size, v.flags));
     let decision = if t.parsed == 0 {
         "not an IPv4 TCP/UDP/SCTP packet: passed untouched".to_owned()
+    } else if t.drop_reason == drop_reason::NO_BACKEND && !xdp && out.get(23) == Some(&1) {
+        "rejected: no endpoint (ICMP port unreachable back to the client, as kube-proxy)".to_owned()
     } else if t.drop_reason != 0 {
         format!("dropped: {}", drop_reason::name(t.drop_reason))
     } else if t.reply != 0 {
