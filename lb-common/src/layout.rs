@@ -17,6 +17,8 @@ pub mod capacity {
     pub const CONNTRACK: u32 = 524_288;
     /// Conntrack entries of flows not answered yet (two per flow).
     pub const CT_NEW: u32 = 131_072;
+    /// Service CIDRs the datapath guards (`--service-cidrs`).
+    pub const SERVICE_CIDR_SLOTS: usize = 4;
     /// Fragmented datagrams in flight.
     pub const FRAGS: u32 = 8_192;
     /// Session-affinity entries.

@@ -47,8 +47,11 @@ pub mod drop_reason {
     /// A packet with DF set too big for the next hop's MTU: an ICMP fragmentation needed went
     /// back.
     pub const FRAG_NEEDED: u32 = 11;
+    /// An address in a service CIDR (`--service-cidrs`) that no Service owns, as kube-proxy's
+    /// nftables mode drops it.
+    pub const UNOWNED_SERVICE_IP: u32 = 12;
     /// Number of reasons (exclusive bound).
-    pub const MAX: u32 = 12;
+    pub const MAX: u32 = 13;
 
     /// Human-readable name of a reason.
     pub const fn name(reason: u32) -> &'static str {
@@ -64,6 +67,7 @@ pub mod drop_reason {
             XDP_TX_ERROR => "xdp_tx_error",
             TTL_EXCEEDED => "ttl_exceeded",
             FRAG_NEEDED => "frag_needed",
+            UNOWNED_SERVICE_IP => "unowned_service_ip",
             _ => "unknown",
         }
     }

@@ -14,9 +14,11 @@
 
 use core::ptr::NonNull;
 
+use aya_ebpf::Global;
 use lb_common::{
-    Config, CtValue, FragKey, FragPorts, Ipv4, ServiceValue, backend_flags, counter, ct_dir,
-    ct_flags, ct_state, drop_reason, event_kind, hook, kind, proto, selection, stage, svc_flags,
+    Config, CtValue, FragKey, FragPorts, Ipv4, ServiceValue, backend_flags, capacity, counter,
+    ct_dir, ct_flags, ct_state, drop_reason, event_kind, hook, kind, proto, selection, stage,
+    svc_flags,
 };
 
 use crate::{
@@ -90,10 +92,40 @@ fn to_stage<P: Packet>(pkt: &mut P, stage: u32, fill: impl FnOnce(&mut Scratch))
     Verdict::Pass
 }
 
-/// A packet to no frontend: the backend stage if it may be a tracked flow's reply (from a
-/// backend's own address and port) or a SYN reusing such a flow's tuple; else it passes.
+/// Service CIDRs (`--service-cidrs`): each the network address then the mask, network order;
+/// set at load.
+#[unsafe(no_mangle)]
+static SERVICE_CIDRS: Global<[[u32; 2]; capacity::SERVICE_CIDR_SLOTS]> =
+    Global::new([[0; 2]; capacity::SERVICE_CIDR_SLOTS]);
+/// How many of `SERVICE_CIDRS` are set (0: the guard is off).
+#[unsafe(no_mangle)]
+static SERVICE_CIDR_COUNT: Global<u32> = Global::new(0);
+
+/// Whether `addr` is in a service CIDR (a packet to it that reached here has no frontend).
+#[inline(always)]
+fn in_service_cidr(addr: [u8; 4]) -> bool {
+    let n = SERVICE_CIDR_COUNT.load() as usize;
+    let cidrs = SERVICE_CIDRS.load();
+    let a = u32::from_ne_bytes(addr);
+    let mut i = 0;
+    while i < capacity::SERVICE_CIDR_SLOTS {
+        if i < n && a & cidrs[i][1] == cidrs[i][0] {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// A packet to no frontend: dropped if it is for an address in a service CIDR (no Service
+/// owns it); else the backend stage if it may be a tracked flow's reply (from a backend's own
+/// address and port) or a SYN reusing such a flow's tuple; else it passes.
 #[inline(always)]
 fn to_backend_stage<P: Packet>(pkt: &mut P, flow: &Flow) -> Verdict {
+    if in_service_cidr(flow.daddr) {
+        stats::drop_reason(drop_reason::UNOWNED_SERVICE_IP);
+        return Verdict::Drop;
+    }
     let reply = may_be_tracked_backend(flow.saddr, flow.sport);
     let reuse = flow.is_syn() && may_be_tracked_backend(flow.daddr, flow.dport);
     if !reply && !reuse {

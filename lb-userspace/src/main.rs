@@ -419,6 +419,11 @@ struct AgentArgs {
     max: MaxArgs,
     #[command(flatten)]
     policy: PolicyArgs,
+    /// Service CIDRs (comma-separated, at most 4): packets to an address in them that no
+    /// Service owns are dropped and counted (`unowned_service_ip`), as kube-proxy's nftables
+    /// mode does. Default: none.
+    #[arg(long, env = "XLB_SERVICE_CIDRS", value_delimiter = ',', value_parser = parse_cidr)]
+    service_cidrs: Vec<lb_userspace::model::Ipv4Net>,
     /// Source address of hairpin flows (a pod reaching itself through a Service).
     #[arg(long, env = "XLB_HAIRPIN_ADDR", default_value = "169.254.42.1")]
     hairpin_addr: Ipv4Addr,
@@ -437,6 +442,22 @@ struct AgentArgs {
     /// Remove the datapath (detach, drop every map including conntrack) and exit.
     #[arg(long)]
     cleanup: bool,
+}
+
+/// `--service-cidrs` as the datapath takes them (`main` checked the count).
+fn service_cidrs(
+    nets: &[lb_userspace::model::Ipv4Net],
+) -> ([[u32; 2]; lb_common::capacity::SERVICE_CIDR_SLOTS], u32) {
+    let mut out = [[0u32; 2]; lb_common::capacity::SERVICE_CIDR_SLOTS];
+    for (slot, n) in out.iter_mut().zip(nets) {
+        let mask = if n.len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(n.len))
+        };
+        *slot = [(u32::from(n.addr) & mask).to_be(), mask.to_be()];
+    }
+    (out, nets.len().min(out.len()) as u32)
 }
 
 fn init_logging(filter: &str) {
@@ -481,6 +502,7 @@ fn agent_config(a: AgentArgs) -> AgentConfig {
             services: a.max.max_services,
             frontends: a.max.max_frontends,
             backends: a.max.max_backends,
+            service_cidrs: service_cidrs(&a.service_cidrs),
             ..Capacities::default()
         },
         hairpin_addr: a.hairpin_addr,
@@ -539,6 +561,14 @@ fn main() -> ExitCode {
     init_logging(&cli.log);
     let result: anyhow::Result<bool> = match cli.cmd {
         Cmd::Agent(a) => {
+            if a.service_cidrs.len() > lb_common::capacity::SERVICE_CIDR_SLOTS {
+                eprintln!(
+                    "xlb: --service-cidrs: {} CIDRs given, at most {} (the IPv4 service CIDRs of a cluster: usually one)",
+                    a.service_cidrs.len(),
+                    lb_common::capacity::SERVICE_CIDR_SLOTS
+                );
+                return ExitCode::from(2);
+            }
             if a.cleanup {
                 agent::cleanup(&pins::resolve_read(&a.bpffs)).map(|removed| {
                     if !removed {

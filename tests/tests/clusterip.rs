@@ -878,3 +878,86 @@ fn a_service_without_endpoints_refuses_tcp_and_udp_at_once() {
     assert!(agent.counter("drop_no_backend") >= 2);
     assert!(agent.counter("icmp_sent") >= 2);
 }
+
+#[test]
+fn with_service_cidrs_unowned_service_addresses_are_dropped_not_leaked() {
+    let (tag, node) = cluster(1);
+    let dir = WorkDir::new(&tag);
+    let mut servers = Servers::new();
+    let pod = &node.pods[1];
+    servers.tcp_persistent(&pod.ns, SocketAddr::from((pod.ip, 8080)), "b1");
+    // Beyond the node the service CIDR is routed to a network where 10.96.0.99 answers: what
+    // a stray packet to an unallocated ClusterIP would reach without the guard.
+    let ext = xlb_tests::netns::Netns::new(&format!("xlbt-{tag}-ext"));
+    node.ns.ip(&[
+        "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns", &ext.name,
+    ]);
+    node.ns.ip(&["addr", "add", "10.99.0.1/24", "dev", "ext0"]);
+    node.ns.ip(&["link", "set", "ext0", "up"]);
+    ext.ip(&["addr", "add", "10.99.0.2/24", "dev", "eth0"]);
+    ext.ip(&["link", "set", "eth0", "up"]);
+    ext.ip(&["link", "set", "lo", "up"]);
+    ext.ip(&["addr", "add", "10.96.0.99/32", "dev", "lo"]);
+    ext.ip(&["route", "add", "10.244.0.0/16", "via", "10.99.0.1"]);
+    node.ns
+        .ip(&["route", "add", "10.96.0.0/16", "via", "10.99.0.2"]);
+    servers.tcp_persistent(&ext, SocketAddr::from(([10, 96, 0, 99], 80)), "leaked");
+    let http = [Port {
+        name: "http",
+        port: 80,
+        proto: "TCP",
+        target: "8080",
+        node_port: None,
+    }];
+    let yaml = docs(&[
+        service("web", VIP, &http, ""),
+        slice(
+            "web-1",
+            "web",
+            &[("http", 8080, "TCP")],
+            &[Ep::ready(pod.ip, "n1")],
+        ),
+    ]);
+    let path = dir.write("services.yaml", &yaml);
+    let services = path.to_str().expect("path").to_owned();
+    let who = |node: &Node, addr: [u8; 4], port: u16| -> String {
+        let to = SocketAddr::from((addr, port));
+        node.pods[0]
+            .ns
+            .run(move || xlb_tests::traffic::tcp_ping_once(to, Duration::from_millis(700)))
+            .map_or_else(|e| format!("<{:?}>", e.kind()), |r| r.backend)
+    };
+    let base = [
+        "--services",
+        &services,
+        "--node-name",
+        "n1",
+        "--pod-devices",
+        "xp*",
+    ];
+    // Without the guard the stray packet leaves the node.
+    {
+        let pins = PinDir::new(&format!("{tag}a"));
+        let agent = Agent::start(&node.ns, &pins, &base);
+        agent.wait_active("default/web:http/TCP", 1);
+        assert_eq!(who(&node, [10, 96, 0, 99], 80), "leaked");
+    }
+    let pins = PinDir::new(&format!("{tag}b"));
+    let mut args = base.to_vec();
+    args.extend(["--service-cidrs", "10.96.0.0/16"]);
+    let agent = Agent::start(&node.ns, &pins, &args);
+    agent.wait_active("default/web:http/TCP", 1);
+    assert_eq!(who(&node, [10, 96, 0, 10], 80), "b1", "the Service itself");
+    assert_eq!(
+        who(&node, [10, 96, 0, 99], 80),
+        "<TimedOut>",
+        "an unowned ClusterIP leaked"
+    );
+    assert_eq!(
+        who(&node, [10, 96, 0, 10], 81),
+        "<TimedOut>",
+        "an unowned port leaked"
+    );
+    assert!(agent.counter("drop_unowned_service_ip") >= 2);
+    drop(servers);
+}

@@ -70,6 +70,9 @@ pub struct Capacities {
     pub frontends: u32,
     /// Backend entries (`xlb_backends`).
     pub backends: u32,
+    /// Service CIDRs whose unowned addresses the datapath drops (`--service-cidrs`; set at
+    /// load like the sizes, not a map): (network, mask) in network order, `count` of them.
+    pub service_cidrs: ([[u32; 2]; capacity::SERVICE_CIDR_SLOTS], u32),
 }
 
 impl Default for Capacities {
@@ -81,6 +84,7 @@ impl Default for Capacities {
             services: capacity::SVC_IDS,
             frontends: capacity::SERVICES,
             backends: capacity::BACKENDS,
+            service_cidrs: ([[0; 2]; capacity::SERVICE_CIDR_SLOTS], 0),
         }
     }
 }
@@ -186,7 +190,9 @@ pub fn load_with(
         .map_max_entries(names::LUT, caps.services)
         .map_max_entries(names::SVC_STATS, caps.services)
         .map_max_entries(names::SVC_INFO, caps.services)
-        .override_global("TRACE_MODE", &trace_mode, true);
+        .override_global("TRACE_MODE", &trace_mode, true)
+        .override_global("SERVICE_CIDRS", &caps.service_cidrs.0, true)
+        .override_global("SERVICE_CIDR_COUNT", &caps.service_cidrs.1, true);
     let template = gen_template.unwrap_or([0; 64]);
     loader.override_global("GEN_TEMPLATE", &template, true);
     // Where the tracepoint programs find a device's ifindex and namespace (zero offsets: they
