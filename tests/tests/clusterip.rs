@@ -22,6 +22,19 @@ use xlb_tests::{
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
+/// Serves `yaml` and node n1's Node object from a fake API server reachable in `node`'s
+/// namespace; returns it (keep it alive) and the kubeconfig for `--kubeconfig`.
+fn through_api(node: &Node, dir: &WorkDir, yaml: &str) -> (xlb_tests::fakeapi::FakeApi, String) {
+    let mut api = xlb_tests::fakeapi::FakeApi::new();
+    api.apply(
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus:\n  addresses:\n  - {type: InternalIP, address: \"192.168.77.1\"}\n",
+    );
+    api.apply(yaml);
+    api.serve_in(node.ns.handle());
+    let kubeconfig = api.kubeconfig(&dir.path).display().to_string();
+    (api, kubeconfig)
+}
+
 /// A node with a client pod (index 0) and `n` backend pods (1..=n).
 fn cluster(n: u8) -> (String, Node) {
     require_root();
@@ -729,15 +742,15 @@ fn guarded_external_ips_and_proxy_mode_lb_ips_are_left_to_the_network() {
             &[Ep::ready(pod.ip, "n1")],
         ),
     ]);
-    let path = dir.write("services.yaml", &yaml);
+    // Through the Kubernetes source (a fake API server), as a cluster delivers it.
+    let (_api, kubeconfig) = through_api(&node, &dir, &yaml);
     let pins = PinDir::new(&tag);
-    let services = path.to_str().expect("path");
     let mut agent = Agent::start(
         &node.ns,
         &pins,
         &[
-            "--services",
-            services,
+            "--kubeconfig",
+            &kubeconfig,
             "--node-name",
             "n1",
             "--pod-devices",
@@ -852,9 +865,20 @@ fn a_service_without_endpoints_refuses_tcp_and_udp_at_once() {
             node_port: None,
         },
     ];
-    let path = dir.write("services.yaml", &docs(&[service("empty", VIP, &ports, "")]));
+    let (_api, kubeconfig) = through_api(&node, &dir, &docs(&[service("empty", VIP, &ports, "")]));
     let pins = PinDir::new(&tag);
-    let mut agent = Agent::start_on_node(&node.ns, &pins, &path, "n1");
+    let mut agent = Agent::start(
+        &node.ns,
+        &pins,
+        &[
+            "--kubeconfig",
+            &kubeconfig,
+            "--node-name",
+            "n1",
+            "--pod-devices",
+            "xp*",
+        ],
+    );
     agent.wait_for_log("maps synced", 1);
     let (tcp, udp) = node.pods[0].ns.run(|| {
         let tcp = std::net::TcpStream::connect_timeout(
