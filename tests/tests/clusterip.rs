@@ -985,3 +985,46 @@ fn with_service_cidrs_unowned_service_addresses_are_dropped_not_leaked() {
     assert!(agent.counter("drop_unowned_service_ip") >= 2);
     drop(servers);
 }
+
+#[test]
+fn host_network_clients_keep_their_session_affinity_at_the_socket() {
+    let (tag, node) = cluster(3);
+    let dir = WorkDir::new(&tag);
+    let mut servers = Servers::new();
+    let mut eps = Vec::new();
+    for (i, pod) in node.pods.iter().enumerate().skip(1) {
+        servers.tcp(&pod.ns, SocketAddr::from((pod.ip, 8080)), &format!("b{i}"));
+        eps.push(Ep::ready(pod.ip, "n1"));
+    }
+    let http = [Port {
+        name: "http",
+        port: 80,
+        proto: "TCP",
+        target: "8080",
+        node_port: None,
+    }];
+    let yaml = docs(&[
+        service("sticky", VIP, &http, "  sessionAffinity: ClientIP\n"),
+        slice("sticky-1", "sticky", &[("http", 8080, "TCP")], &eps),
+    ]);
+    let path = dir.write("services.yaml", &yaml);
+    let pins = PinDir::new(&tag);
+    let agent = Agent::start_on_node(&node.ns, &pins, &path, "n1");
+    agent.wait_active("default/sticky:http/TCP", 3);
+    // Processes of the node itself (host network), in the agent's cgroup: their packets never
+    // cross a pod device, so only the socket hook can translate them.
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_xlb-test-client"));
+    let before = agent.counter("sock_xlate");
+    let replies = tcp_requests_from_cgroup(bin, &node.ns, &pins.cgroup, (VIP, 80).into(), 30);
+    let seen = spread(&replies);
+    assert_eq!(seen.len(), 1, "host-network connections spread: {seen:?}");
+    assert!(!seen.contains_key("<error>"), "{seen:?}");
+    assert_eq!(agent.counter("sock_xlate") - before, 30);
+    assert!(agent.counter("affinity_hit") >= 29);
+    // getpeername() still names the ClusterIP.
+    assert!(replies.iter().all(|r| {
+        r.as_ref()
+            .is_ok_and(|r| r.from == SocketAddr::from((VIP, 80)))
+    }));
+    drop(servers);
+}

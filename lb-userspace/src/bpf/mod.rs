@@ -202,11 +202,13 @@ pub fn load_with(
         .ok();
     let (ifx, net, inum) = offsets.map_or((0, 0, 0), |o| (o.ifindex, o.nd_net, o.net_inum));
     let netns = netns_inum();
+    let host_cookie = netns_cookie();
     loader
         .override_global("NETDEV_IFINDEX_OFF", &ifx, true)
         .override_global("NETDEV_NET_OFF", &net, true)
         .override_global("NET_INUM_OFF", &inum, true)
-        .override_global("NETNS_INUM", &netns, true);
+        .override_global("NETNS_INUM", &netns, true)
+        .override_global("HOST_NETNS_COOKIE", &host_cookie, true);
     let mut ebpf = loader.load(OBJECT)?;
     for name in [prog_names::POD_INGRESS, prog_names::HOST_INGRESS] {
         let prog = classifier(&mut ebpf, name)?;
@@ -296,6 +298,31 @@ pub fn pin_stages(ebpf: &Ebpf, dir: &Path) -> Result<(), LoadError> {
 }
 
 /// The inode number of this process's network namespace (what `struct net`'s `ns.inum` holds).
+/// The cookie of this process's network namespace (`SO_NETNS_COOKIE`; 0 if unknown): the
+/// socket hooks tell host-network sockets by it.
+pub fn netns_cookie() -> u64 {
+    /// `SO_NETNS_COOKIE` (Linux 5.14).
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: a plain socket, closed below; getsockopt writes at most `len` bytes to `cookie`.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return 0;
+        }
+        let mut cookie = 0u64;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        );
+        libc::close(fd);
+        if rc == 0 { cookie } else { 0 }
+    }
+}
+
 pub fn netns_inum() -> u32 {
     std::fs::metadata("/proc/self/ns/net").map_or(0, |m| {
         use std::os::unix::fs::MetadataExt as _;
