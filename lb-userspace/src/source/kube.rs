@@ -494,6 +494,25 @@ mod tests {
     }
 
     #[test]
+    fn a_node_is_leaving_when_deleted_or_tainted_by_the_autoscaler() {
+        let node = |extra: &str| -> Node {
+            serde_yaml_ng::from_str(&format!("metadata: {{name: n1{extra}}}")).expect("node")
+        };
+        assert!(!leaving(&node("")));
+        assert!(leaving(&node(
+            ", deletionTimestamp: \"2026-01-01T00:00:00Z\""
+        )));
+        let tainted = |key: &str| -> Node {
+            serde_yaml_ng::from_str(&format!(
+                "metadata: {{name: n1}}\nspec: {{taints: [{{key: {key}, effect: NoSchedule}}]}}"
+            ))
+            .expect("node")
+        };
+        assert!(leaving(&tainted("ToBeDeletedByClusterAutoscaler")));
+        assert!(!leaving(&tainted("node.kubernetes.io/unschedulable")));
+    }
+
+    #[test]
     fn relist_yields_only_real_changes_and_deletions() {
         let mut t = Tracker::default();
         let mut out = Vec::new();
