@@ -21,7 +21,13 @@ use lb_common::{
 };
 
 /// The layout this module upgrades from.
-pub const FROM: u32 = LAYOUT_VERSION - 1;
+pub const FROM: u32 = 4;
+
+// A new layout needs its own migration from this one (and this module's steps replaced).
+const _: () = assert!(
+    LAYOUT_VERSION == FROM + 1,
+    "LAYOUT_VERSION changed: write the migration from the previous layout in bpf/migrate.rs"
+);
 
 /// `BPF_NOEXIST`: insert only if absent.
 const BPF_NOEXIST: u64 = 1;
