@@ -294,8 +294,8 @@ struct MaxArgs {
 }
 
 impl MaxArgs {
-    fn limits(&self) -> lb_userspace::sync::Limits {
-        lb_userspace::sync::Limits {
+    fn limits(&self) -> lb_userspace::bpf::Limits {
+        lb_userspace::bpf::Limits {
             services: u64::from(self.max_services),
             frontends: self.max_frontends as usize,
             backends: self.max_backends as usize,

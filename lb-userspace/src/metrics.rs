@@ -36,7 +36,7 @@ use prometheus_client::{
 
 use crate::{
     bpf::{maps::Maps, pins::expected_layout},
-    sync::{SyncReport, Totals, info_name},
+    sync::{SyncReport, Totals},
 };
 
 /// Map fill levels older than this are recounted at the next scrape.
@@ -219,7 +219,7 @@ fn count_fill(dir: &Path) -> anyhow::Result<Fill> {
                     // SAFETY: length checked; plain #[repr(C)] struct.
                     let b = unsafe { std::ptr::read_unaligned(v.as_ptr().cast::<Backend>()) };
                     *backends
-                        .entry((b.svc_id, crate::cli::service::backend_state(b.flags)))
+                        .entry((b.svc_id, crate::bpf::maps::backend_state(b.flags)))
                         .or_default() += 1;
                 }
             })?
@@ -327,7 +327,7 @@ impl Collector for Datapath {
         let mut drops: Vec<(Labels, u64)> = Vec::new();
         let mut names_by_id = BTreeMap::new();
         for (id, info) in &infos {
-            let name = info_name(info);
+            let name = crate::bpf::maps::info_name(info);
             names_by_id.insert(*id, name.clone());
             let Ok(s) = maps.svc_stats_sum(*id) else {
                 continue;

@@ -128,17 +128,38 @@ fn range_key(svc_id: u32, net: &Ipv4Net) -> Key<SrcRangeKey> {
     )
 }
 
+/// The service name stored in an info entry.
+pub fn info_name(info: &lb_common::SvcInfo) -> String {
+    let end = info
+        .name
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(lb_common::SVC_NAME_LEN);
+    String::from_utf8_lossy(&info.name[..end]).into_owned()
+}
+
+/// State word of a backend (`xlb_backends` flags), as the CLI and metrics show it.
+pub fn backend_state(flags: u8) -> &'static str {
+    if flags & lb_common::backend_flags::TERMINATING != 0 {
+        "terminating"
+    } else if flags & lb_common::backend_flags::DRAINING != 0 {
+        "not-ready"
+    } else {
+        "active"
+    }
+}
+
 impl Maps {
     /// The capacities of the pinned maps (those they were created with, whatever this agent's
     /// flags say: a pinned map keeps its size); the defaults where one cannot be read.
-    pub fn limits(&self) -> crate::sync::Limits {
-        let d = crate::sync::Limits::default();
+    pub fn limits(&self) -> crate::bpf::Limits {
+        let d = crate::bpf::Limits::default();
         let cap = |name: &str| {
             aya::maps::MapInfo::from_pin(self.dir.join(name))
                 .map(|i| i.max_entries())
                 .ok()
         };
-        crate::sync::Limits {
+        crate::bpf::Limits {
             services: cap(names::SVC_INFO).map_or(d.services, u64::from),
             frontends: cap(names::SERVICES).map_or(d.frontends, |c| c as usize),
             backends: cap(names::BACKENDS).map_or(d.backends, |c| c as usize),

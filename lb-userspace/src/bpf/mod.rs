@@ -89,6 +89,28 @@ impl Default for Capacities {
     }
 }
 
+/// Capacities the sync keeps within, each named after the agent flag that raises it: a service
+/// that does not fit is not programmed (the others are) and says which flag to raise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Service ids are in `[1, services)` (`--max-services`: the per-service tables' size).
+    pub services: u64,
+    /// Entries of `xlb_services` (`--max-frontends`).
+    pub frontends: usize,
+    /// Entries of `xlb_backends` (`--max-backends`).
+    pub backends: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            services: u64::from(lb_common::capacity::SVC_IDS),
+            frontends: lb_common::capacity::SERVICES as usize,
+            backends: lb_common::capacity::BACKENDS as usize,
+        }
+    }
+}
+
 /// XDP attachment mode requested for uplinks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpModeOpt {

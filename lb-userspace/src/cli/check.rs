@@ -66,7 +66,7 @@ pub struct Checked {
 pub fn run(
     path: &Path,
     node: &NodeContext,
-    limits: crate::sync::Limits,
+    limits: crate::bpf::Limits,
     output: Output,
 ) -> anyhow::Result<Checked> {
     let delta = FileSource::new(path).load();

@@ -22,9 +22,11 @@ use super::{
     service::{endpoint_text, scope_text},
 };
 use crate::{
-    bpf::{self, Capacities, Role, maps::Maps},
+    bpf::{
+        self, Capacities, Role,
+        maps::{Maps, info_name},
+    },
     model::Protocol,
-    sync::info_name,
 };
 
 /// What to explain.

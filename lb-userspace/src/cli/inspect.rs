@@ -9,14 +9,10 @@ use lb_common::{
 };
 use serde::Serialize;
 
-use super::{
-    Format,
-    service::{backend_state, endpoint_text},
-    table::Table,
-};
-use crate::{
-    bpf::{maps::Maps, pins::expected_layout},
-    sync::info_name,
+use super::{Format, service::endpoint_text, table::Table};
+use crate::bpf::{
+    maps::{Maps, backend_state, info_name},
+    pins::expected_layout,
 };
 
 fn names_by_id(maps: &Maps) -> anyhow::Result<BTreeMap<u32, String>> {

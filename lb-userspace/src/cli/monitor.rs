@@ -22,7 +22,10 @@ use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
 use super::Output;
-use crate::{bpf::maps::Maps, model::Protocol, sync::info_name};
+use crate::{
+    bpf::maps::{Maps, info_name},
+    model::Protocol,
+};
 
 /// What to stream and how.
 #[derive(Clone, Debug, Default)]

@@ -12,9 +12,8 @@ use super::{
     table::{Style, Table},
 };
 use crate::{
-    bpf::maps::{Maps, MapsError},
+    bpf::maps::{Maps, MapsError, backend_state, info_name},
     model::{FrontendKind, Protocol},
-    sync::info_name,
 };
 
 /// Who a frontend entry serves: `all` (one entry for everyone), or, when internal and external
@@ -79,17 +78,6 @@ pub struct ServiceView {
 pub fn endpoint_text(addr: [u8; 4], port: u16, proto: u8) -> String {
     let p = Protocol::from_number(proto).map_or_else(|| proto.to_string(), |p| p.to_string());
     format!("{}:{port}/{p}", Ipv4Addr::from(addr))
-}
-
-/// State word of a backend.
-pub fn backend_state(flags: u8) -> &'static str {
-    if flags & backend_flags::TERMINATING != 0 {
-        "terminating"
-    } else if flags & backend_flags::DRAINING != 0 {
-        "not-ready"
-    } else {
-        "active"
-    }
 }
 
 /// Reads every service from the maps.

@@ -41,27 +41,7 @@ pub struct SyncConfig {
     pub limits: Limits,
 }
 
-/// Capacities the sync keeps within, each named after the agent flag that raises it: a service
-/// that does not fit is not programmed (the others are) and says which flag to raise.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Service ids are in `[1, services)` (`--max-services`: the per-service tables' size).
-    pub services: u64,
-    /// Entries of `xlb_services` (`--max-frontends`).
-    pub frontends: usize,
-    /// Entries of `xlb_backends` (`--max-backends`).
-    pub backends: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            services: u64::from(lb_common::capacity::SVC_IDS),
-            frontends: lb_common::capacity::SERVICES as usize,
-            backends: lb_common::capacity::BACKENDS as usize,
-        }
-    }
-}
+pub use crate::bpf::Limits;
 
 /// What one `apply` did.
 #[derive(Debug, Default)]
@@ -116,16 +96,6 @@ fn name_bytes(name: &str) -> [u8; SVC_NAME_LEN] {
     let n = b.len().min(SVC_NAME_LEN);
     out[..n].copy_from_slice(&b[..n]);
     out
-}
-
-/// The service name stored in an info entry.
-pub fn info_name(info: &SvcInfo) -> String {
-    let end = info
-        .name
-        .iter()
-        .position(|b| *b == 0)
-        .unwrap_or(SVC_NAME_LEN);
-    String::from_utf8_lossy(&info.name[..end]).into_owned()
 }
 
 fn backend_value(svc_id: u32, ep: &crate::model::Endpoint) -> Backend {
@@ -214,7 +184,7 @@ impl<W: MapWriter> MapSync<W> {
             }
             let name = info
                 .as_ref()
-                .map_or_else(|| format!("#orphan-{id}"), info_name);
+                .map_or_else(|| format!("#orphan-{id}"), crate::bpf::maps::info_name);
             s.svc_ids.adopt(id);
             s.applied.insert(
                 name.clone(),
