@@ -10,6 +10,8 @@
 //!
 //! Ids are stable: adopted from the pinned maps on start (`recover`), never renumbered.
 
+mod admit;
+mod encode;
 pub mod ids;
 mod writer;
 
@@ -19,15 +21,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::{
-    Backend, SVC_NAME_LEN, ServiceKey, ServiceValue, SvcInfo, backend_flags, svc_flags,
-};
+use lb_common::{Backend, ServiceKey, ServiceValue, SvcInfo, svc_flags};
 pub use writer::{MapReader, MapWriter, Recovered, WriteError};
 
 use crate::{
     maglev::{self, TableBackend},
-    model::{Algorithm, DesiredState, EndpointState, Ipv4Net, LbService, Scope},
+    model::{DesiredState, EndpointState, Ipv4Net, LbService, Scope},
 };
+pub use encode::frontend_key;
+use encode::{Job, Table, backend_value, build_tables, name_bytes, slots};
 use ids::IdAlloc;
 
 /// Settings shared by every service's table.
@@ -90,35 +92,6 @@ pub struct MapSync<W> {
     backend_ids: IdAlloc,
 }
 
-fn name_bytes(name: &str) -> [u8; SVC_NAME_LEN] {
-    let mut out = [0u8; SVC_NAME_LEN];
-    let b = name.as_bytes();
-    let n = b.len().min(SVC_NAME_LEN);
-    out[..n].copy_from_slice(&b[..n]);
-    out
-}
-
-fn backend_value(svc_id: u32, ep: &crate::model::Endpoint) -> Backend {
-    let mut flags = 0;
-    if ep.local {
-        flags |= backend_flags::LOCAL;
-    }
-    match ep.state {
-        EndpointState::Active => {}
-        EndpointState::Terminating => flags |= backend_flags::DRAINING | backend_flags::TERMINATING,
-        EndpointState::NotReady => flags |= backend_flags::DRAINING,
-    }
-    Backend {
-        addr: ep.addr.octets(),
-        port: ep.port,
-        flags,
-        zone: 0,
-        svc_id,
-        weight: ep.weight,
-        _pad: [0; 2],
-    }
-}
-
 /// Services programmed together: their tables are computed in parallel and new ones enter
 /// the kernel in one batch. Also bounds the memory of tables held at once.
 const SYNC_BATCH: usize = 256;
@@ -143,19 +116,6 @@ struct TablePlan {
     fingerprint: u64,
     /// The table as indexes into `active`.
     table: Table,
-}
-
-/// A service's table: the selection table (Maglev or weighted random), then, for Maglev, a
-/// weighted list of the same backends from the next chunk on, which the socket hook picks
-/// from (`ServiceValue::pick_len`).
-#[derive(Default)]
-struct Table {
-    /// Every slot written (padding before the pick list repeats entry 0).
-    entries: Vec<u32>,
-    /// Slots of the selection table (`ServiceValue::lut_size`).
-    lut_len: u32,
-    /// Slots of the pick list (`ServiceValue::pick_len`).
-    pick_len: u16,
 }
 
 impl<W: MapWriter> MapSync<W> {
@@ -547,74 +507,6 @@ impl<W: MapWriter> MapSync<W> {
         }
     }
 
-    /// The services of `work` to program, in order: those that fit the maps' capacities once
-    /// this pass's removals are done (services already programmed first). The others are
-    /// reported as failed, naming the flag that raises the capacity, and retried later.
-    fn admit(
-        &self,
-        work: &BTreeSet<String>,
-        desired: &DesiredState,
-        report: &mut SyncReport,
-    ) -> Vec<String> {
-        let mut frontends = self.fe_owner.len();
-        let mut backends: usize = self.applied.values().map(|a| a.backends.len()).sum();
-        let mut services = self.applied.len();
-        for n in work.iter().filter(|n| !desired.services.contains_key(*n)) {
-            if let Some(a) = self.applied.get(n) {
-                frontends -= a.frontends.len().min(frontends);
-                backends -= a.backends.len().min(backends);
-                services -= 1;
-            }
-        }
-        let (old, new): (Vec<&String>, Vec<&String>) = work
-            .iter()
-            .filter(|n| desired.services.contains_key(*n))
-            .partition(|n| self.applied.contains_key(*n));
-        let max_services = (self.cfg.limits.services.saturating_sub(1)) as usize;
-        let mut admitted = Vec::with_capacity(old.len() + new.len());
-        for name in old.into_iter().chain(new) {
-            let (Some(svc), a) = (desired.services.get(name), self.applied.get(name)) else {
-                continue;
-            };
-            let f = svc.frontends.len();
-            let b = svc.endpoints.len();
-            let (f0, b0) = a.map_or((0, 0), |a| (a.frontends.len(), a.backends.len()));
-            let refusal = if a.is_none() && services + 1 > max_services {
-                Some(format!(
-                    "not programmed: {max_services} services are programmed, the most the \
-                     per-service maps hold (raise --max-services)"
-                ))
-            } else if f > f0 && frontends + (f - f0) > self.cfg.limits.frontends {
-                Some(format!(
-                    "not programmed: its {f} frontends would take {} of the {} entries of \
-                     {} (raise --max-frontends)",
-                    frontends + (f - f0),
-                    self.cfg.limits.frontends,
-                    lb_common::map_names::SERVICES
-                ))
-            } else if b > b0 && backends + (b - b0) > self.cfg.limits.backends {
-                Some(format!(
-                    "not programmed: its {b} backends would take {} of the {} entries of \
-                     {} (raise --max-backends)",
-                    backends + (b - b0),
-                    self.cfg.limits.backends,
-                    lb_common::map_names::BACKENDS
-                ))
-            } else {
-                None
-            };
-            if let Some(why) = refusal {
-                report.failed.push((name.clone(), why));
-                continue;
-            }
-            frontends = (frontends + f).saturating_sub(f0);
-            backends = (backends + b).saturating_sub(b0);
-            services += usize::from(a.is_none());
-            admitted.push(name.clone());
-        }
-        admitted
-    }
-
     /// Lists the tables of `batch` whose inputs changed, allocating ids for new backends on
     /// the way (sequential; the tables themselves are built by `build_tables`).
     fn plan_jobs(
@@ -945,68 +837,6 @@ impl<W: MapWriter> MapSync<W> {
         self.applied.remove(name);
         self.svc_ids.release(id);
         Ok(())
-    }
-}
-
-/// A table to build: (service name, algorithm, active backends, fingerprint of the inputs).
-type Job = (String, Algorithm, Vec<TableBackend>, u64);
-
-/// Builds the tables of `jobs` using every CPU (Maglev is the costly part of a full sync).
-fn build_tables(cfg: SyncConfig, jobs: &[Job]) -> Vec<Table> {
-    crate::par::par_map(jobs, 16, |(_, alg, tbs, _)| build_table(&cfg, *alg, tbs))
-}
-
-fn build_table(cfg: &SyncConfig, algorithm: Algorithm, active: &[TableBackend]) -> Table {
-    match algorithm {
-        Algorithm::Maglev => {
-            let mut entries = maglev::maglev(active, cfg.maglev_size, cfg.hash_seed);
-            let lut_len = entries.len() as u32;
-            if lut_len == 0 {
-                return Table::default();
-            }
-            let pick = maglev::random_capped(active, maglev::MAX_PICK_LIST);
-            // Over 65,535 backends (each is listed once at least): no list, picks use the table.
-            let Ok(pick_len) = u16::try_from(pick.len()) else {
-                return Table {
-                    entries,
-                    lut_len,
-                    pick_len: 0,
-                };
-            };
-            entries.resize(lb_common::pick_base(lut_len) as usize, entries[0]);
-            entries.extend_from_slice(&pick);
-            Table {
-                entries,
-                lut_len,
-                pick_len,
-            }
-        }
-        Algorithm::Random => {
-            let entries = maglev::random(active);
-            Table {
-                lut_len: entries.len() as u32,
-                entries,
-                pick_len: 0,
-            }
-        }
-    }
-}
-
-/// Slots of the table `info` describes, as written to `xlb_lut`.
-fn slots(info: &SvcInfo) -> u32 {
-    lb_common::table_slots(info.lut_len, info.pick_len)
-}
-
-/// The map key of a frontend.
-pub fn frontend_key(f: &crate::model::Frontend) -> ServiceKey {
-    ServiceKey {
-        addr: f.addr.octets(),
-        port: f.port,
-        proto: f.proto.number(),
-        scope: match f.scope {
-            Scope::External => lb_common::scope::EXTERNAL,
-            Scope::Internal => lb_common::scope::INTERNAL,
-        },
     }
 }
 

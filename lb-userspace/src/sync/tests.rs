@@ -4,10 +4,12 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use lb_common::{Backend, ServiceKey, ServiceValue, SvcInfo};
+use lb_common::{Backend, ServiceKey, ServiceValue, SvcInfo, backend_flags};
 
 use super::*;
-use crate::model::{Endpoint, EndpointState, Frontend, FrontendKind, LbService, Protocol, Scope};
+use crate::model::{
+    Algorithm, Endpoint, EndpointState, Frontend, FrontendKind, LbService, Protocol, Scope,
+};
 
 #[derive(Default)]
 struct Fake {
