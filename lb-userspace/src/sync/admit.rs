@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{MapSync, MapWriter, SyncReport};
+use super::{MapSync, MapWriter, SyncError, SyncReport};
 use crate::model::DesiredState;
 
 impl<W: MapWriter> MapSync<W> {
@@ -41,12 +41,12 @@ impl<W: MapWriter> MapSync<W> {
             let (f0, b0) = a.map_or((0, 0), |a| (a.frontends.len(), a.backends.len()));
             let refusal = if a.is_none() && services + 1 > max_services {
                 Some(format!(
-                    "not programmed: {max_services} services are programmed, the most the \
+                    "{max_services} services are programmed, the most the \
                      per-service maps hold (raise --max-services)"
                 ))
             } else if f > f0 && frontends + (f - f0) > self.cfg.limits.frontends {
                 Some(format!(
-                    "not programmed: its {f} frontends would take {} of the {} entries of \
+                    "its {f} frontends would take {} of the {} entries of \
                      {} (raise --max-frontends)",
                     frontends + (f - f0),
                     self.cfg.limits.frontends,
@@ -54,7 +54,7 @@ impl<W: MapWriter> MapSync<W> {
                 ))
             } else if b > b0 && backends + (b - b0) > self.cfg.limits.backends {
                 Some(format!(
-                    "not programmed: its {b} backends would take {} of the {} entries of \
+                    "its {b} backends would take {} of the {} entries of \
                      {} (raise --max-backends)",
                     backends + (b - b0),
                     self.cfg.limits.backends,
@@ -64,7 +64,7 @@ impl<W: MapWriter> MapSync<W> {
                 None
             };
             if let Some(why) = refusal {
-                report.failed.push((name.clone(), why));
+                report.failed.push((name.clone(), SyncError::Capacity(why)));
                 continue;
             }
             frontends = (frontends + f).saturating_sub(f0);

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 /// The id space is full.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
 #[error("all {0} ids are in use")]
 pub struct Exhausted(pub u64);
 

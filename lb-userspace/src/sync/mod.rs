@@ -45,6 +45,28 @@ pub struct SyncConfig {
 
 pub use crate::bpf::Limits;
 
+/// Why a service could not be (fully) programmed in a pass; it is retried on the next.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// A map write failed.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// Every service id is taken.
+    #[error(
+        "no service id free ({0}; ids of removed services return after this pass; raise --max-services)"
+    )]
+    ServiceIds(ids::Exhausted),
+    /// Every backend id is taken.
+    #[error("no backend id free ({0})")]
+    BackendIds(ids::Exhausted),
+    /// The service does not fit the maps; the message names the flag to raise.
+    #[error("not programmed: {0}")]
+    Capacity(String),
+    /// The sync's own bookkeeping disagrees with itself (a bug; the service is retried).
+    #[error("internal: {0}")]
+    Internal(&'static str),
+}
+
 /// What one `apply` did.
 #[derive(Debug, Default)]
 pub struct SyncReport {
@@ -54,7 +76,7 @@ pub struct SyncReport {
     /// Map writes and deletes issued.
     pub writes: usize,
     /// Services that could not be (fully) programmed; retried on the next apply.
-    pub failed: Vec<(String, String)>,
+    pub failed: Vec<(String, SyncError)>,
     pub duration: Duration,
 }
 
@@ -369,7 +391,7 @@ impl<W: MapWriter> MapSync<W> {
                         a.frontends.remove(&k);
                         self.fe_owner.remove(&k);
                     }
-                    Err(e) => report.failed.push((name.clone(), e.to_string())),
+                    Err(e) => report.failed.push((name.clone(), e.into())),
                 }
             }
         }
@@ -441,7 +463,7 @@ impl<W: MapWriter> MapSync<W> {
                 }
                 Err(e) => {
                     for name in removing.drain(..) {
-                        report.failed.push((name.clone(), e.to_string()));
+                        report.failed.push((name.clone(), e.clone().into()));
                     }
                 }
             }
@@ -494,7 +516,7 @@ impl<W: MapWriter> MapSync<W> {
                 staged.retain(|(name, _, st)| {
                     let hit = ids.contains(&st.svc_id);
                     if hit {
-                        report.failed.push(((*name).clone(), e.to_string()));
+                        report.failed.push(((*name).clone(), e.clone().into()));
                     }
                     !hit
                 });
@@ -538,7 +560,7 @@ impl<W: MapWriter> MapSync<W> {
                             id
                         }
                         Err(e) => {
-                            report.failed.push((name.clone(), e.to_string()));
+                            report.failed.push((name.clone(), SyncError::BackendIds(e)));
                             continue;
                         }
                     },
@@ -567,16 +589,14 @@ impl<W: MapWriter> MapSync<W> {
         plan: Option<TablePlan>,
         pending_ids: &mut PendingIds,
         report: &mut SyncReport,
-    ) -> Result<Staged, String> {
+    ) -> Result<Staged, SyncError> {
         let is_new = !self.applied.contains_key(name);
         if is_new {
-            let id = self.svc_ids.alloc().map_err(|e| {
-                format!("no service id free ({e}; ids of removed services return after this pass; raise --max-services)")
-            })?;
+            let id = self.svc_ids.alloc().map_err(SyncError::ServiceIds)?;
             report.writes += 1;
             if let Err(e) = self.w.reset_stats(id) {
                 self.svc_ids.release(id);
-                return Err(e.to_string());
+                return Err(e.into());
             }
             self.applied.insert(
                 name.to_owned(),
@@ -598,7 +618,7 @@ impl<W: MapWriter> MapSync<W> {
         }
         let mut changed = false;
         let Some(a) = self.applied.get_mut(name) else {
-            return Err("internal: service vanished".to_owned());
+            return Err(SyncError::Internal("service vanished"));
         };
         let svc_id = a.id;
 
@@ -609,7 +629,10 @@ impl<W: MapWriter> MapSync<W> {
                 Some((id, _)) => (*id, false),
                 None => match pending_ids.remove(&(name.to_owned(), ep.addr, ep.port)) {
                     Some(id) => (id, true),
-                    None => (self.backend_ids.alloc().map_err(|e| e.to_string())?, true),
+                    None => (
+                        self.backend_ids.alloc().map_err(SyncError::BackendIds)?,
+                        true,
+                    ),
                 },
             };
             let value = backend_value(svc_id, ep);
@@ -619,7 +642,7 @@ impl<W: MapWriter> MapSync<W> {
                     if fresh {
                         self.backend_ids.release(id);
                     }
-                    return Err(e.to_string());
+                    return Err(e.into());
                 }
                 a.backends.insert(key, (id, value));
                 changed = true;
@@ -647,7 +670,7 @@ impl<W: MapWriter> MapSync<W> {
                 .filter_map(|i| active.get(*i as usize).copied())
                 .collect();
             if ids.len() != p.table.entries.len() {
-                return Err("internal: a table entry names no active backend".to_owned());
+                return Err(SyncError::Internal("a table entry names no active backend"));
             }
             new_info.lut_fingerprint = p.fingerprint;
             (new_info.lut_len, new_info.pick_len) = (p.table.lut_len, p.table.pick_len);
@@ -672,7 +695,7 @@ impl<W: MapWriter> MapSync<W> {
         svc: &LbService,
         st: Staged,
         report: &mut SyncReport,
-    ) -> Result<(), String> {
+    ) -> Result<(), SyncError> {
         let Staged {
             svc_id,
             is_new,
@@ -682,20 +705,18 @@ impl<W: MapWriter> MapSync<W> {
             new_info,
         } = st;
         let Some(a) = self.applied.get_mut(name) else {
-            return Err("internal: service vanished".to_owned());
+            return Err(SyncError::Internal("service vanished"));
         };
         let ranges: BTreeSet<Ipv4Net> = svc.source_ranges.iter().copied().collect();
         for r in ranges.difference(&a.ranges.clone()) {
             report.writes += 1;
-            self.w.put_range(svc_id, r).map_err(|e| e.to_string())?;
+            self.w.put_range(svc_id, r)?;
             a.ranges.insert(*r);
             changed = true;
         }
         if new_info != a.info {
             report.writes += 1;
-            self.w
-                .put_info(svc_id, &new_info)
-                .map_err(|e| e.to_string())?;
+            self.w.put_info(svc_id, &new_info)?;
             a.info = new_info;
         }
         let (lut_len, pick_len) = (new_info.lut_len, new_info.pick_len);
@@ -729,15 +750,13 @@ impl<W: MapWriter> MapSync<W> {
                 pick_len: if active_count == 0 { 0 } else { pick_len },
             };
             let Some(a) = self.applied.get_mut(name) else {
-                return Err("internal: service vanished".to_owned());
+                return Err(SyncError::Internal("service vanished"));
             };
             if a.frontends.get(&key) == Some(&value) {
                 continue;
             }
             report.writes += 1;
-            self.w
-                .put_service(&key, &value)
-                .map_err(|e| e.to_string())?;
+            self.w.put_service(&key, &value)?;
             a.frontends.insert(key, value);
             changed = true;
             if let Some(prev_owner) = self.fe_owner.insert(key, name.to_owned())
@@ -753,15 +772,13 @@ impl<W: MapWriter> MapSync<W> {
         {
             report.writes += 1;
             if ids.is_empty() {
-                self.w.del_tables(&[svc_id]).map_err(|e| e.to_string())?;
+                self.w.del_tables(&[svc_id])?;
             } else {
-                self.w
-                    .put_tables(&[(svc_id, ids)])
-                    .map_err(|e| e.to_string())?;
+                self.w.put_tables(&[(svc_id, ids)])?;
             }
         }
         let Some(a) = self.applied.get_mut(name) else {
-            return Err("internal: service vanished".to_owned());
+            return Err(SyncError::Internal("service vanished"));
         };
         let desired_keys: HashSet<(Ipv4Addr, u16)> =
             svc.endpoints.iter().map(|e| (e.addr, e.port)).collect();
@@ -773,14 +790,14 @@ impl<W: MapWriter> MapSync<W> {
             .collect();
         for (k, id) in stale {
             report.writes += 1;
-            self.w.del_backend(id).map_err(|e| e.to_string())?;
+            self.w.del_backend(id)?;
             a.backends.remove(&k);
             self.backend_ids.release(id);
             changed = true;
         }
         for r in a.ranges.clone().difference(&ranges) {
             report.writes += 1;
-            self.w.del_range(svc_id, r).map_err(|e| e.to_string())?;
+            self.w.del_range(svc_id, r)?;
             a.ranges.remove(r);
             changed = true;
         }
@@ -795,13 +812,13 @@ impl<W: MapWriter> MapSync<W> {
 
     /// Removes the frontends left to a service that goes (most went in step 1 or were
     /// handed to another service).
-    fn remove_frontends(&mut self, name: &str, report: &mut SyncReport) -> Result<(), String> {
+    fn remove_frontends(&mut self, name: &str, report: &mut SyncReport) -> Result<(), SyncError> {
         let Some(a) = self.applied.get_mut(name) else {
             return Ok(());
         };
         for k in a.frontends.keys().copied().collect::<Vec<_>>() {
             report.writes += 1;
-            self.w.del_service(&k).map_err(|e| e.to_string())?;
+            self.w.del_service(&k)?;
             a.frontends.remove(&k);
             self.fe_owner.remove(&k);
         }
@@ -810,7 +827,7 @@ impl<W: MapWriter> MapSync<W> {
 
     /// Removes what is left of a service whose frontends are gone: table, backends, source
     /// ranges, info; then releases its ids.
-    fn remove_service(&mut self, name: &str, report: &mut SyncReport) -> Result<(), String> {
+    fn remove_service(&mut self, name: &str, report: &mut SyncReport) -> Result<(), SyncError> {
         self.remove_frontends(name, report)?;
         let Some(a) = self.applied.get_mut(name) else {
             return Ok(());
@@ -818,22 +835,22 @@ impl<W: MapWriter> MapSync<W> {
         let id = a.id;
         if a.info.lut_len != 0 {
             report.writes += 1;
-            self.w.del_tables(&[id]).map_err(|e| e.to_string())?;
+            self.w.del_tables(&[id])?;
             a.info.lut_len = 0;
         }
         for (k, (bid, _)) in a.backends.clone() {
             report.writes += 1;
-            self.w.del_backend(bid).map_err(|e| e.to_string())?;
+            self.w.del_backend(bid)?;
             a.backends.remove(&k);
             self.backend_ids.release(bid);
         }
         for r in a.ranges.clone() {
             report.writes += 1;
-            self.w.del_range(id, &r).map_err(|e| e.to_string())?;
+            self.w.del_range(id, &r)?;
             a.ranges.remove(&r);
         }
         report.writes += 1;
-        self.w.del_info(id).map_err(|e| e.to_string())?;
+        self.w.del_info(id)?;
         self.applied.remove(name);
         self.svc_ids.release(id);
         Ok(())

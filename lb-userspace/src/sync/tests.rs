@@ -545,7 +545,11 @@ fn services_beyond_a_capacity_are_refused_naming_the_flag_and_the_rest_stays() {
     assert_eq!(r.added, 2);
     assert_eq!(r.failed.len(), 1, "{:?}", r.failed);
     assert_eq!(r.failed[0].0, "c");
-    assert!(r.failed[0].1.contains("--max-services"), "{:?}", r.failed);
+    assert!(
+        r.failed[0].1.to_string().contains("--max-services"),
+        "{:?}",
+        r.failed
+    );
     // An existing service growing past the backend capacity keeps what it had.
     let mut a2 = a.clone();
     a2.endpoints.push(ep(5, 80));
@@ -553,7 +557,7 @@ fn services_beyond_a_capacity_are_refused_naming_the_flag_and_the_rest_stays() {
     assert!(
         r.failed
             .iter()
-            .any(|(n, e)| n == "a" && e.contains("--max-backends")),
+            .any(|(n, e)| n == "a" && e.to_string().contains("--max-backends")),
         "{:?}",
         r.failed
     );
@@ -568,7 +572,7 @@ fn services_beyond_a_capacity_are_refused_naming_the_flag_and_the_rest_stays() {
     assert!(
         r.failed
             .iter()
-            .any(|(n, e)| n == "b" && e.contains("--max-frontends")),
+            .any(|(n, e)| n == "b" && e.to_string().contains("--max-frontends")),
         "{:?}",
         r.failed
     );
@@ -580,7 +584,7 @@ fn services_beyond_a_capacity_are_refused_naming_the_flag_and_the_rest_stays() {
     assert!(
         r.failed
             .iter()
-            .all(|(n, e)| n == "c" && e.contains("--max-services")),
+            .all(|(n, e)| n == "c" && e.to_string().contains("--max-services")),
         "{:?}",
         r.failed
     );

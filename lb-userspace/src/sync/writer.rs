@@ -6,7 +6,7 @@ use lb_common::{Backend, ServiceKey, ServiceValue, SvcInfo};
 use crate::model::Ipv4Net;
 
 /// A map write that failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("{op} {map}: {reason}")]
 pub struct WriteError {
     /// Map name.
