@@ -12,7 +12,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::k8s::HealthCheck;
+use crate::translate::HealthCheck;
 
 /// A response.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,7 +4,6 @@ pub mod agent;
 pub mod bpf;
 pub mod cli;
 pub mod http;
-pub mod k8s;
 pub mod maglev;
 pub mod metrics;
 pub mod model;
@@ -13,6 +12,7 @@ pub mod problem;
 pub mod source;
 pub mod status;
 pub mod sync;
+pub mod translate;
 
 #[cfg(test)]
 mod layering {

@@ -13,10 +13,10 @@ use lb_userspace::{
     agent::{self, AgentConfig, Timeouts},
     bpf::{Capacities, XdpModeOpt, maps::Maps, pins, sock::CgroupOpt},
     cli::{self, Output},
-    k8s::NodeContext,
     maglev,
     model::Protocol,
     source::kube::{Access as KubeAccess, in_cluster_available},
+    translate::NodeContext,
 };
 
 /// `--version`: the release, the commit it was built from and the pinned-map layout it speaks.

@@ -14,9 +14,9 @@ use std::{
 };
 
 use lb_userspace::{
-    k8s::{NodeContext, Translator},
     model::{EndpointState, FrontendKind, LbService},
     source::{Delta, kube as source},
+    translate::{NodeContext, Translator},
 };
 use tokio::sync::mpsc;
 use xlb_tests::{

@@ -25,7 +25,6 @@ use tokio::sync::mpsc;
 use crate::{
     bpf::{self, Capacities, XdpModeOpt, devices, maps::Maps, sock::CgroupOpt},
     http::Response,
-    k8s::{NodeContext, Translator},
     metrics::{Health, Metrics},
     source::{
         Delta, SourceId,
@@ -35,6 +34,7 @@ use crate::{
     },
     status::StatusRecord,
     sync::{MapReader as _, MapSync, SyncConfig},
+    translate::{NodeContext, Translator},
 };
 
 /// Everything the agent is told on its command line.

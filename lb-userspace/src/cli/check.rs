@@ -9,9 +9,9 @@ use serde::Serialize;
 
 use super::Output;
 use crate::{
-    k8s::{NodeContext, Translator},
     problem::{Problem, Severity},
     source::files::FileSource,
+    translate::{NodeContext, Translator},
 };
 
 /// Exit code when only warnings were found.

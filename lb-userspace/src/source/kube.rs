@@ -36,7 +36,7 @@ use kube::{
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{Delta, Object, ObjectKey, SourceId, Spec};
-use crate::{k8s::spec::PROXY_NAME_LABEL, problem::Problem};
+use crate::{problem::Problem, translate::spec::PROXY_NAME_LABEL};
 
 /// Label the EndpointSlice controller puts on slices of headless Services.
 const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";

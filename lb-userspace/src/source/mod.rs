@@ -1,5 +1,5 @@
 //! Sources of desired state. A source only produces validated objects and their changes
-//! (`Delta`); translation is shared (`k8s::Translator`) and only `sync` writes maps.
+//! (`Delta`); translation is shared (`translate::Translator`) and only `sync` writes maps.
 
 pub mod compact;
 pub mod files;
@@ -12,9 +12,9 @@ use std::fmt;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::{
-    k8s::{self, ServiceSpec, SliceSpec, Translator},
     model::LbService,
     problem::{Checked, Problem},
+    translate::{self, ServiceSpec, SliceSpec, Translator},
 };
 
 /// An input object as parsed.
@@ -71,8 +71,8 @@ impl Object {
     /// Validates the object: its spec and warnings, or its problems.
     pub fn validate(&self) -> Checked<Spec> {
         match self {
-            Self::Service(s) => k8s::service_spec(s).map(|(s, w)| (Spec::Service(s), w)),
-            Self::Slice(s) => k8s::slice_spec(s).map(|(s, w)| (Spec::Slice(s), w)),
+            Self::Service(s) => translate::service_spec(s).map(|(s, w)| (Spec::Service(s), w)),
+            Self::Slice(s) => translate::slice_spec(s).map(|(s, w)| (Spec::Slice(s), w)),
             Self::Compact(s) => Ok((Spec::Compact((**s).clone()), Vec::new())),
         }
     }

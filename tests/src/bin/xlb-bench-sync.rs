@@ -15,9 +15,9 @@ use std::{
 };
 
 use lb_userspace::{
-    k8s::{NodeContext, SliceSpec, Translator},
     maglev::DEFAULT_TABLE_SIZE,
     source::{Spec, files::FileSource},
+    translate::{NodeContext, SliceSpec, Translator},
 };
 use xlb_tests::{
     agent::{Agent, PinDir, in_netns},
