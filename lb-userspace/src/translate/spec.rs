@@ -223,103 +223,14 @@ pub fn service_spec(svc: &Service) -> Checked<ServiceSpec> {
         Vec::new()
     };
 
-    let mut ports = Vec::new();
-    let mut seen = BTreeSet::new();
     let raw_ports = spec.ports.as_deref().unwrap_or_default();
+    let mut seen = BTreeSet::new();
+    let mut ports = Vec::new();
     for (i, p) in raw_ports.iter().enumerate() {
-        let f = |leaf: &str| format!("spec.ports[{i}].{leaf}");
-        let Some(port) = port_u16(p.port) else {
-            problems.push(Problem::field(
-                &object,
-                f("port"),
-                format!("must be 1-65535, got {}", p.port),
-            ));
-            continue;
-        };
-        let proto_s = p.protocol.as_deref().unwrap_or("TCP");
-        let Some(proto) = Protocol::parse(proto_s) else {
-            problems.push(Problem::field(
-                &object,
-                f("protocol"),
-                format!("{proto_s:?} is not TCP, UDP or SCTP"),
-            ));
-            continue;
-        };
-        let pname = p.name.clone().unwrap_or_default();
-        if raw_ports.len() > 1 && pname.is_empty() {
-            problems.push(Problem::field(
-                &object,
-                f("name"),
-                "required when a Service has more than one port",
-            ));
-            continue;
+        match service_port(i, p, kind, raw_ports.len() > 1, &mut seen, &object) {
+            Ok(port) => ports.push(port),
+            Err(e) => problems.push(e),
         }
-        if !seen.insert((port, proto)) {
-            problems.push(Problem::field(
-                &object,
-                f("port"),
-                format!("{port}/{proto} is listed twice"),
-            ));
-            continue;
-        }
-        let node_port = match p.node_port {
-            None | Some(0) => None,
-            Some(n) => match port_u16(n) {
-                Some(n) => Some(n),
-                None => {
-                    problems.push(Problem::field(
-                        &object,
-                        f("nodePort"),
-                        format!("must be 1-65535, got {n}"),
-                    ));
-                    continue;
-                }
-            },
-        };
-        if kind == ServiceType::NodePort && node_port.is_none() {
-            problems.push(Problem::field(
-                &object,
-                f("nodePort"),
-                "required for type NodePort (xlb does not allocate node ports)",
-            ));
-            continue;
-        }
-        let target = match &p.target_port {
-            None => TargetPort::Number(port),
-            Some(IntOrString::Int(n)) => match port_u16(*n) {
-                Some(n) => TargetPort::Number(n),
-                None => {
-                    problems.push(Problem::field(
-                        &object,
-                        f("targetPort"),
-                        format!("must be 1-65535, got {n}"),
-                    ));
-                    continue;
-                }
-            },
-            Some(IntOrString::String(s)) if s.is_empty() => TargetPort::Number(port),
-            Some(IntOrString::String(s)) => match s.parse::<i32>() {
-                Ok(n) => match port_u16(n) {
-                    Some(n) => TargetPort::Number(n),
-                    None => {
-                        problems.push(Problem::field(
-                            &object,
-                            f("targetPort"),
-                            format!("must be 1-65535, got {n}"),
-                        ));
-                        continue;
-                    }
-                },
-                Err(_) => TargetPort::Name(s.clone()),
-            },
-        };
-        ports.push(PortSpec {
-            name: pname,
-            port,
-            proto,
-            node_port,
-            target,
-        });
     }
 
     // Files have no allocator: a ClusterIP Service must say its address. (An IPv6-only
@@ -460,6 +371,103 @@ pub fn service_spec(svc: &Service) -> Checked<ServiceSpec> {
         health_check_node_port,
     };
     Ok((spec, problems))
+}
+
+/// `spec.ports[i]` as a port of the Service, or the problem with it (`several`: the Service has
+/// more than one port, so each needs a name; `seen`: the (port, protocol) pairs before it).
+fn service_port(
+    i: usize,
+    p: &k8s_openapi::api::core::v1::ServicePort,
+    kind: ServiceType,
+    several: bool,
+    seen: &mut BTreeSet<(u16, Protocol)>,
+    object: &str,
+) -> Result<PortSpec, Problem> {
+    let f = |leaf: &str| format!("spec.ports[{i}].{leaf}");
+    let Some(port) = port_u16(p.port) else {
+        return Err(Problem::field(
+            object,
+            f("port"),
+            format!("must be 1-65535, got {}", p.port),
+        ));
+    };
+    let proto_s = p.protocol.as_deref().unwrap_or("TCP");
+    let Some(proto) = Protocol::parse(proto_s) else {
+        return Err(Problem::field(
+            object,
+            f("protocol"),
+            format!("{proto_s:?} is not TCP, UDP or SCTP"),
+        ));
+    };
+    let pname = p.name.clone().unwrap_or_default();
+    if several && pname.is_empty() {
+        return Err(Problem::field(
+            object,
+            f("name"),
+            "required when a Service has more than one port",
+        ));
+    }
+    if !seen.insert((port, proto)) {
+        return Err(Problem::field(
+            object,
+            f("port"),
+            format!("{port}/{proto} is listed twice"),
+        ));
+    }
+    let node_port = match p.node_port {
+        None | Some(0) => None,
+        Some(n) => match port_u16(n) {
+            Some(n) => Some(n),
+            None => {
+                return Err(Problem::field(
+                    object,
+                    f("nodePort"),
+                    format!("must be 1-65535, got {n}"),
+                ));
+            }
+        },
+    };
+    if kind == ServiceType::NodePort && node_port.is_none() {
+        return Err(Problem::field(
+            object,
+            f("nodePort"),
+            "required for type NodePort (xlb does not allocate node ports)",
+        ));
+    }
+    let target = match &p.target_port {
+        None => TargetPort::Number(port),
+        Some(IntOrString::Int(n)) => match port_u16(*n) {
+            Some(n) => TargetPort::Number(n),
+            None => {
+                return Err(Problem::field(
+                    object,
+                    f("targetPort"),
+                    format!("must be 1-65535, got {n}"),
+                ));
+            }
+        },
+        Some(IntOrString::String(s)) if s.is_empty() => TargetPort::Number(port),
+        Some(IntOrString::String(s)) => match s.parse::<i32>() {
+            Ok(n) => match port_u16(n) {
+                Some(n) => TargetPort::Number(n),
+                None => {
+                    return Err(Problem::field(
+                        object,
+                        f("targetPort"),
+                        format!("must be 1-65535, got {n}"),
+                    ));
+                }
+            },
+            Err(_) => TargetPort::Name(s.clone()),
+        },
+    };
+    Ok(PortSpec {
+        name: pname,
+        port,
+        proto,
+        node_port,
+        target,
+    })
 }
 
 /// Validates an EndpointSlice.
