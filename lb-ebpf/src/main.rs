@@ -4,7 +4,10 @@
 #![no_std]
 // `atomic_xadd`: the BPF target has no read-modify-write atomic types, only the instruction.
 #![feature(core_intrinsics)]
-#![allow(internal_features)]
+#![expect(
+    internal_features,
+    reason = "core_intrinsics is the only way to the BPF atomic add"
+)]
 #![no_main]
 
 mod conntrack;

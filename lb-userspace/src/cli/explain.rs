@@ -236,28 +236,7 @@ fn run_one(
         .into_iter()
         .find(|(_, v)| v.svc_id == t.svc_id)
         .map_or((0, 0), |(_, v)| (v.lut_size, v.flags));
-    let decision = if t.parsed == 0 {
-        "not an IPv4 TCP/UDP/SCTP packet: passed untouched".to_owned()
-    } else if t.drop_reason == drop_reason::NO_BACKEND && !xdp && out.get(23) == Some(&1) {
-        "rejected: no endpoint (ICMP port unreachable back to the client, as kube-proxy)".to_owned()
-    } else if t.drop_reason != 0 {
-        format!("dropped: {}", drop_reason::name(t.drop_reason))
-    } else if t.reply != 0 {
-        "reply of a tracked flow: source restored to the frontend".to_owned()
-    } else if t.svc_id == 0 {
-        "no frontend and no tracked flow: not for a service".to_owned()
-    } else {
-        match t.selection {
-            selection::CONNTRACK => "conntrack hit: the flow keeps its backend".to_owned(),
-            selection::AFFINITY => "new flow: ClientIP session affinity".to_owned(),
-            selection::MAGLEV => format!(
-                "new flow: Maglev slot {} of {lut_size} (flow hash {:#010x})",
-                t.slot, t.hash
-            ),
-            selection::RANDOM => format!("new flow: random slot {} of {lut_size}", t.slot),
-            _ => "left to the next hook (XDP cannot deliver it itself)".to_owned(),
-        }
-    };
+    let decision = decision(&t, lut_size, xdp, &out);
     let mut translation = Vec::new();
     for (bit, what) in [
         (ct_flags::XLATE_DST, "destination → backend"),
@@ -293,6 +272,33 @@ fn run_one(
         verdict: verdict_name(program, r.return_value as i32, t.out_ifindex),
     };
     Ok((step, out))
+}
+
+/// What the datapath decided for the packet, in words, from its trace (`out`: the packet it
+/// left; `lut_size`: the service's table size).
+fn decision(t: &Trace, lut_size: u32, xdp: bool, out: &[u8]) -> String {
+    if t.parsed == 0 {
+        "not an IPv4 TCP/UDP/SCTP packet: passed untouched".to_owned()
+    } else if t.drop_reason == drop_reason::NO_BACKEND && !xdp && out.get(23) == Some(&1) {
+        "rejected: no endpoint (ICMP port unreachable back to the client, as kube-proxy)".to_owned()
+    } else if t.drop_reason != 0 {
+        format!("dropped: {}", drop_reason::name(t.drop_reason))
+    } else if t.reply != 0 {
+        "reply of a tracked flow: source restored to the frontend".to_owned()
+    } else if t.svc_id == 0 {
+        "no frontend and no tracked flow: not for a service".to_owned()
+    } else {
+        match t.selection {
+            selection::CONNTRACK => "conntrack hit: the flow keeps its backend".to_owned(),
+            selection::AFFINITY => "new flow: ClientIP session affinity".to_owned(),
+            selection::MAGLEV => format!(
+                "new flow: Maglev slot {} of {lut_size} (flow hash {:#010x})",
+                t.slot, t.hash
+            ),
+            selection::RANDOM => format!("new flow: random slot {} of {lut_size}", t.slot),
+            _ => "left to the next hook (XDP cannot deliver it itself)".to_owned(),
+        }
+    }
 }
 
 /// Explains what the datapath does with the packet.
