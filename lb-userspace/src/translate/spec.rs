@@ -434,32 +434,18 @@ fn service_port(
             "required for type NodePort (xlb does not allocate node ports)",
         ));
     }
-    let target = match &p.target_port {
-        None => TargetPort::Number(port),
-        Some(IntOrString::Int(n)) => match port_u16(*n) {
-            Some(n) => TargetPort::Number(n),
-            None => {
-                return Err(Problem::field(
-                    object,
-                    f("targetPort"),
-                    format!("must be 1-65535, got {n}"),
-                ));
-            }
-        },
-        Some(IntOrString::String(s)) if s.is_empty() => TargetPort::Number(port),
-        Some(IntOrString::String(s)) => match s.parse::<i32>() {
-            Ok(n) => match port_u16(n) {
-                Some(n) => TargetPort::Number(n),
-                None => {
-                    return Err(Problem::field(
-                        object,
-                        f("targetPort"),
-                        format!("must be 1-65535, got {n}"),
-                    ));
-                }
-            },
-            Err(_) => TargetPort::Name(s.clone()),
-        },
+    // A number (also as a numeric string) must be a port; any other string names one.
+    let number = match &p.target_port {
+        None => None,
+        Some(IntOrString::Int(n)) => Some(*n),
+        Some(IntOrString::String(s)) => s.parse::<i32>().ok(),
+    };
+    let target = match (number, &p.target_port) {
+        (Some(n), _) => TargetPort::Number(port_u16(n).ok_or_else(|| {
+            Problem::field(object, f("targetPort"), format!("must be 1-65535, got {n}"))
+        })?),
+        (None, Some(IntOrString::String(s))) if !s.is_empty() => TargetPort::Name(s.clone()),
+        (None, _) => TargetPort::Number(port),
     };
     Ok(PortSpec {
         name: pname,
