@@ -35,6 +35,28 @@ fn through_api(node: &Node, dir: &WorkDir, yaml: &str) -> (xlb_tests::fakeapi::F
     (api, kubeconfig)
 }
 
+/// A network outside node n1 (namespace `xlbt-<tag>-ext`, reached over `ext0`) that holds
+/// `addrs` itself; the node routes each of `routes` there.
+fn outside(node: &Node, tag: &str, addrs: &[&str], routes: &[&str]) -> xlb_tests::netns::Netns {
+    let ext = xlb_tests::netns::Netns::new(&format!("xlbt-{tag}-ext"));
+    node.ns.ip(&[
+        "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns", &ext.name,
+    ]);
+    node.ns.ip(&["addr", "add", "10.99.0.1/24", "dev", "ext0"]);
+    node.ns.ip(&["link", "set", "ext0", "up"]);
+    ext.ip(&["addr", "add", "10.99.0.2/24", "dev", "eth0"]);
+    ext.ip(&["link", "set", "eth0", "up"]);
+    ext.ip(&["link", "set", "lo", "up"]);
+    ext.ip(&["route", "add", "10.244.0.0/16", "via", "10.99.0.1"]);
+    for a in addrs {
+        ext.ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"]);
+    }
+    for r in routes {
+        node.ns.ip(&["route", "add", r, "via", "10.99.0.2"]);
+    }
+    ext
+}
+
 /// A node with a client pod (index 0) and `n` backend pods (1..=n).
 fn cluster(n: u8) -> (String, Node) {
     require_root();
@@ -701,25 +723,17 @@ fn guarded_external_ips_and_proxy_mode_lb_ips_are_left_to_the_network() {
     servers.tcp_persistent(&pod.ns, SocketAddr::from((pod.ip, 8080)), "b1");
     // Outside the node: an external proxy load balancer (192.0.2.51) and whoever really owns
     // 198.51.100.7, both answering for themselves.
-    let ext = xlb_tests::netns::Netns::new(&format!("xlbt-{tag}-ext"));
-    node.ns.ip(&[
-        "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns", &ext.name,
-    ]);
-    node.ns.ip(&["addr", "add", "10.99.0.1/24", "dev", "ext0"]);
-    node.ns.ip(&["link", "set", "ext0", "up"]);
-    ext.ip(&["addr", "add", "10.99.0.2/24", "dev", "eth0"]);
-    ext.ip(&["link", "set", "eth0", "up"]);
-    ext.ip(&["link", "set", "lo", "up"]);
-    ext.ip(&["route", "add", "10.244.0.0/16", "via", "10.99.0.1"]);
-    for (addr, name) in [("192.0.2.51", "external-lb"), ("198.51.100.7", "owner")] {
-        ext.ip(&["addr", "add", &format!("{addr}/32"), "dev", "lo"]);
-        node.ns
-            .ip(&["route", "add", &format!("{addr}/32"), "via", "10.99.0.2"]);
-        servers.tcp_persistent(
-            &ext,
-            SocketAddr::from((addr.parse::<Ipv4Addr>().unwrap(), 80)),
-            name,
-        );
+    let ext = outside(
+        &node,
+        &tag,
+        &["192.0.2.51", "198.51.100.7"],
+        &["192.0.2.51/32", "198.51.100.7/32"],
+    );
+    for (addr, name) in [
+        ([192, 0, 2, 51], "external-lb"),
+        ([198, 51, 100, 7], "owner"),
+    ] {
+        servers.tcp_persistent(&ext, SocketAddr::from((addr, 80)), name);
     }
     let http = [Port {
         name: "http",
@@ -912,19 +926,7 @@ fn with_service_cidrs_unowned_service_addresses_are_dropped_not_leaked() {
     servers.tcp_persistent(&pod.ns, SocketAddr::from((pod.ip, 8080)), "b1");
     // Beyond the node the service CIDR is routed to a network where 10.96.0.99 answers: what
     // a stray packet to an unallocated ClusterIP would reach without the guard.
-    let ext = xlb_tests::netns::Netns::new(&format!("xlbt-{tag}-ext"));
-    node.ns.ip(&[
-        "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns", &ext.name,
-    ]);
-    node.ns.ip(&["addr", "add", "10.99.0.1/24", "dev", "ext0"]);
-    node.ns.ip(&["link", "set", "ext0", "up"]);
-    ext.ip(&["addr", "add", "10.99.0.2/24", "dev", "eth0"]);
-    ext.ip(&["link", "set", "eth0", "up"]);
-    ext.ip(&["link", "set", "lo", "up"]);
-    ext.ip(&["addr", "add", "10.96.0.99/32", "dev", "lo"]);
-    ext.ip(&["route", "add", "10.244.0.0/16", "via", "10.99.0.1"]);
-    node.ns
-        .ip(&["route", "add", "10.96.0.0/16", "via", "10.99.0.2"]);
+    let ext = outside(&node, &tag, &["10.96.0.99"], &["10.96.0.0/16"]);
     servers.tcp_persistent(&ext, SocketAddr::from(([10, 96, 0, 99], 80)), "leaked");
     let http = [Port {
         name: "http",

@@ -96,31 +96,9 @@ fn the_image_builds_from_debian_alone_and_runs_the_agent_binary() {
             serde_json::json!(["agent", "--in-cluster"]),
             "{config}"
         );
-        let out = Command::new("podman")
-            .args([
-                "--runtime",
-                "runc",
-                "--cgroup-manager",
-                "cgroupfs",
-                "run",
-                "--rm",
-                "--network",
-                "none",
-            ])
-            .args([
-                "--ulimit",
-                "nofile=1024:1024",
-                "--ulimit",
-                "nproc=1024:1024",
-            ])
-            .args(["--entrypoint", "/usr/sbin/bpftool", &tag, "version"])
-            .output()
+        let (code, _, err) = xtask::image::run_as(&tag, Some("/usr/sbin/bpftool"), &["version"])
             .expect("podman run bpftool");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_eq!(code, Some(0), "{err}");
     });
     cleanup();
     if let Err(p) = result {

@@ -695,6 +695,29 @@ fn bpftool_show(e: &Env, map: &str) -> Value {
     serde_json::from_slice(&out.stdout).expect("bpftool json")
 }
 
+/// Looks up in `map` (with bpftool) the key an `-o wide` row ends with (`hex …`): the entry
+/// must exist.
+fn lookup_wide_key(map: &std::path::Path, row: &str) {
+    let key = &row[row.find("hex ").expect("key column")..];
+    let mut cmd = vec![
+        "map",
+        "lookup",
+        "pinned",
+        map.to_str().expect("path"),
+        "key",
+    ];
+    cmd.extend(key.split_whitespace());
+    let out = std::process::Command::new("bpftool")
+        .args(&cmd)
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool {cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `xlb <args>` with a pin directory no agent ever used: (exit code, stdout, stderr).
 fn without_agent(args: &[&str]) -> (Option<i32>, String, String) {
     let mut all = args.to_vec();
@@ -784,46 +807,14 @@ fn cli_filters_formats_and_one_no_agent_message() {
     let rows: Vec<&str> = wide.lines().filter(|l| l.contains(WEB)).collect();
     assert_eq!(rows.len(), 2, "{wide}");
     for row in rows {
-        let key = &row[row.find("hex ").expect("key column")..];
-        let mut cmd = vec!["map", "lookup", "pinned"];
-        let map = pins.join("xlb_backends");
-        cmd.push(map.to_str().expect("path"));
-        cmd.push("key");
-        cmd.extend(key.split_whitespace());
-        let out = std::process::Command::new("bpftool")
-            .args(&cmd)
-            .output()
-            .expect("bpftool");
-        assert!(
-            out.status.success(),
-            "bpftool {cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        lookup_wide_key(&pins.join("xlb_backends"), row);
     }
     let svc_wide = e.agent.cli(&["service", "list", "web", "-o", "wide"]);
     let key_line = svc_wide
         .lines()
         .find(|l| l.contains("10.96.0.10:80/TCP"))
         .expect("frontend row");
-    let key = &key_line[key_line.find("hex ").expect("key column")..];
-    let map = pins.join("xlb_services");
-    let mut cmd = vec![
-        "map",
-        "lookup",
-        "pinned",
-        map.to_str().expect("path"),
-        "key",
-    ];
-    cmd.extend(key.split_whitespace());
-    let out = std::process::Command::new("bpftool")
-        .args(&cmd)
-        .output()
-        .expect("bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool {cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lookup_wide_key(&pins.join("xlb_services"), key_line);
     let bare = e.agent.cli(&["backend", "list", "--no-headers"]);
     assert_eq!(bare.lines().count(), 2, "{bare}");
     assert!(!bare.contains("BACKEND"), "{bare}");

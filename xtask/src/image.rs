@@ -148,20 +148,30 @@ pub fn build(o: &Options) -> anyhow::Result<()> {
 /// caller's, so it also runs where podman's defaults cannot, e.g. without CAP_SYS_RESOURCE or
 /// on hybrid cgroups): (exit code, stdout, stderr).
 pub fn run(tag: &str, args: &[&str]) -> anyhow::Result<(Option<i32>, String, String)> {
-    let out = Command::new("podman")
-        .args([
-            "--runtime",
-            "runc",
-            "--cgroup-manager",
-            "cgroupfs",
-            "run",
-            "--rm",
-        ])
-        .args(["--network", "none", "--ulimit", "nofile=1024:1024"])
-        .args(["--ulimit", "nproc=1024:1024", tag])
-        .args(args)
-        .output()
-        .context("running podman")?;
+    run_as(tag, None, args)
+}
+
+/// `run` with another entrypoint than the image's (`xlb`), e.g. `/usr/sbin/bpftool`.
+pub fn run_as(
+    tag: &str,
+    entrypoint: Option<&str>,
+    args: &[&str],
+) -> anyhow::Result<(Option<i32>, String, String)> {
+    let mut cmd = Command::new("podman");
+    cmd.args([
+        "--runtime",
+        "runc",
+        "--cgroup-manager",
+        "cgroupfs",
+        "run",
+        "--rm",
+    ])
+    .args(["--network", "none", "--ulimit", "nofile=1024:1024"])
+    .args(["--ulimit", "nproc=1024:1024"]);
+    if let Some(e) = entrypoint {
+        cmd.args(["--entrypoint", e]);
+    }
+    let out = cmd.arg(tag).args(args).output().context("running podman")?;
     Ok((
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
