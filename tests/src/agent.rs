@@ -417,17 +417,29 @@ impl Agent {
         cmd
     }
 
-    /// Waits (up to 20 s) until service `name` has `n` active backends in the pinned maps.
+    /// Waits (up to 20 s) until service `name` has `n` active backends in the pinned maps and
+    /// its frontends select from them. A sync writes backends first, then tables, then
+    /// frontends, so the count alone can be seen mid-sync: the frontends must have a table
+    /// (none while no backend is active) and the view must hold for two polls in a row.
     pub fn wait_active(&self, name: &str, n: usize) {
-        let ok = crate::traffic::eventually(Duration::from_secs(20), || {
-            let v = self.services();
+        // The service's programming (not its traffic counters), if it is ready.
+        let settled = |v: &serde_json::Value| -> Option<serde_json::Value> {
             let s = v.as_array()?.iter().find(|s| s["name"] == name)?;
             let k = s["backends"]
                 .as_array()?
                 .iter()
                 .filter(|b| b["state"] == "active")
                 .count();
-            (k == n).then_some(())
+            let has_table = s["table_slots"].as_u64()? != 0;
+            (k == n && (n == 0 || has_table))
+                .then(|| serde_json::json!([s["backends"], s["frontends"], s["table_slots"]]))
+        };
+        let mut last: Option<serde_json::Value> = None;
+        let ok = crate::traffic::eventually(Duration::from_secs(20), || {
+            let now = settled(&self.services());
+            let same = now.is_some() && now == last;
+            last = now;
+            same.then_some(())
         });
         assert!(
             ok.is_some(),
