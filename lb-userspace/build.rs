@@ -24,5 +24,11 @@ fn main() -> anyhow::Result<()> {
         let commit = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         println!("cargo:rustc-env=XLB_COMMIT={commit}");
     }
-    aya_build::build_ebpf([pkg], aya_build::Toolchain::Nightly)
+    aya_build::build_ebpf([pkg], aya_build::Toolchain::Nightly)?;
+    // The benchmarks' object (floors, generator, sink) is built with the datapath but never
+    // embedded here: its path goes to crates that link `xlb-ebpf` (the benches), as
+    // `DEP_XLB_EBPF_BENCH_OBJECT`.
+    let out = std::env::var("OUT_DIR")?;
+    println!("cargo::metadata=bench_object={out}/lb-ebpf-bench");
+    Ok(())
 }

@@ -67,14 +67,6 @@ pub mod prog_names {
     pub const HOST_INGRESS: &str = "xlb_host_ingres";
     /// XDP on uplinks: north-south frontends and their replies.
     pub const XDP: &str = "xlb_xdp";
-    /// Parse-and-pass program: the benchmark floor (never attached).
-    pub const FLOOR: &str = "xlb_floor";
-    /// XDP benchmark floor: parse, swap MACs, transmit back.
-    pub const FLOOR_XDP: &str = "xlb_floor_xdp";
-    /// XDP live-frames generator of the throughput benchmark.
-    pub const GEN: &str = "xlb_gen";
-    /// Drops what returns to the generator's device (throughput benchmark).
-    pub const SINK: &str = "xlb_sink";
     /// cgroup connect4: a TCP connect() to a ClusterIP goes to a backend (socket-level LB).
     pub const CONNECT4: &str = "xlb_connect4";
     /// cgroup getpeername4: a socket translated at connect() reports the ClusterIP as its peer.

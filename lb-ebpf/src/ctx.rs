@@ -27,6 +27,10 @@ pub enum End {
 pub struct RewriteError;
 
 /// A packet at one of the hooks.
+#[expect(
+    clippy::len_without_is_empty,
+    reason = "a packet the programs see always has its headers"
+)]
 pub trait Packet: Sized {
     /// `hook::*` of this context.
     const HOOK: u8;
@@ -71,9 +75,6 @@ pub trait Packet: Sized {
     ) -> Result<(), RewriteError>;
     /// True for an aggregate (GSO) packet: the stack segments it on the way out.
     fn is_gso(&self) -> bool;
-    /// Tail-calls this hook's program of `stage` (`lb_common::stage`); returns only if there
-    /// is none.
-    fn tail_call(&self, stage: u32);
     /// Replaces the packet by `hdr` (new IPv4 and ICMP headers, `ICMP_HDRS` bytes) followed by
     /// its own first `Q` bytes from the IPv4 header on (tc only; XDP leaves errors to tc).
     fn make_icmp_error<const Q: usize>(
@@ -300,17 +301,6 @@ impl<const H: u8> Packet for TcPacket<H> {
     }
 
     #[inline(always)]
-    fn tail_call(&self, stage: u32) {
-        let base = if H == hook::POD {
-            lb_common::stage::POD_BASE
-        } else {
-            lb_common::stage::HOST_BASE
-        };
-        // SAFETY: the context is this program's; the slot's program is of the same type.
-        unsafe { crate::maps::TC_STAGES.tail_call(&self.ctx, base + stage) };
-    }
-
-    #[inline(always)]
     fn make_icmp_error<const Q: usize>(
         &mut self,
         hdr: &[u8; ICMP_HDRS],
@@ -467,12 +457,6 @@ impl Packet for XdpPacket {
     #[inline(always)]
     fn is_gso(&self) -> bool {
         false
-    }
-
-    #[inline(always)]
-    fn tail_call(&self, stage: u32) {
-        // SAFETY: the context is this program's; the slot's program is of the same type.
-        unsafe { crate::maps::XDP_STAGES.tail_call(&self.ctx, lb_common::stage::XDP_BASE + stage) };
     }
 
     #[inline(always)]

@@ -25,7 +25,10 @@ use crate::{
     conntrack::{self, CreateError, Peer},
     ctx::Packet,
     icmp, lookup,
-    maps::{CONNTRACK, CT_NEW, FRAGS, SCRATCH, Scratch, config, mark_nat, may_be_tracked_backend},
+    maps::{
+        CONNTRACK, CT_NEW, FRAGS, SCRATCH, Scratch, Staged, config, mark_nat,
+        may_be_tracked_backend,
+    },
     nat,
     parse::{self, Flow, Parsed, frag, tcp_flags},
     route::{self, Out},
@@ -42,7 +45,7 @@ use crate::{
 /// tail-called with the parsed flow in this CPU's scratch: the verifier checks each stage on
 /// its own, so their paths add up instead of multiplying, and each has its own stack.
 #[inline(always)]
-pub fn process<P: Packet>(pkt: &mut P) -> Verdict {
+pub fn process<P: Packet + Staged>(pkt: &mut P) -> Verdict {
     stats::count(counter::PACKETS);
     let mut parsed = parse::parse(pkt);
     let flow = match &mut parsed {
@@ -81,7 +84,11 @@ pub fn process<P: Packet>(pkt: &mut P) -> Verdict {
 /// Hands the packet to `stage` with what `fill` puts in this CPU's scratch. Returns only if
 /// the stage is missing (the packet passes, counted).
 #[inline(always)]
-fn to_stage<P: Packet>(pkt: &mut P, stage: u32, fill: impl FnOnce(&mut Scratch)) -> Verdict {
+fn to_stage<P: Packet + Staged>(
+    pkt: &mut P,
+    stage: u32,
+    fill: impl FnOnce(&mut Scratch),
+) -> Verdict {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return Verdict::Pass;
     };
@@ -125,7 +132,7 @@ fn in_service_cidr(addr: [u8; 4]) -> bool {
 /// owns it); else the backend stage if it may be a tracked flow's reply (from a backend's own
 /// address and port) or a SYN reusing such a flow's tuple; else it passes.
 #[inline(always)]
-fn to_backend_stage<P: Packet>(pkt: &mut P, flow: &Flow) -> Verdict {
+fn to_backend_stage<P: Packet + Staged>(pkt: &mut P, flow: &Flow) -> Verdict {
     if in_service_cidr(flow.daddr) {
         stats::drop_reason(drop_reason::UNOWNED_SERVICE_IP);
         return Verdict::Drop;
@@ -154,7 +161,7 @@ fn scratch() -> Option<&'static mut Scratch> {
 /// Stage `FRONT`: a packet the frontend filter let through. Follows its flow or starts one;
 /// a packet to no frontend after all (the bit was another key's) goes on to `BACK`.
 #[inline(always)]
-pub fn front_stage<P: Packet>(pkt: &mut P) -> Verdict {
+pub fn front_stage<P: Packet + Staged>(pkt: &mut P) -> Verdict {
     let (Some(s), Some(cfg)) = (scratch(), config()) else {
         return Verdict::Pass;
     };
@@ -176,7 +183,7 @@ pub fn front_stage<P: Packet>(pkt: &mut P) -> Verdict {
 /// Stage `BACK`: a SYN reusing a tracked flow's tuple (`reuse`) retires it; a reply of a
 /// tracked flow (`reply`) is translated back.
 #[inline(always)]
-pub fn back_stage<P: Packet>(pkt: &mut P) -> Verdict {
+pub fn back_stage<P: Packet + Staged>(pkt: &mut P) -> Verdict {
     let (Some(s), Some(cfg)) = (scratch(), config()) else {
         return Verdict::Pass;
     };
@@ -194,7 +201,7 @@ pub fn back_stage<P: Packet>(pkt: &mut P) -> Verdict {
 
 /// Stage `ICMP`: an ICMP message, translated if it is an error about a tracked flow.
 #[inline(always)]
-pub fn icmp_stage<P: Packet>(pkt: &mut P) -> Verdict {
+pub fn icmp_stage<P: Packet + Staged>(pkt: &mut P) -> Verdict {
     let Some(s) = scratch() else {
         return Verdict::Pass;
     };
@@ -206,7 +213,7 @@ pub fn icmp_stage<P: Packet>(pkt: &mut P) -> Verdict {
 
 /// Stage `ERROR`: the ICMP error a translation path asked for (its MTU in scratch).
 #[inline(always)]
-pub fn error_stage<P: Packet>(pkt: &mut P) -> Verdict {
+pub fn error_stage<P: Packet + Staged>(pkt: &mut P) -> Verdict {
     let Some(s) = scratch() else {
         return Verdict::Drop;
     };
@@ -217,7 +224,7 @@ pub fn error_stage<P: Packet>(pkt: &mut P) -> Verdict {
 /// What a translation stage's verdict becomes: an ICMP error goes to stage `ERROR` (the
 /// packet untouched); a missing stage drops the packet, which cannot be forwarded.
 #[inline(always)]
-fn after_stage<P: Packet>(pkt: &mut P, v: Verdict) -> Verdict {
+fn after_stage<P: Packet + Staged>(pkt: &mut P, v: Verdict) -> Verdict {
     match v {
         Verdict::Error { mtu } => {
             to_stage(pkt, stage::ERROR, |s| s.error_mtu = mtu);
@@ -287,7 +294,7 @@ fn translated(flow: &Flow, ct: &CtValue) -> (Ipv4, Ipv4) {
 
 /// The packet's acknowledgment number when it is an RST (which `conntrack::refresh` checks).
 #[inline(always)]
-fn rst_ack<P: Packet>(pkt: &P, flow: &Flow) -> u32 {
+fn rst_ack<P: Packet + Staged>(pkt: &P, flow: &Flow) -> u32 {
     if flow.proto != proto::TCP || flow.tcp_flags & tcp_flags::RST == 0 {
         return 0;
     }
@@ -296,7 +303,7 @@ fn rst_ack<P: Packet>(pkt: &P, flow: &Flow) -> u32 {
 
 /// A packet addressed to a frontend: follow its flow, or start one.
 #[inline(always)]
-fn to_frontend<P: Packet>(
+fn to_frontend<P: Packet + Staged>(
     pkt: &mut P,
     flow: &Flow,
     svc: &ServiceValue,
@@ -352,7 +359,7 @@ fn to_frontend<P: Packet>(
     clippy::too_many_arguments,
     reason = "the state of one packet, kept in registers"
 )]
-fn established<P: Packet>(
+fn established<P: Packet + Staged>(
     pkt: &mut P,
     flow: &Flow,
     svc: &ServiceValue,
@@ -406,7 +413,7 @@ fn established<P: Packet>(
 /// First packet of a flow (or one whose backend left): select, record (in `CT_NEW`; `stale`
 /// is the tuple's entry there), translate.
 #[inline(always)]
-fn new_flow<P: Packet>(
+fn new_flow<P: Packet + Staged>(
     pkt: &mut P,
     flow: &Flow,
     svc: &ServiceValue,
@@ -602,7 +609,12 @@ fn can_go(flow: &Flow, out: Out) -> Result<Out, Verdict> {
 /// Translates a packet about to be forwarded (`can_go` passed it), decrementing the TTL of
 /// one routed on as a router does (a routing loop through the balancer dies out).
 #[inline(always)]
-fn deliver<P: Packet>(pkt: &mut P, flow: &Flow, ct: &CtValue, out: Out) -> Result<Out, Verdict> {
+fn deliver<P: Packet + Staged>(
+    pkt: &mut P,
+    flow: &Flow,
+    ct: &CtValue,
+    out: Out,
+) -> Result<Out, Verdict> {
     if nat::apply(pkt, flow, ct).is_err() || (out.routed() && pkt.decrement_ttl().is_err()) {
         stats::drop_reason(drop_reason::XLATE_ERROR);
         return Err(Verdict::Drop);
@@ -613,7 +625,7 @@ fn deliver<P: Packet>(pkt: &mut P, flow: &Flow, ct: &CtValue, out: Out) -> Resul
 
 /// Translates a client → frontend packet as its forward entry says, and sends it on.
 #[inline(always)]
-fn forward<P: Packet>(pkt: &mut P, flow: &Flow, ct: &CtValue, out: Out) -> Verdict {
+fn forward<P: Packet + Staged>(pkt: &mut P, flow: &Flow, ct: &CtValue, out: Out) -> Verdict {
     let len = pkt.len();
     let out = match deliver(pkt, flow, ct, out) {
         Ok(o) => o,
@@ -656,7 +668,12 @@ fn retire_reused_tuple(flow: &Flow, now: u32) {
 /// A packet from a backend of a tracked flow (the caller checked that its source may be one):
 /// restore what the client dialled. A flow's first reply confirms it (`conntrack::confirm`).
 #[inline(always)]
-fn translate_reply<P: Packet>(pkt: &mut P, flow: &Flow, cfg: &Config, now: u32) -> Option<Verdict> {
+fn translate_reply<P: Packet + Staged>(
+    pkt: &mut P,
+    flow: &Flow,
+    cfg: &Config,
+    now: u32,
+) -> Option<Verdict> {
     let rkey = conntrack::key(flow, ct_dir::REPLY);
     let (ct, confirmed) = match CONNTRACK.get_ptr_mut(rkey) {
         Some(p) => (p, true),

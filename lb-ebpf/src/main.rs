@@ -11,14 +11,12 @@
 #![no_main]
 
 mod conntrack;
-mod ctx;
 mod device;
 mod icmp;
 mod lb;
 mod lookup;
 mod maps;
 mod nat;
-mod parse;
 mod route;
 mod sock;
 mod stats;
@@ -31,6 +29,9 @@ use aya_ebpf::{
     programs::{RawTracePointContext, SockAddrContext, TcContext, XdpContext},
 };
 use lb_common::hook;
+// Shared with the benchmarks' object (`bench.rs`); as modules of this crate's root, so the
+// datapath names them `crate::ctx` and `crate::parse`.
+use lb_ebpf::{ctx, parse};
 
 use crate::{
     ctx::{TcPacket, XdpPacket},
@@ -149,63 +150,6 @@ pub fn xlb_txerr_bulk(ctx: RawTracePointContext) -> i32 {
 pub fn xlb_txerr_exc(ctx: RawTracePointContext) -> i32 {
     device::exception(&ctx);
     0
-}
-
-/// Benchmark floor (`cargo xtask bench datapath`): parses like the real programs, then passes.
-/// Loaded only by the benchmark, never attached.
-#[classifier]
-pub fn xlb_floor(ctx: TcContext) -> i32 {
-    let parsed = parse::parse(&mut TcPacket::<{ hook::POD }> { ctx }).is_ok();
-    if core::hint::black_box(parsed) {
-        TCX_NEXT
-    } else {
-        TCX_NEXT - 1
-    }
-}
-
-/// XDP benchmark floor: parses like `xlb_xdp`, swaps the Ethernet addresses and transmits
-/// back (the least a forwarder does). Loaded only by the benchmark.
-#[xdp]
-pub fn xlb_floor_xdp(ctx: XdpContext) -> u32 {
-    let mut pkt = XdpPacket { ctx };
-    if parse::parse(&mut pkt).is_err() {
-        return xdp_action::XDP_PASS;
-    }
-    let Some(eth) = ctx::ptr_at::<XdpPacket, [u8; 12]>(&pkt, 0) else {
-        return xdp_action::XDP_PASS;
-    };
-    // SAFETY: bounds-checked by `ptr_at`.
-    let eth = unsafe { &mut *eth };
-    let mut dst = [0u8; 6];
-    dst.copy_from_slice(&eth[..6]);
-    eth.copy_within(6..12, 0);
-    eth[6..].copy_from_slice(&dst);
-    xdp_action::XDP_TX
-}
-
-/// Headers the generator writes into every frame (set by the benchmark at load time): live
-/// frames are recycled with whatever the round trip left in them.
-#[unsafe(no_mangle)]
-static GEN_TEMPLATE: aya_ebpf::Global<[u8; GEN_TEMPLATE_LEN]> =
-    aya_ebpf::Global::new([0; GEN_TEMPLATE_LEN]);
-const GEN_TEMPLATE_LEN: usize = 64;
-
-/// Packet generator for the XDP throughput benchmark: run with BPF_PROG_TEST_RUN in live-frames
-/// mode on a client's device, it restores the test frame's headers and transmits it.
-#[xdp]
-pub fn xlb_gen(ctx: XdpContext) -> u32 {
-    let pkt = XdpPacket { ctx };
-    if let Some(head) = ctx::ptr_at::<XdpPacket, [u8; GEN_TEMPLATE_LEN]>(&pkt, 0) {
-        // SAFETY: bounds-checked by `ptr_at`.
-        unsafe { head.write_unaligned(GEN_TEMPLATE.load()) };
-    }
-    xdp_action::XDP_TX
-}
-
-/// Sink of the XDP throughput benchmark: drops what comes back to the generator's device.
-#[xdp]
-pub fn xlb_sink(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_DROP
 }
 
 #[cfg(not(test))]

@@ -14,8 +14,10 @@ use aya_ebpf::{
 use lb_common::{
     AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtValue, DEVICE_SLOTS,
     DevState, FragKey, FragPorts, LutChunk, ServiceKey, ServiceValue, SockXlate, SrcRangeKey,
-    SvcInfo, SvcStats, Trace, capacity, counter, filter, stage,
+    SvcInfo, SvcStats, Trace, capacity, counter, filter, hook, stage,
 };
+
+use crate::ctx::{TcPacket, XdpPacket};
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
 /// Filters: mmapable, so the agent sets and clears bits with atomic stores, no syscall.
@@ -149,6 +151,34 @@ pub static TC_STAGES: ProgramArray<{ (2 * stage::PER_HOOK) as usize }> = Program
 /// The stage programs of the XDP entry program.
 #[btf_map(name = "xlb_xdp_stages")]
 pub static XDP_STAGES: ProgramArray<{ stage::PER_HOOK as usize }> = ProgramArray::new();
+
+/// A packet whose hook has stage programs (`TC_STAGES`, `XDP_STAGES`).
+pub trait Staged {
+    /// Tail-calls this hook's program of `stage` (`lb_common::stage`); returns only if there
+    /// is none.
+    fn tail_call(&self, stage: u32);
+}
+
+impl<const H: u8> Staged for TcPacket<H> {
+    #[inline(always)]
+    fn tail_call(&self, stage: u32) {
+        let base = if H == hook::POD {
+            stage::POD_BASE
+        } else {
+            stage::HOST_BASE
+        };
+        // SAFETY: the context is this program's; the slot's program is of the same type.
+        unsafe { TC_STAGES.tail_call(&self.ctx, base + stage) };
+    }
+}
+
+impl Staged for XdpPacket {
+    #[inline(always)]
+    fn tail_call(&self, stage: u32) {
+        // SAFETY: the context is this program's; the slot's program is of the same type.
+        unsafe { XDP_STAGES.tail_call(&self.ctx, stage::XDP_BASE + stage) };
+    }
+}
 
 /// Uplinks running XDP, in the slot `device_slot(ifindex)`: their XDP_TX errors (written by
 /// the tracepoint programs) and whether XDP must leave their flows to tc (read by the route

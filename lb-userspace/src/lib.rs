@@ -95,5 +95,38 @@ mod layering {
             &[concat!("crate::", "lb"), " lb::"],
         );
         assert!(slips.is_empty(), "icmp imports lb:\n{}", slips.join("\n"));
+        // The packet access both objects share names no map: the benchmarks' object has none.
+        let shared = [
+            root.join("ctx.rs"),
+            root.join("parse.rs"),
+            root.join("lib.rs"),
+        ];
+        let slips = uses(&root, &shared, &[concat!("crate::", "maps"), "btf_map"]);
+        assert!(
+            slips.is_empty(),
+            "shared modules use maps:\n{}",
+            slips.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_agents_object_holds_no_benchmark_program() {
+        let obj = aya_obj::Object::parse(crate::bpf::OBJECT).expect("datapath object");
+        let names: Vec<&str> = obj.programs.keys().map(String::as_str).collect();
+        assert!(names.contains(&lb_common::prog_names::XDP), "{names:?}");
+        let bench: Vec<&&str> = names
+            .iter()
+            .filter(|n| ["floor", "gen", "sink"].iter().any(|b| n.contains(b)))
+            .collect();
+        assert!(
+            bench.is_empty(),
+            "benchmark programs in the product: {bench:?}"
+        );
+        assert!(
+            !crate::bpf::OBJECT
+                .windows(b"GEN_TEMPLATE".len())
+                .any(|w| w == b"GEN_TEMPLATE"),
+            "the generator's template is in the product"
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use aya::{
     Ebpf,
-    programs::{ProgramError, TestRun, TestRunOptions, TestRunResult},
+    programs::{Program, ProgramError, TestRun, TestRunOptions, TestRunResult},
 };
 use lb_common::{Config, prog_names};
 use lb_userspace::{
@@ -36,6 +36,8 @@ pub const ROUTED_RUN: u32 = 250;
 /// A loaded, unattached datapath with its own maps.
 pub struct Datapath {
     pub ebpf: Ebpf,
+    /// Objects whose programs run next to the datapath's (`add_object`).
+    extra: Vec<Ebpf>,
     /// Read handle on the maps.
     pub maps: Maps,
     pub sync: MapSync<Maps>,
@@ -50,10 +52,6 @@ pub struct Datapath {
 pub const MAGLEV_SIZE: u32 = 1021;
 /// Hash seed of the fixture datapath.
 pub const SEED: u32 = 42;
-
-fn is_xdp(name: &str) -> bool {
-    name == prog_names::XDP || name == prog_names::FLOOR_XDP
-}
 
 /// The agent's default datapath configuration (what `xlb agent` writes), with `hairpin` and
 /// `snat` addresses set.
@@ -144,6 +142,7 @@ impl Datapath {
         );
         Self {
             ebpf,
+            extra: Vec::new(),
             maps,
             sync,
             config,
@@ -167,19 +166,46 @@ impl Datapath {
         r
     }
 
+    /// Makes the programs of another object (the benchmarks' floors) runnable by name next
+    /// to the datapath's, on the same uplink. They are loaded on first use.
+    pub fn add_object(&mut self, ebpf: Ebpf) {
+        self.extra.push(ebpf);
+    }
+
+    /// The program `name` of the datapath or of an added object, loaded.
+    fn loaded(&mut self, name: &'static str) -> &mut Program {
+        let ebpf = std::iter::once(&mut self.ebpf)
+            .chain(self.extra.iter_mut())
+            .find(|e| e.program(name).is_some())
+            .unwrap_or_else(|| panic!("no program {name}"));
+        let prog = ebpf.program_mut(name).expect("program");
+        if prog.fd().is_err() {
+            let loaded = match prog {
+                Program::Xdp(p) => bpf::load_program(name, || p.load()),
+                Program::SchedClassifier(p) => bpf::load_program(name, || p.load()),
+                _ => panic!("{name}: neither XDP nor tc"),
+            };
+            loaded.unwrap_or_else(|e| panic!("loading {name}: {e}"));
+        }
+        prog
+    }
+
     fn run(
         &mut self,
         name: &'static str,
         pkt: &[u8],
         repeat: u32,
     ) -> Result<(TestRunResult, Vec<u8>), ProgramError> {
+        let ifindex = self.ifindex;
+        let prog = self.loaded(name);
+        let xdp = matches!(prog, Program::Xdp(_));
         let mut out = vec![0u8; pkt.len() + 256];
         // The ingress device: `struct xdp_md.ingress_ifindex` (offset 12) for XDP,
         // `struct __sk_buff.ifindex` (offset 40) for tc.
-        let mut ctx = vec![0u8; if is_xdp(name) { 24 } else { 44 }];
-        let off = if is_xdp(name) { 12 } else { 40 };
-        ctx[off..off + 4].copy_from_slice(&self.ifindex.to_ne_bytes());
-        if is_xdp(name) {
+        let mut ctx = vec![0u8; if xdp { 24 } else { 44 }];
+        let off = if xdp { 12 } else { 40 };
+        ctx[off..off + 4].copy_from_slice(&ifindex.to_ne_bytes());
+        if xdp {
             // `xdp_md.data_end` (offset 4): the packet's length.
             ctx[4..8].copy_from_slice(&(pkt.len() as u32).to_ne_bytes());
         }
@@ -190,23 +216,10 @@ impl Datapath {
             repeat,
             ..Default::default()
         };
-        let r = if is_xdp(name) {
-            let p: &mut aya::programs::Xdp = self
-                .ebpf
-                .program_mut(name)
-                .expect("program")
-                .try_into()
-                .expect("xdp");
-            if p.fd().is_err() {
-                bpf::load_program("xdp", || p.load()).expect("load xdp program");
-            }
-            p.test_run(opts)?
-        } else {
-            let p = bpf::classifier(&mut self.ebpf, name).expect("classifier");
-            if name == prog_names::FLOOR && p.fd().is_err() {
-                bpf::load_program(prog_names::FLOOR, || p.load()).expect("load floor");
-            }
-            p.test_run(opts)?
+        let r = match prog {
+            Program::Xdp(p) => p.test_run(opts)?,
+            Program::SchedClassifier(p) => p.test_run(opts)?,
+            _ => unreachable!("checked by `program`"),
         };
         out.truncate(r.data_size_out as usize);
         Ok((r, out))

@@ -125,6 +125,8 @@ fn build_release() -> anyhow::Result<()> {
         "lb-userspace",
         "-p",
         "xlb-tests",
+        "-p",
+        "xlb-benches",
         "--bins",
     ])
 }

@@ -25,6 +25,8 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     // Renders the generated man pages (tests/operability.rs).
     ("man", "man-db"),
+    // The end-to-end benchmark's beds run an iperf3 server (benches/tests).
+    ("iperf3", "iperf3"),
 ];
 
 /// Extra packages of the end-to-end benchmarks.

@@ -178,16 +178,6 @@ pub fn plan_xdp(opt: XdpModeOpt, ifindex: u32) -> XdpPlan {
 /// `trace` loads the private copy `xlb explain` runs: it records its decision and writes no
 /// live state.
 pub fn load(dir: &Path, caps: Capacities, trace: bool) -> Result<Ebpf, LoadError> {
-    load_with(dir, caps, trace, None)
-}
-
-/// `load`, also setting the benchmark generator's frame template (the first 64 bytes).
-pub fn load_with(
-    dir: &Path,
-    caps: Capacities,
-    trace: bool,
-    gen_template: Option<[u8; 64]>,
-) -> Result<Ebpf, LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
@@ -215,8 +205,6 @@ pub fn load_with(
         .override_global("TRACE_MODE", &trace_mode, true)
         .override_global("SERVICE_CIDRS", &caps.service_cidrs.0, true)
         .override_global("SERVICE_CIDR_COUNT", &caps.service_cidrs.1, true);
-    let template = gen_template.unwrap_or([0; 64]);
-    loader.override_global("GEN_TEMPLATE", &template, true);
     // Where the tracepoint programs find a device's ifindex and namespace (zero offsets: they
     // count nothing, and the agent says so).
     let offsets = btf::Btf::from_kernel()

@@ -1,6 +1,7 @@
-//! `cargo xtask bench sync`: control-plane speed at 10,000 services × 10 endpoints, side by
-//! side in one run with kube-proxy's iptables mode (`iptables-legacy-restore`) and nftables
-//! mode (`nft -f`), each in its own fresh network namespace:
+//! `cargo xtask bench sync`: control-plane speed at 10,000 services × 10 endpoints (`--services`,
+//! `--endpoints`), side by side in one run with kube-proxy's iptables mode
+//! (`iptables-legacy-restore`) and nftables mode (`nft -f`), each in its own fresh network
+//! namespace:
 //! - full load from scratch;
 //! - one endpoint change (xlb: file change → maps updated, through the real agent; and the
 //!   in-process state change → maps updated that a Kubernetes event costs; kube-proxy: its
@@ -14,11 +15,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use clap::Parser;
 use lb_userspace::{
     maglev::DEFAULT_TABLE_SIZE,
     source::{Spec, files::FileSource},
     translate::{NodeContext, SliceSpec, Translator},
 };
+use xlb_benches::stats::{fmt_ms, median};
 use xlb_tests::{
     agent::{Agent, PinDir, in_netns},
     datapath::Datapath,
@@ -26,22 +29,18 @@ use xlb_tests::{
     netns::{Netns, require_root, unique_tag},
 };
 
-const SERVICES: usize = 10_000;
-const ENDPOINTS: usize = 10;
+/// `cargo xtask bench sync [-- FLAGS]`.
+#[derive(Parser)]
+#[command(about = "xlb control plane against kube-proxy's iptables and nftables rule loading")]
+struct Opts {
+    /// Services (each with `--endpoints` endpoints).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(2..=60_000))]
+    services: u32,
+    /// Endpoints per service.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    endpoints: u32,
+}
 const PER_FILE: usize = 100;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn fmt_ms(v: f64) -> String {
-    if v >= 1000.0 {
-        format!("{:.2} s", v / 1000.0)
-    } else {
-        format!("{v:.2} ms")
-    }
-}
 
 /// Runs `cmd < input` inside `ns`; returns the wall time.
 fn timed_in(ns: &Netns, cmd: &[&str], input: &Path) -> Duration {
@@ -128,15 +127,18 @@ fn write_files(dir: &Path, services: &[Svc]) -> Vec<PathBuf> {
 }
 
 fn main() {
+    let o = Opts::parse();
+    xlb_benches::cleanup::install();
     require_root();
+    let (services_n, endpoints_n) = (o.services as usize, o.endpoints as usize);
     let tag = unique_tag();
     let work = std::env::temp_dir().join(format!("xlb-bench-sync-{tag}"));
     let svc_dir = work.join("services");
     fs::create_dir_all(&svc_dir).expect("work dir");
-    let mut services = kubeproxy::service_set(SERVICES, ENDPOINTS);
+    let mut services = kubeproxy::service_set(services_n, endpoints_n);
     let files = write_files(&svc_dir, &services);
     println!(
-        "control plane: {SERVICES} services x {ENDPOINTS} endpoints ({} manifest files of {PER_FILE} services)",
+        "control plane: {services_n} services x {endpoints_n} endpoints ({} manifest files of {PER_FILE} services)",
         files.len()
     );
 
@@ -170,7 +172,7 @@ fn main() {
     };
     let (rss, hwm) = (mem("VmRSS:"), mem("VmHWM:"));
     let mut file_change = Vec::new();
-    let target = SERVICES / 2;
+    let target = services_n / 2;
     for round in 0..5 {
         services[target] = changed(&services[target], round + 1);
         let chunk = target / PER_FILE;
@@ -227,7 +229,7 @@ fn main() {
     drop(dp);
 
     // kube-proxy, iptables mode (legacy backend) and nftables mode.
-    let base = kubeproxy::service_set(SERVICES, ENDPOINTS);
+    let base = kubeproxy::service_set(services_n, endpoints_n);
     let ipt = kube_proxy(
         &tag,
         &work,
@@ -249,10 +251,10 @@ fn main() {
     let _ = fs::remove_dir_all(&work);
 
     let xlb_full = xlb_full_pipeline;
-    let xlb_change = median(file_change.clone());
-    let state = median(state_change.clone());
-    let (ipt_full, ipt_change) = (median(ipt.full.clone()), median(ipt.change.clone()));
-    let (nft_full, nft_change) = (median(nft.full.clone()), median(nft.change.clone()));
+    let xlb_change = median(&file_change);
+    let state = median(&state_change);
+    let (ipt_full, ipt_change) = (median(&ipt.full), median(&ipt.change));
+    let (nft_full, nft_change) = (median(&nft.full), median(&nft.change));
     println!();
     println!(
         "| system | full load | ratio to xlb | one endpoint change | ratio to xlb (state change) |"

@@ -26,6 +26,7 @@
 
 use std::net::Ipv4Addr;
 
+use clap::Parser;
 use lb_common::{counter, prog_names};
 use lb_userspace::{
     maglev::DEFAULT_TABLE_SIZE,
@@ -33,6 +34,10 @@ use lb_userspace::{
         Algorithm, DesiredState, Endpoint, EndpointState, Frontend, FrontendKind, LbService,
         Protocol, Scope,
     },
+};
+use xlb_benches::{
+    object::{self, prog},
+    stats::median,
 };
 use xlb_tests::{
     datapath::Datapath,
@@ -45,7 +50,6 @@ const REPEAT: u32 = 1_000_000;
 /// dispatcher and back (two RCU grace periods, milliseconds), and a routed packet lasts
 /// `ROUTED_RUN` repeats, so XDP takes 40 runs of 250.
 const XDP_REPEAT: u32 = 40 * xlb_tests::datapath::ROUTED_RUN;
-const ROUNDS: usize = 5;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
 /// A pod that is neither a frontend nor a backend.
 const OTHER_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 7);
@@ -82,11 +86,6 @@ fn service(i: u32) -> LbService {
         source_ranges: Vec::new(),
         ext_local: false,
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 struct Row {
@@ -153,8 +152,9 @@ fn snat_pair() -> (LbService, LbService) {
     (a, b)
 }
 
-fn measure(services: u32) -> Vec<Row> {
+fn measure(services: u32, rounds: usize) -> Vec<Row> {
     let mut dp = Datapath::new(&unique_tag(), DEFAULT_TABLE_SIZE);
+    dp.add_object(object::open([0; object::TEMPLATE_LEN]).expect("benchmarks' object"));
     let mut d = DesiredState::default();
     for i in 1..services.saturating_sub(1) {
         let s = service(i);
@@ -217,7 +217,7 @@ fn measure(services: u32) -> Vec<Row> {
     let mut pass_direct_syn = Vec::new();
     let nat_slot = lb_common::filter::backend_nat_slot(backend.octets(), 8080);
     // Warm-up (this also creates the pong flow of the reply ping-pong).
-    dp.time_routed(prog_names::FLOOR, &ack, REPEAT / 10);
+    dp.time_routed(prog::FLOOR, &ack, REPEAT / 10);
     dp.time_routed(prog_names::POD_INGRESS, &ack, REPEAT / 10);
     let (_, out) = dp.tc(
         prog_names::POD_INGRESS,
@@ -301,8 +301,8 @@ fn measure(services: u32) -> Vec<Row> {
     let mut xmiss = Vec::new();
     let mut xsnat_hit = Vec::new();
     // Interleaved rounds so drift hits every scenario alike.
-    for round in 0..ROUNDS {
-        floor.push(dp.time_routed(prog_names::FLOOR, &ack, REPEAT));
+    for round in 0..rounds {
+        floor.push(dp.time_routed(prog::FLOOR, &ack, REPEAT));
         let c0 = dp.counters();
         hit.push(dp.time_routed(prog_names::POD_INGRESS, &ack, REPEAT));
         let hits = delta(&dp, &c0, counter::CT_HIT);
@@ -333,7 +333,7 @@ fn measure(services: u32) -> Vec<Row> {
         xmiss.push(dp.time_runs(prog_names::XDP, XDP_REPEAT, snat_miss));
         let snats = delta(&dp, &c0, counter::SNAT);
         dp.set_config(|c| *c = normal);
-        xfloor.push(dp.time_routed(prog_names::FLOOR_XDP, &ack, XDP_REPEAT));
+        xfloor.push(dp.time_routed(prog::FLOOR_XDP, &ack, XDP_REPEAT));
         let c0 = dp.counters();
         xhit.push(dp.time_routed(prog_names::XDP, &ack, XDP_REPEAT));
         let xhits = delta(&dp, &c0, counter::CT_HIT);
@@ -374,8 +374,8 @@ fn measure(services: u32) -> Vec<Row> {
     for c in checks {
         eprintln!("{c}");
     }
-    let f = median(floor);
-    let xf = median(xfloor);
+    let f = median(&floor);
+    let xf = median(&xfloor);
     let n = services as usize;
     let row = |name, ns, floor| Row {
         services: n,
@@ -385,44 +385,65 @@ fn measure(services: u32) -> Vec<Row> {
     };
     vec![
         row("floor (parse + pass)", f, f),
-        row("CT miss (new flow, Maglev, DNAT)", median(miss), f),
-        row("CT hit (established, DNAT)", median(hit), f),
-        row("reply (reverse NAT)", median(rev), f),
-        row("not a service: pod to pod", median(pass_other), f),
+        row("CT miss (new flow, Maglev, DNAT)", median(&miss), f),
+        row("CT hit (established, DNAT)", median(&hit), f),
+        row("reply (reverse NAT)", median(&rev), f),
+        row("not a service: pod to pod", median(&pass_other), f),
         row(
             "not a service: backend, untracked flow",
-            median(pass_untracked),
+            median(&pass_untracked),
             f,
         ),
         row(
             "not a service: socket-only backend",
-            median(pass_socket_only),
+            median(&pass_socket_only),
             f,
         ),
         row(
             "not a service: SYN straight to a backend with translated flows",
-            median(pass_direct_syn),
+            median(&pass_direct_syn),
             f,
         ),
         row("XDP floor (parse + swap MACs + XDP_TX)", xf, xf),
-        row("XDP CT hit (DNAT, XDP_TX)", median(xhit), xf),
+        row("XDP CT hit (DNAT, XDP_TX)", median(&xhit), xf),
         row(
             "XDP CT miss with SNAT (new flow, XDP_TX)",
-            median(xmiss),
+            median(&xmiss),
             xf,
         ),
-        row("XDP CT hit with SNAT (XDP_TX)", median(xsnat_hit), xf),
+        row("XDP CT hit with SNAT (XDP_TX)", median(&xsnat_hit), xf),
     ]
 }
 
+/// `cargo xtask bench datapath [-- FLAGS]`.
+#[derive(Parser)]
+#[command(about = "xlb datapath: kernel-measured ns/packet and XDP packets/s against floors")]
+struct Opts {
+    /// Interleaved rounds per scenario (the figures are their medians).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Services programmed, per measurement (at least 2: the ping-pong pair; the rest are
+    /// extra services of 10 endpoints each).
+    #[arg(long, value_delimiter = ',', default_values_t = [2, 10_000])]
+    services: Vec<u32>,
+    /// Skip the XDP throughput run (live frames between two namespaces).
+    #[arg(long)]
+    no_throughput: bool,
+}
+
 fn main() {
+    let o = Opts::parse();
+    xlb_benches::cleanup::install();
     require_root();
+    let rounds = o.rounds as usize;
     println!(
-        "xlb datapath: ns/packet by BPF_PROG_TEST_RUN, repeat {REPEAT} (XDP {XDP_REPEAT}), median of {ROUNDS} rounds (tc pod ingress)"
+        "xlb datapath: ns/packet by BPF_PROG_TEST_RUN, repeat {REPEAT} (XDP {XDP_REPEAT}), median of {rounds} rounds (tc pod ingress)"
     );
-    // The small case is the ping-pong pair alone (2 services); the large one adds 9,998.
-    let mut rows = measure(2);
-    rows.extend(measure(10_000));
+    // The smallest case is the ping-pong pair alone (2 services).
+    let mut rows = Vec::new();
+    for &n in &o.services {
+        rows.extend(measure(n.max(2), rounds));
+    }
     println!();
     println!("| services | scenario | ns/packet | ratio to floor |");
     println!("|---:|---|---:|---:|");
@@ -435,11 +456,14 @@ fn main() {
             r.ns / r.floor
         );
     }
+    if o.no_throughput {
+        return;
+    }
     println!();
     println!(
-        "XDP throughput between namespaces (one veth pair, live frames, median of {ROUNDS} rounds each):"
+        "XDP throughput between namespaces (one veth pair, live frames, median of {rounds} rounds each):"
     );
-    let tp = throughput();
+    let tp = throughput(rounds);
     let floor = tp
         .iter()
         .find(|(n, _)| n.starts_with("floor"))
@@ -479,7 +503,7 @@ fn mac_of(ns: &xlb_tests::netns::Netns, dev: &str) -> [u8; 6] {
 /// transmits live frames (BPF_PROG_TEST_RUN, `BPF_F_TEST_XDP_LIVE_FRAMES`) to the node, whose
 /// XDP program sends them back out (xlb: an established flow to a LoadBalancer address,
 /// SNATed to a remote backend; floor: parse + swap MACs), and a sink drops them.
-fn throughput() -> Vec<(&'static str, f64)> {
+fn throughput(rounds: usize) -> Vec<(&'static str, f64)> {
     use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
     use xlb_tests::netns::Netns;
     const FRAMES: u32 = 3_000_000;
@@ -526,13 +550,10 @@ fn throughput() -> Vec<(&'static str, f64)> {
     frame[6..12].copy_from_slice(&gen_mac);
     let mut template = [0u8; 64];
     template.copy_from_slice(&frame[..64]);
-    let mut ebpf = lb_userspace::bpf::load_with(
-        &pins.path,
-        lb_userspace::bpf::Capacities::default(),
-        false,
-        Some(template),
-    )
-    .expect("load");
+    let mut product =
+        lb_userspace::bpf::load(&pins.path, lb_userspace::bpf::Capacities::default(), false)
+            .expect("load");
+    let mut bench = object::open(template).expect("benchmarks' object");
     let mut maps = lb_userspace::bpf::maps::Maps::open(&pins.path).expect("maps");
     let mut cfg = xlb_tests::datapath::default_config();
     cfg.snat_addr = [192, 168, 50, 1];
@@ -555,8 +576,8 @@ fn throughput() -> Vec<(&'static str, f64)> {
     let mut d = DesiredState::default();
     d.services.insert(s.name.clone(), s);
     assert!(sync.apply(&d).failed.is_empty());
-    for name in [prog_names::FLOOR_XDP, prog_names::GEN, prog_names::SINK] {
-        let p: &mut Xdp = ebpf
+    for name in [prog::FLOOR_XDP, prog::GEN, prog::SINK] {
+        let p: &mut Xdp = bench
             .program_mut(name)
             .expect("program")
             .try_into()
@@ -564,28 +585,27 @@ fn throughput() -> Vec<(&'static str, f64)> {
         lb_userspace::bpf::load_program(name, || p.load()).expect("load program");
     }
     in_ns(&generator, || {
-        let p: &mut Xdp = ebpf
-            .program_mut(prog_names::SINK)
+        let p: &mut Xdp = bench
+            .program_mut(prog::SINK)
             .expect("sink")
             .try_into()
             .expect("xdp");
         p.attach("eth0", XdpMode::Driver).expect("attach sink");
     });
     let mut results: std::collections::BTreeMap<&'static str, Vec<f64>> = Default::default();
-    for round in 0..(2 * ROUNDS) {
-        let prog = if round % 2 == 0 {
-            prog_names::FLOOR_XDP
+    for round in 0..(2 * rounds) {
+        // The floor from the benchmarks' object, xlb from the datapath's.
+        let (prog, owner) = if round % 2 == 0 {
+            (prog::FLOOR_XDP, &mut bench)
         } else {
-            prog_names::XDP
+            (prog_names::XDP, &mut product)
         };
-        let link = in_ns(&node, || {
-            let p: &mut Xdp = ebpf
-                .program_mut(prog)
-                .expect("program")
-                .try_into()
-                .expect("xdp");
-            p.attach("eth0", XdpMode::Driver).expect("attach")
-        });
+        let p: &mut Xdp = owner
+            .program_mut(prog)
+            .expect("program")
+            .try_into()
+            .expect("xdp");
+        let link = in_ns(&node, || p.attach("eth0", XdpMode::Driver).expect("attach"));
         let c0 = maps.counters_sum().expect("counters");
         let t = in_ns(&generator, || {
             let c = std::ffi::CString::new("eth0").expect("name");
@@ -594,8 +614,8 @@ fn throughput() -> Vec<(&'static str, f64)> {
             let mut ctx = [0u8; 24];
             ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
             ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-            let p: &Xdp = ebpf
-                .program(prog_names::GEN)
+            let p: &Xdp = bench
+                .program(prog::GEN)
                 .expect("gen")
                 .try_into()
                 .expect("xdp");
@@ -621,14 +641,17 @@ fn throughput() -> Vec<(&'static str, f64)> {
                 "xlb translated {forwarded} of the {seen} frames it saw"
             );
         }
-        in_ns(&node, || {
-            let p: &mut Xdp = ebpf
-                .program_mut(prog)
-                .expect("program")
-                .try_into()
-                .expect("xdp");
-            p.detach(link).expect("detach");
-        });
+        let owner = if prog == prog_names::XDP {
+            &mut product
+        } else {
+            &mut bench
+        };
+        let p: &mut Xdp = owner
+            .program_mut(prog)
+            .expect("program")
+            .try_into()
+            .expect("xdp");
+        in_ns(&node, || p.detach(link).expect("detach"));
         let name = if prog == prog_names::XDP {
             "xlb: established LB flow, SNAT, XDP_TX"
         } else {
@@ -641,5 +664,5 @@ fn throughput() -> Vec<(&'static str, f64)> {
     }
     drop(generator);
     drop(node);
-    results.into_iter().map(|(k, v)| (k, median(v))).collect()
+    results.into_iter().map(|(k, v)| (k, median(&v))).collect()
 }
