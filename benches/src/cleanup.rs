@@ -36,14 +36,15 @@ pub fn install() {
     // SAFETY: an empty sigset_t filled by sigemptyset/sigaddset; the calls only write `set`.
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
+        libc::sigemptyset(&raw mut set);
         for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, sig);
+            libc::sigaddset(&raw mut set, sig);
         }
         set
     };
     // SAFETY: `set` is initialised; the old mask is not asked for.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    let rc =
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut()) };
     assert_eq!(
         rc,
         0,
@@ -63,7 +64,7 @@ pub fn install() {
     std::thread::spawn(move || {
         let mut sig = 0;
         // SAFETY: `set` and `sig` are valid for the call.
-        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+        if unsafe { libc::sigwait(&raw const set, &raw mut sig) } != 0 {
             return;
         }
         STOPPING.store(true, Ordering::SeqCst);
@@ -131,7 +132,9 @@ pub fn remove_leftovers(prefix: &str) {
         |n| n.starts_with("xlb-bench-") && n.contains(&format!("-{tag}")),
         |p| fs::remove_dir_all(p),
     );
-    let mut sysctls = SYSCTLS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut sysctls = SYSCTLS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for (path, old) in sysctls.drain(..).rev() {
         let _ = fs::write(&path, old.trim());
     }
@@ -166,7 +169,7 @@ impl Sysctl {
         let old = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{key}: {e}"));
         SYSCTLS
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push((path.clone(), old));
         fs::write(&path, value).unwrap_or_else(|e| panic!("{key} = {value}: {e}"));
         Self { path }
@@ -175,7 +178,9 @@ impl Sysctl {
 
 impl Drop for Sysctl {
     fn drop(&mut self) {
-        let mut sysctls = SYSCTLS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sysctls = SYSCTLS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(i) = sysctls.iter().rposition(|(p, _)| *p == self.path) {
             let (path, old) = sysctls.remove(i);
             let _ = fs::write(&path, old.trim());

@@ -24,6 +24,7 @@ pub enum End {
 }
 
 /// Rewrite failed (a helper returned an error, or the packet shrank under us).
+#[derive(Clone, Copy)]
 pub struct RewriteError;
 
 /// A packet at one of the hooks.

@@ -98,7 +98,7 @@ pub fn bulk_tx(ctx: &RawTracePointContext) {
 #[inline(always)]
 pub fn exception(ctx: &RawTracePointContext) {
     let act: u64 = ctx.arg(2);
-    if act as u32 as u64 == XDP_TX {
+    if u64::from(act as u32) == XDP_TX {
         tx_failed(ctx.arg(0), 1);
     }
 }

@@ -125,6 +125,10 @@ stages!(xdp =>
 
 /// cgroup connect4: TCP connects to a ClusterIP go straight to a backend (socket-level LB).
 #[cgroup_sock_addr(connect4)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the aya macro passes the context by value"
+)]
 pub fn xlb_connect4(ctx: SockAddrContext) -> i32 {
     sock::connect4(&ctx);
     // 1: let the connect() proceed (to the backend, if translated).
@@ -133,6 +137,10 @@ pub fn xlb_connect4(ctx: SockAddrContext) -> i32 {
 
 /// cgroup getpeername4: sockets translated at connect() report the ClusterIP as their peer.
 #[cgroup_sock_addr(getpeername4)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the aya macro passes the context by value"
+)]
 pub fn xlb_peername4(ctx: SockAddrContext) -> i32 {
     sock::getpeername4(&ctx);
     1
@@ -140,6 +148,10 @@ pub fn xlb_peername4(ctx: SockAddrContext) -> i32 {
 
 /// Raw tracepoint `xdp_bulk_tx`: counts frames an uplink's XDP_TX could not send.
 #[raw_tracepoint(tracepoint = "xdp_bulk_tx")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the aya macro passes the context by value"
+)]
 pub fn xlb_txerr_bulk(ctx: RawTracePointContext) -> i32 {
     device::bulk_tx(&ctx);
     0
@@ -147,6 +159,10 @@ pub fn xlb_txerr_bulk(ctx: RawTracePointContext) -> i32 {
 
 /// Raw tracepoint `xdp_exception`: counts an XDP_TX a driver refused.
 #[raw_tracepoint(tracepoint = "xdp_exception")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the aya macro passes the context by value"
+)]
 pub fn xlb_txerr_exc(ctx: RawTracePointContext) -> i32 {
     device::exception(&ctx);
     0

@@ -41,6 +41,7 @@ pub fn count_n(index: u32, n: u64) {
 }
 
 /// Which per-service counter to bump.
+#[derive(Clone, Copy)]
 pub enum SvcCounter {
     Fwd,
     Rev,

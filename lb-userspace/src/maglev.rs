@@ -214,7 +214,7 @@ mod tests {
             let t = maglev(&backends(n), DEFAULT_TABLE_SIZE, 0);
             assert_eq!(t.len(), DEFAULT_TABLE_SIZE as usize);
             let c = counts(&t, n);
-            let ideal = DEFAULT_TABLE_SIZE as f64 / n as f64;
+            let ideal = f64::from(DEFAULT_TABLE_SIZE) / n as f64;
             for (i, k) in c.iter().enumerate() {
                 let dev = (*k as f64 - ideal).abs() / ideal;
                 assert!(

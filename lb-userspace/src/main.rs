@@ -524,6 +524,10 @@ fn open_maps(r: &ReadArgs) -> anyhow::Result<Maps> {
         .with_context(|| format!("reading the datapath pinned under {}", r.bpffs.display()))
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "called as `Result::map(print_ok)` on each command's output"
+)]
 fn print_ok(s: String) -> bool {
     print!("{s}");
     true

@@ -414,8 +414,9 @@ impl Collector for Datapath {
         let mut fallback: Vec<(Labels, i64)> = Vec::new();
         for d in maps
             .read_agent()
-            .map(|a| a.devices)
-            .unwrap_or([Default::default(); lb_common::STATUS_DEVICES])
+            .map_or([Default::default(); lb_common::STATUS_DEVICES], |a| {
+                a.devices
+            })
         {
             if !matches!(d.mode, dev_mode::XDP_NATIVE | dev_mode::XDP_GENERIC) {
                 continue;

@@ -9,7 +9,7 @@ pub fn par_map<T: Sync, R: Send>(
     f: impl Fn(&T) -> R + Sync,
 ) -> Vec<R> {
     let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
+        .map_or(1, std::num::NonZero::get)
         .min(items.len().div_ceil(min_per_thread.max(1)).max(1));
     if threads <= 1 {
         return items.iter().map(f).collect();

@@ -12,7 +12,7 @@ pub fn monotonic_secs() -> u32 {
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime fills the struct we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     ts.tv_sec as u32
 }
 

@@ -582,7 +582,7 @@ impl FakeApi {
         crate::files::write_atomic(&dir.join("kubeconfig"), &text)
     }
 
-    fn bump(&self, st: &mut State) -> u64 {
+    fn bump(st: &mut State) -> u64 {
         st.rv += 1;
         st.rv
     }
@@ -624,7 +624,7 @@ impl FakeApi {
                     continue;
                 }
             }
-            let rv = self.bump(&mut st);
+            let rv = Self::bump(&mut st);
             v["metadata"]["resourceVersion"] = json!(rv.to_string());
             let uid = old.as_ref().map_or_else(
                 || json!(format!("uid-{rv}")),
@@ -657,7 +657,7 @@ impl FakeApi {
         let Some(mut old) = st.objects.remove(&(res, ns.to_owned(), name.to_owned())) else {
             return;
         };
-        let rv = self.bump(&mut st);
+        let rv = Self::bump(&mut st);
         let prev = old.clone();
         old["metadata"]["resourceVersion"] = json!(rv.to_string());
         st.log.push(LogEntry {

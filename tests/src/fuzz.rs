@@ -715,6 +715,7 @@ impl Bed {
 
     /// Runs one action through both; the first difference is the error.
     pub fn step(&mut self, a: &Action) -> Result<(), String> {
+        use crate::model::code;
         self.last = None;
         if let Action::Control(c) = a {
             self.control(*c);
@@ -725,7 +726,6 @@ impl Bed {
             self.outputs.push(None);
             return Ok(());
         };
-        use crate::model::code;
         let (out, dropped) = match at {
             At::Pod => {
                 let (c, o) = self.compare(Hook::Pod, &pkt)?;

@@ -122,7 +122,10 @@ fn tcp_and_udp_reach_every_ready_backend_and_replies_come_from_the_vip() {
         assert!(!s.contains_key("<error>"), "{proto}: failures {s:?}");
         assert_eq!(
             s.keys().cloned().collect::<BTreeSet<_>>(),
-            ["b1", "b2", "b3"].iter().map(|s| s.to_string()).collect(),
+            ["b1", "b2", "b3"]
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
             "{proto}: every backend serves: {s:?}"
         );
         for r in replies.iter().flatten() {
@@ -800,6 +803,7 @@ fn guarded_external_ips_and_proxy_mode_lb_ips_are_left_to_the_network() {
 
 #[test]
 fn session_affinity_holds_within_its_timeout_and_expires_after_it() {
+    const TIMEOUT: u64 = 2;
     let (tag, node) = cluster(3);
     let dir = WorkDir::new(&tag);
     let mut servers = Servers::new();
@@ -815,7 +819,6 @@ fn session_affinity_holds_within_its_timeout_and_expires_after_it() {
         target: "8080",
         node_port: None,
     }];
-    const TIMEOUT: u64 = 2;
     let yaml = docs(&[
         service(
             "sticky",

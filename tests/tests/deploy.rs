@@ -100,7 +100,7 @@ fn load() -> Manifests {
             ("v1", "ServiceAccount") => m.accounts.push(typed(&file, &v)),
             ("rbac.authorization.k8s.io/v1", "ClusterRole") => m.roles.push(typed(&file, &v)),
             ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
-                m.bindings.push(typed(&file, &v))
+                m.bindings.push(typed(&file, &v));
             }
             ("apps/v1", "DaemonSet") => m.daemonsets.push(typed(&file, &v)),
             ("kustomize.config.k8s.io/v1beta1", "Kustomization") => {

@@ -384,6 +384,7 @@ fn an_invalid_object_keeps_its_last_good_version_and_is_reported() {
 /// EndpointSlices as they change, and survives the API server going away.
 #[test]
 fn agent_with_kubeconfig_follows_the_api_server_and_survives_its_restart() {
+    const WEB: &str = "default/web:http/TCP";
     require_root();
     let tag = unique_tag();
     let mut node = Node::new(&tag, "n1", 1);
@@ -443,7 +444,6 @@ fn agent_with_kubeconfig_follows_the_api_server_and_survives_its_restart() {
         want,
         "agent capabilities"
     );
-    const WEB: &str = "default/web:http/TCP";
     agent.wait_active(WEB, 2);
     let client = &node.pods[0].ns;
     let to_vip = SocketAddr::from((vip, 80));
@@ -600,6 +600,7 @@ fn zoned_slice(eps: &[(u8, &str)]) -> String {
 
 #[test]
 fn topology_hints_keep_new_flows_in_the_nodes_zone_and_fall_back_when_it_empties() {
+    const WEB: &str = "default/web:http/TCP";
     require_root();
     let tag = unique_tag();
     let mut node = Node::new(&tag, "n1", 1);
@@ -645,7 +646,6 @@ fn topology_hints_keep_new_flows_in_the_nodes_zone_and_fall_back_when_it_empties
         ],
     );
     agent.wait_for_log("node zone from the Node object", 1);
-    const WEB: &str = "default/web:http/TCP";
     agent.wait_active(WEB, 1);
     let client = &node.pods[0].ns;
     let to = SocketAddr::from((vip, 80));

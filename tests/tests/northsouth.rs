@@ -406,21 +406,20 @@ fn nodeport_and_load_balancers(e: &Env) {
         &format!("{}/xlb_counters", e.agents[0].bpffs.display()),
     ]);
     let v: serde_json::Value = serde_json::from_str(&counters).unwrap();
-    let idx = (lb_common::counter::DROP_BASE + lb_common::drop_reason::NO_LOCAL_BACKEND) as u64;
+    let idx = u64::from(lb_common::counter::DROP_BASE + lb_common::drop_reason::NO_LOCAL_BACKEND);
     let drops: u64 = v
         .as_array()
         .unwrap()
         .iter()
         .find(|e| e["formatted"]["key"] == idx)
-        .map(|e| {
+        .map_or(0, |e| {
             e["formatted"]["values"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .map(|c| c["value"].as_u64().unwrap())
                 .sum()
-        })
-        .unwrap_or(0);
+        });
     assert!(drops >= 1, "no-local-backend drops not counted");
 
     // healthCheckNodePort: 503 where the service has no local endpoint, 200 + count where it has.
@@ -468,7 +467,7 @@ fn source_ranges_affinity_and_cross_node_maglev() {
                 let names = (0..8)
                     .map(|_| {
                         let s = socket2_connect(src, to);
-                        s.map(|r| r.backend).unwrap_or_else(|e| format!("<{e}>"))
+                        s.map_or_else(|e| format!("<{e}>"), |r| r.backend)
                     })
                     .collect();
                 (k, names)
@@ -571,7 +570,7 @@ fn socket2_connect(src: SocketAddr, to: SocketAddr) -> std::io::Result<Reply> {
             events: libc::POLLOUT,
             revents: 0,
         };
-        if libc::poll(&mut pfd, 1, 2000) != 1 {
+        if libc::poll(&raw mut pfd, 1, 2000) != 1 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "connect timed out",
@@ -584,7 +583,7 @@ fn socket2_connect(src: SocketAddr, to: SocketAddr) -> std::io::Result<Reply> {
             libc::SOL_SOCKET,
             libc::SO_ERROR,
             (&raw mut err).cast(),
-            &mut len,
+            &raw mut len,
         );
         if err != 0 {
             return Err(std::io::Error::from_raw_os_error(err));

@@ -251,24 +251,22 @@ fn main() -> anyhow::Result<()> {
             run_bin(bin, &args)
         }
         Cmd::Install { prefix, bin } => {
-            let bin = match bin {
-                Some(b) => b,
-                None => {
-                    setup::toolchain()?;
-                    cargo(&["build", "--release", "-p", "lb-userspace", "--bin", "xlb"])?;
-                    "target/release/xlb".into()
-                }
+            let bin = if let Some(b) = bin {
+                b
+            } else {
+                setup::toolchain()?;
+                cargo(&["build", "--release", "-p", "lb-userspace", "--bin", "xlb"])?;
+                "target/release/xlb".into()
             };
             install(&bin, &prefix)
         }
         Cmd::Image { tag, bin } => {
-            let bin = match bin {
-                Some(b) => b,
-                None => {
-                    setup::toolchain()?;
-                    cargo(&["build", "--release", "-p", "lb-userspace", "--bin", "xlb"])?;
-                    "target/release/xlb".into()
-                }
+            let bin = if let Some(b) = bin {
+                b
+            } else {
+                setup::toolchain()?;
+                cargo(&["build", "--release", "-p", "lb-userspace", "--bin", "xlb"])?;
+                "target/release/xlb".into()
             };
             let version = tag.rsplit(':').next().unwrap_or("dev").to_owned();
             image::build_and_check(&image::Options {

@@ -177,7 +177,7 @@ impl Devices {
                     "the XDP_TX error slot of this device is another's: its XDP_TX errors are not counted"
                 ),
                 Err(e) => {
-                    tracing::warn!(device = %iface.name, error = %e, "claiming the device slot failed")
+                    tracing::warn!(device = %iface.name, error = %e, "claiming the device slot failed");
                 }
             }
             if !bpf::txerr_supported() {

@@ -281,6 +281,10 @@ impl Filters {
 
     /// After backend `p.id`'s write: on success its previous bit (if another) goes; on failure
     /// everything is as before.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "the pending write is used up: it cannot be completed twice"
+    )]
     pub fn backend_written(&mut self, p: PendingBackend, ok: bool) {
         if !p.added {
             return;

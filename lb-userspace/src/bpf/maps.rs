@@ -101,7 +101,7 @@ macro_rules! typed {
     }};
 }
 
-fn write_err(map: &'static str, op: &'static str, e: MapError) -> WriteError {
+fn write_err(map: &'static str, op: &'static str, e: &MapError) -> WriteError {
     WriteError {
         map,
         op,
@@ -254,7 +254,7 @@ impl Maps {
     pub fn write_agent(&mut self, st: &AgentStatus) -> Result<(), WriteError> {
         self.agent
             .set(0, st, 0)
-            .map_err(|e| write_err(names::AGENT, "update", e))
+            .map_err(|e| write_err(names::AGENT, "update", &e))
     }
 
     /// The datapath's state of uplink `ifindex`, if the slot is that device's.
@@ -277,7 +277,7 @@ impl Maps {
         let cur = self
             .devices
             .get(&slot, 0)
-            .map_err(|e| write_err(names::DEVICES, "lookup", e))?;
+            .map_err(|e| write_err(names::DEVICES, "lookup", &e))?;
         if cur.ifindex != 0 && cur.ifindex != ifindex && crate::bpf::devices::exists(cur.ifindex) {
             return Ok(Some(cur.ifindex));
         }
@@ -299,7 +299,7 @@ impl Maps {
         };
         self.devices
             .set(slot, st, 0)
-            .map_err(|e| write_err(names::DEVICES, "update", e))?;
+            .map_err(|e| write_err(names::DEVICES, "update", &e))?;
         Ok(None)
     }
 
@@ -309,11 +309,11 @@ impl Maps {
         let cur = self
             .devices
             .get(&slot, 0)
-            .map_err(|e| write_err(names::DEVICES, "lookup", e))?;
+            .map_err(|e| write_err(names::DEVICES, "lookup", &e))?;
         if cur.ifindex == ifindex {
             self.devices
                 .set(slot, DevState::default(), 0)
-                .map_err(|e| write_err(names::DEVICES, "update", e))?;
+                .map_err(|e| write_err(names::DEVICES, "update", &e))?;
         }
         Ok(())
     }
@@ -330,7 +330,7 @@ impl Maps {
     pub fn write_config(&mut self, cfg: &Config) -> Result<(), WriteError> {
         self.config
             .set(0, cfg, 0)
-            .map_err(|e| write_err(names::CONFIG, "update", e))
+            .map_err(|e| write_err(names::CONFIG, "update", &e))
     }
 
     /// All frontends.
@@ -535,6 +535,7 @@ pub fn count_entries(map: &MapData) -> Result<usize, MapsError> {
 /// BPF_MAP_LOOKUP_BATCH: 4096 entries per syscall, so a full 512k-entry conntrack costs ~130
 /// calls, not a million. Returns the number of entries.
 pub fn walk_entries(map: &MapData, mut f: impl FnMut(&[u8], &[u8])) -> Result<usize, MapsError> {
+    const BATCH: usize = 4096;
     let read_err = |source: std::io::Error| MapsError::Syscall {
         call: "bpf_map_lookup_batch",
         source,
@@ -543,7 +544,6 @@ pub fn walk_entries(map: &MapData, mut f: impl FnMut(&[u8], &[u8])) -> Result<us
         map: "map info",
         source,
     })?;
-    const BATCH: usize = 4096;
     let (ks, vs) = (info.key_size() as usize, info.value_size() as usize);
     let mut keys = vec![0u8; BATCH * ks];
     let mut values = vec![0u8; BATCH * vs];
@@ -664,11 +664,11 @@ impl MapWriter for Maps {
         if r.is_err() && new {
             self.filters()?.frontend_gone(key);
         }
-        r.map_err(|e| write_err(names::SERVICES, "update", e))
+        r.map_err(|e| write_err(names::SERVICES, "update", &e))
     }
     fn del_service(&mut self, key: &ServiceKey) -> Result<(), WriteError> {
         ignore_missing(self.services.remove(key))
-            .map_err(|e| write_err(names::SERVICES, "delete", e))?;
+            .map_err(|e| write_err(names::SERVICES, "delete", &e))?;
         self.filters()?.frontend_gone(key);
         Ok(())
     }
@@ -676,11 +676,11 @@ impl MapWriter for Maps {
         let pending = self.filters()?.backend_coming(id, value);
         let r = self.backends.insert(id, value, 0);
         self.filters()?.backend_written(pending, r.is_ok());
-        r.map_err(|e| write_err(names::BACKENDS, "update", e))
+        r.map_err(|e| write_err(names::BACKENDS, "update", &e))
     }
     fn del_backend(&mut self, id: u32) -> Result<(), WriteError> {
         ignore_missing(self.backends.remove(&id))
-            .map_err(|e| write_err(names::BACKENDS, "delete", e))?;
+            .map_err(|e| write_err(names::BACKENDS, "delete", &e))?;
         self.filters()?.backend_gone(id);
         Ok(())
     }
@@ -723,20 +723,20 @@ impl MapWriter for Maps {
     fn put_info(&mut self, svc_id: u32, info: &SvcInfo) -> Result<(), WriteError> {
         self.svc_info
             .insert(svc_id, info, 0)
-            .map_err(|e| write_err(names::SVC_INFO, "update", e))
+            .map_err(|e| write_err(names::SVC_INFO, "update", &e))
     }
     fn del_info(&mut self, svc_id: u32) -> Result<(), WriteError> {
         ignore_missing(self.svc_info.remove(&svc_id))
-            .map_err(|e| write_err(names::SVC_INFO, "delete", e))
+            .map_err(|e| write_err(names::SVC_INFO, "delete", &e))
     }
     fn put_range(&mut self, svc_id: u32, net: &Ipv4Net) -> Result<(), WriteError> {
         self.src_ranges
             .insert(&range_key(svc_id, net), 1, 0)
-            .map_err(|e| write_err(names::SRC_RANGES, "update", e))
+            .map_err(|e| write_err(names::SRC_RANGES, "update", &e))
     }
     fn del_range(&mut self, svc_id: u32, net: &Ipv4Net) -> Result<(), WriteError> {
         ignore_missing(self.src_ranges.remove(&range_key(svc_id, net)))
-            .map_err(|e| write_err(names::SRC_RANGES, "delete", e))
+            .map_err(|e| write_err(names::SRC_RANGES, "delete", &e))
     }
     fn reset_stats(&mut self, svc_id: u32) -> Result<(), WriteError> {
         let zero =
@@ -749,7 +749,7 @@ impl MapWriter for Maps {
             })?;
         self.svc_stats
             .set(svc_id, zero, 0)
-            .map_err(|e| write_err(names::SVC_STATS, "update", e))
+            .map_err(|e| write_err(names::SVC_STATS, "update", &e))
     }
 }
 

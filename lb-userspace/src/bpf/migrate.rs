@@ -178,7 +178,7 @@ impl Pending {
         let mut ct = open(&ct_path)?;
         let mut ct_new = open(&new_path)?;
         let mut wrote = 0;
-        for entry in old.iter() {
+        for entry in &old {
             let Ok((k, v)) = entry else { continue };
             let v = convert(&v);
             if ct.get(&k, 0).is_ok() || ct_new.get(&k, 0).is_ok() {

@@ -326,7 +326,7 @@ pub fn netns_cookie() -> u64 {
             libc::SOL_SOCKET,
             SO_NETNS_COOKIE,
             (&raw mut cookie).cast(),
-            &mut len,
+            &raw mut len,
         );
         libc::close(fd);
         if rc == 0 { cookie } else { 0 }

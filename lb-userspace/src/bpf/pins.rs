@@ -62,7 +62,7 @@ fn is_bpffs(path: &Path) -> bool {
     };
     // SAFETY: `c` is a valid NUL-terminated path; `st` is a plain struct filled by the kernel.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    let rc = unsafe { libc::statfs(c.as_ptr(), &raw mut st) };
     rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
 }
 
@@ -160,7 +160,10 @@ fn held(path: &Path) -> Result<PathBuf, PinError> {
         source,
     })?;
     let p = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
-    HANDLES.lock().unwrap_or_else(|e| e.into_inner()).push(f);
+    HANDLES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(f);
     Ok(p)
 }
 

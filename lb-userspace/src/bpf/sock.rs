@@ -103,7 +103,8 @@ pub fn is_cgroup2(path: &Path) -> bool {
     };
     // SAFETY: statfs into a zeroed struct of the right type; `c` is NUL-terminated.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == CGROUP2_SUPER_MAGIC
+    (unsafe { libc::statfs(c.as_ptr(), &raw mut st) } == 0)
+        && st.f_type as i64 == CGROUP2_SUPER_MAGIC
 }
 
 fn attach_err(prog: &'static str, cgroup: &Path, e: impl std::error::Error) -> LoadError {

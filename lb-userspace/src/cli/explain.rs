@@ -71,8 +71,7 @@ pub struct Explanation {
 fn ifindex(name: &str) -> u32 {
     CString::new(name)
         // SAFETY: a valid C string; the call only reads it.
-        .map(|c| unsafe { libc::if_nametoindex(c.as_ptr()) })
-        .unwrap_or(0)
+        .map_or(0, |c| unsafe { libc::if_nametoindex(c.as_ptr()) })
 }
 
 fn ifname(index: u32) -> String {

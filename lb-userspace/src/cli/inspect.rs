@@ -314,11 +314,7 @@ pub fn maps(dir: &Path, format: Format) -> anyhow::Result<String> {
                 .map_err(|e| anyhow::anyhow!("{}: mmap: {e}", path.display()))?;
             Some(n.set_slots() as usize)
         } else if name == names::SRC_RANGES {
-            Some(
-                Maps::open(dir)
-                    .map(|m| m.ranges().map(|r| r.len()).unwrap_or(0))
-                    .unwrap_or(0),
-            )
+            Some(Maps::open(dir).map_or(0, |m| m.ranges().map_or(0, |r| r.len())))
         } else {
             None
         };

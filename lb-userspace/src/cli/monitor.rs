@@ -274,7 +274,7 @@ fn epoch_offset_ns() -> i128 {
             tv_nsec: 0,
         };
         // SAFETY: clock_gettime fills the struct we own.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
         i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
     };
     let wall = std::time::SystemTime::now()

@@ -95,9 +95,7 @@ fn backend_entry(v: &serde_yaml_ng::Value) -> Result<(String, u16), String> {
 
 /// A YAML value as written, for messages.
 fn yaml_text(v: &serde_yaml_ng::Value) -> String {
-    serde_yaml_ng::to_string(v)
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| format!("{v:?}"))
+    serde_yaml_ng::to_string(v).map_or_else(|_| format!("{v:?}"), |s| s.trim().to_owned())
 }
 
 /// Parses `a.b.c.d:port[/proto]` (protocol defaults to TCP).
@@ -244,16 +242,15 @@ fn entry(
     }
     let mut ranges = Vec::new();
     for (j, r) in svc.source_ranges.iter().enumerate() {
-        match Ipv4Net::parse(r) {
-            Some(n) => ranges.push(n),
-            None => {
-                bad(
-                    format!("services[{i}].sourceRanges[{j}]"),
-                    r,
-                    format!("{r:?} is not an IPv4 CIDR"),
-                );
-                ok = false;
-            }
+        if let Some(n) = Ipv4Net::parse(r) {
+            ranges.push(n);
+        } else {
+            bad(
+                format!("services[{i}].sourceRanges[{j}]"),
+                r,
+                format!("{r:?} is not an IPv4 CIDR"),
+            );
+            ok = false;
         }
     }
     let mut frontends = Vec::new();

@@ -52,6 +52,10 @@ impl Fake {
         }
     }
 
+    #[expect(
+        clippy::unnecessary_wraps,
+        reason = "the recorder answers every write as the map writer does"
+    )]
     fn op(&mut self, s: String) -> Result<(), WriteError> {
         self.ops.push(s);
         self.check();
@@ -502,7 +506,7 @@ fn many_services_go_through_several_pipelined_batches_consistently() {
                     let mut s = svc(
                         &format!("s{i:04}"),
                         1,
-                        vec![ep(1, 80 + shift as u16), ep(2, 80)],
+                        vec![ep(1, 80 + u16::from(shift)), ep(2, 80)],
                         Algorithm::Maglev,
                     );
                     s.frontends[0].addr =

@@ -332,9 +332,10 @@ pub fn service_spec(svc: &Service) -> Checked<ServiceSpec> {
     let annotations = meta.annotations.as_ref();
     let algorithm = match annotations.and_then(|a| a.get(ALGORITHM_ANNOTATION)) {
         None => Algorithm::default(),
-        Some(v) => match Algorithm::parse(v) {
-            Some(a) => a,
-            None => {
+        Some(v) => {
+            if let Some(a) = Algorithm::parse(v) {
+                a
+            } else {
                 problems.push(Problem::field(
                     &object,
                     format!("metadata.annotations[{ALGORITHM_ANNOTATION}]"),
@@ -342,7 +343,7 @@ pub fn service_spec(svc: &Service) -> Checked<ServiceSpec> {
                 ));
                 Algorithm::default()
             }
-        },
+        }
     };
     let proxy_name = meta
         .labels
