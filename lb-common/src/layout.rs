@@ -30,6 +30,9 @@ pub mod capacity {
     /// Slots of socket-level translations (a power of two: a socket's slot is its cookie's low
     /// bits). A record may be overwritten once the node's cookie counter moved this far past it.
     pub const SOCK_SLOTS: u32 = 1 << 19;
+    /// Host-network UDP sockets' (socket, backend) pairs whose replies are given the ClusterIP
+    /// back (LRU).
+    pub const SOCK_REV: u32 = 65_536;
 }
 
 #[cfg(feature = "user")]
@@ -61,6 +64,8 @@ mod pod {
         Event,
         Trace,
         SockXlate,
+        SockRevKey,
+        SockRevValue,
         DevState,
         AgentStatus,
     );
@@ -71,6 +76,8 @@ const _: () = {
     use core::mem::{offset_of, size_of};
     assert!(size_of::<ServiceKey>() == 8);
     assert!(size_of::<SockXlate>() == 24);
+    assert!(size_of::<SockRevKey>() == 16);
+    assert!(size_of::<SockRevValue>() == 12);
     assert!(size_of::<ServiceValue>() == 20);
     assert!(size_of::<Backend>() == 16);
     assert!(size_of::<LutChunk>() == 4 * LUT_CHUNK_SLOTS);

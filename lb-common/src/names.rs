@@ -33,6 +33,8 @@ pub mod map_names {
     pub const TRACE: &str = "xlb_trace";
     /// Socket-level translations: the Service a TCP socket dialled, in the slot of its cookie.
     pub const SOCK: &str = "xlb_sock";
+    /// Host-network UDP sockets: (socket cookie, backend) → the ClusterIP their replies show.
+    pub const SOCK_REV: &str = "xlb_sock_rev";
     /// Bitmap of frontend (address, port, protocol) hashes, tested before the services lookup.
     pub const FE_FILTER: &str = "xlb_fe_filter";
     /// Bitmap of backend (address, port) hashes, tested before the conntrack reply lookup.
@@ -52,10 +54,10 @@ pub mod map_names {
     pub const XDP_STAGES: &str = "xlb_xdp_stages";
 
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         SERVICES, BACKENDS, LUT, CONNTRACK, CT_NEW, FRAGS, AFFINITY, SRC_RANGES, COUNTERS,
-        SVC_STATS, SVC_INFO, CONFIG, EVENTS, TRACE, SOCK, FE_FILTER, BE_FILTER, BE_NAT, DEVICES,
-        AGENT,
+        SVC_STATS, SVC_INFO, CONFIG, EVENTS, TRACE, SOCK, SOCK_REV, FE_FILTER, BE_FILTER, BE_NAT,
+        DEVICES, AGENT,
     ];
 }
 
@@ -71,6 +73,10 @@ pub mod prog_names {
     pub const CONNECT4: &str = "xlb_connect4";
     /// cgroup getpeername4: a socket translated at connect() reports the ClusterIP as its peer.
     pub const PEERNAME4: &str = "xlb_peername4";
+    /// cgroup sendmsg4: a host-network UDP datagram to a ClusterIP goes to a backend.
+    pub const SENDMSG4: &str = "xlb_sendmsg4";
+    /// cgroup recvmsg4: its replies show the ClusterIP as their source.
+    pub const RECVMSG4: &str = "xlb_recvmsg4";
     /// Stages (tail-called from the entry programs above; see `stage`).
     pub const POD_FRONT: &str = "xlb_pod_front";
     pub const POD_BACK: &str = "xlb_pod_back";

@@ -49,6 +49,33 @@ impl SockXlate {
     }
 }
 
+/// Key of `xlb_sock_rev`: a host-network UDP socket's datagrams to a backend, addressed to a
+/// ClusterIP (sendmsg4, connect4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockRevKey {
+    /// The socket's cookie.
+    pub cookie: u64,
+    /// The backend the datagrams went to.
+    pub backend: Ipv4,
+    /// Its port, network order.
+    pub backend_port_be: u16,
+    pub _pad: u16,
+}
+
+/// Value of `xlb_sock_rev`: the address the socket's replies from that backend come from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockRevValue {
+    /// The ClusterIP the socket addressed.
+    pub vip: Ipv4,
+    /// The addressed port, network order.
+    pub vip_port_be: u16,
+    pub _pad: u16,
+    /// Service id at send time.
+    pub svc_id: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -146,6 +146,28 @@ pub fn xlb_peername4(ctx: SockAddrContext) -> i32 {
     1
 }
 
+/// cgroup sendmsg4: a host-network UDP datagram to a ClusterIP goes to a backend.
+#[cgroup_sock_addr(sendmsg4)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the aya macro passes the context by value"
+)]
+pub fn xlb_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::sendmsg4(&ctx);
+    1
+}
+
+/// cgroup recvmsg4: replies to those datagrams show the ClusterIP as their source.
+#[cgroup_sock_addr(recvmsg4)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the aya macro passes the context by value"
+)]
+pub fn xlb_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::recvmsg4(&ctx);
+    1
+}
+
 /// Raw tracepoint `xdp_bulk_tx`: counts frames an uplink's XDP_TX could not send.
 #[raw_tracepoint(tracepoint = "xdp_bulk_tx")]
 #[expect(

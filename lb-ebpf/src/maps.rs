@@ -13,8 +13,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtValue, DEVICE_SLOTS,
-    DevState, FragKey, FragPorts, LutChunk, ServiceKey, ServiceValue, SockXlate, SrcRangeKey,
-    SvcInfo, SvcStats, Trace, capacity, counter, filter, hook, stage,
+    DevState, FragKey, FragPorts, LutChunk, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
+    SockXlate, SrcRangeKey, SvcInfo, SvcStats, Trace, capacity, counter, filter, hook, stage,
 };
 
 use crate::ctx::{TcPacket, XdpPacket};
@@ -105,6 +105,12 @@ pub static TRACE: PerCpuArray<Trace, 1> = PerCpuArray::new();
 /// same low bits takes the slot over; the record's tag (`SockXlate::seal`) tells the two apart.
 #[btf_map(name = "xlb_sock")]
 pub static SOCK: Array<SockXlate, { capacity::SOCK_SLOTS as usize }, 0> = Array::new();
+
+/// Host-network UDP sockets' datagrams to ClusterIPs, by (socket cookie, backend): the address
+/// `recvmsg4` gives their replies (LRU: nothing frees an entry when the socket closes).
+#[btf_map(name = "xlb_sock_rev")]
+pub static SOCK_REV: LruHashMap<SockRevKey, SockRevValue, { capacity::SOCK_REV as usize }> =
+    LruHashMap::new();
 
 /// Per-CPU room for what the entry program hands to a stage (its tail call runs on the same
 /// CPU, at once) and for the largest temporaries of a new flow, kept off the stack. Not

@@ -1,24 +1,35 @@
 //! Socket-level load balancing (cgroup hooks): a TCP `connect()` to a ClusterIP is pointed at a
 //! backend before the first packet exists, so the connection's packets carry the backend's
 //! address end to end and need no NAT and no conntrack entry. `getpeername()` still reports the
-//! ClusterIP, from a record in the slot of the socket's cookie (`maps::SOCK`). What this does
-//! not cover falls through to the tc path untouched: UDP (its flows re-select when a backend
-//! leaves, which a connected socket could not), session affinity of pods (it needs the client
+//! ClusterIP, from a record in the slot of the socket's cookie (`maps::SOCK`).
+//!
+//! UDP is translated here for host-network sockets only (they never cross a pod device, so
+//! tc never sees them leave): a connected socket at `connect()`, every datagram of an
+//! unconnected one at `sendmsg()` (the same backend for a socket while its table keeps it: the
+//! slot comes from the socket's cookie); `recvmsg()` gives replies the ClusterIP as their
+//! source (`maps::SOCK_REV`). A connected socket whose backend leaves is aborted by the agent
+//! (`sock_diag` destroy), so it never keeps talking to a dead backend. Pods' UDP stays on the
+//! tc path, whose flows re-select when a backend leaves.
+//!
+//! Not covered here, left to tc untouched: session affinity of pods (it needs the client
 //! address, unknown before the route is chosen; tc applies it on the pod's packets),
-//! non-ClusterIP frontends, services without backends (tc rejects them). Host-network sockets
-//! never cross a pod device, so their session affinity is applied here, keyed by the node's
-//! address (the client address every such connection has).
+//! non-ClusterIP frontends, services without backends (tc rejects them). Host-network sockets'
+//! session affinity is applied here, keyed by the node's address (the client address every
+//! such connection has).
 
 use aya_ebpf::{
     Global,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
-use lb_common::{AffinityKey, Backend, ServiceValue, SockXlate, counter, hook, kind, proto};
+use lb_common::{
+    AffinityKey, Backend, ServiceValue, SockRevKey, SockRevValue, SockXlate, counter, hook, kind,
+    proto,
+};
 
 use crate::{
     conntrack, lookup,
-    maps::{AFFINITY, SOCK, config, sock_slot},
+    maps::{AFFINITY, SOCK, SOCK_REV, config, sock_slot},
     stats::{self, SvcCounter},
 };
 
@@ -61,40 +72,83 @@ fn affine(svc: &ServiceValue, client: [u8; 4]) -> Option<Backend> {
     Some(be)
 }
 
-/// `bpf_sock_addr::protocol` of TCP.
+/// `bpf_sock_addr::protocol` of TCP and UDP.
 const IPPROTO_TCP: u32 = proto::TCP as u32;
+const IPPROTO_UDP: u32 = proto::UDP as u32;
 
-/// cgroup connect4: translates a TCP connect to a ClusterIP. Never refuses the connect.
+/// True for a socket of the node's own network namespace (a host-network process).
+#[inline(always)]
+fn host_socket(ctx: &SockAddrContext) -> bool {
+    let host = HOST_NETNS_COOKIE.load();
+    // SAFETY: the helper takes this program type's context.
+    host != 0 && unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) } == host
+}
+
+/// The ClusterIP service `addr:port` (network-order port) of protocol `l4` names, if it has
+/// backends.
+#[inline(always)]
+fn cluster_ip(addr: [u8; 4], port_be: u16, l4: u8) -> Option<ServiceValue> {
+    let port = u16::from_be(port_be);
+    if !lookup::may_be_frontend(addr, port, l4) {
+        return None;
+    }
+    let (svc, _) = lookup::frontend(addr, port, l4, hook::POD)?;
+    (svc.kind == kind::CLUSTER_IP && svc.lut_size != 0).then_some(svc)
+}
+
+/// Records that the socket `cookie` sends to `be` for `svc`'s `vip:port`: its replies from
+/// `be` are given the ClusterIP back (`recvmsg4`).
+#[inline(always)]
+fn remember_reply(cookie: u64, be: &Backend, vip: [u8; 4], vip_port_be: u16, svc_id: u32) {
+    let key = SockRevKey {
+        cookie,
+        backend: be.addr,
+        backend_port_be: be.port.to_be(),
+        _pad: 0,
+    };
+    let value = SockRevValue {
+        vip,
+        vip_port_be,
+        _pad: 0,
+        svc_id,
+    };
+    // Unchanged entries are left alone (a datagram stream rewrites nothing).
+    // SAFETY: copied out at once.
+    if unsafe { SOCK_REV.get(key) }.copied() != Some(value) {
+        let _ = SOCK_REV.insert(key, value, 0);
+    }
+}
+
+/// cgroup connect4: translates a TCP connect (any socket) or a UDP connect (a host-network
+/// socket) to a ClusterIP. Never refuses the connect.
 #[inline(always)]
 pub fn connect4(ctx: &SockAddrContext) {
     // SAFETY: the context the kernel passed; fields are read and written one by one.
     let sa = unsafe { &mut *ctx.sock_addr };
-    if sa.protocol != IPPROTO_TCP {
-        return;
-    }
+    let l4 = match sa.protocol {
+        IPPROTO_TCP => proto::TCP,
+        IPPROTO_UDP => proto::UDP,
+        _ => return,
+    };
     let Some(cfg) = config() else {
         return;
     };
     let vip = sa.user_ip4.to_ne_bytes();
     let vip_port_be = sa.user_port as u16;
-    let port = u16::from_be(vip_port_be);
-    if !lookup::may_be_frontend(vip, port, proto::TCP) {
-        return;
-    }
-    let Some((svc, _)) = lookup::frontend(vip, port, proto::TCP, hook::POD) else {
+    let Some(svc) = cluster_ip(vip, vip_port_be, l4) else {
         return;
     };
-    if svc.kind != kind::CLUSTER_IP || svc.lut_size == 0 {
+    // UDP and affinity at the socket are for host-network sockets only (pods' go through tc).
+    if (l4 == proto::UDP || svc.affinity_timeout != 0) && !host_socket(ctx) {
         return;
     }
     let be = if svc.affinity_timeout == 0 {
-        lookup::slot_backend(&svc, lookup::pick_slot(&svc)).map(|(_, be)| be)
-    } else {
-        let host = HOST_NETNS_COOKIE.load();
-        // SAFETY: the helper takes this program type's context.
-        if host == 0 || unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) } != host {
+        // Checked again after the helper calls above (see `affine`).
+        if svc.lut_size == 0 {
             return;
         }
+        lookup::slot_backend(&svc, lookup::pick_slot(&svc)).map(|(_, be)| be)
+    } else {
         affine(&svc, cfg.snat_addr)
     };
     let Some(be) = be else {
@@ -117,10 +171,72 @@ pub fn connect4(ctx: &SockAddrContext) {
     rec.seal(cookie);
     // SAFETY: a slot of the map value array; a later socket may take it over at any time.
     unsafe { *slot = rec };
+    if l4 == proto::UDP {
+        remember_reply(cookie, &be, vip, vip_port_be, svc.svc_id);
+    }
     sa.user_ip4 = u32::from_ne_bytes(be.addr);
     sa.user_port = u32::from(rec.backend_port_be);
     stats::count(counter::SOCK_XLATE);
     stats::svc(svc.svc_id, SvcCounter::NewFlow, 0);
+}
+
+/// cgroup sendmsg4: a host-network socket's datagram addressed to a ClusterIP goes to a
+/// backend, the same one for every datagram of the socket while the service's table keeps
+/// it there (the slot comes from the socket's cookie).
+#[inline(always)]
+pub fn sendmsg4(ctx: &SockAddrContext) {
+    // SAFETY: as in `connect4`.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.protocol != IPPROTO_UDP {
+        return;
+    }
+    let vip = sa.user_ip4.to_ne_bytes();
+    let vip_port_be = sa.user_port as u16;
+    let Some(svc) = cluster_ip(vip, vip_port_be, proto::UDP) else {
+        return;
+    };
+    if !host_socket(ctx) {
+        return;
+    }
+    // SAFETY: the helper takes this program type's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let mixed = (cookie ^ (cookie >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+    // The division right after its check (see `affine`).
+    if svc.lut_size == 0 {
+        return;
+    }
+    let slot = (mixed as u32) % svc.lut_size;
+    let Some((_, be)) = lookup::slot_backend(&svc, slot) else {
+        return;
+    };
+    remember_reply(cookie, &be, vip, vip_port_be, svc.svc_id);
+    sa.user_ip4 = u32::from_ne_bytes(be.addr);
+    sa.user_port = u32::from(be.port.to_be());
+    stats::count(counter::SOCK_XLATE);
+}
+
+/// cgroup recvmsg4: a datagram from a backend a host-network socket was sent to for a
+/// ClusterIP shows the ClusterIP as its source.
+#[inline(always)]
+pub fn recvmsg4(ctx: &SockAddrContext) {
+    // SAFETY: as in `connect4`.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.protocol != IPPROTO_UDP {
+        return;
+    }
+    // SAFETY: the helper takes this program type's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let key = SockRevKey {
+        cookie,
+        backend: sa.user_ip4.to_ne_bytes(),
+        backend_port_be: sa.user_port as u16,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once.
+    if let Some(v) = unsafe { SOCK_REV.get(key) }.copied() {
+        sa.user_ip4 = u32::from_ne_bytes(v.vip);
+        sa.user_port = u32::from(v.vip_port_be);
+    }
 }
 
 /// cgroup getpeername4: a socket connected to a backend by `connect4` names the ClusterIP.
@@ -128,7 +244,7 @@ pub fn connect4(ctx: &SockAddrContext) {
 pub fn getpeername4(ctx: &SockAddrContext) {
     // SAFETY: as in `connect4`.
     let sa = unsafe { &mut *ctx.sock_addr };
-    if sa.protocol != IPPROTO_TCP {
+    if sa.protocol != IPPROTO_TCP && sa.protocol != IPPROTO_UDP {
         return;
     }
     // SAFETY: the helper takes this program type's context.

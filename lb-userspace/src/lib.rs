@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod model;
 pub mod par;
 pub mod problem;
+pub mod sockdiag;
 pub mod source;
 pub mod status;
 pub mod sync;

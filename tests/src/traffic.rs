@@ -340,8 +340,21 @@ pub fn tcp_requests_from_cgroup(
     to: SocketAddr,
     n: usize,
 ) -> Vec<std::io::Result<Reply>> {
+    requests_from_cgroup(bin, "--tcp", ns, cgroup, to, n)
+}
+
+/// `tcp_requests_from_cgroup` in another of `xlb-test-client`'s modes (`--udp`,
+/// `--udp-connected`).
+pub fn requests_from_cgroup(
+    bin: &std::path::Path,
+    mode: &str,
+    ns: &Netns,
+    cgroup: &std::path::Path,
+    to: SocketAddr,
+    n: usize,
+) -> Vec<std::io::Result<Reply>> {
     let mut cmd = std::process::Command::new(bin);
-    cmd.args([to.to_string(), n.to_string()])
+    cmd.args([mode.to_owned(), to.to_string(), n.to_string()])
         .stdin(std::process::Stdio::null());
     crate::agent::in_netns(&mut cmd, &ns.path());
     crate::agent::in_cgroup(&mut cmd, cgroup);

@@ -15,8 +15,8 @@ use xlb_tests::{
     netns::{require_root, unique_tag},
     topology::Node,
     traffic::{
-        Servers, eventually, spread, tcp_request_from_port, tcp_requests, tcp_requests_from_cgroup,
-        udp_requests,
+        Servers, eventually, requests_from_cgroup, spread, tcp_request_from_port, tcp_requests,
+        tcp_requests_from_cgroup, udp_requests,
     },
 };
 
@@ -1032,4 +1032,200 @@ fn host_network_clients_keep_their_session_affinity_at_the_socket() {
             .is_ok_and(|r| r.from == SocketAddr::from((VIP, 80)))
     }));
     drop(servers);
+}
+
+#[test]
+fn host_network_udp_reaches_cluster_ips_at_the_socket_and_a_connected_socket_leaves_a_gone_backend()
+{
+    const DNS: &str = "default/dns:dns/UDP";
+    let (tag, node) = cluster(2);
+    let dir = WorkDir::new(&tag);
+    let mut servers = Servers::new();
+    for (i, pod) in node.pods.iter().enumerate().skip(1) {
+        servers.udp(&pod.ns, SocketAddr::from((pod.ip, 5353)), &format!("b{i}"));
+    }
+    let dns = [Port {
+        name: "dns",
+        port: 53,
+        proto: "UDP",
+        target: "5353",
+        node_port: None,
+    }];
+    let with = |pods: &[usize]| {
+        let eps: Vec<Ep> = pods
+            .iter()
+            .map(|i| Ep::ready(node.pods[*i].ip, "n1"))
+            .collect();
+        docs(&[
+            service("dns", VIP, &dns, ""),
+            slice("dns-1", "dns", &[("dns", 5353, "UDP")], &eps),
+        ])
+    };
+    let path = dir.write("services.yaml", &with(&[1, 2]));
+    let pins = PinDir::new(&tag);
+    let agent = Agent::start_on_node(&node.ns, &pins, &path, "n1");
+    agent.wait_active(DNS, 2);
+    // Processes of the node itself (host network), in the agent's cgroup: their datagrams
+    // never cross a pod device, so only the socket hooks can translate them.
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_xlb-test-client"));
+    let to = SocketAddr::from((VIP, 53));
+    let before = agent.counter("sock_xlate");
+    for mode in ["--udp", "--udp-connected"] {
+        let replies = requests_from_cgroup(bin, mode, &node.ns, &pins.cgroup, to, 20);
+        let seen = spread(&replies);
+        assert!(!seen.contains_key("<error>"), "{mode}: {seen:?}");
+        assert!(
+            replies
+                .iter()
+                .all(|r| r.as_ref().is_ok_and(|r| r.from == to)),
+            "{mode}: every answer comes from the ClusterIP: {replies:?}"
+        );
+        if mode == "--udp-connected" {
+            assert_eq!(seen.len(), 1, "one connected socket, one backend: {seen:?}");
+        }
+    }
+    // 20 datagrams, 20 unconnected sockets, then one connect.
+    assert!(agent.counter("sock_xlate") - before >= 21);
+
+    // A connected socket on b1 while b1 leaves the Service (its pod still answers): the agent
+    // aborts the socket, and the client's reconnect reaches b2.
+    dir.write("services.yaml", &with(&[1]));
+    agent.wait_active(DNS, 1);
+    let (replies, ()) = std::thread::scope(|s| {
+        let client = s
+            .spawn(|| requests_from_cgroup(bin, "--udp-connected", &node.ns, &pins.cgroup, to, 80));
+        std::thread::sleep(Duration::from_millis(1500));
+        dir.write("services.yaml", &with(&[2]));
+        agent.wait_active(DNS, 1);
+        (client.join().expect("client"), ())
+    });
+    let names: Vec<String> = replies
+        .iter()
+        .map(|r| {
+            r.as_ref()
+                .map_or_else(|_| "<error>".to_owned(), |r| r.backend.clone())
+        })
+        .collect();
+    let first_b2 = names.iter().position(|n| n == "b2");
+    assert!(
+        names.first().is_some_and(|n| n == "b1") && first_b2.is_some(),
+        "the socket stayed on the gone backend: {names:?}"
+    );
+    let after = &names[first_b2.unwrap_or(0)..];
+    assert!(
+        after.iter().all(|n| n == "b2") && after.len() >= 10,
+        "after the reconnect only the live backend: {names:?}"
+    );
+    assert!(
+        agent.logs().contains("aborted host-network UDP sockets"),
+        "{}",
+        agent.logs()
+    );
+    drop(servers);
+}
+
+/// `/etc/netns/<ns>/<file>`, which `ip netns exec <ns>` mounts over `/etc/<file>`; removed
+/// when dropped.
+struct NetnsEtc(std::path::PathBuf);
+
+impl NetnsEtc {
+    fn write(ns: &str, file: &str, text: &str) -> Self {
+        let dir = std::path::Path::new("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).expect("/etc/netns");
+        std::fs::write(dir.join(file), text).expect("write");
+        Self(dir)
+    }
+}
+
+impl Drop for NetnsEtc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_host_network_resolver_queries_a_dns_server_behind_a_udp_cluster_ip() {
+    let (tag, node) = cluster(1);
+    let dir = WorkDir::new(&tag);
+    let server = &node.pods[1];
+    // dnsmasq, as a cluster DNS pod would run it, answering one name.
+    let mut cmd = std::process::Command::new("dnsmasq");
+    cmd.args([
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--pid-file=",
+        "--bind-interfaces",
+        "--port=5353",
+        &format!("--listen-address={}", server.ip),
+        "--address=/web.cluster.test/10.1.2.3",
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
+    xlb_tests::agent::in_netns(&mut cmd, &server.ns.path());
+    let mut dnsmasq = KillOnDrop(cmd.spawn().expect("dnsmasq (package dnsmasq-base)"));
+    let dns = [Port {
+        name: "dns",
+        port: 53,
+        proto: "UDP",
+        target: "5353",
+        node_port: None,
+    }];
+    let yaml = docs(&[
+        service("kube-dns", VIP, &dns, ""),
+        slice(
+            "kube-dns-1",
+            "kube-dns",
+            &[("dns", 5353, "UDP")],
+            &[Ep::ready(server.ip, "n1")],
+        ),
+    ]);
+    let path = dir.write("services.yaml", &yaml);
+    let pins = PinDir::new(&tag);
+    let agent = Agent::start_on_node(&node.ns, &pins, &path, "n1");
+    agent.wait_active("default/kube-dns:dns/UDP", 1);
+    assert!(
+        dnsmasq.0.try_wait().expect("dnsmasq").is_none(),
+        "dnsmasq exited"
+    );
+    // The node's resolver points at the ClusterIP; `ip netns exec` mounts it over
+    // /etc/resolv.conf, and glibc's resolver runs in a host-network process of the cgroup.
+    let _etc = NetnsEtc::write(
+        &node.ns.name,
+        "resolv.conf",
+        &format!("nameserver {VIP}\noptions timeout:1 attempts:3\n"),
+    );
+    let mut getent = std::process::Command::new("ip");
+    getent
+        .args([
+            "netns",
+            "exec",
+            &node.ns.name,
+            "getent",
+            "ahostsv4",
+            "web.cluster.test",
+        ])
+        .stdin(std::process::Stdio::null());
+    xlb_tests::agent::in_cgroup(&mut getent, &pins.cgroup);
+    let out = getent.output().expect("getent");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("10.1.2.3"),
+        "getent through the ClusterIP: {out:?}\n{}",
+        agent.logs()
+    );
+    assert!(agent.counter("sock_xlate") >= 1);
+    drop(dnsmasq);
+}
+
+/// A child process killed (and reaped) when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -27,6 +27,8 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("man", "man-db"),
     // The end-to-end benchmark's beds run an iperf3 server (benches/tests).
     ("iperf3", "iperf3"),
+    // A real DNS server behind a UDP ClusterIP (tests/clusterip.rs).
+    ("dnsmasq", "dnsmasq-base"),
 ];
 
 /// Extra packages of the end-to-end benchmarks.

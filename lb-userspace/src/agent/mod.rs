@@ -7,6 +7,7 @@
 //! host keeps (`bpf::pins::resolve`), and the stop message says what the pins show.
 
 mod attach;
+mod stale;
 
 pub use attach::mode_text;
 
@@ -509,6 +510,8 @@ struct SyncState {
     synced_once: bool,
     /// Services that failed at the last pass.
     failures: usize,
+    /// Active backends of UDP ClusterIPs (to abort the sockets of those that leave).
+    udp: stale::UdpBackends,
 }
 
 impl SyncState {
@@ -548,13 +551,28 @@ fn sync_now(
         st.logged_problems = problems;
     }
     // The first pass diffs everything against what a previous agent left in the maps.
-    let report = if st.full || !st.synced_once {
+    let full = st.full || !st.synced_once;
+    let report = if full {
         st.full = false;
         sync.apply(translator.desired())
     } else {
         sync.apply_changes(translator.desired(), &changed)
     };
     st.synced_once = true;
+    let gone = st
+        .udp
+        .update(translator.desired(), (!full).then_some(&changed));
+    if !gone.is_empty() {
+        match stale::abort_sockets(&sync.writer().dir, &gone) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                sockets = n,
+                backends = gone.len(),
+                "aborted host-network UDP sockets connected to backends that left"
+            ),
+            Err(e) => tracing::warn!(error = %e, "aborting UDP sockets of backends that left"),
+        }
+    }
     if report.writes > 1000 {
         // A big sync (start-up, mass change) leaves parse and table buffers in the allocator's
         // free lists: hand them back to the kernel.

@@ -17,8 +17,8 @@ use std::{
 use aya::maps::{MapInfo, MapType};
 use lb_common::{
     AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtValue, DevState, FragKey,
-    FragPorts, LAYOUT_VERSION, ServiceKey, ServiceValue, SockXlate, SrcRangeKey, SvcInfo, SvcStats,
-    Trace, map_names as names,
+    FragPorts, LAYOUT_VERSION, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SockXlate,
+    SrcRangeKey, SvcInfo, SvcStats, Trace, map_names as names,
 };
 
 /// A problem with the pin directory.
@@ -280,7 +280,7 @@ pub fn ensure_dir(dir: &Path) -> Result<(), PinError> {
 }
 
 /// Type, key size and value size each map must have.
-pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 20] {
+pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 21] {
     use std::mem::size_of;
     [
         (
@@ -333,6 +333,12 @@ pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 20] {
         (names::EVENTS, MapType::RingBuf, 0, 0),
         (names::TRACE, MapType::PerCpuArray, 4, size_of::<Trace>()),
         (names::SOCK, MapType::Array, 4, size_of::<SockXlate>()),
+        (
+            names::SOCK_REV,
+            MapType::LruHash,
+            size_of::<SockRevKey>(),
+            size_of::<SockRevValue>(),
+        ),
         (names::FE_FILTER, MapType::Array, 4, 8),
         (names::BE_FILTER, MapType::Array, 4, 8),
         (names::BE_NAT, MapType::Array, 4, 64),

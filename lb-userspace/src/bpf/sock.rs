@@ -1,4 +1,5 @@
-//! Socket-level load balancing: the cgroup connect4/getpeername4 programs, attached to a cgroup
+//! Socket-level load balancing: the cgroup connect4/getpeername4/sendmsg4/recvmsg4 programs,
+//! attached to a cgroup
 //! v2 directory (by default the root of the first cgroup2 mount, i.e. every process of the node,
 //! pods and host-network processes alike). Their links are pinned like the tc/XDP ones, so
 //! they outlive the agent; a new agent attaches its programs and swaps the pin over, which
@@ -45,9 +46,11 @@ impl FromStr for CgroupOpt {
 }
 
 /// The socket programs and their pin names under `<dir>/links`.
-const PROGRAMS: [(&str, &str); 2] = [
+pub const PROGRAMS: [(&str, &str); 4] = [
     (prog_names::CONNECT4, "sock-connect4"),
     (prog_names::PEERNAME4, "sock-peername4"),
+    (prog_names::SENDMSG4, "sock-sendmsg4"),
+    (prog_names::RECVMSG4, "sock-recvmsg4"),
 ];
 
 /// The first cgroup2 mount point listed in `/proc/self/mountinfo`.

@@ -237,9 +237,9 @@ pub fn gather(dir: &Path, sample: Duration) -> StatusView {
         });
     }
     let socket_lb = Some(from_text(&st.cgroup)).filter(|c| !c.is_empty());
-    let socket_hooks_pinned = ["sock-connect4", "sock-peername4"]
+    let socket_hooks_pinned = crate::bpf::sock::PROGRAMS
         .iter()
-        .all(|p| pinned(&dir.join("links").join(p)));
+        .all(|(_, p)| pinned(&dir.join("links").join(p)));
     // Drops that move while we look.
     let before = maps.counters_sum().unwrap_or_default();
     if !sample.is_zero() {

@@ -1,0 +1,178 @@
+//! Host-network UDP sockets connected to a backend that left. `connect()` to a UDP ClusterIP
+//! from a host-network process connects the socket to a backend (socket-level translation), and
+//! nothing on the packet path moves it later. After each sync the agent finds the backends no
+//! UDP ClusterIP has active any more and aborts the sockets the datapath connected to them
+//! (`sockdiag`): the application's next `send()` fails and its reconnect picks a live backend.
+//! Sockets connected to those addresses directly (not through a ClusterIP) are left alone: only
+//! a socket whose `xlb_sock` record names that backend is aborted.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    net::Ipv4Addr,
+    path::Path,
+};
+
+use aya::maps::{Array, MapData};
+use lb_common::{SockXlate, capacity, map_names};
+
+use crate::{
+    model::{DesiredState, EndpointState, FrontendKind, LbService, Protocol},
+    sockdiag,
+};
+
+/// Active backends of UDP ClusterIP services: per service, and how many services each has.
+#[derive(Default)]
+pub struct UdpBackends {
+    by_service: HashMap<String, Vec<(Ipv4Addr, u16)>>,
+    refs: HashMap<(Ipv4Addr, u16), u32>,
+}
+
+/// `svc`'s active backends if it has a UDP ClusterIP frontend.
+fn udp_backends(svc: &LbService) -> Vec<(Ipv4Addr, u16)> {
+    let udp_cluster_ip = svc
+        .frontends
+        .iter()
+        .any(|f| f.proto == Protocol::Udp && f.kind == FrontendKind::ClusterIp);
+    if !udp_cluster_ip {
+        return Vec::new();
+    }
+    svc.endpoints
+        .iter()
+        .filter(|e| e.state == EndpointState::Active)
+        .map(|e| (e.addr, e.port))
+        .collect()
+}
+
+impl UdpBackends {
+    /// Follows `desired` for the services `names` (every service if None); returns the
+    /// backends that no UDP ClusterIP service has active any more.
+    pub fn update(
+        &mut self,
+        desired: &DesiredState,
+        names: Option<&BTreeSet<String>>,
+    ) -> HashSet<(Ipv4Addr, u16)> {
+        let all: BTreeSet<String>;
+        let names = if let Some(n) = names {
+            n
+        } else {
+            all = self
+                .by_service
+                .keys()
+                .chain(desired.services.keys())
+                .cloned()
+                .collect();
+            &all
+        };
+        let mut dropped = Vec::new();
+        for name in names {
+            let new = desired
+                .services
+                .get(name)
+                .map(udp_backends)
+                .unwrap_or_default();
+            for b in &new {
+                *self.refs.entry(*b).or_default() += 1;
+            }
+            let old = if new.is_empty() {
+                self.by_service.remove(name)
+            } else {
+                self.by_service.insert(name.clone(), new)
+            };
+            for b in old.unwrap_or_default() {
+                if let Some(n) = self.refs.get_mut(&b) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.refs.remove(&b);
+                        dropped.push(b);
+                    }
+                }
+            }
+        }
+        dropped
+            .into_iter()
+            .filter(|b| !self.refs.contains_key(b))
+            .collect()
+    }
+}
+
+/// Aborts the host-network UDP sockets the datapath (pins under `bpffs`) connected to one of
+/// `gone`; returns how many.
+pub fn abort_sockets(bpffs: &Path, gone: &HashSet<(Ipv4Addr, u16)>) -> anyhow::Result<usize> {
+    let data = MapData::from_pin(bpffs.join(map_names::SOCK))?;
+    let sock: Array<MapData, SockXlate> = Array::try_from(aya::maps::Map::Array(data))?;
+    let n = sockdiag::abort_connected_udp(|cookie, addr, port| {
+        if !gone.contains(&(addr, port)) {
+            return false;
+        }
+        let slot = (cookie & u64::from(capacity::SOCK_SLOTS - 1)) as u32;
+        sock.get(&slot, 0).is_ok_and(|r| {
+            r.cookie() == cookie && r.backend == addr.octets() && r.backend_port_be == port.to_be()
+        })
+    })?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Endpoint, Frontend, Scope};
+
+    fn svc(name: &str, proto: Protocol, eps: &[(u8, EndpointState)]) -> LbService {
+        LbService {
+            name: name.into(),
+            frontends: vec![Frontend {
+                addr: Ipv4Addr::new(10, 96, 0, 10),
+                port: 53,
+                proto,
+                scope: Scope::External,
+                kind: FrontendKind::ClusterIp,
+                source_ranges: false,
+            }],
+            endpoints: eps
+                .iter()
+                .map(|(last, state)| Endpoint {
+                    addr: Ipv4Addr::new(10, 244, 0, *last),
+                    port: 53,
+                    weight: 1,
+                    local: true,
+                    state: *state,
+                    node: None,
+                })
+                .collect(),
+            algorithm: crate::model::Algorithm::Maglev,
+            affinity_timeout: 0,
+            source_ranges: Vec::new(),
+            ext_local: false,
+        }
+    }
+
+    fn state(svcs: Vec<LbService>) -> DesiredState {
+        DesiredState {
+            services: svcs.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_backend_is_gone_once_no_udp_cluster_ip_has_it_active() {
+        use EndpointState::{Active, Terminating};
+        let ip = |l| (Ipv4Addr::new(10, 244, 0, l), 53);
+        let mut t = UdpBackends::default();
+        let d = state(vec![
+            svc("dns/udp", Protocol::Udp, &[(1, Active), (2, Active)]),
+            svc("other/udp", Protocol::Udp, &[(2, Active)]),
+            svc("dns/tcp", Protocol::Tcp, &[(3, Active)]),
+        ]);
+        assert!(t.update(&d, None).is_empty());
+        // 1 terminates, 2 leaves dns/udp but other/udp still has it.
+        let d = state(vec![
+            svc("dns/udp", Protocol::Udp, &[(1, Terminating)]),
+            svc("other/udp", Protocol::Udp, &[(2, Active)]),
+            svc("dns/tcp", Protocol::Tcp, &[]),
+        ]);
+        let names: BTreeSet<String> = ["dns/udp".into(), "dns/tcp".into()].into();
+        assert_eq!(t.update(&d, Some(&names)), HashSet::from([ip(1)]));
+        // other/udp deleted: 2 goes too; TCP backends never count.
+        let d = state(vec![svc("dns/udp", Protocol::Udp, &[])]);
+        assert_eq!(t.update(&d, None), HashSet::from([ip(2)]));
+    }
+}
