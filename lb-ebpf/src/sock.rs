@@ -11,9 +11,14 @@
 //! (`sock_diag` destroy), so it never keeps talking to a dead backend. Pods' UDP stays on the
 //! tc path, whose flows re-select when a backend leaves.
 //!
+//! Host-network sockets also reach NodePorts (on a node address and on `127.0.0.1`, as
+//! kube-proxy's `localhostNodePorts`), LoadBalancer IPs and externalIPs here: their packets
+//! would otherwise go to the local stack or out of the node, past every xlb hook. What the
+//! socket dialled is what `getpeername()` and `recvmsg()` report.
+//!
 //! Not covered here, left to tc untouched: session affinity of pods (it needs the client
 //! address, unknown before the route is chosen; tc applies it on the pod's packets),
-//! non-ClusterIP frontends, services without backends (tc rejects them). Host-network sockets'
+//! pods' non-ClusterIP frontends, services without backends (tc rejects them). Host-network sockets'
 //! session affinity is applied here, keyed by the node's address (the client address every
 //! such connection has).
 
@@ -84,16 +89,24 @@ fn host_socket(ctx: &SockAddrContext) -> bool {
     host != 0 && unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) } == host
 }
 
-/// The ClusterIP service `addr:port` (network-order port) of protocol `l4` names, if it has
-/// backends.
+/// The service a socket dialling `addr:port` (network-order port) over `l4` reaches, if it has
+/// backends, and whether only host-network sockets are translated for it. A ClusterIP is
+/// translated for every socket. NodePorts (on a node address, or on loopback as on the node's
+/// address, `Config::snat_addr`), LoadBalancer IPs and externalIPs only for host-network ones:
+/// a pod's packets to them cross its device, where tc translates them.
 #[inline(always)]
-fn cluster_ip(addr: [u8; 4], port_be: u16, l4: u8) -> Option<ServiceValue> {
+fn service_for(addr: [u8; 4], port_be: u16, l4: u8, node: [u8; 4]) -> Option<(ServiceValue, bool)> {
     let port = u16::from_be(port_be);
-    if !lookup::may_be_frontend(addr, port, l4) {
+    let loopback = addr[0] == 127;
+    let key_addr = if loopback { node } else { addr };
+    if !lookup::may_be_frontend(key_addr, port, l4) {
         return None;
     }
-    let (svc, _) = lookup::frontend(addr, port, l4, hook::POD)?;
-    (svc.kind == kind::CLUSTER_IP && svc.lut_size != 0).then_some(svc)
+    let (svc, _) = lookup::frontend(key_addr, port, l4, hook::POD)?;
+    if svc.lut_size == 0 || (loopback && svc.kind != kind::NODE_PORT) {
+        return None;
+    }
+    Some((svc, svc.kind != kind::CLUSTER_IP))
 }
 
 /// Records that the socket `cookie` sends to `be` for `svc`'s `vip:port`: its replies from
@@ -119,8 +132,9 @@ fn remember_reply(cookie: u64, be: &Backend, vip: [u8; 4], vip_port_be: u16, svc
     }
 }
 
-/// cgroup connect4: translates a TCP connect (any socket) or a UDP connect (a host-network
-/// socket) to a ClusterIP. Never refuses the connect.
+/// cgroup connect4: translates a TCP connect to a ClusterIP (any socket), and for a
+/// host-network socket a UDP connect and connects to NodePorts, LoadBalancer IPs and
+/// externalIPs (`service_for`). Never refuses the connect.
 #[inline(always)]
 pub fn connect4(ctx: &SockAddrContext) {
     // SAFETY: the context the kernel passed; fields are read and written one by one.
@@ -135,11 +149,12 @@ pub fn connect4(ctx: &SockAddrContext) {
     };
     let vip = sa.user_ip4.to_ne_bytes();
     let vip_port_be = sa.user_port as u16;
-    let Some(svc) = cluster_ip(vip, vip_port_be, l4) else {
+    let Some((svc, host_only)) = service_for(vip, vip_port_be, l4, cfg.snat_addr) else {
         return;
     };
-    // UDP and affinity at the socket are for host-network sockets only (pods' go through tc).
-    if (l4 == proto::UDP || svc.affinity_timeout != 0) && !host_socket(ctx) {
+    // UDP, affinity and frontends other than ClusterIPs at the socket are for host-network
+    // sockets only (pods' go through tc).
+    if (host_only || l4 == proto::UDP || svc.affinity_timeout != 0) && !host_socket(ctx) {
         return;
     }
     let be = if svc.affinity_timeout == 0 {
@@ -180,8 +195,8 @@ pub fn connect4(ctx: &SockAddrContext) {
     stats::svc(svc.svc_id, SvcCounter::NewFlow, 0);
 }
 
-/// cgroup sendmsg4: a host-network socket's datagram addressed to a ClusterIP goes to a
-/// backend, the same one for every datagram of the socket while the service's table keeps
+/// cgroup sendmsg4: a host-network socket's datagram addressed to a service (`service_for`)
+/// goes to a backend, the same one for every datagram of the socket while the service's table keeps
 /// it there (the slot comes from the socket's cookie).
 #[inline(always)]
 pub fn sendmsg4(ctx: &SockAddrContext) {
@@ -192,7 +207,10 @@ pub fn sendmsg4(ctx: &SockAddrContext) {
     }
     let vip = sa.user_ip4.to_ne_bytes();
     let vip_port_be = sa.user_port as u16;
-    let Some(svc) = cluster_ip(vip, vip_port_be, proto::UDP) else {
+    let Some(cfg) = config() else {
+        return;
+    };
+    let Some((svc, _)) = service_for(vip, vip_port_be, proto::UDP, cfg.snat_addr) else {
         return;
     };
     if !host_socket(ctx) {

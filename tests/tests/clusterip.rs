@@ -1229,3 +1229,91 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn host_network_processes_reach_node_ports_on_node_addresses_and_loopback_and_lb_and_external_ips()
+{
+    let (tag, node) = cluster(1);
+    let dir = WorkDir::new(&tag);
+    let node_ip = Ipv4Addr::new(192, 168, 77, 1);
+    node.ns
+        .ip(&["addr", "add", &format!("{node_ip}/32"), "dev", "lo"]);
+    let mut servers = Servers::new();
+    let pod = &node.pods[1];
+    servers.tcp(&pod.ns, SocketAddr::from((pod.ip, 8080)), "b1");
+    servers.udp(&pod.ns, SocketAddr::from((pod.ip, 5353)), "b1");
+    let ports = [
+        Port {
+            name: "http",
+            port: 80,
+            proto: "TCP",
+            target: "8080",
+            node_port: Some(30080),
+        },
+        Port {
+            name: "dns",
+            port: 53,
+            proto: "UDP",
+            target: "5353",
+            node_port: Some(30053),
+        },
+    ];
+    let yaml = docs(&[
+        service(
+            "lb",
+            VIP,
+            &ports,
+            "  type: LoadBalancer\n  externalIPs: [203.0.113.5]\nstatus:\n  loadBalancer:\n    ingress: [{ip: 192.0.2.50}]\n",
+        ),
+        slice(
+            "lb-1",
+            "lb",
+            &[("http", 8080, "TCP"), ("dns", 5353, "UDP")],
+            &[Ep::ready(pod.ip, "n1")],
+        ),
+    ]);
+    let path = dir.write("services.yaml", &yaml);
+    let services = path.to_str().expect("path").to_owned();
+    let pins = PinDir::new(&tag);
+    let agent = Agent::start(
+        &node.ns,
+        &pins,
+        &[
+            "--services",
+            &services,
+            "--node-name",
+            "n1",
+            "--node-ip",
+            &node_ip.to_string(),
+            "--pod-devices",
+            "xp*",
+        ],
+    );
+    agent.wait_active("default/lb:http/TCP", 1);
+    agent.wait_active("default/lb:dns/UDP", 1);
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_xlb-test-client"));
+    let targets: [([u8; 4], u16, u16, &str); 4] = [
+        (
+            node_ip.octets(),
+            30080,
+            30053,
+            "a NodePort on the node's address",
+        ),
+        ([127, 0, 0, 1], 30080, 30053, "a NodePort on loopback"),
+        ([192, 0, 2, 50], 80, 53, "a LoadBalancer IP"),
+        ([203, 0, 113, 5], 80, 53, "an externalIP"),
+    ];
+    for (addr, tcp_port, udp_port, what) in targets {
+        for (mode, port) in [("--tcp", tcp_port), ("--udp", udp_port)] {
+            let to = SocketAddr::from((addr, port));
+            let replies = requests_from_cgroup(bin, mode, &node.ns, &pins.cgroup, to, 5);
+            assert!(
+                replies
+                    .iter()
+                    .all(|r| r.as_ref().is_ok_and(|r| r.backend == "b1" && r.from == to)),
+                "{what} {mode} {to} from a host-network process: {replies:?}"
+            );
+        }
+    }
+    drop(servers);
+}
