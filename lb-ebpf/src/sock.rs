@@ -43,6 +43,11 @@ use crate::{
 #[unsafe(no_mangle)]
 static HOST_NETNS_COOKIE: Global<u64> = Global::new(0);
 
+/// 1: only host-network sockets are translated (`--socket-lb-scope host`); pods' connects go
+/// through tc. Set at load.
+#[unsafe(no_mangle)]
+static SOCK_HOST_ONLY: Global<u8> = Global::new(0);
+
 /// The backend for a host-network socket's connect to an affinity service: the one its client
 /// (this node, `client`) had within the timeout, else a new pick, recorded.
 #[inline(always)]
@@ -154,7 +159,8 @@ pub fn connect4(ctx: &SockAddrContext) {
     };
     // UDP, affinity and frontends other than ClusterIPs at the socket are for host-network
     // sockets only (pods' go through tc).
-    if (host_only || l4 == proto::UDP || svc.affinity_timeout != 0) && !host_socket(ctx) {
+    let host_only = host_only || l4 == proto::UDP || svc.affinity_timeout != 0;
+    if (host_only || SOCK_HOST_ONLY.load() != 0) && !host_socket(ctx) {
         return;
     }
     let be = if svc.affinity_timeout == 0 {

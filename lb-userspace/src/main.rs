@@ -384,11 +384,17 @@ struct AgentArgs {
     /// XDP mode on uplinks.
     #[arg(long, env = "XLB_XDP_MODE", value_enum, default_value_t = XdpModeOpt::Auto)]
     xdp_mode: XdpModeOpt,
-    /// cgroup v2 directory whose processes' TCP connects to ClusterIPs are translated at the
-    /// socket (no per-packet NAT): `auto` (the first cgroup2 mount: the whole node), a path, or
-    /// `off` (every connection takes the tc path).
+    /// cgroup v2 directory whose processes' connects (and host-network processes' UDP
+    /// datagrams) to Services are translated at the socket (no per-packet NAT): `auto` (the
+    /// first cgroup2 mount: the whole node), a path, or `off` (every connection takes the tc
+    /// path).
     #[arg(long, env = "XLB_CGROUP", default_value = "auto")]
     cgroup: CgroupOpt,
+    /// Whose sockets are translated: `all` (pods and host-network processes), or `host`
+    /// (host-network processes only; pods' connects then go through tc, for service meshes,
+    /// KubeVirt or Kata that must see the ClusterIP). Applies when the programs are loaded.
+    #[arg(long, env = "XLB_SOCKET_LB_SCOPE", default_value = "all", value_parser = ["all", "host"])]
+    socket_lb_scope: String,
     /// Prometheus metrics address (`/metrics`); `off` disables.
     #[arg(long, env = "XLB_METRICS_ADDR", default_value = "127.0.0.1:10249", value_parser = parse_listen)]
     metrics_addr: Listen,
@@ -503,6 +509,7 @@ fn agent_config(a: AgentArgs) -> AgentConfig {
             frontends: a.max.max_frontends,
             backends: a.max.max_backends,
             service_cidrs: service_cidrs(&a.service_cidrs),
+            socket_lb_host_only: a.socket_lb_scope == "host",
             ..Capacities::default()
         },
         hairpin_addr: a.hairpin_addr,

@@ -1317,3 +1317,76 @@ fn host_network_processes_reach_node_ports_on_node_addresses_and_loopback_and_lb
     }
     drop(servers);
 }
+
+#[test]
+fn socket_lb_scope_host_leaves_pods_connects_to_tc_and_translates_host_network_ones() {
+    let (tag, node) = cluster(1);
+    let dir = WorkDir::new(&tag);
+    let mut servers = Servers::new();
+    let pod = &node.pods[1];
+    servers.tcp(&pod.ns, SocketAddr::from((pod.ip, 8080)), "b1");
+    let http = [Port {
+        name: "http",
+        port: 80,
+        proto: "TCP",
+        target: "8080",
+        node_port: None,
+    }];
+    let yaml = docs(&[
+        service("web", VIP, &http, ""),
+        slice(
+            "web-1",
+            "web",
+            &[("http", 8080, "TCP")],
+            &[Ep::ready(pod.ip, "n1")],
+        ),
+    ]);
+    let path = dir.write("services.yaml", &yaml);
+    let services = path.to_str().expect("path").to_owned();
+    let pins = PinDir::new(&tag);
+    let agent = Agent::start(
+        &node.ns,
+        &pins,
+        &[
+            "--services",
+            &services,
+            "--node-name",
+            "n1",
+            "--pod-devices",
+            "xp*",
+            "--socket-lb-scope",
+            "host",
+        ],
+    );
+    agent.wait_active("default/web:http/TCP", 1);
+    let to = SocketAddr::from((VIP, 80));
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_xlb-test-client"));
+    // A pod (in the node's cgroup, as every pod is): served through tc, not at the socket.
+    let client = &node.pods[0];
+    let (sock0, ct0) = (agent.counter("sock_xlate"), agent.counter("ct_new"));
+    let replies = requests_from_cgroup(bin, "--tcp", &client.ns, &pins.cgroup, to, 10);
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|r| r.backend == "b1" && r.from == to)),
+        "{replies:?}"
+    );
+    assert_eq!(
+        agent.counter("sock_xlate"),
+        sock0,
+        "a pod's connect was translated at the socket"
+    );
+    assert!(
+        agent.counter("ct_new") - ct0 >= 10,
+        "tc did not translate the pod's flows"
+    );
+    // A host-network process still is.
+    let replies = requests_from_cgroup(bin, "--tcp", &node.ns, &pins.cgroup, to, 10);
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|r| r.backend == "b1"))
+    );
+    assert_eq!(agent.counter("sock_xlate") - sock0, 10);
+    drop(servers);
+}

@@ -73,6 +73,9 @@ pub struct Capacities {
     /// Service CIDRs whose unowned addresses the datapath drops (`--service-cidrs`; set at
     /// load like the sizes, not a map): (network, mask) in network order, `count` of them.
     pub service_cidrs: ([[u32; 2]; capacity::SERVICE_CIDR_SLOTS], u32),
+    /// Socket-level translation for host-network sockets only (`--socket-lb-scope host`; set
+    /// at load like the sizes).
+    pub socket_lb_host_only: bool,
 }
 
 impl Default for Capacities {
@@ -85,6 +88,7 @@ impl Default for Capacities {
             frontends: capacity::SERVICES,
             backends: capacity::BACKENDS,
             service_cidrs: ([[0; 2]; capacity::SERVICE_CIDR_SLOTS], 0),
+            socket_lb_host_only: false,
         }
     }
 }
@@ -213,12 +217,14 @@ pub fn load(dir: &Path, caps: Capacities, trace: bool) -> Result<Ebpf, LoadError
     let (ifx, net, inum) = offsets.map_or((0, 0, 0), |o| (o.ifindex, o.nd_net, o.net_inum));
     let netns = netns_inum();
     let host_cookie = netns_cookie();
+    let sock_host_only = u8::from(caps.socket_lb_host_only);
     loader
         .override_global("NETDEV_IFINDEX_OFF", &ifx, true)
         .override_global("NETDEV_NET_OFF", &net, true)
         .override_global("NET_INUM_OFF", &inum, true)
         .override_global("NETNS_INUM", &netns, true)
-        .override_global("HOST_NETNS_COOKIE", &host_cookie, true);
+        .override_global("HOST_NETNS_COOKIE", &host_cookie, true)
+        .override_global("SOCK_HOST_ONLY", &sock_host_only, true);
     let mut ebpf = loader.load(OBJECT)?;
     for name in [prog_names::POD_INGRESS, prog_names::HOST_INGRESS] {
         let prog = classifier(&mut ebpf, name)?;
