@@ -274,6 +274,12 @@ pub fn may_be_tracked_backend(addr: lb_common::Ipv4, port: u16) -> bool {
     bit_set(&BE_FILTER, bit) && may_have_nat(bit)
 }
 
+/// False only if (`addr`, `port`) is no backend (backend filter).
+#[inline(always)]
+pub fn may_be_backend(addr: lb_common::Ipv4, port: u16) -> bool {
+    bit_set(&BE_FILTER, filter::bit(addr, port, 0))
+}
+
 /// True unless `map`'s bit for (`addr`, `port`, `proto`) is clear (a missing word counts as set).
 #[inline(always)]
 pub fn may_hold(map: &Filter, addr: lb_common::Ipv4, port: u16, proto: u8) -> bool {

@@ -142,44 +142,52 @@ fn remember_reply(cookie: u64, be: &Backend, vip: [u8; 4], vip_port_be: u16, svc
 /// externalIPs (`service_for`). Never refuses the connect.
 #[inline(always)]
 pub fn connect4(ctx: &SockAddrContext) {
+    if !translate_connect(ctx) {
+        forget_direct(ctx);
+    }
+}
+
+/// Translates the connect if it dials a service (see `connect4`); false if it was left alone.
+#[inline(always)]
+fn translate_connect(ctx: &SockAddrContext) -> bool {
     // SAFETY: the context the kernel passed; fields are read and written one by one.
     let sa = unsafe { &mut *ctx.sock_addr };
     let l4 = match sa.protocol {
         IPPROTO_TCP => proto::TCP,
         IPPROTO_UDP => proto::UDP,
-        _ => return,
+        _ => return false,
     };
     let Some(cfg) = config() else {
-        return;
+        return false;
     };
     let vip = sa.user_ip4.to_ne_bytes();
     let vip_port_be = sa.user_port as u16;
     let Some((svc, host_only)) = service_for(vip, vip_port_be, l4, cfg.snat_addr) else {
-        return;
+        return false;
     };
     // UDP, affinity and frontends other than ClusterIPs at the socket are for host-network
     // sockets only (pods' go through tc).
     let host_only = host_only || l4 == proto::UDP || svc.affinity_timeout != 0;
     if (host_only || SOCK_HOST_ONLY.load() != 0) && !host_socket(ctx) {
-        return;
+        return false;
     }
     let be = if svc.affinity_timeout == 0 {
         // Checked again after the helper calls above (see `affine`).
         if svc.lut_size == 0 {
-            return;
+            return false;
         }
         lookup::slot_backend(&svc, lookup::pick_slot(&svc)).map(|(_, be)| be)
     } else {
         affine(&svc, cfg.snat_addr)
     };
     let Some(be) = be else {
-        return;
+        return false;
     };
     // SAFETY: the helper takes this program type's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     // (Every slot exists; the check is the verifier's.)
     let Some(slot) = SOCK.get_ptr_mut(sock_slot(cookie)) else {
-        return;
+        return false;
     };
     let mut rec = SockXlate {
         tag: 0,
@@ -199,6 +207,53 @@ pub fn connect4(ctx: &SockAddrContext) {
     sa.user_port = u32::from(rec.backend_port_be);
     stats::count(counter::SOCK_XLATE);
     stats::svc(svc.svc_id, SvcCounter::NewFlow, 0);
+    true
+}
+
+/// A socket connecting straight to a backend after a translated connect (a UDP socket
+/// connected again, a TCP connect retried on the same socket) must stop naming the ClusterIP:
+/// its records go. Only connects to addresses that may be backends pay for the lookup.
+#[inline(always)]
+fn forget_direct(ctx: &SockAddrContext) {
+    // SAFETY: as in `connect4`.
+    let sa = unsafe { &*ctx.sock_addr };
+    let udp = sa.protocol == IPPROTO_UDP;
+    if sa.protocol != IPPROTO_TCP && !udp {
+        return;
+    }
+    let addr = sa.user_ip4.to_ne_bytes();
+    let port_be = sa.user_port as u16;
+    if !crate::maps::may_be_backend(addr, u16::from_be(port_be)) {
+        return;
+    }
+    // SAFETY: the helper takes this program type's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let Some(slot) = SOCK.get_ptr_mut(sock_slot(cookie)) else {
+        return;
+    };
+    // SAFETY: a slot of the map value array, copied out at once.
+    if unsafe { *slot }.cookie() == cookie {
+        // SAFETY: as above; a zeroed record names no socket.
+        unsafe {
+            *slot = SockXlate {
+                tag: 0,
+                vip: [0; 4],
+                backend: [0; 4],
+                vip_port_be: 0,
+                backend_port_be: 0,
+                svc_id: 0,
+            };
+        }
+    }
+    if udp {
+        let key = SockRevKey {
+            cookie,
+            backend: addr,
+            backend_port_be: port_be,
+            _pad: 0,
+        };
+        let _ = SOCK_REV.remove(key);
+    }
 }
 
 /// cgroup sendmsg4: a host-network socket's datagram addressed to a service (`service_for`)

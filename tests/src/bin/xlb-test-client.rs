@@ -4,7 +4,9 @@
 //! `<backend> <address the server saw> <address the answer came from>` or `error <text>`.
 //! Modes: `--tcp` (default; the last field is `getpeername()`), `--udp` (each request from a
 //! new unconnected socket, `sendto`/`recvfrom`), `--udp-connected` (one connected socket for
-//! all requests; after an error, a new one connects), paced 50 ms apart.
+//! all requests; after an error, a new one connects), paced 50 ms apart. `--udp-redial
+//! <addr:port> <backend:port>`: one socket connects to `addr`, asks once, then connects
+//! straight to `backend` and asks again; prints `<getpeername()> <answer's source>` after each.
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -34,8 +36,34 @@ fn connected_udp(s: &mut Option<UdpSocket>, to: SocketAddr) -> std::io::Result<S
     }
 }
 
+/// `--udp-redial`: the peer and the answer's source after a connect to `to`, then after one
+/// to `backend` on the same socket.
+fn redial(to: SocketAddr, backend: SocketAddr) -> std::io::Result<()> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let mut buf = [0u8; 2048];
+    for dial in [to, backend] {
+        s.connect(dial)?;
+        s.send(b"ping")?;
+        let (_, from) = s.recv_from(&mut buf)?;
+        println!("{} {from}", s.peer_addr()?);
+    }
+    Ok(())
+}
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--udp-redial") {
+        let addr = |i: usize| args.get(i).and_then(|a| a.parse::<SocketAddr>().ok());
+        let (Some(to), Some(backend)) = (addr(1), addr(2)) else {
+            eprintln!("usage: xlb-test-client --udp-redial <addr:port> <backend:port>");
+            std::process::exit(2);
+        };
+        if let Err(e) = redial(to, backend) {
+            println!("error {e}");
+        }
+        return;
+    }
     let mode = if args.first().is_some_and(|a| a.starts_with("--")) {
         args.remove(0)
     } else {
