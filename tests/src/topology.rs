@@ -181,6 +181,82 @@ impl Cluster {
         }
     }
 
+    /// `nodes` nodes whose pod subnets reach each other over a VXLAN overlay as flannel
+    /// builds it (device `flannel.1`, VNI 1, port 8472, the node's `10.244.<i+1>.0/32` on it,
+    /// a route per remote subnet `via 10.244.<j+1>.0 onlink`, permanent neighbours and FDB
+    /// entries to the remote nodes' uplink addresses): replies from remote pods arrive
+    /// decapsulated on `flannel.1`, not on the uplink.
+    pub fn with_vxlan(tag: &str, nodes: usize) -> Self {
+        let c = Self::build(tag, nodes, 0, &[], false);
+        let mac = |i: usize| format!("02:00:00:00:{:02x}:01", i + 1);
+        for (i, node) in c.nodes.iter().enumerate() {
+            let ns = &node.ns;
+            ns.ip(&[
+                "link",
+                "add",
+                "flannel.1",
+                "address",
+                &mac(i),
+                "type",
+                "vxlan",
+                "id",
+                "1",
+                "local",
+                &node_ip(i).to_string(),
+                "dev",
+                "eth0",
+                "dstport",
+                "8472",
+                "nolearning",
+            ]);
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("10.244.{}.0/32", i + 1),
+                "dev",
+                "flannel.1",
+            ]);
+            ns.ip(&["link", "set", "flannel.1", "up"]);
+            for j in (0..nodes).filter(|j| *j != i) {
+                let subnet = format!("10.244.{}.0/24", j + 1);
+                let gw = format!("10.244.{}.0", j + 1);
+                ns.ip(&["route", "del", &subnet]);
+                ns.ip(&[
+                    "route",
+                    "add",
+                    &subnet,
+                    "via",
+                    &gw,
+                    "dev",
+                    "flannel.1",
+                    "onlink",
+                ]);
+                ns.ip(&[
+                    "neigh",
+                    "add",
+                    &gw,
+                    "lladdr",
+                    &mac(j),
+                    "dev",
+                    "flannel.1",
+                    "nud",
+                    "permanent",
+                ]);
+                ns.exec(&[
+                    "bridge",
+                    "fdb",
+                    "append",
+                    &mac(j),
+                    "dev",
+                    "flannel.1",
+                    "dst",
+                    &node_ip(j).to_string(),
+                ]);
+            }
+        }
+        c
+    }
+
     /// Sends client `c`'s traffic for `prefix` through node `i`.
     pub fn route_via(&self, c: usize, prefix: &str, i: usize) {
         self.clients[c]
