@@ -450,22 +450,6 @@ struct AgentArgs {
     cleanup: bool,
 }
 
-/// `--service-cidrs` as the datapath takes them (`main` checked the count).
-fn service_cidrs(
-    nets: &[lb_userspace::model::Ipv4Net],
-) -> ([[u32; 2]; lb_common::capacity::SERVICE_CIDR_SLOTS], u32) {
-    let mut out = [[0u32; 2]; lb_common::capacity::SERVICE_CIDR_SLOTS];
-    for (slot, n) in out.iter_mut().zip(nets) {
-        let mask = if n.len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(n.len))
-        };
-        *slot = [(u32::from(n.addr) & mask).to_be(), mask.to_be()];
-    }
-    (out, nets.len().min(out.len()) as u32)
-}
-
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -508,7 +492,7 @@ fn agent_config(a: AgentArgs) -> AgentConfig {
             services: a.max.max_services,
             frontends: a.max.max_frontends,
             backends: a.max.max_backends,
-            service_cidrs: service_cidrs(&a.service_cidrs),
+            service_cidrs: lb_userspace::bpf::service_cidr_slots(&a.service_cidrs),
             socket_lb_host_only: a.socket_lb_scope == "host",
             ..Capacities::default()
         },

@@ -152,8 +152,8 @@ fn snat_pair() -> (LbService, LbService) {
     (a, b)
 }
 
-fn measure(services: u32, rounds: usize) -> Vec<Row> {
-    let mut dp = Datapath::new(&unique_tag(), DEFAULT_TABLE_SIZE);
+fn measure(services: u32, rounds: usize, caps: lb_userspace::bpf::Capacities) -> Vec<Row> {
+    let mut dp = Datapath::with_capacities(&unique_tag(), DEFAULT_TABLE_SIZE, caps);
     dp.add_object(object::open([0; object::TEMPLATE_LEN]).expect("benchmarks' object"));
     let mut d = DesiredState::default();
     for i in 1..services.saturating_sub(1) {
@@ -429,6 +429,15 @@ struct Opts {
     /// Skip the XDP throughput run (live frames between two namespaces).
     #[arg(long)]
     no_throughput: bool,
+    /// Load the datapath with these service CIDRs (as `xlb agent --service-cidrs`, at most
+    /// 4): what the guard costs the packets to no frontend. Keep them clear of the scenarios'
+    /// addresses (10.94/16, 10.95/16, 10.128/16, 10.244/16).
+    #[arg(long, value_delimiter = ',', value_parser = parse_cidr)]
+    service_cidrs: Vec<lb_userspace::model::Ipv4Net>,
+}
+
+fn parse_cidr(s: &str) -> Result<lb_userspace::model::Ipv4Net, String> {
+    lb_userspace::model::Ipv4Net::parse(s).ok_or_else(|| format!("{s}: not an IPv4 CIDR"))
 }
 
 fn main() {
@@ -436,13 +445,28 @@ fn main() {
     xlb_benches::cleanup::install();
     require_root();
     let rounds = o.rounds as usize;
+    if o.service_cidrs.len() > lb_common::capacity::SERVICE_CIDR_SLOTS {
+        eprintln!(
+            "error: --service-cidrs: at most {}",
+            lb_common::capacity::SERVICE_CIDR_SLOTS
+        );
+        std::process::exit(2);
+    }
+    let caps = lb_userspace::bpf::Capacities {
+        service_cidrs: lb_userspace::bpf::service_cidr_slots(&o.service_cidrs),
+        ..Default::default()
+    };
     println!(
-        "xlb datapath: ns/packet by BPF_PROG_TEST_RUN, repeat {REPEAT} (XDP {XDP_REPEAT}), median of {rounds} rounds (tc pod ingress)"
+        "xlb datapath: ns/packet by BPF_PROG_TEST_RUN, repeat {REPEAT} (XDP {XDP_REPEAT}), median of {rounds} rounds (tc pod ingress), service CIDRs {:?}",
+        o.service_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
     );
     // The smallest case is the ping-pong pair alone (2 services).
     let mut rows = Vec::new();
     for &n in &o.services {
-        rows.extend(measure(n.max(2), rounds));
+        rows.extend(measure(n.max(2), rounds, caps));
     }
     println!();
     println!("| services | scenario | ns/packet | ratio to floor |");

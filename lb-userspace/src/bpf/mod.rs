@@ -78,6 +78,23 @@ pub struct Capacities {
     pub socket_lb_host_only: bool,
 }
 
+/// Service CIDRs as the datapath takes them (`Capacities::service_cidrs`): the first
+/// `capacity::SERVICE_CIDR_SLOTS` of `nets` (callers check the count), network order.
+pub fn service_cidr_slots(
+    nets: &[crate::model::Ipv4Net],
+) -> ([[u32; 2]; capacity::SERVICE_CIDR_SLOTS], u32) {
+    let mut out = [[0u32; 2]; capacity::SERVICE_CIDR_SLOTS];
+    for (slot, n) in out.iter_mut().zip(nets) {
+        let mask = if n.len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(n.len))
+        };
+        *slot = [(u32::from(n.addr) & mask).to_be(), mask.to_be()];
+    }
+    (out, nets.len().min(out.len()) as u32)
+}
+
 impl Default for Capacities {
     fn default() -> Self {
         Self {
