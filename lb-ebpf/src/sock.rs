@@ -303,12 +303,20 @@ pub fn recvmsg4(ctx: &SockAddrContext) {
     if sa.protocol != IPPROTO_UDP {
         return;
     }
+    let backend = sa.user_ip4.to_ne_bytes();
+    let backend_port_be = sa.user_port as u16;
+    // Only a backend's datagram to a host-network socket can have an entry: every other
+    // receive (pods' included) stops at a bitmap test or the namespace check, and never asks
+    // for a socket cookie (which would spend one on every receiving socket).
+    if !crate::maps::may_be_backend(backend, u16::from_be(backend_port_be)) || !host_socket(ctx) {
+        return;
+    }
     // SAFETY: the helper takes this program type's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let key = SockRevKey {
         cookie,
-        backend: sa.user_ip4.to_ne_bytes(),
-        backend_port_be: sa.user_port as u16,
+        backend,
+        backend_port_be,
         _pad: 0,
     };
     // SAFETY: copied out at once.
