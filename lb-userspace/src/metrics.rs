@@ -64,6 +64,8 @@ pub struct Metrics {
     pub source_problems: Gauge,
     /// Errors talking to a source (e.g. a failed watch), by source.
     pub source_errors: Family<SourceLabels, Counter>,
+    /// Host-network UDP sockets aborted because the backend they were connected to left.
+    pub udp_sockets_aborted: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -87,6 +89,7 @@ impl Metrics {
             backends: Gauge::default(),
             source_problems: Gauge::default(),
             source_errors: Family::default(),
+            udp_sockets_aborted: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -131,6 +134,11 @@ impl Metrics {
             "source_errors",
             "Errors reading a source (failed list/watch, unreadable file)",
             m.source_errors.clone(),
+        );
+        registry.register(
+            "udp_sockets_aborted",
+            "Host-network UDP sockets connected to a ClusterIP's backend that left, aborted so they reconnect",
+            m.udp_sockets_aborted.clone(),
         );
         registry.register_collector(Box::new(Datapath {
             dir: dir.to_owned(),

@@ -1121,6 +1121,16 @@ fn host_network_udp_reaches_cluster_ips_at_the_socket_and_a_connected_socket_lea
         "{}",
         agent.logs()
     );
+    let (_, metrics) = node.ns.run(|| {
+        xlb_tests::traffic::http_get("127.0.0.1:10249".parse().expect("addr"), "/metrics")
+            .expect("metrics")
+    });
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("xlb_udp_sockets_aborted_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
     // A socket connected through the ClusterIP, then straight to the backend: it names the
     // backend from then on (its records went with the direct connect).
     let b2 = SocketAddr::from((node.pods[2].ip, 5353));

@@ -565,11 +565,14 @@ fn sync_now(
     if !gone.is_empty() {
         match stale::abort_sockets(&sync.writer().dir, &gone) {
             Ok(0) => {}
-            Ok(n) => tracing::info!(
-                sockets = n,
-                backends = gone.len(),
-                "aborted host-network UDP sockets connected to backends that left"
-            ),
+            Ok(n) => {
+                obs.metrics.udp_sockets_aborted.inc_by(n as u64);
+                tracing::info!(
+                    sockets = n,
+                    backends = gone.len(),
+                    "aborted host-network UDP sockets connected to backends that left"
+                );
+            }
             Err(e) => tracing::warn!(error = %e, "aborting UDP sockets of backends that left"),
         }
     }
