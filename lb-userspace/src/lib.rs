@@ -8,6 +8,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod model;
 pub mod par;
+pub mod probe;
 pub mod problem;
 pub mod sockdiag;
 pub mod source;

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub source_errors: Family<SourceLabels, Counter>,
     /// Host-network UDP sockets aborted because the backend they were connected to left.
     pub udp_sockets_aborted: Counter,
+    /// Health of each probed backend (1 healthy, 0 not), by service and backend.
+    pub backend_healthy: Family<SourceLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -90,6 +92,7 @@ impl Metrics {
             source_problems: Gauge::default(),
             source_errors: Family::default(),
             udp_sockets_aborted: Counter::default(),
+            backend_healthy: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -139,6 +142,11 @@ impl Metrics {
             "udp_sockets_aborted",
             "Host-network UDP sockets connected to a ClusterIP's backend that left, aborted so they reconnect",
             m.udp_sockets_aborted.clone(),
+        );
+        registry.register(
+            "backend_healthy",
+            "Health check state of each probed backend (1 healthy, 0 unhealthy: left out)",
+            m.backend_healthy.clone(),
         );
         registry.register_collector(Box::new(Datapath {
             dir: dir.to_owned(),

@@ -293,3 +293,106 @@ fn shipped_standalone_example_and_systemd_unit_are_valid() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.trim().is_empty(), "{err}");
 }
+
+/// A TCP server answering like `Servers::tcp` (`"<name> <client>"`) until `stop` is set; then
+/// its port is closed.
+fn stoppable_server(
+    ns: &xlb_tests::netns::Netns,
+    bind: SocketAddr,
+    name: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use std::io::Write as _;
+    let l = ns.run(move || std::net::TcpListener::bind(bind).expect("bind"));
+    l.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, peer)) => {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.write_all(format!("{name} {peer}").as_bytes());
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    })
+}
+
+#[test]
+fn a_backend_failing_its_health_check_leaves_its_service_and_comes_back() {
+    require_root();
+    let tag = unique_tag();
+    let cluster = Cluster::new(&tag, 2, 1, &["198.51.100.0/24"]);
+    let (lb, backend) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let client = &cluster.clients[0].0;
+    let b = node_ip(1);
+    let mut servers = Servers::new();
+    servers.tcp(&backend.ns, SocketAddr::from((b, 8080)), "steady");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flaky = SocketAddr::from((b, 8085));
+    let server = stoppable_server(&backend.ns, flaky, "flaky", stop.clone());
+    let dir = WorkDir::new(&tag);
+    dir.write(
+        "lb.yaml",
+        &format!(
+            "services:
+  - name: hc
+    frontend: {VIP}:80/tcp
+    backends: [{b}:8080, {flaky}]
+    healthCheck: {{type: tcp, intervalSeconds: 1, timeoutSeconds: 1, unhealthyThreshold: 2, healthyThreshold: 1}}
+"
+        ),
+    );
+    let pins = PinDir::new(&tag);
+    let agent = Agent::start(
+        &lb.ns,
+        &pins,
+        &[
+            "--services",
+            dir.path.to_str().unwrap(),
+            "--node-ip",
+            &node_ip(0).to_string(),
+            "--devices",
+            "eth0",
+        ],
+    );
+    let to = SocketAddr::from((VIP, 80));
+    let served = || {
+        let s = spread(&tcp_requests(client, to, 40));
+        let mut names: Vec<String> = s.keys().cloned().collect();
+        names.sort();
+        names
+    };
+    let healthy = |want: &str| {
+        let (_, text) = lb.ns.run(|| {
+            xlb_tests::traffic::http_get("127.0.0.1:10249".parse().expect("addr"), "/metrics")
+                .expect("metrics")
+        });
+        text.lines()
+            .find(|l| l.starts_with("xlb_backend_healthy{") && l.contains(":8085\""))
+            .is_some_and(|l| l.ends_with(want))
+    };
+    agent.wait_active("hc", 2);
+    assert_eq!(served(), ["flaky", "steady"]);
+    assert!(healthy(" 1"));
+    // The flaky backend stops answering: within interval × threshold it leaves the service.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    server.join().expect("server");
+    agent.wait_active("hc", 1);
+    assert_eq!(served(), ["steady"], "new flows to a failing backend");
+    assert!(healthy(" 0"));
+    assert!(
+        agent.logs().contains("failed its health check"),
+        "{}",
+        agent.logs()
+    );
+    // It answers again: back after one good probe.
+    stop.store(false, std::sync::atomic::Ordering::Relaxed);
+    let server = stoppable_server(&backend.ns, flaky, "flaky", stop.clone());
+    agent.wait_active("hc", 2);
+    assert_eq!(served(), ["flaky", "steady"]);
+    assert!(healthy(" 1"));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    server.join().expect("server");
+    drop(servers);
+}

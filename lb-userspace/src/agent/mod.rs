@@ -252,6 +252,8 @@ pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut translator = Translator::new(cfg.node_context());
+    let (probe_tx, mut probe_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut prober = crate::probe::Prober::new(probe_tx);
     let mut state = SyncState::default();
     let mut hc_ports = crate::http::HealthChecks::default();
     let obs = Observers {
@@ -321,9 +323,30 @@ pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
                     continue;
                 }
                 sync_now(&mut sync, &mut translator, &mut state, noticed, &obs);
+                if reconcile_probes(&mut prober, &mut translator, &metrics) {
+                    sync_now(&mut sync, &mut translator, &mut state, None, &obs);
+                }
                 state.publish_to(&mut record, &sync);
                 publish(&mut record, &mut devs, &mut sync);
                 hc_ports.update(translator.health_checks()).await;
+            }
+            Some(change) = probe_rx.recv() => {
+                let (service, addr, port) = &change.key;
+                let backend = format!("{addr}:{port}");
+                metrics
+                    .backend_healthy
+                    .get_or_create(&backend_labels(&change.key))
+                    .set(i64::from(change.healthy));
+                if change.healthy {
+                    tracing::info!(service, backend, "backend passes its health check again: back in its service");
+                } else {
+                    tracing::warn!(service, backend, reason = %change.reason, "backend failed its health check: left out of its service");
+                }
+                if translator.set_healthy(&change.key, change.healthy) {
+                    sync_now(&mut sync, &mut translator, &mut state, None, &obs);
+                    state.publish_to(&mut record, &sync);
+                    publish(&mut record, &mut devs, &mut sync);
+                }
             }
             Some(()) = async { match link_events.as_mut() { Some(r) => r.recv().await, None => None } } => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -489,6 +512,38 @@ fn adopt_node_ips(
             tracing::error!(error = %e, "updating the SNAT address failed");
         }
     }
+}
+
+/// The metric labels of a probed backend.
+fn backend_labels(key: &crate::probe::Key) -> Vec<(&'static str, String)> {
+    vec![
+        ("service", key.0.clone()),
+        ("backend", format!("{}:{}", key.1, key.2)),
+    ]
+}
+
+/// Probes the backends the compact services' health checks name. A backend no longer probed
+/// counts as healthy again; true if that changes a service (sync again).
+fn reconcile_probes(
+    prober: &mut crate::probe::Prober,
+    translator: &mut Translator,
+    metrics: &Metrics,
+) -> bool {
+    let targets = translator.probe_targets();
+    let mut changed = false;
+    for key in prober.reconcile(targets.clone()) {
+        metrics.backend_healthy.remove(&backend_labels(&key));
+        changed |= translator.set_healthy(&key, true);
+    }
+    for t in &targets {
+        let key = (t.service.clone(), t.addr, t.port);
+        let healthy = !translator.unhealthy().contains(&key);
+        metrics
+            .backend_healthy
+            .get_or_create(&backend_labels(&key))
+            .set(i64::from(healthy));
+    }
+    changed
 }
 
 /// Where sync passes are reported.

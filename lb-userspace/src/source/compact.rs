@@ -12,6 +12,16 @@
 //!     backends:
 //!       - 10.0.1.1:8080              # weight 1
 //!       - {address: 10.0.1.2:8080, weight: 3}
+//!     healthCheck:                   # optional active checks of every backend (`probe`)
+//!       type: http                   # tcp (connect, default), http (GET) or udp
+//!       path: /healthz               # http: the path (default /) and the status expected
+//!       expectStatus: 200            #   (default 200)
+//!       # send: ping / expect: pong  # udp: the datagram sent, a text the answer contains
+//!       port: 8081                   # default: the backend's port
+//!       intervalSeconds: 5           # defaults: 5, 1, 3, 2
+//!       timeoutSeconds: 1
+//!       unhealthyThreshold: 3
+//!       healthyThreshold: 2
 //! ```
 //!
 //! Same semantics as a LoadBalancer Service with `externalTrafficPolicy: Cluster` (or `Local`
@@ -26,7 +36,9 @@ use crate::{
         Algorithm, Endpoint, EndpointState, Frontend, FrontendKind, Ipv4Net, LbService, Protocol,
         Scope,
     },
+    probe::{Check, Kind},
     problem::Problem,
+    translate::Compact,
 };
 
 #[derive(Deserialize)]
@@ -52,6 +64,97 @@ struct Svc {
     /// `address:port` strings or `{address, weight}` maps, read by `backend_entry`.
     #[serde(default)]
     backends: Vec<serde_yaml_ng::Value>,
+    health_check: Option<HealthSpec>,
+}
+
+/// `healthCheck` of an entry, as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct HealthSpec {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    port: Option<u16>,
+    path: Option<String>,
+    expect_status: Option<u16>,
+    send: Option<String>,
+    expect: Option<String>,
+    interval_seconds: Option<u32>,
+    timeout_seconds: Option<u32>,
+    unhealthy_threshold: Option<u32>,
+    healthy_threshold: Option<u32>,
+}
+
+/// `healthCheck`, checked: the check, or every problem as (field, message).
+fn health_check(h: HealthSpec) -> Result<Check, Vec<(&'static str, String)>> {
+    let mut errs = Vec::new();
+    let kind = h.kind.as_deref().unwrap_or("tcp");
+    let only = |errs: &mut Vec<(&'static str, String)>, set: bool, field, for_kind: &str| {
+        if set && kind != for_kind {
+            errs.push((field, format!("only for type {for_kind}")));
+        }
+    };
+    only(&mut errs, h.path.is_some(), "path", "http");
+    only(&mut errs, h.expect_status.is_some(), "expectStatus", "http");
+    only(&mut errs, h.send.is_some(), "send", "udp");
+    only(&mut errs, h.expect.is_some(), "expect", "udp");
+    let kind = match kind {
+        "tcp" => Kind::Tcp,
+        "http" => {
+            let path = h.path.unwrap_or_else(|| "/".to_owned());
+            if !path.starts_with('/') || path.contains(char::is_whitespace) {
+                errs.push((
+                    "path",
+                    format!("{path:?} is not an absolute path without spaces"),
+                ));
+            }
+            let status = h.expect_status.unwrap_or(200);
+            if !(100..=599).contains(&status) {
+                errs.push(("expectStatus", format!("{status} is not an HTTP status")));
+            }
+            Kind::Http { path, status }
+        }
+        "udp" => Kind::Udp {
+            send: h.send.unwrap_or_else(|| "ping".to_owned()).into_bytes(),
+            expect: h.expect,
+        },
+        other => {
+            errs.push(("type", format!("{other:?} is not tcp, http or udp")));
+            Kind::Tcp
+        }
+    };
+    let interval = h.interval_seconds.unwrap_or(5);
+    let timeout = h.timeout_seconds.unwrap_or(1);
+    if interval == 0 {
+        errs.push(("intervalSeconds", "must be at least 1".to_owned()));
+    }
+    if timeout == 0 || timeout > interval {
+        errs.push((
+            "timeoutSeconds",
+            format!("must be 1..=intervalSeconds ({interval})"),
+        ));
+    }
+    for (field, v) in [
+        ("unhealthyThreshold", h.unhealthy_threshold),
+        ("healthyThreshold", h.healthy_threshold),
+    ] {
+        if v == Some(0) {
+            errs.push((field, "must be at least 1".to_owned()));
+        }
+    }
+    if h.port == Some(0) {
+        errs.push(("port", "must be 1..=65535".to_owned()));
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    Ok(Check {
+        kind,
+        port: h.port,
+        interval: std::time::Duration::from_secs(u64::from(interval)),
+        timeout: std::time::Duration::from_secs(u64::from(timeout)),
+        unhealthy_threshold: h.unhealthy_threshold.unwrap_or(3),
+        healthy_threshold: h.healthy_threshold.unwrap_or(2),
+    })
 }
 
 #[derive(Deserialize)]
@@ -168,7 +271,7 @@ fn entry_spans(text: &str, first_line: usize) -> Vec<Vec<(usize, &str)>> {
 }
 
 /// Services of a compact document, each with the line it starts at.
-pub type Parsed = Vec<(usize, LbService)>;
+pub type Parsed = Vec<(usize, Compact)>;
 
 /// Parses one compact document. Returns its services and the problems of entries that were
 /// skipped (every problem of each, with the line of the field); `Err` if the document does not
@@ -228,8 +331,19 @@ fn entry(
     i: usize,
     label: &str,
     bad: &mut impl FnMut(String, &str, String),
-) -> Option<LbService> {
+) -> Option<Compact> {
     let mut ok = true;
+    let health = match svc.health_check.map(health_check) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(errs)) => {
+            for (field, msg) in errs {
+                bad(format!("services[{i}].healthCheck.{field}"), field, msg);
+            }
+            ok = false;
+            None
+        }
+    };
     let mut fe_strings: Vec<String> = svc.frontend.into_iter().collect();
     fe_strings.extend(svc.frontends);
     if fe_strings.is_empty() {
@@ -348,7 +462,7 @@ fn entry(
     endpoints.sort();
     endpoints.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
     let name = svc.name.unwrap_or_else(|| frontends[0].to_string());
-    Some(LbService {
+    let service = LbService {
         name,
         frontends,
         endpoints,
@@ -356,7 +470,8 @@ fn entry(
         affinity_timeout: svc.session_affinity_seconds.unwrap_or(0),
         source_ranges: ranges,
         ext_local,
-    })
+    };
+    Some(Compact { service, health })
 }
 
 #[cfg(test)]
@@ -380,12 +495,14 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(svcs.len(), 2);
         let (line, web) = &svcs[0];
+        let web = &web.service;
         assert_eq!(*line, 2);
         assert_eq!(web.name, "web");
         assert_eq!(web.algorithm, Algorithm::Random);
         assert_eq!(web.endpoints[1].weight, 3);
-        assert_eq!(svcs[1].1.name, "192.0.2.10:53/UDP");
-        assert_eq!(svcs[1].1.algorithm, Algorithm::Maglev);
+        assert_eq!(svcs[1].1.service.name, "192.0.2.10:53/UDP");
+        assert_eq!(svcs[1].1.service.algorithm, Algorithm::Maglev);
+        assert_eq!(svcs[1].1.health, None);
     }
 
     #[test]
@@ -404,7 +521,7 @@ mod tests {
         let text = "services:\n  - name: web\n    frontnd: 192.0.2.10:80\n  - name: ok\n    frontend: 192.0.2.11:80\n    backends: [10.0.1.1:80]\n";
         let (svcs, problems) = parse(text, "lb.yaml", 1).unwrap();
         assert_eq!(svcs.len(), 1, "{problems:?}");
-        assert_eq!(svcs[0].1.name, "ok");
+        assert_eq!(svcs[0].1.service.name, "ok");
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].origin, "lb.yaml:3");
         assert_eq!(problems[0].object, "service web");
@@ -460,6 +577,36 @@ mod tests {
                 .contains("write address:port or {address"),
             "{}",
             problems[0]
+        );
+    }
+
+    #[test]
+    fn health_checks_have_defaults_and_every_bad_field_is_named() {
+        let text = "services:\n  - name: web\n    frontend: 192.0.2.10:80\n    backends: [10.0.1.1:80]\n    healthCheck: {type: http, path: /healthz}\n  - name: bad\n    frontend: 192.0.2.11:80\n    backends: [10.0.1.1:80]\n    healthCheck:\n      type: tcp\n      path: /x\n      intervalSeconds: 2\n      timeoutSeconds: 3\n      unhealthyThreshold: 0\n";
+        let (svcs, problems) = parse(text, "lb.yaml", 1).unwrap();
+        assert_eq!(svcs.len(), 1, "{problems:?}");
+        let check = svcs[0].1.health.clone().expect("a check");
+        assert_eq!(
+            check.kind,
+            Kind::Http {
+                path: "/healthz".into(),
+                status: 200
+            }
+        );
+        assert_eq!((check.interval.as_secs(), check.timeout.as_secs()), (5, 1));
+        assert_eq!((check.unhealthy_threshold, check.healthy_threshold), (3, 2));
+        let fields: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.origin.as_str()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("services[1].healthCheck.path", "lb.yaml:11"),
+                ("services[1].healthCheck.timeoutSeconds", "lb.yaml:13"),
+                ("services[1].healthCheck.unhealthyThreshold", "lb.yaml:14"),
+            ],
+            "{problems:?}"
         );
     }
 }

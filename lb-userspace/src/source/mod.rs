@@ -12,7 +12,6 @@ use std::fmt;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::{
-    model::LbService,
     problem::{Checked, Problem},
     translate::{self, ServiceSpec, SliceSpec, Translator},
 };
@@ -22,8 +21,9 @@ use crate::{
 pub enum Object {
     Service(Box<Service>),
     Slice(Box<EndpointSlice>),
-    /// A service of the compact standalone format (already in model form).
-    Compact(Box<LbService>),
+    /// A service of the compact standalone format (already in model form), with its health
+    /// check.
+    Compact(Box<translate::Compact>),
 }
 
 /// Identity of an object, to keep its last good version and to detect duplicates.
@@ -63,7 +63,7 @@ impl Object {
                 ObjectKey::Slice { namespace, name }
             }
             Self::Compact(s) => ObjectKey::Compact {
-                name: s.name.clone(),
+                name: s.service.name.clone(),
             },
         }
     }
@@ -83,7 +83,7 @@ impl Object {
 pub enum Spec {
     Service(ServiceSpec),
     Slice(SliceSpec),
-    Compact(LbService),
+    Compact(translate::Compact),
 }
 
 /// Which source a delta comes from (each keeps its own list of problems).

@@ -5,7 +5,7 @@
 pub mod spec;
 pub mod state;
 
-pub use spec::{ServiceSpec, SliceSpec, service_spec, slice_spec};
+pub use spec::{Compact, ServiceSpec, SliceSpec, service_spec, slice_spec};
 pub use state::{HealthCheck, NodeContext, Origin, Translation, Translator, translate};
 
 #[cfg(test)]

@@ -583,3 +583,11 @@ pub fn slice_spec(slice: &EndpointSlice) -> Checked<SliceSpec> {
     };
     Ok((spec, problems))
 }
+
+/// A compact-format entry (`source::compact`): the service, and its backends' health check if
+/// it has one (`probe`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compact {
+    pub service: crate::model::LbService,
+    pub health: Option<crate::probe::Check>,
+}

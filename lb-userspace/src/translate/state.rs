@@ -16,11 +16,12 @@ use std::{
     net::Ipv4Addr,
 };
 
-use super::spec::{PortSpec, ServiceSpec, ServiceType, SliceSpec};
+use super::spec::{Compact, PortSpec, ServiceSpec, ServiceType, SliceSpec};
 use crate::{
     model::{
         DesiredState, Endpoint, EndpointState, Frontend, FrontendKind, LbService, Protocol, Scope,
     },
+    probe,
     problem::Problem,
 };
 
@@ -395,7 +396,9 @@ pub struct Translator {
     slices: HashMap<(String, String), BTreeMap<String, SliceSpec>>,
     /// (namespace, slice name) → the service its label names.
     slice_owner: HashMap<(String, String), String>,
-    compact: HashMap<String, LbService>,
+    compact: HashMap<String, Compact>,
+    /// Backends of compact services their health check found unhealthy: left out.
+    unhealthy: HashSet<probe::Key>,
     raw: HashMap<Origin, Raw>,
     /// Backend-set name → its origin.
     origin_of: HashMap<String, Origin>,
@@ -498,18 +501,56 @@ impl Translator {
     }
 
     /// Adds or replaces a compact-format service.
-    pub fn upsert_compact(&mut self, svc: LbService) {
-        if self.compact.get(&svc.name) != Some(&svc) {
-            self.dirty.insert(Origin::Compact(svc.name.clone()));
-            self.compact.insert(svc.name.clone(), svc);
+    pub fn upsert_compact(&mut self, c: Compact) {
+        let name = c.service.name.clone();
+        if self.compact.get(&name) != Some(&c) {
+            if c.health.is_none() {
+                self.unhealthy.retain(|(s, ..)| *s != name);
+            }
+            self.dirty.insert(Origin::Compact(name.clone()));
+            self.compact.insert(name, c);
         }
     }
 
     /// Removes a compact-format service.
     pub fn remove_compact(&mut self, name: &str) {
         if self.compact.remove(name).is_some() {
+            self.unhealthy.retain(|(s, ..)| s != name);
             self.dirty.insert(Origin::Compact(name.to_owned()));
         }
+    }
+
+    /// Every backend a health check probes (compact services with `healthCheck`).
+    pub fn probe_targets(&self) -> Vec<probe::Target> {
+        let mut out = Vec::new();
+        for c in self.compact.values() {
+            let Some(check) = &c.health else { continue };
+            out.extend(c.service.endpoints.iter().map(|e| probe::Target {
+                service: c.service.name.clone(),
+                addr: e.addr,
+                port: e.port,
+                check: check.clone(),
+            }));
+        }
+        out
+    }
+
+    /// Records a backend's health; true if that changes its service (flush to apply).
+    pub fn set_healthy(&mut self, key: &probe::Key, healthy: bool) -> bool {
+        let changed = if healthy {
+            self.unhealthy.remove(key)
+        } else {
+            self.compact.contains_key(&key.0) && self.unhealthy.insert(key.clone())
+        };
+        if changed {
+            self.dirty.insert(Origin::Compact(key.0.clone()));
+        }
+        changed
+    }
+
+    /// The backends left out as unhealthy.
+    pub fn unhealthy(&self) -> &HashSet<probe::Key> {
+        &self.unhealthy
     }
 
     fn raw_of(&self, origin: &Origin) -> Raw {
@@ -526,7 +567,17 @@ impl Translator {
                 translate_service(spec, &slices, &self.node)
             }
             Origin::Compact(name) => Raw {
-                sets: self.compact.get(name).cloned().into_iter().collect(),
+                sets: self
+                    .compact
+                    .get(name)
+                    .map(|c| {
+                        let mut s = c.service.clone();
+                        s.endpoints
+                            .retain(|e| !self.unhealthy.contains(&(name.clone(), e.addr, e.port)));
+                        s
+                    })
+                    .into_iter()
+                    .collect(),
                 ..Raw::default()
             },
         }
