@@ -1,7 +1,7 @@
 //! Host-network UDP sockets connected to a backend that left. `connect()` to a UDP ClusterIP
 //! from a host-network process connects the socket to a backend (socket-level translation), and
 //! nothing on the packet path moves it later. After each sync the agent finds the backends no
-//! UDP ClusterIP has active any more and aborts the sockets the datapath connected to them
+//! UDP service has active any more and aborts the sockets the datapath connected to them
 //! (`sockdiag`): the application's next `send()` fails and its reconnect picks a live backend.
 //! Sockets connected to those addresses directly (not through a ClusterIP) are left alone: only
 //! a socket whose `xlb_sock` record names that backend is aborted.
@@ -16,24 +16,22 @@ use aya::maps::{Array, MapData};
 use lb_common::{SockXlate, capacity, map_names};
 
 use crate::{
-    model::{DesiredState, EndpointState, FrontendKind, LbService, Protocol},
+    model::{DesiredState, EndpointState, LbService, Protocol},
     sockdiag,
 };
 
-/// Active backends of UDP ClusterIP services: per service, and how many services each has.
+/// Active backends of services with a UDP frontend: per service, and how many services each
+/// has.
 #[derive(Default)]
 pub struct UdpBackends {
     by_service: HashMap<String, Vec<(Ipv4Addr, u16)>>,
     refs: HashMap<(Ipv4Addr, u16), u32>,
 }
 
-/// `svc`'s active backends if it has a UDP ClusterIP frontend.
+/// `svc`'s active backends if it has a UDP frontend (a host-network socket may be connected
+/// through any kind: ClusterIP, NodePort, LoadBalancer IP, externalIP).
 fn udp_backends(svc: &LbService) -> Vec<(Ipv4Addr, u16)> {
-    let udp_cluster_ip = svc
-        .frontends
-        .iter()
-        .any(|f| f.proto == Protocol::Udp && f.kind == FrontendKind::ClusterIp);
-    if !udp_cluster_ip {
+    if !svc.frontends.iter().any(|f| f.proto == Protocol::Udp) {
         return Vec::new();
     }
     svc.endpoints
@@ -45,7 +43,7 @@ fn udp_backends(svc: &LbService) -> Vec<(Ipv4Addr, u16)> {
 
 impl UdpBackends {
     /// Follows `desired` for the services `names` (every service if None); returns the
-    /// backends that no UDP ClusterIP service has active any more.
+    /// backends that no service with a UDP frontend has active any more.
     pub fn update(
         &mut self,
         desired: &DesiredState,
@@ -115,7 +113,7 @@ pub fn abort_sockets(bpffs: &Path, gone: &HashSet<(Ipv4Addr, u16)>) -> anyhow::R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Endpoint, Frontend, Scope};
+    use crate::model::{Endpoint, Frontend, FrontendKind, Scope};
 
     fn svc(name: &str, proto: Protocol, eps: &[(u8, EndpointState)]) -> LbService {
         LbService {
