@@ -8,6 +8,7 @@
 
 use std::{
     fs,
+    io::Write as _,
     path::{Path, PathBuf},
     process::Command,
     sync::{
@@ -20,6 +21,9 @@ use std::{
 /// Set once a signal is being handled: the run's work fails under it (its processes are
 /// killed) and must not end the process before the removal has.
 static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// The thread that waits for the signals and removes what the run made (never parked).
+static SIGNAL_THREAD: std::sync::OnceLock<std::thread::ThreadId> = std::sync::OnceLock::new();
 
 /// Host sysctls set by this run and their values before: (path, old value).
 static SYSCTLS: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
@@ -53,7 +57,8 @@ pub fn install() {
     );
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if STOPPING.load(Ordering::SeqCst) {
+        let remover = SIGNAL_THREAD.get() == Some(&std::thread::current().id());
+        if STOPPING.load(Ordering::SeqCst) && !remover {
             // A thread whose processes the removal killed: wait for `exit`.
             loop {
                 std::thread::park();
@@ -62,6 +67,7 @@ pub fn install() {
         default_hook(info);
     }));
     std::thread::spawn(move || {
+        let _ = SIGNAL_THREAD.set(std::thread::current().id());
         let mut sig = 0;
         // SAFETY: `set` and `sig` are valid for the call.
         if unsafe { libc::sigwait(&raw const set, &raw mut sig) } != 0 {
@@ -69,7 +75,11 @@ pub fn install() {
         }
         STOPPING.store(true, Ordering::SeqCst);
         let prefix = prefix();
-        eprintln!("\nsignal {sig}: removing the run's namespaces, agents and pins ({prefix}*)");
+        // (After SIGHUP the terminal may be gone: a failed write must not stop the removal.)
+        let _ = writeln!(
+            std::io::stderr(),
+            "\nsignal {sig}: removing the run's namespaces, agents and pins ({prefix}*)"
+        );
         remove_leftovers(&prefix);
         std::process::exit(128 + sig);
     });
@@ -150,7 +160,11 @@ fn remove_entries(
         if select(&e.file_name().to_string_lossy()) {
             let p = e.path();
             if let Err(err) = remove(&p) {
-                eprintln!("warning: {} not removed: {err}", p.display());
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "warning: {} not removed: {err}",
+                    p.display()
+                );
             }
         }
     }

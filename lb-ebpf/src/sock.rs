@@ -29,7 +29,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityKey, Backend, ServiceValue, SockRevKey, SockRevValue, SockXlate, counter, hook, kind,
-    proto,
+    proto, svc_flags,
 };
 
 use crate::{
@@ -109,6 +109,11 @@ fn service_for(addr: [u8; 4], port_be: u16, l4: u8, node: [u8; 4]) -> Option<(Se
     }
     let (svc, _) = lookup::frontend(key_addr, port, l4, hook::POD)?;
     if svc.lut_size == 0 || (loopback && svc.kind != kind::NODE_PORT) {
+        return None;
+    }
+    // loadBalancerSourceRanges are checked on packets (tc), which know the client address;
+    // a socket does not yet, so such frontends are not translated here.
+    if svc.kind != kind::CLUSTER_IP && svc.flags & svc_flags::SRC_RANGES != 0 {
         return None;
     }
     Some((svc, svc.kind != kind::CLUSTER_IP))
@@ -246,14 +251,21 @@ fn forget_direct(ctx: &SockAddrContext) {
         }
     }
     if udp {
-        let key = SockRevKey {
-            cookie,
-            backend: addr,
-            backend_port_be: port_be,
-            _pad: 0,
-        };
-        let _ = SOCK_REV.remove(key);
+        forget_reply(cookie, addr, port_be);
     }
+}
+
+/// Drops the record that gives the socket `cookie`'s answers from `backend:port` a service's
+/// address.
+#[inline(always)]
+fn forget_reply(cookie: u64, backend: [u8; 4], backend_port_be: u16) {
+    let key = SockRevKey {
+        cookie,
+        backend,
+        backend_port_be,
+        _pad: 0,
+    };
+    let _ = SOCK_REV.remove(key);
 }
 
 /// cgroup sendmsg4: a host-network socket's datagram addressed to a service (`service_for`)
@@ -272,6 +284,13 @@ pub fn sendmsg4(ctx: &SockAddrContext) {
         return;
     };
     let Some((svc, _)) = service_for(vip, vip_port_be, proto::UDP, cfg.snat_addr) else {
+        // A datagram straight to a backend this socket also reached through a service: its
+        // answers from that backend are the backend's own from now on.
+        if crate::maps::may_be_backend(vip, u16::from_be(vip_port_be)) && host_socket(ctx) {
+            // SAFETY: the helper takes this program type's context.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+            forget_reply(cookie, vip, vip_port_be);
+        }
         return;
     };
     if !host_socket(ctx) {

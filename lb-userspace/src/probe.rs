@@ -64,6 +64,9 @@ pub struct Change {
     pub healthy: bool,
     /// Why the last probe failed (empty when healthy).
     pub reason: String,
+    /// The probe task that saw it (`Prober::is_current`: a stopped task's late word is
+    /// dropped).
+    pub generation: u64,
 }
 
 /// Runs one probe of `kind` against `to`.
@@ -124,7 +127,7 @@ pub async fn probe(kind: &Kind, to: SocketAddr) -> Result<(), String> {
 }
 
 /// Probes `t` forever, reporting each change of its health.
-async fn run(t: Target, tx: mpsc::UnboundedSender<Change>) {
+async fn run(t: Target, generation: u64, tx: mpsc::UnboundedSender<Change>) {
     let c = &t.check;
     let to = SocketAddr::from((t.addr, c.port.unwrap_or(t.port)));
     let key: Key = (t.service.clone(), t.addr, t.port);
@@ -153,6 +156,7 @@ async fn run(t: Target, tx: mpsc::UnboundedSender<Change>) {
                 key: key.clone(),
                 healthy,
                 reason,
+                generation,
             };
             if tx.send(change).is_err() {
                 return;
@@ -164,7 +168,9 @@ async fn run(t: Target, tx: mpsc::UnboundedSender<Change>) {
 /// The running probes, one task per target.
 pub struct Prober {
     tx: mpsc::UnboundedSender<Change>,
-    tasks: HashMap<Key, (Check, JoinHandle<()>)>,
+    /// Per target: its check, its task and the task's generation.
+    tasks: HashMap<Key, (Check, JoinHandle<()>, u64)>,
+    next_generation: u64,
 }
 
 impl Prober {
@@ -173,7 +179,16 @@ impl Prober {
         Self {
             tx,
             tasks: HashMap::new(),
+            next_generation: 0,
         }
+    }
+
+    /// True if `change` comes from the task probing its key now (not from one stopped since,
+    /// whose last word may still be queued).
+    pub fn is_current(&self, change: &Change) -> bool {
+        self.tasks
+            .get(&change.key)
+            .is_some_and(|(_, _, g)| *g == change.generation)
     }
 
     /// Probes exactly `targets`: new ones start (healthy), changed checks restart, the rest
@@ -184,7 +199,7 @@ impl Prober {
             .map(|t| ((t.service.clone(), t.addr, t.port), t))
             .collect();
         let mut stopped = Vec::new();
-        self.tasks.retain(|key, (check, task)| {
+        self.tasks.retain(|key, (check, task, _)| {
             let keep = wanted.get(key).is_some_and(|t| t.check == *check);
             if keep {
                 wanted.remove(key);
@@ -196,8 +211,10 @@ impl Prober {
         });
         for (key, t) in wanted {
             let check = t.check.clone();
-            let task = tokio::spawn(run(t, self.tx.clone()));
-            self.tasks.insert(key, (check, task));
+            self.next_generation += 1;
+            let generation = self.next_generation;
+            let task = tokio::spawn(run(t, generation, self.tx.clone()));
+            self.tasks.insert(key, (check, task, generation));
         }
         stopped
     }
@@ -215,7 +232,7 @@ impl Prober {
 
 impl Drop for Prober {
     fn drop(&mut self) {
-        for (_, task) in self.tasks.values() {
+        for (_, task, _) in self.tasks.values() {
             task.abort();
         }
     }
@@ -300,13 +317,16 @@ mod tests {
         let down = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
         let down = down.expect("a change").expect("open");
         assert!(!down.healthy && !down.reason.is_empty(), "{down:?}");
+        assert!(p.is_current(&down));
         let _back = std::net::TcpListener::bind(at).expect("rebind");
         let up = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
-        assert!(up.expect("a change").expect("open").healthy);
+        let up = up.expect("a change").expect("open");
+        assert!(up.healthy);
         assert_eq!(
             p.reconcile(Vec::new()),
             vec![("web".into(), Ipv4Addr::LOCALHOST, at.port())]
         );
         assert!(p.is_empty());
+        assert!(!p.is_current(&up), "a stopped task's word is not current");
     }
 }

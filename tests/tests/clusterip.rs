@@ -1133,18 +1133,21 @@ fn host_network_udp_reaches_cluster_ips_at_the_socket_and_a_connected_socket_lea
     );
     // A socket connected through the ClusterIP, then straight to the backend: it names the
     // backend from then on (its records went with the direct connect).
+    // Likewise an unconnected socket that sends through the ClusterIP, then straight to it.
     let b2 = SocketAddr::from((node.pods[2].ip, 5353));
-    let mut cmd = std::process::Command::new(bin);
-    cmd.args(["--udp-redial", &to.to_string(), &b2.to_string()])
-        .stdin(std::process::Stdio::null());
-    xlb_tests::agent::in_netns(&mut cmd, &node.ns.path());
-    xlb_tests::agent::in_cgroup(&mut cmd, &pins.cgroup);
-    let out = cmd.output().expect("xlb-test-client");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        format!("{to} {to}\n{b2} {b2}\n"),
-        "getpeername() and the answer's source, through the ClusterIP then direct"
-    );
+    for mode in ["--udp-redial", "--udp-sendto-direct"] {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args([mode, &to.to_string(), &b2.to_string()])
+            .stdin(std::process::Stdio::null());
+        xlb_tests::agent::in_netns(&mut cmd, &node.ns.path());
+        xlb_tests::agent::in_cgroup(&mut cmd, &pins.cgroup);
+        let out = cmd.output().expect("xlb-test-client");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{to} {to}\n{b2} {b2}\n"),
+            "{mode}: the peer and the answer's source, through the ClusterIP then direct"
+        );
+    }
     drop(servers);
 }
 

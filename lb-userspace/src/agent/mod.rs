@@ -331,6 +331,9 @@ pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
                 hc_ports.update(translator.health_checks()).await;
             }
             Some(change) = probe_rx.recv() => {
+                if !prober.is_current(&change) {
+                    continue;
+                }
                 let (service, addr, port) = &change.key;
                 let backend = format!("{addr}:{port}");
                 metrics

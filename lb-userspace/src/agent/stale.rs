@@ -3,8 +3,8 @@
 //! nothing on the packet path moves it later. After each sync the agent finds the backends no
 //! UDP service has active any more and aborts the sockets the datapath connected to them
 //! (`sockdiag`): the application's next `send()` fails and its reconnect picks a live backend.
-//! Sockets connected to those addresses directly (not through a ClusterIP) are left alone: only
-//! a socket whose `xlb_sock` record names that backend is aborted.
+//! Sockets connected to those addresses directly (not through a service) are left alone: only a
+//! socket whose `xlb_sock` record or `xlb_sock_rev` entry names that backend is aborted.
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -12,8 +12,8 @@ use std::{
     path::Path,
 };
 
-use aya::maps::{Array, MapData};
-use lb_common::{SockXlate, capacity, map_names};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use lb_common::{SockRevKey, SockRevValue, SockXlate, capacity, map_names};
 
 use crate::{
     model::{DesiredState, EndpointState, LbService, Protocol},
@@ -98,14 +98,26 @@ impl UdpBackends {
 pub fn abort_sockets(bpffs: &Path, gone: &HashSet<(Ipv4Addr, u16)>) -> anyhow::Result<usize> {
     let data = MapData::from_pin(bpffs.join(map_names::SOCK))?;
     let sock: Array<MapData, SockXlate> = Array::try_from(aya::maps::Map::Array(data))?;
+    let data = MapData::from_pin(bpffs.join(map_names::SOCK_REV))?;
+    let rev: BpfHashMap<MapData, SockRevKey, SockRevValue> =
+        BpfHashMap::try_from(aya::maps::Map::LruHashMap(data))?;
     let n = sockdiag::abort_connected_udp(|cookie, addr, port| {
         if !gone.contains(&(addr, port)) {
             return false;
         }
+        // The socket's record in its slot (which a later socket may have taken over), or the
+        // exact (socket, backend) entry its replies are rewritten by.
         let slot = (cookie & u64::from(capacity::SOCK_SLOTS - 1)) as u32;
-        sock.get(&slot, 0).is_ok_and(|r| {
+        let in_slot = sock.get(&slot, 0).is_ok_and(|r| {
             r.cookie() == cookie && r.backend == addr.octets() && r.backend_port_be == port.to_be()
-        })
+        });
+        let key = SockRevKey {
+            cookie,
+            backend: addr.octets(),
+            backend_port_be: port.to_be(),
+            _pad: 0,
+        };
+        in_slot || rev.get(&key, 0).is_ok()
     })?;
     Ok(n)
 }

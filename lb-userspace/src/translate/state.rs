@@ -504,9 +504,7 @@ impl Translator {
     pub fn upsert_compact(&mut self, c: Compact) {
         let name = c.service.name.clone();
         if self.compact.get(&name) != Some(&c) {
-            if c.health.is_none() {
-                self.unhealthy.retain(|(s, ..)| *s != name);
-            }
+            // (Health states stay until the prober stops the backend's probe: `set_healthy`.)
             self.dirty.insert(Origin::Compact(name.clone()));
             self.compact.insert(name, c);
         }
@@ -515,7 +513,6 @@ impl Translator {
     /// Removes a compact-format service.
     pub fn remove_compact(&mut self, name: &str) {
         if self.compact.remove(name).is_some() {
-            self.unhealthy.retain(|(s, ..)| s != name);
             self.dirty.insert(Origin::Compact(name.to_owned()));
         }
     }

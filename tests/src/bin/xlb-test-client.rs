@@ -37,29 +37,40 @@ fn connected_udp(s: &mut Option<UdpSocket>, to: SocketAddr) -> std::io::Result<S
 }
 
 /// `--udp-redial`: the peer and the answer's source after a connect to `to`, then after one
-/// to `backend` on the same socket.
-fn redial(to: SocketAddr, backend: SocketAddr) -> std::io::Result<()> {
+/// to `backend` on the same socket. `--udp-sendto-direct`: one unconnected socket sends to
+/// `to`, then to `backend`; prints `<to> <answer's source>` for each.
+fn redial(to: SocketAddr, backend: SocketAddr, connected: bool) -> std::io::Result<()> {
     let s = UdpSocket::bind("0.0.0.0:0")?;
     s.set_read_timeout(Some(Duration::from_millis(500)))?;
     let mut buf = [0u8; 2048];
     for dial in [to, backend] {
-        s.connect(dial)?;
-        s.send(b"ping")?;
+        let peer = if connected {
+            s.connect(dial)?;
+            s.send(b"ping")?;
+            s.peer_addr()?
+        } else {
+            s.send_to(b"ping", dial)?;
+            dial
+        };
         let (_, from) = s.recv_from(&mut buf)?;
-        println!("{} {from}", s.peer_addr()?);
+        println!("{peer} {from}");
     }
     Ok(())
 }
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().is_some_and(|a| a == "--udp-redial") {
+    if let Some(mode) = args
+        .first()
+        .filter(|a| *a == "--udp-redial" || *a == "--udp-sendto-direct")
+        .cloned()
+    {
         let addr = |i: usize| args.get(i).and_then(|a| a.parse::<SocketAddr>().ok());
         let (Some(to), Some(backend)) = (addr(1), addr(2)) else {
-            eprintln!("usage: xlb-test-client --udp-redial <addr:port> <backend:port>");
+            eprintln!("usage: xlb-test-client {mode} <addr:port> <backend:port>");
             std::process::exit(2);
         };
-        if let Err(e) = redial(to, backend) {
+        if let Err(e) = redial(to, backend, mode == "--udp-redial") {
             println!("error {e}");
         }
         return;
