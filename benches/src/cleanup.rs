@@ -30,7 +30,7 @@ static SYSCTLS: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
 
 /// The prefix of every name this process's tags produce.
 pub fn prefix() -> String {
-    format!("xlbt-{}x", std::process::id() % 100_000)
+    format!("xlbt-{}x", std::process::id())
 }
 
 /// Blocks the three signals in the calling thread (so in every thread started after it: call

@@ -105,7 +105,7 @@ fn ctrl_c_during_a_run_removes_its_namespaces_agents_and_pins() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start xlb-bench-e2e");
-    let prefix = format!("xlbt-{}x", child.id() % 100_000);
+    let prefix = format!("xlbt-{}x", child.id());
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

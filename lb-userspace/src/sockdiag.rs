@@ -75,7 +75,26 @@ fn open() -> Result<OwnedFd, DiagError> {
         return Err(io_err("socket")(io::Error::last_os_error()));
     }
     // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The agent calls this from its event loop: a kernel that never answers must not hang it.
+    let timeout = libc::timeval {
+        tv_sec: 2,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt with a correctly sized timeval on an open socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io_err("setsockopt")(io::Error::last_os_error()));
+    }
+    Ok(fd)
 }
 
 fn send(fd: &OwnedFd, msg: &[u8], op: &'static str) -> Result<(), DiagError> {
@@ -108,12 +127,19 @@ fn receive(fd: &OwnedFd, op: &'static str, mut f: impl FnMut(u16, &[u8])) -> Res
                 });
             }
             let payload = &rest[NLMSG_HDR..len];
+            let code = || {
+                payload
+                    .get(..4)
+                    .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            };
             match kind {
+                // A dump that failed part-way ends with its error code.
+                NLMSG_DONE if code() < 0 => {
+                    return Err(io_err(op)(io::Error::from_raw_os_error(-code())));
+                }
                 NLMSG_DONE => return Ok(()),
                 NLMSG_ERROR => {
-                    let code = payload
-                        .get(..4)
-                        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                    let code = code();
                     if code == 0 {
                         return Ok(());
                     }

@@ -11,11 +11,12 @@ use std::{
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// A unique short tag for this process and call: `<pid % 100000>x<seq>`.
+/// A unique short tag for this process and call: `<pid>x<seq>` (the whole pid: a process
+/// removing its leftovers by prefix, `xlbt-<pid>x`, must never match another's).
 pub fn unique_tag() -> String {
     format!(
         "{}x{}",
-        std::process::id() % 100_000,
+        std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     )
 }
