@@ -100,10 +100,11 @@ fn host_socket(ctx: &SockAddrContext) -> bool {
 /// address, `Config::snat_addr`), LoadBalancer IPs and externalIPs only for host-network ones:
 /// a pod's packets to them cross its device, where tc translates them.
 #[inline(always)]
-fn service_for(addr: [u8; 4], port_be: u16, l4: u8, node: [u8; 4]) -> Option<(ServiceValue, bool)> {
+fn service_for(addr: [u8; 4], port_be: u16, l4: u8) -> Option<(ServiceValue, bool)> {
     let port = u16::from_be(port_be);
     let loopback = addr[0] == 127;
-    let key_addr = if loopback { node } else { addr };
+    // (The configuration is read only for loopback: every other connect and datagram skips it.)
+    let key_addr = if loopback { config()?.snat_addr } else { addr };
     if !lookup::may_be_frontend(key_addr, port, l4) {
         return None;
     }
@@ -162,12 +163,9 @@ fn translate_connect(ctx: &SockAddrContext) -> bool {
         IPPROTO_UDP => proto::UDP,
         _ => return false,
     };
-    let Some(cfg) = config() else {
-        return false;
-    };
     let vip = sa.user_ip4.to_ne_bytes();
     let vip_port_be = sa.user_port as u16;
-    let Some((svc, host_only)) = service_for(vip, vip_port_be, l4, cfg.snat_addr) else {
+    let Some((svc, host_only)) = service_for(vip, vip_port_be, l4) else {
         return false;
     };
     // UDP, affinity and frontends other than ClusterIPs at the socket are for host-network
@@ -183,6 +181,9 @@ fn translate_connect(ctx: &SockAddrContext) -> bool {
         }
         lookup::slot_backend(&svc, lookup::pick_slot(&svc)).map(|(_, be)| be)
     } else {
+        let Some(cfg) = config() else {
+            return false;
+        };
         affine(&svc, cfg.snat_addr)
     };
     let Some(be) = be else {
@@ -280,10 +281,7 @@ pub fn sendmsg4(ctx: &SockAddrContext) {
     }
     let vip = sa.user_ip4.to_ne_bytes();
     let vip_port_be = sa.user_port as u16;
-    let Some(cfg) = config() else {
-        return;
-    };
-    let Some((svc, _)) = service_for(vip, vip_port_be, proto::UDP, cfg.snat_addr) else {
+    let Some((svc, _)) = service_for(vip, vip_port_be, proto::UDP) else {
         // A datagram straight to a backend this socket also reached through a service: its
         // answers from that backend are the backend's own from now on.
         if crate::maps::may_be_backend(vip, u16::from_be(vip_port_be)) && host_socket(ctx) {
