@@ -4,7 +4,7 @@
 //! that announce them (`finish_service`), in the order `mod.rs` describes.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
 };
 
@@ -162,23 +162,8 @@ impl<W: MapWriter> MapSync<W> {
                 self.svc_ids.release(id);
                 return Err(e.into());
             }
-            self.applied.insert(
-                name.to_owned(),
-                Applied {
-                    id,
-                    info: SvcInfo {
-                        lut_fingerprint: 0,
-                        name: name_bytes(name),
-                        frontends: 0,
-                        pick_len: 0,
-                        lut_len: 0,
-                    },
-                    model: None,
-                    frontends: BTreeMap::new(),
-                    backends: BTreeMap::new(),
-                    ranges: BTreeSet::new(),
-                },
-            );
+            self.applied
+                .insert(name.to_owned(), Applied::empty(id, name, None));
         }
         let mut changed = false;
         let Some(a) = self.applied.get_mut(name) else {

@@ -101,6 +101,26 @@ struct Applied {
     ranges: BTreeSet<Ipv4Net>,
 }
 
+impl Applied {
+    /// Service `id` named `name` with nothing written yet (`info`, if the maps had one).
+    fn empty(id: u32, name: &str, info: Option<SvcInfo>) -> Self {
+        Self {
+            id,
+            info: info.unwrap_or(SvcInfo {
+                lut_fingerprint: 0,
+                name: encode::name_bytes(name),
+                frontends: 0,
+                pick_len: 0,
+                lut_len: 0,
+            }),
+            model: None,
+            frontends: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            ranges: BTreeSet::new(),
+        }
+    }
+}
+
 /// Summary of the applied state, for metrics and the CLI.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {

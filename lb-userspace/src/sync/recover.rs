@@ -1,14 +1,11 @@
 //! Adoption after a restart: what a previous agent left in the maps becomes `MapSync`'s state
 //! (names, ids, frontends, backends, ranges), so the first sync only writes differences.
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
-};
+use std::{collections::HashMap, net::Ipv4Addr};
 
 use lb_common::SvcInfo;
 
-use super::{Applied, MapSync, MapWriter, Recovered, SyncConfig, encode::name_bytes};
+use super::{Applied, MapSync, MapWriter, Recovered, SyncConfig};
 
 impl<W: MapWriter> MapSync<W> {
     /// Adopts what a previous agent left in the maps: names, ids, frontends, backends and
@@ -25,23 +22,8 @@ impl<W: MapWriter> MapSync<W> {
                 .as_ref()
                 .map_or_else(|| format!("#orphan-{id}"), crate::bpf::maps::info_name);
             s.svc_ids.adopt(id);
-            s.applied.insert(
-                name.clone(),
-                Applied {
-                    id,
-                    info: info.unwrap_or(SvcInfo {
-                        lut_fingerprint: 0,
-                        name: name_bytes(&name),
-                        frontends: 0,
-                        pick_len: 0,
-                        lut_len: 0,
-                    }),
-                    model: None,
-                    frontends: BTreeMap::new(),
-                    backends: BTreeMap::new(),
-                    ranges: BTreeSet::new(),
-                },
-            );
+            s.applied
+                .insert(name.clone(), Applied::empty(id, &name, info));
             by_id.insert(id, name.clone());
             name
         };
