@@ -199,19 +199,28 @@ impl Agent {
     /// Starts the agent of node `node_name` on the service files at `services`, attaching
     /// every pod device (`xp*`).
     pub fn start_on_node(node: &Netns, pins: &PinDir, services: &Path, node_name: &str) -> Self {
+        Self::start_on_node_with(node, pins, services, node_name, &[])
+    }
+
+    /// `start_on_node` with more agent flags.
+    pub fn start_on_node_with(
+        node: &Netns,
+        pins: &PinDir,
+        services: &Path,
+        node_name: &str,
+        extra: &[&str],
+    ) -> Self {
         let services = services.to_str().expect("utf-8 path");
-        Self::start(
-            node,
-            pins,
-            &[
-                "--services",
-                services,
-                "--node-name",
-                node_name,
-                "--pod-devices",
-                "xp*",
-            ],
-        )
+        let mut args = vec![
+            "--services",
+            services,
+            "--node-name",
+            node_name,
+            "--pod-devices",
+            "xp*",
+        ];
+        args.extend_from_slice(extra);
+        Self::start(node, pins, &args)
     }
 
     /// Process id of the running agent.

@@ -11,6 +11,25 @@ pub struct Port<'a> {
     pub node_port: Option<u16>,
 }
 
+impl Port<'static> {
+    /// `http`: TCP 80 → 8080, the tests' TCP servers.
+    pub const HTTP: Self = Self {
+        name: "http",
+        port: 80,
+        proto: "TCP",
+        target: "8080",
+        node_port: None,
+    };
+    /// `dns`: UDP 53 → 5353, the tests' UDP servers.
+    pub const DNS: Self = Self {
+        name: "dns",
+        port: 53,
+        proto: "UDP",
+        target: "5353",
+        node_port: None,
+    };
+}
+
 /// A `v1/Service`.
 pub fn service(name: &str, cluster_ip: Ipv4Addr, ports: &[Port<'_>], extra_spec: &str) -> String {
     let mut s = format!(

@@ -1044,13 +1044,7 @@ fn host_network_udp_reaches_cluster_ips_at_the_socket_and_a_connected_socket_lea
     for (i, pod) in node.pods.iter().enumerate().skip(1) {
         servers.udp(&pod.ns, SocketAddr::from((pod.ip, 5353)), &format!("b{i}"));
     }
-    let dns = [Port {
-        name: "dns",
-        port: 53,
-        proto: "UDP",
-        target: "5353",
-        node_port: None,
-    }];
+    let dns = [Port::DNS];
     let with = |pods: &[usize]| {
         let eps: Vec<Ep> = pods
             .iter()
@@ -1193,13 +1187,7 @@ fn a_host_network_resolver_queries_a_dns_server_behind_a_udp_cluster_ip() {
     .stderr(std::process::Stdio::piped());
     xlb_tests::agent::in_netns(&mut cmd, &server.ns.path());
     let mut dnsmasq = KillOnDrop(cmd.spawn().expect("dnsmasq (package dnsmasq-base)"));
-    let dns = [Port {
-        name: "dns",
-        port: 53,
-        proto: "UDP",
-        target: "5353",
-        node_port: None,
-    }];
+    let dns = [Port::DNS];
     let yaml = docs(&[
         service("kube-dns", VIP, &dns, ""),
         slice(
@@ -1271,18 +1259,12 @@ fn host_network_processes_reach_node_ports_on_node_addresses_and_loopback_and_lb
     servers.udp(&pod.ns, SocketAddr::from((pod.ip, 5353)), "b1");
     let ports = [
         Port {
-            name: "http",
-            port: 80,
-            proto: "TCP",
-            target: "8080",
             node_port: Some(30080),
+            ..Port::HTTP
         },
         Port {
-            name: "dns",
-            port: 53,
-            proto: "UDP",
-            target: "5353",
             node_port: Some(30053),
+            ..Port::DNS
         },
     ];
     let yaml = docs(&[
@@ -1300,22 +1282,9 @@ fn host_network_processes_reach_node_ports_on_node_addresses_and_loopback_and_lb
         ),
     ]);
     let path = dir.write("services.yaml", &yaml);
-    let services = path.to_str().expect("path").to_owned();
     let pins = PinDir::new(&tag);
-    let agent = Agent::start(
-        &node.ns,
-        &pins,
-        &[
-            "--services",
-            &services,
-            "--node-name",
-            "n1",
-            "--node-ip",
-            &node_ip.to_string(),
-            "--pod-devices",
-            "xp*",
-        ],
-    );
+    let ip = node_ip.to_string();
+    let agent = Agent::start_on_node_with(&node.ns, &pins, &path, "n1", &["--node-ip", &ip]);
     agent.wait_active("default/lb:http/TCP", 1);
     agent.wait_active("default/lb:dns/UDP", 1);
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_xlb-test-client"));
@@ -1352,13 +1321,7 @@ fn socket_lb_scope_host_leaves_pods_connects_to_tc_and_translates_host_network_o
     let mut servers = Servers::new();
     let pod = &node.pods[1];
     servers.tcp(&pod.ns, SocketAddr::from((pod.ip, 8080)), "b1");
-    let http = [Port {
-        name: "http",
-        port: 80,
-        proto: "TCP",
-        target: "8080",
-        node_port: None,
-    }];
+    let http = [Port::HTTP];
     let yaml = docs(&[
         service("web", VIP, &http, ""),
         slice(
@@ -1369,22 +1332,9 @@ fn socket_lb_scope_host_leaves_pods_connects_to_tc_and_translates_host_network_o
         ),
     ]);
     let path = dir.write("services.yaml", &yaml);
-    let services = path.to_str().expect("path").to_owned();
     let pins = PinDir::new(&tag);
-    let agent = Agent::start(
-        &node.ns,
-        &pins,
-        &[
-            "--services",
-            &services,
-            "--node-name",
-            "n1",
-            "--pod-devices",
-            "xp*",
-            "--socket-lb-scope",
-            "host",
-        ],
-    );
+    let agent =
+        Agent::start_on_node_with(&node.ns, &pins, &path, "n1", &["--socket-lb-scope", "host"]);
     agent.wait_active("default/web:http/TCP", 1);
     let to = SocketAddr::from((VIP, 80));
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_xlb-test-client"));

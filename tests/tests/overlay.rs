@@ -27,22 +27,7 @@ fn a_pod_reaches_a_backend_on_another_node_over_vxlan_tcp_and_udp_with_and_witho
     let mut servers = Servers::new();
     servers.tcp(&backend.ns, SocketAddr::from((backend.ip, 8080)), "remote");
     servers.udp(&backend.ns, SocketAddr::from((backend.ip, 5353)), "remote");
-    let ports = [
-        Port {
-            name: "http",
-            port: 80,
-            proto: "TCP",
-            target: "8080",
-            node_port: None,
-        },
-        Port {
-            name: "dns",
-            port: 53,
-            proto: "UDP",
-            target: "5353",
-            node_port: None,
-        },
-    ];
+    let ports = [Port::HTTP, Port::DNS];
     let dir = WorkDir::new(&tag);
     let file = dir.write(
         "services.yaml",
