@@ -44,6 +44,24 @@ fn compact() -> String {
     )
 }
 
+/// The balancer's agent on node n1 (uplink eth0) serving the files of `dir`.
+fn balancer(ns: &xlb_tests::netns::Netns, pins: &PinDir, dir: &WorkDir) -> Agent {
+    let ip = node_ip(0).to_string();
+    let services = dir.path.to_str().expect("path");
+    Agent::start(
+        ns,
+        pins,
+        &[
+            "--services",
+            services,
+            "--node-ip",
+            &ip,
+            "--devices",
+            "eth0",
+        ],
+    )
+}
+
 /// A LoadBalancer Service and its EndpointSlice, in the same directory as the compact file.
 fn manifest() -> String {
     format!(
@@ -103,18 +121,7 @@ fn one_arm_snat_weights_routed_backends_and_manifests_side_by_side() {
     dir.write("lb.yaml", &compact());
     dir.write("legacy.yaml", &manifest());
     let pins = PinDir::new(&tag);
-    let agent = Agent::start(
-        &lb.ns,
-        &pins,
-        &[
-            "--services",
-            dir.path.to_str().unwrap(),
-            "--node-ip",
-            &node_ip(0).to_string(),
-            "--devices",
-            "eth0",
-        ],
-    );
+    let agent = balancer(&lb.ns, &pins, &dir);
     for name in ["web", "dns", "routed", "default/legacy:http/TCP"] {
         agent.wait_active(name, if name == "web" { 2 } else { 1 });
     }
@@ -344,18 +351,7 @@ fn a_backend_failing_its_health_check_leaves_its_service_and_comes_back() {
         ),
     );
     let pins = PinDir::new(&tag);
-    let agent = Agent::start(
-        &lb.ns,
-        &pins,
-        &[
-            "--services",
-            dir.path.to_str().unwrap(),
-            "--node-ip",
-            &node_ip(0).to_string(),
-            "--devices",
-            "eth0",
-        ],
-    );
+    let agent = balancer(&lb.ns, &pins, &dir);
     let to = SocketAddr::from((VIP, 80));
     let served = || {
         let s = spread(&tcp_requests(client, to, 40));
