@@ -32,6 +32,17 @@ pub struct Config {
     pub flags: u32,
 }
 
+/// Value of `xlb_config6` (index 0), written by the agent: what `Config` holds for IPv4,
+/// for IPv6 flows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config6 {
+    /// Source address for hairpin flows (`::` until the agent knows one).
+    pub hairpin_addr: crate::Ipv6,
+    /// Source address for SNAT of north-south flows to remote backends (`::`: none).
+    pub snat_addr: crate::Ipv6,
+}
+
 /// `Config::flags`.
 pub mod config_flags {
     /// Emit drop events to `xlb_events`.

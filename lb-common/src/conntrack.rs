@@ -15,14 +15,15 @@ pub mod ct_dir {
     pub const REPLY: u8 = 2;
 }
 
-/// Key of `xlb_ct`: the packet's own 5-tuple before translation.
+/// Key of `xlb_ct` and `xlb_ct_new` (`xlb_ct6`, `xlb_ct6_new` with `A = Ipv6`): the packet's
+/// own 5-tuple before translation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CtKey {
+pub struct CtKey<A = Ipv4> {
     /// Source address, network order.
-    pub saddr: Ipv4,
+    pub saddr: A,
     /// Destination address, network order.
-    pub daddr: Ipv4,
+    pub daddr: A,
     /// Source port, host order (0 for ICMP).
     pub sport: u16,
     /// Destination port, host order.
@@ -68,10 +69,11 @@ pub mod ct_flags {
     pub const SEEN_REPLY: u8 = 1 << 6;
 }
 
-/// Value of `xlb_ct`: what to rewrite for packets matching the key, and the flow's state.
+/// Value of `xlb_ct` (and its siblings, see `CtKey`): what to rewrite for packets matching
+/// the key, and the flow's state.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CtValue {
+pub struct CtValue<A = Ipv4> {
     /// Service id at selection time.
     pub svc_id: u32,
     /// Selected backend id.
@@ -81,9 +83,9 @@ pub struct CtValue {
     /// Expiry time, seconds of CLOCK_MONOTONIC; an expired entry counts as absent.
     pub expires: u32,
     /// New source address when `XLATE_SRC`.
-    pub nat_saddr: Ipv4,
+    pub nat_saddr: A,
     /// New destination address when `XLATE_DST`.
-    pub nat_daddr: Ipv4,
+    pub nat_daddr: A,
     /// New source port when `XLATE_SRC`, host order.
     pub nat_sport: u16,
     /// New destination port when `XLATE_DST`, host order.

@@ -68,6 +68,13 @@ mod pod {
         SockRevValue,
         DevState,
         AgentStatus,
+        ServiceKey<Ipv6>,
+        Backend<Ipv6>,
+        CtKey<Ipv6>,
+        CtValue<Ipv6>,
+        AffinityKey<Ipv6>,
+        SrcRangeKey<Ipv6>,
+        Config6,
     );
 }
 
@@ -93,6 +100,15 @@ const _: () = {
     assert!(size_of::<AffinityValue>() == 8);
     assert!(size_of::<SrcRangeKey>() == 8);
     assert!(size_of::<Config>() == 44);
+    assert!(size_of::<ServiceKey<Ipv6>>() == 20);
+    assert!(size_of::<Backend<Ipv6>>() == 28);
+    assert!(offset_of!(Backend<Ipv6>, svc_id) == 20);
+    assert!(size_of::<CtKey<Ipv6>>() == 40);
+    assert!(size_of::<CtValue<Ipv6>>() == 84);
+    assert!(offset_of!(CtValue<Ipv6>, route_ifindex) == 56);
+    assert!(size_of::<AffinityKey<Ipv6>>() == 20);
+    assert!(size_of::<SrcRangeKey<Ipv6>>() == 20);
+    assert!(size_of::<Config6>() == 32);
     assert!(size_of::<SvcStats>() == 48);
     assert!(size_of::<SvcInfo>() == 8 + SVC_NAME_LEN + 8);
     assert!(size_of::<Event>() == 48);

@@ -16,6 +16,46 @@ pub const LAYOUT_VERSION: u32 = 5;
 /// An IPv4 address as the bytes found in the packet (network order).
 pub type Ipv4 = [u8; 4];
 
+/// An IPv6 address as the packet carries it (network order).
+pub type Ipv6 = [u8; 16];
+
+/// An address family's address as map keys and values hold it (packet bytes). The map types
+/// are generic over it (`ServiceKey<Ipv6>` is the key of `xlb_services6`); the IPv4 ones are
+/// the default.
+pub trait Address: Copy + PartialEq + Eq + core::fmt::Debug + 'static {
+    /// The unspecified address.
+    const ZERO: Self;
+    /// 4 for IPv4, 6 for IPv6.
+    const FAMILY: u8;
+    /// The address folded to 32 bits (the XOR of its words): what the filters and the flow
+    /// hash take, so one function serves both families.
+    fn folded(&self) -> Ipv4;
+}
+
+impl Address for Ipv4 {
+    const ZERO: Self = [0; 4];
+    const FAMILY: u8 = 4;
+    #[inline(always)]
+    fn folded(&self) -> Ipv4 {
+        *self
+    }
+}
+
+impl Address for Ipv6 {
+    const ZERO: Self = [0; 16];
+    const FAMILY: u8 = 6;
+    #[inline(always)]
+    fn folded(&self) -> Ipv4 {
+        let a = self;
+        [
+            a[0] ^ a[4] ^ a[8] ^ a[12],
+            a[1] ^ a[5] ^ a[9] ^ a[13],
+            a[2] ^ a[6] ^ a[10] ^ a[14],
+            a[3] ^ a[7] ^ a[11] ^ a[15],
+        ]
+    }
+}
+
 mod config;
 mod conntrack;
 pub mod csum;

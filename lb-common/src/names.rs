@@ -53,11 +53,51 @@ pub mod map_names {
     /// Stage programs of the XDP entry program.
     pub const XDP_STAGES: &str = "xlb_xdp_stages";
 
+    /// IPv6 frontends (`ServiceKey<Ipv6>`).
+    pub const SERVICES6: &str = "xlb_services6";
+    /// IPv6 backends by id (the same id space as `xlb_backends`).
+    pub const BACKENDS6: &str = "xlb_backends6";
+    /// IPv6 connection tracking of confirmed flows.
+    pub const CONNTRACK6: &str = "xlb_ct6";
+    /// IPv6 connection tracking of flows not answered yet.
+    pub const CT_NEW6: &str = "xlb_ct6_new";
+    /// IPv6 ClientIP session affinity.
+    pub const AFFINITY6: &str = "xlb_affinity6";
+    /// IPv6 loadBalancerSourceRanges (LPM trie).
+    pub const SRC_RANGES6: &str = "xlb_srcranges6";
+    /// IPv6 hairpin and SNAT addresses (one entry).
+    pub const CONFIG6: &str = "xlb_config6";
+
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 21] = [
-        SERVICES, BACKENDS, LUT, CONNTRACK, CT_NEW, FRAGS, AFFINITY, SRC_RANGES, COUNTERS,
-        SVC_STATS, SVC_INFO, CONFIG, EVENTS, TRACE, SOCK, SOCK_REV, FE_FILTER, BE_FILTER, BE_NAT,
-        DEVICES, AGENT,
+    pub const ALL: [&str; 28] = [
+        SERVICES,
+        BACKENDS,
+        LUT,
+        CONNTRACK,
+        CT_NEW,
+        FRAGS,
+        AFFINITY,
+        SRC_RANGES,
+        COUNTERS,
+        SVC_STATS,
+        SVC_INFO,
+        CONFIG,
+        EVENTS,
+        TRACE,
+        SOCK,
+        SOCK_REV,
+        FE_FILTER,
+        BE_FILTER,
+        BE_NAT,
+        DEVICES,
+        AGENT,
+        SERVICES6,
+        BACKENDS6,
+        CONNTRACK6,
+        CT_NEW6,
+        AFFINITY6,
+        SRC_RANGES6,
+        CONFIG6,
     ];
 }
 
@@ -90,11 +130,36 @@ pub mod prog_names {
     pub const XDP_BACK: &str = "xlb_xdp_back";
     pub const XDP_ICMP: &str = "xlb_xdp_icmp";
     /// Stage programs of the tc entry programs, in `xlb_tc_stages` slot order.
-    pub const TC_STAGES: [&str; 8] = [
-        POD_FRONT, POD_BACK, POD_ICMP, POD_ERROR, HOST_FRONT, HOST_BACK, HOST_ICMP, HOST_ERROR,
+    pub const TC_STAGES: [&str; 14] = [
+        POD_FRONT,
+        POD_BACK,
+        POD_ICMP,
+        POD_ERROR,
+        POD_FRONT6,
+        POD_BACK6,
+        POD_NEW6,
+        HOST_FRONT,
+        HOST_BACK,
+        HOST_ICMP,
+        HOST_ERROR,
+        HOST_FRONT6,
+        HOST_BACK6,
+        HOST_NEW6,
     ];
     /// Stage programs of the XDP entry program, in `xlb_xdp_stages` slot order.
     pub const XDP_STAGES: [&str; 3] = [XDP_FRONT, XDP_BACK, XDP_ICMP];
+    /// cgroup connect6: a TCP connect() to an IPv6 ClusterIP (or an IPv4 one from an
+    /// IPv4-mapped address) goes to a backend.
+    pub const CONNECT6: &str = "xlb_connect6";
+    /// cgroup getpeername6: such a socket reports the ClusterIP as its peer.
+    pub const PEERNAME6: &str = "xlb_peername6";
+    /// IPv6 stages of the tc entry programs.
+    pub const POD_FRONT6: &str = "xlb_pod_front6";
+    pub const POD_BACK6: &str = "xlb_pod_back6";
+    pub const HOST_FRONT6: &str = "xlb_host_front6";
+    pub const HOST_BACK6: &str = "xlb_host_back6";
+    pub const POD_NEW6: &str = "xlb_pod_new6";
+    pub const HOST_NEW6: &str = "xlb_host_new6";
     /// Raw tracepoint `xdp_bulk_tx`: frames a device's XDP_TX could not send.
     pub const TXERR_BULK: &str = "xlb_txerr_bulk";
     /// Raw tracepoint `xdp_exception`: an XDP_TX a driver refused.
@@ -115,8 +180,17 @@ pub mod stage {
     pub const ICMP: u32 = 2;
     /// Send an ICMP error (time exceeded, fragmentation needed) instead of forwarding (tc).
     pub const ERROR: u32 = 3;
-    /// Slots per hook.
-    pub const PER_HOOK: u32 = 4;
+    /// An IPv6 packet to a frontend (as `FRONT`; tc only: XDP leaves IPv6 to tc).
+    pub const FRONT6: u32 = 4;
+    /// An IPv6 backend's reply (as `BACK`; tc only).
+    pub const BACK6: u32 = 5;
+    /// An IPv6 packet that starts a flow (its frontend and the flow's old entry already
+    /// looked up by `FRONT6`): the IPv6 keys and entries are too big for one program's stack.
+    pub const NEW6: u32 = 6;
+    /// Slots per tc hook (XDP uses the first `XDP_STAGES`).
+    pub const PER_HOOK: u32 = 7;
+    /// Slots of the XDP hook.
+    pub const XDP_STAGES: u32 = 3;
     /// Base slot of the pod tc hook in `xlb_tc_stages`.
     pub const POD_BASE: u32 = 0;
     /// Base slot of the uplink tc hook in `xlb_tc_stages`.

@@ -77,8 +77,8 @@ pub mod drop_reason {
 pub mod counter {
     /// Packets seen by any xlb program.
     pub const PACKETS: u32 = 0;
-    /// Not IPv4 (passed).
-    pub const NOT_IPV4: u32 = 1;
+    /// Neither IPv4 nor IPv6 (passed).
+    pub const NOT_IP: u32 = 1;
     /// Not for a frontend nor a reply of a translated flow (passed).
     pub const NOT_SERVICE: u32 = 2;
     /// Truncated or malformed headers (passed untouched).
@@ -138,7 +138,7 @@ pub mod counter {
     pub const fn name(index: u32) -> &'static str {
         match index {
             PACKETS => "packets",
-            NOT_IPV4 => "not_ipv4",
+            NOT_IP => "not_ip",
             NOT_SERVICE => "not_service",
             MALFORMED => "malformed",
             FRAGMENT => "fragment_untracked",

@@ -63,12 +63,12 @@ pub mod backend_flags {
     pub const TERMINATING: u8 = 1 << 2;
 }
 
-/// Frontend key of `xlb_services`.
+/// Frontend key of `xlb_services` (`xlb_services6` with `A = Ipv6`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceKey {
+pub struct ServiceKey<A = Ipv4> {
     /// Frontend address (VIP, node IP, LB IP or external IP), network order.
-    pub addr: Ipv4,
+    pub addr: A,
     /// Frontend port, host order.
     pub port: u16,
     /// IP protocol (`proto::*`).
@@ -77,7 +77,7 @@ pub struct ServiceKey {
     pub scope: u8,
 }
 
-impl ServiceKey {
+impl ServiceKey<Ipv4> {
     /// The key's bytes as the map holds them (what `bpftool map lookup ... key hex` takes).
     pub fn to_bytes(&self) -> [u8; 8] {
         let p = self.port.to_ne_bytes();
@@ -120,12 +120,13 @@ pub struct ServiceValue {
     pub pick_len: u16,
 }
 
-/// Value of `xlb_backends` (key: backend id, `u32`, never 0).
+/// Value of `xlb_backends` (`xlb_backends6` with `A = Ipv6`; key: backend id, `u32`, never
+/// 0, one id space for both).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Backend {
+pub struct Backend<A = Ipv4> {
     /// Endpoint address, network order.
-    pub addr: Ipv4,
+    pub addr: A,
     /// Endpoint port (resolved targetPort), host order.
     pub port: u16,
     /// `backend_flags::*`.
@@ -154,14 +155,14 @@ pub struct LutChunk {
     pub backend_ids: [u32; LUT_CHUNK_SLOTS],
 }
 
-/// Key of `xlb_affinity`.
+/// Key of `xlb_affinity` (`xlb_affinity6` with `A = Ipv6`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct AffinityKey {
+pub struct AffinityKey<A = Ipv4> {
     /// Service id.
     pub svc_id: u32,
     /// Client address, network order.
-    pub client: Ipv4,
+    pub client: A,
 }
 
 /// Value of `xlb_affinity`.
@@ -175,14 +176,14 @@ pub struct AffinityValue {
 }
 
 /// Data part of an `xlb_srcranges` LPM key; the prefix length covers all 32 bits of `svc_id`
-/// plus the CIDR's own length.
+/// plus the CIDR's own length (`xlb_srcranges6` with `A = Ipv6`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SrcRangeKey {
+pub struct SrcRangeKey<A = Ipv4> {
     /// Service id, big-endian so that it forms the leading bits of the prefix.
     pub svc_id_be: u32,
     /// Client network, network order.
-    pub addr: Ipv4,
+    pub addr: A,
 }
 
 /// Maximum length of a service name in `xlb_svc_info`.

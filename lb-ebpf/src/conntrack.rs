@@ -14,7 +14,7 @@
 //! endpoint ignores others and answers a challenge ACK), so a blind RST cannot make the flow's
 //! state expire while the connection lives on.
 
-use core::ptr::NonNull;
+use core::{mem::MaybeUninit, ptr::NonNull};
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -22,8 +22,10 @@ use aya_ebpf::{
 };
 use lb_common::{Config, CtKey, CtValue, counter, ct_dir, ct_flags, ct_state, proto};
 
+use crate::family::Family;
+
 use crate::{
-    maps::{self, CONNTRACK, CT_NEW},
+    maps,
     parse::{Flow, tcp_flags},
     stats,
 };
@@ -39,10 +41,10 @@ pub fn now_secs() -> u32 {
 /// `memcpy`, a byte loop the verifier walks 60 times on every path through it; volatile word
 /// accesses keep LLVM from forming that call again.
 #[inline(always)]
-pub fn copy_ct(dst: *mut CtValue, src: *const CtValue) {
-    const WORDS: usize = core::mem::size_of::<CtValue>() / 4;
+pub fn copy_ct<A: Family>(dst: *mut CtValue<A>, src: *const CtValue<A>) {
+    let words = core::mem::size_of::<CtValue<A>>() / 4;
     let (d, s) = (dst.cast::<u32>(), src.cast::<u32>());
-    for i in 0..WORDS {
+    for i in 0..words {
         // SAFETY: both point to a whole CtValue (4-byte aligned, a multiple of 4 bytes).
         unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
     }
@@ -50,8 +52,8 @@ pub fn copy_ct(dst: *mut CtValue, src: *const CtValue) {
 
 /// A conntrack value read out of a map (see `copy_ct`).
 #[inline(always)]
-pub fn read_ct(src: *const CtValue) -> CtValue {
-    let mut v = core::mem::MaybeUninit::<CtValue>::uninit();
+pub fn read_ct<A: Family>(src: *const CtValue<A>) -> CtValue<A> {
+    let mut v = core::mem::MaybeUninit::<CtValue<A>>::uninit();
     copy_ct(v.as_mut_ptr(), src);
     // SAFETY: every byte was written by `copy_ct`.
     unsafe { v.assume_init() }
@@ -59,7 +61,7 @@ pub fn read_ct(src: *const CtValue) -> CtValue {
 
 /// The packet's own 5-tuple as a key in direction `dir`.
 #[inline(always)]
-pub fn key(flow: &Flow, dir: u8) -> CtKey {
+pub fn key<A: Family>(flow: &Flow<A>, dir: u8) -> CtKey<A> {
     CtKey {
         saddr: flow.saddr,
         daddr: flow.daddr,
@@ -74,7 +76,7 @@ pub fn key(flow: &Flow, dir: u8) -> CtKey {
 /// The key of `flow`'s tuple as its peer sends it (addresses and ports swapped), in direction
 /// `dir`.
 #[inline(always)]
-pub fn reversed_key(flow: &Flow, dir: u8) -> CtKey {
+pub fn reversed_key<A: Family>(flow: &Flow<A>, dir: u8) -> CtKey<A> {
     CtKey {
         saddr: flow.daddr,
         daddr: flow.saddr,
@@ -92,8 +94,8 @@ pub fn reversed_key(flow: &Flow, dir: u8) -> CtKey {
 /// map pointer that may be either: the verifier cannot merge states holding different map
 /// pointers, and the new-flow path's states would double at every branch.
 #[inline(always)]
-pub fn get(key: &CtKey) -> Option<CtValue> {
-    let p = CONNTRACK.get_ptr(key).or_else(|| CT_NEW.get_ptr(key))?;
+pub fn get<A: Family>(key: &CtKey<A>) -> Option<CtValue<A>> {
+    let p = A::ct().get_ptr(key).or_else(|| A::ct_new().get_ptr(key))?;
     Some(read_ct(p))
 }
 
@@ -166,7 +168,14 @@ pub enum Peer {
 /// number, state, then expiry (written only when it moves, so a busy flow writes its expiry at
 /// most once a second). `ack`: the packet's acknowledgment number (read for RSTs only).
 #[inline(always)]
-pub fn refresh(ct: *mut CtValue, flow: &Flow, cfg: &Config, now: u32, dir: u8, ack: u32) -> Peer {
+pub fn refresh<A: Family>(
+    ct: *mut CtValue<A>,
+    flow: &Flow<A>,
+    cfg: &Config,
+    now: u32,
+    dir: u8,
+    ack: u32,
+) -> Peer {
     if !stats::live() {
         return Peer::Keep;
     }
@@ -214,14 +223,20 @@ pub fn refresh(ct: *mut CtValue, flow: &Flow, cfg: &Config, now: u32, dir: u8, a
 /// state has the same timeout). Only if `peer` still names `own` as its other half: another
 /// flow may have taken the tuple over (a reused tuple, a re-created flow).
 #[inline(always)]
-pub fn touch_peer(confirmed: bool, own: &CtKey, peer: &CtKey, what: Peer, after: &CtValue) {
+pub fn touch_peer<A: Family>(
+    confirmed: bool,
+    own: &CtKey<A>,
+    peer: &CtKey<A>,
+    what: Peer,
+    after: &CtValue<A>,
+) {
     if what == Peer::Keep {
         return;
     }
     let p = if confirmed {
-        CONNTRACK.get_ptr_mut(peer)
+        A::ct().get_ptr_mut(peer)
     } else {
-        CT_NEW.get_ptr_mut(peer)
+        A::ct_new().get_ptr_mut(peer)
     };
     let Some(p) = p else {
         return;
@@ -241,7 +256,7 @@ pub fn touch_peer(confirmed: bool, own: &CtKey, peer: &CtKey, what: Peer, after:
 /// True if the entry `e` at `key` names `other` as its flow's other half (the reply key of a
 /// forward entry, the forward key of a reply entry).
 #[inline(always)]
-pub fn names(key: &CtKey, e: &CtValue, other: &CtKey) -> bool {
+pub fn names<A: Family>(key: &CtKey<A>, e: &CtValue<A>, other: &CtKey<A>) -> bool {
     if key.dir == ct_dir::FORWARD {
         reply_key_of(e, key.proto) == *other
     } else {
@@ -249,21 +264,49 @@ pub fn names(key: &CtKey, e: &CtValue, other: &CtKey) -> bool {
     }
 }
 
+/// Room for conntrack key `i` (0 or 1) of a new flow: `stack` for IPv4, this CPU's scratch
+/// for IPv6 (see `Family::FLOW_IN_SCRATCH`).
+#[inline(always)]
+pub fn key_room<A: Family>(stack: &mut MaybeUninit<CtKey<A>>, i: usize) -> Option<&mut CtKey<A>> {
+    if A::FLOW_IN_SCRATCH {
+        let s = maps::SCRATCH.get_ptr_mut(0)?;
+        // SAFETY: this CPU's slot, used by this program run only.
+        return Some(A::key_mut(unsafe { &mut *s }, i));
+    }
+    // SAFETY: the caller writes the whole key before reading it.
+    Some(unsafe { stack.assume_init_mut() })
+}
+
+/// True if `key` is the reply key of the forward entry `fwd` (`reply_key_of`), compared in
+/// place.
+#[inline(always)]
+pub fn is_reply_key_of<A: Family>(key: &CtKey<A>, fwd: &CtValue<A>, l4_proto: u8) -> bool {
+    key.saddr == fwd.nat_daddr
+        && key.daddr == fwd.nat_saddr
+        && key.sport == fwd.nat_dport
+        && key.dport == fwd.nat_sport
+        && key.proto == l4_proto
+        && key.dir == ct_dir::REPLY
+}
+
 /// A key no flow has (all zero).
-pub const NO_KEY: CtKey = CtKey {
-    saddr: [0; 4],
-    daddr: [0; 4],
-    sport: 0,
-    dport: 0,
-    proto: 0,
-    dir: 0,
-    _pad: [0; 2],
-};
+#[inline(always)]
+pub fn no_key<A: Family>() -> CtKey<A> {
+    CtKey {
+        saddr: A::ZERO,
+        daddr: A::ZERO,
+        sport: 0,
+        dport: 0,
+        proto: 0,
+        dir: 0,
+        _pad: [0; 2],
+    }
+}
 
 /// The reply-direction key of a forward entry: the backend answering the (possibly rewritten)
 /// client address. Forward entries always carry the post-translation source in `nat_s*`.
 #[inline(always)]
-pub fn reply_key_of(fwd: &CtValue, l4_proto: u8) -> CtKey {
+pub fn reply_key_of<A: Family>(fwd: &CtValue<A>, l4_proto: u8) -> CtKey<A> {
     CtKey {
         saddr: fwd.nat_daddr,
         daddr: fwd.nat_saddr,
@@ -277,7 +320,7 @@ pub fn reply_key_of(fwd: &CtValue, l4_proto: u8) -> CtKey {
 
 /// The forward-direction key of the reply entry `rev` stored at `rkey`.
 #[inline(always)]
-pub fn forward_key_of(rkey: &CtKey, rev: &CtValue) -> CtKey {
+pub fn forward_key_of<A: Family>(rkey: &CtKey<A>, rev: &CtValue<A>) -> CtKey<A> {
     let (client, cport) = if rev.flags & ct_flags::XLATE_DST != 0 {
         (rev.nat_daddr, rev.nat_dport)
     } else {
@@ -308,18 +351,24 @@ pub enum CreateError {
 /// tuple a live confirmed flow holds is not free either. `present`: the entry probably exists
 /// (the tuple had a flow before), so look before inserting.
 #[inline(always)]
-fn claim(key: &CtKey, rev: &mut CtValue, now: u32, present: bool) -> bool {
-    let fresh: &CtValue = rev;
+fn claim<A: Family>(key: &CtKey<A>, rev: &mut CtValue<A>, now: u32, present: bool) -> bool {
+    let fresh: &CtValue<A> = rev;
     // SAFETY: read once.
-    if unsafe { CONNTRACK.get(key) }.is_some_and(|c| c.expires >= now) {
+    if unsafe { A::ct().get(key) }.is_some_and(|c| c.expires >= now) {
         return false;
     }
-    if !present && CT_NEW.insert(key, fresh, u64::from(BPF_NOEXIST)).is_ok() {
+    if !present
+        && A::ct_new()
+            .insert(key, fresh, u64::from(BPF_NOEXIST))
+            .is_ok()
+    {
         return true;
     }
-    let Some(p) = CT_NEW.get_ptr_mut(key) else {
+    let Some(p) = A::ct_new().get_ptr_mut(key) else {
         // Absent after all (or evicted meanwhile).
-        return CT_NEW.insert(key, fresh, u64::from(BPF_NOEXIST)).is_ok();
+        return A::ct_new()
+            .insert(key, fresh, u64::from(BPF_NOEXIST))
+            .is_ok();
     };
     // SAFETY: pointer into the map value.
     let old = unsafe { &mut *p };
@@ -346,19 +395,19 @@ fn claim(key: &CtKey, rev: &mut CtValue, now: u32, present: bool) -> bool {
 /// `claim` for a port the SNAT search picked (`rev` a fresh reply entry): free, or held by an
 /// expired flow. Fewer branches than `claim`, which the verifier walks at every try.
 #[inline(always)]
-fn claim_port(key: &CtKey, rev: &CtValue, now: u32) -> bool {
+fn claim_port<A: Family>(key: &CtKey<A>, rev: &CtValue<A>, now: u32) -> bool {
     // SAFETY: read once.
-    if unsafe { CONNTRACK.get(key) }.is_some_and(|c| c.expires >= now) {
+    if unsafe { A::ct().get(key) }.is_some_and(|c| c.expires >= now) {
         return false;
     }
-    if CT_NEW.insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
+    if A::ct_new().insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
         return true;
     }
     // SAFETY: read once.
-    if unsafe { CT_NEW.get(key) }.is_some_and(|c| c.expires >= now) {
+    if unsafe { A::ct_new().get(key) }.is_some_and(|c| c.expires >= now) {
         return false;
     }
-    CT_NEW.insert(key, rev, u64::from(BPF_ANY)).is_ok()
+    A::ct_new().insert(key, rev, u64::from(BPF_ANY)).is_ok()
 }
 
 /// Writes both entries of a new flow into `CT_NEW`. `fwd` (with `nat_saddr:nat_sport` = the
@@ -367,12 +416,12 @@ fn claim_port(key: &CtKey, rev: &CtValue, now: u32) -> bool {
 /// it); SCTP keeps its port (its checksum covers the ports). `entry` is the tuple's forward
 /// entry in `CT_NEW` when one exists (rewritten in place).
 #[inline(always)]
-pub fn create(
-    flow: &Flow,
-    fwd: &mut CtValue,
+pub fn create<A: Family>(
+    flow: &Flow<A>,
+    fwd: &mut CtValue<A>,
     cfg: &Config,
     now: u32,
-    entry: Option<NonNull<CtValue>>,
+    entry: Option<NonNull<CtValue<A>>>,
 ) -> Result<(), CreateError> {
     if !stats::live() {
         return Ok(());
@@ -382,7 +431,7 @@ pub fn create(
         return Err(CreateError::Insert);
     };
     // SAFETY: this CPU's slot, used by this program run only.
-    let rev = unsafe { &mut (*scratch).ct };
+    let rev = A::ct_mut(unsafe { &mut *scratch });
     *rev = CtValue {
         svc_id: fwd.svc_id,
         backend_id: fwd.backend_id,
@@ -410,7 +459,11 @@ pub fn create(
     if fwd.flags & ct_flags::XLATE_SRC != 0 {
         rev.flags |= ct_flags::XLATE_DST;
     }
-    let mut rkey = reply_key_of(fwd, flow.proto);
+    let mut room = MaybeUninit::uninit();
+    let Some(rkey) = key_room(&mut room, 0) else {
+        return Err(CreateError::Insert);
+    };
+    *rkey = reply_key_of(fwd, flow.proto);
     // Before either entry exists: the backend's replies must be looked up from now on.
     maps::mark_nat(rkey.saddr, rkey.sport);
     // SNAT takes its port from the range (never a port this node's own sockets may use);
@@ -418,7 +471,7 @@ pub fn create(
     // reply tuple.
     let snat = fwd.flags & ct_flags::SNAT != 0;
     let keep_port = !snat || flow.proto == proto::SCTP;
-    let mut ok = keep_port && claim(&rkey, rev, now, entry.is_some());
+    let mut ok = keep_port && claim(rkey, rev, now, entry.is_some());
     if !ok && cfg.snat_port_max > cfg.snat_port_min && flow.proto != proto::SCTP {
         // Another live flow owns this reply tuple: move this flow's source port.
         rev.flags |= ct_flags::XLATE_DST;
@@ -429,7 +482,7 @@ pub fn create(
             // SAFETY: helper without preconditions.
             let port = cfg.snat_port_min + (unsafe { bpf_get_prandom_u32() } % span) as u16;
             rkey.dport = port;
-            if claim_port(&rkey, rev, now) {
+            if claim_port(rkey, rev, now) {
                 fwd.flags |= ct_flags::XLATE_SRC;
                 fwd.nat_sport = port;
                 ok = true;
@@ -445,8 +498,9 @@ pub fn create(
         return Ok(());
     }
     let fkey = key(flow, ct_dir::FORWARD);
-    if CT_NEW.insert(fkey, fwd, u64::from(BPF_ANY)).is_err() {
-        let _ = CT_NEW.remove(rkey);
+    if A::ct_new().insert(fkey, fwd, u64::from(BPF_ANY)).is_err() {
+        let in_place: &CtKey<A> = rkey;
+        let _ = A::ct_new().remove(in_place);
         return Err(CreateError::Insert);
     }
     Ok(())
@@ -455,12 +509,12 @@ pub fn create(
 /// Marks an unanswered flow as answered (`SEEN_REPLY` on its forward entry), from its reply
 /// entry at `rkey`.
 #[inline(always)]
-pub fn saw_reply(rkey: &CtKey, rev: &CtValue) {
+pub fn saw_reply<A: Family>(rkey: &CtKey<A>, rev: &CtValue<A>) {
     if !stats::live() {
         return;
     }
     let fkey = forward_key_of(rkey, rev);
-    if let Some(f) = CT_NEW.get_ptr_mut(fkey)
+    if let Some(f) = A::ct_new().get_ptr_mut(fkey)
         // SAFETY: pointer into the map value, read in place.
         && names(&fkey, unsafe { &*f }, rkey)
     {
@@ -499,30 +553,30 @@ pub fn confirm_asked() -> bool {
 /// either leaves `CT_NEW`, so every packet finds one of them. A BPF subprogram called from the
 /// entry program (see `lb::process`).
 #[inline(never)]
-pub fn confirm(fkey: &CtKey) {
+pub fn confirm<A: Family>(fkey: &CtKey<A>) {
     if !stats::live() {
         return;
     }
     // SAFETY: read in place by the helpers.
-    let Some(fwd) = (unsafe { CT_NEW.get(fkey) }) else {
+    let Some(fwd) = (unsafe { A::ct_new().get(fkey) }) else {
         return;
     };
     let rkey = reply_key_of(fwd, fkey.proto);
     // SAFETY: read in place by the helper.
-    let Some(rev) = (unsafe { CT_NEW.get(rkey) }) else {
+    let Some(rev) = (unsafe { A::ct_new().get(rkey) }) else {
         return;
     };
     // Another flow's reply entry (it took the tuple over) stays with that flow.
     if !names(&rkey, rev, fkey) {
         return;
     }
-    if CONNTRACK.insert(fkey, fwd, u64::from(BPF_ANY)).is_err()
-        || CONNTRACK.insert(rkey, rev, u64::from(BPF_ANY)).is_err()
+    if A::ct().insert(fkey, fwd, u64::from(BPF_ANY)).is_err()
+        || A::ct().insert(rkey, rev, u64::from(BPF_ANY)).is_err()
     {
-        let _ = CONNTRACK.remove(fkey);
+        let _ = A::ct().remove(fkey);
         return;
     }
-    let _ = CT_NEW.remove(rkey);
-    let _ = CT_NEW.remove(fkey);
+    let _ = A::ct_new().remove(rkey);
+    let _ = A::ct_new().remove(fkey);
     stats::count(counter::CT_CONFIRMED);
 }

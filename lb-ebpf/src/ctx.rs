@@ -8,13 +8,16 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
     programs::{TcContext, XdpContext},
 };
-use lb_common::{Ipv4, csum, hook, proto};
+use lb_common::{Ipv4, Ipv6, csum, hook, proto};
 
 /// Offset of the IPv4 header (no VLAN support: tagged frames pass untouched).
 pub const L3_OFF: usize = 14;
 pub const IP_CSUM_OFF: usize = L3_OFF + 10;
 const IP_SADDR_OFF: usize = L3_OFF + 12;
 const IP_DADDR_OFF: usize = L3_OFF + 16;
+const IP6_HOP_LIMIT_OFF: usize = L3_OFF + 7;
+const IP6_SADDR_OFF: usize = L3_OFF + 8;
+const IP6_DADDR_OFF: usize = L3_OFF + 24;
 
 /// Which end of the packet a rewrite touches.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -54,6 +57,9 @@ pub trait Packet: Sized {
     fn pull(&mut self, len: u32) -> bool;
     /// Replaces the IPv4 source or destination address, fixing IP and L4 checksums.
     fn set_addr(&mut self, l4: L4, end: End, old: Ipv4, new: Ipv4) -> Result<(), RewriteError>;
+    /// Replaces the IPv6 source or destination address, fixing the L4 checksum (IPv6 has no
+    /// header checksum).
+    fn set_addr6(&mut self, l4: L4, end: End, old: &Ipv6, new: &Ipv6) -> Result<(), RewriteError>;
     /// Replaces the L4 source or destination port (host order), fixing the L4 checksum.
     fn set_port(&mut self, l4: L4, end: End, old: u16, new: u16) -> Result<(), RewriteError>;
     /// Replaces the 4 bytes at `off` (e.g. an address quoted in an ICMP error) and adjusts the
@@ -99,6 +105,12 @@ pub trait Packet: Sized {
         Some(u32::from_be_bytes(unsafe { *p }))
     }
 
+    /// Decrements an IPv6 packet's hop limit (the caller checked it is above 1).
+    #[inline(always)]
+    fn decrement_hop_limit(&mut self) -> Result<(), RewriteError> {
+        decrement_hop(self)
+    }
+
     /// Decrements the TTL (the caller checked it is above 1), fixing the IPv4 checksum: a
     /// router's duty, so a routing loop through the balancer dies out.
     #[inline(always)]
@@ -117,6 +129,35 @@ pub trait Packet: Sized {
             u16::from_be(new),
         )
     }
+}
+
+/// Decrements an IPv6 packet's hop limit (the caller checked it is above 1; no checksum
+/// covers it).
+#[inline(always)]
+fn decrement_hop<P: Packet>(pkt: &mut P) -> Result<(), RewriteError> {
+    let p: *mut u8 = ptr_at(pkt, IP6_HOP_LIMIT_OFF).ok_or(RewriteError)?;
+    // SAFETY: bounds-checked by `ptr_at`.
+    unsafe { *p = (*p).saturating_sub(1) };
+    Ok(())
+}
+
+#[inline(always)]
+fn addr6_off(end: End) -> usize {
+    match end {
+        End::Src => IP6_SADDR_OFF,
+        End::Dst => IP6_DADDR_OFF,
+    }
+}
+
+/// The 32-bit words of an IPv6 address, as the packet holds them.
+#[inline(always)]
+fn words6(a: Ipv6) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
 }
 
 /// Bytes of the IPv4 and ICMP headers of an ICMP error.
@@ -242,6 +283,32 @@ impl<const H: u8> Packet for TcPacket<H> {
             .map_err(|_| RewriteError)?;
         self.ctx
             .store(addr_off(end), &new, 0)
+            .map_err(|_| RewriteError)
+    }
+
+    #[inline(always)]
+    fn set_addr6(&mut self, l4: L4, end: End, old: &Ipv6, new: &Ipv6) -> Result<(), RewriteError> {
+        if let Some(off) = l4.csum_off() {
+            // Straight from where the addresses are (scratch or a map value: memory the
+            // helper may read; copies to the stack would not fit the IPv6 paths' frames).
+            let from = core::ptr::from_ref(old).cast::<u32>().cast_mut();
+            let to = core::ptr::from_ref(new).cast::<u32>().cast_mut();
+            // SAFETY: two 16-byte buffers the helper only reads, of the sizes given.
+            let diff = unsafe { aya_ebpf::helpers::bpf_csum_diff(from, 16, to, 16, 0) };
+            if diff < 0 {
+                return Err(RewriteError);
+            }
+            let mut flags = u64::from(BPF_F_PSEUDO_HDR);
+            if l4.proto == proto::UDP {
+                flags |= u64::from(BPF_F_MARK_MANGLED_0);
+            }
+            // Size 0: `to` is the checksum difference itself.
+            self.ctx
+                .l4_csum_replace(off, 0, diff as u64, flags)
+                .map_err(|_| RewriteError)?;
+        }
+        self.ctx
+            .store(addr6_off(end), new, 0)
             .map_err(|_| RewriteError)
     }
 
@@ -405,6 +472,20 @@ impl Packet for XdpPacket {
             ip_csum.write_unaligned(csum::replace4(ip_csum.read_unaligned(), from, to));
             addr.write_unaligned(new);
         }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn set_addr6(&mut self, l4: L4, end: End, old: &Ipv6, new: &Ipv6) -> Result<(), RewriteError> {
+        let (from, to) = (words6(*old), words6(*new));
+        let mut i = 0;
+        while i < 4 {
+            self.fix_l4_csum(l4, from[i], to[i])?;
+            i += 1;
+        }
+        let addr: *mut Ipv6 = ptr_at(self, addr6_off(end)).ok_or(RewriteError)?;
+        // SAFETY: bounds-checked by `ptr_at`.
+        unsafe { addr.write_unaligned(*new) };
         Ok(())
     }
 

@@ -121,7 +121,7 @@ fn about_client_packet<P: Packet>(pkt: &mut P, e: &IcmpError, now: u32) -> Optio
     } else {
         e.saddr
     };
-    let out = route::plan(pkt, new_src, new_dst, e.ip_len, None).0?;
+    let out = route::plan(pkt, &new_src, &new_dst, e.ip_len, None).0?;
     let inner_csum = e.inner_ip_off + 10;
     let r = (|| {
         // The quoted destination was the backend: make it the frontend.
@@ -170,7 +170,7 @@ fn about_reply<P: Packet>(pkt: &mut P, e: &IcmpError, now: u32) -> Option<Verdic
     if fwd.expires < now || fwd.flags & ct_flags::XLATE_DST == 0 {
         return None;
     }
-    let out = route::plan(pkt, e.saddr, fwd.nat_daddr, e.ip_len, None).0?;
+    let out = route::plan(pkt, &e.saddr, &fwd.nat_daddr, e.ip_len, None).0?;
     let inner_csum = e.inner_ip_off + 10;
     let r = (|| {
         // The quoted source was the frontend: the backend sent it.
@@ -238,7 +238,7 @@ pub fn send_error<P: Packet>(pkt: &mut P, mtu: u16) -> Verdict {
         return Verdict::Drop;
     };
     let (from, to) = (from.to_ne_bytes(), to.to_ne_bytes());
-    match route::plan(pkt, from, to, len, None).0 {
+    match route::plan(pkt, &from, &to, len, None).0 {
         Some(out) if out.how == route::how::REDIRECT || out.how == route::how::STACK => {
             stats::count(counter::ICMP_SENT);
             finish(pkt, out)

@@ -12,23 +12,21 @@
 //! router would: the TTL is decremented, and a packet that cannot go on (TTL 1, too big with
 //! DF set) gets an ICMP error instead (`icmp::send_error`, tc only).
 
-use core::ptr::NonNull;
+use core::{mem::MaybeUninit, ptr::NonNull};
 
 use aya_ebpf::Global;
 use lb_common::{
-    Config, CtValue, FragKey, FragPorts, Ipv4, ServiceValue, backend_flags, capacity, counter,
-    ct_dir, ct_flags, ct_state, drop_reason, event_kind, hook, kind, proto, selection, stage,
-    svc_flags,
+    Address, Config, CtKey, CtValue, FragKey, FragPorts, Ipv4, Ipv6, ServiceValue, backend_flags,
+    capacity, counter, ct_dir, ct_flags, ct_state, drop_reason, event_kind, hook, kind, proto,
+    selection, stage, svc_flags,
 };
 
 use crate::{
     conntrack::{self, CreateError, Peer},
     ctx::Packet,
+    family::Family,
     icmp, lookup,
-    maps::{
-        CONNTRACK, CT_NEW, FRAGS, SCRATCH, Scratch, Staged, config, mark_nat,
-        may_be_tracked_backend,
-    },
+    maps::{FRAGS, SCRATCH, Scratch, Staged, config, mark_nat, may_be_tracked_backend},
     nat,
     parse::{self, Flow, Parsed, frag, tcp_flags},
     route::{self, Out},
@@ -50,6 +48,12 @@ pub fn process<P: Packet + Staged>(pkt: &mut P) -> Verdict {
     let mut parsed = parse::parse(pkt);
     let flow = match &mut parsed {
         Ok(Parsed::Flow(flow)) => flow,
+        // XDP leaves IPv6 to tc.
+        Ok(Parsed::Flow6(_)) if P::DEFERS => return Verdict::Pass,
+        Ok(Parsed::Flow6(flow)) => {
+            let flow = *flow;
+            return common(pkt, &flow);
+        }
         Ok(Parsed::Icmp(h)) => {
             let head = *h;
             return to_stage(pkt, stage::ICMP, |s| s.icmp = head);
@@ -63,6 +67,13 @@ pub fn process<P: Packet + Staged>(pkt: &mut P) -> Verdict {
         count_skip(parse::Skip::Fragment);
         return Verdict::Pass;
     }
+    let flow = *flow;
+    common(pkt, &flow)
+}
+
+/// The common packet of either family: to a frontend's stage, the backend stage, or on.
+#[inline(always)]
+fn common<P: Packet + Staged, A: Family>(pkt: &mut P, flow: &Flow<A>) -> Verdict {
     stats::trace(|t| {
         t.parsed = 1;
         t.scope = 0xff;
@@ -76,7 +87,7 @@ pub fn process<P: Packet + Staged>(pkt: &mut P) -> Verdict {
     }
     let flow = *flow;
     if lookup::may_be_frontend(flow.daddr, flow.dport, flow.proto) {
-        return to_stage(pkt, stage::FRONT, |s| s.flow = flow);
+        return to_stage(pkt, A::FRONT, |s| *A::flow_mut(s) = flow);
     }
     to_backend_stage(pkt, &flow)
 }
@@ -110,14 +121,18 @@ static SERVICE_CIDR_COUNT: Global<u32> = Global::new(0);
 
 /// Whether `addr` is in a service CIDR (a packet to it that reached here has no frontend).
 #[inline(always)]
-fn in_service_cidr(addr: [u8; 4]) -> bool {
+fn in_service_cidr<A: Address>(addr: A) -> bool {
+    // IPv6 service CIDRs are not guarded yet.
+    if A::FAMILY != 4 {
+        return false;
+    }
     let n = SERVICE_CIDR_COUNT.load() as usize;
     // The guard off (the common case): no more than this one read per packet.
     if n == 0 {
         return false;
     }
     let cidrs = SERVICE_CIDRS.load();
-    let a = u32::from_ne_bytes(addr);
+    let a = u32::from_ne_bytes(addr.folded());
     let mut i = 0;
     while i < capacity::SERVICE_CIDR_SLOTS {
         if i < n && a & cidrs[i][1] == cidrs[i][0] {
@@ -132,7 +147,7 @@ fn in_service_cidr(addr: [u8; 4]) -> bool {
 /// owns it); else the backend stage if it may be a tracked flow's reply (from a backend's own
 /// address and port) or a SYN reusing such a flow's tuple; else it passes.
 #[inline(always)]
-fn to_backend_stage<P: Packet + Staged>(pkt: &mut P, flow: &Flow) -> Verdict {
+fn to_backend_stage<P: Packet + Staged, A: Family>(pkt: &mut P, flow: &Flow<A>) -> Verdict {
     if in_service_cidr(flow.daddr) {
         stats::drop_reason(drop_reason::UNOWNED_SERVICE_IP);
         return Verdict::Drop;
@@ -144,8 +159,8 @@ fn to_backend_stage<P: Packet + Staged>(pkt: &mut P, flow: &Flow) -> Verdict {
         return Verdict::Pass;
     }
     let flow = *flow;
-    to_stage(pkt, stage::BACK, |s| {
-        s.flow = flow;
+    to_stage(pkt, A::BACK, |s| {
+        *A::flow_mut(s) = flow;
         s.reply = u8::from(reply);
         s.reuse = u8::from(reuse);
     })
@@ -161,42 +176,79 @@ fn scratch() -> Option<&'static mut Scratch> {
 /// Stage `FRONT`: a packet the frontend filter let through. Follows its flow or starts one;
 /// a packet to no frontend after all (the bit was another key's) goes on to `BACK`.
 #[inline(always)]
-pub fn front_stage<P: Packet + Staged>(pkt: &mut P) -> Verdict {
+pub fn front_stage<P: Packet + Staged, A: Family>(pkt: &mut P) -> Verdict {
     let (Some(s), Some(cfg)) = (scratch(), config()) else {
         return Verdict::Pass;
     };
-    let flow = s.flow;
+    let copy;
+    let flow: &Flow<A> = if A::FLOW_IN_SCRATCH {
+        A::flow_mut(s)
+    } else {
+        copy = *A::flow_mut(s);
+        &copy
+    };
     let Some((svc, scope)) = lookup::frontend(flow.daddr, flow.dport, flow.proto, P::HOOK) else {
-        return to_backend_stage(pkt, &flow);
+        return to_backend_stage(pkt, flow);
     };
     stats::trace(|t| {
         t.scope = scope;
         t.svc_id = svc.svc_id;
     });
-    let v = to_frontend(pkt, &flow, &svc, cfg, conntrack::now_secs());
+    let v = to_frontend(pkt, flow, &svc, cfg, conntrack::now_secs());
     if conntrack::confirm_asked() {
-        conntrack::confirm(&conntrack::key(&flow, ct_dir::FORWARD));
+        conntrack::confirm(&conntrack::key(flow, ct_dir::FORWARD));
     }
-    after_stage(pkt, v)
+    after_stage::<P, A>(pkt, v)
 }
 
 /// Stage `BACK`: a SYN reusing a tracked flow's tuple (`reuse`) retires it; a reply of a
 /// tracked flow (`reply`) is translated back.
 #[inline(always)]
-pub fn back_stage<P: Packet + Staged>(pkt: &mut P) -> Verdict {
+pub fn back_stage<P: Packet + Staged, A: Family>(pkt: &mut P) -> Verdict {
     let (Some(s), Some(cfg)) = (scratch(), config()) else {
         return Verdict::Pass;
     };
-    let (flow, reply, reuse) = (s.flow, s.reply != 0, s.reuse != 0);
+    let (reply, reuse) = (s.reply != 0, s.reuse != 0);
+    let copy;
+    let flow: &Flow<A> = if A::FLOW_IN_SCRATCH {
+        A::flow_mut(s)
+    } else {
+        copy = *A::flow_mut(s);
+        &copy
+    };
     let now = conntrack::now_secs();
     if reuse {
-        retire_reused_tuple(&flow, now);
+        retire_reused_tuple(flow, now);
     }
-    if reply && let Some(v) = translate_reply(pkt, &flow, cfg, now) {
-        return after_stage(pkt, v);
+    if reply && let Some(v) = translate_reply(pkt, flow, cfg, now) {
+        return after_stage::<P, A>(pkt, v);
     }
     stats::count(counter::NOT_SERVICE);
     Verdict::Pass
+}
+
+/// `front_stage` of IPv4 packets.
+#[inline(always)]
+pub fn front4<P: Packet + Staged>(pkt: &mut P) -> Verdict {
+    front_stage::<P, Ipv4>(pkt)
+}
+
+/// `front_stage` of IPv6 packets.
+#[inline(always)]
+pub fn front6<P: Packet + Staged>(pkt: &mut P) -> Verdict {
+    front_stage::<P, Ipv6>(pkt)
+}
+
+/// `back_stage` of IPv4 packets.
+#[inline(always)]
+pub fn back4<P: Packet + Staged>(pkt: &mut P) -> Verdict {
+    back_stage::<P, Ipv4>(pkt)
+}
+
+/// `back_stage` of IPv6 packets.
+#[inline(always)]
+pub fn back6<P: Packet + Staged>(pkt: &mut P) -> Verdict {
+    back_stage::<P, Ipv6>(pkt)
 }
 
 /// Stage `ICMP`: an ICMP message, translated if it is an error about a tracked flow.
@@ -224,8 +276,10 @@ pub fn error_stage<P: Packet + Staged>(pkt: &mut P) -> Verdict {
 /// What a translation stage's verdict becomes: an ICMP error goes to stage `ERROR` (the
 /// packet untouched); a missing stage drops the packet, which cannot be forwarded.
 #[inline(always)]
-fn after_stage<P: Packet + Staged>(pkt: &mut P, v: Verdict) -> Verdict {
+fn after_stage<P: Packet + Staged, A: Family>(pkt: &mut P, v: Verdict) -> Verdict {
     match v {
+        // ICMPv6 errors are not generated yet: the packet is dropped (its reason counted).
+        Verdict::Error { .. } if A::FAMILY != 4 => Verdict::Drop,
         Verdict::Error { mtu } => {
             to_stage(pkt, stage::ERROR, |s| s.error_mtu = mtu);
             Verdict::Drop
@@ -255,7 +309,7 @@ fn fragment_ports(flow: &mut Flow) -> bool {
 
 /// Records a translated first fragment's ports for the datagram's later fragments.
 #[inline(always)]
-fn note_fragment(flow: &Flow) {
+pub fn note_fragment(flow: &Flow) {
     if flow.frag == frag::NONE || !stats::live() {
         return;
     }
@@ -276,25 +330,55 @@ fn note_fragment(flow: &Flow) {
     stats::count(counter::FRAG_XLATE);
 }
 
-/// Addresses a packet of `flow` has once `ct` is applied.
+/// Addresses a packet of `flow` has once `ct` is applied (references: an IPv6 pair by value
+/// takes four registers, and their spills the stack).
 #[inline(always)]
-fn translated(flow: &Flow, ct: &CtValue) -> (Ipv4, Ipv4) {
+fn translated<'a, A: Family>(flow: &'a Flow<A>, ct: &'a CtValue<A>) -> (&'a A, &'a A) {
     let s = if ct.flags & ct_flags::XLATE_SRC != 0 {
-        ct.nat_saddr
+        &ct.nat_saddr
     } else {
-        flow.saddr
+        &flow.saddr
     };
     let d = if ct.flags & ct_flags::XLATE_DST != 0 {
-        ct.nat_daddr
+        &ct.nat_daddr
     } else {
-        flow.daddr
+        &flow.daddr
     };
     (s, d)
 }
 
+/// A copy of the conntrack entry at `ct` to decide on: in `stack` for IPv4, in this CPU's
+/// scratch for IPv6 (see `Family::FLOW_IN_SCRATCH`; that room is free until a new flow's
+/// `conntrack::create`, which comes after the copy's last use).
+#[inline(always)]
+fn working_copy<A: Family>(
+    ct: *const CtValue<A>,
+    stack: &mut MaybeUninit<CtValue<A>>,
+) -> Option<&CtValue<A>> {
+    if A::FLOW_IN_SCRATCH {
+        let slot = A::ct_mut(scratch()?);
+        conntrack::copy_ct(slot, ct);
+        return Some(slot);
+    }
+    conntrack::copy_ct(stack.as_mut_ptr(), ct);
+    // SAFETY: every byte was written by `copy_ct`.
+    Some(unsafe { stack.assume_init_ref() })
+}
+
+/// Room for a new flow's forward entry: `stack` for IPv4, this CPU's scratch for IPv6 (as
+/// `working_copy`).
+#[inline(always)]
+fn new_entry<A: Family>(stack: &mut MaybeUninit<CtValue<A>>) -> Option<&mut CtValue<A>> {
+    if A::FLOW_IN_SCRATCH {
+        return Some(A::fwd_mut(scratch()?));
+    }
+    // SAFETY: the caller writes the whole entry before reading it.
+    Some(unsafe { stack.assume_init_mut() })
+}
+
 /// The packet's acknowledgment number when it is an RST (which `conntrack::refresh` checks).
 #[inline(always)]
-fn rst_ack<P: Packet + Staged>(pkt: &P, flow: &Flow) -> u32 {
+fn rst_ack<P: Packet + Staged, A: Family>(pkt: &P, flow: &Flow<A>) -> u32 {
     if flow.proto != proto::TCP || flow.tcp_flags & tcp_flags::RST == 0 {
         return 0;
     }
@@ -303,27 +387,29 @@ fn rst_ack<P: Packet + Staged>(pkt: &P, flow: &Flow) -> u32 {
 
 /// A packet addressed to a frontend: follow its flow, or start one.
 #[inline(always)]
-fn to_frontend<P: Packet + Staged>(
+fn to_frontend<P: Packet + Staged, A: Family>(
     pkt: &mut P,
-    flow: &Flow,
+    flow: &Flow<A>,
     svc: &ServiceValue,
     cfg: &Config,
     now: u32,
 ) -> Verdict {
     let fkey = conntrack::key(flow, ct_dir::FORWARD);
-    let (found, confirmed) = match CONNTRACK.get_ptr_mut(fkey) {
+    let (found, confirmed) = match A::ct().get_ptr_mut(fkey) {
         Some(p) => (Some(p), true),
-        None => (CT_NEW.get_ptr_mut(fkey), false),
+        None => (A::ct_new().get_ptr_mut(fkey), false),
     };
     let mut stale = None;
-    if let Some(ct) = found {
-        let cur = conntrack::read_ct(ct);
+    let mut copy = MaybeUninit::uninit();
+    if let Some(ct) = found
+        && let Some(cur) = working_copy(ct, &mut copy)
+    {
         let usable = cur.expires >= now && !(flow.is_syn() && cur.state == ct_state::CLOSED);
         if usable
             && cur.svc_id == svc.svc_id
-            && lookup::backend(cur.backend_id, cur.svc_id).is_some()
+            && lookup::backend::<A>(cur.backend_id, cur.svc_id).is_some()
         {
-            return established(pkt, flow, svc, ct, confirmed, &cur, cfg, now);
+            return established(pkt, flow, svc, ct, confirmed, cur, cfg, now);
         }
         if usable && P::DEFERS {
             // Re-selection rewrites state: leave it to tc, which sees this packet next.
@@ -337,8 +423,8 @@ fn to_frontend<P: Packet + Staged>(
             // A new flow starts unanswered: the confirmed one's entries go (its reply entry
             // only if still its own).
             if stats::live() {
-                retire_old_reply(&conntrack::reply_key_of(&cur, flow.proto), flow);
-                let _ = CONNTRACK.remove(fkey);
+                retire_old_reply(&conntrack::reply_key_of(cur, flow.proto), flow);
+                let _ = A::ct().remove(fkey);
             }
         } else {
             // The unanswered entry the new flow replaces (closed, expired, or its backend
@@ -350,7 +436,29 @@ fn to_frontend<P: Packet + Staged>(
         // Mid-stream, but no state: it was evicted (or predates the datapath).
         stats::count(counter::CT_MISSING);
     }
+    if A::FLOW_IN_SCRATCH {
+        // IPv6: a stage of its own (it re-reads the flow's unanswered entry, `stale`).
+        let svc = *svc;
+        return to_stage(pkt, stage::NEW6, |s| s.svc = svc);
+    }
     new_flow(pkt, flow, svc, cfg, now, stale)
+}
+
+/// Stage `NEW6`: an IPv6 packet that starts a flow (`front_stage` found its frontend, in
+/// scratch, and retired the flow's confirmed entries).
+#[inline(always)]
+pub fn new6<P: Packet + Staged>(pkt: &mut P) -> Verdict {
+    let (Some(s), Some(cfg)) = (scratch(), config()) else {
+        return Verdict::Pass;
+    };
+    let s: &Scratch = s;
+    let flow: &Flow<Ipv6> = &s.flow6;
+    let fkey = conntrack::key(flow, ct_dir::FORWARD);
+    let stale = <Ipv6 as Family>::ct_new()
+        .get_ptr_mut(fkey)
+        .and_then(NonNull::new);
+    let v = new_flow(pkt, flow, &s.svc, cfg, conntrack::now_secs(), stale);
+    after_stage::<P, Ipv6>(pkt, v)
 }
 
 /// Next packet of a tracked flow whose backend is still in the service.
@@ -359,21 +467,21 @@ fn to_frontend<P: Packet + Staged>(
     clippy::too_many_arguments,
     reason = "the state of one packet, kept in registers"
 )]
-fn established<P: Packet + Staged>(
+fn established<P: Packet + Staged, A: Family>(
     pkt: &mut P,
-    flow: &Flow,
+    flow: &Flow<A>,
     svc: &ServiceValue,
-    ct: *mut CtValue,
+    ct: *mut CtValue<A>,
     confirmed: bool,
-    cur: &CtValue,
+    cur: &CtValue<A>,
     cfg: &Config,
     now: u32,
 ) -> Verdict {
     let (s, d) = translated(flow, cur);
-    let Some(out) = route::plan_cached(pkt, ct, s, d, flow.ip_len, now) else {
+    let Some(out) = route::plan_cached::<P, A>(pkt, ct, s, d, flow.ip_len, now) else {
         return Verdict::Pass;
     };
-    let out = match can_go(flow, out) {
+    let out = match can_go::<A>(flow, out) {
         Ok(o) => o,
         Err(v) => return v,
     };
@@ -401,7 +509,7 @@ fn established<P: Packet + Staged>(
         conntrack::ask_confirm();
     }
     if svc.affinity_timeout != 0 {
-        let key = lb_common::AffinityKey {
+        let key = lb_common::AffinityKey::<A> {
             svc_id: svc.svc_id,
             client: flow.saddr,
         };
@@ -413,18 +521,18 @@ fn established<P: Packet + Staged>(
 /// First packet of a flow (or one whose backend left): select, record (in `CT_NEW`; `stale`
 /// is the tuple's entry there), translate.
 #[inline(always)]
-fn new_flow<P: Packet + Staged>(
+fn new_flow<P: Packet + Staged, A: Family>(
     pkt: &mut P,
-    flow: &Flow,
+    flow: &Flow<A>,
     svc: &ServiceValue,
     cfg: &Config,
     now: u32,
-    stale: Option<NonNull<CtValue>>,
+    stale: Option<NonNull<CtValue<A>>>,
 ) -> Verdict {
     if !lookup::source_allowed(svc, flow) {
         return drop_flow(cfg, P::HOOK, flow, svc.svc_id, drop_reason::SOURCE_RANGE);
     }
-    let sel = match lookup::select(svc, flow, cfg, now) {
+    let sel = match lookup::select::<A>(svc, flow, cfg, now) {
         Ok(sel) => sel,
         // A Service without endpoints is rejected, as kube-proxy does: the client fails at once
         // (ICMP port unreachable, which TCP reports as a refused connect) instead of timing
@@ -438,10 +546,14 @@ fn new_flow<P: Packet + Staged>(
         }
         Err(reason) => return drop_flow(cfg, P::HOOK, flow, svc.svc_id, reason),
     };
-    let be = sel.backend;
+    let be = &sel.backend;
     let (state, _) =
         conntrack::next_state(flow.proto, 0, 0, flow.tcp_flags, ct_dir::FORWARD, false);
-    let mut fwd = CtValue {
+    let mut stack_fwd = MaybeUninit::uninit();
+    let Some(fwd) = new_entry(&mut stack_fwd) else {
+        return Verdict::Pass;
+    };
+    *fwd = CtValue {
         svc_id: svc.svc_id,
         backend_id: sel.id,
         created: now,
@@ -465,7 +577,7 @@ fn new_flow<P: Packet + Staged>(
         // Hairpin: the client is its own backend; a packet from its own address would be a
         // martian, so the source becomes the hairpin address and replies come back through us.
         fwd.flags |= ct_flags::XLATE_SRC | ct_flags::HAIRPIN;
-        fwd.nat_saddr = cfg.hairpin_addr;
+        fwd.nat_saddr = A::hairpin_addr(cfg);
     } else if P::HOOK != hook::POD
         && svc.flags & svc_flags::EXT_LOCAL == 0
         && be.flags & backend_flags::LOCAL == 0
@@ -477,9 +589,9 @@ fn new_flow<P: Packet + Staged>(
         let snat = if svc.kind == kind::NODE_PORT {
             flow.daddr
         } else {
-            cfg.snat_addr
+            A::snat_addr(cfg)
         };
-        if snat == [0; 4] {
+        if snat == A::ZERO {
             return drop_flow(cfg, P::HOOK, flow, svc.svc_id, drop_reason::NO_SNAT_ADDRESS);
         }
         fwd.flags |= ct_flags::XLATE_SRC | ct_flags::SNAT;
@@ -494,7 +606,7 @@ fn new_flow<P: Packet + Staged>(
             drop_reason::SCTP_PORT_REWRITE,
         );
     }
-    let (s, d) = translated(flow, &fwd);
+    let (s, d) = translated(flow, fwd);
     // The previous flow of this tuple went the same way if it was translated alike.
     let known = stale.and_then(|prev| {
         // SAFETY: pointer into the map value, not yet rewritten.
@@ -503,15 +615,15 @@ fn new_flow<P: Packet + Staged>(
             .then(|| route::cached_hop(prev, now, flow.ip_len, pkt.is_gso()))
     });
     let known = known.flatten();
-    let (out, hop) = route::plan(pkt, s, d, flow.ip_len, known);
+    let (out, hop) = route::plan::<P, A>(pkt, s, d, flow.ip_len, known);
     let Some(out) = out else {
         return Verdict::Pass;
     };
-    let out = match can_go(flow, out) {
+    let out = match can_go::<A>(flow, out) {
         Ok(o) => o,
         Err(v) => return v,
     };
-    route::store(&mut fwd, hop, now);
+    route::store(fwd, hop, now);
     stats::trace(|t| {
         t.selection = sel.how;
         t.backend_id = sel.id;
@@ -522,12 +634,16 @@ fn new_flow<P: Packet + Staged>(
     // Read before `create` rewrites the entry. A zero key, not `None`, when there is no entry:
     // LLVM would spill the key's registers on both paths, and the verifier rejects a spill of
     // registers that no instruction set.
-    let old_reply = match stale {
+    let mut room = MaybeUninit::uninit();
+    let Some(old_reply) = conntrack::key_room(&mut room, 1) else {
+        return Verdict::Pass;
+    };
+    *old_reply = match stale {
         // SAFETY: pointer into the map value.
         Some(prev) => conntrack::reply_key_of(unsafe { prev.as_ref() }, flow.proto),
-        None => conntrack::NO_KEY,
+        None => conntrack::no_key(),
     };
-    if let Err(e) = conntrack::create(flow, &mut fwd, cfg, now, stale) {
+    if let Err(e) = conntrack::create(flow, fwd, cfg, now, stale) {
         let reason = match e {
             CreateError::PortsExhausted => drop_reason::SNAT_EXHAUSTED,
             CreateError::Insert => drop_reason::CT_INSERT,
@@ -535,14 +651,14 @@ fn new_flow<P: Packet + Staged>(
         return drop_flow(cfg, P::HOOK, flow, svc.svc_id, reason);
     }
     if svc.affinity_timeout != 0 {
-        let key = lb_common::AffinityKey {
+        let key = lb_common::AffinityKey::<A> {
             svc_id: svc.svc_id,
             client: flow.saddr,
         };
         lookup::touch_affinity(&key, sel.id, now);
     }
-    if stale.is_some() && old_reply != conntrack::reply_key_of(&fwd, flow.proto) && stats::live() {
-        retire_old_reply(&old_reply, flow);
+    if stale.is_some() && !conntrack::is_reply_key_of(old_reply, fwd, flow.proto) && stats::live() {
+        retire_old_reply(old_reply, flow);
     }
     stats::count(counter::CT_NEW);
     if fwd.flags & ct_flags::HAIRPIN != 0 {
@@ -559,29 +675,29 @@ fn new_flow<P: Packet + Staged>(
         ev.selection = sel.how;
         ev.svc_id = svc.svc_id;
         ev.backend_id = sel.id;
-        ev.backend_addr = be.addr;
+        ev.backend_addr = be.addr.folded();
         ev.backend_port = be.port;
     });
-    forward(pkt, flow, &fwd, out)
+    forward(pkt, flow, fwd, out)
 }
 
 /// Removes the reply entry of the flow this tuple had before (from either table), if it is
 /// still that flow's: its tuple may have been taken by another flow meanwhile (a SYN reusing
 /// it, another client's SNAT port), whose entry must stay.
 #[inline(always)]
-fn retire_old_reply(old_reply: &lb_common::CtKey, flow: &Flow) {
+fn retire_old_reply<A: Family>(old_reply: &CtKey<A>, flow: &Flow<A>) {
     let fkey = conntrack::key(flow, ct_dir::FORWARD);
     // SAFETY: read in place.
-    if let Some(rev) = unsafe { CONNTRACK.get(old_reply) }
+    if let Some(rev) = unsafe { A::ct().get(old_reply) }
         && conntrack::names(old_reply, rev, &fkey)
     {
-        let _ = CONNTRACK.remove(old_reply);
+        let _ = A::ct().remove(old_reply);
     }
     // SAFETY: read in place.
-    if let Some(rev) = unsafe { CT_NEW.get(old_reply) }
+    if let Some(rev) = unsafe { A::ct_new().get(old_reply) }
         && conntrack::names(old_reply, rev, &fkey)
     {
-        let _ = CT_NEW.remove(old_reply);
+        let _ = A::ct_new().remove(old_reply);
     }
 }
 
@@ -590,7 +706,7 @@ fn retire_old_reply(old_reply: &lb_common::CtKey, flow: &Flow) {
 /// decrements the TTL of one that goes on. Asked right after planning, before any state is
 /// written (and so that the paths after it carry no `TooBig`).
 #[inline(always)]
-fn can_go(flow: &Flow, out: Out) -> Result<Out, Verdict> {
+fn can_go<A: Family>(flow: &Flow<A>, out: Out) -> Result<Out, Verdict> {
     if out.how == route::how::TOO_BIG {
         // Without DF the stack fragments it (`finish` passes it to the stack).
         if !flow.df {
@@ -609,23 +725,28 @@ fn can_go(flow: &Flow, out: Out) -> Result<Out, Verdict> {
 /// Translates a packet about to be forwarded (`can_go` passed it), decrementing the TTL of
 /// one routed on as a router does (a routing loop through the balancer dies out).
 #[inline(always)]
-fn deliver<P: Packet + Staged>(
+fn deliver<P: Packet + Staged, A: Family>(
     pkt: &mut P,
-    flow: &Flow,
-    ct: &CtValue,
+    flow: &Flow<A>,
+    ct: &CtValue<A>,
     out: Out,
 ) -> Result<Out, Verdict> {
-    if nat::apply(pkt, flow, ct).is_err() || (out.routed() && pkt.decrement_ttl().is_err()) {
+    if nat::apply(pkt, flow, ct).is_err() || (out.routed() && A::decrement_ttl(pkt).is_err()) {
         stats::drop_reason(drop_reason::XLATE_ERROR);
         return Err(Verdict::Drop);
     }
-    note_fragment(flow);
+    A::note_fragment(flow);
     Ok(out)
 }
 
 /// Translates a client → frontend packet as its forward entry says, and sends it on.
 #[inline(always)]
-fn forward<P: Packet + Staged>(pkt: &mut P, flow: &Flow, ct: &CtValue, out: Out) -> Verdict {
+fn forward<P: Packet + Staged, A: Family>(
+    pkt: &mut P,
+    flow: &Flow<A>,
+    ct: &CtValue<A>,
+    out: Out,
+) -> Verdict {
     let len = pkt.len();
     let out = match deliver(pkt, flow, ct, out) {
         Ok(o) => o,
@@ -646,48 +767,49 @@ fn forward<P: Packet + Staged>(pkt: &mut P, flow: &Flow, ct: &CtValue, out: Out)
 /// indistinguishable at the backend; the live one wins). The caller checked that the backend
 /// may have translated flows.
 #[inline(always)]
-fn retire_reused_tuple(flow: &Flow, now: u32) {
+fn retire_reused_tuple<A: Family>(flow: &Flow<A>, now: u32) {
     if !stats::live() {
         return;
     }
     let rkey = conntrack::reversed_key(flow, ct_dir::REPLY);
     // SAFETY: read once.
-    if let Some(c) = unsafe { CONNTRACK.get(rkey) }
+    if let Some(c) = unsafe { A::ct().get(rkey) }
         && (c.state == ct_state::CLOSED || c.expires < now)
     {
-        let _ = CONNTRACK.remove(rkey);
+        let _ = A::ct().remove(rkey);
     }
     // SAFETY: read once.
-    if let Some(c) = unsafe { CT_NEW.get(rkey) }
+    if let Some(c) = unsafe { A::ct_new().get(rkey) }
         && (c.state == ct_state::CLOSED || c.expires < now)
     {
-        let _ = CT_NEW.remove(rkey);
+        let _ = A::ct_new().remove(rkey);
     }
 }
 
 /// A packet from a backend of a tracked flow (the caller checked that its source may be one):
 /// restore what the client dialled. A flow's first reply confirms it (`conntrack::confirm`).
 #[inline(always)]
-fn translate_reply<P: Packet + Staged>(
+fn translate_reply<P: Packet + Staged, A: Family>(
     pkt: &mut P,
-    flow: &Flow,
+    flow: &Flow<A>,
     cfg: &Config,
     now: u32,
 ) -> Option<Verdict> {
     let rkey = conntrack::key(flow, ct_dir::REPLY);
-    let (ct, confirmed) = match CONNTRACK.get_ptr_mut(rkey) {
+    let (ct, confirmed) = match A::ct().get_ptr_mut(rkey) {
         Some(p) => (p, true),
-        None => (CT_NEW.get_ptr_mut(rkey)?, false),
+        None => (A::ct_new().get_ptr_mut(rkey)?, false),
     };
-    let cur = conntrack::read_ct(ct);
+    let mut copy = MaybeUninit::uninit();
+    let cur = working_copy(ct, &mut copy)?;
     if cur.expires < now {
         return None;
     }
-    let (s, d) = translated(flow, &cur);
-    let Some(out) = route::plan_cached(pkt, ct, s, d, flow.ip_len, now) else {
+    let (s, d) = translated(flow, cur);
+    let Some(out) = route::plan_cached::<P, A>(pkt, ct, s, d, flow.ip_len, now) else {
         return Some(Verdict::Pass);
     };
-    let out = match can_go(flow, out) {
+    let out = match can_go::<A>(flow, out) {
         Ok(o) => o,
         Err(v) => return Some(v),
     };
@@ -708,7 +830,7 @@ fn translate_reply<P: Packet + Staged>(
         conntrack::saw_reply(&rkey, after);
     }
     let len = pkt.len();
-    let out = match deliver(pkt, flow, &cur, out) {
+    let out = match deliver(pkt, flow, cur, out) {
         Ok(o) => o,
         Err(v) => return Some(v),
     };
@@ -719,7 +841,13 @@ fn translate_reply<P: Packet + Staged>(
 
 /// Drops a packet for a service, counting and (if watched) reporting why.
 #[inline(always)]
-fn drop_flow(cfg: &Config, hook: u8, flow: &Flow, svc_id: u32, reason: u32) -> Verdict {
+fn drop_flow<A: Family>(
+    cfg: &Config,
+    hook: u8,
+    flow: &Flow<A>,
+    svc_id: u32,
+    reason: u32,
+) -> Verdict {
     stats::drop_reason(reason);
     stats::svc(svc_id, SvcCounter::Drop, 0);
     stats::trace(|t| t.drop_reason = reason);

@@ -12,6 +12,7 @@
 
 mod conntrack;
 mod device;
+mod family;
 mod icmp;
 mod lb;
 mod lookup;
@@ -106,20 +107,26 @@ macro_rules! stages {
 }
 
 stages!(tc hook::POD =>
-    xlb_pod_front: lb::front_stage;
-    xlb_pod_back: lb::back_stage;
+    xlb_pod_front: lb::front4;
+    xlb_pod_back: lb::back4;
     xlb_pod_icmp: lb::icmp_stage;
     xlb_pod_error: lb::error_stage;
+    xlb_pod_front6: lb::front6;
+    xlb_pod_back6: lb::back6;
+    xlb_pod_new6: lb::new6;
 );
 stages!(tc hook::HOST =>
-    xlb_host_front: lb::front_stage;
-    xlb_host_back: lb::back_stage;
+    xlb_host_front: lb::front4;
+    xlb_host_back: lb::back4;
     xlb_host_icmp: lb::icmp_stage;
     xlb_host_error: lb::error_stage;
+    xlb_host_front6: lb::front6;
+    xlb_host_back6: lb::back6;
+    xlb_host_new6: lb::new6;
 );
 stages!(xdp =>
-    xlb_xdp_front: lb::front_stage;
-    xlb_xdp_back: lb::back_stage;
+    xlb_xdp_front: lb::front4;
+    xlb_xdp_back: lb::back4;
     xlb_xdp_icmp: lb::icmp_stage;
 );
 

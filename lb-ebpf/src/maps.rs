@@ -12,9 +12,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtValue, DEVICE_SLOTS,
-    DevState, FragKey, FragPorts, LutChunk, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
-    SockXlate, SrcRangeKey, SvcInfo, SvcStats, Trace, capacity, counter, filter, hook, stage,
+    Address, AffinityKey, AffinityValue, AgentStatus, Backend, Config, Config6, CtKey, CtValue,
+    DEVICE_SLOTS, DevState, FragKey, FragPorts, Ipv4, Ipv6, LutChunk, ServiceKey, ServiceValue,
+    SockRevKey, SockRevValue, SockXlate, SrcRangeKey, SvcInfo, SvcStats, Trace, capacity, counter,
+    filter, hook, stage,
 };
 
 use crate::ctx::{TcPacket, XdpPacket};
@@ -41,8 +42,8 @@ pub static BACKENDS: HashMap<u32, Backend, { capacity::BACKENDS as usize }> = Ha
 #[btf_map(name = "xlb_lut")]
 pub static LUT: HashOfMaps<u32, Table, { capacity::SVC_IDS as usize }> = HashOfMaps::new();
 
-/// A conntrack table (the loader sets each one's capacity).
-pub type CtTable = LruHashMap<CtKey, CtValue, { capacity::CONNTRACK as usize }>;
+/// A conntrack table of a family (the loader sets each one's capacity).
+pub type CtTable<A = Ipv4> = LruHashMap<CtKey<A>, CtValue<A>, { capacity::CONNTRACK as usize }>;
 
 /// Connection tracking of confirmed flows (a reply was seen), both directions (LRU: the least
 /// recently used go first, and only confirmed flows compete for it).
@@ -66,6 +67,40 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { capacity::AFFINITY
 /// loadBalancerSourceRanges: (svc_id, client CIDR) → allowed.
 #[btf_map(name = "xlb_srcranges")]
 pub static SRC_RANGES: LpmTrie<SrcRangeKey, u8, { capacity::SRC_RANGES as usize }> = LpmTrie::new();
+
+/// IPv6 frontends: as `SERVICES`.
+#[btf_map(name = "xlb_services6")]
+pub static SERVICES6: HashMap<ServiceKey<Ipv6>, ServiceValue, { capacity::SERVICES as usize }> =
+    HashMap::new();
+
+/// IPv6 backends by id (one id space with `BACKENDS`: a table names backends of its family).
+#[btf_map(name = "xlb_backends6")]
+pub static BACKENDS6: HashMap<u32, Backend<Ipv6>, { capacity::BACKENDS as usize }> = HashMap::new();
+
+/// IPv6 connection tracking of confirmed flows: as `CONNTRACK`.
+#[btf_map(name = "xlb_ct6")]
+pub static CONNTRACK6: CtTable<Ipv6> = LruHashMap::new();
+
+/// IPv6 connection tracking of flows not answered yet: as `CT_NEW`.
+#[btf_map(name = "xlb_ct6_new")]
+pub static CT_NEW6: CtTable<Ipv6> = LruHashMap::new();
+
+/// IPv6 ClientIP session affinity (LRU).
+#[btf_map(name = "xlb_affinity6")]
+pub static AFFINITY6: LruHashMap<
+    AffinityKey<Ipv6>,
+    AffinityValue,
+    { capacity::AFFINITY as usize },
+> = LruHashMap::new();
+
+/// IPv6 loadBalancerSourceRanges.
+#[btf_map(name = "xlb_srcranges6")]
+pub static SRC_RANGES6: LpmTrie<SrcRangeKey<Ipv6>, u8, { capacity::SRC_RANGES as usize }> =
+    LpmTrie::new();
+
+/// The IPv6 hairpin and SNAT addresses, one entry; read-only for programs.
+#[btf_map(name = "xlb_config6")]
+pub static CONFIG6: Array<Config6, 1, { BPF_F_RDONLY_PROG as usize }> = Array::new();
 
 /// Global counters by reason, per CPU.
 #[btf_map(name = "xlb_counters")]
@@ -123,9 +158,17 @@ pub static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 /// `SCRATCH`'s value.
 pub struct Scratch {
     /// The parsed flow the entry program hands to a stage (see `lb::process`).
-    pub flow: crate::parse::Flow,
+    pub flow: crate::parse::Flow<Ipv4>,
+    /// The same for an IPv6 packet.
+    pub flow6: crate::parse::Flow<Ipv6>,
     /// The ICMP header the entry program hands to the ICMP stage.
     pub icmp: crate::parse::IcmpHead,
+    /// Conntrack keys a new flow works on: IPv6 ones here, off the stack (see
+    /// `Family::FLOW_IN_SCRATCH`); the IPv4 ones are the trait's formality, never used.
+    pub keys6: [CtKey<Ipv6>; 2],
+    pub keys4: [CtKey; 2],
+    /// For the IPv6 new-flow stage: the frontend.
+    pub svc: ServiceValue,
     /// For the backend stage: the packet may be a tracked flow's reply / a SYN reusing one's
     /// tuple.
     pub reply: u8,
@@ -136,6 +179,11 @@ pub struct Scratch {
     pub fib: FibParams,
     /// The reply entry `conntrack::create` builds.
     pub ct: CtValue,
+    /// The same for an IPv6 flow.
+    pub ct6: CtValue<Ipv6>,
+    /// An IPv6 new flow's forward entry, and the copy of a tracked one's entry it decides on
+    /// (off the stack: see `Family::FLOW_IN_SCRATCH`).
+    pub fwd6: CtValue<Ipv6>,
     /// `icmp::send_error`'s rate limit on this CPU: the second counted, and errors sent in it
     /// (these two persist from run to run).
     pub icmp_sec: u32,
@@ -156,7 +204,7 @@ pub static TC_STAGES: ProgramArray<{ (2 * stage::PER_HOOK) as usize }> = Program
 
 /// The stage programs of the XDP entry program.
 #[btf_map(name = "xlb_xdp_stages")]
-pub static XDP_STAGES: ProgramArray<{ stage::PER_HOOK as usize }> = ProgramArray::new();
+pub static XDP_STAGES: ProgramArray<{ stage::XDP_STAGES as usize }> = ProgramArray::new();
 
 /// A packet whose hook has stage programs (`TC_STAGES`, `XDP_STAGES`).
 pub trait Staged {
@@ -250,8 +298,8 @@ fn may_have_nat(bit: u32) -> bool {
 
 /// Records that backend (`addr`, `port`) may have translated flows (before their entries).
 #[inline(always)]
-pub fn mark_nat(addr: lb_common::Ipv4, port: u16) {
-    let Some(p) = nat_slot(filter::bit(addr, port, 0)) else {
+pub fn mark_nat<A: Address>(addr: A, port: u16) {
+    let Some(p) = nat_slot(filter::bit(addr.folded(), port, 0)) else {
         return;
     };
     // SAFETY: as in `may_have_nat`. An atomic add (the one atomic every BPF CPU version has):
@@ -269,21 +317,21 @@ pub fn mark_nat(addr: lb_common::Ipv4, port: u16) {
 /// NAT slot; the bit hashed once for both): then no conntrack reply entry can have it as its
 /// source.
 #[inline(always)]
-pub fn may_be_tracked_backend(addr: lb_common::Ipv4, port: u16) -> bool {
-    let bit = filter::bit(addr, port, 0);
+pub fn may_be_tracked_backend<A: Address>(addr: A, port: u16) -> bool {
+    let bit = filter::bit(addr.folded(), port, 0);
     bit_set(&BE_FILTER, bit) && may_have_nat(bit)
 }
 
 /// False only if (`addr`, `port`) is no backend (backend filter).
 #[inline(always)]
-pub fn may_be_backend(addr: lb_common::Ipv4, port: u16) -> bool {
-    bit_set(&BE_FILTER, filter::bit(addr, port, 0))
+pub fn may_be_backend<A: Address>(addr: A, port: u16) -> bool {
+    bit_set(&BE_FILTER, filter::bit(addr.folded(), port, 0))
 }
 
 /// True unless `map`'s bit for (`addr`, `port`, `proto`) is clear (a missing word counts as set).
 #[inline(always)]
-pub fn may_hold(map: &Filter, addr: lb_common::Ipv4, port: u16, proto: u8) -> bool {
-    bit_set(map, filter::bit(addr, port, proto))
+pub fn may_hold<A: Address>(map: &Filter, addr: A, port: u16, proto: u8) -> bool {
+    bit_set(map, filter::bit(addr.folded(), port, proto))
 }
 
 /// True unless bit `bit` of `map` is clear (a missing word counts as set).

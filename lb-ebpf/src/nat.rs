@@ -6,16 +6,21 @@ use lb_common::{CtValue, ct_flags};
 
 use crate::{
     ctx::{End, Packet, RewriteError},
+    family::Family,
     parse::{Flow, frag},
 };
 
 /// Rewrites destination and/or source as `ct` says; fields that already match are left alone.
 #[inline(always)]
-pub fn apply<P: Packet>(pkt: &mut P, flow: &Flow, ct: &CtValue) -> Result<(), RewriteError> {
+pub fn apply<P: Packet, A: Family>(
+    pkt: &mut P,
+    flow: &Flow<A>,
+    ct: &CtValue<A>,
+) -> Result<(), RewriteError> {
     let ports = flow.frag != frag::LATER;
     if ct.flags & ct_flags::XLATE_DST != 0 {
         if ct.nat_daddr != flow.daddr {
-            pkt.set_addr(flow.l4, End::Dst, flow.daddr, ct.nat_daddr)?;
+            A::set_addr(pkt, flow.l4, End::Dst, &flow.daddr, &ct.nat_daddr)?;
         }
         if ports && ct.nat_dport != flow.dport {
             pkt.set_port(flow.l4, End::Dst, flow.dport, ct.nat_dport)?;
@@ -23,7 +28,7 @@ pub fn apply<P: Packet>(pkt: &mut P, flow: &Flow, ct: &CtValue) -> Result<(), Re
     }
     if ct.flags & ct_flags::XLATE_SRC != 0 {
         if ct.nat_saddr != flow.saddr {
-            pkt.set_addr(flow.l4, End::Src, flow.saddr, ct.nat_saddr)?;
+            A::set_addr(pkt, flow.l4, End::Src, &flow.saddr, &ct.nat_saddr)?;
         }
         if ports && ct.nat_sport != flow.sport {
             pkt.set_port(flow.l4, End::Src, flow.sport, ct.nat_sport)?;

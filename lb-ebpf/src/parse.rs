@@ -1,15 +1,21 @@
-//! Header parsing: Ethernet → IPv4 → TCP/UDP/SCTP, into one `Flow` built once per packet.
+//! Header parsing: Ethernet → IPv4 or IPv6 (its extension headers walked, up to a bound) →
+//! TCP/UDP/SCTP, into one `Flow` built once per packet.
 //! A first fragment parses like a whole datagram (its ports are recorded, `frag`); a later
 //! fragment has no L4 header and gets its ports from that record (`lb::process`).
 //!
 //! Every read goes through `ptr_at` (bounds-checked against `data_end`); nothing is read as a Rust
 //! enum from packet memory. Truncated or malformed headers are reported, never translated.
 
-use lb_common::{Ipv4, proto};
+use lb_common::{Ipv4, Ipv6, proto};
 
 use crate::ctx::{L3_OFF, L4, Packet, ptr_at};
 
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+/// Bytes of the IPv6 fixed header.
+pub const IPV6_HDR: usize = 40;
+/// Extension headers walked before the L4 header; a packet with more is not translated.
+const IPV6_MAX_EXT: usize = 4;
 
 /// TCP flag bits (byte 13 of the TCP header).
 pub mod tcp_flags {
@@ -29,11 +35,11 @@ pub mod frag {
     pub const LATER: u8 = 2;
 }
 
-/// The packet's 5-tuple and where its L4 header is.
+/// The packet's 5-tuple and where its L4 header is (`A`: the address family's address).
 #[derive(Clone, Copy)]
-pub struct Flow {
-    pub saddr: Ipv4,
-    pub daddr: Ipv4,
+pub struct Flow<A = Ipv4> {
+    pub saddr: A,
+    pub daddr: A,
     /// Host order.
     pub sport: u16,
     /// Host order.
@@ -43,7 +49,8 @@ pub struct Flow {
     pub tcp_flags: u8,
     /// Where the L4 header is; for a later fragment `proto` is 0 (no header to rewrite).
     pub l4: L4,
-    /// IPv4 total length, host order (for the route's MTU check).
+    /// IP total length (IPv6: payload and fixed header), host order (for the route's MTU
+    /// check).
     pub ip_len: u16,
     /// IPv4 identification, host order (fragments).
     pub ip_id: u16,
@@ -51,13 +58,13 @@ pub struct Flow {
     pub frag: u8,
     /// TCP: the sequence number after this segment (seq + payload, SYN and FIN counting one).
     pub seq_end: u32,
-    /// IPv4 TTL.
+    /// IPv4 TTL, IPv6 hop limit.
     pub ttl: u8,
-    /// IPv4 don't-fragment set.
+    /// IPv4 don't-fragment set; always for IPv6 (routers never fragment it).
     pub df: bool,
 }
 
-impl Flow {
+impl<A> Flow<A> {
     /// A TCP SYN without ACK: the first packet of a new connection.
     #[inline(always)]
     pub fn is_syn(&self) -> bool {
@@ -109,6 +116,8 @@ pub struct IcmpHead {
 /// A parsed packet.
 pub enum Parsed {
     Flow(Flow),
+    /// An IPv6 TCP/UDP/SCTP packet.
+    Flow6(Flow<Ipv6>),
     /// ICMP: its body is parsed by the ICMP path (`icmp::translate`), off the common path.
     Icmp(IcmpHead),
 }
@@ -120,12 +129,29 @@ const ICMP_PARAMETER_PROBLEM: u8 = 12;
 /// Why a packet has no `Flow`.
 #[derive(Clone, Copy)]
 pub enum Skip {
-    NotIpv4,
+    NotIp,
     Malformed,
     /// A later fragment of a datagram whose first fragment was not seen.
     Fragment,
     /// An L4 protocol the balancer does not translate.
     OtherProto,
+}
+
+/// IPv6 extension headers the parser walks past.
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AUTH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
+
+#[repr(C)]
+struct Ipv6Hdr {
+    ver_tc_flow: [u8; 4],
+    payload_len: u16,
+    next: u8,
+    hop_limit: u8,
+    saddr: Ipv6,
+    daddr: Ipv6,
 }
 
 #[repr(C)]
@@ -159,8 +185,12 @@ fn header<P: Packet, T>(pkt: &mut P, off: usize) -> Option<*const T> {
 pub fn parse<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
     let eth_type: *const u16 = header(pkt, 12).ok_or(Skip::Malformed)?;
     // SAFETY: bounds-checked by `header`.
-    if u16::from_be(unsafe { eth_type.read_unaligned() }) != ETH_P_IP {
-        return Err(Skip::NotIpv4);
+    let eth_type = u16::from_be(unsafe { eth_type.read_unaligned() });
+    if eth_type == ETH_P_IPV6 {
+        return parse6(pkt);
+    }
+    if eth_type != ETH_P_IP {
+        return Err(Skip::NotIp);
     }
     let ip: *const Ipv4Hdr = header(pkt, L3_OFF).ok_or(Skip::Malformed)?;
     // SAFETY: bounds-checked by `header`.
@@ -218,44 +248,15 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
         // At most 14 + 15 * 4.
         off: l4_off as u8,
     };
-    let mut seq_end = 0;
-    let (ports, flags) = match l4_proto {
-        proto::TCP => {
-            // Whole fixed header: ports, seq (4-7), data offset (12), flags (13), checksum.
-            let h: *const [u8; 20] = header(pkt, l4_off).ok_or(Skip::Malformed)?;
-            // SAFETY: bounds-checked by `header`.
-            let h = unsafe { &*h };
-            let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-            let hdrs = (ihl * 4) as u32 + u32::from(h[12] >> 4) * 4;
-            let payload = u32::from(ip_len).saturating_sub(hdrs);
-            let syn = u32::from(h[13] & tcp_flags::SYN != 0);
-            let fin = u32::from(h[13] & tcp_flags::FIN != 0);
-            seq_end = seq.wrapping_add(payload + syn + fin);
-            ([h[0], h[1], h[2], h[3]], h[13])
-        }
-        proto::UDP => {
-            let h: *const [u8; 8] = header(pkt, l4_off).ok_or(Skip::Malformed)?;
-            // SAFETY: bounds-checked by `header`.
-            let h = unsafe { &*h };
-            ([h[0], h[1], h[2], h[3]], 0)
-        }
-        proto::SCTP => {
-            // Common header: ports, verification tag, CRC32c.
-            let h: *const [u8; 12] = header(pkt, l4_off).ok_or(Skip::Malformed)?;
-            // SAFETY: bounds-checked by `header`.
-            let h = unsafe { &*h };
-            ([h[0], h[1], h[2], h[3]], 0)
-        }
-        proto::ICMP => {
-            return Ok(Parsed::Icmp(IcmpHead {
-                saddr,
-                daddr,
-                off: l4_off,
-                ip_len,
-            }));
-        }
-        _ => return Err(Skip::OtherProto),
-    };
+    if l4_proto == proto::ICMP {
+        return Ok(Parsed::Icmp(IcmpHead {
+            saddr,
+            daddr,
+            off: l4_off,
+            ip_len,
+        }));
+    }
+    let (ports, flags, seq_end) = ports_of(pkt, l4_proto, l4_off, (ihl * 4) as u32, ip_len)?;
     Ok(Parsed::Flow(Flow {
         saddr,
         daddr,
@@ -270,6 +271,117 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
         seq_end,
         ttl,
         df: frag_off & 0x4000 != 0,
+    }))
+}
+
+/// The ports, TCP flags and TCP sequence end of the L4 header at `l4_off` (`l3_hdrs`: the IP
+/// headers' bytes, which `ip_len` counts too).
+#[inline(always)]
+fn ports_of<P: Packet>(
+    pkt: &mut P,
+    l4_proto: u8,
+    l4_off: usize,
+    l3_hdrs: u32,
+    ip_len: u16,
+) -> Result<([u8; 4], u8, u32), Skip> {
+    match l4_proto {
+        proto::TCP => {
+            // Whole fixed header: ports, seq (4-7), data offset (12), flags (13), checksum.
+            let h: *const [u8; 20] = header(pkt, l4_off).ok_or(Skip::Malformed)?;
+            // SAFETY: bounds-checked by `header`.
+            let h = unsafe { &*h };
+            let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            let hdrs = l3_hdrs + u32::from(h[12] >> 4) * 4;
+            let payload = u32::from(ip_len).saturating_sub(hdrs);
+            let syn = u32::from(h[13] & tcp_flags::SYN != 0);
+            let fin = u32::from(h[13] & tcp_flags::FIN != 0);
+            let seq_end = seq.wrapping_add(payload + syn + fin);
+            Ok(([h[0], h[1], h[2], h[3]], h[13], seq_end))
+        }
+        proto::UDP => {
+            let h: *const [u8; 8] = header(pkt, l4_off).ok_or(Skip::Malformed)?;
+            // SAFETY: bounds-checked by `header`.
+            let h = unsafe { &*h };
+            Ok(([h[0], h[1], h[2], h[3]], 0, 0))
+        }
+        proto::SCTP => {
+            // Common header: ports, verification tag, CRC32c.
+            let h: *const [u8; 12] = header(pkt, l4_off).ok_or(Skip::Malformed)?;
+            // SAFETY: bounds-checked by `header`.
+            let h = unsafe { &*h };
+            Ok(([h[0], h[1], h[2], h[3]], 0, 0))
+        }
+        _ => Err(Skip::OtherProto),
+    }
+}
+
+/// Parses an IPv6 packet: the fixed header, up to `IPV6_MAX_EXT` extension headers, the L4
+/// header. ICMPv6 (neighbour discovery among it) and fragments are left alone.
+#[inline(always)]
+fn parse6<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
+    let ip: *const Ipv6Hdr = header(pkt, L3_OFF).ok_or(Skip::Malformed)?;
+    // SAFETY: bounds-checked by `header`.
+    let (ver, payload_len, mut next, hop_limit, saddr, daddr) = unsafe {
+        (
+            (*ip).ver_tc_flow[0] >> 4,
+            u16::from_be((*ip).payload_len),
+            (*ip).next,
+            (*ip).hop_limit,
+            (*ip).saddr,
+            (*ip).daddr,
+        )
+    };
+    if ver != 6 {
+        return Err(Skip::Malformed);
+    }
+    let mut off = L3_OFF + IPV6_HDR;
+    let mut i = 0;
+    while i < IPV6_MAX_EXT {
+        i += 1;
+        let len = match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AUTH => {
+                let h: *const [u8; 2] = header(pkt, off).ok_or(Skip::Malformed)?;
+                // SAFETY: bounds-checked by `header`.
+                let (nh, hlen) = unsafe { ((*h)[0], usize::from((*h)[1])) };
+                let len = if next == IPV6_AUTH {
+                    (hlen + 2) * 4
+                } else {
+                    (hlen + 1) * 8
+                };
+                next = nh;
+                len
+            }
+            IPV6_FRAGMENT => return Err(Skip::Fragment),
+            _ => break,
+        };
+        off += len;
+        // The L4 offset is kept in a byte (`L4::off`).
+        if off > 200 {
+            return Err(Skip::OtherProto);
+        }
+    }
+    if !matches!(next, proto::TCP | proto::UDP | proto::SCTP) {
+        return Err(Skip::OtherProto);
+    }
+    let ip_len = payload_len.saturating_add(IPV6_HDR as u16);
+    let (ports, flags, seq_end) = ports_of(pkt, next, off, (off - L3_OFF) as u32, ip_len)?;
+    Ok(Parsed::Flow6(Flow {
+        saddr,
+        daddr,
+        sport: u16::from_be_bytes([ports[0], ports[1]]),
+        dport: u16::from_be_bytes([ports[2], ports[3]]),
+        proto: next,
+        tcp_flags: flags,
+        l4: L4 {
+            proto: next,
+            off: off as u8,
+        },
+        ip_len,
+        ip_id: 0,
+        frag: frag::NONE,
+        seq_end,
+        ttl: hop_limit,
+        df: true,
     }))
 }
 

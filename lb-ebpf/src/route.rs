@@ -27,15 +27,14 @@ use aya_ebpf::{
     },
     helpers::bpf_fib_lookup,
 };
-use lb_common::{CtValue, Ipv4, dev_flags, device_slot, route_flags};
+use lb_common::{CtValue, dev_flags, device_slot, route_flags};
 
 use crate::{
     ctx::Packet,
+    family::Family,
     maps::{DEVICES, SCRATCH},
     stats,
 };
-
-const AF_INET: u8 = 2;
 
 /// How a translated packet leaves (`how`), with what that needs. A struct whose every field
 /// is always written, not an enum: LLVM packs an enum's payload into registers, and for a
@@ -105,7 +104,7 @@ pub struct Hop {
 }
 
 #[inline(always)]
-fn lookup<P: Packet>(pkt: &P, saddr: Ipv4, daddr: Ipv4, ip_len: u16) -> Hop {
+fn lookup<P: Packet, A: Family>(pkt: &P, saddr: &A, daddr: &A, ip_len: u16) -> Hop {
     const NONE: Hop = Hop {
         ifindex: 0,
         macs: None,
@@ -127,12 +126,11 @@ fn lookup<P: Packet>(pkt: &P, saddr: Ipv4, daddr: Ipv4, ip_len: u16) -> Hop {
         }
         &mut *p
     };
-    p.family = AF_INET;
+    p.family = A::AF;
     p.ifindex = pkt.ifindex();
     // tc: no length, so the kernel checks the skb (GSO-aware) and returns the device's MTU.
     p.__bindgen_anon_1.tot_len = if P::DEFERS { ip_len } else { 0 };
-    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(saddr);
-    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(daddr);
+    A::fib_addrs(p, saddr, daddr);
     // SAFETY: `p` is a valid bpf_fib_lookup of the size passed; the context is the program's.
     let rc = unsafe {
         bpf_fib_lookup(
@@ -221,10 +219,10 @@ fn decide<P: Packet>(pkt: &P, hop: Hop) -> Option<Out> {
 /// Plans a packet that has no conntrack entry yet (from `known` when a hop of this second is
 /// at hand); the hop goes into the entry (`store`).
 #[inline(always)]
-pub fn plan<P: Packet>(
+pub fn plan<P: Packet, A: Family>(
     pkt: &P,
-    saddr: Ipv4,
-    daddr: Ipv4,
+    saddr: &A,
+    daddr: &A,
     ip_len: u16,
     known: Option<Hop>,
 ) -> (Option<Out>, Hop) {
@@ -238,7 +236,7 @@ pub fn plan<P: Packet>(
 /// The hop cached in `ct`, if it was looked up this second and is known to carry a packet
 /// of `ip_len` bytes (`gso`: an aggregate, whose size only the FIB's check judges).
 #[inline(always)]
-pub fn cached_hop(ct: &CtValue, now: u32, ip_len: u16, gso: bool) -> Option<Hop> {
+pub fn cached_hop<A: Family>(ct: &CtValue<A>, now: u32, ip_len: u16, gso: bool) -> Option<Hop> {
     if ct.route_flags & route_flags::CACHED == 0 || ct.route_at != now {
         return None;
     }
@@ -260,7 +258,7 @@ pub fn cached_hop(ct: &CtValue, now: u32, ip_len: u16, gso: bool) -> Option<Hop>
 /// Records `hop` in a conntrack value being built (a too-big answer is not a route: kept
 /// out, so the next packet asks again).
 #[inline(always)]
-pub fn store(ct: &mut CtValue, hop: Hop, now: u32) {
+pub fn store<A: Family>(ct: &mut CtValue<A>, hop: Hop, now: u32) {
     if hop.too_big {
         ct.route_flags = 0;
         return;
@@ -278,11 +276,11 @@ pub fn store(ct: &mut CtValue, hop: Hop, now: u32) {
 
 /// Plans a packet of a tracked flow, from the entry's cached hop when it is from this second.
 #[inline(always)]
-pub fn plan_cached<P: Packet>(
+pub fn plan_cached<P: Packet, A: Family>(
     pkt: &P,
-    ct: *mut CtValue,
-    saddr: Ipv4,
-    daddr: Ipv4,
+    ct: *mut CtValue<A>,
+    saddr: &A,
+    daddr: &A,
     ip_len: u16,
     now: u32,
 ) -> Option<Out> {

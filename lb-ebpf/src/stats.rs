@@ -5,6 +5,7 @@ use aya_ebpf::{Global, helpers::bpf_ktime_get_ns};
 use lb_common::{Config, Event, Trace, config_flags, counter, event_kind};
 
 use crate::{
+    family::Family,
     maps::{COUNTERS, EVENTS, SVC_STATS, TRACE},
     parse::Flow,
 };
@@ -75,7 +76,17 @@ pub fn svc(svc_id: u32, which: SvcCounter, bytes: u32) {
 
 /// Emits an event if a monitor asked for this kind (one flag test when nobody watches).
 #[inline(always)]
-pub fn event(cfg: &Config, hook: u8, kind: u8, flow: &Flow, fill: impl FnOnce(&mut Event)) {
+pub fn event<A: Family>(
+    cfg: &Config,
+    hook: u8,
+    kind: u8,
+    flow: &Flow<A>,
+    fill: impl FnOnce(&mut Event),
+) {
+    // `Event` carries IPv4 addresses; IPv6 flows are not reported to `xlb monitor` yet.
+    let Some(flow) = A::as_v4(flow) else {
+        return;
+    };
     let wanted = match kind {
         event_kind::DROP => config_flags::MONITOR_DROPS,
         _ => config_flags::MONITOR_FLOWS,

@@ -58,7 +58,7 @@ pub fn finish<P: Packet>(pkt: &mut P, out: Out) -> Verdict {
 #[inline(always)]
 pub fn count_skip(skip: Skip) {
     stats::count(match skip {
-        Skip::NotIpv4 => counter::NOT_IPV4,
+        Skip::NotIp => counter::NOT_IP,
         Skip::Malformed => counter::MALFORMED,
         Skip::Fragment => counter::FRAGMENT,
         Skip::OtherProto => counter::NOT_SERVICE,

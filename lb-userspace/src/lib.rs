@@ -1,5 +1,6 @@
 //! xlb user space: the agent (sources → desired state → map sync), the loader and the CLI.
 
+pub mod addr;
 pub mod agent;
 pub mod bpf;
 pub mod cli;

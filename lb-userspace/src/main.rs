@@ -266,11 +266,11 @@ struct PolicyArgs {
     /// and not programmed. Without it any address is (as kube-proxy): whoever may create
     /// Services can then take over any address for the cluster (CVE-2020-8554).
     #[arg(long, env = "XLB_EXTERNAL_IP_CIDRS", value_delimiter = ',', value_parser = parse_cidr)]
-    external_ip_cidrs: Option<Vec<lb_userspace::model::Ipv4Net>>,
+    external_ip_cidrs: Option<Vec<lb_userspace::model::IpNet>>,
 }
 
-fn parse_cidr(s: &str) -> Result<lb_userspace::model::Ipv4Net, String> {
-    lb_userspace::model::Ipv4Net::parse(s).ok_or_else(|| format!("{s:?} is not an IPv4 CIDR"))
+fn parse_cidr(s: &str) -> Result<lb_userspace::model::IpNet, String> {
+    lb_userspace::model::IpNet::parse(s).ok_or_else(|| format!("{s:?} is not an IPv4 CIDR"))
 }
 
 /// What the maps hold: the agent sizes them, `xlb check` compares the files against them.
@@ -310,9 +310,9 @@ struct CheckArgs {
     /// Node name, to evaluate node-local endpoints as the agent would.
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
-    /// Node addresses (NodePort frontends).
+    /// Node addresses of either family (NodePort frontends).
     #[arg(long = "node-ip", env = "XLB_NODE_IP", value_delimiter = ',')]
-    node_ips: Vec<Ipv4Addr>,
+    node_ips: Vec<std::net::IpAddr>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -369,9 +369,10 @@ struct AgentArgs {
     /// This node's name (EndpointSlice `nodeName` of local endpoints).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
-    /// Node addresses: NodePort frontends and SNAT source (repeatable or comma-separated).
+    /// Node addresses of either family: NodePort frontends and SNAT source (repeatable or
+    /// comma-separated).
     #[arg(long = "node-ip", env = "XLB_NODE_IP", value_delimiter = ',')]
-    node_ips: Vec<Ipv4Addr>,
+    node_ips: Vec<std::net::IpAddr>,
     /// Uplinks (XDP + tc): names or globs such as `eth*`, comma-separated.
     #[arg(long, env = "XLB_DEVICES", value_delimiter = ',')]
     devices: Vec<String>,
@@ -429,13 +430,20 @@ struct AgentArgs {
     /// Service owns are dropped and counted (`unowned_service_ip`), as kube-proxy's nftables
     /// mode does. Default: none.
     #[arg(long, env = "XLB_SERVICE_CIDRS", value_delimiter = ',', value_parser = parse_cidr)]
-    service_cidrs: Vec<lb_userspace::model::Ipv4Net>,
+    service_cidrs: Vec<lb_userspace::model::IpNet>,
     /// Source address of hairpin flows (a pod reaching itself through a Service).
     #[arg(long, env = "XLB_HAIRPIN_ADDR", default_value = "169.254.42.1")]
     hairpin_addr: Ipv4Addr,
-    /// SNAT source for north-south flows to remote backends (default: the first --node-ip).
+    /// Source address of IPv6 hairpin flows.
+    #[arg(long, env = "XLB_HAIRPIN_ADDR6", default_value = "fd00:786c:62::1")]
+    hairpin_addr6: std::net::Ipv6Addr,
+    /// SNAT source for north-south flows to remote backends (default: the first IPv4
+    /// --node-ip).
     #[arg(long, env = "XLB_SNAT_ADDR")]
     snat_addr: Option<Ipv4Addr>,
+    /// SNAT source of IPv6 north-south flows (default: the first IPv6 --node-ip).
+    #[arg(long, env = "XLB_SNAT_ADDR6")]
+    snat_addr6: Option<std::net::Ipv6Addr>,
     /// SNAT source port range MIN-MAX.
     #[arg(long, env = "XLB_SNAT_PORTS", default_value = "61000-65535", value_parser = parse_ports)]
     snat_ports: (u16, u16),
@@ -497,6 +505,8 @@ fn agent_config(a: AgentArgs) -> AgentConfig {
             ..Capacities::default()
         },
         hairpin_addr: a.hairpin_addr,
+        hairpin_addr6: a.hairpin_addr6,
+        snat_addr6: a.snat_addr6,
         snat_addr: a.snat_addr,
         snat_ports: a.snat_ports,
         timeouts: Timeouts {

@@ -1,7 +1,11 @@
 //! The desired state: what the datapath should balance, independent of where it came from
 //! (Kubernetes API, files) and of how it is stored in maps. Pure data, no I/O.
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
 use serde::Serialize;
 
@@ -109,7 +113,7 @@ pub enum Scope {
 /// An address:port/protocol clients dial.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Frontend {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub proto: Protocol,
     pub scope: Scope,
@@ -120,7 +124,12 @@ pub struct Frontend {
 
 impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+        write!(
+            f,
+            "{}/{}",
+            SocketAddr::new(self.addr, self.port),
+            self.proto
+        )
     }
 }
 
@@ -138,7 +147,7 @@ pub enum EndpointState {
 /// A backend of a service.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Endpoint {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     /// Relative weight (1 = default).
     pub weight: u16,
@@ -187,43 +196,60 @@ impl fmt::Display for Algorithm {
     }
 }
 
-/// An IPv4 CIDR.
+/// An IPv4 or IPv6 CIDR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct Ipv4Net {
-    pub addr: Ipv4Addr,
+pub struct IpNet {
+    pub addr: IpAddr,
     pub len: u8,
 }
 
-impl Ipv4Net {
-    /// Parses `a.b.c.d/len` (or a bare address as /32); host bits are cleared.
+impl IpNet {
+    /// Parses `a.b.c.d/len` or `2001:db8::/len` (a bare address as /32 or /128); host bits are
+    /// cleared.
     pub fn parse(s: &str) -> Option<Self> {
-        let (a, l) = match s.trim().split_once('/') {
-            Some((a, l)) => (a, l.parse::<u8>().ok()?),
-            None => (s.trim(), 32),
+        let s = s.trim();
+        let (a, l) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l.parse::<u8>().ok()?)),
+            None => (s, None),
         };
-        if l > 32 {
+        let addr: IpAddr = a.parse().ok()?;
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        let len = l.unwrap_or(bits);
+        if len > bits {
             return None;
         }
-        let addr: Ipv4Addr = a.parse().ok()?;
-        let mask = if l == 0 { 0 } else { u32::MAX << (32 - l) };
         Some(Self {
-            addr: Ipv4Addr::from(u32::from(addr) & mask),
-            len: l,
+            addr: masked(addr, len),
+            len,
         })
     }
 
-    /// True if `a` is inside the network.
-    pub fn contains(&self, a: Ipv4Addr) -> bool {
-        let mask = if self.len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - self.len)
-        };
-        u32::from(a) & mask == u32::from(self.addr)
+    /// True if `a` is inside the network (never for an address of the other family).
+    pub fn contains(&self, a: IpAddr) -> bool {
+        a.is_ipv4() == self.addr.is_ipv4() && masked(a, self.len) == self.addr
+    }
+
+    /// True for an IPv4 network.
+    pub fn is_ipv4(&self) -> bool {
+        self.addr.is_ipv4()
     }
 }
 
-impl fmt::Display for Ipv4Net {
+/// `a` with every bit past the first `len` cleared.
+fn masked(a: IpAddr, len: u8) -> IpAddr {
+    match a {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+    }
+}
+
+impl fmt::Display for IpNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.len)
     }
@@ -242,7 +268,7 @@ pub struct LbService {
     /// sessionAffinity ClientIP timeout, seconds (0 = none).
     pub affinity_timeout: u32,
     /// loadBalancerSourceRanges (applies to frontends with `source_ranges`).
-    pub source_ranges: Vec<Ipv4Net>,
+    pub source_ranges: Vec<IpNet>,
     /// externalTrafficPolicy Local: client source preserved, no SNAT; drops count as
     /// "no local backend".
     pub ext_local: bool,

@@ -8,7 +8,7 @@
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
@@ -48,14 +48,14 @@ pub struct Check {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub service: String,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     /// The backend's port (its identity; `Check::port` may probe another).
     pub port: u16,
     pub check: Check,
 }
 
 /// (service, backend address, backend port).
-pub type Key = (String, Ipv4Addr, u16);
+pub type Key = (String, IpAddr, u16);
 
 /// A backend that turned healthy or unhealthy.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -307,7 +307,7 @@ mod tests {
         let mut p = Prober::new(tx);
         let target = Target {
             service: "web".into(),
-            addr: Ipv4Addr::LOCALHOST,
+            addr: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             port: at.port(),
             check: check(Kind::Tcp),
         };
@@ -324,7 +324,11 @@ mod tests {
         assert!(up.healthy);
         assert_eq!(
             p.reconcile(Vec::new()),
-            vec![("web".into(), Ipv4Addr::LOCALHOST, at.port())]
+            vec![(
+                "web".into(),
+                IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                at.port()
+            )]
         );
         assert!(p.is_empty());
         assert!(!p.is_current(&up), "a stopped task's word is not current");

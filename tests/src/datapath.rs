@@ -30,6 +30,13 @@ pub const ROUTED: [&str; 5] = [
     "10.94.0.0/15",
 ];
 
+/// IPv6 next hop of every routed IPv6 test prefix (MAC `NEXT_HOP_MAC` too).
+pub const NEXT_HOP6: &str = "fd00:192:168::2";
+/// The fixture namespace's IPv6 address on `UPLINK` (its node address).
+pub const UPLINK_ADDR6: &str = "fd00:192:168::1";
+/// IPv6 prefixes routed through `UPLINK`.
+pub const ROUTED6: [&str; 3] = ["fd00:10:244::/48", "fd00:10:96::/108", "2001:db8::/32"];
+
 /// Repeats per run of `Datapath::time_routed`: a TTL of 255 lasts 254 hops.
 pub const ROUTED_RUN: u32 = 250;
 
@@ -73,6 +80,8 @@ pub fn default_config() -> Config {
         hash_seed: SEED,
         capacities: Capacities::default(),
         hairpin_addr: "169.254.42.1".parse().expect("ip"),
+        hairpin_addr6: "fd00:786c:62::1".parse().expect("ip"),
+        snat_addr6: None,
         snat_addr: None,
         snat_ports: (61000, 65535),
         timeouts: Default::default(),
@@ -122,6 +131,33 @@ impl Datapath {
             ns.ip(&["route", "add", prefix, "via", NEXT_HOP, "dev", UPLINK]);
         }
         ns.sysctl("net.ipv4.ip_forward", "1");
+        ns.sysctl("net.ipv6.conf.all.forwarding", "1");
+        ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{UPLINK_ADDR6}/64"),
+            "dev",
+            UPLINK,
+            "nodad",
+        ]);
+        ns.ip(&[
+            "-6",
+            "neigh",
+            "add",
+            NEXT_HOP6,
+            "lladdr",
+            &mac,
+            "dev",
+            UPLINK,
+            "nud",
+            "permanent",
+        ]);
+        for prefix in ROUTED6 {
+            ns.ip(&[
+                "-6", "route", "add", prefix, "via", NEXT_HOP6, "dev", UPLINK,
+            ]);
+        }
         crate::netns::enter(&ns.handle());
         let c = std::ffi::CString::new(UPLINK).expect("name");
         // SAFETY: a valid C string; the call only reads it.
@@ -132,6 +168,13 @@ impl Datapath {
         let mut maps = Maps::open(&pins.path).expect("open maps");
         let config = default_config();
         maps.write_config(&config).expect("config");
+        let hairpin6: std::net::Ipv6Addr = "fd00:786c:62::1".parse().expect("ip");
+        let node6: std::net::Ipv6Addr = UPLINK_ADDR6.parse().expect("ip");
+        maps.write_config6(&lb_common::Config6 {
+            hairpin_addr: hairpin6.octets(),
+            snat_addr: node6.octets(),
+        })
+        .expect("config6");
         let sync = MapSync::new(
             Maps::open(&pins.path).expect("open maps"),
             SyncConfig {

@@ -41,9 +41,9 @@ pub const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 20);
 pub const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 
 /// A ClusterIP frontend.
-pub fn fe(addr: Ipv4Addr, port: u16, proto: Protocol) -> Frontend {
+pub fn fe(addr: impl Into<std::net::IpAddr>, port: u16, proto: Protocol) -> Frontend {
     Frontend {
-        addr,
+        addr: addr.into(),
         port,
         proto,
         scope: Scope::External,
@@ -53,14 +53,19 @@ pub fn fe(addr: Ipv4Addr, port: u16, proto: Protocol) -> Frontend {
 }
 
 /// A Maglev service of active, node-local backends on `port`.
-pub fn svc(name: &str, frontends: Vec<Frontend>, backends: &[Ipv4Addr], port: u16) -> LbService {
+pub fn svc<A: Into<std::net::IpAddr> + Copy>(
+    name: &str,
+    frontends: Vec<Frontend>,
+    backends: &[A],
+    port: u16,
+) -> LbService {
     LbService {
         name: name.to_owned(),
         frontends,
         endpoints: backends
             .iter()
             .map(|a| Endpoint {
-                addr: *a,
+                addr: (*a).into(),
                 port,
                 weight: 1,
                 local: true,
@@ -81,7 +86,7 @@ pub fn services() -> DesiredState {
     for s in [
         svc("web", vec![fe(VIP, 80, Protocol::Tcp)], &BACKENDS, 8080),
         svc("dns", vec![fe(VIP, 53, Protocol::Udp)], &BACKENDS, 5353),
-        svc("empty", vec![fe(EMPTY_VIP, 80, Protocol::Tcp)], &[], 8080),
+        svc::<Ipv4Addr>("empty", vec![fe(EMPTY_VIP, 80, Protocol::Tcp)], &[], 8080),
     ] {
         d.services.insert(s.name.clone(), s);
     }

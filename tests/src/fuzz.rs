@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 
 use lb_common::{Config, prog_names};
 use lb_userspace::model::{
-    Algorithm, DesiredState, Endpoint, EndpointState, Frontend, FrontendKind, Ipv4Net, Protocol,
+    Algorithm, DesiredState, Endpoint, EndpointState, Frontend, FrontendKind, IpNet, Protocol,
 };
 use serde::{Deserialize, Serialize};
 
@@ -107,7 +107,7 @@ pub struct Divergence {
 /// The services of a fuzz run.
 fn services(third: bool, draining: bool) -> DesiredState {
     let ep = |a: Ipv4Addr, port: u16, local: bool| Endpoint {
-        addr: a,
+        addr: a.into(),
         port,
         weight: 1,
         local,
@@ -126,7 +126,7 @@ fn services(third: bool, draining: bool) -> DesiredState {
                    fes: Vec<Frontend>,
                    eps: Vec<Endpoint>,
                    f: &dyn Fn(&mut lb_userspace::model::LbService)| {
-        let mut s = fixture::svc(name, fes, &[], 0);
+        let mut s = fixture::svc::<Ipv4Addr>(name, fes, &[], 0);
         s.endpoints = eps;
         f(&mut s);
         d.services.insert(s.name.clone(), s);
@@ -195,7 +195,7 @@ fn services(third: bool, draining: bool) -> DesiredState {
         vec![ep(BACKENDS[0], 8080, true)],
         &|s| {
             s.endpoints[0].state = EndpointState::Active;
-            s.source_ranges = vec![Ipv4Net::parse("198.51.100.0/28").expect("net")];
+            s.source_ranges = vec![IpNet::parse("198.51.100.0/28").expect("net")];
         },
     );
     add(

@@ -13,5 +13,6 @@ pub mod manifests;
 pub mod model;
 pub mod netns;
 pub mod packet;
+pub mod packet6;
 pub mod topology;
 pub mod traffic;

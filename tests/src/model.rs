@@ -18,7 +18,7 @@ use lb_common::{
     Backend, Config, CtKey, CtValue, ServiceValue, backend_flags, ct_dir, ct_flags, ct_state,
     flow_hash, kind, proto, svc_flags,
 };
-use lb_userspace::{bpf::maps::Maps, model::Ipv4Net};
+use lb_userspace::{bpf::maps::Maps, model::IpNet};
 
 /// tc return codes and XDP actions the datapath answers with.
 pub mod code {
@@ -263,7 +263,7 @@ pub struct Model {
     frontends: HashMap<([u8; 4], u16, u8), ServiceValue>,
     backends: HashMap<u32, Backend>,
     tables: HashMap<u32, Vec<u32>>,
-    ranges: Vec<(u32, Ipv4Net)>,
+    ranges: Vec<(u32, IpNet)>,
     /// (address, port) of every programmed backend.
     backend_keys: HashSet<([u8; 4], u16)>,
     /// Conntrack: entry and whether it is in the table of confirmed flows.
@@ -517,7 +517,7 @@ impl Model {
             && !self
                 .ranges
                 .iter()
-                .any(|(id, net)| *id == svc.svc_id && net.contains(Ipv4Addr::from(f.saddr)))
+                .any(|(id, net)| *id == svc.svc_id && net.contains(Ipv4Addr::from(f.saddr).into()))
         {
             return Ok(V::Drop);
         }
@@ -937,7 +937,7 @@ fn next_dst(cur: &Entry, f: &Pkt) -> [u8; 4] {
 pub fn routed(addr: [u8; 4]) -> bool {
     crate::datapath::ROUTED
         .iter()
-        .any(|n| Ipv4Net::parse(n).is_some_and(|net| net.contains(Ipv4Addr::from(addr))))
+        .any(|n| IpNet::parse(n).is_some_and(|net| net.contains(Ipv4Addr::from(addr).into())))
 }
 
 /// True if the entry `e` at `k` names `other` as its flow's other half.

@@ -215,7 +215,7 @@ fn watchers_feed_the_translation_for_every_service_type_and_condition() {
         let first = feed.next().await;
         assert!(
             first.node_ips.as_deref()
-                == Some(&[Ipv4Addr::new(192, 168, 100, 1), Ipv4Addr::new(203, 0, 113, 100)][..]),
+                == Some(&[Ipv4Addr::new(192, 168, 100, 1).into(), Ipv4Addr::new(203, 0, 113, 100).into()][..]),
             "node addresses from Node.status.addresses: {:?}",
             first.node_ips
         );

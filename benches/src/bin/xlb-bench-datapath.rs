@@ -64,7 +64,7 @@ fn service(i: u32) -> LbService {
     LbService {
         name: format!("bench/svc-{i}:80/TCP"),
         frontends: vec![Frontend {
-            addr: vip,
+            addr: vip.into(),
             port: 80,
             proto: Protocol::Tcp,
             scope: Scope::External,
@@ -73,7 +73,7 @@ fn service(i: u32) -> LbService {
         }],
         endpoints: (0..10u32)
             .map(|e| Endpoint {
-                addr: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i * 16 + e),
+                addr: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i * 16 + e).into(),
                 port: 8080,
                 weight: 1,
                 local: true,
@@ -100,22 +100,22 @@ fn ping_pong() -> (LbService, LbService, Ipv4Addr) {
     let bs: Vec<Ipv4Addr> = (1..=10).map(|i| Ipv4Addr::new(10, 95, 1, i)).collect();
     let mut ping = service(0);
     ping.name = "bench/ping:80/TCP".into();
-    ping.frontends[0].addr = a;
+    ping.frontends[0].addr = a.into();
     for (e, b) in ping.endpoints.iter_mut().zip(&bs) {
-        e.addr = *b;
+        e.addr = (*b).into();
     }
     let mut pong = service(0);
     pong.name = "bench/pong:8080/TCP".into();
     pong.frontends = bs
         .iter()
         .map(|b| Frontend {
-            addr: *b,
+            addr: (*b).into(),
             port: 8080,
             ..ping.frontends[0]
         })
         .collect();
     pong.endpoints.truncate(1);
-    pong.endpoints[0].addr = a;
+    pong.endpoints[0].addr = a.into();
     pong.endpoints[0].port = 80;
     (ping, pong, a)
 }
@@ -128,10 +128,10 @@ const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 fn snat_pair() -> (LbService, LbService) {
     let mut a = service(0);
     a.name = "bench/nsA:80/TCP".into();
-    a.frontends[0].addr = SNAT_A;
+    a.frontends[0].addr = SNAT_A.into();
     a.frontends[0].kind = FrontendKind::LoadBalancer;
     for (i, e) in a.endpoints.iter_mut().enumerate() {
-        e.addr = Ipv4Addr::new(10, 94, 1, i as u8 + 1);
+        e.addr = Ipv4Addr::new(10, 94, 1, i as u8 + 1).into();
         e.local = false;
     }
     let mut b = service(0);
@@ -146,7 +146,7 @@ fn snat_pair() -> (LbService, LbService) {
         })
         .collect();
     b.endpoints.truncate(1);
-    b.endpoints[0].addr = SNAT_A;
+    b.endpoints[0].addr = SNAT_A.into();
     b.endpoints[0].port = 80;
     b.endpoints[0].local = false;
     (a, b)
@@ -168,7 +168,9 @@ fn measure(services: u32, rounds: usize, caps: lb_userspace::bpf::Capacities) ->
     d.services.insert(sb.name.clone(), sb);
     // A service whose backends are nobody's frontend (the ping-pong's are), for the direct SYN.
     let plain = service(100_000);
-    let plain_vip = plain.frontends[0].addr;
+    let std::net::IpAddr::V4(plain_vip) = plain.frontends[0].addr else {
+        unreachable!("an IPv4 frontend")
+    };
     d.services.insert(plain.name.clone(), plain);
     let t = std::time::Instant::now();
     dp.program(&d);
@@ -433,11 +435,11 @@ struct Opts {
     /// 4): what the guard costs the packets to no frontend. Keep them clear of the scenarios'
     /// addresses (10.94/16, 10.95/16, 10.128/16, 10.244/16).
     #[arg(long, value_delimiter = ',', value_parser = parse_cidr)]
-    service_cidrs: Vec<lb_userspace::model::Ipv4Net>,
+    service_cidrs: Vec<lb_userspace::model::IpNet>,
 }
 
-fn parse_cidr(s: &str) -> Result<lb_userspace::model::Ipv4Net, String> {
-    lb_userspace::model::Ipv4Net::parse(s).ok_or_else(|| format!("{s}: not an IPv4 CIDR"))
+fn parse_cidr(s: &str) -> Result<lb_userspace::model::IpNet, String> {
+    lb_userspace::model::IpNet::parse(s).ok_or_else(|| format!("{s}: not an IPv4 CIDR"))
 }
 
 fn main() {
@@ -592,10 +594,10 @@ fn throughput(rounds: usize) -> Vec<(&'static str, f64)> {
     );
     let mut s = service(0);
     s.name = "bench/lb:80/TCP".into();
-    s.frontends[0].addr = Ipv4Addr::new(203, 0, 113, 50);
+    s.frontends[0].addr = Ipv4Addr::new(203, 0, 113, 50).into();
     s.frontends[0].kind = FrontendKind::LoadBalancer;
     s.endpoints.truncate(1);
-    s.endpoints[0].addr = Ipv4Addr::new(10, 244, 2, 11);
+    s.endpoints[0].addr = Ipv4Addr::new(10, 244, 2, 11).into();
     s.endpoints[0].local = false;
     let mut d = DesiredState::default();
     d.services.insert(s.name.clone(), s);

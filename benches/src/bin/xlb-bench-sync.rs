@@ -218,7 +218,7 @@ fn main() {
     let mut state_change = Vec::new();
     for round in 0..20u8 {
         let mut s = slice.clone();
-        s.endpoints[0].addr = std::net::Ipv4Addr::new(10, 201, 0, round + 1);
+        s.endpoints[0].addr = std::net::Ipv4Addr::new(10, 201, 0, round + 1).into();
         let start = Instant::now();
         t.upsert_slice(s);
         let names = t.flush();

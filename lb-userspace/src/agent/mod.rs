@@ -13,14 +13,14 @@ pub use attach::mode_text;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use lb_common::{Config, LAYOUT_VERSION};
+use lb_common::{Config, Config6, LAYOUT_VERSION};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -45,11 +45,12 @@ pub struct AgentConfig {
     /// The Kubernetes source, if any.
     pub kubernetes: Option<KubeAccess>,
     pub node_name: Option<String>,
-    pub node_ips: Vec<Ipv4Addr>,
+    /// Node addresses of both families.
+    pub node_ips: Vec<IpAddr>,
     /// This node's zone (`--node-zone`; else the Node's `topology.kubernetes.io/zone`).
     pub node_zone: Option<String>,
     /// CIDRs externalIPs must be in (`--external-ip-cidrs`); `None`: any.
-    pub external_ip_cidrs: Option<Vec<crate::model::Ipv4Net>>,
+    pub external_ip_cidrs: Option<Vec<crate::model::IpNet>>,
     pub devices: Vec<String>,
     pub pod_devices: Vec<String>,
     pub bpffs: PathBuf,
@@ -61,7 +62,9 @@ pub struct AgentConfig {
     pub hash_seed: u32,
     pub capacities: Capacities,
     pub hairpin_addr: Ipv4Addr,
+    pub hairpin_addr6: Ipv6Addr,
     pub snat_addr: Option<Ipv4Addr>,
+    pub snat_addr6: Option<Ipv6Addr>,
     pub snat_ports: (u16, u16),
     pub timeouts: Timeouts,
     /// Where `/metrics` is served (None: off).
@@ -97,7 +100,7 @@ impl AgentConfig {
     pub fn datapath_config(&self) -> Config {
         let snat = self
             .snat_addr
-            .or_else(|| self.node_ips.first().copied())
+            .or_else(|| first_v4(&self.node_ips))
             .unwrap_or(Ipv4Addr::UNSPECIFIED);
         Config {
             layout_version: LAYOUT_VERSION,
@@ -112,6 +115,18 @@ impl AgentConfig {
             ct_tcp_closed: self.timeouts.tcp_closed,
             ct_udp: self.timeouts.udp,
             flags: 0,
+        }
+    }
+
+    /// The datapath's IPv6 configuration entry.
+    pub fn datapath_config6(&self) -> Config6 {
+        Config6 {
+            hairpin_addr: self.hairpin_addr6.octets(),
+            snat_addr: self
+                .snat_addr6
+                .or_else(|| first_v6(&self.node_ips))
+                .unwrap_or(Ipv6Addr::UNSPECIFIED)
+                .octets(),
         }
     }
 
@@ -180,6 +195,7 @@ pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
     let mut dp = cfg.datapath_config();
     dp.flags |= monitor;
     maps.write_config(&dp)?;
+    maps.write_config6(&cfg.datapath_config6())?;
     let recovered = maps.read_all()?;
     // Before any program of this agent is attached: its filters may be new (an upgrade).
     maps.adopt_filters(&recovered)?;
@@ -482,11 +498,27 @@ async fn serve_endpoints(
     Ok(out)
 }
 
+/// The first IPv4 address of `ips`.
+fn first_v4(ips: &[IpAddr]) -> Option<Ipv4Addr> {
+    ips.iter().find_map(|a| match a {
+        IpAddr::V4(v4) => Some(*v4),
+        IpAddr::V6(_) => None,
+    })
+}
+
+/// The first IPv6 address of `ips`.
+fn first_v6(ips: &[IpAddr]) -> Option<Ipv6Addr> {
+    ips.iter().find_map(|a| match a {
+        IpAddr::V6(v6) => Some(*v6),
+        IpAddr::V4(_) => None,
+    })
+}
+
 /// Takes this node's addresses from a source (the Node object) when `--node-ip` was not given:
 /// NodePort frontends, and the SNAT source unless `--snat-addr` is set.
 fn adopt_node_ips(
     cfg: &AgentConfig,
-    ips: &[Ipv4Addr],
+    ips: &[IpAddr],
     translator: &mut Translator,
     sync: &mut MapSync<Maps>,
 ) {
@@ -498,21 +530,27 @@ fn adopt_node_ips(
         node_ips: ips.to_vec(),
         ..translator.node().clone()
     });
+    let maps = sync.writer_mut();
     if cfg.snat_addr.is_none() {
-        let maps = sync.writer_mut();
         let result = maps
             .read_config()
             .map_err(anyhow::Error::from)
             .and_then(|mut c| {
-                c.snat_addr = ips
-                    .first()
-                    .copied()
-                    .unwrap_or(Ipv4Addr::UNSPECIFIED)
-                    .octets();
+                c.snat_addr = first_v4(ips).unwrap_or(Ipv4Addr::UNSPECIFIED).octets();
                 maps.write_config(&c).map_err(anyhow::Error::from)
             });
         if let Err(e) = result {
             tracing::error!(error = %e, "updating the SNAT address failed");
+        }
+    }
+    if cfg.snat_addr6.is_none() {
+        let c6 = AgentConfig {
+            node_ips: ips.to_vec(),
+            ..cfg.clone()
+        }
+        .datapath_config6();
+        if let Err(e) = maps.write_config6(&c6) {
+            tracing::error!(error = %e, "updating the IPv6 SNAT address failed");
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::Path,
 };
 
@@ -24,13 +24,13 @@ use crate::{
 /// has.
 #[derive(Default)]
 pub struct UdpBackends {
-    by_service: HashMap<String, Vec<(Ipv4Addr, u16)>>,
-    refs: HashMap<(Ipv4Addr, u16), u32>,
+    by_service: HashMap<String, Vec<(IpAddr, u16)>>,
+    refs: HashMap<(IpAddr, u16), u32>,
 }
 
 /// `svc`'s active backends if it has a UDP frontend (a host-network socket may be connected
 /// through any kind: ClusterIP, NodePort, LoadBalancer IP, externalIP).
-fn udp_backends(svc: &LbService) -> Vec<(Ipv4Addr, u16)> {
+fn udp_backends(svc: &LbService) -> Vec<(IpAddr, u16)> {
     if !svc.frontends.iter().any(|f| f.proto == Protocol::Udp) {
         return Vec::new();
     }
@@ -48,7 +48,7 @@ impl UdpBackends {
         &mut self,
         desired: &DesiredState,
         names: Option<&BTreeSet<String>>,
-    ) -> HashSet<(Ipv4Addr, u16)> {
+    ) -> HashSet<(IpAddr, u16)> {
         let all: BTreeSet<String>;
         let names = if let Some(n) = names {
             n
@@ -95,14 +95,14 @@ impl UdpBackends {
 
 /// Aborts the host-network UDP sockets the datapath (pins under `bpffs`) connected to one of
 /// `gone`; returns how many.
-pub fn abort_sockets(bpffs: &Path, gone: &HashSet<(Ipv4Addr, u16)>) -> anyhow::Result<usize> {
+pub fn abort_sockets(bpffs: &Path, gone: &HashSet<(IpAddr, u16)>) -> anyhow::Result<usize> {
     let data = MapData::from_pin(bpffs.join(map_names::SOCK))?;
     let sock: Array<MapData, SockXlate> = Array::try_from(aya::maps::Map::Array(data))?;
     let data = MapData::from_pin(bpffs.join(map_names::SOCK_REV))?;
     let rev: BpfHashMap<MapData, SockRevKey, SockRevValue> =
         BpfHashMap::try_from(aya::maps::Map::LruHashMap(data))?;
     let n = sockdiag::abort_connected_udp(|cookie, addr, port| {
-        if !gone.contains(&(addr, port)) {
+        if !gone.contains(&(IpAddr::V4(addr), port)) {
             return false;
         }
         // The socket's record in its slot (which a later socket may have taken over), or the
@@ -131,7 +131,7 @@ mod tests {
         LbService {
             name: name.into(),
             frontends: vec![Frontend {
-                addr: Ipv4Addr::new(10, 96, 0, 10),
+                addr: IpAddr::from([10, 96, 0, 10]),
                 port: 53,
                 proto,
                 scope: Scope::External,
@@ -141,7 +141,7 @@ mod tests {
             endpoints: eps
                 .iter()
                 .map(|(last, state)| Endpoint {
-                    addr: Ipv4Addr::new(10, 244, 0, *last),
+                    addr: IpAddr::from([10, 244, 0, *last]),
                     port: 53,
                     weight: 1,
                     local: true,
@@ -165,7 +165,7 @@ mod tests {
     #[test]
     fn a_backend_is_gone_once_no_udp_cluster_ip_has_it_active() {
         use EndpointState::{Active, Terminating};
-        let ip = |l| (Ipv4Addr::new(10, 244, 0, l), 53);
+        let ip = |l| (IpAddr::from([10, 244, 0, l]), 53);
         let mut t = UdpBackends::default();
         let d = state(vec![
             svc("dns/udp", Protocol::Udp, &[(1, Active), (2, Active)]),

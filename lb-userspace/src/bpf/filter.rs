@@ -15,6 +15,7 @@
 //! module zeroes a slot only when its backend-filter word is empty: with no backend behind it,
 //! the backend filter already stops the lookup.
 
+use crate::addr::{WideBackend, WideKey, filter_addr};
 use std::{
     collections::HashMap,
     sync::atomic::{AtomicU64, Ordering},
@@ -173,7 +174,7 @@ pub struct Filters {
     pub backends: AddrFilter,
     pub nat: NatSlots,
     /// Frontend keys written (several scopes share a bit).
-    fe_keys: HashMap<lb_common::ServiceKey, u32>,
+    fe_keys: HashMap<WideKey, u32>,
     /// Backend id → its bit.
     be_keys: HashMap<u32, u32>,
 }
@@ -191,13 +192,13 @@ pub struct PendingBackend {
 }
 
 /// The bit of a frontend key.
-pub fn frontend_bit(key: &lb_common::ServiceKey) -> u32 {
-    filter::bit(key.addr, key.port, key.proto)
+pub fn frontend_bit(key: &WideKey) -> u32 {
+    filter::bit(filter_addr(&key.addr), key.port, key.proto)
 }
 
 /// The bit of a backend.
-pub fn backend_bit(be: &lb_common::Backend) -> u32 {
-    filter::bit(be.addr, be.port, 0)
+pub fn backend_bit(be: &WideBackend) -> u32 {
+    filter::bit(filter_addr(&be.addr), be.port, 0)
 }
 
 impl Filters {
@@ -207,8 +208,8 @@ impl Filters {
         fe_map: &MapData,
         be_map: &MapData,
         nat_map: &MapData,
-        frontends: impl IntoIterator<Item = lb_common::ServiceKey>,
-        backends: impl IntoIterator<Item = (u32, lb_common::Backend)>,
+        frontends: impl IntoIterator<Item = WideKey>,
+        backends: impl IntoIterator<Item = (u32, WideBackend)>,
     ) -> std::io::Result<Self> {
         let mut f = Self {
             frontends: AddrFilter::open(fe_map)?,
@@ -246,7 +247,7 @@ impl Filters {
 
     /// Before writing frontend `key`: its bit is set. Returns whether the key is new (to undo
     /// with `frontend_gone` if the write fails).
-    pub fn frontend_coming(&mut self, key: &lb_common::ServiceKey) -> bool {
+    pub fn frontend_coming(&mut self, key: &WideKey) -> bool {
         if self.fe_keys.contains_key(key) {
             return false;
         }
@@ -257,14 +258,14 @@ impl Filters {
     }
 
     /// After deleting frontend `key`.
-    pub fn frontend_gone(&mut self, key: &lb_common::ServiceKey) {
+    pub fn frontend_gone(&mut self, key: &WideKey) {
         if let Some(bit) = self.fe_keys.remove(key) {
             self.frontends.remove(bit);
         }
     }
 
     /// Before writing backend `id`: its bit is set. Hand the result to `backend_written`.
-    pub fn backend_coming(&mut self, id: u32, be: &lb_common::Backend) -> PendingBackend {
+    pub fn backend_coming(&mut self, id: u32, be: &WideBackend) -> PendingBackend {
         let bit = backend_bit(be);
         let old = self.be_keys.insert(id, bit);
         let added = old != Some(bit);

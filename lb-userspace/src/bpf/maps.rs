@@ -2,7 +2,7 @@
 //! `MapWriter`); the CLI reads every map through them, with or without a running agent.
 
 use std::{
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -13,14 +13,15 @@ use aya::maps::{
     lpm_trie::Key,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtValue, DevState,
-    LUT_CHUNK_SLOTS, LutChunk, ServiceKey, ServiceValue, SrcRangeKey, SvcInfo, SvcStats,
+    AffinityKey, AffinityValue, AgentStatus, Backend, Config, Config6, CtKey, CtValue, DevState,
+    Ipv6, LUT_CHUNK_SLOTS, LutChunk, ServiceKey, ServiceValue, SrcRangeKey, SvcInfo, SvcStats,
     device_slot, map_names as names,
 };
 
 use super::{filter::Filters, mmap::Mapping};
 use crate::{
-    model::Ipv4Net,
+    addr::{self, WideBackend, WideKey},
+    model::IpNet,
     sync::{MapReader, MapWriter, Recovered, WriteError},
 };
 
@@ -58,6 +59,8 @@ pub struct Maps {
     pub dir: PathBuf,
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     pub backends: HashMap<MapData, u32, Backend>,
+    /// The IPv6 twins (absent in a datapath an older agent pinned, until an agent loads).
+    pub v6: Option<Maps6>,
     /// Service id → its table (an inner array of `LutChunk`).
     pub lut: HashOfMaps<MapData, u32, MapData>,
     /// The same map, for batch operations aya does not wrap.
@@ -101,6 +104,28 @@ macro_rules! typed {
     }};
 }
 
+/// The IPv6 service maps.
+pub struct Maps6 {
+    pub services: HashMap<MapData, ServiceKey<Ipv6>, ServiceValue>,
+    pub backends: HashMap<MapData, u32, Backend<Ipv6>>,
+    pub src_ranges: LpmTrie<MapData, SrcRangeKey<Ipv6>, u8>,
+    pub config: Array<MapData, Config6>,
+}
+
+impl Maps6 {
+    fn open(dir: &Path) -> Result<Option<Self>, MapsError> {
+        if !dir.join(names::SERVICES6).exists() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            services: typed!(dir, names::SERVICES6, HashMap, HashMap),
+            backends: typed!(dir, names::BACKENDS6, HashMap, HashMap),
+            src_ranges: typed!(dir, names::SRC_RANGES6, LpmTrie, LpmTrie),
+            config: typed!(dir, names::CONFIG6, Array, Array),
+        }))
+    }
+}
+
 fn write_err(map: &'static str, op: &'static str, e: &MapError) -> WriteError {
     WriteError {
         map,
@@ -118,14 +143,40 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
-fn range_key(svc_id: u32, net: &Ipv4Net) -> Key<SrcRangeKey> {
-    Key::new(
-        32 + u32::from(net.len),
-        SrcRangeKey {
-            svc_id_be: svc_id.to_be(),
-            addr: net.addr.octets(),
-        },
-    )
+/// The LPM key of a source range, in its family's map.
+enum RangeKey {
+    V4(Key<SrcRangeKey>),
+    V6(Key<SrcRangeKey<Ipv6>>),
+}
+
+fn range_key(svc_id: u32, net: &IpNet) -> RangeKey {
+    let prefix = 32 + u32::from(net.len);
+    let svc_id_be = svc_id.to_be();
+    match net.addr {
+        IpAddr::V4(a) => RangeKey::V4(Key::new(
+            prefix,
+            SrcRangeKey {
+                svc_id_be,
+                addr: a.octets(),
+            },
+        )),
+        IpAddr::V6(a) => RangeKey::V6(Key::new(
+            prefix,
+            SrcRangeKey {
+                svc_id_be,
+                addr: a.octets(),
+            },
+        )),
+    }
+}
+
+/// The error of a write to an IPv6 map a datapath of an older agent does not have.
+fn no_v6(map: &'static str) -> WriteError {
+    WriteError {
+        map,
+        op: "update",
+        reason: "not pinned: this datapath was loaded by an agent without IPv6 maps".into(),
+    }
 }
 
 /// The service name stored in an info entry.
@@ -173,6 +224,7 @@ impl Maps {
             dir: dir.to_owned(),
             services: typed!(dir, names::SERVICES, HashMap, HashMap),
             backends: typed!(dir, names::BACKENDS, HashMap, HashMap),
+            v6: Maps6::open(dir)?,
             lut: typed!(dir, names::LUT, HashOfMaps, HashOfMaps),
             lut_raw: open(dir, names::LUT)?,
             conntrack: typed!(dir, names::CONNTRACK, LruHashMap, HashMap),
@@ -333,14 +385,48 @@ impl Maps {
             .map_err(|e| write_err(names::CONFIG, "update", &e))
     }
 
-    /// All frontends.
+    /// Writes the IPv6 configuration entry.
+    pub fn write_config6(&mut self, cfg: &Config6) -> Result<(), WriteError> {
+        let v6 = self.v6.as_mut().ok_or_else(|| no_v6(names::CONFIG6))?;
+        v6.config
+            .set(0, cfg, 0)
+            .map_err(|e| write_err(names::CONFIG6, "update", &e))
+    }
+
+    /// All IPv4 frontends.
     pub fn frontends(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, MapsError> {
         collect(names::SERVICES, self.services.iter())
     }
 
-    /// All backends by id.
+    /// All IPv4 backends by id.
     pub fn all_backends(&self) -> Result<Vec<(u32, Backend)>, MapsError> {
         collect(names::BACKENDS, self.backends.iter())
+    }
+
+    /// All frontends of both families, in the wide form (`crate::addr`).
+    pub fn wide_frontends(&self) -> Result<Vec<(WideKey, ServiceValue)>, MapsError> {
+        let mut out: Vec<(WideKey, ServiceValue)> = self
+            .frontends()?
+            .iter()
+            .map(|(k, v)| (addr::widen_key(k), *v))
+            .collect();
+        if let Some(v6) = &self.v6 {
+            out.extend(collect(names::SERVICES6, v6.services.iter())?);
+        }
+        Ok(out)
+    }
+
+    /// All backends of both families by id, in the wide form.
+    pub fn wide_backends(&self) -> Result<Vec<(u32, WideBackend)>, MapsError> {
+        let mut out: Vec<(u32, WideBackend)> = self
+            .all_backends()?
+            .iter()
+            .map(|(id, b)| (*id, addr::widen_backend(b)))
+            .collect();
+        if let Some(v6) = &self.v6 {
+            out.extend(collect(names::BACKENDS6, v6.backends.iter())?);
+        }
+        Ok(out)
     }
 
     /// All service infos by id.
@@ -388,7 +474,7 @@ impl Maps {
     }
 
     /// All source ranges as (service id, CIDR).
-    pub fn ranges(&self) -> Result<Vec<(u32, Ipv4Net)>, MapsError> {
+    pub fn ranges(&self) -> Result<Vec<(u32, IpNet)>, MapsError> {
         let mut out = Vec::new();
         for k in self.src_ranges.keys() {
             let k = k.map_err(|source| MapsError::Read {
@@ -398,11 +484,27 @@ impl Maps {
             let data = k.data();
             out.push((
                 u32::from_be(data.svc_id_be),
-                Ipv4Net {
-                    addr: Ipv4Addr::from(data.addr),
+                IpNet {
+                    addr: IpAddr::from(data.addr),
                     len: (k.prefix_len().saturating_sub(32)) as u8,
                 },
             ));
+        }
+        if let Some(v6) = &self.v6 {
+            for k in v6.src_ranges.keys() {
+                let k = k.map_err(|source| MapsError::Read {
+                    map: names::SRC_RANGES6,
+                    source,
+                })?;
+                let data = k.data();
+                out.push((
+                    u32::from_be(data.svc_id_be),
+                    IpNet {
+                        addr: IpAddr::from(data.addr),
+                        len: (k.prefix_len().saturating_sub(32)) as u8,
+                    },
+                ));
+            }
         }
         Ok(out)
     }
@@ -657,30 +759,73 @@ fn collect<K, V>(
 }
 
 impl MapWriter for Maps {
-    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), WriteError> {
+    fn put_service(&mut self, key: &WideKey, value: &ServiceValue) -> Result<(), WriteError> {
         // The filter bit first: the datapath never sees a frontend its filter hides.
         let new = self.filters()?.frontend_coming(key);
-        let r = self.services.insert(key, value, 0);
+        let r = match addr::narrow_key(key) {
+            Some(k4) => self
+                .services
+                .insert(k4, value, 0)
+                .map_err(|e| write_err(names::SERVICES, "update", &e)),
+            None => match &mut self.v6 {
+                Some(v6) => v6
+                    .services
+                    .insert(key, value, 0)
+                    .map_err(|e| write_err(names::SERVICES6, "update", &e)),
+                None => Err(no_v6(names::SERVICES6)),
+            },
+        };
         if r.is_err() && new {
             self.filters()?.frontend_gone(key);
         }
-        r.map_err(|e| write_err(names::SERVICES, "update", &e))
+        r
     }
-    fn del_service(&mut self, key: &ServiceKey) -> Result<(), WriteError> {
-        ignore_missing(self.services.remove(key))
-            .map_err(|e| write_err(names::SERVICES, "delete", &e))?;
+    fn del_service(&mut self, key: &WideKey) -> Result<(), WriteError> {
+        match addr::narrow_key(key) {
+            Some(k4) => ignore_missing(self.services.remove(&k4))
+                .map_err(|e| write_err(names::SERVICES, "delete", &e))?,
+            None => {
+                if let Some(v6) = &mut self.v6 {
+                    ignore_missing(v6.services.remove(key))
+                        .map_err(|e| write_err(names::SERVICES6, "delete", &e))?;
+                }
+            }
+        }
         self.filters()?.frontend_gone(key);
         Ok(())
     }
-    fn put_backend(&mut self, id: u32, value: &Backend) -> Result<(), WriteError> {
+    fn put_backend(&mut self, id: u32, value: &WideBackend) -> Result<(), WriteError> {
         let pending = self.filters()?.backend_coming(id, value);
-        let r = self.backends.insert(id, value, 0);
+        // A backend id changes family only if it is reused: the other family's entry goes.
+        let r = match addr::narrow_backend(value) {
+            Some(b4) => {
+                if let Some(v6) = &mut self.v6 {
+                    let _ = v6.backends.remove(&id);
+                }
+                self.backends
+                    .insert(id, b4, 0)
+                    .map_err(|e| write_err(names::BACKENDS, "update", &e))
+            }
+            None => match &mut self.v6 {
+                Some(v6) => {
+                    let _ = self.backends.remove(&id);
+                    v6.backends
+                        .insert(id, value, 0)
+                        .map_err(|e| write_err(names::BACKENDS6, "update", &e))
+                }
+                None => Err(no_v6(names::BACKENDS6)),
+            },
+        };
         self.filters()?.backend_written(pending, r.is_ok());
-        r.map_err(|e| write_err(names::BACKENDS, "update", &e))
+        r
     }
     fn del_backend(&mut self, id: u32) -> Result<(), WriteError> {
         ignore_missing(self.backends.remove(&id))
             .map_err(|e| write_err(names::BACKENDS, "delete", &e))?;
+        if let Some(v6) = &mut self.v6 {
+            ignore_missing(v6.backends.remove(&id))
+                .map_err(|e| write_err(names::BACKENDS6, "delete", &e))?;
+        }
         self.filters()?.backend_gone(id);
         Ok(())
     }
@@ -729,14 +874,31 @@ impl MapWriter for Maps {
         ignore_missing(self.svc_info.remove(&svc_id))
             .map_err(|e| write_err(names::SVC_INFO, "delete", &e))
     }
-    fn put_range(&mut self, svc_id: u32, net: &Ipv4Net) -> Result<(), WriteError> {
-        self.src_ranges
-            .insert(&range_key(svc_id, net), 1, 0)
-            .map_err(|e| write_err(names::SRC_RANGES, "update", &e))
+    fn put_range(&mut self, svc_id: u32, net: &IpNet) -> Result<(), WriteError> {
+        match range_key(svc_id, net) {
+            RangeKey::V4(k) => self
+                .src_ranges
+                .insert(&k, 1, 0)
+                .map_err(|e| write_err(names::SRC_RANGES, "update", &e)),
+            RangeKey::V6(k) => match &mut self.v6 {
+                Some(v6) => v6
+                    .src_ranges
+                    .insert(&k, 1, 0)
+                    .map_err(|e| write_err(names::SRC_RANGES6, "update", &e)),
+                None => Err(no_v6(names::SRC_RANGES6)),
+            },
+        }
     }
-    fn del_range(&mut self, svc_id: u32, net: &Ipv4Net) -> Result<(), WriteError> {
-        ignore_missing(self.src_ranges.remove(&range_key(svc_id, net)))
-            .map_err(|e| write_err(names::SRC_RANGES, "delete", &e))
+    fn del_range(&mut self, svc_id: u32, net: &IpNet) -> Result<(), WriteError> {
+        match range_key(svc_id, net) {
+            RangeKey::V4(k) => ignore_missing(self.src_ranges.remove(&k))
+                .map_err(|e| write_err(names::SRC_RANGES, "delete", &e)),
+            RangeKey::V6(k) => match &mut self.v6 {
+                Some(v6) => ignore_missing(v6.src_ranges.remove(&k))
+                    .map_err(|e| write_err(names::SRC_RANGES6, "delete", &e)),
+                None => Ok(()),
+            },
+        }
     }
     fn reset_stats(&mut self, svc_id: u32) -> Result<(), WriteError> {
         let zero =
@@ -783,8 +945,8 @@ impl MapReader for Maps {
         };
         Ok(Recovered {
             infos: self.infos().map_err(r)?,
-            frontends: self.frontends().map_err(r)?,
-            backends: self.all_backends().map_err(r)?,
+            frontends: self.wide_frontends().map_err(r)?,
+            backends: self.wide_backends().map_err(r)?,
             ranges: self.ranges().map_err(r)?,
         })
     }

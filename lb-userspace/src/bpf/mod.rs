@@ -79,20 +79,23 @@ pub struct Capacities {
 }
 
 /// Service CIDRs as the datapath takes them (`Capacities::service_cidrs`): the first
-/// `capacity::SERVICE_CIDR_SLOTS` of `nets` (callers check the count), network order.
+/// `capacity::SERVICE_CIDR_SLOTS` IPv4 ones of `nets` (callers check the count; the datapath
+/// guards IPv4 service CIDRs only), network order.
 pub fn service_cidr_slots(
-    nets: &[crate::model::Ipv4Net],
+    nets: &[crate::model::IpNet],
 ) -> ([[u32; 2]; capacity::SERVICE_CIDR_SLOTS], u32) {
     let mut out = [[0u32; 2]; capacity::SERVICE_CIDR_SLOTS];
-    for (slot, n) in out.iter_mut().zip(nets) {
-        let mask = if n.len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(n.len))
-        };
-        *slot = [(u32::from(n.addr) & mask).to_be(), mask.to_be()];
+    let v4 = nets.iter().filter_map(|n| match n.addr {
+        std::net::IpAddr::V4(a) => Some((a, n.len)),
+        std::net::IpAddr::V6(_) => None,
+    });
+    let mut count = 0;
+    for (slot, (addr, len)) in out.iter_mut().zip(v4) {
+        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+        *slot = [(u32::from(addr) & mask).to_be(), mask.to_be()];
+        count += 1;
     }
-    (out, nets.len().min(out.len()) as u32)
+    (out, count)
 }
 
 impl Default for Capacities {
@@ -223,6 +226,12 @@ pub fn load(dir: &Path, caps: Capacities, trace: bool) -> Result<Ebpf, LoadError
         .map_max_entries(names::LUT, caps.services)
         .map_max_entries(names::SVC_STATS, caps.services)
         .map_max_entries(names::SVC_INFO, caps.services)
+        // IPv6 tables take the same capacities as their IPv4 twins.
+        .map_max_entries(names::CONNTRACK6, caps.conntrack)
+        .map_max_entries(names::CT_NEW6, caps.ct_new)
+        .map_max_entries(names::AFFINITY6, caps.affinity)
+        .map_max_entries(names::SERVICES6, caps.frontends)
+        .map_max_entries(names::BACKENDS6, caps.backends)
         .override_global("TRACE_MODE", &trace_mode, true)
         .override_global("SERVICE_CIDRS", &caps.service_cidrs.0, true)
         .override_global("SERVICE_CIDR_COUNT", &caps.service_cidrs.1, true);

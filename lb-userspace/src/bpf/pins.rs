@@ -16,9 +16,9 @@ use std::{
 
 use aya::maps::{MapInfo, MapType};
 use lb_common::{
-    AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtValue, DevState, FragKey,
-    FragPorts, LAYOUT_VERSION, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SockXlate,
-    SrcRangeKey, SvcInfo, SvcStats, Trace, map_names as names,
+    AffinityKey, AffinityValue, AgentStatus, Backend, Config, Config6, CtKey, CtValue, DevState,
+    FragKey, FragPorts, Ipv6, LAYOUT_VERSION, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
+    SockXlate, SrcRangeKey, SvcInfo, SvcStats, Trace, map_names as names,
 };
 
 /// A problem with the pin directory.
@@ -280,7 +280,7 @@ pub fn ensure_dir(dir: &Path) -> Result<(), PinError> {
 }
 
 /// Type, key size and value size each map must have.
-pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 21] {
+pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 28] {
     use std::mem::size_of;
     [
         (
@@ -344,6 +344,43 @@ pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 21] {
         (names::BE_NAT, MapType::Array, 4, 64),
         (names::DEVICES, MapType::Array, 4, size_of::<DevState>()),
         (names::AGENT, MapType::Array, 4, size_of::<AgentStatus>()),
+        (
+            names::SERVICES6,
+            MapType::Hash,
+            size_of::<ServiceKey<Ipv6>>(),
+            size_of::<ServiceValue>(),
+        ),
+        (
+            names::BACKENDS6,
+            MapType::Hash,
+            4,
+            size_of::<Backend<Ipv6>>(),
+        ),
+        (
+            names::CONNTRACK6,
+            MapType::LruHash,
+            size_of::<CtKey<Ipv6>>(),
+            size_of::<CtValue<Ipv6>>(),
+        ),
+        (
+            names::CT_NEW6,
+            MapType::LruHash,
+            size_of::<CtKey<Ipv6>>(),
+            size_of::<CtValue<Ipv6>>(),
+        ),
+        (
+            names::AFFINITY6,
+            MapType::LruHash,
+            size_of::<AffinityKey<Ipv6>>(),
+            size_of::<AffinityValue>(),
+        ),
+        (
+            names::SRC_RANGES6,
+            MapType::LpmTrie,
+            4 + size_of::<SrcRangeKey<Ipv6>>(),
+            1,
+        ),
+        (names::CONFIG6, MapType::Array, 4, size_of::<Config6>()),
     ]
 }
 

@@ -27,13 +27,13 @@
 //! Same semantics as a LoadBalancer Service with `externalTrafficPolicy: Cluster` (or `Local`
 //! for `clientIP: preserve`). Problems name the file and line.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Deserialize;
 
 use crate::{
     model::{
-        Algorithm, Endpoint, EndpointState, Frontend, FrontendKind, Ipv4Net, LbService, Protocol,
+        Algorithm, Endpoint, EndpointState, Frontend, FrontendKind, IpNet, LbService, Protocol,
         Scope,
     },
     probe::{Check, Kind},
@@ -202,7 +202,7 @@ fn yaml_text(v: &serde_yaml_ng::Value) -> String {
 }
 
 /// Parses `a.b.c.d:port[/proto]` (protocol defaults to TCP).
-pub fn parse_frontend(s: &str) -> Result<(Ipv4Addr, u16, Protocol), String> {
+pub fn parse_frontend(s: &str) -> Result<(IpAddr, u16, Protocol), String> {
     let (addr_port, proto) = match s.trim().split_once('/') {
         Some((a, p)) => (
             a,
@@ -214,14 +214,37 @@ pub fn parse_frontend(s: &str) -> Result<(Ipv4Addr, u16, Protocol), String> {
     Ok((addr, port, proto))
 }
 
-/// Parses `a.b.c.d:port`.
-pub fn parse_addr_port(s: &str) -> Result<(Ipv4Addr, u16), String> {
-    let (a, p) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{s:?} is not address:port"))?;
-    let addr = a
-        .parse::<Ipv4Addr>()
-        .map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+/// Parses `a.b.c.d:port` or `[2001:db8::10]:port`.
+pub fn parse_addr_port(s: &str) -> Result<(IpAddr, u16), String> {
+    let (addr, p) = if let Some(rest) = s.strip_prefix('[') {
+        let (a, p) = rest
+            .split_once("]:")
+            .ok_or_else(|| format!("{s:?} is not [IPv6 address]:port"))?;
+        let addr = a
+            .parse::<Ipv6Addr>()
+            .map_err(|_| format!("{a:?} is not an IPv6 address"))?;
+        (IpAddr::V6(addr), p)
+    } else {
+        let (a, p) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} is not address:port"))?;
+        if a.contains(':') {
+            return Err(format!(
+                "{s:?}: an IPv6 address takes brackets, as in [{a}]:{p}"
+            ));
+        }
+        let addr = a
+            .parse::<Ipv4Addr>()
+            .map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+        (IpAddr::V4(addr), p)
+    };
+    if let IpAddr::V6(a) = addr
+        && a.to_ipv4_mapped().is_some()
+    {
+        return Err(format!(
+            "{a}: an IPv4-mapped address; write the IPv4 address itself"
+        ));
+    }
     let port = p
         .parse::<u16>()
         .ok()
@@ -356,13 +379,13 @@ fn entry(
     }
     let mut ranges = Vec::new();
     for (j, r) in svc.source_ranges.iter().enumerate() {
-        if let Some(n) = Ipv4Net::parse(r) {
+        if let Some(n) = IpNet::parse(r) {
             ranges.push(n);
         } else {
             bad(
                 format!("services[{i}].sourceRanges[{j}]"),
                 r,
-                format!("{r:?} is not an IPv4 CIDR"),
+                format!("{r:?} is not a CIDR"),
             );
             ok = false;
         }

@@ -14,7 +14,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -239,18 +239,18 @@ impl Tracker {
 
 type Changes = Vec<(ObjectKey, Option<Spec>)>;
 
-/// IPv4 addresses of a Node: InternalIP first, then ExternalIP.
-pub fn node_addresses(node: &Node) -> Vec<Ipv4Addr> {
+/// Addresses of a Node, both families: InternalIP first, then ExternalIP.
+pub fn node_addresses(node: &Node) -> Vec<IpAddr> {
     let addrs = node
         .status
         .as_ref()
         .and_then(|s| s.addresses.as_ref())
         .map(Vec::as_slice)
         .unwrap_or_default();
-    let mut out: Vec<Ipv4Addr> = Vec::new();
+    let mut out: Vec<IpAddr> = Vec::new();
     for kind in ["InternalIP", "ExternalIP"] {
         for a in addrs.iter().filter(|a| a.type_ == kind) {
-            if let Ok(ip) = a.address.parse::<Ipv4Addr>()
+            if let Ok(ip) = a.address.parse::<IpAddr>()
                 && !out.contains(&ip)
             {
                 out.push(ip);
@@ -339,8 +339,8 @@ pub async fn run(
     let mut svc = Tracker::default();
     let mut eps = Tracker::default();
     let mut node_synced = node_store.is_none();
-    let mut node_ips: Option<Vec<Ipv4Addr>> = None;
-    let mut sent_node_ips: Option<Vec<Ipv4Addr>> = None;
+    let mut node_ips: Option<Vec<IpAddr>> = None;
+    let mut sent_node_ips: Option<Vec<IpAddr>> = None;
     let mut node_zone: Option<String> = None;
     let mut sent_node_zone: Option<String> = None;
     let mut node_leaving = false;

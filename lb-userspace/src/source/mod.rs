@@ -101,7 +101,7 @@ pub struct Delta {
     pub source: SourceId,
     /// This node's addresses as the source knows them (Kubernetes: the Node object), when
     /// they changed.
-    pub node_ips: Option<Vec<std::net::Ipv4Addr>>,
+    pub node_ips: Option<Vec<std::net::IpAddr>>,
     /// This node's `topology.kubernetes.io/zone` label when it changed (empty: none).
     pub node_zone: Option<String>,
     /// Whether this node is leaving (deleted, or tainted `ToBeDeletedByClusterAutoscaler`),

@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use lb_common::{ServiceValue, SvcInfo, svc_flags};
@@ -16,11 +16,11 @@ use super::{
 };
 use crate::{
     maglev::TableBackend,
-    model::{DesiredState, EndpointState, Ipv4Net, LbService, Scope},
+    model::{DesiredState, EndpointState, IpNet, LbService, Scope},
 };
 
 /// Backend ids allocated while planning, by (service, address, port), not yet written.
-pub(super) type PendingIds = HashMap<(String, Ipv4Addr, u16), u32>;
+pub(super) type PendingIds = HashMap<(String, IpAddr, u16), u32>;
 
 /// A service between `prepare_service` and `finish_service`.
 struct Staged {
@@ -256,7 +256,7 @@ impl<W: MapWriter> MapSync<W> {
         let Some(a) = self.applied.get_mut(name) else {
             return Err(SyncError::Internal("service vanished"));
         };
-        let ranges: BTreeSet<Ipv4Net> = svc.source_ranges.iter().copied().collect();
+        let ranges: BTreeSet<IpNet> = svc.source_ranges.iter().copied().collect();
         for r in ranges.difference(&a.ranges.clone()) {
             report.writes += 1;
             self.w.put_range(svc_id, r)?;
@@ -329,9 +329,9 @@ impl<W: MapWriter> MapSync<W> {
         let Some(a) = self.applied.get_mut(name) else {
             return Err(SyncError::Internal("service vanished"));
         };
-        let desired_keys: HashSet<(Ipv4Addr, u16)> =
+        let desired_keys: HashSet<(IpAddr, u16)> =
             svc.endpoints.iter().map(|e| (e.addr, e.port)).collect();
-        let stale: Vec<((Ipv4Addr, u16), u32)> = a
+        let stale: Vec<((IpAddr, u16), u32)> = a
             .backends
             .iter()
             .filter(|(k, _)| !desired_keys.contains(k))

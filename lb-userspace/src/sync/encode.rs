@@ -3,6 +3,8 @@
 
 use lb_common::{Backend, SVC_NAME_LEN, ServiceKey, SvcInfo, backend_flags};
 
+use crate::addr::{WideBackend, WideKey, wide};
+
 use super::SyncConfig;
 use crate::{
     maglev::{self, TableBackend},
@@ -17,7 +19,7 @@ pub(super) fn name_bytes(name: &str) -> [u8; SVC_NAME_LEN] {
     out
 }
 
-pub(super) fn backend_value(svc_id: u32, ep: &crate::model::Endpoint) -> Backend {
+pub(super) fn backend_value(svc_id: u32, ep: &crate::model::Endpoint) -> WideBackend {
     let mut flags = 0;
     if ep.local {
         flags |= backend_flags::LOCAL;
@@ -28,7 +30,7 @@ pub(super) fn backend_value(svc_id: u32, ep: &crate::model::Endpoint) -> Backend
         EndpointState::NotReady => flags |= backend_flags::DRAINING,
     }
     Backend {
-        addr: ep.addr.octets(),
+        addr: wide(ep.addr),
         port: ep.port,
         flags,
         zone: 0,
@@ -100,10 +102,10 @@ pub(super) fn slots(info: &SvcInfo) -> u32 {
     lb_common::table_slots(info.lut_len, info.pick_len)
 }
 
-/// The map key of a frontend.
-pub fn frontend_key(f: &crate::model::Frontend) -> ServiceKey {
+/// The map key of a frontend (wide: see `crate::addr`).
+pub fn frontend_key(f: &crate::model::Frontend) -> WideKey {
     ServiceKey {
-        addr: f.addr.octets(),
+        addr: wide(f.addr),
         port: f.port,
         proto: f.proto.number(),
         scope: match f.scope {

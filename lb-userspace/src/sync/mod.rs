@@ -24,16 +24,18 @@ mod writer;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
-use lb_common::{Backend, ServiceKey, ServiceValue, SvcInfo};
+use lb_common::{ServiceKey, ServiceValue, SvcInfo};
+
+use crate::addr::{WideBackend, WideKey};
 pub use writer::{MapReader, MapWriter, Recovered, WriteError};
 
 use crate::{
     maglev::{self, TableBackend},
-    model::{DesiredState, Ipv4Net, LbService, Scope},
+    model::{DesiredState, IpNet, LbService, Scope},
 };
 use batch::TablePlan;
 use encode::build_tables;
@@ -96,9 +98,9 @@ struct Applied {
     /// The desired service these entries implement (`None` if adopted from the maps: it
     /// compares unequal, so the first apply checks it).
     model: Option<LbService>,
-    frontends: BTreeMap<ServiceKey, ServiceValue>,
-    backends: BTreeMap<(Ipv4Addr, u16), (u32, Backend)>,
-    ranges: BTreeSet<Ipv4Net>,
+    frontends: BTreeMap<WideKey, ServiceValue>,
+    backends: BTreeMap<(IpAddr, u16), (u32, WideBackend)>,
+    ranges: BTreeSet<IpNet>,
 }
 
 impl Applied {
@@ -135,9 +137,9 @@ pub struct MapSync<W> {
     cfg: SyncConfig,
     applied: BTreeMap<String, Applied>,
     /// Frontend key → the applied service it belongs to.
-    fe_owner: HashMap<ServiceKey, String>,
+    fe_owner: HashMap<WideKey, String>,
     /// Internal-scope frontends in the maps (addr, port, proto) → how many.
-    internal: HashMap<(Ipv4Addr, u16, u8), usize>,
+    internal: HashMap<(IpAddr, u16, u8), usize>,
     svc_ids: IdAlloc,
     backend_ids: IdAlloc,
 }
@@ -181,7 +183,8 @@ impl<W: MapWriter> MapSync<W> {
     }
 
     /// Backend id of `addr:port` in service `name`.
-    pub fn backend_id(&self, name: &str, addr: Ipv4Addr, port: u16) -> Option<u32> {
+    pub fn backend_id(&self, name: &str, addr: impl Into<IpAddr>, port: u16) -> Option<u32> {
+        let addr = addr.into();
         self.applied
             .get(name)
             .and_then(|a| a.backends.get(&(addr, port)))
@@ -240,7 +243,7 @@ impl<W: MapWriter> MapSync<W> {
 
         // Internal-scope entries decide TWO_SCOPES on their external twin: track them by
         // reference count, and revisit the owner of a twin whose flag flips.
-        let internal_of = |s: &LbService| -> Vec<(Ipv4Addr, u16, u8)> {
+        let internal_of = |s: &LbService| -> Vec<(IpAddr, u16, u8)> {
             s.frontends
                 .iter()
                 .filter(|f| f.scope == Scope::Internal)
@@ -256,7 +259,7 @@ impl<W: MapWriter> MapSync<W> {
                     a.frontends
                         .keys()
                         .filter(|k| k.scope == lb_common::scope::INTERNAL)
-                        .map(|k| (Ipv4Addr::from(k.addr), k.port, k.proto))
+                        .map(|k| (crate::addr::ip(&k.addr), k.port, k.proto))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -284,7 +287,7 @@ impl<W: MapWriter> MapSync<W> {
         }
         for (addr, port, proto) in flipped {
             let ext = ServiceKey {
-                addr: addr.octets(),
+                addr: crate::addr::wide(addr),
                 port,
                 proto,
                 scope: lb_common::scope::EXTERNAL,
@@ -296,7 +299,7 @@ impl<W: MapWriter> MapSync<W> {
 
         // 1. Frontends nobody wants any more: delete first. A frontend moving to another
         //    service in this batch is overwritten in place instead.
-        let wanted: HashSet<ServiceKey> = work
+        let wanted: HashSet<WideKey> = work
             .iter()
             .filter_map(|n| desired.services.get(n))
             .flat_map(|s| s.frontends.iter().map(frontend_key))
@@ -305,12 +308,12 @@ impl<W: MapWriter> MapSync<W> {
             let Some(a) = self.applied.get_mut(name) else {
                 continue;
             };
-            let keep: HashSet<ServiceKey> = desired
+            let keep: HashSet<WideKey> = desired
                 .services
                 .get(name)
                 .map(|s| s.frontends.iter().map(frontend_key).collect())
                 .unwrap_or_default();
-            let gone: Vec<ServiceKey> = a
+            let gone: Vec<WideKey> = a
                 .frontends
                 .keys()
                 .filter(|k| !keep.contains(k) && !wanted.contains(k))

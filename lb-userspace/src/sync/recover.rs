@@ -1,7 +1,7 @@
 //! Adoption after a restart: what a previous agent left in the maps becomes `MapSync`'s state
 //! (names, ids, frontends, backends, ranges), so the first sync only writes differences.
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::collections::HashMap;
 
 use lb_common::SvcInfo;
 
@@ -34,7 +34,7 @@ impl<W: MapWriter> MapSync<W> {
             let name = entry(&mut s, value.svc_id, None);
             if key.scope == lb_common::scope::INTERNAL {
                 *s.internal
-                    .entry((Ipv4Addr::from(key.addr), key.port, key.proto))
+                    .entry((crate::addr::ip(&key.addr), key.port, key.proto))
                     .or_insert(0) += 1;
             }
             s.fe_owner.insert(key, name.clone());
@@ -47,7 +47,7 @@ impl<W: MapWriter> MapSync<W> {
             s.backend_ids.adopt(id);
             if let Some(a) = s.applied.get_mut(&name) {
                 a.backends
-                    .insert((Ipv4Addr::from(be.addr), be.port), (id, be));
+                    .insert((crate::addr::ip(&be.addr), be.port), (id, be));
             }
         }
         for (svc_id, net) in rec.ranges {

@@ -2,9 +2,12 @@
 //! could observe: every frontend's table exists and every slot names a live backend of that
 //! service. A write order that exposes a half-built service fails these tests.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
-use lb_common::{Backend, ServiceKey, ServiceValue, SvcInfo, backend_flags};
+use lb_common::{ServiceKey, ServiceValue, SvcInfo, backend_flags};
 
 use super::*;
 use crate::model::{
@@ -13,11 +16,11 @@ use crate::model::{
 
 #[derive(Default)]
 struct Fake {
-    services: BTreeMap<ServiceKey, ServiceValue>,
-    backends: BTreeMap<u32, Backend>,
+    services: BTreeMap<WideKey, ServiceValue>,
+    backends: BTreeMap<u32, WideBackend>,
     tables: BTreeMap<u32, Vec<u32>>,
     info: BTreeMap<u32, SvcInfo>,
-    ranges: BTreeMap<(u32, Ipv4Net), ()>,
+    ranges: BTreeMap<(u32, IpNet), ()>,
     ops: Vec<String>,
     /// `del_tables` calls (each one waits for running programs in the kernel).
     table_delete_calls: usize,
@@ -64,15 +67,15 @@ impl Fake {
 }
 
 impl MapWriter for Fake {
-    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), WriteError> {
+    fn put_service(&mut self, key: &WideKey, value: &ServiceValue) -> Result<(), WriteError> {
         self.services.insert(*key, *value);
         self.op(format!("put_service {}", value.svc_id))
     }
-    fn del_service(&mut self, key: &ServiceKey) -> Result<(), WriteError> {
+    fn del_service(&mut self, key: &WideKey) -> Result<(), WriteError> {
         let v = self.services.remove(key);
         self.op(format!("del_service {}", v.map_or(0, |v| v.svc_id)))
     }
-    fn put_backend(&mut self, id: u32, value: &Backend) -> Result<(), WriteError> {
+    fn put_backend(&mut self, id: u32, value: &WideBackend) -> Result<(), WriteError> {
         self.backends.insert(id, *value);
         self.op(format!("put_backend {id}"))
     }
@@ -103,11 +106,11 @@ impl MapWriter for Fake {
         self.info.remove(&svc_id);
         self.op(format!("del_info {svc_id}"))
     }
-    fn put_range(&mut self, svc_id: u32, net: &Ipv4Net) -> Result<(), WriteError> {
+    fn put_range(&mut self, svc_id: u32, net: &IpNet) -> Result<(), WriteError> {
         self.ranges.insert((svc_id, *net), ());
         self.op(format!("put_range {svc_id} {net}"))
     }
-    fn del_range(&mut self, svc_id: u32, net: &Ipv4Net) -> Result<(), WriteError> {
+    fn del_range(&mut self, svc_id: u32, net: &IpNet) -> Result<(), WriteError> {
         self.ranges.remove(&(svc_id, *net));
         self.op(format!("del_range {svc_id} {net}"))
     }
@@ -139,7 +142,7 @@ const CFG: SyncConfig = SyncConfig {
 
 fn ep(last: u8, port: u16) -> Endpoint {
     Endpoint {
-        addr: Ipv4Addr::new(10, 244, 0, last),
+        addr: IpAddr::from([10, 244, 0, last]),
         port,
         weight: 1,
         local: false,
@@ -152,7 +155,7 @@ fn svc(name: &str, vip: u8, eps: Vec<Endpoint>, algorithm: Algorithm) -> LbServi
     LbService {
         name: name.to_owned(),
         frontends: vec![Frontend {
-            addr: Ipv4Addr::new(10, 96, 0, vip),
+            addr: IpAddr::from([10, 96, 0, vip]),
             port: 80,
             proto: Protocol::Tcp,
             scope: Scope::External,
@@ -221,8 +224,12 @@ fn removing_an_endpoint_rewrites_the_table_then_deletes_the_backend() {
         vec![ep(1, 80), ep(2, 80), ep(3, 80)],
         Algorithm::Random,
     )]));
-    let gone = s.backend_id("a", Ipv4Addr::new(10, 244, 0, 2), 80).unwrap();
-    let kept = s.backend_id("a", Ipv4Addr::new(10, 244, 0, 1), 80).unwrap();
+    let gone = s
+        .backend_id("a", IpAddr::from([10, 244, 0, 2]), 80)
+        .unwrap();
+    let kept = s
+        .backend_id("a", IpAddr::from([10, 244, 0, 1]), 80)
+        .unwrap();
     let before = s.writer().ops.len();
     let r = s.apply(&state(vec![svc(
         "a",
@@ -243,7 +250,7 @@ fn removing_an_endpoint_rewrites_the_table_then_deletes_the_backend() {
     );
     // Ids of the others never change.
     assert_eq!(
-        s.backend_id("a", Ipv4Addr::new(10, 244, 0, 1), 80),
+        s.backend_id("a", IpAddr::from([10, 244, 0, 1]), 80),
         Some(kept)
     );
 }
@@ -285,7 +292,7 @@ fn ids_survive_a_restart_and_adoption_writes_nothing() {
     let ids = (
         s.service_id("a"),
         s.service_id("b"),
-        s.backend_id("a", Ipv4Addr::new(10, 244, 0, 2), 80),
+        s.backend_id("a", IpAddr::from([10, 244, 0, 2]), 80),
     );
     let fake = std::mem::take(&mut s.w);
     let rec = fake.read_all().unwrap();
@@ -297,7 +304,7 @@ fn ids_survive_a_restart_and_adoption_writes_nothing() {
         (
             s2.service_id("a"),
             s2.service_id("b"),
-            s2.backend_id("a", Ipv4Addr::new(10, 244, 0, 2), 80)
+            s2.backend_id("a", IpAddr::from([10, 244, 0, 2]), 80)
         ),
         ids
     );
@@ -319,7 +326,7 @@ fn orphans_left_by_a_crash_are_removed() {
     let mut fake = Fake::default();
     fake.services.insert(
         ServiceKey {
-            addr: [10, 96, 0, 9],
+            addr: crate::addr::wide(IpAddr::from([10, 96, 0, 9])),
             port: 80,
             proto: 6,
             scope: 0,
@@ -380,7 +387,9 @@ fn draining_endpoints_stay_as_backends_but_not_in_the_table() {
         vec![ep(1, 80), e2],
         Algorithm::Random,
     )]));
-    let id2 = s.backend_id("a", Ipv4Addr::new(10, 244, 0, 2), 80).unwrap();
+    let id2 = s
+        .backend_id("a", IpAddr::from([10, 244, 0, 2]), 80)
+        .unwrap();
     let f = s.writer();
     let be = f.backends[&id2];
     assert_ne!(be.flags & backend_flags::DRAINING, 0);
@@ -417,12 +426,12 @@ fn a_maglev_table_is_followed_by_a_weighted_pick_list_from_the_next_chunk() {
     let by_vip = |last: u8| {
         *f.services
             .iter()
-            .find(|(k, _)| k.addr == [10, 96, 0, last])
+            .find(|(k, _)| k.addr == crate::addr::wide(IpAddr::from([10, 96, 0, last])))
             .map(|(_, v)| v)
             .expect("frontend")
     };
     let counts = |ids: &[u32]| {
-        let mut c: BTreeMap<[u8; 4], usize> = BTreeMap::new();
+        let mut c: BTreeMap<[u8; 16], usize> = BTreeMap::new();
         for id in ids {
             *c.entry(f.backends[id].addr).or_default() += 1;
         }
@@ -509,8 +518,9 @@ fn many_services_go_through_several_pipelined_batches_consistently() {
                         vec![ep(1, 80 + u16::from(shift)), ep(2, 80)],
                         Algorithm::Maglev,
                     );
-                    s.frontends[0].addr =
-                        Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i as u32);
+                    s.frontends[0].addr = IpAddr::from(Ipv4Addr::from(
+                        u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i as u32,
+                    ));
                     s
                 })
                 .collect(),

@@ -1,7 +1,7 @@
 //! Validation of Kubernetes `Service` and `EndpointSlice` objects into checked, xlb-relevant
 //! specs. Every rejection names the object and field. Used by the file source and the watcher.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use k8s_openapi::{
     api::{core::v1::Service, discovery::v1::EndpointSlice},
@@ -9,7 +9,7 @@ use k8s_openapi::{
 };
 
 use crate::{
-    model::{Algorithm, Ipv4Net, Protocol},
+    model::{Algorithm, IpNet, Protocol},
     problem::{Checked, Problem},
 };
 
@@ -57,15 +57,15 @@ pub struct ServiceSpec {
     pub namespace: String,
     pub name: String,
     pub kind: ServiceType,
-    pub cluster_ips: Vec<Ipv4Addr>,
+    pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<PortSpec>,
-    pub external_ips: Vec<Ipv4Addr>,
-    pub lb_ips: Vec<Ipv4Addr>,
+    pub external_ips: Vec<IpAddr>,
+    pub lb_ips: Vec<IpAddr>,
     pub ext_local: bool,
     pub int_local: bool,
     /// ClientIP affinity timeout, if enabled.
     pub affinity: Option<u32>,
-    pub source_ranges: Vec<Ipv4Net>,
+    pub source_ranges: Vec<IpNet>,
     pub algorithm: Algorithm,
     /// Value of the service-proxy-name label, if any.
     pub proxy_name: Option<String>,
@@ -82,7 +82,7 @@ impl ServiceSpec {
 /// One endpoint of a slice.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointSpec {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
@@ -96,7 +96,7 @@ pub struct EndpointSpec {
     pub node_hints: Vec<String>,
 }
 
-/// A validated EndpointSlice (IPv4 only; other address types yield no endpoints).
+/// A validated EndpointSlice (IPv4 or IPv6; FQDN slices yield no endpoints).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SliceSpec {
     pub namespace: String,
@@ -112,25 +112,21 @@ fn port_u16(v: i32) -> Option<u16> {
     u16::try_from(v).ok().filter(|p| *p != 0)
 }
 
-fn ipv4_list<'a>(
+fn ip_list<'a>(
     values: impl IntoIterator<Item = &'a String>,
     object: &str,
     field: &str,
     problems: &mut Vec<Problem>,
-) -> Vec<Ipv4Addr> {
+) -> Vec<IpAddr> {
     let mut out = Vec::new();
     for (i, v) in values.into_iter().enumerate() {
-        match v.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(a)) => out.push(a),
-            // IPv6 entries of dual-stack objects are not programmed (IPv4 datapath): said.
-            Ok(std::net::IpAddr::V6(_)) => problems.push(
-                Problem::field(
-                    object,
-                    format!("{field}[{i}]"),
-                    format!("{v}: IPv6 is not served (IPv4 datapath); ignored"),
-                )
-                .warning(),
-            ),
+        match v.parse::<IpAddr>() {
+            Ok(IpAddr::V6(a)) if a.to_ipv4_mapped().is_some() => problems.push(Problem::field(
+                object,
+                format!("{field}[{i}]"),
+                format!("{v}: an IPv4-mapped IPv6 address is not a Service address"),
+            )),
+            Ok(a) => out.push(a),
             Err(_) => problems.push(Problem::field(
                 object,
                 format!("{field}[{i}]"),
@@ -139,6 +135,46 @@ fn ipv4_list<'a>(
         }
     }
     out
+}
+
+/// `spec.ipFamilies` (as the API server allocates clusterIPs: one per family, in that order)
+/// must name every cluster IP's family; `ipFamilyPolicy: SingleStack` allows one.
+fn ip_families_agree(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    cluster_ips: &[IpAddr],
+    object: &str,
+    field: &str,
+    problems: &mut Vec<Problem>,
+) {
+    let families = spec.ip_families.as_deref().unwrap_or_default();
+    for (i, f) in families.iter().enumerate() {
+        if f != "IPv4" && f != "IPv6" {
+            problems.push(Problem::field(
+                object,
+                format!("spec.ipFamilies[{i}]"),
+                format!("{f:?} is not IPv4 or IPv6"),
+            ));
+        }
+    }
+    if !families.is_empty() {
+        for (i, a) in cluster_ips.iter().enumerate() {
+            let family = if a.is_ipv4() { "IPv4" } else { "IPv6" };
+            if families.get(i).map(String::as_str) != Some(family) {
+                problems.push(Problem::field(
+                    object,
+                    format!("{field}[{i}]"),
+                    format!("{a} is {family} but spec.ipFamilies is {families:?}"),
+                ));
+            }
+        }
+    }
+    if spec.ip_family_policy.as_deref() == Some("SingleStack") && cluster_ips.len() > 1 {
+        problems.push(Problem::field(
+            object,
+            field,
+            "ipFamilyPolicy SingleStack allows one cluster IP",
+        ));
+    }
 }
 
 /// Validates a Service. Returns the spec with the warnings about what it ignores, or every
@@ -191,14 +227,15 @@ pub fn service_spec(svc: &Service) -> Checked<ServiceSpec> {
     } else {
         "spec.clusterIP"
     };
-    let cluster_ips = ipv4_list(cluster_ip_strings, &object, cluster_field, &mut problems);
-    let external_ips = ipv4_list(
+    let cluster_ips = ip_list(cluster_ip_strings, &object, cluster_field, &mut problems);
+    ip_families_agree(spec, &cluster_ips, &object, cluster_field, &mut problems);
+    let external_ips = ip_list(
         spec.external_ips.iter().flatten(),
         &object,
         "spec.externalIPs",
         &mut problems,
     );
-    let lb_ips: Vec<Ipv4Addr> = if kind == ServiceType::LoadBalancer {
+    let lb_ips: Vec<IpAddr> = if kind == ServiceType::LoadBalancer {
         let ingress = svc
             .status
             .as_ref()
@@ -213,7 +250,7 @@ pub fn service_spec(svc: &Service) -> Checked<ServiceSpec> {
             .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
             .filter_map(|i| i.ip.as_ref())
             .collect();
-        ipv4_list(
+        ip_list(
             ips,
             &object,
             "status.loadBalancer.ingress[].ip",
@@ -233,8 +270,7 @@ pub fn service_spec(svc: &Service) -> Checked<ServiceSpec> {
         }
     }
 
-    // Files have no allocator: a ClusterIP Service must say its address. (An IPv6-only
-    // Service is valid but has nothing for the IPv4 datapath.)
+    // Files have no allocator: a ClusterIP Service must say its address.
     let any_cluster_ip = spec.cluster_ip.as_deref().is_some_and(|s| !s.is_empty())
         || spec.cluster_ips.iter().flatten().any(|s| !s.is_empty());
     if kind == ServiceType::ClusterIp && !any_cluster_ip && external_ips.is_empty() {
@@ -319,7 +355,7 @@ pub fn service_spec(svc: &Service) -> Checked<ServiceSpec> {
             );
             continue;
         }
-        match Ipv4Net::parse(r) {
+        match IpNet::parse(r) {
             Some(n) => source_ranges.push(n),
             None => problems.push(Problem::field(
                 &object,
@@ -483,18 +519,19 @@ pub fn slice_spec(slice: &EndpointSlice) -> Checked<SliceSpec> {
             "required: names the Service this slice belongs to",
         ));
     }
-    let ipv4 = match slice.address_type.as_str() {
-        "IPv4" => true,
-        t @ ("IPv6" | "FQDN") => {
+    let family = match slice.address_type.as_str() {
+        "IPv4" => Some(true),
+        "IPv6" => Some(false),
+        "FQDN" => {
             problems.push(
                 Problem::field(
                     &object,
                     "addressType",
-                    format!("{t} endpoints are not served (IPv4 datapath); ignored"),
+                    "FQDN endpoints are not served (no proxy resolves names); ignored",
                 )
                 .warning(),
             );
-            false
+            None
         }
         other => {
             problems.push(Problem::field(
@@ -502,7 +539,7 @@ pub fn slice_spec(slice: &EndpointSlice) -> Checked<SliceSpec> {
                 "addressType",
                 format!("{other:?} is not IPv4, IPv6 or FQDN"),
             ));
-            false
+            None
         }
     };
     let mut ports = Vec::new();
@@ -527,7 +564,7 @@ pub fn slice_spec(slice: &EndpointSlice) -> Checked<SliceSpec> {
         ports.push((p.name.clone().unwrap_or_default(), proto, port));
     }
     let mut endpoints = Vec::new();
-    if ipv4 {
+    if let Some(want_v4) = family {
         for (i, ep) in slice.endpoints.iter().enumerate() {
             // Consumers use the first address (EndpointSlice API contract).
             let Some(first) = ep.addresses.first() else {
@@ -538,13 +575,16 @@ pub fn slice_spec(slice: &EndpointSlice) -> Checked<SliceSpec> {
                 ));
                 continue;
             };
-            let Ok(addr) = first.parse::<Ipv4Addr>() else {
-                problems.push(Problem::field(
-                    &object,
-                    format!("endpoints[{i}].addresses[0]"),
-                    format!("{first:?} is not an IPv4 address"),
-                ));
-                continue;
+            let addr = match first.parse::<IpAddr>() {
+                Ok(a) if a.is_ipv4() == want_v4 => a,
+                _ => {
+                    problems.push(Problem::field(
+                        &object,
+                        format!("endpoints[{i}].addresses[0]"),
+                        format!("{first:?} is not an {} address", slice.address_type),
+                    ));
+                    continue;
+                }
             };
             let c = ep.conditions.clone().unwrap_or_default();
             // Unknown readiness counts as ready; serving defaults to ready (API contract).

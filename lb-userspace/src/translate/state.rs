@@ -13,7 +13,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use super::spec::{Compact, PortSpec, ServiceSpec, ServiceType, SliceSpec};
@@ -31,13 +31,13 @@ pub struct NodeContext {
     /// EndpointSlice `nodeName` of endpoints on this node.
     pub node_name: Option<String>,
     /// Addresses NodePorts are served on.
-    pub node_ips: Vec<Ipv4Addr>,
+    pub node_ips: Vec<IpAddr>,
     /// This proxy's name for the `service.kubernetes.io/service-proxy-name` label.
     pub proxy_name: Option<String>,
     /// This node's `topology.kubernetes.io/zone` (topology-aware routing).
     pub zone: Option<String>,
     /// CIDRs externalIPs may be in (`--external-ip-cidrs`; `None`: any, as kube-proxy).
-    pub external_ip_cidrs: Option<Vec<crate::model::Ipv4Net>>,
+    pub external_ip_cidrs: Option<Vec<crate::model::IpNet>>,
 }
 
 /// A healthCheckNodePort to serve (externalTrafficPolicy Local).
@@ -70,7 +70,7 @@ fn port_label(p: &PortSpec) -> String {
 /// An endpoint of one service port, before policy filtering.
 #[derive(Clone)]
 struct Candidate {
-    addr: Ipv4Addr,
+    addr: IpAddr,
     port: u16,
     ready: bool,
     serving: bool,
@@ -173,7 +173,7 @@ fn with_conditions<'a>(subset: impl Iterator<Item = &'a Candidate> + Clone) -> V
 /// Endpoints of one service port across all slices of the service (deduplicated by addr:port,
 /// the readiest copy wins).
 fn candidates(port: &PortSpec, slices: &[&SliceSpec], node: &NodeContext) -> Vec<Candidate> {
-    let mut by_addr: BTreeMap<(Ipv4Addr, u16), Candidate> = BTreeMap::new();
+    let mut by_addr: BTreeMap<(IpAddr, u16), Candidate> = BTreeMap::new();
     for slice in slices {
         // The slice's port with the Service port's name carries the resolved target port.
         let Some(&(_, _, num)) = slice
@@ -353,7 +353,7 @@ fn translate_service(svc: &ServiceSpec, slices: &[&SliceSpec], node: &NodeContex
                 seen.insert(*f)
             });
             if !set.frontends.is_empty() {
-                raw.sets.push(set);
+                raw.sets.extend(by_family(set));
             }
         }
     }
@@ -371,6 +371,32 @@ fn translate_service(svc: &ServiceSpec, slices: &[&SliceSpec], node: &NodeContex
     raw
 }
 
+/// A backend set's frontends and endpoints of one address family each: a set with frontends
+/// of both (a dual-stack Service) becomes two, the IPv6 one named `… (IPv6)` (its own
+/// service id and table); endpoints reach only the frontends of their family, and source
+/// ranges apply to the clients of theirs.
+pub fn by_family(mut set: LbService) -> Vec<LbService> {
+    let keep = |s: &mut LbService, v6: bool| {
+        s.frontends.retain(|f| f.addr.is_ipv6() == v6);
+        s.endpoints.retain(|e| e.addr.is_ipv6() == v6);
+        s.source_ranges.retain(|n| n.is_ipv4() != v6);
+    };
+    let mut out = Vec::with_capacity(1);
+    if set.frontends.iter().any(|f| f.addr.is_ipv6()) {
+        let mut v6 = LbService {
+            name: format!("{} (IPv6)", set.name),
+            ..set.clone()
+        };
+        keep(&mut v6, true);
+        out.push(v6);
+    }
+    keep(&mut set, false);
+    if !set.frontends.is_empty() {
+        out.insert(0, set);
+    }
+    out
+}
+
 /// Who defined a set of backend sets.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Origin {
@@ -381,7 +407,7 @@ pub enum Origin {
 }
 
 /// A frontend key as conflicts see it.
-type FeKey = (Ipv4Addr, u16, Protocol, Scope);
+type FeKey = (IpAddr, u16, Protocol, Scope);
 
 fn fe_key(f: &Frontend) -> FeKey {
     (f.addr, f.port, f.proto, f.scope)
@@ -574,6 +600,7 @@ impl Translator {
                         s
                     })
                     .into_iter()
+                    .flat_map(by_family)
                     .collect(),
                 ..Raw::default()
             },

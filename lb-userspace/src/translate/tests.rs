@@ -1,6 +1,6 @@
 //! Kubernetes objects → desired state: the semantics the file source and the watcher share.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
@@ -18,7 +18,7 @@ fn slice(yaml: &str) -> EndpointSlice {
 fn node() -> NodeContext {
     NodeContext {
         node_name: Some("n1".into()),
-        node_ips: vec![Ipv4Addr::new(192, 168, 0, 1)],
+        node_ips: vec![IpAddr::from([192, 168, 0, 1])],
         proxy_name: None,
         zone: Some("z1".into()),
         external_ip_cidrs: None,
@@ -71,7 +71,7 @@ endpoints:
     let t = run(&[WEB], &[a, b]);
     assert!(t.problems.is_empty(), "{:?}", t.problems);
     let http = &t.state.services["default/web:http/TCP"];
-    let ports: Vec<(Ipv4Addr, u16, bool)> = http
+    let ports: Vec<(IpAddr, u16, bool)> = http
         .endpoints
         .iter()
         .map(|e| (e.addr, e.port, e.local))
@@ -79,8 +79,8 @@ endpoints:
     assert_eq!(
         ports,
         vec![
-            (Ipv4Addr::new(10, 244, 0, 1), 8080, true),
-            (Ipv4Addr::new(10, 244, 0, 2), 9090, false)
+            (IpAddr::from([10, 244, 0, 1]), 8080, true),
+            (IpAddr::from([10, 244, 0, 2]), 9090, false)
         ]
     );
     // Slice b has no dns port: only a's endpoint serves it.
@@ -288,7 +288,7 @@ endpoints:
             (FrontendKind::ExternalIp, Scope::External, false),
         ]
     );
-    assert_eq!(local.frontends[0].addr, Ipv4Addr::new(192, 168, 0, 1));
+    assert_eq!(local.frontends[0].addr, IpAddr::from([192, 168, 0, 1]));
     assert_eq!(local.frontends[0].port, 30080);
     // This node's pods reaching the same addresses use every endpoint.
     assert_eq!(main.endpoints.len(), 2);
@@ -322,7 +322,7 @@ endpoints:
     let t = run(&[s], &[eps]);
     let web = &t.state.services["default/web:80/TCP"];
     assert_eq!(web.endpoints.len(), 1);
-    assert_eq!(web.endpoints[0].addr, Ipv4Addr::new(10, 244, 0, 1));
+    assert_eq!(web.endpoints[0].addr, IpAddr::from([10, 244, 0, 1]));
     assert_eq!(web.affinity_timeout, 10_800);
 }
 
@@ -439,7 +439,10 @@ fn active(t: &super::Translation, name: &str) -> Vec<u8> {
         .endpoints
         .iter()
         .filter(|e| e.state == EndpointState::Active)
-        .map(|e| e.addr.octets()[3])
+        .map(|e| match e.addr {
+            IpAddr::V4(a) => a.octets()[3],
+            IpAddr::V6(a) => a.octets()[15],
+        })
         .collect()
 }
 
@@ -552,13 +555,11 @@ ports: [{name: http, port: 8080}]
 endpoints: [{addresses: [10.244.0.1]}]
 ";
     let guarded = NodeContext {
-        external_ip_cidrs: Some(vec![
-            crate::model::Ipv4Net::parse("203.0.113.0/24").unwrap(),
-        ]),
+        external_ip_cidrs: Some(vec![crate::model::IpNet::parse("203.0.113.0/24").unwrap()]),
         ..node()
     };
     let t = run_on(&[svc], &[eps], &guarded);
-    let fes: Vec<(Ipv4Addr, FrontendKind)> = t.state.services["default/lb:http/TCP"]
+    let fes: Vec<(IpAddr, FrontendKind)> = t.state.services["default/lb:http/TCP"]
         .frontends
         .iter()
         .filter(|f| {
@@ -572,9 +573,9 @@ endpoints: [{addresses: [10.244.0.1]}]
     assert_eq!(
         fes,
         [
-            (Ipv4Addr::new(192, 0, 2, 50), FrontendKind::LoadBalancer),
-            (Ipv4Addr::new(192, 0, 2, 52), FrontendKind::LoadBalancer),
-            (Ipv4Addr::new(203, 0, 113, 5), FrontendKind::ExternalIp),
+            (IpAddr::from([192, 0, 2, 50]), FrontendKind::LoadBalancer),
+            (IpAddr::from([192, 0, 2, 52]), FrontendKind::LoadBalancer),
+            (IpAddr::from([203, 0, 113, 5]), FrontendKind::ExternalIp),
         ]
     );
     assert_eq!(t.problems.len(), 1, "{:?}", t.problems);
