@@ -74,7 +74,7 @@ fn what_is_not_read_is_a_warning_with_its_own_exit_code() {
     let (code, out, err) = check(&[], &dir.path);
     assert_eq!((code, err.as_str()), (0, ""), "{out}");
 
-    // A misspelt kind, an old apiVersion, a dual-stack Service's IPv6 half, an IPv6 slice.
+    // A misspelt kind, an old apiVersion, an FQDN slice; a dual-stack Service is read whole.
     dir.write(
         "k8s.yaml",
         "apiVersion: v1
@@ -100,6 +100,13 @@ metadata: {name: dual-v6, namespace: default, labels: {kubernetes.io/service-nam
 addressType: IPv6
 ports: [{port: 80}]
 endpoints: [{addresses: ['fd00::1']}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dual-names, namespace: default, labels: {kubernetes.io/service-name: dual}}
+addressType: FQDN
+ports: [{port: 80}]
+endpoints: [{addresses: ['web.example']}]
 ",
     );
     std::fs::create_dir(dir.path.join("old")).unwrap();
@@ -113,8 +120,7 @@ endpoints: [{addresses: ['fd00::1']}]
         "k8s.yaml:1: Servce default/typo: kind \"Servce\" (v1) is not read",
         "k8s.yaml:5: EndpointSlice default/old: kind \"EndpointSlice\" (discovery.k8s.io/v1beta1) is not read",
         "EndpointSlice is read as apiVersion discovery.k8s.io/v1",
-        "Service default/dual: spec.clusterIPs[1]: fd00::20: IPv6 is not served (IPv4 datapath); ignored",
-        "EndpointSlice default/dual-v6: addressType: IPv6 endpoints are not served",
+        "EndpointSlice default/dual-names: addressType: FQDN endpoints are not served",
         "old: subdirectory: not read",
         "README.md: not read: only *.yaml, *.yml and *.json files are",
         "error: ",
@@ -125,14 +131,18 @@ endpoints: [{addresses: ['fd00::1']}]
             "{needle:?} missing from stderr:\n{err}"
         );
     }
-    // The IPv4 half of the dual-stack Service is still programmed.
-    assert!(out.contains("would program 2 service(s)"), "{out}");
+    // Both halves of the dual-stack Service are programmed, and the compact one.
+    assert!(out.contains("would program 3 service(s)"), "{out}");
+    assert!(
+        !err.contains("IPv6"),
+        "IPv6 is served, not warned about:\n{err}"
+    );
 
     // Without the error, only warnings: exit code 3 (a systemd ExecStartPre can tell them apart).
     std::fs::remove_file(dir.path.join("link.yaml")).unwrap();
     let (code, out, err) = check(&[], &dir.path);
     assert_eq!(code, 3, "{out}{err}");
-    assert!(out.contains("0 error(s), 6 warning(s)"), "{out}{err}");
+    assert!(out.contains("0 error(s), 5 warning(s)"), "{out}{err}");
 
     // Nothing to program at all is said too.
     let empty = WorkDir::new(&format!("check-empty-{}", unique_tag()));
