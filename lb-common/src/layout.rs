@@ -30,6 +30,8 @@ pub mod capacity {
     /// Slots of socket-level translations (a power of two: a socket's slot is its cookie's low
     /// bits). A record may be overwritten once the node's cookie counter moved this far past it.
     pub const SOCK_SLOTS: u32 = 1 << 19;
+    /// Slots of `xlb_sock6` (a power of two; IPv6 records are twice the size).
+    pub const SOCK6_SLOTS: u32 = 1 << 17;
     /// Host-network UDP sockets' (socket, backend) pairs whose replies are given the ClusterIP
     /// back (LRU).
     pub const SOCK_REV: u32 = 65_536;
@@ -75,6 +77,9 @@ mod pod {
         AffinityKey<Ipv6>,
         SrcRangeKey<Ipv6>,
         Config6,
+        SockXlate<Ipv6>,
+        SockRevKey<Ipv6>,
+        SockRevValue<Ipv6>,
     );
 }
 
@@ -85,6 +90,9 @@ const _: () = {
     assert!(size_of::<SockXlate>() == 24);
     assert!(size_of::<SockRevKey>() == 16);
     assert!(size_of::<SockRevValue>() == 12);
+    assert!(size_of::<SockXlate<Ipv6>>() == 48);
+    assert!(size_of::<SockRevKey<Ipv6>>() == 28);
+    assert!(size_of::<SockRevValue<Ipv6>>() == 24);
     assert!(size_of::<ServiceValue>() == 20);
     assert!(size_of::<Backend>() == 16);
     assert!(size_of::<LutChunk>() == 4 * LUT_CHUNK_SLOTS);

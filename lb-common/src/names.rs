@@ -67,9 +67,13 @@ pub mod map_names {
     pub const SRC_RANGES6: &str = "xlb_srcranges6";
     /// IPv6 hairpin and SNAT addresses (one entry).
     pub const CONFIG6: &str = "xlb_config6";
+    /// Socket-level translations of IPv6 sockets to IPv6 ClusterIPs (`SockXlate<Ipv6>`).
+    pub const SOCK6: &str = "xlb_sock6";
+    /// Host-network IPv6 UDP sockets: (socket cookie, backend) → the ClusterIP replies show.
+    pub const SOCK_REV6: &str = "xlb_sock6_rev";
 
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 28] = [
+    pub const ALL: [&str; 30] = [
         SERVICES,
         BACKENDS,
         LUT,
@@ -98,6 +102,8 @@ pub mod map_names {
         AFFINITY6,
         SRC_RANGES6,
         CONFIG6,
+        SOCK6,
+        SOCK_REV6,
     ];
 }
 
@@ -153,6 +159,11 @@ pub mod prog_names {
     pub const CONNECT6: &str = "xlb_connect6";
     /// cgroup getpeername6: such a socket reports the ClusterIP as its peer.
     pub const PEERNAME6: &str = "xlb_peername6";
+    /// cgroup sendmsg6: a host-network UDP datagram to a ClusterIP of either family goes to a
+    /// backend.
+    pub const SENDMSG6: &str = "xlb_sendmsg6";
+    /// cgroup recvmsg6: replies to those datagrams show the ClusterIP as their source.
+    pub const RECVMSG6: &str = "xlb_recvmsg6";
     /// IPv6 stages of the tc entry programs.
     pub const POD_FRONT6: &str = "xlb_pod_front6";
     pub const POD_BACK6: &str = "xlb_pod_back6";

@@ -1,19 +1,20 @@
-//! Socket-level translations: the value of `xlb_sock`.
+//! Socket-level translations: the values of `xlb_sock`/`xlb_sock6` and the keys and values of
+//! `xlb_sock_rev`/`xlb_sock6_rev`, generic over the address family (`Ipv4` by default).
 
-use crate::Ipv4;
+use crate::{Address, Ipv4};
 
-/// Value of `xlb_sock`: a TCP socket translated at connect(), in slot
-/// `cookie & (capacity::SOCK_SLOTS - 1)`.
+/// Value of `xlb_sock` (`xlb_sock6` for `Ipv6`): a socket translated at connect(), in slot
+/// `cookie & (capacity::SOCK_SLOTS - 1)` (`SOCK6_SLOTS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SockXlate {
+pub struct SockXlate<A = Ipv4> {
     /// The writing socket's cookie XOR a mix of the other fields (`seal`, `cookie`): a record
     /// torn between two sockets writing the slot at once names neither. Zero: never written.
     pub tag: u64,
     /// The ClusterIP the socket dialled.
-    pub vip: Ipv4,
+    pub vip: A,
     /// The backend it was sent to.
-    pub backend: Ipv4,
+    pub backend: A,
     /// The dialled port, network order (as in `bpf_sock_addr::user_port`).
     pub vip_port_be: u16,
     /// The backend's port, network order.
@@ -22,12 +23,22 @@ pub struct SockXlate {
     pub svc_id: u32,
 }
 
-impl SockXlate {
+impl<A: Address> SockXlate<A> {
+    /// A record that names no socket.
+    pub const EMPTY: Self = Self {
+        tag: 0,
+        vip: A::ZERO,
+        backend: A::ZERO,
+        vip_port_be: 0,
+        backend_port_be: 0,
+        svc_id: 0,
+    };
+
     /// The other fields mixed into 64 bits (0 for a zeroed record).
     #[inline(always)]
     fn mix(&self) -> u64 {
-        let a = u64::from(u32::from_ne_bytes(self.vip))
-            | (u64::from(u32::from_ne_bytes(self.backend)) << 32);
+        let a = u64::from(u32::from_ne_bytes(self.vip.folded()))
+            | (u64::from(u32::from_ne_bytes(self.backend.folded())) << 32);
         let b = u64::from(self.vip_port_be)
             | (u64::from(self.backend_port_be) << 16)
             | (u64::from(self.svc_id) << 32);
@@ -49,26 +60,28 @@ impl SockXlate {
     }
 }
 
-/// Key of `xlb_sock_rev`: a host-network UDP socket's datagrams to a backend, addressed to a
-/// ClusterIP (sendmsg4, connect4).
-#[repr(C)]
+/// Key of `xlb_sock_rev` (`xlb_sock6_rev`): a host-network UDP socket's datagrams to a
+/// backend, addressed to a ClusterIP (sendmsg, connect). Aligned to 4 so that the IPv6 key has
+/// no hidden padding (a hash key is compared byte by byte); the IPv4 layout is unchanged.
+#[repr(C, packed(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SockRevKey {
+pub struct SockRevKey<A = Ipv4> {
     /// The socket's cookie.
     pub cookie: u64,
     /// The backend the datagrams went to.
-    pub backend: Ipv4,
+    pub backend: A,
     /// Its port, network order.
     pub backend_port_be: u16,
     pub _pad: u16,
 }
 
-/// Value of `xlb_sock_rev`: the address the socket's replies from that backend come from.
+/// Value of `xlb_sock_rev` (`xlb_sock6_rev`): the address the socket's replies from that
+/// backend come from.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SockRevValue {
+pub struct SockRevValue<A = Ipv4> {
     /// The ClusterIP the socket addressed.
-    pub vip: Ipv4,
+    pub vip: A,
     /// The addressed port, network order.
     pub vip_port_be: u16,
     pub _pad: u16,
@@ -95,14 +108,7 @@ mod tests {
             r.seal(cookie);
             r
         };
-        let zeroed = SockXlate {
-            tag: 0,
-            vip: [0; 4],
-            backend: [0; 4],
-            vip_port_be: 0,
-            backend_port_be: 0,
-            svc_id: 0,
-        };
+        let zeroed = SockXlate::<Ipv4>::EMPTY;
         assert_eq!(zeroed.cookie(), 0, "a slot never written names no socket");
         let (s, t) = (rec(1, 5, 7), rec(2, 5, 7 + u64::from(capacity::SOCK_SLOTS)));
         assert_eq!(s.cookie(), 7);

@@ -175,6 +175,50 @@ pub fn xlb_recvmsg4(ctx: SockAddrContext) -> i32 {
     1
 }
 
+/// cgroup connect6: as connect4, for IPv6 sockets (IPv6 ClusterIPs and IPv4-mapped dials).
+#[cgroup_sock_addr(connect6)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the aya macro passes the context by value"
+)]
+pub fn xlb_connect6(ctx: SockAddrContext) -> i32 {
+    sock::connect6(&ctx);
+    1
+}
+
+/// cgroup getpeername6: sockets translated by connect6 report the ClusterIP.
+#[cgroup_sock_addr(getpeername6)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the aya macro passes the context by value"
+)]
+pub fn xlb_peername6(ctx: SockAddrContext) -> i32 {
+    sock::getpeername6(&ctx);
+    1
+}
+
+/// cgroup sendmsg6: a host-network IPv6 UDP datagram to a ClusterIP goes to a backend.
+#[cgroup_sock_addr(sendmsg6)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the aya macro passes the context by value"
+)]
+pub fn xlb_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::sendmsg6(&ctx);
+    1
+}
+
+/// cgroup recvmsg6: replies to those datagrams show the ClusterIP as their source.
+#[cgroup_sock_addr(recvmsg6)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the aya macro passes the context by value"
+)]
+pub fn xlb_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::recvmsg6(&ctx);
+    1
+}
+
 /// Raw tracepoint `xdp_bulk_tx`: counts frames an uplink's XDP_TX could not send.
 #[raw_tracepoint(tracepoint = "xdp_bulk_tx")]
 #[expect(

@@ -147,6 +147,19 @@ pub static SOCK: Array<SockXlate, { capacity::SOCK_SLOTS as usize }, 0> = Array:
 pub static SOCK_REV: LruHashMap<SockRevKey, SockRevValue, { capacity::SOCK_REV as usize }> =
     LruHashMap::new();
 
+/// IPv6 sockets translated at connect() to IPv6 ClusterIPs (as `SOCK`; IPv4-mapped dials use
+/// `SOCK`).
+#[btf_map(name = "xlb_sock6")]
+pub static SOCK6: Array<SockXlate<Ipv6>, { capacity::SOCK6_SLOTS as usize }, 0> = Array::new();
+
+/// Host-network IPv6 UDP sockets' datagrams to IPv6 ClusterIPs (as `SOCK_REV`).
+#[btf_map(name = "xlb_sock6_rev")]
+pub static SOCK_REV6: LruHashMap<
+    SockRevKey<Ipv6>,
+    SockRevValue<Ipv6>,
+    { capacity::SOCK_REV as usize },
+> = LruHashMap::new();
+
 /// Per-CPU room for what the entry program hands to a stage (its tail call runs on the same
 /// CPU, at once) and for the largest temporaries of a new flow, kept off the stack. Not
 /// pinned: nothing outside one packet's programs reads it. Only the tc and XDP programs use
@@ -249,6 +262,12 @@ pub static AGENT: Array<AgentStatus, 1, 0> = Array::new();
 #[inline(always)]
 pub fn sock_slot(cookie: u64) -> u32 {
     (cookie & u64::from(capacity::SOCK_SLOTS - 1)) as u32
+}
+
+/// `SOCK6`'s slot of the socket with `cookie`.
+#[inline(always)]
+pub fn sock6_slot(cookie: u64) -> u32 {
+    (cookie & u64::from(capacity::SOCK6_SLOTS - 1)) as u32
 }
 
 /// An address filter's map type.

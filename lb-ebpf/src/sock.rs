@@ -16,6 +16,11 @@
 //! would otherwise go to the local stack or out of the node, past every xlb hook. What the
 //! socket dialled is what `getpeername()` and `recvmsg()` report.
 //!
+//! IPv6 sockets are translated the same way (connect6, getpeername6, sendmsg6, recvmsg6) with
+//! their own records (`maps::SOCK6`, `maps::SOCK_REV6`); an IPv6 socket dialling an IPv4
+//! ClusterIP as `::ffff:a.b.c.d` (a dual-stack socket) uses the IPv4 services and records and
+//! keeps its mapped form in what it reports. `localhostNodePorts` are IPv4 only, as kube-proxy's.
+//!
 //! Not covered here, left to tc untouched: session affinity of pods (it needs the client
 //! address, unknown before the route is chosen; tc applies it on the pod's packets),
 //! pods' non-ClusterIP frontends, services without backends (tc rejects them). Host-network sockets'
@@ -24,17 +29,21 @@
 
 use aya_ebpf::{
     Global,
+    bindings::bpf_sock_addr,
+    btf_maps::LruHashMap,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
 use lb_common::{
-    AffinityKey, Backend, ServiceValue, SockRevKey, SockRevValue, SockXlate, counter, hook, kind,
-    proto, svc_flags,
+    AffinityKey, Backend, Ipv4, Ipv6, ServiceValue, SockRevKey, SockRevValue, SockXlate, capacity,
+    counter, hook, kind, proto, svc_flags,
 };
 
 use crate::{
-    conntrack, lookup,
-    maps::{AFFINITY, SOCK, SOCK_REV, config, sock_slot},
+    conntrack,
+    family::Family,
+    lookup,
+    maps::{SOCK, SOCK_REV, SOCK_REV6, SOCK6, config, may_be_backend, sock_slot, sock6_slot},
     stats::{self, SvcCounter},
 };
 
@@ -48,10 +57,135 @@ static HOST_NETNS_COOKIE: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static SOCK_HOST_ONLY: Global<u8> = Global::new(0);
 
+/// A reverse-translation map of a family.
+type SockRev<A> = LruHashMap<SockRevKey<A>, SockRevValue<A>, { capacity::SOCK_REV as usize }>;
+
+/// What the socket hooks need of an address family: its records.
+trait SockFamily: Family {
+    /// The record slot of the socket with `cookie` (every slot exists; `None` is the
+    /// verifier's check).
+    fn record(cookie: u64) -> Option<*mut SockXlate<Self>>;
+    /// The addresses host-network sockets' replies are given back.
+    fn sock_rev() -> &'static SockRev<Self>;
+    /// A loopback address (a NodePort there is the node address's, `localhostNodePorts`).
+    fn loopback(addr: &Self) -> bool;
+}
+
+impl SockFamily for Ipv4 {
+    #[inline(always)]
+    fn record(cookie: u64) -> Option<*mut SockXlate<Self>> {
+        SOCK.get_ptr_mut(sock_slot(cookie))
+    }
+    #[inline(always)]
+    fn sock_rev() -> &'static SockRev<Self> {
+        &SOCK_REV
+    }
+    #[inline(always)]
+    fn loopback(addr: &Self) -> bool {
+        addr[0] == 127
+    }
+}
+
+impl SockFamily for Ipv6 {
+    #[inline(always)]
+    fn record(cookie: u64) -> Option<*mut SockXlate<Self>> {
+        SOCK6.get_ptr_mut(sock6_slot(cookie))
+    }
+    #[inline(always)]
+    fn sock_rev() -> &'static SockRev<Self> {
+        &SOCK_REV6
+    }
+    #[inline(always)]
+    fn loopback(_addr: &Self) -> bool {
+        // kube-proxy serves NodePorts on IPv4 loopback only.
+        false
+    }
+}
+
+/// Where a hook's context holds the address of family `A`: `user_ip4` (`In4`), `user_ip6`
+/// (`In6`), or `user_ip6` as an IPv4-mapped IPv6 address (`Mapped`). The context's words are
+/// read and written 4 bytes at a time, the only access the verifier allows to `user_ip6`.
+trait Slot<A> {
+    fn get(sa: &bpf_sock_addr) -> A;
+    fn set(sa: &mut bpf_sock_addr, addr: &A);
+}
+
+struct In4;
+struct In6;
+struct Mapped;
+
+/// Word `i` of `user_ip6` (network order in memory, as the address's bytes).
+#[inline(always)]
+fn ip6_word(sa: &bpf_sock_addr, i: usize) -> u32 {
+    // SAFETY: a field of the context, read as the 4-byte load the verifier requires.
+    unsafe { core::ptr::read_volatile(&raw const sa.user_ip6[i & 3]) }
+}
+
+#[inline(always)]
+fn set_ip6_word(sa: &mut bpf_sock_addr, i: usize, w: u32) {
+    // SAFETY: as in `ip6_word`, a 4-byte store.
+    unsafe { core::ptr::write_volatile(&raw mut sa.user_ip6[i & 3], w) }
+}
+
+/// The third word of an IPv4-mapped IPv6 address (`::ffff:0:0/96`).
+const MAPPED_WORD: u32 = 0x0000_ffff_u32.to_be();
+
+/// True if `user_ip6` holds an IPv4-mapped address.
+#[inline(always)]
+fn is_mapped(sa: &bpf_sock_addr) -> bool {
+    ip6_word(sa, 0) == 0 && ip6_word(sa, 1) == 0 && ip6_word(sa, 2) == MAPPED_WORD
+}
+
+impl Slot<Ipv4> for In4 {
+    #[inline(always)]
+    fn get(sa: &bpf_sock_addr) -> Ipv4 {
+        sa.user_ip4.to_ne_bytes()
+    }
+    #[inline(always)]
+    fn set(sa: &mut bpf_sock_addr, addr: &Ipv4) {
+        sa.user_ip4 = u32::from_ne_bytes(*addr);
+    }
+}
+
+impl Slot<Ipv4> for Mapped {
+    #[inline(always)]
+    fn get(sa: &bpf_sock_addr) -> Ipv4 {
+        ip6_word(sa, 3).to_ne_bytes()
+    }
+    #[inline(always)]
+    fn set(sa: &mut bpf_sock_addr, addr: &Ipv4) {
+        // The prefix is already there (the socket dialled a mapped address).
+        set_ip6_word(sa, 3, u32::from_ne_bytes(*addr));
+    }
+}
+
+impl Slot<Ipv6> for In6 {
+    #[inline(always)]
+    fn get(sa: &bpf_sock_addr) -> Ipv6 {
+        let mut a = [0u8; 16];
+        for i in 0..4 {
+            a[i * 4..i * 4 + 4].copy_from_slice(&ip6_word(sa, i).to_ne_bytes());
+        }
+        a
+    }
+    #[inline(always)]
+    fn set(sa: &mut bpf_sock_addr, addr: &Ipv6) {
+        for i in 0..4 {
+            let w = u32::from_ne_bytes([
+                addr[i * 4],
+                addr[i * 4 + 1],
+                addr[i * 4 + 2],
+                addr[i * 4 + 3],
+            ]);
+            set_ip6_word(sa, i, w);
+        }
+    }
+}
+
 /// The backend for a host-network socket's connect to an affinity service: the one its client
 /// (this node, `client`) had within the timeout, else a new pick, recorded.
 #[inline(always)]
-fn affine(svc: &ServiceValue, client: [u8; 4]) -> Option<Backend> {
+fn affine<A: Family>(svc: &ServiceValue, client: A) -> Option<Backend<A>> {
     let key = AffinityKey {
         svc_id: svc.svc_id,
         client,
@@ -66,9 +200,9 @@ fn affine(svc: &ServiceValue, client: [u8; 4]) -> Option<Backend> {
     let now = conntrack::now_secs();
     let mut chosen = None;
     // SAFETY: copied out at once.
-    if let Some(aff) = unsafe { AFFINITY.get(key) }.copied()
+    if let Some(aff) = unsafe { A::affinity().get(key) }.copied()
         && aff.last_used.wrapping_add(svc.affinity_timeout) >= now
-        && let Some(be) = lookup::backend(aff.backend_id, svc.svc_id)
+        && let Some(be) = lookup::backend::<A>(aff.backend_id, svc.svc_id)
         && be.flags & lb_common::backend_flags::DRAINING == 0
     {
         stats::count(counter::AFFINITY_HIT);
@@ -76,7 +210,7 @@ fn affine(svc: &ServiceValue, client: [u8; 4]) -> Option<Backend> {
     }
     let (id, be) = match chosen {
         Some(c) => c,
-        None => lookup::slot_backend(svc, slot)?,
+        None => lookup::slot_backend::<A>(svc, slot)?,
     };
     lookup::touch_affinity(&key, id, now);
     Some(be)
@@ -94,17 +228,28 @@ fn host_socket(ctx: &SockAddrContext) -> bool {
     host != 0 && unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) } == host
 }
 
+/// The socket's cookie.
+#[inline(always)]
+fn cookie_of(ctx: &SockAddrContext) -> u64 {
+    // SAFETY: the helper takes this program type's context.
+    unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) }
+}
+
 /// The service a socket dialling `addr:port` (network-order port) over `l4` reaches, if it has
 /// backends, and whether only host-network sockets are translated for it. A ClusterIP is
 /// translated for every socket. NodePorts (on a node address, or on loopback as on the node's
 /// address, `Config::snat_addr`), LoadBalancer IPs and externalIPs only for host-network ones:
 /// a pod's packets to them cross its device, where tc translates them.
 #[inline(always)]
-fn service_for(addr: [u8; 4], port_be: u16, l4: u8) -> Option<(ServiceValue, bool)> {
+fn service_for<A: SockFamily>(addr: A, port_be: u16, l4: u8) -> Option<(ServiceValue, bool)> {
     let port = u16::from_be(port_be);
-    let loopback = addr[0] == 127;
+    let loopback = A::loopback(&addr);
     // (The configuration is read only for loopback: every other connect and datagram skips it.)
-    let key_addr = if loopback { config()?.snat_addr } else { addr };
+    let key_addr = if loopback {
+        A::snat_addr(config()?)
+    } else {
+        addr
+    };
     if !lookup::may_be_frontend(key_addr, port, l4) {
         return None;
     }
@@ -121,9 +266,15 @@ fn service_for(addr: [u8; 4], port_be: u16, l4: u8) -> Option<(ServiceValue, boo
 }
 
 /// Records that the socket `cookie` sends to `be` for `svc`'s `vip:port`: its replies from
-/// `be` are given the ClusterIP back (`recvmsg4`).
+/// `be` are given the ClusterIP back (`recvmsg`).
 #[inline(always)]
-fn remember_reply(cookie: u64, be: &Backend, vip: [u8; 4], vip_port_be: u16, svc_id: u32) {
+fn remember_reply<A: SockFamily>(
+    cookie: u64,
+    be: &Backend<A>,
+    vip: A,
+    vip_port_be: u16,
+    svc_id: u32,
+) {
     let key = SockRevKey {
         cookie,
         backend: be.addr,
@@ -138,9 +289,22 @@ fn remember_reply(cookie: u64, be: &Backend, vip: [u8; 4], vip_port_be: u16, svc
     };
     // Unchanged entries are left alone (a datagram stream rewrites nothing).
     // SAFETY: copied out at once.
-    if unsafe { SOCK_REV.get(key) }.copied() != Some(value) {
-        let _ = SOCK_REV.insert(key, value, 0);
+    if unsafe { A::sock_rev().get(key) }.copied() != Some(value) {
+        let _ = A::sock_rev().insert(key, value, 0);
     }
+}
+
+/// Drops the record that gives the socket `cookie`'s answers from `backend:port` a service's
+/// address.
+#[inline(always)]
+fn forget_reply<A: SockFamily>(cookie: u64, backend: A, backend_port_be: u16) {
+    let key = SockRevKey {
+        cookie,
+        backend,
+        backend_port_be,
+        _pad: 0,
+    };
+    let _ = A::sock_rev().remove(key);
 }
 
 /// cgroup connect4: translates a TCP connect to a ClusterIP (any socket), and for a
@@ -148,14 +312,31 @@ fn remember_reply(cookie: u64, be: &Backend, vip: [u8; 4], vip_port_be: u16, svc
 /// externalIPs (`service_for`). Never refuses the connect.
 #[inline(always)]
 pub fn connect4(ctx: &SockAddrContext) {
-    if !translate_connect(ctx) {
-        forget_direct(ctx);
+    connect::<Ipv4, In4>(ctx);
+}
+
+/// cgroup connect6: as `connect4`, for IPv6 services, and for IPv4 ones dialled as
+/// IPv4-mapped addresses.
+#[inline(always)]
+pub fn connect6(ctx: &SockAddrContext) {
+    // SAFETY: the context the kernel passed.
+    if is_mapped(unsafe { &*ctx.sock_addr }) {
+        connect::<Ipv4, Mapped>(ctx);
+    } else {
+        connect::<Ipv6, In6>(ctx);
+    }
+}
+
+#[inline(always)]
+fn connect<A: SockFamily, S: Slot<A>>(ctx: &SockAddrContext) {
+    if !translate_connect::<A, S>(ctx) {
+        forget_direct::<A, S>(ctx);
     }
 }
 
 /// Translates the connect if it dials a service (see `connect4`); false if it was left alone.
 #[inline(always)]
-fn translate_connect(ctx: &SockAddrContext) -> bool {
+fn translate_connect<A: SockFamily, S: Slot<A>>(ctx: &SockAddrContext) -> bool {
     // SAFETY: the context the kernel passed; fields are read and written one by one.
     let sa = unsafe { &mut *ctx.sock_addr };
     let l4 = match sa.protocol {
@@ -163,7 +344,7 @@ fn translate_connect(ctx: &SockAddrContext) -> bool {
         IPPROTO_UDP => proto::UDP,
         _ => return false,
     };
-    let vip = sa.user_ip4.to_ne_bytes();
+    let vip = S::get(sa);
     let vip_port_be = sa.user_port as u16;
     let Some((svc, host_only)) = service_for(vip, vip_port_be, l4) else {
         return false;
@@ -179,20 +360,18 @@ fn translate_connect(ctx: &SockAddrContext) -> bool {
         if svc.lut_size == 0 {
             return false;
         }
-        lookup::slot_backend(&svc, lookup::pick_slot(&svc)).map(|(_, be)| be)
+        lookup::slot_backend::<A>(&svc, lookup::pick_slot(&svc)).map(|(_, be)| be)
     } else {
         let Some(cfg) = config() else {
             return false;
         };
-        affine(&svc, cfg.snat_addr)
+        affine(&svc, A::snat_addr(cfg))
     };
     let Some(be) = be else {
         return false;
     };
-    // SAFETY: the helper takes this program type's context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    // (Every slot exists; the check is the verifier's.)
-    let Some(slot) = SOCK.get_ptr_mut(sock_slot(cookie)) else {
+    let cookie = cookie_of(ctx);
+    let Some(slot) = A::record(cookie) else {
         return false;
     };
     let mut rec = SockXlate {
@@ -209,7 +388,7 @@ fn translate_connect(ctx: &SockAddrContext) -> bool {
     if l4 == proto::UDP {
         remember_reply(cookie, &be, vip, vip_port_be, svc.svc_id);
     }
-    sa.user_ip4 = u32::from_ne_bytes(be.addr);
+    S::set(sa, &be.addr);
     sa.user_port = u32::from(rec.backend_port_be);
     stats::count(counter::SOCK_XLATE);
     stats::svc(svc.svc_id, SvcCounter::NewFlow, 0);
@@ -220,93 +399,83 @@ fn translate_connect(ctx: &SockAddrContext) -> bool {
 /// connected again, a TCP connect retried on the same socket) must stop naming the ClusterIP:
 /// its records go. Only connects to addresses that may be backends pay for the lookup.
 #[inline(always)]
-fn forget_direct(ctx: &SockAddrContext) {
-    // SAFETY: as in `connect4`.
+fn forget_direct<A: SockFamily, S: Slot<A>>(ctx: &SockAddrContext) {
+    // SAFETY: as in `translate_connect`.
     let sa = unsafe { &*ctx.sock_addr };
     let udp = sa.protocol == IPPROTO_UDP;
     if sa.protocol != IPPROTO_TCP && !udp {
         return;
     }
-    let addr = sa.user_ip4.to_ne_bytes();
+    let addr = S::get(sa);
     let port_be = sa.user_port as u16;
-    if !crate::maps::may_be_backend(addr, u16::from_be(port_be)) {
+    if !may_be_backend(addr, u16::from_be(port_be)) {
         return;
     }
-    // SAFETY: the helper takes this program type's context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let Some(slot) = SOCK.get_ptr_mut(sock_slot(cookie)) else {
+    let cookie = cookie_of(ctx);
+    let Some(slot) = A::record(cookie) else {
         return;
     };
     // SAFETY: a slot of the map value array, copied out at once.
     if unsafe { *slot }.cookie() == cookie {
-        // SAFETY: as above; a zeroed record names no socket.
-        unsafe {
-            *slot = SockXlate {
-                tag: 0,
-                vip: [0; 4],
-                backend: [0; 4],
-                vip_port_be: 0,
-                backend_port_be: 0,
-                svc_id: 0,
-            };
-        }
+        // SAFETY: as above; an empty record names no socket.
+        unsafe { *slot = SockXlate::EMPTY };
     }
     if udp {
         forget_reply(cookie, addr, port_be);
     }
 }
 
-/// Drops the record that gives the socket `cookie`'s answers from `backend:port` a service's
-/// address.
-#[inline(always)]
-fn forget_reply(cookie: u64, backend: [u8; 4], backend_port_be: u16) {
-    let key = SockRevKey {
-        cookie,
-        backend,
-        backend_port_be,
-        _pad: 0,
-    };
-    let _ = SOCK_REV.remove(key);
-}
-
 /// cgroup sendmsg4: a host-network socket's datagram addressed to a service (`service_for`)
-/// goes to a backend, the same one for every datagram of the socket while the service's table keeps
-/// it there (the slot comes from the socket's cookie).
+/// goes to a backend, the same one for every datagram of the socket while the service's table
+/// keeps it there (the slot comes from the socket's cookie).
 #[inline(always)]
 pub fn sendmsg4(ctx: &SockAddrContext) {
-    // SAFETY: as in `connect4`.
+    sendmsg::<Ipv4, In4>(ctx);
+}
+
+/// cgroup sendmsg6: as `sendmsg4`, for IPv6 services and IPv4-mapped addresses.
+#[inline(always)]
+pub fn sendmsg6(ctx: &SockAddrContext) {
+    // SAFETY: the context the kernel passed.
+    if is_mapped(unsafe { &*ctx.sock_addr }) {
+        sendmsg::<Ipv4, Mapped>(ctx);
+    } else {
+        sendmsg::<Ipv6, In6>(ctx);
+    }
+}
+
+#[inline(always)]
+fn sendmsg<A: SockFamily, S: Slot<A>>(ctx: &SockAddrContext) {
+    // SAFETY: as in `translate_connect`.
     let sa = unsafe { &mut *ctx.sock_addr };
     if sa.protocol != IPPROTO_UDP {
         return;
     }
-    let vip = sa.user_ip4.to_ne_bytes();
+    let vip = S::get(sa);
     let vip_port_be = sa.user_port as u16;
     let Some((svc, _)) = service_for(vip, vip_port_be, proto::UDP) else {
         // A datagram straight to a backend this socket also reached through a service: its
         // answers from that backend are the backend's own from now on.
-        if crate::maps::may_be_backend(vip, u16::from_be(vip_port_be)) && host_socket(ctx) {
-            // SAFETY: the helper takes this program type's context.
-            let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-            forget_reply(cookie, vip, vip_port_be);
+        if may_be_backend(vip, u16::from_be(vip_port_be)) && host_socket(ctx) {
+            forget_reply(cookie_of(ctx), vip, vip_port_be);
         }
         return;
     };
     if !host_socket(ctx) {
         return;
     }
-    // SAFETY: the helper takes this program type's context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let cookie = cookie_of(ctx);
     let mixed = (cookie ^ (cookie >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
     // The division right after its check (see `affine`).
     if svc.lut_size == 0 {
         return;
     }
     let slot = (mixed as u32) % svc.lut_size;
-    let Some((_, be)) = lookup::slot_backend(&svc, slot) else {
+    let Some((_, be)) = lookup::slot_backend::<A>(&svc, slot) else {
         return;
     };
     remember_reply(cookie, &be, vip, vip_port_be, svc.svc_id);
-    sa.user_ip4 = u32::from_ne_bytes(be.addr);
+    S::set(sa, &be.addr);
     sa.user_port = u32::from(be.port.to_be());
     stats::count(counter::SOCK_XLATE);
 }
@@ -315,30 +484,44 @@ pub fn sendmsg4(ctx: &SockAddrContext) {
 /// ClusterIP shows the ClusterIP as its source.
 #[inline(always)]
 pub fn recvmsg4(ctx: &SockAddrContext) {
-    // SAFETY: as in `connect4`.
+    recvmsg::<Ipv4, In4>(ctx);
+}
+
+/// cgroup recvmsg6: as `recvmsg4`, for IPv6 sockets (IPv4-mapped sources included).
+#[inline(always)]
+pub fn recvmsg6(ctx: &SockAddrContext) {
+    // SAFETY: the context the kernel passed.
+    if is_mapped(unsafe { &*ctx.sock_addr }) {
+        recvmsg::<Ipv4, Mapped>(ctx);
+    } else {
+        recvmsg::<Ipv6, In6>(ctx);
+    }
+}
+
+#[inline(always)]
+fn recvmsg<A: SockFamily, S: Slot<A>>(ctx: &SockAddrContext) {
+    // SAFETY: as in `translate_connect`.
     let sa = unsafe { &mut *ctx.sock_addr };
     if sa.protocol != IPPROTO_UDP {
         return;
     }
-    let backend = sa.user_ip4.to_ne_bytes();
+    let backend = S::get(sa);
     let backend_port_be = sa.user_port as u16;
     // Only a backend's datagram to a host-network socket can have an entry: every other
     // receive (pods' included) stops at a bitmap test or the namespace check, and never asks
     // for a socket cookie (which would spend one on every receiving socket).
-    if !crate::maps::may_be_backend(backend, u16::from_be(backend_port_be)) || !host_socket(ctx) {
+    if !may_be_backend(backend, u16::from_be(backend_port_be)) || !host_socket(ctx) {
         return;
     }
-    // SAFETY: the helper takes this program type's context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let key = SockRevKey {
-        cookie,
+        cookie: cookie_of(ctx),
         backend,
         backend_port_be,
         _pad: 0,
     };
     // SAFETY: copied out at once.
-    if let Some(v) = unsafe { SOCK_REV.get(key) }.copied() {
-        sa.user_ip4 = u32::from_ne_bytes(v.vip);
+    if let Some(v) = unsafe { A::sock_rev().get(key) }.copied() {
+        S::set(sa, &v.vip);
         sa.user_port = u32::from(v.vip_port_be);
     }
 }
@@ -346,24 +529,41 @@ pub fn recvmsg4(ctx: &SockAddrContext) {
 /// cgroup getpeername4: a socket connected to a backend by `connect4` names the ClusterIP.
 #[inline(always)]
 pub fn getpeername4(ctx: &SockAddrContext) {
-    // SAFETY: as in `connect4`.
+    getpeername::<Ipv4, In4>(ctx);
+}
+
+/// cgroup getpeername6: as `getpeername4`, for sockets translated by `connect6`.
+#[inline(always)]
+pub fn getpeername6(ctx: &SockAddrContext) {
+    // SAFETY: the context the kernel passed.
+    if is_mapped(unsafe { &*ctx.sock_addr }) {
+        getpeername::<Ipv4, Mapped>(ctx);
+    } else {
+        getpeername::<Ipv6, In6>(ctx);
+    }
+}
+
+#[inline(always)]
+fn getpeername<A: SockFamily, S: Slot<A>>(ctx: &SockAddrContext) {
+    // SAFETY: as in `translate_connect`.
     let sa = unsafe { &mut *ctx.sock_addr };
     if sa.protocol != IPPROTO_TCP && sa.protocol != IPPROTO_UDP {
         return;
     }
-    // SAFETY: the helper takes this program type's context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let Some(rec) = SOCK.get(sock_slot(cookie)).copied() else {
+    let cookie = cookie_of(ctx);
+    let Some(slot) = A::record(cookie) else {
         return;
     };
+    // SAFETY: a slot of the map value array, copied out at once.
+    let rec = unsafe { *slot };
     // Only the socket that wrote the slot (a record torn by a concurrent writer or read while
     // another socket takes the slot over names nobody), and only while it is connected to that
     // backend.
     if rec.cookie() == cookie
-        && sa.user_ip4 == u32::from_ne_bytes(rec.backend)
+        && S::get(sa) == rec.backend
         && sa.user_port as u16 == rec.backend_port_be
     {
-        sa.user_ip4 = u32::from_ne_bytes(rec.vip);
+        S::set(sa, &rec.vip);
         sa.user_port = u32::from(rec.vip_port_be);
     }
 }

@@ -1,5 +1,5 @@
-//! `sock_diag` netlink (`NETLINK_SOCK_DIAG`): lists the UDP sockets of the agent's network
-//! namespace and aborts those connected to given addresses (`SOCK_DESTROY`, what `ss -K`
+//! `sock_diag` netlink (`NETLINK_SOCK_DIAG`): lists the UDP sockets (IPv4 and IPv6) of the
+//! agent's network namespace and aborts those connected to given addresses (`SOCK_DESTROY`, what `ss -K`
 //! does). A host-network UDP socket connected to a ClusterIP is connected to a backend at
 //! `connect()` (socket-level translation); when that backend leaves, aborting the socket makes
 //! its next `send()` fail (`ECONNABORTED`) instead of talking to a dead backend, and the
@@ -7,7 +7,7 @@
 
 use std::{
     io,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
@@ -36,8 +36,11 @@ const MSG: usize = 4 + SOCKID + 20;
 
 /// A UDP socket as `sock_diag` names it: its `inet_diag_sockid` bytes, peer and cookie.
 struct UdpSocket {
+    /// `AF_INET` or `AF_INET6`.
+    family: u8,
     id: [u8; SOCKID],
-    dst: Ipv4Addr,
+    /// The peer; an IPv6 socket's IPv4-mapped peer is given as the IPv4 address it maps.
+    dst: IpAddr,
     dport: u16,
     cookie: u64,
 }
@@ -46,8 +49,9 @@ fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> DiagError {
     move |source| DiagError::Io { op, source }
 }
 
-/// A netlink `sock_diag` request: header, then `inet_diag_req_v2` for IPv4 UDP in any state.
-fn request(kind: u16, flags: u16, seq: u32, id: &[u8; SOCKID]) -> Vec<u8> {
+/// A netlink `sock_diag` request: header, then `inet_diag_req_v2` for UDP of `family` in any
+/// state.
+fn request(kind: u16, flags: u16, seq: u32, family: u8, id: &[u8; SOCKID]) -> Vec<u8> {
     let len = (NLMSG_HDR + REQ) as u32;
     let mut m = Vec::with_capacity(len as usize);
     m.extend_from_slice(&len.to_ne_bytes());
@@ -56,7 +60,7 @@ fn request(kind: u16, flags: u16, seq: u32, id: &[u8; SOCKID]) -> Vec<u8> {
     m.extend_from_slice(&seq.to_ne_bytes());
     m.extend_from_slice(&0u32.to_ne_bytes());
     // family, protocol, ext, pad, states (all)
-    m.extend_from_slice(&[libc::AF_INET as u8, libc::IPPROTO_UDP as u8, 0, 0]);
+    m.extend_from_slice(&[family, libc::IPPROTO_UDP as u8, 0, 0]);
     m.extend_from_slice(&u32::MAX.to_ne_bytes());
     m.extend_from_slice(id);
     m
@@ -152,12 +156,12 @@ fn receive(fd: &OwnedFd, op: &'static str, mut f: impl FnMut(u16, &[u8])) -> Res
     }
 }
 
-/// Every connected IPv4 UDP socket of this network namespace.
-fn connected_udp(fd: &OwnedFd) -> Result<Vec<UdpSocket>, DiagError> {
+/// Every connected UDP socket of `family` of this network namespace.
+fn connected_udp(fd: &OwnedFd, family: u8) -> Result<Vec<UdpSocket>, DiagError> {
     let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
     send(
         fd,
-        &request(SOCK_DIAG_BY_FAMILY, flags, 1, &[0; SOCKID]),
+        &request(SOCK_DIAG_BY_FAMILY, flags, 1, family, &[0; SOCKID]),
         "dump",
     )?;
     let mut out = Vec::new();
@@ -170,8 +174,9 @@ fn connected_udp(fd: &OwnedFd) -> Result<Vec<UdpSocket>, DiagError> {
         let half =
             |o: usize| u64::from(u32::from_ne_bytes([id[o], id[o + 1], id[o + 2], id[o + 3]]));
         out.push(UdpSocket {
+            family,
             dport: u16::from_be_bytes([id[2], id[3]]),
-            dst: Ipv4Addr::new(id[20], id[21], id[22], id[23]),
+            dst: peer(family, &id),
             cookie: half(40) | (half(44) << 32),
             id,
         });
@@ -179,20 +184,35 @@ fn connected_udp(fd: &OwnedFd) -> Result<Vec<UdpSocket>, DiagError> {
     Ok(out)
 }
 
-/// Aborts every connected UDP socket of this network namespace that `select(cookie, peer
-/// address, peer port)` picks; returns how many it aborted. A socket gone meanwhile is not an
-/// error.
-pub fn abort_connected_udp(
-    select: impl Fn(u64, Ipv4Addr, u16) -> bool,
-) -> Result<usize, DiagError> {
+/// The peer address of an `inet_diag_sockid` (`idiag_dst`, 16 bytes at offset 20, of which
+/// IPv4 uses the first 4).
+fn peer(family: u8, id: &[u8; SOCKID]) -> IpAddr {
+    if i32::from(family) == libc::AF_INET {
+        return Ipv4Addr::new(id[20], id[21], id[22], id[23]).into();
+    }
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&id[20..36]);
+    Ipv6Addr::from(a).to_canonical()
+}
+
+/// Aborts every connected UDP socket (both families) of this network namespace that
+/// `select(cookie, peer address, peer port)` picks; returns how many it aborted. A socket gone
+/// meanwhile is not an error.
+pub fn abort_connected_udp(select: impl Fn(u64, IpAddr, u16) -> bool) -> Result<usize, DiagError> {
     let fd = open()?;
+    let mut sockets = connected_udp(&fd, libc::AF_INET as u8)?;
+    sockets.extend(connected_udp(&fd, libc::AF_INET6 as u8)?);
     let mut aborted = 0;
-    for (seq, s) in (2u32..).zip(connected_udp(&fd)?) {
+    for (seq, s) in (2u32..).zip(sockets) {
         if !select(s.cookie, s.dst, s.dport) {
             continue;
         }
         let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
-        send(&fd, &request(SOCK_DESTROY, flags, seq, &s.id), "destroy")?;
+        send(
+            &fd,
+            &request(SOCK_DESTROY, flags, seq, s.family, &s.id),
+            "destroy",
+        )?;
         match receive(&fd, "destroy", |_, _| {}) {
             Ok(()) => aborted += 1,
             Err(DiagError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {}
@@ -208,11 +228,30 @@ mod tests {
 
     #[test]
     fn requests_have_the_kernels_layout() {
-        let m = request(SOCK_DESTROY, 5, 9, &[7; SOCKID]);
+        let m = request(SOCK_DESTROY, 5, 9, libc::AF_INET as u8, &[7; SOCKID]);
         assert_eq!(m.len(), 72);
         assert_eq!(u32::from_ne_bytes([m[0], m[1], m[2], m[3]]), 72);
         assert_eq!(u16::from_ne_bytes([m[4], m[5]]), SOCK_DESTROY);
         assert_eq!(&m[16..20], &[2, 17, 0, 0]);
         assert_eq!(&m[24..], &[7; SOCKID]);
+    }
+
+    #[test]
+    fn peers_of_both_families_are_read_and_mapped_ones_are_ipv4() {
+        let mut id = [0u8; SOCKID];
+        id[20..24].copy_from_slice(&[10, 96, 0, 10]);
+        assert_eq!(
+            peer(libc::AF_INET as u8, &id),
+            IpAddr::from([10, 96, 0, 10])
+        );
+        let v6: Ipv6Addr = "fd00::10".parse().unwrap();
+        id[20..36].copy_from_slice(&v6.octets());
+        assert_eq!(peer(libc::AF_INET6 as u8, &id), IpAddr::V6(v6));
+        let mapped: Ipv6Addr = "::ffff:10.96.0.10".parse().unwrap();
+        id[20..36].copy_from_slice(&mapped.octets());
+        assert_eq!(
+            peer(libc::AF_INET6 as u8, &id),
+            IpAddr::from([10, 96, 0, 10])
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! UDP service has active any more and aborts the sockets the datapath connected to them
 //! (`sockdiag`): the application's next `send()` fails and its reconnect picks a live backend.
 //! Sockets connected to those addresses directly (not through a service) are left alone: only a
-//! socket whose `xlb_sock` record or `xlb_sock_rev` entry names that backend is aborted.
+//! socket whose `xlb_sock` record or `xlb_sock_rev` entry (`xlb_sock6`, `xlb_sock6_rev` for
+//! IPv6 backends) names that backend is aborted.
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -12,8 +13,11 @@ use std::{
     path::Path,
 };
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData};
-use lb_common::{SockRevKey, SockRevValue, SockXlate, capacity, map_names};
+use aya::{
+    Pod,
+    maps::{Array, HashMap as BpfHashMap, MapData},
+};
+use lb_common::{Address, Ipv4, Ipv6, SockRevKey, SockRevValue, SockXlate, capacity, map_names};
 
 use crate::{
     model::{DesiredState, EndpointState, LbService, Protocol},
@@ -93,31 +97,77 @@ impl UdpBackends {
     }
 }
 
-/// Aborts the host-network UDP sockets the datapath (pins under `bpffs`) connected to one of
-/// `gone`; returns how many.
-pub fn abort_sockets(bpffs: &Path, gone: &HashSet<(IpAddr, u16)>) -> anyhow::Result<usize> {
-    let data = MapData::from_pin(bpffs.join(map_names::SOCK))?;
-    let sock: Array<MapData, SockXlate> = Array::try_from(aya::maps::Map::Array(data))?;
-    let data = MapData::from_pin(bpffs.join(map_names::SOCK_REV))?;
-    let rev: BpfHashMap<MapData, SockRevKey, SockRevValue> =
-        BpfHashMap::try_from(aya::maps::Map::LruHashMap(data))?;
-    let n = sockdiag::abort_connected_udp(|cookie, addr, port| {
-        if !gone.contains(&(IpAddr::V4(addr), port)) {
-            return false;
-        }
-        // The socket's record in its slot (which a later socket may have taken over), or the
-        // exact (socket, backend) entry its replies are rewritten by.
-        let slot = (cookie & u64::from(capacity::SOCK_SLOTS - 1)) as u32;
-        let in_slot = sock.get(&slot, 0).is_ok_and(|r| {
-            r.cookie() == cookie && r.backend == addr.octets() && r.backend_port_be == port.to_be()
+/// The socket records of one family: `xlb_sock` and `xlb_sock_rev` (or their IPv6 maps).
+struct Records<A>
+where
+    SockXlate<A>: Pod,
+    SockRevKey<A>: Pod,
+    SockRevValue<A>: Pod,
+{
+    sock: Array<MapData, SockXlate<A>>,
+    rev: BpfHashMap<MapData, SockRevKey<A>, SockRevValue<A>>,
+    slots: u32,
+}
+
+impl<A: Address> Records<A>
+where
+    SockXlate<A>: Pod,
+    SockRevKey<A>: Pod,
+    SockRevValue<A>: Pod,
+{
+    fn open(bpffs: &Path, sock: &str, rev: &str, slots: u32) -> anyhow::Result<Self> {
+        let data = MapData::from_pin(bpffs.join(sock))?;
+        let sock = Array::try_from(aya::maps::Map::Array(data))?;
+        let data = MapData::from_pin(bpffs.join(rev))?;
+        let rev = BpfHashMap::try_from(aya::maps::Map::LruHashMap(data))?;
+        Ok(Self { sock, rev, slots })
+    }
+
+    /// True if the datapath sent the socket `cookie` to `addr:port`: its record in its slot
+    /// (which a later socket may have taken over), or the exact (socket, backend) entry its
+    /// replies are rewritten by.
+    fn names(&self, cookie: u64, addr: A, port: u16) -> bool {
+        let slot = (cookie & u64::from(self.slots - 1)) as u32;
+        let in_slot = self.sock.get(&slot, 0).is_ok_and(|r| {
+            r.cookie() == cookie && r.backend == addr && r.backend_port_be == port.to_be()
         });
         let key = SockRevKey {
             cookie,
-            backend: addr.octets(),
+            backend: addr,
             backend_port_be: port.to_be(),
             _pad: 0,
         };
-        in_slot || rev.get(&key, 0).is_ok()
+        in_slot || self.rev.get(&key, 0).is_ok()
+    }
+}
+
+/// Aborts the host-network UDP sockets the datapath (pins under `bpffs`) connected to one of
+/// `gone`; returns how many.
+pub fn abort_sockets(bpffs: &Path, gone: &HashSet<(IpAddr, u16)>) -> anyhow::Result<usize> {
+    let v4 = Records::<Ipv4>::open(
+        bpffs,
+        map_names::SOCK,
+        map_names::SOCK_REV,
+        capacity::SOCK_SLOTS,
+    )?;
+    // Pins of a release without IPv6 sockets have no such maps: only IPv4 sockets then.
+    let v6 = Records::<Ipv6>::open(
+        bpffs,
+        map_names::SOCK6,
+        map_names::SOCK_REV6,
+        capacity::SOCK6_SLOTS,
+    )
+    .ok();
+    let n = sockdiag::abort_connected_udp(|cookie, addr, port| {
+        if !gone.contains(&(addr, port)) {
+            return false;
+        }
+        match addr {
+            IpAddr::V4(a) => v4.names(cookie, a.octets(), port),
+            IpAddr::V6(a) => v6
+                .as_ref()
+                .is_some_and(|r| r.names(cookie, a.octets(), port)),
+        }
     })?;
     Ok(n)
 }

@@ -280,7 +280,7 @@ pub fn ensure_dir(dir: &Path) -> Result<(), PinError> {
 }
 
 /// Type, key size and value size each map must have.
-pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 28] {
+pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 30] {
     use std::mem::size_of;
     [
         (
@@ -381,6 +381,18 @@ pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 28] {
             1,
         ),
         (names::CONFIG6, MapType::Array, 4, size_of::<Config6>()),
+        (
+            names::SOCK6,
+            MapType::Array,
+            4,
+            size_of::<SockXlate<Ipv6>>(),
+        ),
+        (
+            names::SOCK_REV6,
+            MapType::LruHash,
+            size_of::<SockRevKey<Ipv6>>(),
+            size_of::<SockRevValue<Ipv6>>(),
+        ),
     ]
 }
 

@@ -1,6 +1,5 @@
-//! Socket-level load balancing: the cgroup connect4/getpeername4/sendmsg4/recvmsg4 programs,
-//! attached to a cgroup
-//! v2 directory (by default the root of the first cgroup2 mount, i.e. every process of the node,
+//! Socket-level load balancing: the cgroup connect, getpeername, sendmsg and recvmsg programs of
+//! both families, attached to a cgroup v2 directory (by default the root of the first cgroup2 mount, i.e. every process of the node,
 //! pods and host-network processes alike). Their links are pinned like the tc/XDP ones, so
 //! they outlive the agent; a new agent attaches its programs and swaps the pin over, which
 //! detaches the old link (both may run for an instant: the second sees a backend address and
@@ -46,11 +45,15 @@ impl FromStr for CgroupOpt {
 }
 
 /// The socket programs and their pin names under `<dir>/links`.
-pub const PROGRAMS: [(&str, &str); 4] = [
+pub const PROGRAMS: [(&str, &str); 8] = [
     (prog_names::CONNECT4, "sock-connect4"),
     (prog_names::PEERNAME4, "sock-peername4"),
     (prog_names::SENDMSG4, "sock-sendmsg4"),
     (prog_names::RECVMSG4, "sock-recvmsg4"),
+    (prog_names::CONNECT6, "sock-connect6"),
+    (prog_names::PEERNAME6, "sock-peername6"),
+    (prog_names::SENDMSG6, "sock-sendmsg6"),
+    (prog_names::RECVMSG6, "sock-recvmsg6"),
 ];
 
 /// The first cgroup2 mount point listed in `/proc/self/mountinfo`.
@@ -133,7 +136,7 @@ pub fn load(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Attaches both programs to `cgroup` and pins their links in place of any previous ones.
+/// Attaches the programs to `cgroup` and pins their links in place of any previous ones.
 pub fn attach(ebpf: &mut Ebpf, dir: &Path, cgroup: &Path) -> Result<(), LoadError> {
     let first = PROGRAMS[0].0;
     if !is_cgroup2(cgroup) {
