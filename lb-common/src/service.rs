@@ -1,7 +1,7 @@
 //! Frontends, backends and their lookup tables: keys and values of `xlb_services`,
 //! `xlb_backends`, `xlb_lut`, `xlb_svc_info`, `xlb_affinity` and `xlb_srcranges`.
 
-use crate::Ipv4;
+use crate::{Ipv4, Ipv6};
 
 /// IP protocol numbers the datapath handles.
 pub mod proto {
@@ -91,6 +91,19 @@ impl ServiceKey<Ipv4> {
             self.proto,
             self.scope,
         ]
+    }
+}
+
+impl ServiceKey<Ipv6> {
+    /// The key's bytes as `xlb_services6` holds them (what `bpftool map lookup ... key hex`
+    /// takes).
+    pub fn to_bytes(&self) -> [u8; 20] {
+        let mut b = [0u8; 20];
+        b[..16].copy_from_slice(&self.addr);
+        b[16..18].copy_from_slice(&self.port.to_ne_bytes());
+        b[18] = self.proto;
+        b[19] = self.scope;
+        b
     }
 }
 

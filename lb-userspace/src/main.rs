@@ -127,7 +127,7 @@ struct ConntrackArgs {
     backend: Option<String>,
     /// Only flows from this client address.
     #[arg(long)]
-    client: Option<Ipv4Addr>,
+    client: Option<std::net::IpAddr>,
     /// Include expired entries not yet evicted.
     #[arg(long)]
     all: bool,

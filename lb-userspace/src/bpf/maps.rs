@@ -54,6 +54,9 @@ pub enum MapsError {
     },
 }
 
+/// A conntrack entry and whether its flow is confirmed (`Maps::conntrack_tables`).
+pub type CtRow<A> = (CtKey<A>, CtValue<A>, bool);
+
 /// Every map, opened from its pin.
 pub struct Maps {
     pub dir: PathBuf,
@@ -445,16 +448,34 @@ impl Maps {
 
     /// All conntrack entries with whether their flow is confirmed (`xlb_ct`) or not yet
     /// answered (`xlb_ct_new`).
-    pub fn conntrack_tables(&self) -> Result<Vec<(CtKey, CtValue, bool)>, MapsError> {
+    pub fn conntrack_tables(&self) -> Result<Vec<CtRow<lb_common::Ipv4>>, MapsError> {
+        self.ct_tables(names::CONNTRACK, names::CT_NEW)
+    }
+
+    /// `conntrack_tables` of IPv6 (`xlb_ct6`, `xlb_ct6_new`); none when those maps are not
+    /// pinned.
+    pub fn conntrack6_tables(&self) -> Result<Vec<CtRow<Ipv6>>, MapsError> {
+        if self.v6.is_none() {
+            return Ok(Vec::new());
+        }
+        self.ct_tables(names::CONNTRACK6, names::CT_NEW6)
+    }
+
+    fn ct_tables<K: Copy, V: Copy>(
+        &self,
+        confirmed_map: &'static str,
+        new_map: &'static str,
+    ) -> Result<Vec<(K, V, bool)>, MapsError> {
         let mut out = Vec::new();
-        for (name, confirmed) in [(names::CONNTRACK, true), (names::CT_NEW, false)] {
+        for (name, confirmed) in [(confirmed_map, true), (new_map, false)] {
             self.walk(name, |k, v| {
-                if k.len() == size_of::<CtKey>() && v.len() == size_of::<CtValue>() {
-                    // SAFETY: lengths checked; both are plain #[repr(C)] integer structs.
+                if k.len() == size_of::<K>() && v.len() == size_of::<V>() {
+                    // SAFETY: lengths checked; both are plain #[repr(C)] integer structs
+                    // (every bit pattern is a value).
                     out.push(unsafe {
                         (
-                            std::ptr::read_unaligned(k.as_ptr().cast::<CtKey>()),
-                            std::ptr::read_unaligned(v.as_ptr().cast::<CtValue>()),
+                            std::ptr::read_unaligned(k.as_ptr().cast::<K>()),
+                            std::ptr::read_unaligned(v.as_ptr().cast::<V>()),
                             confirmed,
                         )
                     });

@@ -1,11 +1,16 @@
 //! `xlb backend list`, `xlb conntrack list`, `xlb stats`, `xlb maps`: read-only views of the
 //! pinned maps, each gathered into plain data, then rendered as a table or JSON.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
 
 use aya::maps::{MapData, MapInfo};
 use lb_common::{
-    backend_flags, counter, ct_dir, ct_flags, ct_state, drop_reason, map_names as names,
+    CtKey, CtValue, backend_flags, counter, ct_dir, ct_flags, ct_state, drop_reason,
+    map_names as names,
 };
 use serde::Serialize;
 
@@ -28,6 +33,8 @@ fn names_by_id(maps: &Maps) -> anyhow::Result<BTreeMap<u32, String>> {
 pub struct BackendRow {
     pub id: u32,
     pub address: String,
+    /// `xlb_backends`, or `xlb_backends6` for IPv6.
+    pub map: &'static str,
     pub service: String,
     pub service_id: u32,
     pub state: &'static str,
@@ -39,11 +46,16 @@ pub struct BackendRow {
 pub fn backends(maps: &Maps, format: Format) -> anyhow::Result<String> {
     let names = names_by_id(maps)?;
     let mut rows: Vec<BackendRow> = maps
-        .all_backends()?
+        .wide_backends()?
         .into_iter()
         .map(|(id, b)| BackendRow {
             id,
-            address: format!("{}:{}", Ipv4Addr::from(b.addr), b.port),
+            address: SocketAddr::new(crate::addr::ip(&b.addr), b.port).to_string(),
+            map: super::service::family_map(
+                crate::addr::ip(&b.addr),
+                names::BACKENDS,
+                names::BACKENDS6,
+            ),
             service: names
                 .get(&b.svc_id)
                 .cloned()
@@ -56,8 +68,11 @@ pub fn backends(maps: &Maps, format: Format) -> anyhow::Result<String> {
         .collect();
     rows.sort_by(|a, b| (&a.address, &a.service).cmp(&(&b.address, &b.service)));
     format.render(&rows, |style| {
-        let mut t = Table::new(&["BACKEND", "ID", "STATE", "LOCAL", "WEIGHT", "SERVICE"])
-            .wide(&["SERVICE-ID", "BPFTOOL KEY (xlb_backends)"]);
+        let mut t = Table::new(&["BACKEND", "ID", "STATE", "LOCAL", "WEIGHT", "SERVICE"]).wide(&[
+            "SERVICE-ID",
+            "MAP",
+            "BPFTOOL KEY",
+        ]);
         for r in &rows {
             t.row(vec![
                 r.address.clone(),
@@ -67,6 +82,7 @@ pub fn backends(maps: &Maps, format: Format) -> anyhow::Result<String> {
                 r.weight.to_string(),
                 r.service.clone(),
                 r.service_id.to_string(),
+                r.map.to_owned(),
                 hex_key(&r.id.to_ne_bytes()),
             ]);
         }
@@ -82,7 +98,7 @@ pub struct CtFilter {
     /// Backend `addr[:port]`.
     pub backend: Option<String>,
     /// Client address.
-    pub client: Option<Ipv4Addr>,
+    pub client: Option<IpAddr>,
     /// Show expired entries too.
     pub all: bool,
 }
@@ -101,6 +117,9 @@ pub struct FlowRow {
     /// Answered by its backend (in `xlb_ct`); false while only the client has spoken
     /// (`xlb_ct_new`).
     pub confirmed: bool,
+    /// The table holding it (`xlb_ct`, `xlb_ct_new`, or their IPv6 `xlb_ct6`, `xlb_ct6_new`).
+    #[serde(skip)]
+    pub map: &'static str,
     pub flags: Vec<&'static str>,
     pub age_seconds: u32,
     pub expires_in_seconds: i64,
@@ -131,64 +150,81 @@ fn flag_names(f: u8) -> Vec<&'static str> {
     v
 }
 
-/// `xlb conntrack list`.
+/// The listed row of a forward conntrack entry of either family, if `filter` keeps it.
+fn flow_row<A: Copy + Into<IpAddr>>(
+    k: &CtKey<A>,
+    v: &CtValue<A>,
+    confirmed: bool,
+    names: &BTreeMap<u32, String>,
+    filter: &CtFilter,
+    now: u32,
+) -> Option<FlowRow> {
+    if k.dir != ct_dir::FORWARD || (!filter.all && v.expires < now) {
+        return None;
+    }
+    let at = |a: A, port: u16| SocketAddr::new(a.into(), port).to_string();
+    let service = names
+        .get(&v.svc_id)
+        .cloned()
+        .unwrap_or_else(|| format!("#{}", v.svc_id));
+    let src = if v.flags & ct_flags::XLATE_SRC != 0 {
+        (v.nat_saddr, v.nat_sport)
+    } else {
+        (k.saddr, k.sport)
+    };
+    let backend = at(v.nat_daddr, v.nat_dport);
+    let backend_ip: IpAddr = v.nat_daddr.into();
+    if let Some(s) = &filter.service
+        && !service.contains(s.as_str())
+    {
+        return None;
+    }
+    if let Some(b) = &filter.backend
+        && !(backend == *b || backend_ip.to_string() == *b)
+    {
+        return None;
+    }
+    if let Some(c) = filter.client
+        && k.saddr.into() != c
+    {
+        return None;
+    }
+    let proto = crate::model::Protocol::from_number(k.proto)
+        .map_or_else(|| k.proto.to_string(), |p| p.to_string());
+    Some(FlowRow {
+        proto,
+        original: format!("{} -> {}", at(k.saddr, k.sport), at(k.daddr, k.dport)),
+        translated: format!("{} -> {backend}", at(src.0, src.1)),
+        service,
+        backend_id: v.backend_id,
+        state: state_name(v.state),
+        confirmed,
+        map: match (backend_ip.is_ipv4(), confirmed) {
+            (true, true) => names::CONNTRACK,
+            (true, false) => names::CT_NEW,
+            (false, true) => names::CONNTRACK6,
+            (false, false) => names::CT_NEW6,
+        },
+        flags: flag_names(v.flags),
+        age_seconds: now.saturating_sub(v.created),
+        expires_in_seconds: i64::from(v.expires) - i64::from(now),
+    })
+}
+
+/// `xlb conntrack list`: the flows of both families.
 pub fn conntrack(maps: &Maps, filter: &CtFilter, format: Format) -> anyhow::Result<String> {
     let names = names_by_id(maps)?;
     let now = crate::status::monotonic_secs();
-    let mut rows = Vec::new();
-    for (k, v, confirmed) in maps.conntrack_tables()? {
-        if k.dir != ct_dir::FORWARD {
-            continue;
-        }
-        if !filter.all && v.expires < now {
-            continue;
-        }
-        let service = names
-            .get(&v.svc_id)
-            .cloned()
-            .unwrap_or_else(|| format!("#{}", v.svc_id));
-        let src = if v.flags & ct_flags::XLATE_SRC != 0 {
-            (v.nat_saddr, v.nat_sport)
-        } else {
-            (k.saddr, k.sport)
-        };
-        let backend = format!("{}:{}", Ipv4Addr::from(v.nat_daddr), v.nat_dport);
-        if let Some(s) = &filter.service
-            && !service.contains(s.as_str())
-        {
-            continue;
-        }
-        if let Some(b) = &filter.backend
-            && !(backend == *b || backend.starts_with(&format!("{b}:")))
-        {
-            continue;
-        }
-        if let Some(c) = filter.client
-            && Ipv4Addr::from(k.saddr) != c
-        {
-            continue;
-        }
-        let proto = crate::model::Protocol::from_number(k.proto)
-            .map_or_else(|| k.proto.to_string(), |p| p.to_string());
-        rows.push(FlowRow {
-            proto,
-            original: format!(
-                "{}:{} -> {}:{}",
-                Ipv4Addr::from(k.saddr),
-                k.sport,
-                Ipv4Addr::from(k.daddr),
-                k.dport
-            ),
-            translated: format!("{}:{} -> {backend}", Ipv4Addr::from(src.0), src.1),
-            service,
-            backend_id: v.backend_id,
-            state: state_name(v.state),
-            confirmed,
-            flags: flag_names(v.flags),
-            age_seconds: now.saturating_sub(v.created),
-            expires_in_seconds: i64::from(v.expires) - i64::from(now),
-        });
-    }
+    let mut rows: Vec<FlowRow> = maps
+        .conntrack_tables()?
+        .iter()
+        .filter_map(|(k, v, c)| flow_row(k, v, *c, &names, filter, now))
+        .collect();
+    rows.extend(
+        maps.conntrack6_tables()?
+            .iter()
+            .filter_map(|(k, v, c)| flow_row(k, v, *c, &names, filter, now)),
+    );
     rows.sort_by(|a, b| (&a.service, &a.original).cmp(&(&b.service, &b.original)));
     format.render(&rows, |style| {
         let mut t = Table::new(&[
@@ -217,12 +253,7 @@ pub fn conntrack(maps: &Maps, filter: &CtFilter, format: Format) -> anyhow::Resu
                 r.service.clone(),
                 r.flags.join(","),
                 r.backend_id.to_string(),
-                if r.confirmed {
-                    names::CONNTRACK
-                } else {
-                    names::CT_NEW
-                }
-                .to_owned(),
+                r.map.to_owned(),
             ]);
         }
         let mut s = t.render(style);

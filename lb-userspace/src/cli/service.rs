@@ -1,9 +1,12 @@
 //! `xlb service list`: the programmed services, their frontends, backends and counters, read
 //! from the pinned maps (works with the agent stopped).
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+};
 
-use lb_common::{backend_flags, scope, svc_flags};
+use lb_common::{backend_flags, map_names, scope, svc_flags};
 use serde::Serialize;
 
 use super::{
@@ -12,6 +15,7 @@ use super::{
     table::{Style, Table},
 };
 use crate::{
+    addr,
     bpf::maps::{Maps, MapsError, backend_state, info_name},
     model::{FrontendKind, Protocol},
 };
@@ -32,7 +36,9 @@ pub fn scope_text(entry_scope: u8, flags: u16) -> &'static str {
 #[derive(Serialize, Debug, Clone)]
 pub struct FrontendView {
     pub address: String,
-    /// The frontend's key in `xlb_services`, as `bpftool map lookup ... key hex ...` takes it.
+    /// The map holding the frontend: `xlb_services`, or `xlb_services6` for IPv6.
+    pub map: &'static str,
+    /// The frontend's key in that map, as `bpftool map lookup ... key hex ...` takes it.
     pub bpftool_key: String,
     pub kind: String,
     pub scope: &'static str,
@@ -44,6 +50,8 @@ pub struct FrontendView {
 pub struct BackendView {
     pub id: u32,
     pub address: String,
+    /// The map holding the backend: `xlb_backends`, or `xlb_backends6` for IPv6.
+    pub map: &'static str,
     pub state: &'static str,
     pub local: bool,
     pub weight: u16,
@@ -74,10 +82,15 @@ pub struct ServiceView {
     pub traffic: TrafficView,
 }
 
-/// `address:port/PROTO` of a key.
-pub fn endpoint_text(addr: [u8; 4], port: u16, proto: u8) -> String {
+/// `address:port/PROTO` of a key (`[address]:port/PROTO` for IPv6).
+pub fn endpoint_text(addr: impl Into<IpAddr>, port: u16, proto: u8) -> String {
     let p = Protocol::from_number(proto).map_or_else(|| proto.to_string(), |p| p.to_string());
-    format!("{}:{port}/{p}", Ipv4Addr::from(addr))
+    format!("{}/{p}", SocketAddr::new(addr.into(), port))
+}
+
+/// The map of a family (`v4` or `v6`).
+pub fn family_map(ip: IpAddr, v4: &'static str, v6: &'static str) -> &'static str {
+    if ip.is_ipv4() { v4 } else { v6 }
 }
 
 /// Reads every service from the maps.
@@ -97,7 +110,7 @@ pub fn gather(maps: &Maps) -> Result<Vec<ServiceView>, MapsError> {
     for (id, info) in maps.infos()? {
         by_id.entry(id).or_insert_with(|| blank(id)).name = info_name(&info);
     }
-    for (k, v) in maps.frontends()? {
+    for (k, v) in maps.wide_frontends()? {
         let s = by_id.entry(v.svc_id).or_insert_with(|| blank(v.svc_id));
         s.algorithm = if v.algorithm == lb_common::algorithm::RANDOM {
             "random"
@@ -107,20 +120,25 @@ pub fn gather(maps: &Maps) -> Result<Vec<ServiceView>, MapsError> {
         s.session_affinity_seconds = v.affinity_timeout;
         s.external_traffic_local = v.flags & svc_flags::EXT_LOCAL != 0;
         s.table_slots = v.lut_size;
+        let ip = addr::ip(&k.addr);
         s.frontends.push(FrontendView {
-            address: endpoint_text(k.addr, k.port, k.proto),
-            bpftool_key: hex_key(&k.to_bytes()),
+            address: endpoint_text(ip, k.port, k.proto),
+            map: family_map(ip, map_names::SERVICES, map_names::SERVICES6),
+            bpftool_key: addr::narrow_key(&k)
+                .map_or_else(|| hex_key(&k.to_bytes()), |k4| hex_key(&k4.to_bytes())),
             kind: FrontendKind::from_code(v.kind)
                 .map_or_else(|| v.kind.to_string(), |k| k.to_string()),
             scope: scope_text(k.scope, v.flags),
             source_ranges: v.flags & svc_flags::SRC_RANGES != 0,
         });
     }
-    for (id, b) in maps.all_backends()? {
+    for (id, b) in maps.wide_backends()? {
         let s = by_id.entry(b.svc_id).or_insert_with(|| blank(b.svc_id));
+        let ip = addr::ip(&b.addr);
         s.backends.push(BackendView {
             id,
-            address: format!("{}:{}", Ipv4Addr::from(b.addr), b.port),
+            address: SocketAddr::new(ip, b.port).to_string(),
+            map: family_map(ip, map_names::BACKENDS, map_names::BACKENDS6),
             state: backend_state(b.flags),
             local: b.flags & backend_flags::LOCAL != 0,
             weight: b.weight,
@@ -177,19 +195,20 @@ pub fn render(services: &[ServiceView], style: Style) -> String {
             }
         ));
         let mut t = Table::new(&["  FRONTEND", "KIND", "SCOPE", "SOURCE-RANGES"])
-            .wide(&["BPFTOOL KEY (xlb_services)"]);
+            .wide(&["MAP", "BPFTOOL KEY"]);
         for f in &s.frontends {
             t.row(vec![
                 format!("  {}", f.address),
                 f.kind.clone(),
                 f.scope.to_owned(),
                 if f.source_ranges { "checked" } else { "-" }.to_owned(),
+                f.map.to_owned(),
                 f.bpftool_key.clone(),
             ]);
         }
         out.push_str(&t.render(style));
         let mut t = Table::new(&["  BACKEND", "ID", "STATE", "LOCAL", "WEIGHT"])
-            .wide(&["BPFTOOL KEY (xlb_backends)"]);
+            .wide(&["MAP", "BPFTOOL KEY"]);
         for b in &s.backends {
             t.row(vec![
                 format!("  {}", b.address),
@@ -197,6 +216,7 @@ pub fn render(services: &[ServiceView], style: Style) -> String {
                 b.state.to_owned(),
                 if b.local { "yes" } else { "no" }.to_owned(),
                 b.weight.to_string(),
+                b.map.to_owned(),
                 hex_key(&b.id.to_ne_bytes()),
             ]);
         }
@@ -210,19 +230,22 @@ pub fn render(services: &[ServiceView], style: Style) -> String {
     out
 }
 
-/// Whether `s` is what `filter` names: a frontend address (`VIP` or `VIP:PORT`), or a name as
-/// `NAME` (any namespace), `NAMESPACE/NAME`, `NAMESPACE/NAME:PORT` or the full name.
+/// Whether `s` is what `filter` names: a frontend address (`VIP`, `VIP:PORT`, `[VIP6]:PORT`),
+/// or a name as `NAME` (any namespace), `NAMESPACE/NAME`, `NAMESPACE/NAME:PORT` or the full
+/// name.
 fn matches(s: &ServiceView, filter: &str) -> bool {
-    if filter.parse::<Ipv4Addr>().is_ok() || filter.parse::<std::net::SocketAddrV4>().is_ok() {
-        let with_port = filter.contains(':');
-        return s.frontends.iter().any(|f| {
-            let (addr, _proto) = f.address.rsplit_once('/').unwrap_or((&f.address, ""));
-            if with_port {
-                addr == filter
-            } else {
-                addr.rsplit_once(':').is_some_and(|(ip, _)| ip == filter)
-            }
-        });
+    let frontend = |f: &FrontendView| {
+        let (a, _proto) = f.address.rsplit_once('/').unwrap_or((&f.address, ""));
+        a.parse::<SocketAddr>().ok()
+    };
+    if let Ok(ip) = filter.parse::<IpAddr>() {
+        return s
+            .frontends
+            .iter()
+            .any(|f| frontend(f).is_some_and(|a| a.ip() == ip));
+    }
+    if let Ok(sa) = filter.parse::<SocketAddr>() {
+        return s.frontends.iter().any(|f| frontend(f) == Some(sa));
     }
     // `namespace/name:port/PROTO`.
     let (full, port_proto) = s.name.rsplit_once(':').unwrap_or((&s.name, ""));
