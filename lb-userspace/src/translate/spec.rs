@@ -344,17 +344,6 @@ pub fn service_spec(svc: &Service) -> Checked<ServiceSpec> {
         .flatten()
         .enumerate()
     {
-        if r.contains(':') {
-            problems.push(
-                Problem::field(
-                    &object,
-                    format!("spec.loadBalancerSourceRanges[{i}]"),
-                    format!("{r}: IPv6 is not served (IPv4 datapath); ignored"),
-                )
-                .warning(),
-            );
-            continue;
-        }
         match IpNet::parse(r) {
             Some(n) => source_ranges.push(n),
             None => problems.push(Problem::field(

@@ -594,3 +594,90 @@ endpoints: [{addresses: [10.244.0.1]}]
         .count();
     assert_eq!(n, 2);
 }
+
+#[test]
+fn a_dual_stack_service_becomes_one_service_per_family_with_its_own_endpoints() {
+    let web = "
+metadata: {name: web, namespace: default}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10, 'fd00:96::10']
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+  externalIPs: ['2001:db8::5']
+  loadBalancerSourceRanges: [198.51.100.0/24, '2001:db8:1::/48']
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]
+status:
+  loadBalancer:
+    ingress: [{ip: 203.0.113.10}, {ip: '2001:db8::10'}]
+";
+    let v4 = "
+metadata: {name: web-4, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.244.0.1], nodeName: n1}]
+";
+    let v6 = "
+metadata: {name: web-6, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: ['fd00:244::1'], nodeName: n1}
+- {addresses: ['fd00:244::2'], nodeName: n2}
+";
+    let mut n = node();
+    n.node_ips.push("fd00:100::1".parse().unwrap());
+    let t = run_on(&[web], &[v4, v6], &n);
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    let four = &t.state.services["default/web:http/TCP"];
+    let six = &t.state.services["default/web:http/TCP (IPv6)"];
+    let addrs = |s: &crate::model::LbService| -> Vec<(String, FrontendKind)> {
+        s.frontends
+            .iter()
+            .map(|f| (f.addr.to_string(), f.kind))
+            .collect()
+    };
+    assert_eq!(
+        addrs(six),
+        [
+            ("fd00:96::10".to_owned(), FrontendKind::ClusterIp),
+            ("fd00:100::1".to_owned(), FrontendKind::NodePort),
+            ("2001:db8::10".to_owned(), FrontendKind::LoadBalancer),
+            ("2001:db8::5".to_owned(), FrontendKind::ExternalIp),
+        ]
+    );
+    assert!(
+        addrs(four).iter().all(|(a, _)| !a.contains(':')),
+        "{four:?}"
+    );
+    // Each family's endpoints and source ranges, nothing of the other.
+    let eps: Vec<String> = six.endpoints.iter().map(|e| e.addr.to_string()).collect();
+    assert_eq!(eps, ["fd00:244::1", "fd00:244::2"]);
+    assert_eq!(four.endpoints.len(), 1);
+    let ranges: Vec<String> = six.source_ranges.iter().map(ToString::to_string).collect();
+    assert_eq!(ranges, ["2001:db8:1::/48"]);
+    assert_eq!(four.source_ranges.len(), 1);
+
+    // A cluster IP of a family that spec.ipFamilies does not name, and two cluster IPs under
+    // SingleStack, are refused with their field.
+    for (spec, field) in [
+        (
+            "clusterIP: 10.96.0.10\n  clusterIPs: [10.96.0.10, 'fd00:96::10']\n  ipFamilies: [IPv4, IPv4]",
+            "spec.clusterIPs[1]",
+        ),
+        (
+            "clusterIP: 10.96.0.10\n  clusterIPs: [10.96.0.10, 'fd00:96::10']\n  ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: SingleStack",
+            "spec.clusterIPs",
+        ),
+    ] {
+        let yaml = format!(
+            "metadata: {{name: web, namespace: default}}\nspec:\n  {spec}\n  ports: [{{port: 80}}]\n"
+        );
+        let problems = service_spec(&svc(&yaml)).expect_err(&yaml);
+        assert!(
+            problems.iter().any(|p| p.field == field),
+            "{yaml}: expected {field}, got {problems:?}"
+        );
+    }
+}
