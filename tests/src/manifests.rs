@@ -1,6 +1,6 @@
 //! Kubernetes manifests for tests, as YAML text.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// One service port: (name, port, protocol, targetPort as written).
 pub struct Port<'a> {
@@ -50,7 +50,7 @@ pub fn service(name: &str, cluster_ip: Ipv4Addr, ports: &[Port<'_>], extra_spec:
 
 /// An endpoint: address, ready, serving, terminating, node name.
 pub struct Ep<'a> {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
@@ -59,9 +59,9 @@ pub struct Ep<'a> {
 
 impl<'a> Ep<'a> {
     /// A ready endpoint on `node`.
-    pub fn ready(addr: Ipv4Addr, node: &'a str) -> Self {
+    pub fn ready(addr: impl Into<IpAddr>, node: &'a str) -> Self {
         Self {
-            addr,
+            addr: addr.into(),
             ready: true,
             serving: true,
             terminating: false,
@@ -70,10 +70,16 @@ impl<'a> Ep<'a> {
     }
 }
 
-/// A `discovery.k8s.io/v1/EndpointSlice` for `service` with ports (name, port, protocol).
+/// A `discovery.k8s.io/v1/EndpointSlice` for `service` with ports (name, port, protocol); its
+/// `addressType` is the family of the first endpoint (IPv4 when there is none).
 pub fn slice(name: &str, service: &str, ports: &[(&str, u16, &str)], eps: &[Ep<'_>]) -> String {
+    let family = if eps.first().is_some_and(|e| e.addr.is_ipv6()) {
+        "IPv6"
+    } else {
+        "IPv4"
+    };
     let mut s = format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n"
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: {family}\nports:\n"
     );
     for (n, p, proto) in ports {
         s.push_str(&format!("- name: {n}\n  port: {p}\n  protocol: {proto}\n"));
@@ -89,6 +95,14 @@ pub fn slice(name: &str, service: &str, ports: &[(&str, u16, &str)], eps: &[Ep<'
         s = s.replace("endpoints:\n", "endpoints: []\n");
     }
     s
+}
+
+/// The `spec` lines that make a `service` dual-stack: `clusterIPs` (its `clusterIP` first, then
+/// `ipv6`), `ipFamilies` in that order, `RequireDualStack`.
+pub fn dual_stack_spec(cluster_ip: Ipv4Addr, ipv6: std::net::Ipv6Addr) -> String {
+    format!(
+        "  clusterIPs: [\"{cluster_ip}\", \"{ipv6}\"]\n  ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack\n"
+    )
 }
 
 /// Joins documents into one multi-document YAML text.

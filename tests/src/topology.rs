@@ -1,18 +1,24 @@
 //! Test topologies: a "node" namespace with "pod" namespaces attached by veth pairs
 //! (Calico-style /32 routes, pods route everything via 169.254.1.1 on their veth), and
-//! uplinks between nodes and external clients.
+//! uplinks between nodes and external clients. `Node::dual_stack` adds IPv6 the same way
+//! (/128 routes, pods route via `fe80::1`).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::netns::Netns;
 
 /// Gateway address every pod routes through (assigned to each node-side veth).
 pub const POD_GATEWAY: &str = "169.254.1.1";
 
-/// A pod: its namespace, address and the node-side device name.
+/// IPv6 gateway of every pod (on each node-side veth, as `POD_GATEWAY`).
+pub const POD_GATEWAY6: &str = "fe80::1";
+
+/// A pod: its namespace, addresses and the node-side device name.
 pub struct Pod {
     pub ns: Netns,
     pub ip: Ipv4Addr,
+    /// `fd00:10:244:<subnet>::<10+idx>`, configured by `Node::dual_stack`.
+    pub ip6: Ipv6Addr,
     pub host_if: String,
 }
 
@@ -65,8 +71,76 @@ impl Node {
         // Full checksums from this pod: its packets may meet XDP on another node's uplink
         // (real NICs deliver full checksums; veth from a local socket does not).
         ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
-        self.pods.push(Pod { ns, ip, host_if });
+        let ip6 = Ipv6Addr::new(
+            0xfd00,
+            0x10,
+            0x244,
+            self.subnet.into(),
+            0,
+            0,
+            0,
+            10 + u16::from(idx),
+        );
+        self.pods.push(Pod {
+            ns,
+            ip,
+            ip6,
+            host_if,
+        });
         self.pods.last().expect("just pushed")
+    }
+
+    /// The node's own IPv6 address (on `lo`, once `dual_stack` ran):
+    /// `fd00:10:100::<subnet>`.
+    pub fn ip6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0x10, 0x100, 0, 0, 0, 0, self.subnet.into())
+    }
+
+    /// Gives the node (`ip6`) and its pods (`Pod::ip6`) IPv6 addresses and routes, forwarding
+    /// on. Call after the pods are added.
+    pub fn dual_stack(&self) {
+        self.ns.sysctl("net.ipv6.conf.all.forwarding", "1");
+        self.ns.ip(&["link", "set", "lo", "up"]);
+        self.ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/128", self.ip6()),
+            "dev",
+            "lo",
+        ]);
+        for pod in &self.pods {
+            let gw = format!("{POD_GATEWAY6}/64");
+            self.ns
+                .ip(&["-6", "addr", "add", &gw, "dev", &pod.host_if, "nodad"]);
+            self.ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                &format!("{}/128", pod.ip6),
+                "dev",
+                &pod.host_if,
+            ]);
+            pod.ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/128", pod.ip6),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+            pod.ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                POD_GATEWAY6,
+                "dev",
+                "eth0",
+            ]);
+        }
     }
 }
 

@@ -207,9 +207,18 @@ fn read_reply(mut s: TcpStream, timeout: Duration) -> std::io::Result<Reply> {
     parse_reply(&text, peer)
 }
 
+/// The wildcard address of `to`'s family, port 0 (what a client binds before it sends to `to`).
+pub fn any_port(to: SocketAddr) -> SocketAddr {
+    if to.is_ipv6() {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+    }
+}
+
 /// One UDP request from an ephemeral port, retried up to `tries` times.
 pub fn udp_request(to: SocketAddr, timeout: Duration, tries: u32) -> std::io::Result<Reply> {
-    let s = UdpSocket::bind("0.0.0.0:0")?;
+    let s = UdpSocket::bind(any_port(to))?;
     s.set_read_timeout(Some(timeout))?;
     let mut buf = [0u8; 2048];
     let mut last = None;

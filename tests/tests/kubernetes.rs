@@ -51,7 +51,7 @@ fn node_object(name: &str, internal: Ipv4Addr, external: Option<Ipv4Addr>) -> St
 
 fn ep(addr: [u8; 4], node: &str, ready: bool, serving: bool, terminating: bool) -> Ep<'_> {
     Ep {
-        addr: Ipv4Addr::from(addr),
+        addr: Ipv4Addr::from(addr).into(),
         ready,
         serving,
         terminating,

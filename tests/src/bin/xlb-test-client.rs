@@ -13,12 +13,12 @@ use std::{
     time::Duration,
 };
 
-use xlb_tests::traffic::{tcp_request, udp_request};
+use xlb_tests::traffic::{any_port, tcp_request, udp_request};
 
 /// One request over the connected socket `s` (made by `connect` when None).
 fn connected_udp(s: &mut Option<UdpSocket>, to: SocketAddr) -> std::io::Result<String> {
     if s.is_none() {
-        let n = UdpSocket::bind("0.0.0.0:0")?;
+        let n = UdpSocket::bind(any_port(to))?;
         n.connect(to)?;
         n.set_read_timeout(Some(Duration::from_millis(500)))?;
         *s = Some(n);
@@ -40,7 +40,7 @@ fn connected_udp(s: &mut Option<UdpSocket>, to: SocketAddr) -> std::io::Result<S
 /// to `backend` on the same socket. `--udp-sendto-direct`: one unconnected socket sends to
 /// `to`, then to `backend`; prints `<to> <answer's source>` for each.
 fn redial(to: SocketAddr, backend: SocketAddr, connected: bool) -> std::io::Result<()> {
-    let s = UdpSocket::bind("0.0.0.0:0")?;
+    let s = UdpSocket::bind(any_port(to))?;
     s.set_read_timeout(Some(Duration::from_millis(500)))?;
     let mut buf = [0u8; 2048];
     for dial in [to, backend] {

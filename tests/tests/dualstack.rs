@@ -1,0 +1,231 @@
+//! Dual-stack Services through the real agent and real traffic: a node and pods with both
+//! families (`Node::dual_stack`), a Service with an IPv4 and an IPv6 ClusterIP and an
+//! EndpointSlice per family, the agent started as users start it (`ip netns exec`, default
+//! flags). Pods' packets are translated by tc in each family; the node's own processes (in the
+//! agent's cgroup) are translated at the socket: IPv6 connects and datagrams, and IPv4
+//! ClusterIPs dialled from IPv6 sockets as `::ffff:a.b.c.d`.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
+
+use xlb_tests::{
+    agent::{Agent, PinDir},
+    files::WorkDir,
+    manifests::{Ep, Port, docs, dual_stack_spec, service, slice},
+    netns::{require_root, unique_tag},
+    topology::Node,
+    traffic::{Reply, Servers, requests_from_cgroup, spread, tcp_requests, udp_requests},
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x10);
+const WEB6: &str = "default/web:http/TCP (IPv6)";
+const DNS6: &str = "default/dns:dns/UDP (IPv6)";
+
+/// Every reply came (no errors), from `from`, and the backends that served.
+fn served_from(what: &str, replies: &[std::io::Result<Reply>], from: SocketAddr) -> Vec<String> {
+    let s = spread(replies);
+    assert!(!s.contains_key("<error>"), "{what}: failures {s:?}");
+    for r in replies.iter().flatten() {
+        assert_eq!(
+            r.from, from,
+            "{what}: the answer's source is what was dialled"
+        );
+    }
+    s.into_keys().collect()
+}
+
+#[test]
+fn a_dual_stack_service_serves_each_family_on_packets_and_at_the_socket() {
+    require_root();
+    let tag = unique_tag();
+    let mut node = Node::new(&tag, "n1", 1);
+    for i in 0..=2 {
+        node.add_pod(i);
+    }
+    node.dual_stack();
+    let dir = WorkDir::new(&tag);
+    let mut servers = Servers::new();
+    // Each backend answers with its name and family, on both.
+    for (i, pod) in node.pods.iter().enumerate().skip(1) {
+        for (addr, fam) in [(IpAddr::V4(pod.ip), "4"), (IpAddr::V6(pod.ip6), "6")] {
+            let name = format!("b{i}v{fam}");
+            servers.tcp(&pod.ns, SocketAddr::new(addr, 8080), &name);
+            servers.udp(&pod.ns, SocketAddr::new(addr, 5353), &name);
+        }
+    }
+    let with = |pods: &[usize]| {
+        let eps = |v6: bool| -> Vec<Ep> {
+            pods.iter()
+                .map(|i| {
+                    let p = &node.pods[*i];
+                    let a = if v6 { IpAddr::V6(p.ip6) } else { p.ip.into() };
+                    Ep::ready(a, "n1")
+                })
+                .collect()
+        };
+        let spec = dual_stack_spec(VIP, VIP6);
+        docs(&[
+            service("web", VIP, &[Port::HTTP], &spec),
+            slice("web-4", "web", &[("http", 8080, "TCP")], &eps(false)),
+            slice("web-6", "web", &[("http", 8080, "TCP")], &eps(true)),
+            service("dns", VIP, &[Port::DNS], &spec),
+            slice("dns-4", "dns", &[("dns", 5353, "UDP")], &eps(false)),
+            slice("dns-6", "dns", &[("dns", 5353, "UDP")], &eps(true)),
+        ])
+    };
+    let path = dir.write("services.yaml", &with(&[1, 2]));
+    let pins = PinDir::new(&tag);
+    let mut agent = Agent::start_on_node(&node.ns, &pins, &path, "n1");
+    agent.wait_active("default/web:http/TCP", 2);
+    agent.wait_active(WEB6, 2);
+    agent.wait_active(DNS6, 2);
+    let (web, web6) = (SocketAddr::from((VIP, 80)), SocketAddr::from((VIP6, 80)));
+    let dns6 = SocketAddr::from((VIP6, 53));
+    let pod = &node.pods[0];
+
+    // A pod's packets, per family (tc): each family's backends only, replies from its VIP,
+    // the backend sees the pod's own address.
+    let v6 = tcp_requests(&pod.ns, web6, 40);
+    assert_eq!(
+        served_from("pod TCP v6", &v6, web6),
+        ["b1v6", "b2v6"],
+        "IPv6 clients reach the IPv6 backends, every one"
+    );
+    assert!(
+        v6.iter()
+            .flatten()
+            .all(|r| r.seen_from.ip() == IpAddr::V6(pod.ip6))
+    );
+    let v4 = tcp_requests(&pod.ns, web, 40);
+    assert_eq!(served_from("pod TCP v4", &v4, web), ["b1v4", "b2v4"]);
+    let u6 = udp_requests(&pod.ns, dns6, 40);
+    assert_eq!(served_from("pod UDP v6", &u6, dns6), ["b1v6", "b2v6"]);
+
+    // The CLI shows the IPv6 half as its own service, with its frontends, backends and flows,
+    // in IPv6 notation; an IPv6 address selects it.
+    let svc = agent.cli(&["service", "list", "fd00:10:96::10"]);
+    assert!(svc.contains(WEB6) && svc.contains(DNS6), "{svc}");
+    assert!(
+        !svc.contains("10.96.0.10:"),
+        "only the IPv6 frontends match: {svc}"
+    );
+    assert!(svc.contains("[fd00:10:96::10]:80/TCP"), "{svc}");
+    let b1 = SocketAddr::from((node.pods[1].ip6, 8080)).to_string();
+    assert!(svc.contains(&b1), "{svc}");
+    let wide = agent.cli(&["service", "list", "[fd00:10:96::10]:80", "-o", "wide"]);
+    assert!(
+        wide.contains("xlb_services6") && wide.contains("xlb_backends6"),
+        "{wide}"
+    );
+    let backends = agent.json(&["backend", "list"]);
+    let v6_rows = backends
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|r| r["map"] == "xlb_backends6")
+        .count();
+    assert_eq!(v6_rows, 4, "two IPv6 backends of each service: {backends}");
+    let flows = agent.json(&["conntrack", "list", "--client", &pod.ip6.to_string()]);
+    let flows = flows.as_array().expect("rows");
+    assert!(!flows.is_empty(), "the pod's IPv6 flows are listed");
+    assert!(
+        flows.iter().all(|f| f["original"]
+            .as_str()
+            .is_some_and(|o| o.starts_with(&format!("[{}]:", pod.ip6)))),
+        "{flows:?}"
+    );
+
+    // The node's own processes, in the agent's cgroup (socket-level): an IPv6 connect names the
+    // IPv6 ClusterIP in getpeername() while the backend sees the node's address.
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_xlb-test-client"));
+    let host = |mode: &str, to: SocketAddr, n| {
+        requests_from_cgroup(bin, mode, &node.ns, &pins.cgroup, to, n)
+    };
+    let before = agent.counter("sock_xlate");
+    let t6 = host("--tcp", web6, 40);
+    assert_eq!(served_from("host TCP v6", &t6, web6), ["b1v6", "b2v6"]);
+    assert!(
+        t6.iter()
+            .flatten()
+            .all(|r| r.seen_from.ip() == IpAddr::V6(node.ip6()))
+    );
+    assert_eq!(
+        agent.counter("sock_xlate") - before,
+        40,
+        "every connect translated at the socket"
+    );
+    // An IPv6 socket dialling the IPv4 ClusterIP as an IPv4-mapped address reaches an IPv4
+    // backend and keeps the mapped form in what it reports, over TCP and UDP.
+    let mapped = SocketAddr::new(IpAddr::V6(VIP.to_ipv6_mapped()), 80);
+    let m = host("--tcp", mapped, 20);
+    assert_eq!(served_from("host TCP mapped", &m, mapped), ["b1v4", "b2v4"]);
+    let mapped_dns = SocketAddr::new(IpAddr::V6(VIP.to_ipv6_mapped()), 53);
+    let m = host("--udp", mapped_dns, 20);
+    assert_eq!(
+        served_from("host UDP mapped", &m, mapped_dns),
+        ["b1v4", "b2v4"]
+    );
+    // IPv6 datagrams: unconnected (sendmsg6/recvmsg6) and connected (connect6).
+    let before = agent.counter("sock_xlate");
+    let u = host("--udp", dns6, 20);
+    assert_eq!(served_from("host UDP v6", &u, dns6), ["b1v6", "b2v6"]);
+    let c = host("--udp-connected", dns6, 10);
+    assert_eq!(
+        served_from("host connected UDP v6", &c, dns6).len(),
+        1,
+        "one connected socket, one backend"
+    );
+    assert!(agent.counter("sock_xlate") - before >= 21);
+
+    // A connected IPv6 socket on b1 while b1 leaves the Service (its pod still answers): the
+    // agent aborts the socket, and the client's reconnect reaches b2.
+    dir.write("services.yaml", &with(&[1]));
+    agent.wait_active(DNS6, 1);
+    let (replies, ()) = std::thread::scope(|s| {
+        let client = s.spawn(|| host("--udp-connected", dns6, 80));
+        std::thread::sleep(Duration::from_millis(1500));
+        dir.write("services.yaml", &with(&[2]));
+        agent.wait_active(DNS6, 1);
+        (client.join().expect("client"), ())
+    });
+    let names: Vec<String> = replies
+        .iter()
+        .map(|r| {
+            r.as_ref()
+                .map_or_else(|_| "<error>".to_owned(), |r| r.backend.clone())
+        })
+        .collect();
+    let first_b2 = names.iter().position(|n| n == "b2v6");
+    assert!(
+        names.first().is_some_and(|n| n == "b1v6") && first_b2.is_some(),
+        "the socket stayed on the gone backend: {names:?}"
+    );
+    let after = &names[first_b2.unwrap_or(0)..];
+    assert!(
+        after.iter().all(|n| n == "b2v6") && after.len() >= 10,
+        "after the reconnect only the live backend: {names:?}"
+    );
+    assert!(
+        agent.logs().contains("aborted host-network UDP sockets"),
+        "{}",
+        agent.logs()
+    );
+
+    // kill -9: the pinned datapath keeps serving both families (b2 only now); a new agent
+    // takes over.
+    agent.kill9();
+    let v6 = tcp_requests(&pod.ns, web6, 10);
+    assert_eq!(served_from("v6 with the agent gone", &v6, web6), ["b2v6"]);
+    let t6 = host("--tcp", web6, 10);
+    assert_eq!(served_from("host v6, agent gone", &t6, web6), ["b2v6"]);
+    let v4 = tcp_requests(&pod.ns, web, 10);
+    assert_eq!(served_from("v4 with the agent gone", &v4, web), ["b2v4"]);
+    agent.restart();
+    agent.wait_active(WEB6, 1);
+    let u6 = udp_requests(&pod.ns, dns6, 10);
+    assert_eq!(served_from("v6 after the restart", &u6, dns6), ["b2v6"]);
+    drop(servers);
+}
