@@ -270,18 +270,40 @@ fn translate_service(svc: &ServiceSpec, slices: &[&SliceSpec], node: &NodeContex
             .map(|a| fe(*a, port.port, FrontendKind::ClusterIp, false))
             .collect();
         let mut external_fes = Vec::new();
+        // As kube-proxy (one proxier per family): a Service is served in the families of its
+        // cluster IPs only, NodePorts on node addresses of those families.
+        let has_family = |a: &IpAddr| svc.cluster_ips.iter().any(|c| c.is_ipv4() == a.is_ipv4());
         if let Some(np) = port.node_port
             && svc.kind != ServiceType::ClusterIp
         {
-            for a in &node.node_ips {
+            for a in node.node_ips.iter().filter(|a| has_family(a)) {
                 external_fes.push(fe(*a, np, FrontendKind::NodePort, false));
             }
         }
+        let other_family = |field: &str, a: &IpAddr| {
+            Problem::field(
+                &svc.object(),
+                field,
+                format!("{a}: the Service has no cluster IP of its family: not programmed"),
+            )
+            .warning()
+        };
         let ranges = !svc.source_ranges.is_empty();
         for a in &svc.lb_ips {
+            if !has_family(a) {
+                push_once(
+                    &mut raw.problems,
+                    other_family("status.loadBalancer.ingress", a),
+                );
+                continue;
+            }
             external_fes.push(fe(*a, port.port, FrontendKind::LoadBalancer, ranges));
         }
         for a in &svc.external_ips {
+            if !has_family(a) {
+                push_once(&mut raw.problems, other_family("spec.externalIPs", a));
+                continue;
+            }
             if let Some(allowed) = &node.external_ip_cidrs
                 && !allowed.iter().any(|n| n.contains(*a))
             {
@@ -292,9 +314,7 @@ fn translate_service(svc: &ServiceSpec, slices: &[&SliceSpec], node: &NodeContex
                     format!("{a} is outside --external-ip-cidrs: not programmed"),
                 )
                 .warning();
-                if !raw.problems.contains(&p) {
-                    raw.problems.push(p);
-                }
+                push_once(&mut raw.problems, p);
                 continue;
             }
             external_fes.push(fe(*a, port.port, FrontendKind::ExternalIp, false));
@@ -369,6 +389,13 @@ fn translate_service(svc: &ServiceSpec, slices: &[&SliceSpec], node: &NodeContex
         ));
     }
     raw
+}
+
+/// Adds `p` unless it is there (one per object and field, not one per port).
+fn push_once(problems: &mut Vec<Problem>, p: Problem) {
+    if !problems.contains(&p) {
+        problems.push(p);
+    }
 }
 
 /// A backend set's frontends and endpoints of one address family each: a set with frontends

@@ -659,6 +659,37 @@ endpoints:
     assert_eq!(ranges, ["2001:db8:1::/48"]);
     assert_eq!(four.source_ranges.len(), 1);
 
+    // A single-stack IPv6 Service: its NodePort only on the node's IPv6 address, an IPv4
+    // externalIP not programmed (as kube-proxy, whose IPv4 proxier does not see the Service),
+    // with a warning naming the field.
+    let only6 = "
+metadata: {name: six, namespace: default}
+spec:
+  type: NodePort
+  clusterIP: 'fd00:96::20'
+  ipFamilies: [IPv6]
+  externalIPs: [203.0.113.5]
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30081}]
+";
+    let t = run_on(&[only6], &[], &n);
+    let names: Vec<&String> = t.state.services.keys().collect();
+    assert_eq!(names, ["default/six:http/TCP (IPv6)"]);
+    let six = &t.state.services["default/six:http/TCP (IPv6)"];
+    assert_eq!(
+        addrs(six),
+        [
+            ("fd00:96::20".to_owned(), FrontendKind::ClusterIp),
+            ("fd00:100::1".to_owned(), FrontendKind::NodePort),
+        ]
+    );
+    assert!(
+        t.problems
+            .iter()
+            .any(|p| p.field == "spec.externalIPs" && p.message.contains("203.0.113.5")),
+        "{:?}",
+        t.problems
+    );
+
     // A cluster IP of a family that spec.ipFamilies does not name, and two cluster IPs under
     // SingleStack, are refused with their field.
     for (spec, field) in [
