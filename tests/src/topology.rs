@@ -144,6 +144,16 @@ impl Node {
     }
 }
 
+/// IPv6 address of node `i` (0-based) on the shared segment (`Cluster::dual_stack`).
+pub fn node_ip6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x192, 0x168, 0x100, 0, 0, 0, 1 + i as u16)
+}
+
+/// IPv6 address of external client `c` (`Cluster::dual_stack`).
+pub fn client_ip6(c: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x192, 0x168, 0x100, 0, 0, 0, 0x100 + c as u16)
+}
+
 /// Address of node `i` (0-based) on the shared segment.
 pub fn node_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 168, 100, 1 + i as u8)
@@ -329,6 +339,40 @@ impl Cluster {
             }
         }
         c
+    }
+
+    /// IPv6 as well: `node_ip6` and `client_ip6` on the segment (a /64), every node and its
+    /// pods dual-stack (`Node::dual_stack`, call after the pods are added), each node's pods
+    /// (`fd00:10:244:<i+1>::/64`) routed from the other nodes.
+    pub fn dual_stack(&self) {
+        let on_segment = |ns: &Netns, a: Ipv6Addr| {
+            ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{a}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+        };
+        for (i, node) in self.nodes.iter().enumerate() {
+            node.dual_stack();
+            on_segment(&node.ns, node_ip6(i));
+            for (j, other) in self.nodes.iter().enumerate().filter(|(j, _)| *j != i) {
+                node.ns.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("fd00:10:244:{}::/64", other.subnet),
+                    "via",
+                    &node_ip6(j).to_string(),
+                ]);
+            }
+        }
+        for (c, (ns, _)) in self.clients.iter().enumerate() {
+            on_segment(ns, client_ip6(c));
+        }
     }
 
     /// Sends client `c`'s traffic for `prefix` through node `i`.

@@ -229,3 +229,137 @@ fn a_dual_stack_service_serves_each_family_on_packets_and_at_the_socket() {
     assert_eq!(served_from("v6 after the restart", &u6, dns6), ["b2v6"]);
     drop(servers);
 }
+
+/// A single-stack IPv6 Service of `kind` spec lines on `clusterIP`, port 80 → 8080 as
+/// `nodePort`, endpoints (pod, node name).
+fn v6_service(
+    name: &str,
+    cluster_ip: &str,
+    spec: &str,
+    node_port: u16,
+    eps: &[(Ipv6Addr, &str)],
+) -> String {
+    let mut s = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  clusterIP: \"{cluster_ip}\"\n  ipFamilies: [IPv6]\n{spec}  ports:\n  - {{name: http, port: 80, targetPort: 8080, nodePort: {node_port}}}\n"
+    );
+    let eps: Vec<Ep> = eps.iter().map(|(a, n)| Ep::ready(*a, n)).collect();
+    s.push_str("---\n");
+    s.push_str(&slice(
+        &format!("{name}-1"),
+        name,
+        &[("http", 8080, "TCP")],
+        &eps,
+    ));
+    s
+}
+
+#[test]
+fn ipv6_node_ports_from_outside_snat_to_the_node_and_local_policy_keeps_the_client() {
+    use xlb_tests::topology::{Cluster, client_ip6, node_ip, node_ip6};
+    require_root();
+    let tag = unique_tag();
+    let mut cluster = Cluster::new(&tag, 2, 1, &[]);
+    cluster.nodes[0].add_pod(1);
+    cluster.nodes[1].add_pod(1);
+    cluster.dual_stack();
+    let mut servers = Servers::new();
+    for node in &cluster.nodes {
+        let pod = &node.pods[0];
+        servers.tcp(
+            &pod.ns,
+            SocketAddr::from((pod.ip6, 8080)),
+            &format!("{}p1", node.name),
+        );
+    }
+    let (p1, p2) = (cluster.nodes[0].pods[0].ip6, cluster.nodes[1].pods[0].ip6);
+    let yaml = [
+        v6_service(
+            "np",
+            "fd00:96::1:1",
+            "  type: NodePort\n",
+            30080,
+            &[(p1, "n1"), (p2, "n2")],
+        ),
+        v6_service(
+            "local",
+            "fd00:96::1:2",
+            "  type: NodePort\n  externalTrafficPolicy: Local\n",
+            30081,
+            &[(p2, "n2")],
+        ),
+    ]
+    .join("---\n");
+    let dir = WorkDir::new(&tag);
+    let file = dir.write("services.yaml", &yaml);
+    let mut agents = Vec::new();
+    let mut pins = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let p = PinDir::new(&format!("{tag}-{}", node.name));
+        let ips = format!("{},{}", node_ip(i), node_ip6(i));
+        let args = [
+            "--services",
+            file.to_str().expect("utf-8"),
+            "--node-name",
+            &node.name,
+            "--node-ip",
+            &ips,
+            "--devices",
+            "eth0",
+            "--pod-devices",
+            "xp*",
+        ];
+        agents.push(Agent::start(&node.ns, &p, &args));
+        pins.push(p);
+    }
+    // (Node 2 holds the eTP=Local endpoint.)
+    for (i, a) in agents.iter().enumerate() {
+        a.wait_active("default/np:http/TCP (IPv6)", 2);
+        a.wait_active("default/local:http/TCP (local) (IPv6)", i);
+    }
+    let client = &cluster.clients[0].0;
+    let from = |to: SocketAddr, n| tcp_requests(client, to, n);
+
+    // NodePort on node 1, an endpoint on each node: the local one sees the client, the remote
+    // one node 1's IPv6 address (SNAT); every reply comes from the address dialled.
+    let to = SocketAddr::from((node_ip6(0), 30080));
+    let replies = from(to, 60);
+    assert_eq!(served_from("NodePort v6", &replies, to), ["n1p1", "n2p1"]);
+    for r in replies.iter().flatten() {
+        let expect = if r.backend == "n1p1" {
+            client_ip6(0)
+        } else {
+            node_ip6(0)
+        };
+        assert_eq!(
+            r.seen_from.ip(),
+            IpAddr::V6(expect),
+            "{} saw {}",
+            r.backend,
+            r.seen_from
+        );
+    }
+    // externalTrafficPolicy Local: through node 2 (its endpoint is there) the client's address
+    // is preserved; node 1 has none and drops.
+    let to = SocketAddr::from((node_ip6(1), 30081));
+    let replies = from(to, 20);
+    assert_eq!(served_from("eTP=Local v6", &replies, to), ["n2p1"]);
+    assert!(
+        replies
+            .iter()
+            .flatten()
+            .all(|r| r.seen_from.ip() == IpAddr::V6(client_ip6(0)))
+    );
+    let before = agents[0].counter("drop_no_local_backend");
+    let dropped = client.run(|| {
+        xlb_tests::traffic::tcp_request(
+            SocketAddr::from((node_ip6(0), 30081)),
+            Duration::from_millis(700),
+        )
+    });
+    assert!(
+        dropped.is_err(),
+        "node 1 forwarded without a local endpoint"
+    );
+    assert!(agents[0].counter("drop_no_local_backend") > before);
+    drop(servers);
+}
