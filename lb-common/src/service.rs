@@ -13,6 +13,8 @@ pub mod proto {
     pub const UDP: u8 = 17;
     /// SCTP.
     pub const SCTP: u8 = 132;
+    /// ICMPv6.
+    pub const ICMPV6: u8 = 58;
 }
 
 /// Frontend scope: which traffic a `ServiceKey` entry serves.

@@ -50,15 +50,6 @@ pub fn copy_ct<A: Family>(dst: *mut CtValue<A>, src: *const CtValue<A>) {
     }
 }
 
-/// A conntrack value read out of a map (see `copy_ct`).
-#[inline(always)]
-pub fn read_ct<A: Family>(src: *const CtValue<A>) -> CtValue<A> {
-    let mut v = core::mem::MaybeUninit::<CtValue<A>>::uninit();
-    copy_ct(v.as_mut_ptr(), src);
-    // SAFETY: every byte was written by `copy_ct`.
-    unsafe { v.assume_init() }
-}
-
 /// The packet's own 5-tuple as a key in direction `dir`.
 #[inline(always)]
 pub fn key<A: Family>(flow: &Flow<A>, dir: u8) -> CtKey<A> {
@@ -86,17 +77,6 @@ pub fn reversed_key<A: Family>(flow: &Flow<A>, dir: u8) -> CtKey<A> {
         dir,
         _pad: [0; 2],
     }
-}
-
-/// The entry of `key` in either table (confirmed flows first), copied.
-///
-/// Paths that keep a pointer into a table name the table statically rather than carrying a
-/// map pointer that may be either: the verifier cannot merge states holding different map
-/// pointers, and the new-flow path's states would double at every branch.
-#[inline(always)]
-pub fn get<A: Family>(key: &CtKey<A>) -> Option<CtValue<A>> {
-    let p = A::ct().get_ptr(key).or_else(|| A::ct_new().get_ptr(key))?;
-    Some(read_ct(p))
 }
 
 /// Timeout of a flow in `state`, in seconds.

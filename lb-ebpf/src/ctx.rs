@@ -80,13 +80,23 @@ pub trait Packet: Sized {
         old: u16,
         new: u16,
     ) -> Result<(), RewriteError>;
+    /// Replaces the IPv6 address at `off` (one quoted in an ICMPv6 error) and adjusts the
+    /// checksum at `csum_off` that covers it.
+    fn store16_fix(
+        &mut self,
+        off: usize,
+        csum_off: usize,
+        old: &Ipv6,
+        new: &Ipv6,
+    ) -> Result<(), RewriteError>;
     /// True for an aggregate (GSO) packet: the stack segments it on the way out.
     fn is_gso(&self) -> bool;
-    /// Replaces the packet by `hdr` (new IPv4 and ICMP headers, `ICMP_HDRS` bytes) followed by
-    /// its own first `Q` bytes from the IPv4 header on (tc only; XDP leaves errors to tc).
-    fn make_icmp_error<const Q: usize>(
+    /// Replaces the packet by `hdr` (new IP and ICMP headers: `ICMP_HDRS` bytes for IPv4,
+    /// `ICMP6_HDRS` for IPv6) followed by its own first `Q` bytes from the IP header on (tc
+    /// only; XDP leaves errors to tc).
+    fn make_icmp_error<const N: usize, const Q: usize>(
         &mut self,
-        hdr: &[u8; ICMP_HDRS],
+        hdr: &[u8; N],
     ) -> Result<(), RewriteError>;
 
     /// The IPv4 header's TTL.
@@ -162,6 +172,8 @@ fn words6(a: Ipv6) -> [u32; 4] {
 
 /// Bytes of the IPv4 and ICMP headers of an ICMP error.
 pub const ICMP_HDRS: usize = 28;
+/// Bytes of the IPv6 and ICMPv6 headers of an ICMPv6 error.
+pub const ICMP6_HDRS: usize = 48;
 
 /// Where the L4 header and its checksum are.
 #[derive(Clone, Copy)]
@@ -180,6 +192,8 @@ impl L4 {
         match self.proto {
             proto::TCP => Some(usize::from(self.off) + 16),
             proto::UDP => Some(usize::from(self.off) + 6),
+            // ICMPv6's checksum covers the pseudo-header (ICMPv4's does not).
+            proto::ICMPV6 => Some(usize::from(self.off) + 2),
             // SCTP's CRC32c does not cover the IP header; ICMP's checksum has no pseudo-header.
             _ => None,
         }
@@ -363,15 +377,38 @@ impl<const H: u8> Packet for TcPacket<H> {
     }
 
     #[inline(always)]
+    fn store16_fix(
+        &mut self,
+        off: usize,
+        csum_off: usize,
+        old: &Ipv6,
+        new: &Ipv6,
+    ) -> Result<(), RewriteError> {
+        // As in `set_addr6`: the difference straight from where the addresses are.
+        let from = core::ptr::from_ref(old).cast::<u32>().cast_mut();
+        let to = core::ptr::from_ref(new).cast::<u32>().cast_mut();
+        // SAFETY: two 16-byte buffers the helper only reads, of the sizes given.
+        let diff = unsafe { aya_ebpf::helpers::bpf_csum_diff(from, 16, to, 16, 0) };
+        if diff < 0 {
+            return Err(RewriteError);
+        }
+        // Size 0: `to` is the checksum difference itself.
+        self.ctx
+            .l3_csum_replace(csum_off, 0, diff as u64, 0)
+            .map_err(|_| RewriteError)?;
+        self.ctx.store(off, new, 0).map_err(|_| RewriteError)
+    }
+
+    #[inline(always)]
     fn is_gso(&self) -> bool {
         // SAFETY: the context pointer is valid for the program's run.
         unsafe { (*self.ctx.skb.skb).gso_size != 0 }
     }
 
     #[inline(always)]
-    fn make_icmp_error<const Q: usize>(
+    fn make_icmp_error<const N: usize, const Q: usize>(
         &mut self,
-        hdr: &[u8; ICMP_HDRS],
+        hdr: &[u8; N],
     ) -> Result<(), RewriteError> {
         // Keep the quoted bytes, then room for the new headers before them.
         // SAFETY: the context is the program's; the helper checks the length.
@@ -382,7 +419,7 @@ impl<const H: u8> Packet for TcPacket<H> {
             return Err(RewriteError);
         }
         self.ctx
-            .adjust_room(ICMP_HDRS as i32, BPF_ADJ_ROOM_MAC, 0)
+            .adjust_room(N as i32, BPF_ADJ_ROOM_MAC, 0)
             .map_err(|_| RewriteError)?;
         self.ctx.store(L3_OFF, hdr, 0).map_err(|_| RewriteError)
     }
@@ -537,14 +574,39 @@ impl Packet for XdpPacket {
     }
 
     #[inline(always)]
+    fn store16_fix(
+        &mut self,
+        off: usize,
+        csum_off: usize,
+        old: &Ipv6,
+        new: &Ipv6,
+    ) -> Result<(), RewriteError> {
+        let csum: *mut u16 = ptr_at(self, csum_off).ok_or(RewriteError)?;
+        let field: *mut Ipv6 = ptr_at(self, off).ok_or(RewriteError)?;
+        let (from, to) = (words6(*old), words6(*new));
+        // SAFETY: both pointers were bounds-checked by `ptr_at`.
+        unsafe {
+            let mut sum = csum.read_unaligned();
+            let mut i = 0;
+            while i < 4 {
+                sum = csum::replace4(sum, from[i], to[i]);
+                i += 1;
+            }
+            csum.write_unaligned(sum);
+            field.write_unaligned(*new);
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
     fn is_gso(&self) -> bool {
         false
     }
 
     #[inline(always)]
-    fn make_icmp_error<const Q: usize>(
+    fn make_icmp_error<const N: usize, const Q: usize>(
         &mut self,
-        _hdr: &[u8; ICMP_HDRS],
+        _hdr: &[u8; N],
     ) -> Result<(), RewriteError> {
         // XDP defers every packet that needs an error to tc.
         Err(RewriteError)

@@ -56,7 +56,19 @@ pub fn process<P: Packet + Staged>(pkt: &mut P) -> Verdict {
         }
         Ok(Parsed::Icmp(h)) => {
             let head = *h;
-            return to_stage(pkt, stage::ICMP, |s| s.icmp = head);
+            return to_stage(pkt, stage::ICMP, |s| {
+                s.icmp = head;
+                s.icmp_v6 = 0;
+            });
+        }
+        // As IPv6 flows: at tc.
+        Ok(Parsed::Icmp6(_)) if P::DEFERS => return Verdict::Pass,
+        Ok(Parsed::Icmp6(h)) => {
+            let head = *h;
+            return to_stage(pkt, stage::ICMP, |s| {
+                s.icmp6 = head;
+                s.icmp_v6 = 1;
+            });
         }
         Err(skip) => {
             count_skip(*skip);
@@ -257,6 +269,16 @@ pub fn icmp_stage<P: Packet + Staged>(pkt: &mut P) -> Verdict {
     let Some(s) = scratch() else {
         return Verdict::Pass;
     };
+    if s.icmp_v6 != 0 {
+        // (Never at XDP, which leaves ICMPv6 to tc.)
+        if P::DEFERS {
+            return Verdict::Pass;
+        }
+        let mut head = s.icmp6;
+        // Under 200 (see `parse::parse6`); the mask gives the verifier a bound back.
+        head.off &= 0xff;
+        return icmp::translate6(pkt, &head);
+    }
     let mut head = s.icmp;
     // At most 14 + 60; the mask gives the verifier that bound back (lost in scratch).
     head.off &= 0xff;
@@ -278,8 +300,6 @@ pub fn error_stage<P: Packet + Staged>(pkt: &mut P) -> Verdict {
 #[inline(always)]
 fn after_stage<P: Packet + Staged, A: Family>(pkt: &mut P, v: Verdict) -> Verdict {
     match v {
-        // ICMPv6 errors are not generated yet: the packet is dropped (its reason counted).
-        Verdict::Error { .. } if A::FAMILY != 4 => Verdict::Drop,
         Verdict::Error { mtu } => {
             to_stage(pkt, stage::ERROR, |s| s.error_mtu = mtu);
             Verdict::Drop

@@ -176,6 +176,9 @@ pub struct Scratch {
     pub flow6: crate::parse::Flow<Ipv6>,
     /// The ICMP header the entry program hands to the ICMP stage.
     pub icmp: crate::parse::IcmpHead,
+    /// The same for an ICMPv6 error; `icmp_v6` says which of the two the stage is given.
+    pub icmp6: crate::parse::IcmpHead<Ipv6>,
+    pub icmp_v6: u8,
     /// Conntrack keys a new flow works on: IPv6 ones here, off the stack (see
     /// `Family::FLOW_IN_SCRATCH`); the IPv4 ones are the trait's formality, never used.
     pub keys6: [CtKey<Ipv6>; 2],

@@ -75,9 +75,9 @@ impl<A> Flow<A> {
 
 /// The flow an ICMP error is about, as quoted in it (the quoted packet went the other way).
 #[derive(Clone, Copy)]
-pub struct Quoted {
-    pub saddr: Ipv4,
-    pub daddr: Ipv4,
+pub struct Quoted<A = Ipv4> {
+    pub saddr: A,
+    pub daddr: A,
     /// Host order.
     pub sport: u16,
     /// Host order.
@@ -85,31 +85,31 @@ pub struct Quoted {
     pub proto: u8,
 }
 
-/// An ICMP error (destination unreachable, time exceeded, parameter problem) and where the
-/// fields to translate are.
+/// An ICMP error (destination unreachable, time exceeded, parameter problem; ICMPv6 also
+/// packet too big) and where the fields to translate are.
 #[derive(Clone, Copy)]
-pub struct IcmpError {
-    pub saddr: Ipv4,
-    pub daddr: Ipv4,
+pub struct IcmpError<A = Ipv4> {
+    pub saddr: A,
+    pub daddr: A,
     /// Offset of the ICMP checksum.
     pub icmp_csum_off: usize,
-    /// Offset of the quoted IPv4 header.
+    /// Offset of the quoted IP header.
     pub inner_ip_off: usize,
     /// Offset of the quoted L4 header (its ports).
     pub inner_l4_off: usize,
-    pub quoted: Quoted,
-    /// IPv4 total length, host order.
+    pub quoted: Quoted<A>,
+    /// IP total length (IPv6: with the fixed header), host order.
     pub ip_len: u16,
 }
 
-/// An ICMP message's outer header, before its body is parsed (`icmp_error`).
+/// An ICMP message's outer header, before its body is parsed (`icmp_error`, `icmp_error6`).
 #[derive(Clone, Copy)]
-pub struct IcmpHead {
-    pub saddr: Ipv4,
-    pub daddr: Ipv4,
+pub struct IcmpHead<A = Ipv4> {
+    pub saddr: A,
+    pub daddr: A,
     /// Offset of the ICMP header.
     pub off: usize,
-    /// IPv4 total length, host order.
+    /// IP total length (IPv6: with the fixed header), host order.
     pub ip_len: u16,
 }
 
@@ -120,11 +120,16 @@ pub enum Parsed {
     Flow6(Flow<Ipv6>),
     /// ICMP: its body is parsed by the ICMP path (`icmp::translate`), off the common path.
     Icmp(IcmpHead),
+    /// An ICMPv6 error (never neighbour discovery or echo, which are not parsed as such).
+    Icmp6(IcmpHead<Ipv6>),
 }
 
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETER_PROBLEM: u8 = 12;
+/// ICMPv6 errors: destination unreachable, packet too big, time exceeded, parameter problem
+/// (types 1 to 4; informational messages, neighbour discovery among them, are 128 and up).
+const ICMP6_ERRORS: core::ops::RangeInclusive<u8> = 1..=4;
 
 /// Why a packet has no `Flow`.
 #[derive(Clone, Copy)]
@@ -316,7 +321,8 @@ fn ports_of<P: Packet>(
 }
 
 /// Parses an IPv6 packet: the fixed header, up to `IPV6_MAX_EXT` extension headers, the L4
-/// header. ICMPv6 (neighbour discovery among it) and fragments are left alone.
+/// header. ICMPv6 errors go to the ICMP path; other ICMPv6 (neighbour discovery among it) and
+/// fragments are left alone.
 #[inline(always)]
 fn parse6<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
     let ip: *const Ipv6Hdr = header(pkt, L3_OFF).ok_or(Skip::Malformed)?;
@@ -360,10 +366,25 @@ fn parse6<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
             return Err(Skip::OtherProto);
         }
     }
+    let ip_len = payload_len.saturating_add(IPV6_HDR as u16);
+    if next == proto::ICMPV6 {
+        // Type and code: a 1-byte read's bounds check compiles to a form the verifier does not
+        // take (`p >= end` instead of `p + 1 > end`).
+        let t: *const [u8; 2] = header(pkt, off).ok_or(Skip::Malformed)?;
+        // SAFETY: bounds-checked by `header`.
+        if !ICMP6_ERRORS.contains(&unsafe { (*t)[0] }) {
+            return Err(Skip::OtherProto);
+        }
+        return Ok(Parsed::Icmp6(IcmpHead {
+            saddr,
+            daddr,
+            off,
+            ip_len,
+        }));
+    }
     if !matches!(next, proto::TCP | proto::UDP | proto::SCTP) {
         return Err(Skip::OtherProto);
     }
-    let ip_len = payload_len.saturating_add(IPV6_HDR as u16);
     let (ports, flags, seq_end) = ports_of(pkt, next, off, (off - L3_OFF) as u32, ip_len)?;
     Ok(Parsed::Flow6(Flow {
         saddr,
@@ -434,5 +455,48 @@ pub fn icmp_error<P: Packet>(pkt: &mut P, head: &IcmpHead) -> Result<IcmpError, 
             proto: inner_proto,
         },
         ip_len,
+    })
+}
+
+/// Parses an ICMPv6 error (`Parsed::Icmp6`) and the IPv6 header it quotes; a quoted packet
+/// with extension headers is not translated.
+#[inline(always)]
+pub fn icmp_error6<P: Packet>(pkt: &mut P, head: &IcmpHead<Ipv6>) -> Result<IcmpError<Ipv6>, Skip> {
+    let icmp_off = head.off;
+    let inner_ip_off = icmp_off + 8;
+    let ip: *const Ipv6Hdr = header(pkt, inner_ip_off).ok_or(Skip::Malformed)?;
+    // SAFETY: bounds-checked by `header`.
+    let (ver, inner_proto, isaddr, idaddr) = unsafe {
+        (
+            (*ip).ver_tc_flow[0] >> 4,
+            (*ip).next,
+            (*ip).saddr,
+            (*ip).daddr,
+        )
+    };
+    if ver != 6 {
+        return Err(Skip::Malformed);
+    }
+    if !matches!(inner_proto, proto::TCP | proto::UDP | proto::SCTP) {
+        return Err(Skip::OtherProto);
+    }
+    let inner_l4_off = inner_ip_off + IPV6_HDR;
+    let ports: *const [u8; 4] = header(pkt, inner_l4_off).ok_or(Skip::Malformed)?;
+    // SAFETY: bounds-checked by `header`.
+    let ports = unsafe { *ports };
+    Ok(IcmpError {
+        saddr: head.saddr,
+        daddr: head.daddr,
+        icmp_csum_off: icmp_off + 2,
+        inner_ip_off,
+        inner_l4_off,
+        quoted: Quoted {
+            saddr: isaddr,
+            daddr: idaddr,
+            sport: u16::from_be_bytes([ports[0], ports[1]]),
+            dport: u16::from_be_bytes([ports[2], ports[3]]),
+            proto: inner_proto,
+        },
+        ip_len: head.ip_len,
     })
 }
