@@ -21,6 +21,10 @@ use xlb_tests::{
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x10);
+const CLOSED: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const CLOSED6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x11);
+const EMPTY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
+const EMPTY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x12);
 const WEB6: &str = "default/web:http/TCP (IPv6)";
 const DNS6: &str = "default/dns:dns/UDP (IPv6)";
 
@@ -56,6 +60,10 @@ fn a_dual_stack_service_serves_each_family_on_packets_and_at_the_socket() {
             servers.udp(&pod.ns, SocketAddr::new(addr, 5353), &name);
         }
     }
+    let closed_port = || Port {
+        target: "5999",
+        ..Port::DNS
+    };
     let with = |pods: &[usize]| {
         let eps = |v6: bool| -> Vec<Ep> {
             pods.iter()
@@ -74,6 +82,21 @@ fn a_dual_stack_service_serves_each_family_on_packets_and_at_the_socket() {
             service("dns", VIP, &[Port::DNS], &spec),
             slice("dns-4", "dns", &[("dns", 5353, "UDP")], &eps(false)),
             slice("dns-6", "dns", &[("dns", 5353, "UDP")], &eps(true)),
+            // Its backends' port 5999 is closed: they answer with ICMPv6 port unreachable.
+            service(
+                "closed",
+                CLOSED,
+                &[closed_port()],
+                &dual_stack_spec(CLOSED, CLOSED6),
+            ),
+            slice("closed-6", "closed", &[("dns", 5999, "UDP")], &eps(true)),
+            // No endpoints at all: xlb rejects, as kube-proxy does.
+            service(
+                "empty",
+                EMPTY,
+                &[Port::HTTP, Port::DNS],
+                &dual_stack_spec(EMPTY, EMPTY6),
+            ),
         ])
     };
     let path = dir.write("services.yaml", &with(&[1, 2]));
@@ -104,6 +127,44 @@ fn a_dual_stack_service_serves_each_family_on_packets_and_at_the_socket() {
     let u6 = udp_requests(&pod.ns, dns6, 40);
     assert_eq!(served_from("pod UDP v6", &u6, dns6), ["b1v6", "b2v6"]);
 
+    // ICMPv6 errors, both kinds: a backend's port unreachable reaches the client about the
+    // ClusterIP it dialled (checksums valid, or its kernel would drop it); a Service without
+    // endpoints is rejected by xlb itself, TCP and UDP. Each fails at once, not by timeout.
+    let refused = |to: SocketAddr, tcp: bool| {
+        pod.ns.run(move || {
+            let start = std::time::Instant::now();
+            let r = if tcp {
+                std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3)).map(drop)
+            } else {
+                let s = std::net::UdpSocket::bind("[::]:0").expect("bind");
+                s.connect(to).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(3)))
+                    .expect("timeout");
+                s.send(b"ping").expect("send");
+                s.recv(&mut [0u8; 64]).map(drop)
+            };
+            (r.map_err(|e| e.kind()), start.elapsed())
+        })
+    };
+    for (to, tcp) in [
+        (SocketAddr::from((CLOSED6, 53)), false),
+        (SocketAddr::from((EMPTY6, 53)), false),
+        (SocketAddr::from((EMPTY6, 80)), true),
+    ] {
+        let (r, took) = refused(to, tcp);
+        assert_eq!(
+            r,
+            Err(std::io::ErrorKind::ConnectionRefused),
+            "{to} tcp={tcp}"
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "{to}: refused after {took:?}"
+        );
+    }
+    assert!(agent.counter("icmp_xlate") >= 1);
+    assert!(agent.counter("icmp_sent") >= 2);
+
     // The CLI shows the IPv6 half as its own service, with its frontends, backends and flows,
     // in IPv6 notation; an IPv6 address selects it.
     let svc = agent.cli(&["service", "list", "fd00:10:96::10"]);
@@ -127,7 +188,10 @@ fn a_dual_stack_service_serves_each_family_on_packets_and_at_the_socket() {
         .iter()
         .filter(|r| r["map"] == "xlb_backends6")
         .count();
-    assert_eq!(v6_rows, 4, "two IPv6 backends of each service: {backends}");
+    assert_eq!(
+        v6_rows, 6,
+        "two IPv6 backends of web, dns, closed: {backends}"
+    );
     let flows = agent.json(&["conntrack", "list", "--client", &pod.ip6.to_string()]);
     let flows = flows.as_array().expect("rows");
     assert!(!flows.is_empty(), "the pod's IPv6 flows are listed");
