@@ -400,8 +400,8 @@ fn push_once(problems: &mut Vec<Problem>, p: Problem) {
 
 /// A backend set's frontends and endpoints of one address family each: a set with frontends
 /// of both (a dual-stack Service) becomes two, the IPv6 one named `… (IPv6)` (its own
-/// service id and table); endpoints reach only the frontends of their family, and source
-/// ranges apply to the clients of theirs.
+/// service id and table; a set of IPv6 frontends only keeps its name); endpoints reach only
+/// the frontends of their family, and source ranges apply to the clients of theirs.
 pub fn by_family(mut set: LbService) -> Vec<LbService> {
     let keep = |s: &mut LbService, v6: bool| {
         s.frontends.retain(|f| f.addr.is_ipv6() == v6);
@@ -410,8 +410,13 @@ pub fn by_family(mut set: LbService) -> Vec<LbService> {
     };
     let mut out = Vec::with_capacity(1);
     if set.frontends.iter().any(|f| f.addr.is_ipv6()) {
+        let both = set.frontends.iter().any(|f| f.addr.is_ipv4());
         let mut v6 = LbService {
-            name: format!("{} (IPv6)", set.name),
+            name: if both {
+                format!("{} (IPv6)", set.name)
+            } else {
+                set.name.clone()
+            },
             ..set.clone()
         };
         keep(&mut v6, true);

@@ -673,8 +673,8 @@ spec:
 ";
     let t = run_on(&[only6], &[], &n);
     let names: Vec<&String> = t.state.services.keys().collect();
-    assert_eq!(names, ["default/six:http/TCP (IPv6)"]);
-    let six = &t.state.services["default/six:http/TCP (IPv6)"];
+    assert_eq!(names, ["default/six:http/TCP"], "one family: no suffix");
+    let six = &t.state.services["default/six:http/TCP"];
     assert_eq!(
         addrs(six),
         [
