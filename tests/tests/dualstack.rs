@@ -377,8 +377,8 @@ fn ipv6_node_ports_from_outside_snat_to_the_node_and_local_policy_keeps_the_clie
     }
     // (Node 2 holds the eTP=Local endpoint.)
     for (i, a) in agents.iter().enumerate() {
-        a.wait_active("default/np:http/TCP (IPv6)", 2);
-        a.wait_active("default/local:http/TCP (local) (IPv6)", i);
+        a.wait_active("default/np:http/TCP", 2);
+        a.wait_active("default/local:http/TCP (local)", i);
     }
     let client = &cluster.clients[0].0;
     let from = |to: SocketAddr, n| tcp_requests(client, to, n);

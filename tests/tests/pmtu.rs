@@ -2,11 +2,12 @@
 //! the balancer node (standalone, routed: the client's address preserved) and a backend pod,
 //! with an MTU smaller than the ends' on either side. Bulk TCP must complete both ways
 //! (path-MTU discovery through the balancer), and a UDP datagram larger than the MTU must
-//! arrive whole both ways (fragments translated).
+//! arrive whole both ways (fragments translated). Bulk TCP over IPv6 too (ICMPv6 packet too
+//! big, translated and sent by the balancer).
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     time::Duration,
 };
 
@@ -19,6 +20,7 @@ use xlb_tests::{
 
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 50);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 2);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x50, 0, 0, 0, 0, 0x50);
 const SMALL: &str = "1280";
 
 struct Bed {
@@ -30,7 +32,8 @@ struct Bed {
     _dir: WorkDir,
 }
 
-/// client (10.10.1.2) — router — node (10.10.2.2, xlb on eth0) — pod 10.244.1.11.
+/// client (10.10.1.2, fd00:10:10:1::2) — router — node (10.10.2.2, fd00:10:10:2::2, xlb on
+/// eth0) — pod 10.244.1.11 (`Pod::ip6`).
 fn bed() -> Bed {
     require_root();
     let tag = unique_tag();
@@ -38,12 +41,19 @@ fn bed() -> Bed {
     let router = Netns::new(&format!("xlbt-{tag}-rt"));
     let mut node = Node::new(&tag, "n1", 1);
     node.add_pod(1);
+    node.dual_stack();
     let link = |a: &Netns, an: &str, b: &Netns, bn: &str, a_ip: &str, b_ip: &str| {
         a.ip(&[
             "link", "add", an, "type", "veth", "peer", "name", bn, "netns", &b.name,
         ]);
         a.ip(&["addr", "add", a_ip, "dev", an]);
         b.ip(&["addr", "add", b_ip, "dev", bn]);
+        // The same link's IPv6 addresses: fd00:<the IPv4 /24's third octets>::<last octet>.
+        for (ns, dev, ip) in [(a, an, a_ip), (b, bn, b_ip)] {
+            let o: Vec<&str> = ip.trim_end_matches("/24").split('.').collect();
+            let v6 = format!("fd00:{}:{}:{}::{}/64", o[0], o[1], o[2], o[3]);
+            ns.ip(&["-6", "addr", "add", &v6, "dev", dev, "nodad"]);
+        }
         a.ip(&["link", "set", an, "up"]);
         b.ip(&["link", "set", bn, "up"]);
         for (ns, dev) in [(a, an), (b, bn)] {
@@ -68,16 +78,35 @@ fn bed() -> Bed {
         "10.10.2.2/24",
     );
     router.sysctl("net.ipv4.ip_forward", "1");
+    router.sysctl("net.ipv6.conf.all.forwarding", "1");
     client.ip(&["route", "add", "default", "via", "10.10.1.1"]);
+    client.ip(&["-6", "route", "add", "default", "via", "fd00:10:10:1::1"]);
     router.ip(&["route", "add", &format!("{VIP}/32"), "via", "10.10.2.2"]);
+    router.ip(&[
+        "-6",
+        "route",
+        "add",
+        &format!("{VIP6}/128"),
+        "via",
+        "fd00:10:10:2::2",
+    ]);
     node.ns
         .ip(&["route", "add", "10.10.1.0/24", "via", "10.10.2.1"]);
+    node.ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "fd00:10:10:1::/64",
+        "via",
+        "fd00:10:10:2::1",
+    ]);
     client.sysctl("net.ipv4.tcp_max_tw_buckets", "0");
     let dir = WorkDir::new(&tag);
     dir.write(
         "svc.yaml",
         &format!(
-            "services:\n  - name: bulk\n    frontend: {VIP}:80/tcp\n    clientIP: preserve\n    backends: [10.244.1.11:8080]\n  - name: big\n    frontend: {VIP}:53/udp\n    clientIP: preserve\n    backends: [10.244.1.11:5353]\n"
+            "services:\n  - name: bulk\n    frontend: {VIP}:80/tcp\n    clientIP: preserve\n    backends: [10.244.1.11:8080]\n  - name: big\n    frontend: {VIP}:53/udp\n    clientIP: preserve\n    backends: [10.244.1.11:5353]\n  - name: bulk6\n    frontend: \"[{VIP6}]:80/tcp\"\n    clientIP: preserve\n    backends: [\"[{}]:8080\"]\n",
+            node.pods[0].ip6
         ),
     );
     let pins = PinDir::new(&tag);
@@ -92,10 +121,11 @@ fn bed() -> Bed {
             "--pod-devices",
             "xp*",
             "--node-ip",
-            "10.10.2.2",
+            "10.10.2.2,fd00:10:10:2::2",
         ],
     );
     agent.wait_active("bulk", 1);
+    agent.wait_active("bulk6", 1);
     agent.wait_active("big", 1);
     Bed {
         client,
@@ -107,10 +137,11 @@ fn bed() -> Bed {
     }
 }
 
-/// A backend answering "get N" with N bytes and "put N" (then N bytes) with "ok N".
-fn serve_bulk(pod: &Netns) -> std::thread::JoinHandle<()> {
-    pod.spawn(|| {
-        let l = TcpListener::bind("10.244.1.11:8080").expect("bind");
+/// A backend on `addr`:8080 answering "get N" with N bytes and "put N" (then N bytes) with
+/// "ok N".
+fn serve_bulk(pod: &Netns, addr: IpAddr) -> std::thread::JoinHandle<()> {
+    pod.spawn(move || {
+        let l = TcpListener::bind(SocketAddr::new(addr, 8080)).expect("bind");
         l.set_nonblocking(false).ok();
         {
             let Ok((mut s, _)) = l.accept() else { return };
@@ -143,11 +174,11 @@ fn serve_bulk(pod: &Netns) -> std::thread::JoinHandle<()> {
     })
 }
 
-/// Runs one bulk exchange from the client; returns bytes received (get) or acknowledged (put).
-fn exchange(client: &Netns, op: &'static str, n: usize) -> std::io::Result<usize> {
+/// Runs one bulk exchange from the client to `vip`:80; returns bytes received (get) or
+/// acknowledged (put).
+fn exchange(client: &Netns, vip: IpAddr, op: &'static str, n: usize) -> std::io::Result<usize> {
     client.run(move || {
-        let mut s =
-            TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), Duration::from_secs(3))?;
+        let mut s = TcpStream::connect_timeout(&SocketAddr::new(vip, 80), Duration::from_secs(3))?;
         s.set_read_timeout(Some(Duration::from_secs(15)))?;
         s.set_write_timeout(Some(Duration::from_secs(15)))?;
         s.write_all(format!("{op} {n}\n").as_bytes())?;
@@ -178,15 +209,24 @@ const N: usize = 2_000_000;
 // Each direction on a bed of its own: an end that learned the path MTU once advertises a
 // smaller MSS from then on, and the other direction would never need the balancer's help.
 
-#[test]
-fn a_bulk_download_finds_the_path_mtu_past_the_balancer() {
+/// The pod's address of `vip`'s family.
+fn backend(b: &Bed, vip: IpAddr) -> IpAddr {
+    let pod = &b.node.pods[0];
+    if vip.is_ipv4() {
+        pod.ip.into()
+    } else {
+        pod.ip6.into()
+    }
+}
+
+/// A router between the balancer and the client has a smaller MTU on its client side than
+/// either end. It answers the backend's full-size segments (sent from the VIP) with
+/// fragmentation needed / packet too big, which the balancer hands to the backend.
+fn download(vip: IpAddr) {
     let b = bed();
-    let server = serve_bulk(&b.node.pods[0].ns);
-    // A router between the balancer and the client has a smaller MTU on its client side than
-    // either end. It answers the backend's full-size segments (sent from the VIP) with
-    // fragmentation needed, which the balancer hands to the backend.
+    let server = serve_bulk(&b.node.pods[0].ns, backend(&b, vip));
     b.router.ip(&["link", "set", "c0", "mtu", SMALL]);
-    let got = exchange(&b.client, "get", N).expect("download through a smaller MTU stalled");
+    let got = exchange(&b.client, vip, "get", N).expect("download through a smaller MTU stalled");
     assert_eq!(got, N);
     assert!(
         b.agent.counter("icmp_xlate") >= 1,
@@ -195,18 +235,37 @@ fn a_bulk_download_finds_the_path_mtu_past_the_balancer() {
     drop(server);
 }
 
-#[test]
-fn a_bulk_upload_finds_the_balancers_smaller_next_hop_mtu() {
+/// The balancer's own next hop to the backend has the smaller MTU: it answers the client's
+/// full-size segments itself with fragmentation needed / packet too big, from the VIP.
+fn upload(vip: IpAddr) {
     let b = bed();
-    let server = serve_bulk(&b.node.pods[0].ns);
-    // The balancer's own next hop to the backend has the smaller MTU: it answers the client's
-    // full-size segments itself with fragmentation needed, from the VIP.
+    let server = serve_bulk(&b.node.pods[0].ns, backend(&b, vip));
     b.node.ns.ip(&["link", "set", "xp1", "mtu", SMALL]);
-    let acked = exchange(&b.client, "put", N).expect("upload through a smaller MTU stalled");
+    let acked = exchange(&b.client, vip, "put", N).expect("upload through a smaller MTU stalled");
     assert_eq!(acked, N);
     assert!(b.agent.counter("drop_frag_needed") >= 1);
     assert!(b.agent.counter("icmp_sent") >= 1);
     drop(server);
+}
+
+#[test]
+fn a_bulk_download_finds_the_path_mtu_past_the_balancer() {
+    download(VIP.into());
+}
+
+#[test]
+fn a_bulk_upload_finds_the_balancers_smaller_next_hop_mtu() {
+    upload(VIP.into());
+}
+
+#[test]
+fn an_ipv6_bulk_download_gets_the_routers_packet_too_big_to_the_backend() {
+    download(VIP6.into());
+}
+
+#[test]
+fn an_ipv6_bulk_upload_gets_packet_too_big_from_the_balancer() {
+    upload(VIP6.into());
 }
 
 #[test]
