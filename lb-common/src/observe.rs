@@ -226,7 +226,7 @@ pub struct Event {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Trace {
-    /// Set when the packet parsed as IPv4 TCP/UDP/SCTP/ICMP.
+    /// Set when the packet parsed as IPv4 or IPv6 TCP/UDP/SCTP, or ICMP.
     pub parsed: u8,
     /// `scope::*` of the frontend entry that matched, 0xff when none.
     pub scope: u8,

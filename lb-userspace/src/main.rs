@@ -1,11 +1,6 @@
 //! `xlb`: the agent and the operator CLI in one binary.
 
-use std::{
-    net::{Ipv4Addr, SocketAddrV4},
-    path::PathBuf,
-    process::ExitCode,
-    time::Duration,
-};
+use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
@@ -140,12 +135,13 @@ struct ExplainArgs {
     /// Protocol of the packet.
     #[arg(long, value_parser = parse_proto, default_value = "tcp")]
     proto: Protocol,
-    /// Source IP or IP:PORT (without a port: 40000; the port only feeds the backend hash).
+    /// Source IP or IP:PORT, [IPv6]:PORT (without a port: 40000; the port only feeds the
+    /// backend hash).
     #[arg(long, value_parser = parse_src)]
-    src: SocketAddrV4,
-    /// Destination IP:PORT.
+    src: std::net::SocketAddr,
+    /// Destination IP:PORT or [IPv6]:PORT (of the source's family).
     #[arg(long)]
-    dst: SocketAddrV4,
+    dst: std::net::SocketAddr,
     /// Device the packet arrives on (decides the hook: an uplink runs XDP then tc, a pod device
     /// tc). Default: the first attached pod device.
     #[arg(long)]
@@ -182,12 +178,12 @@ struct MonitorArgs {
     duration: Option<f64>,
 }
 
-fn parse_src(s: &str) -> Result<SocketAddrV4, String> {
-    if let Ok(ip) = s.parse::<Ipv4Addr>() {
-        return Ok(SocketAddrV4::new(ip, EXPLAIN_SRC_PORT));
+fn parse_src(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, EXPLAIN_SRC_PORT));
     }
     s.parse()
-        .map_err(|_| format!("{s:?} is not IP or IP:PORT (IPv4)"))
+        .map_err(|_| format!("{s:?} is not IP, IP:PORT or [IPv6]:PORT"))
 }
 
 /// Source port of `xlb explain --src IP`.

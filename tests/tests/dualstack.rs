@@ -202,6 +202,47 @@ fn a_dual_stack_service_serves_each_family_on_packets_and_at_the_socket() {
         "{flows:?}"
     );
 
+    // explain, IPv6: a new flow is a Maglev pick of an IPv6 backend, without creating a flow;
+    // a Service without endpoints is rejected with ICMPv6 port unreachable.
+    let explain = |src: &str, dst: &str| {
+        agent.json(&["explain", "--device", "xp0", "--src", src, "--dst", dst])
+    };
+    let src = pod.ip6.to_string();
+    let ct_new = agent.counter("ct_new");
+    let x = explain(&src, "[fd00:10:96::10]:80");
+    let step = &x["steps"][0];
+    assert_eq!(step["frontend"], "[fd00:10:96::10]:80/TCP", "{x}");
+    assert_eq!(step["service"], WEB6, "{x}");
+    assert!(
+        step["decision"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("new flow: Maglev")),
+        "{x}"
+    );
+    let chosen = step["backend"].as_str().expect("backend").to_owned();
+    let b6 = [1, 2].map(|i| SocketAddr::from((node.pods[i].ip6, 8080)).to_string());
+    assert!(b6.contains(&chosen), "{chosen} is not an IPv6 backend");
+    assert_eq!(
+        step["packet_after"],
+        format!("TCP [{src}]:40000 -> {chosen}"),
+        "{x}"
+    );
+    assert_eq!(
+        agent.counter("ct_new"),
+        ct_new,
+        "explain must not create flows"
+    );
+    let x = explain(&src, "[fd00:10:96::12]:80");
+    assert_eq!(
+        x["steps"][0]["packet_after"],
+        format!("ICMPv6 port unreachable {EMPTY6} -> {src}"),
+        "{x}"
+    );
+    let mixed = agent.cli_output(&["explain", "--src", &src, "--dst", "10.96.0.10:80"]);
+    let err = String::from_utf8_lossy(&mixed.stderr);
+    assert!(!mixed.status.success());
+    assert!(err.contains("different address families"), "{err}");
+
     // The node's own processes, in the agent's cgroup (socket-level): an IPv6 connect names the
     // IPv6 ClusterIP in getpeername() while the backend sees the node's address.
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_xlb-test-client"));

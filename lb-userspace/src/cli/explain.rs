@@ -5,7 +5,7 @@
 
 use std::{
     ffi::CString,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
 };
 
@@ -33,8 +33,9 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct Request {
     pub proto: Protocol,
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    /// Source and destination, of one family.
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
     /// Device the packet arrives on; decides the hook. Default: the first pod device.
     pub device: Option<String>,
     /// TCP: send a plain ACK (a packet of an established connection) instead of a SYN.
@@ -87,33 +88,59 @@ fn ifname(index: u32) -> String {
         .into_owned()
 }
 
-/// An Ethernet/IPv4/TCP-or-UDP packet with valid checksums.
+/// An Ethernet/IPv4-or-IPv6/TCP-UDP-SCTP packet with valid checksums.
 fn build(req: &Request) -> Vec<u8> {
     use lb_common::csum;
     let (proto, l4len) = match req.proto {
         Protocol::Udp => (17u8, 8usize),
         _ => (if req.proto == Protocol::Sctp { 132 } else { 6 }, 20),
     };
-    let mut p = vec![0u8; 14 + 20 + l4len];
-    p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut p[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((20 + l4len) as u16).to_be_bytes());
-    ip[6] = 0x40;
-    ip[8] = 64;
-    ip[9] = proto;
-    ip[12..16].copy_from_slice(&req.src.ip().octets());
-    ip[16..20].copy_from_slice(&req.dst.ip().octets());
-    let c = !csum::fold(csum::sum_be(ip, 0));
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let l4 = &mut p[34..];
+    let (mut p, l4_off, pseudo) = match (req.src.ip(), req.dst.ip()) {
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            let mut p = vec![0u8; 14 + 40 + l4len];
+            p[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+            let ip = &mut p[14..54];
+            ip[0] = 0x60;
+            ip[4..6].copy_from_slice(&(l4len as u16).to_be_bytes());
+            ip[6] = proto;
+            ip[7] = 64;
+            ip[8..24].copy_from_slice(&src.octets());
+            ip[24..40].copy_from_slice(&dst.octets());
+            let mut pseudo = Vec::new();
+            pseudo.extend_from_slice(&src.octets());
+            pseudo.extend_from_slice(&dst.octets());
+            pseudo.extend_from_slice(&(l4len as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, proto]);
+            (p, 54, pseudo)
+        }
+        (src, dst) => {
+            let octets = |a: IpAddr| match a {
+                IpAddr::V4(a) => a.octets(),
+                IpAddr::V6(_) => [0; 4],
+            };
+            let mut p = vec![0u8; 14 + 20 + l4len];
+            p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+            let ip = &mut p[14..34];
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&((20 + l4len) as u16).to_be_bytes());
+            ip[6] = 0x40;
+            ip[8] = 64;
+            ip[9] = proto;
+            ip[12..16].copy_from_slice(&octets(src));
+            ip[16..20].copy_from_slice(&octets(dst));
+            let c = !csum::fold(csum::sum_be(ip, 0));
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            let mut pseudo = Vec::new();
+            pseudo.extend_from_slice(&octets(src));
+            pseudo.extend_from_slice(&octets(dst));
+            pseudo.extend_from_slice(&[0, proto]);
+            pseudo.extend_from_slice(&(l4len as u16).to_be_bytes());
+            (p, 34, pseudo)
+        }
+    };
+    let l4 = &mut p[l4_off..];
     l4[0..2].copy_from_slice(&req.src.port().to_be_bytes());
     l4[2..4].copy_from_slice(&req.dst.port().to_be_bytes());
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&req.src.ip().octets());
-    pseudo.extend_from_slice(&req.dst.ip().octets());
-    pseudo.extend_from_slice(&[0, proto]);
-    pseudo.extend_from_slice(&(l4len as u16).to_be_bytes());
     match proto {
         6 => {
             l4[12] = 5 << 4;
@@ -132,28 +159,65 @@ fn build(req: &Request) -> Vec<u8> {
     p
 }
 
-fn describe(p: &[u8]) -> String {
-    if p.len() < 38 {
-        return format!("{} bytes", p.len());
+/// A packet's addresses, protocol and where its L4 header starts (IPv4 or IPv6 without
+/// extension headers, as `build` and the errors the datapath sends make them).
+fn headers(p: &[u8]) -> Option<(IpAddr, IpAddr, u8, usize)> {
+    match u16::from_be_bytes([*p.get(12)?, *p.get(13)?]) {
+        0x0800 if p.len() >= 34 => Some((
+            Ipv4Addr::new(p[26], p[27], p[28], p[29]).into(),
+            Ipv4Addr::new(p[30], p[31], p[32], p[33]).into(),
+            p[23],
+            34,
+        )),
+        0x86dd if p.len() >= 54 => {
+            let a = |o: usize| -> IpAddr {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(&p[o..o + 16]);
+                Ipv6Addr::from(b).into()
+            };
+            Some((a(22), a(38), p[20], 54))
+        }
+        _ => None,
     }
-    let src = Ipv4Addr::new(p[26], p[27], p[28], p[29]);
-    let dst = Ipv4Addr::new(p[30], p[31], p[32], p[33]);
-    let sport = u16::from_be_bytes([p[34], p[35]]);
-    let dport = u16::from_be_bytes([p[36], p[37]]);
-    if p[23] == lb_common::proto::ICMP {
-        let what = match (p[34], p[35]) {
+}
+
+/// True if the packet is an ICMP or ICMPv6 error the datapath built.
+fn is_icmp(p: &[u8]) -> bool {
+    headers(p).is_some_and(|(_, _, proto, _)| {
+        proto == lb_common::proto::ICMP || proto == lb_common::proto::ICMPV6
+    })
+}
+
+fn describe(p: &[u8]) -> String {
+    let Some((src, dst, proto, l4)) = headers(p).filter(|h| p.len() >= h.3 + 8) else {
+        return format!("{} bytes", p.len());
+    };
+    let (t, c) = (p[l4], p[l4 + 1]);
+    let word = |o: usize| u16::from_be_bytes([p[l4 + o], p[l4 + o + 1]]);
+    if proto == lb_common::proto::ICMP {
+        let what = match (t, c) {
             (3, 3) => "port unreachable".to_owned(),
-            (3, 4) => format!(
-                "fragmentation needed (MTU {})",
-                u16::from_be_bytes([p[40], p[41]])
-            ),
+            (3, 4) => format!("fragmentation needed (MTU {})", word(6)),
             (11, _) => "time exceeded".to_owned(),
             (t, c) => format!("type {t} code {c}"),
         };
         return format!("ICMP {what} {src} -> {dst}");
     }
-    let proto = Protocol::from_number(p[23]).map_or_else(|| p[23].to_string(), |p| p.to_string());
-    format!("{proto} {src}:{sport} -> {dst}:{dport}")
+    if proto == lb_common::proto::ICMPV6 {
+        let what = match (t, c) {
+            (1, 4) => "port unreachable".to_owned(),
+            (2, _) => format!("packet too big (MTU {})", word(6)),
+            (3, _) => "time exceeded".to_owned(),
+            (t, c) => format!("type {t} code {c}"),
+        };
+        return format!("ICMPv6 {what} {src} -> {dst}");
+    }
+    let name = Protocol::from_number(proto).map_or_else(|| proto.to_string(), |p| p.to_string());
+    format!(
+        "{name} {} -> {}",
+        SocketAddr::new(src, word(0)),
+        SocketAddr::new(dst, word(2))
+    )
 }
 
 fn verdict_name(program: &str, code: i32, out_ifindex: u32) -> String {
@@ -217,10 +281,10 @@ fn run_one(
         .map(|(id, i)| (id, info_name(&i)))
         .collect();
     let backend = if t.backend_id != 0 {
-        maps.backends
-            .get(&t.backend_id, 0)
-            .ok()
-            .map(|b| format!("{}:{}", Ipv4Addr::from(b.addr), b.port))
+        maps.wide_backends()?
+            .into_iter()
+            .find(|(id, _)| *id == t.backend_id)
+            .map(|(_, b)| SocketAddr::new(crate::addr::ip(&b.addr), b.port).to_string())
     } else {
         None
     };
@@ -231,7 +295,7 @@ fn run_one(
             .unwrap_or_else(|| format!("#{}", t.svc_id))
     });
     let (lut_size, fe_flags) = maps
-        .frontends()?
+        .wide_frontends()?
         .into_iter()
         .find(|(_, v)| v.svc_id == t.svc_id)
         .map_or((0, 0), |(_, v)| (v.lut_size, v.flags));
@@ -246,13 +310,12 @@ fn run_one(
             translation.push(what);
         }
     }
-    let frontend = (t.scope != 0xff && t.parsed != 0 && t.reply == 0 && t.svc_id != 0).then(|| {
-        endpoint_text(
-            [pkt[30], pkt[31], pkt[32], pkt[33]],
-            u16::from_be_bytes([pkt[36], pkt[37]]),
-            pkt[23],
-        )
-    });
+    let frontend = (t.scope != 0xff && t.parsed != 0 && t.reply == 0 && t.svc_id != 0)
+        .then(|| headers(pkt))
+        .flatten()
+        .map(|(_, dst, proto, l4)| {
+            endpoint_text(dst, u16::from_be_bytes([pkt[l4 + 2], pkt[l4 + 3]]), proto)
+        });
     let step = Step {
         program,
         frontend,
@@ -277,8 +340,8 @@ fn run_one(
 /// left; `lut_size`: the service's table size).
 fn decision(t: &Trace, lut_size: u32, xdp: bool, out: &[u8]) -> String {
     if t.parsed == 0 {
-        "not an IPv4 TCP/UDP/SCTP packet: passed untouched".to_owned()
-    } else if t.drop_reason == drop_reason::NO_BACKEND && !xdp && out.get(23) == Some(&1) {
+        "not a TCP/UDP/SCTP packet: passed untouched".to_owned()
+    } else if t.drop_reason == drop_reason::NO_BACKEND && !xdp && is_icmp(out) {
         "rejected: no endpoint (ICMP port unreachable back to the client, as kube-proxy)".to_owned()
     } else if t.drop_reason != 0 {
         format!("dropped: {}", drop_reason::name(t.drop_reason))
@@ -302,6 +365,13 @@ fn decision(t: &Trace, lut_size: u32, xdp: bool, out: &[u8]) -> String {
 
 /// Explains what the datapath does with the packet.
 pub fn explain(dir: &Path, req: &Request) -> anyhow::Result<Explanation> {
+    if req.src.is_ipv4() != req.dst.is_ipv4() {
+        anyhow::bail!(
+            "--src {} and --dst {} are of different address families",
+            req.src,
+            req.dst
+        );
+    }
     let maps = Maps::open(dir)?;
     let with_program: Vec<u32> = [Role::Pod, Role::Host, Role::Xdp]
         .into_iter()
