@@ -30,11 +30,14 @@ pub trait Address: Copy + PartialEq + Eq + core::fmt::Debug + 'static {
     /// The address folded to 32 bits (the XOR of its words): what the filters and the flow
     /// hash take, so one function serves both families.
     fn folded(&self) -> Ipv4;
+    /// The explicit tail padding of an `Event` of this family (its size, a multiple of 8).
+    type EventPad: Copy + PartialEq + Eq + core::fmt::Debug + Default;
 }
 
 impl Address for Ipv4 {
     const ZERO: Self = [0; 4];
     const FAMILY: u8 = 4;
+    type EventPad = [u8; 6];
     #[inline(always)]
     fn folded(&self) -> Ipv4 {
         *self
@@ -44,6 +47,7 @@ impl Address for Ipv4 {
 impl Address for Ipv6 {
     const ZERO: Self = [0; 16];
     const FAMILY: u8 = 6;
+    type EventPad = [u8; 2];
     #[inline(always)]
     fn folded(&self) -> Ipv4 {
         let a = self;

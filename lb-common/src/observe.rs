@@ -1,7 +1,7 @@
 //! What the datapath reports: counters and drop reasons, per-service statistics, monitor
 //! events and the `xlb explain` trace.
 
-use crate::Ipv4;
+use crate::{Address, Ipv4};
 
 /// Value of `xlb_svc_stats` (index: service id), per CPU.
 #[repr(C)]
@@ -185,10 +185,11 @@ pub mod selection {
     pub const RANDOM: u8 = 4;
 }
 
-/// A record in `xlb_events`.
+/// A record in `xlb_events`: `Event` (48 bytes) for an IPv4 flow, `Event<Ipv6>` (80 bytes)
+/// for an IPv6 one; a reader tells them apart by the record's length.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Event {
+pub struct Event<A: Address = Ipv4> {
     /// Monotonic time, nanoseconds.
     pub ts_ns: u64,
     /// `event_kind::*`.
@@ -202,9 +203,9 @@ pub struct Event {
     /// `drop_reason::*` for drops.
     pub reason: u32,
     /// Client address.
-    pub saddr: Ipv4,
+    pub saddr: A,
     /// Frontend address.
-    pub daddr: Ipv4,
+    pub daddr: A,
     /// Client port.
     pub sport: u16,
     /// Frontend port.
@@ -214,11 +215,11 @@ pub struct Event {
     /// Backend id (0 if none).
     pub backend_id: u32,
     /// Backend address.
-    pub backend_addr: Ipv4,
+    pub backend_addr: A,
     /// Backend port.
     pub backend_port: u16,
     /// Explicit padding.
-    pub _pad: [u8; 6],
+    pub _pad: A::EventPad,
 }
 
 /// What the datapath decided for one packet; written to `xlb_trace` only by the `xlb explain`

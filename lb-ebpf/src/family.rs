@@ -80,8 +80,6 @@ pub trait Family: Address {
     fn fib_addrs(p: &mut FibParams, saddr: &Self, daddr: &Self);
     /// Records a translated first fragment's ports for the datagram's later fragments.
     fn note_fragment(flow: &Flow<Self>);
-    /// `flow` if it is an IPv4 one (what `xlb monitor`'s events carry).
-    fn as_v4(flow: &Flow<Self>) -> Option<&Flow<Ipv4>>;
 }
 
 impl Family for Ipv4 {
@@ -162,10 +160,6 @@ impl Family for Ipv4 {
     #[inline(always)]
     fn note_fragment(flow: &Flow<Self>) {
         crate::lb::note_fragment(flow);
-    }
-    #[inline(always)]
-    fn as_v4(flow: &Flow<Self>) -> Option<&Flow<Ipv4>> {
-        Some(flow)
     }
 }
 
@@ -258,9 +252,5 @@ impl Family for Ipv6 {
     #[inline(always)]
     fn note_fragment(_flow: &Flow<Self>) {
         // IPv6 fragments are not translated (the parser passes them): nothing to record.
-    }
-    #[inline(always)]
-    fn as_v4(_flow: &Flow<Self>) -> Option<&Flow<Ipv4>> {
-        None
     }
 }

@@ -695,7 +695,7 @@ fn new_flow<P: Packet + Staged, A: Family>(
         ev.selection = sel.how;
         ev.svc_id = svc.svc_id;
         ev.backend_id = sel.id;
-        ev.backend_addr = be.addr.folded();
+        ev.backend_addr = be.addr;
         ev.backend_port = be.port;
     });
     forward(pkt, flow, fwd, out)

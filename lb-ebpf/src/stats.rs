@@ -81,12 +81,8 @@ pub fn event<A: Family>(
     hook: u8,
     kind: u8,
     flow: &Flow<A>,
-    fill: impl FnOnce(&mut Event),
+    fill: impl FnOnce(&mut Event<A>),
 ) {
-    // `Event` carries IPv4 addresses; IPv6 flows are not reported to `xlb monitor` yet.
-    let Some(flow) = A::as_v4(flow) else {
-        return;
-    };
     let wanted = match kind {
         event_kind::DROP => config_flags::MONITOR_DROPS,
         _ => config_flags::MONITOR_FLOWS,
@@ -96,7 +92,7 @@ pub fn event<A: Family>(
     }
     // Written straight into the ring buffer (no copy of the event on the stack); a full
     // ring buffer loses the event, never the packet.
-    let Some(mut entry) = EVENTS.reserve(0) else {
+    let Some(mut entry) = EVENTS.reserve_untyped::<Event<A>>(0) else {
         return;
     };
     let ev = entry.write(Event {
@@ -113,9 +109,9 @@ pub fn event<A: Family>(
         dport: flow.dport,
         svc_id: 0,
         backend_id: 0,
-        backend_addr: [0; 4],
+        backend_addr: A::ZERO,
         backend_port: 0,
-        _pad: [0; 6],
+        _pad: Default::default(),
     });
     fill(ev);
     entry.submit(0);

@@ -166,10 +166,10 @@ struct MonitorArgs {
     service: Option<String>,
     /// Only events from this client address.
     #[arg(long)]
-    client: Option<Ipv4Addr>,
+    client: Option<std::net::IpAddr>,
     /// Only events to this frontend address.
     #[arg(long)]
-    frontend: Option<Ipv4Addr>,
+    frontend: Option<std::net::IpAddr>,
     /// Exit after this many events.
     #[arg(long)]
     count: Option<u64>,

@@ -243,6 +243,55 @@ fn a_dual_stack_service_serves_each_family_on_packets_and_at_the_socket() {
     assert!(!mixed.status.success());
     assert!(err.contains("different address families"), "{err}");
 
+    // monitor, IPv6: new flows of the pod's IPv6 address, in IPv6 notation.
+    let mut mon = agent
+        .cli_command(&[
+            "monitor",
+            "--flows",
+            "--no-drops",
+            "-o",
+            "json",
+            "--client",
+            &src,
+            "--count",
+            "3",
+            "--duration",
+            "20",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("xlb monitor");
+    // New flows until the monitor has its three (it may start listening after the first).
+    for _ in 0..80 {
+        if mon.try_wait().expect("monitor").is_some() {
+            break;
+        }
+        let _ = tcp_requests(&pod.ns, web6, 1);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let out = mon.wait_with_output().expect("monitor output");
+    assert!(out.status.success(), "{out:?}");
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(events.len(), 3, "{events:?}");
+    for ev in &events {
+        assert_eq!(ev["kind"], "flow", "{ev}");
+        assert_eq!(ev["frontend"], "[fd00:10:96::10]:80", "{ev}");
+        assert_eq!(ev["service"], WEB6, "{ev}");
+        assert!(
+            ev["client"]
+                .as_str()
+                .is_some_and(|c| c.starts_with(&format!("[{src}]:"))),
+            "{ev}"
+        );
+        assert!(
+            b6.contains(&ev["backend"].as_str().unwrap_or("").to_owned()),
+            "{ev}"
+        );
+    }
+
     // The node's own processes, in the agent's cgroup (socket-level): an IPv6 connect names the
     // IPv6 ClusterIP in getpeername() while the backend sees the node's address.
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_xlb-test-client"));

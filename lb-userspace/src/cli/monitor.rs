@@ -9,14 +9,15 @@
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use aya::maps::{Map, MapData, RingBuf};
 use lb_common::{
-    Event, config_flags, drop_reason, event_kind, hook, map_names as names, selection,
+    Address, Event, Ipv6, config_flags, drop_reason, event_kind, hook, map_names as names,
+    selection,
 };
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
@@ -37,9 +38,9 @@ pub struct Options {
     /// Only events of services whose name contains this.
     pub service: Option<String>,
     /// Only events of this client address.
-    pub client: Option<Ipv4Addr>,
+    pub client: Option<IpAddr>,
     /// Only events to this frontend address.
-    pub frontend: Option<Ipv4Addr>,
+    pub frontend: Option<IpAddr>,
     /// Stop after this many printed events.
     pub count: Option<u64>,
     /// Stop after this long.
@@ -88,9 +89,30 @@ fn selection_name(s: u8) -> &'static str {
     }
 }
 
-/// Converts a raw event; `names` maps service ids to names; `epoch_offset_ns` turns the
-/// kernel's monotonic timestamps into wall time.
-pub fn row(ev: &Event, names: &BTreeMap<u32, String>, epoch_offset_ns: i128) -> EventRow {
+/// The row of an event if the filters pass it (names refreshed first if it names a service
+/// not known yet).
+fn shown<A: Address + Into<IpAddr>>(
+    ev: &Event<A>,
+    names: &mut BTreeMap<u32, String>,
+    refresh: &dyn Fn(&mut BTreeMap<u32, String>) -> anyhow::Result<()>,
+    offset: i128,
+    opts: &Options,
+) -> anyhow::Result<Option<EventRow>> {
+    if ev.svc_id != 0 && !names.contains_key(&ev.svc_id) {
+        refresh(names)?;
+    }
+    let r = row(ev, names, offset);
+    Ok(opts.accepts(ev, &r).then_some(r))
+}
+
+/// Converts a raw event of either family; `names` maps service ids to names;
+/// `epoch_offset_ns` turns the kernel's monotonic timestamps into wall time.
+pub fn row<A: Address + Into<IpAddr>>(
+    ev: &Event<A>,
+    names: &BTreeMap<u32, String>,
+    epoch_offset_ns: i128,
+) -> EventRow {
+    let at = |a: A, port: u16| SocketAddr::new(a.into(), port).to_string();
     let drop = ev.kind == event_kind::DROP;
     let wall_ns = i128::from(ev.ts_ns) + epoch_offset_ns;
     EventRow {
@@ -103,8 +125,8 @@ pub fn row(ev: &Event, names: &BTreeMap<u32, String>, epoch_offset_ns: i128) -> 
         hook: hook_name(ev.hook),
         proto: Protocol::from_number(ev.proto)
             .map_or_else(|| ev.proto.to_string(), |p| p.to_string()),
-        client: format!("{}:{}", Ipv4Addr::from(ev.saddr), ev.sport),
-        frontend: format!("{}:{}", Ipv4Addr::from(ev.daddr), ev.dport),
+        client: at(ev.saddr, ev.sport),
+        frontend: at(ev.daddr, ev.dport),
         service: (ev.svc_id != 0).then(|| {
             names
                 .get(&ev.svc_id)
@@ -112,23 +134,22 @@ pub fn row(ev: &Event, names: &BTreeMap<u32, String>, epoch_offset_ns: i128) -> 
                 .unwrap_or_else(|| format!("#{}", ev.svc_id))
         }),
         reason: drop.then(|| drop_reason::name(ev.reason)),
-        backend: (!drop && ev.backend_id != 0)
-            .then(|| format!("{}:{}", Ipv4Addr::from(ev.backend_addr), ev.backend_port)),
+        backend: (!drop && ev.backend_id != 0).then(|| at(ev.backend_addr, ev.backend_port)),
         selection: (!drop).then(|| selection_name(ev.selection)),
     }
 }
 
 impl Options {
     /// Whether an event passes the filters.
-    pub fn accepts(&self, ev: &Event, row: &EventRow) -> bool {
+    pub fn accepts<A: Address + Into<IpAddr>>(&self, ev: &Event<A>, row: &EventRow) -> bool {
         let kind_ok = if ev.kind == event_kind::DROP {
             self.drops
         } else {
             self.flows
         };
         kind_ok
-            && self.client.is_none_or(|c| Ipv4Addr::from(ev.saddr) == c)
-            && self.frontend.is_none_or(|f| Ipv4Addr::from(ev.daddr) == f)
+            && self.client.is_none_or(|c| ev.saddr.into() == c)
+            && self.frontend.is_none_or(|f| ev.daddr.into() == f)
             && self.service.as_ref().is_none_or(|s| {
                 row.service
                     .as_ref()
@@ -328,20 +349,27 @@ pub async fn run(dir: &Path, opts: &Options, mut out: impl std::io::Write) -> an
                 let mut guard = guard?;
                 let ring = guard.get_inner_mut();
                 while let Some(item) = ring.next() {
-                    if item.len() < std::mem::size_of::<Event>() {
+                    // IPv4 and IPv6 events differ in length (`lb_common::Event`).
+                    let r = match item.len() {
+                        n if n == size_of::<Event<Ipv6>>() => {
+                            // SAFETY: the programs write whole events of this length;
+                            // read_unaligned copes with the ring's 8-byte alignment.
+                            let ev: Event<Ipv6> =
+                                unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                            drop(item);
+                            shown(&ev, &mut names, &refresh, offset, opts)?
+                        }
+                        n if n == size_of::<Event>() => {
+                            // SAFETY: as above.
+                            let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                            drop(item);
+                            shown(&ev, &mut names, &refresh, offset, opts)?
+                        }
+                        _ => None,
+                    };
+                    let Some(r) = r else {
                         continue;
-                    }
-                    // SAFETY: the programs write whole `Event`s; read_unaligned copes with
-                    // the ring's 8-byte alignment.
-                    let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                    drop(item);
-                    if ev.svc_id != 0 && !names.contains_key(&ev.svc_id) {
-                        refresh(&mut names)?;
-                    }
-                    let r = row(&ev, &names, offset);
-                    if !opts.accepts(&ev, &r) {
-                        continue;
-                    }
+                    };
                     writeln!(out, "{}", line(&r, opts.output))?;
                     out.flush()?;
                     printed += 1;
