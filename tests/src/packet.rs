@@ -180,8 +180,13 @@ pub fn parse_icmp(p: &[u8]) -> ParsedIcmp {
     }
 }
 
-/// Sets the IPv4 TTL of a frame (checksum fixed).
+/// Sets the IPv4 TTL of a frame (checksum fixed), or an IPv6 frame's hop limit (no checksum
+/// covers it).
 pub fn with_ttl(mut p: Vec<u8>, ttl: u8) -> Vec<u8> {
+    if p[12..14] == [0x86, 0xdd] {
+        p[21] = ttl;
+        return p;
+    }
     p[22] = ttl;
     p[24..26].copy_from_slice(&[0, 0]);
     let c = !csum::fold(csum::sum_be(&p[14..34], 0));

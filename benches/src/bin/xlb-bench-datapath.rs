@@ -14,6 +14,8 @@
 //!   lookup misses) and from one reached only at the socket (NAT slot zero: no lookup);
 //! - XDP CT hit / XDP SNAT CT miss / XDP SNAT CT hit: north-south at XDP, forwarded with
 //!   XDP_TX (the floor parses, swaps MACs and transmits);
+//! - IPv6 CT miss / CT hit / reply / not a service: the same at tc for an IPv6 ping-pong
+//!   pair, against the same (IPv4) floor, with their ratio to the IPv4 figure printed too;
 //! - throughput: packets per second of live frames pushed by a generator namespace through a
 //!   native-XDP uplink and back, xlb (an established SNATed flow) vs the floor program.
 //!
@@ -24,7 +26,7 @@
 //! every repeat is a real translation of the scenario's kind. Counter deltas printed with the
 //! results prove which path ran.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use clap::Parser;
 use lb_common::{counter, prog_names};
@@ -43,6 +45,7 @@ use xlb_tests::{
     datapath::Datapath,
     netns::{require_root, unique_tag},
     packet::{self, flags},
+    packet6,
 };
 
 const REPEAT: u32 = 1_000_000;
@@ -120,6 +123,30 @@ fn ping_pong() -> (LbService, LbService, Ipv4Addr) {
     (ping, pong, a)
 }
 
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 0x10);
+const OTHER_POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 7);
+
+/// `ping_pong` in IPv6: `ping6` (fd00:95::1:80) → fd00:95:1::1..10:8080, `pong6` back.
+fn ping_pong6() -> (LbService, LbService, Ipv6Addr) {
+    let a = Ipv6Addr::new(0xfd00, 0x95, 0, 0, 0, 0, 0, 1);
+    let (mut ping, mut pong, _) = ping_pong();
+    ping.name = "bench/ping6:80/TCP".into();
+    pong.name = "bench/pong6:8080/TCP".into();
+    ping.frontends[0].addr = a.into();
+    for (i, (e, f)) in ping
+        .endpoints
+        .iter_mut()
+        .zip(pong.frontends.iter_mut())
+        .enumerate()
+    {
+        let b = Ipv6Addr::new(0xfd00, 0x95, 1, 0, 0, 0, 0, i as u16 + 1);
+        e.addr = b.into();
+        f.addr = b.into();
+    }
+    pong.endpoints[0].addr = a.into();
+    (ping, pong, a)
+}
+
 const SNAT_A: Ipv4Addr = Ipv4Addr::new(10, 94, 0, 1);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 
@@ -163,6 +190,9 @@ fn measure(services: u32, rounds: usize, caps: lb_userspace::bpf::Capacities) ->
     let (ping, pong, vip) = ping_pong();
     d.services.insert(ping.name.clone(), ping);
     d.services.insert(pong.name.clone(), pong);
+    let (ping6, pong6, vip6) = ping_pong6();
+    d.services.insert(ping6.name.clone(), ping6);
+    d.services.insert(pong6.name.clone(), pong6);
     let (sa, sb) = snat_pair();
     d.services.insert(sa.name.clone(), sa);
     d.services.insert(sb.name.clone(), sb);
@@ -208,6 +238,26 @@ fn measure(services: u32, rounds: usize, caps: lb_userspace::bpf::Capacities) ->
     );
     let direct_syn = packet::tcp((CLIENT, 40004), (plain_backend, 8080), flags::SYN, b"");
     let normal = dp.config;
+    // IPv6: the same ping-pong, a new flow, and pod-to-pod traffic.
+    let syn6 = packet6::tcp((CLIENT6, 40000), (vip6, 80), flags::SYN, b"");
+    let ack6 = packet6::tcp((CLIENT6, 40001), (vip6, 80), flags::ACK, &[0u8; 64]);
+    let (_, out) = dp.tc(prog_names::POD_INGRESS, &ack6);
+    let backend6 = packet6::parse(&out).dst;
+    assert_ne!(backend6, vip6, "the IPv6 ping must be translated");
+    let reply6 = packet6::tcp((backend6, 8080), (CLIENT6, 40001), flags::ACK, &[0u8; 64]);
+    let other6 = packet6::tcp((CLIENT6, 40002), (OTHER_POD6, 9000), flags::ACK, &[0u8; 64]);
+    dp.time_routed(prog_names::POD_INGRESS, &ack6, REPEAT / 10);
+    let (_, out) = dp.tc(
+        prog_names::POD_INGRESS,
+        &packet6::tcp((CLIENT6, 40001), (backend6, 8080), flags::ACK, b""),
+    );
+    assert_eq!(
+        packet6::parse(&out).dst,
+        vip6,
+        "pong6 must lead back to ping6"
+    );
+    let (mut miss6, mut hit6, mut rev6, mut pass6) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
 
     let mut floor = Vec::new();
     let mut miss = Vec::new();
@@ -331,6 +381,9 @@ fn measure(services: u32, rounds: usize, caps: lb_userspace::bpf::Capacities) ->
         let c0 = dp.counters();
         miss.push(dp.time_routed(prog_names::POD_INGRESS, &syn, REPEAT));
         let news = delta(&dp, &c0, counter::CT_NEW);
+        let c6 = dp.counters();
+        miss6.push(dp.time_routed(prog_names::POD_INGRESS, &syn6, REPEAT));
+        let news6 = delta(&dp, &c6, counter::CT_NEW);
         let c0 = dp.counters();
         xmiss.push(dp.time_runs(prog_names::XDP, XDP_REPEAT, snat_miss));
         let snats = delta(&dp, &c0, counter::SNAT);
@@ -346,6 +399,26 @@ fn measure(services: u32, rounds: usize, caps: lb_userspace::bpf::Capacities) ->
         let c0 = dp.counters();
         xsnat_hit.push(dp.time_routed(prog_names::XDP, &snat_hit, XDP_REPEAT));
         let xsnat_hits = delta(&dp, &c0, counter::CT_HIT);
+        let c6 = dp.counters();
+        hit6.push(dp.time_routed(prog_names::POD_INGRESS, &ack6, REPEAT));
+        let hits6 = delta(&dp, &c6, counter::CT_HIT);
+        let c6 = dp.counters();
+        rev6.push(dp.time_routed(prog_names::POD_INGRESS, &reply6, REPEAT));
+        let revs6 = delta(&dp, &c6, counter::XLATE_REV);
+        let c6 = dp.counters();
+        pass6.push(dp.time(prog_names::POD_INGRESS, &other6, REPEAT));
+        let passed6 = delta(&dp, &c6, counter::NOT_SERVICE);
+        if round == 0 {
+            checks.push(format!(
+                "path check ({services} services, IPv6): {hits6} CT hits, {revs6} reverse translations, {news6} new flows, {passed6} passed untouched"
+            ));
+            let r = u64::from(REPEAT);
+            assert!(
+                hits6 >= r && revs6 >= r && news6 >= r && passed6 >= r,
+                "{}",
+                checks.last().unwrap()
+            );
+        }
         if round == 0 {
             checks.push(format!(
                 "path check ({services} services, XDP): {xhits} CT hits, {snats} SNATed new flows, {xsnat_hits} SNAT CT hits"
@@ -414,6 +487,10 @@ fn measure(services: u32, rounds: usize, caps: lb_userspace::bpf::Capacities) ->
             xf,
         ),
         row("XDP CT hit with SNAT (XDP_TX)", median(&xsnat_hit), xf),
+        row("IPv6 CT miss (new flow, Maglev, DNAT)", median(&miss6), f),
+        row("IPv6 CT hit (established, DNAT)", median(&hit6), f),
+        row("IPv6 reply (reverse NAT)", median(&rev6), f),
+        row("IPv6 not a service: pod to pod", median(&pass6), f),
     ]
 }
 
@@ -481,6 +558,19 @@ fn main() {
             r.ns,
             r.ns / r.floor
         );
+    }
+    // IPv6 against IPv4, scenario by scenario.
+    println!();
+    println!("| services | scenario | IPv6 / IPv4 |");
+    println!("|---:|---|---:|");
+    for r6 in rows.iter().filter(|r| r.name.starts_with("IPv6 ")) {
+        let name4 = &r6.name["IPv6 ".len()..];
+        if let Some(r4) = rows
+            .iter()
+            .find(|r| r.services == r6.services && r.name == name4)
+        {
+            println!("| {} | {name4} | {:.2}x |", r6.services, r6.ns / r4.ns);
+        }
     }
     if o.no_throughput {
         return;
