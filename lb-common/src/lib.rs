@@ -32,12 +32,18 @@ pub trait Address: Copy + PartialEq + Eq + core::fmt::Debug + 'static {
     fn folded(&self) -> Ipv4;
     /// The explicit tail padding of an `Event` of this family (its size, a multiple of 8).
     type EventPad: Copy + PartialEq + Eq + core::fmt::Debug + Default;
+    /// 32-bit word `i` (0..4) of the address as memory holds it (IPv4: word 0, then zeros).
+    fn word(&self, i: usize) -> u32;
 }
 
 impl Address for Ipv4 {
     const ZERO: Self = [0; 4];
     const FAMILY: u8 = 4;
     type EventPad = [u8; 6];
+    #[inline(always)]
+    fn word(&self, i: usize) -> u32 {
+        if i == 0 { u32::from_ne_bytes(*self) } else { 0 }
+    }
     #[inline(always)]
     fn folded(&self) -> Ipv4 {
         *self
@@ -48,6 +54,11 @@ impl Address for Ipv6 {
     const ZERO: Self = [0; 16];
     const FAMILY: u8 = 6;
     type EventPad = [u8; 2];
+    #[inline(always)]
+    fn word(&self, i: usize) -> u32 {
+        let i = (i & 3) * 4;
+        u32::from_ne_bytes([self[i], self[i + 1], self[i + 2], self[i + 3]])
+    }
     #[inline(always)]
     fn folded(&self) -> Ipv4 {
         let a = self;

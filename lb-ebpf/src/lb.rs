@@ -130,13 +130,21 @@ static SERVICE_CIDRS: Global<[[u32; 2]; capacity::SERVICE_CIDR_SLOTS]> =
 /// How many of `SERVICE_CIDRS` are set (0: the guard is off).
 #[unsafe(no_mangle)]
 static SERVICE_CIDR_COUNT: Global<u32> = Global::new(0);
+/// IPv6 service CIDRs: each the network address's 4 words then the mask's, as memory holds
+/// them; set at load. One global per slot (the same bytes as one array): a packet copies one
+/// slot at a time to its stack, not all four.
+#[unsafe(no_mangle)]
+static SERVICE_CIDRS6: [Global<[u32; 8]>; capacity::SERVICE_CIDR_SLOTS] =
+    [const { Global::new([0; 8]) }; capacity::SERVICE_CIDR_SLOTS];
+/// How many of `SERVICE_CIDRS6` are set.
+#[unsafe(no_mangle)]
+static SERVICE_CIDR6_COUNT: Global<u32> = Global::new(0);
 
 /// Whether `addr` is in a service CIDR (a packet to it that reached here has no frontend).
 #[inline(always)]
 fn in_service_cidr<A: Address>(addr: A) -> bool {
-    // IPv6 service CIDRs are not guarded yet.
     if A::FAMILY != 4 {
-        return false;
+        return in_service_cidr6(&addr);
     }
     let n = SERVICE_CIDR_COUNT.load() as usize;
     // The guard off (the common case): no more than this one read per packet.
@@ -144,10 +152,35 @@ fn in_service_cidr<A: Address>(addr: A) -> bool {
         return false;
     }
     let cidrs = SERVICE_CIDRS.load();
-    let a = u32::from_ne_bytes(addr.folded());
+    let a = addr.word(0);
     let mut i = 0;
     while i < capacity::SERVICE_CIDR_SLOTS {
         if i < n && a & cidrs[i][1] == cidrs[i][0] {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// `in_service_cidr` of an IPv6 address.
+#[inline(always)]
+fn in_service_cidr6<A: Address>(addr: &A) -> bool {
+    let n = SERVICE_CIDR6_COUNT.load() as usize;
+    if n == 0 {
+        return false;
+    }
+    let mut i = 0;
+    while i < capacity::SERVICE_CIDR_SLOTS {
+        if i >= n {
+            return false;
+        }
+        let c = SERVICE_CIDRS6[i].load();
+        if addr.word(0) & c[4] == c[0]
+            && addr.word(1) & c[5] == c[1]
+            && addr.word(2) & c[6] == c[2]
+            && addr.word(3) & c[7] == c[3]
+        {
             return true;
         }
         i += 1;

@@ -422,7 +422,7 @@ struct AgentArgs {
     max: MaxArgs,
     #[command(flatten)]
     policy: PolicyArgs,
-    /// Service CIDRs (comma-separated, at most 4): packets to an address in them that no
+    /// Service CIDRs (comma-separated, IPv4 and IPv6, at most 4 of each): packets to an address in them that no
     /// Service owns are dropped and counted (`unowned_service_ip`), as kube-proxy's nftables
     /// mode does. Default: none.
     #[arg(long, env = "XLB_SERVICE_CIDRS", value_delimiter = ',', value_parser = parse_cidr)]
@@ -562,10 +562,9 @@ fn main() -> ExitCode {
     init_logging(&cli.log);
     let result: anyhow::Result<bool> = match cli.cmd {
         Cmd::Agent(a) => {
-            if a.service_cidrs.len() > lb_common::capacity::SERVICE_CIDR_SLOTS {
+            if let Some(family) = lb_userspace::bpf::service_cidrs_over(&a.service_cidrs) {
                 eprintln!(
-                    "xlb: --service-cidrs: {} CIDRs given, at most {} (the IPv4 service CIDRs of a cluster: usually one)",
-                    a.service_cidrs.len(),
+                    "xlb: --service-cidrs: more than {} {family} CIDRs given (a cluster has one per family, usually)",
                     lb_common::capacity::SERVICE_CIDR_SLOTS
                 );
                 return ExitCode::from(2);

@@ -384,8 +384,8 @@ fn a_dual_stack_service_serves_each_family_on_packets_and_at_the_socket() {
     drop(servers);
 }
 
-/// A single-stack IPv6 Service of `kind` spec lines on `clusterIP`, port 80 → 8080 as
-/// `nodePort`, endpoints (pod, node name).
+/// A single-stack IPv6 Service with `spec` lines on `clusterIP`, port 80 → 8080 (and
+/// `node_port`, unless 0), endpoints (pod, node name).
 fn v6_service(
     name: &str,
     cluster_ip: &str,
@@ -393,8 +393,13 @@ fn v6_service(
     node_port: u16,
     eps: &[(Ipv6Addr, &str)],
 ) -> String {
+    let np = if node_port == 0 {
+        String::new()
+    } else {
+        format!(", nodePort: {node_port}")
+    };
     let mut s = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  clusterIP: \"{cluster_ip}\"\n  ipFamilies: [IPv6]\n{spec}  ports:\n  - {{name: http, port: 80, targetPort: 8080, nodePort: {node_port}}}\n"
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  clusterIP: \"{cluster_ip}\"\n  ipFamilies: [IPv6]\n{spec}  ports:\n  - {{name: http, port: 80, targetPort: 8080{np}}}\n"
     );
     let eps: Vec<Ep> = eps.iter().map(|(a, n)| Ep::ready(*a, n)).collect();
     s.push_str("---\n");
@@ -515,5 +520,85 @@ fn ipv6_node_ports_from_outside_snat_to_the_node_and_local_policy_keeps_the_clie
         "node 1 forwarded without a local endpoint"
     );
     assert!(agents[0].counter("drop_no_local_backend") > before);
+    drop(servers);
+}
+
+#[test]
+fn ipv6_service_cidrs_drop_unowned_service_addresses_instead_of_leaking_them() {
+    require_root();
+    let tag = unique_tag();
+    let mut node = Node::new(&tag, "n1", 1);
+    node.add_pod(0);
+    node.add_pod(1);
+    node.dual_stack();
+    // Beyond the node the IPv6 service CIDR is routed to a network where fd00:10:96::99
+    // answers: what a stray packet to an unallocated ClusterIP reaches without the guard.
+    let ext = xlb_tests::netns::Netns::new(&format!("xlbt-{tag}-ext"));
+    node.ns.ip(&[
+        "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns", &ext.name,
+    ]);
+    node.ns
+        .ip(&["-6", "addr", "add", "fd00:99::1/64", "dev", "ext0", "nodad"]);
+    node.ns.ip(&["link", "set", "ext0", "up"]);
+    ext.ip(&["-6", "addr", "add", "fd00:99::2/64", "dev", "eth0", "nodad"]);
+    ext.ip(&["link", "set", "eth0", "up"]);
+    ext.ip(&["link", "set", "lo", "up"]);
+    ext.ip(&["-6", "addr", "add", "fd00:10:96::99/128", "dev", "lo"]);
+    ext.ip(&["-6", "route", "add", "fd00:10::/32", "via", "fd00:99::1"]);
+    node.ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "fd00:10:96::/112",
+        "via",
+        "fd00:99::2",
+    ]);
+    let mut servers = Servers::new();
+    let pod = &node.pods[1];
+    servers.tcp_persistent(&pod.ns, SocketAddr::from((pod.ip6, 8080)), "b1");
+    servers.tcp_persistent(&ext, "[fd00:10:96::99]:80".parse().expect("addr"), "leaked");
+    let dir = WorkDir::new(&tag);
+    let yaml = v6_service("web", "fd00:10:96::10", "", 0, &[(pod.ip6, "n1")]);
+    let path = dir.write("services.yaml", &yaml);
+    let services = path.to_str().expect("path").to_owned();
+    let who = |to: &str| -> String {
+        let to: SocketAddr = to.parse().expect("addr");
+        node.pods[0]
+            .ns
+            .run(move || xlb_tests::traffic::tcp_ping_once(to, Duration::from_millis(700)))
+            .map_or_else(|e| format!("<{:?}>", e.kind()), |r| r.backend)
+    };
+    let base = [
+        "--services",
+        &services,
+        "--node-name",
+        "n1",
+        "--pod-devices",
+        "xp*",
+    ];
+    // Without the guard the stray packet leaves the node.
+    {
+        let pins = PinDir::new(&format!("{tag}a"));
+        let agent = Agent::start(&node.ns, &pins, &base);
+        agent.wait_active("default/web:http/TCP", 1);
+        assert_eq!(who("[fd00:10:96::99]:80"), "leaked");
+    }
+    let pins = PinDir::new(&format!("{tag}b"));
+    let mut args = base.to_vec();
+    args.extend(["--service-cidrs", "10.96.0.0/16,fd00:10:96::/112"]);
+    let agent = Agent::start(&node.ns, &pins, &args);
+    agent.wait_active("default/web:http/TCP", 1);
+    assert_eq!(who("[fd00:10:96::10]:80"), "b1", "the Service itself");
+    assert_eq!(
+        who("[fd00:10:96::99]:80"),
+        "<TimedOut>",
+        "an unowned ClusterIP leaked"
+    );
+    assert_eq!(
+        who("[fd00:10:96::10]:81"),
+        "<TimedOut>",
+        "an unowned port leaked"
+    );
+    assert!(agent.counter("drop_unowned_service_ip") >= 2);
     drop(servers);
 }

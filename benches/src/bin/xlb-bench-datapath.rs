@@ -524,9 +524,9 @@ fn main() {
     xlb_benches::cleanup::install();
     require_root();
     let rounds = o.rounds as usize;
-    if o.service_cidrs.len() > lb_common::capacity::SERVICE_CIDR_SLOTS {
+    if let Some(family) = lb_userspace::bpf::service_cidrs_over(&o.service_cidrs) {
         eprintln!(
-            "error: --service-cidrs: at most {}",
+            "error: --service-cidrs: at most {} {family} CIDRs",
             lb_common::capacity::SERVICE_CIDR_SLOTS
         );
         std::process::exit(2);

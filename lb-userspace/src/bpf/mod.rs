@@ -71,31 +71,69 @@ pub struct Capacities {
     /// Backend entries (`xlb_backends`).
     pub backends: u32,
     /// Service CIDRs whose unowned addresses the datapath drops (`--service-cidrs`; set at
-    /// load like the sizes, not a map): (network, mask) in network order, `count` of them.
-    pub service_cidrs: ([[u32; 2]; capacity::SERVICE_CIDR_SLOTS], u32),
+    /// load like the sizes, not a map).
+    pub service_cidrs: ServiceCidrs,
     /// Socket-level translation for host-network sockets only (`--socket-lb-scope host`; set
     /// at load like the sizes).
     pub socket_lb_host_only: bool,
 }
 
-/// Service CIDRs as the datapath takes them (`Capacities::service_cidrs`): the first
-/// `capacity::SERVICE_CIDR_SLOTS` IPv4 ones of `nets` (callers check the count; the datapath
-/// guards IPv4 service CIDRs only), network order.
-pub fn service_cidr_slots(
-    nets: &[crate::model::IpNet],
-) -> ([[u32; 2]; capacity::SERVICE_CIDR_SLOTS], u32) {
-    let mut out = [[0u32; 2]; capacity::SERVICE_CIDR_SLOTS];
-    let v4 = nets.iter().filter_map(|n| match n.addr {
-        std::net::IpAddr::V4(a) => Some((a, n.len)),
-        std::net::IpAddr::V6(_) => None,
-    });
-    let mut count = 0;
-    for (slot, (addr, len)) in out.iter_mut().zip(v4) {
-        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-        *slot = [(u32::from(addr) & mask).to_be(), mask.to_be()];
-        count += 1;
+/// Service CIDRs as the datapath takes them (`Capacities::service_cidrs`), per family.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceCidrs {
+    /// IPv4: (network, mask), network order; `v4_count` of them.
+    pub v4: [[u32; 2]; capacity::SERVICE_CIDR_SLOTS],
+    pub v4_count: u32,
+    /// IPv6: the network's 4 words then the mask's, as memory holds them; `v6_count` of them.
+    pub v6: [[u32; 8]; capacity::SERVICE_CIDR_SLOTS],
+    pub v6_count: u32,
+}
+
+/// The 4 words of an IPv6 address as memory holds them.
+fn words6(a: std::net::Ipv6Addr) -> [u32; 4] {
+    let o = a.octets();
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
+}
+
+/// The first `capacity::SERVICE_CIDR_SLOTS` service CIDRs of each family of `nets` (callers
+/// check the counts: `service_cidrs_over`).
+pub fn service_cidr_slots(nets: &[crate::model::IpNet]) -> ServiceCidrs {
+    let mut out = ServiceCidrs::default();
+    for n in nets {
+        match n.addr {
+            std::net::IpAddr::V4(a) => {
+                let Some(slot) = out.v4.get_mut(out.v4_count as usize) else {
+                    continue;
+                };
+                let mask = u32::MAX.checked_shl(32 - u32::from(n.len)).unwrap_or(0);
+                *slot = [(u32::from(a) & mask).to_be(), mask.to_be()];
+                out.v4_count += 1;
+            }
+            std::net::IpAddr::V6(a) => {
+                let Some(slot) = out.v6.get_mut(out.v6_count as usize) else {
+                    continue;
+                };
+                let mask = u128::MAX.checked_shl(128 - u32::from(n.len)).unwrap_or(0);
+                let net = words6(std::net::Ipv6Addr::from(u128::from(a) & mask));
+                let m = words6(std::net::Ipv6Addr::from(mask));
+                slot[..4].copy_from_slice(&net);
+                slot[4..].copy_from_slice(&m);
+                out.v6_count += 1;
+            }
+        }
     }
-    (out, count)
+    out
+}
+
+/// The family of `nets` with more service CIDRs than the datapath has slots, if any.
+pub fn service_cidrs_over(nets: &[crate::model::IpNet]) -> Option<&'static str> {
+    let v4 = nets.iter().filter(|n| n.addr.is_ipv4()).count();
+    if v4 > capacity::SERVICE_CIDR_SLOTS {
+        return Some("IPv4");
+    }
+    (nets.len() - v4 > capacity::SERVICE_CIDR_SLOTS).then_some("IPv6")
 }
 
 impl Default for Capacities {
@@ -107,7 +145,7 @@ impl Default for Capacities {
             services: capacity::SVC_IDS,
             frontends: capacity::SERVICES,
             backends: capacity::BACKENDS,
-            service_cidrs: ([[0; 2]; capacity::SERVICE_CIDR_SLOTS], 0),
+            service_cidrs: ServiceCidrs::default(),
             socket_lb_host_only: false,
         }
     }
@@ -233,8 +271,10 @@ pub fn load(dir: &Path, caps: Capacities, trace: bool) -> Result<Ebpf, LoadError
         .map_max_entries(names::SERVICES6, caps.frontends)
         .map_max_entries(names::BACKENDS6, caps.backends)
         .override_global("TRACE_MODE", &trace_mode, true)
-        .override_global("SERVICE_CIDRS", &caps.service_cidrs.0, true)
-        .override_global("SERVICE_CIDR_COUNT", &caps.service_cidrs.1, true);
+        .override_global("SERVICE_CIDRS", &caps.service_cidrs.v4, true)
+        .override_global("SERVICE_CIDR_COUNT", &caps.service_cidrs.v4_count, true)
+        .override_global("SERVICE_CIDRS6", &caps.service_cidrs.v6, true)
+        .override_global("SERVICE_CIDR6_COUNT", &caps.service_cidrs.v6_count, true);
     // Where the tracepoint programs find a device's ifindex and namespace (zero offsets: they
     // count nothing, and the agent says so).
     let offsets = btf::Btf::from_kernel()
@@ -448,6 +488,39 @@ fn retry_interrupted<E>(
 #[cfg(test)]
 mod load_tests {
     use super::*;
+
+    #[test]
+    fn service_cidrs_of_both_families_fill_their_own_slots() {
+        let nets: Vec<crate::model::IpNet> = ["10.96.0.0/12", "fd00:10:96::/112"]
+            .iter()
+            .map(|n| crate::model::IpNet::parse(n).expect("cidr"))
+            .collect();
+        let c = service_cidr_slots(&nets);
+        assert_eq!((c.v4_count, c.v6_count), (1, 1));
+        assert_eq!(
+            c.v4[0],
+            [
+                u32::from_ne_bytes([10, 96, 0, 0]),
+                u32::from_ne_bytes([255, 240, 0, 0])
+            ]
+        );
+        // fd00:10:96::/112: the first three words whole, the last one's upper half.
+        assert_eq!(c.v6[0][0], u32::from_ne_bytes([0xfd, 0, 0, 0x10]));
+        assert_eq!(
+            c.v6[0][4..],
+            [
+                u32::MAX,
+                u32::MAX,
+                u32::MAX,
+                u32::from_ne_bytes([0xff, 0xff, 0, 0])
+            ]
+        );
+        let five6: Vec<_> = (1..=5)
+            .map(|i| crate::model::IpNet::parse(&format!("fd00:{i}::/64")).expect("cidr"))
+            .collect();
+        assert_eq!(service_cidrs_over(&five6), Some("IPv6"));
+        assert_eq!(service_cidrs_over(&nets), None);
+    }
 
     /// `retry_interrupted` over a load failing with `errno` `fails` times: (result, attempts).
     fn attempts(errno: i32, fails: u32) -> (bool, u32) {
