@@ -117,6 +117,22 @@ pub struct CtValue<A = Ipv4> {
     pub _pad: u16,
 }
 
+/// Key of `xlb_frags6`: an IPv6 datagram's fragments as they arrive (before translation).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey6 {
+    /// Source address, network order.
+    pub saddr: crate::Ipv6,
+    /// Destination address, network order.
+    pub daddr: crate::Ipv6,
+    /// The fragment header's identification, host order.
+    pub id: u32,
+    /// The fragmented datagram's L4 protocol.
+    pub proto: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+}
+
 /// Key of `xlb_frags`: a datagram's fragments as they arrive (before translation).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -81,6 +81,7 @@ mod pod {
         SockRevKey<Ipv6>,
         SockRevValue<Ipv6>,
         Event<Ipv6>,
+        FragKey6,
     );
 }
 
@@ -122,6 +123,7 @@ const _: () = {
     assert!(size_of::<SvcInfo>() == 8 + SVC_NAME_LEN + 8);
     assert!(size_of::<Event>() == 48);
     assert!(size_of::<Event<Ipv6>>() == 80);
+    assert!(size_of::<FragKey6>() == 40);
     assert!(size_of::<Trace>() == 36);
     assert!(super::drop_reason::MAX <= counter::SLOTS - counter::DROP_BASE);
     assert!(size_of::<DevState>() == 24);

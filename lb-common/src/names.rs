@@ -71,9 +71,11 @@ pub mod map_names {
     pub const SOCK6: &str = "xlb_sock6";
     /// Host-network IPv6 UDP sockets: (socket cookie, backend) → the ClusterIP replies show.
     pub const SOCK_REV6: &str = "xlb_sock6_rev";
+    /// IPv6 fragmented datagrams' ports, for their later fragments (`FragKey6`).
+    pub const FRAGS6: &str = "xlb_frags6";
 
     /// Every map, in the order the loader pins them.
-    pub const ALL: [&str; 30] = [
+    pub const ALL: [&str; 31] = [
         SERVICES,
         BACKENDS,
         LUT,
@@ -104,6 +106,7 @@ pub mod map_names {
         CONFIG6,
         SOCK6,
         SOCK_REV6,
+        FRAGS6,
     ];
 }
 

@@ -8,15 +8,15 @@ use aya_ebpf::{
     btf_maps::{HashMap, LpmTrie, LruHashMap},
 };
 use lb_common::{
-    Address, AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, Ipv4, Ipv6, ServiceKey,
-    ServiceValue, SrcRangeKey, capacity, stage,
+    Address, AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, FragKey, FragKey6,
+    FragPorts, Ipv4, Ipv6, ServiceKey, ServiceValue, SrcRangeKey, capacity, stage,
 };
 
 use crate::{
     ctx::{End, L4, Packet, RewriteError},
     maps::{
         AFFINITY, AFFINITY6, BACKENDS, BACKENDS6, CONFIG6, CONNTRACK, CONNTRACK6, CT_NEW, CT_NEW6,
-        CtTable, SERVICES, SERVICES6, SRC_RANGES, SRC_RANGES6, Scratch,
+        CtTable, FRAGS, FRAGS6, SERVICES, SERVICES6, SRC_RANGES, SRC_RANGES6, Scratch,
     },
     parse::Flow,
 };
@@ -27,6 +27,8 @@ pub type Services<A> = HashMap<ServiceKey<A>, ServiceValue, { capacity::SERVICES
 pub type Backends<A> = HashMap<u32, Backend<A>, { capacity::BACKENDS as usize }>;
 /// An affinity map of a family.
 pub type Affinity<A> = LruHashMap<AffinityKey<A>, AffinityValue, { capacity::AFFINITY as usize }>;
+/// A fragments map of a family.
+pub type Frags<K> = LruHashMap<K, FragPorts, { capacity::FRAGS as usize }>;
 /// A source-ranges map of a family.
 pub type SrcRanges<A> = LpmTrie<SrcRangeKey<A>, u8, { capacity::SRC_RANGES as usize }>;
 
@@ -78,8 +80,11 @@ pub trait Family: Address {
     fn decrement_ttl<P: Packet>(pkt: &mut P) -> Result<(), RewriteError>;
     /// Fills the addresses of a FIB query.
     fn fib_addrs(p: &mut FibParams, saddr: &Self, daddr: &Self);
-    /// Records a translated first fragment's ports for the datagram's later fragments.
-    fn note_fragment(flow: &Flow<Self>);
+    /// The key of a fragmented datagram in `frags`.
+    type FragKey: 'static;
+    fn frag_key(flow: &Flow<Self>) -> Self::FragKey;
+    /// First fragments' ports, for the later fragments of their datagrams.
+    fn frags() -> &'static Frags<Self::FragKey>;
 }
 
 impl Family for Ipv4 {
@@ -157,9 +162,21 @@ impl Family for Ipv4 {
         p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(*saddr);
         p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(*daddr);
     }
+    type FragKey = FragKey;
     #[inline(always)]
-    fn note_fragment(flow: &Flow<Self>) {
-        crate::lb::note_fragment(flow);
+    fn frag_key(flow: &Flow<Self>) -> FragKey {
+        FragKey {
+            saddr: flow.saddr,
+            daddr: flow.daddr,
+            // An IPv4 identification is 16 bits.
+            id: flow.ip_id as u16,
+            proto: flow.proto,
+            _pad: 0,
+        }
+    }
+    #[inline(always)]
+    fn frags() -> &'static Frags<FragKey> {
+        &FRAGS
     }
 }
 
@@ -249,8 +266,19 @@ impl Family for Ipv6 {
             core::ptr::write_unaligned((&raw mut p.__bindgen_anon_4).cast::<Ipv6>(), *daddr);
         }
     }
+    type FragKey = FragKey6;
     #[inline(always)]
-    fn note_fragment(_flow: &Flow<Self>) {
-        // IPv6 fragments are not translated (the parser passes them): nothing to record.
+    fn frag_key(flow: &Flow<Self>) -> FragKey6 {
+        FragKey6 {
+            saddr: flow.saddr,
+            daddr: flow.daddr,
+            id: flow.ip_id,
+            proto: flow.proto,
+            _pad: [0; 3],
+        }
+    }
+    #[inline(always)]
+    fn frags() -> &'static Frags<FragKey6> {
+        &FRAGS6
     }
 }

@@ -16,9 +16,9 @@ use core::{mem::MaybeUninit, ptr::NonNull};
 
 use aya_ebpf::Global;
 use lb_common::{
-    Address, Config, CtKey, CtValue, FragKey, FragPorts, Ipv4, Ipv6, ServiceValue, backend_flags,
-    capacity, counter, ct_dir, ct_flags, ct_state, drop_reason, event_kind, hook, kind, proto,
-    selection, stage, svc_flags,
+    Address, Config, CtKey, CtValue, FragPorts, Ipv4, Ipv6, ServiceValue, backend_flags, capacity,
+    counter, ct_dir, ct_flags, ct_state, drop_reason, event_kind, hook, kind, proto, selection,
+    stage, svc_flags,
 };
 
 use crate::{
@@ -26,7 +26,7 @@ use crate::{
     ctx::Packet,
     family::Family,
     icmp, lookup,
-    maps::{FRAGS, SCRATCH, Scratch, Staged, config, mark_nat, may_be_tracked_backend},
+    maps::{SCRATCH, Scratch, Staged, config, mark_nat, may_be_tracked_backend},
     nat,
     parse::{self, Flow, Parsed, frag, tcp_flags},
     route::{self, Out},
@@ -51,6 +51,10 @@ pub fn process<P: Packet + Staged>(pkt: &mut P) -> Verdict {
         // XDP leaves IPv6 to tc.
         Ok(Parsed::Flow6(_)) if P::DEFERS => return Verdict::Pass,
         Ok(Parsed::Flow6(flow)) => {
+            if flow.frag == frag::LATER && !fragment_ports(flow) {
+                count_skip(parse::Skip::Fragment);
+                return Verdict::Pass;
+            }
             let flow = *flow;
             return common(pkt, &flow);
         }
@@ -343,16 +347,10 @@ fn after_stage<P: Packet + Staged, A: Family>(pkt: &mut P, v: Verdict) -> Verdic
 
 /// The ports of a later fragment, from its datagram's first fragment; false if unknown.
 #[inline(always)]
-fn fragment_ports(flow: &mut Flow) -> bool {
-    let key = FragKey {
-        saddr: flow.saddr,
-        daddr: flow.daddr,
-        id: flow.ip_id,
-        proto: flow.proto,
-        _pad: 0,
-    };
+fn fragment_ports<A: Family>(flow: &mut Flow<A>) -> bool {
+    let key = A::frag_key(flow);
     // SAFETY: copied out at once.
-    let Some(p) = (unsafe { FRAGS.get(key) }).copied() else {
+    let Some(p) = (unsafe { A::frags().get(key) }).copied() else {
         return false;
     };
     flow.sport = p.sport;
@@ -362,23 +360,16 @@ fn fragment_ports(flow: &mut Flow) -> bool {
 
 /// Records a translated first fragment's ports for the datagram's later fragments.
 #[inline(always)]
-pub fn note_fragment(flow: &Flow) {
+fn note_fragment<A: Family>(flow: &Flow<A>) {
     if flow.frag == frag::NONE || !stats::live() {
         return;
     }
     if flow.frag == frag::FIRST {
-        let key = FragKey {
-            saddr: flow.saddr,
-            daddr: flow.daddr,
-            id: flow.ip_id,
-            proto: flow.proto,
-            _pad: 0,
-        };
         let ports = FragPorts {
             sport: flow.sport,
             dport: flow.dport,
         };
-        let _ = FRAGS.insert(key, ports, 0);
+        let _ = A::frags().insert(A::frag_key(flow), ports, 0);
     }
     stats::count(counter::FRAG_XLATE);
 }
@@ -788,7 +779,7 @@ fn deliver<P: Packet + Staged, A: Family>(
         stats::drop_reason(drop_reason::XLATE_ERROR);
         return Err(Verdict::Drop);
     }
-    A::note_fragment(flow);
+    note_fragment(flow);
     Ok(out)
 }
 

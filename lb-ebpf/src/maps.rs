@@ -13,9 +13,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     Address, AffinityKey, AffinityValue, AgentStatus, Backend, Config, Config6, CtKey, CtValue,
-    DEVICE_SLOTS, DevState, FragKey, FragPorts, Ipv4, Ipv6, LutChunk, ServiceKey, ServiceValue,
-    SockRevKey, SockRevValue, SockXlate, SrcRangeKey, SvcInfo, SvcStats, Trace, capacity, counter,
-    filter, hook, stage,
+    DEVICE_SLOTS, DevState, FragKey, FragKey6, FragPorts, Ipv4, Ipv6, LutChunk, ServiceKey,
+    ServiceValue, SockRevKey, SockRevValue, SockXlate, SrcRangeKey, SvcInfo, SvcStats, Trace,
+    capacity, counter, filter, hook, stage,
 };
 
 use crate::ctx::{TcPacket, XdpPacket};
@@ -58,6 +58,11 @@ pub static CT_NEW: CtTable = LruHashMap::new();
 /// Fragmented datagrams: the ports of each first fragment, for the later fragments (LRU).
 #[btf_map(name = "xlb_frags")]
 pub static FRAGS: LruHashMap<FragKey, FragPorts, { capacity::FRAGS as usize }> = LruHashMap::new();
+
+/// The same for IPv6 datagrams (fragment header identification, 32 bits).
+#[btf_map(name = "xlb_frags6")]
+pub static FRAGS6: LruHashMap<FragKey6, FragPorts, { capacity::FRAGS as usize }> =
+    LruHashMap::new();
 
 /// ClientIP session affinity (LRU).
 #[btf_map(name = "xlb_affinity")]

@@ -52,8 +52,8 @@ pub struct Flow<A = Ipv4> {
     /// IP total length (IPv6: payload and fixed header), host order (for the route's MTU
     /// check).
     pub ip_len: u16,
-    /// IPv4 identification, host order (fragments).
-    pub ip_id: u16,
+    /// IPv4 identification or the IPv6 fragment header's, host order (fragments).
+    pub ip_id: u32,
     /// `frag::*`.
     pub frag: u8,
     /// TCP: the sequence number after this segment (seq + payload, SYN and FIN counting one).
@@ -241,7 +241,7 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
                 off: l4_off as u8,
             },
             ip_len,
-            ip_id: u16::from_be(id),
+            ip_id: u32::from(u16::from_be(id)),
             frag,
             seq_end: 0,
             ttl,
@@ -271,7 +271,7 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
         tcp_flags: flags,
         l4,
         ip_len,
-        ip_id: u16::from_be(id),
+        ip_id: u32::from(u16::from_be(id)),
         frag,
         seq_end,
         ttl,
@@ -321,8 +321,9 @@ fn ports_of<P: Packet>(
 }
 
 /// Parses an IPv6 packet: the fixed header, up to `IPV6_MAX_EXT` extension headers, the L4
-/// header. ICMPv6 errors go to the ICMP path; other ICMPv6 (neighbour discovery among it) and
-/// fragments are left alone.
+/// header. A first fragment parses like a whole datagram; a later one has no L4 header (as
+/// IPv4's). ICMPv6 errors go to the ICMP path; other ICMPv6 (neighbour discovery among it) is
+/// left alone.
 #[inline(always)]
 fn parse6<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
     let ip: *const Ipv6Hdr = header(pkt, L3_OFF).ok_or(Skip::Malformed)?;
@@ -341,6 +342,8 @@ fn parse6<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
         return Err(Skip::Malformed);
     }
     let mut off = L3_OFF + IPV6_HDR;
+    let mut fragment = frag::NONE;
+    let mut frag_id = 0;
     let mut i = 0;
     while i < IPV6_MAX_EXT {
         i += 1;
@@ -357,7 +360,6 @@ fn parse6<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
                 next = nh;
                 len
             }
-            IPV6_FRAGMENT => return Err(Skip::Fragment),
             _ => break,
         };
         off += len;
@@ -366,7 +368,47 @@ fn parse6<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
             return Err(Skip::OtherProto);
         }
     }
+    // A fragment header, after the others (the L4 header follows it in a first fragment).
+    if next == IPV6_FRAGMENT {
+        // Next header, reserved, offset (13 bits) + M flag, identification.
+        let h: *const [u8; 8] = header(pkt, off).ok_or(Skip::Malformed)?;
+        // SAFETY: bounds-checked by `header`.
+        let h = unsafe { *h };
+        let off_m = u16::from_be_bytes([h[2], h[3]]);
+        next = h[0];
+        frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        if off_m & 0xfff8 != 0 {
+            fragment = frag::LATER;
+        } else if off_m & 1 != 0 {
+            fragment = frag::FIRST;
+        }
+        off += 8;
+    }
     let ip_len = payload_len.saturating_add(IPV6_HDR as u16);
+    if fragment == frag::LATER {
+        // No L4 header: its ports come from the first fragment's record (`lb::process`).
+        if !matches!(next, proto::TCP | proto::UDP | proto::SCTP) {
+            return Err(Skip::OtherProto);
+        }
+        return Ok(Parsed::Flow6(Flow {
+            saddr,
+            daddr,
+            sport: 0,
+            dport: 0,
+            proto: next,
+            tcp_flags: 0,
+            l4: L4 {
+                proto: 0,
+                off: off as u8,
+            },
+            ip_len,
+            ip_id: frag_id,
+            frag: fragment,
+            seq_end: 0,
+            ttl: hop_limit,
+            df: true,
+        }));
+    }
     if next == proto::ICMPV6 {
         // Type and code: a 1-byte read's bounds check compiles to a form the verifier does not
         // take (`p >= end` instead of `p + 1 > end`).
@@ -398,8 +440,8 @@ fn parse6<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
             off: off as u8,
         },
         ip_len,
-        ip_id: 0,
-        frag: frag::NONE,
+        ip_id: frag_id,
+        frag: fragment,
         seq_end,
         ttl: hop_limit,
         df: true,

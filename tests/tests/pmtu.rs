@@ -21,6 +21,7 @@ use xlb_tests::{
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 50);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 2);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x50, 0, 0, 0, 0, 0x50);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x10, 1, 0, 0, 0, 2);
 const SMALL: &str = "1280";
 
 struct Bed {
@@ -105,8 +106,8 @@ fn bed() -> Bed {
     dir.write(
         "svc.yaml",
         &format!(
-            "services:\n  - name: bulk\n    frontend: {VIP}:80/tcp\n    clientIP: preserve\n    backends: [10.244.1.11:8080]\n  - name: big\n    frontend: {VIP}:53/udp\n    clientIP: preserve\n    backends: [10.244.1.11:5353]\n  - name: bulk6\n    frontend: \"[{VIP6}]:80/tcp\"\n    clientIP: preserve\n    backends: [\"[{}]:8080\"]\n",
-            node.pods[0].ip6
+            "services:\n  - name: bulk\n    frontend: {VIP}:80/tcp\n    clientIP: preserve\n    backends: [10.244.1.11:8080]\n  - name: big\n    frontend: {VIP}:53/udp\n    clientIP: preserve\n    backends: [10.244.1.11:5353]\n  - name: bulk6\n    frontend: \"[{VIP6}]:80/tcp\"\n    clientIP: preserve\n    backends: [\"[{ip6}]:8080\"]\n  - name: big6\n    frontend: \"[{VIP6}]:53/udp\"\n    clientIP: preserve\n    backends: [\"[{ip6}]:5353\"]\n",
+            ip6 = node.pods[0].ip6
         ),
     );
     let pins = PinDir::new(&tag);
@@ -126,6 +127,7 @@ fn bed() -> Bed {
     );
     agent.wait_active("bulk", 1);
     agent.wait_active("bulk6", 1);
+    agent.wait_active("big6", 1);
     agent.wait_active("big", 1);
     Bed {
         client,
@@ -268,14 +270,16 @@ fn an_ipv6_bulk_upload_gets_packet_too_big_from_the_balancer() {
     upload(VIP6.into());
 }
 
-#[test]
-fn a_udp_datagram_larger_than_the_mtu_crosses_the_balancer_whole_both_ways() {
+/// A 3000-byte query to `vip`:53 and a 4000-byte answer, both fragmented by their senders
+/// (the MTU is 1500): each arrives whole, the client's address preserved.
+fn big_datagrams(vip: IpAddr, client: IpAddr) {
     let b = bed();
+    let bind = SocketAddr::new(backend(&b, vip), 5353);
     // Bound before the client sends (a socket keeps the namespace it was made in), so the query
     // cannot arrive before anyone listens.
     let s = b.node.pods[0]
         .ns
-        .run(|| UdpSocket::bind("10.244.1.11:5353").expect("bind"));
+        .run(move || UdpSocket::bind(bind).expect("bind"));
     let server = std::thread::spawn(move || {
         s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
         let mut buf = vec![0u8; 65536];
@@ -287,18 +291,28 @@ fn a_udp_datagram_larger_than_the_mtu_crosses_the_balancer_whole_both_ways() {
         }
         (0, SocketAddr::from(([0, 0, 0, 0], 0)))
     });
-    let (from, len) = b.client.run(|| {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+    let to = SocketAddr::new(vip, 53);
+    let (from, len) = b.client.run(move || {
+        let s = UdpSocket::bind(xlb_tests::traffic::any_port(to)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.send_to(&vec![b'q'; 3000], SocketAddr::from((VIP, 53)))
-            .unwrap();
+        s.send_to(&vec![b'q'; 3000], to).unwrap();
         let mut buf = vec![0u8; 65536];
         let (n, from) = s.recv_from(&mut buf).expect("no answer: fragments lost");
         (from, n)
     });
     let (query_len, seen) = server.join().unwrap();
     assert_eq!(query_len, 3000, "the query arrived in pieces");
-    assert_eq!(seen.ip(), CLIENT, "the client's address was not preserved");
-    assert_eq!((from, len), (SocketAddr::from((VIP, 53)), 4000));
+    assert_eq!(seen.ip(), client, "the client's address was not preserved");
+    assert_eq!((from, len), (to, 4000));
     assert!(b.agent.counter("frag_xlate") >= 4);
+}
+
+#[test]
+fn a_udp_datagram_larger_than_the_mtu_crosses_the_balancer_whole_both_ways() {
+    big_datagrams(VIP.into(), CLIENT.into());
+}
+
+#[test]
+fn an_ipv6_udp_datagram_larger_than_the_mtu_crosses_the_balancer_whole_both_ways() {
+    big_datagrams(VIP6.into(), CLIENT6.into());
 }

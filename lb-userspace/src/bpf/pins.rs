@@ -17,8 +17,8 @@ use std::{
 use aya::maps::{MapInfo, MapType};
 use lb_common::{
     AffinityKey, AffinityValue, AgentStatus, Backend, Config, Config6, CtKey, CtValue, DevState,
-    FragKey, FragPorts, Ipv6, LAYOUT_VERSION, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
-    SockXlate, SrcRangeKey, SvcInfo, SvcStats, Trace, map_names as names,
+    FragKey, FragKey6, FragPorts, Ipv6, LAYOUT_VERSION, ServiceKey, ServiceValue, SockRevKey,
+    SockRevValue, SockXlate, SrcRangeKey, SvcInfo, SvcStats, Trace, map_names as names,
 };
 
 /// A problem with the pin directory.
@@ -280,7 +280,7 @@ pub fn ensure_dir(dir: &Path) -> Result<(), PinError> {
 }
 
 /// Type, key size and value size each map must have.
-pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 30] {
+pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 31] {
     use std::mem::size_of;
     [
         (
@@ -392,6 +392,12 @@ pub fn expected_layout() -> [(&'static str, MapType, usize, usize); 30] {
             MapType::LruHash,
             size_of::<SockRevKey<Ipv6>>(),
             size_of::<SockRevValue<Ipv6>>(),
+        ),
+        (
+            names::FRAGS6,
+            MapType::LruHash,
+            size_of::<FragKey6>(),
+            size_of::<FragPorts>(),
         ),
     ]
 }
