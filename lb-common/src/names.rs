@@ -155,8 +155,19 @@ pub mod prog_names {
         HOST_BACK6,
         HOST_NEW6,
     ];
-    /// Stage programs of the XDP entry program, in `xlb_xdp_stages` slot order.
-    pub const XDP_STAGES: [&str; 3] = [XDP_FRONT, XDP_BACK, XDP_ICMP];
+    pub const XDP_FRONT6: &str = "xlb_xdp_front6";
+    pub const XDP_BACK6: &str = "xlb_xdp_back6";
+    pub const XDP_NEW6: &str = "xlb_xdp_new6";
+    /// Stage programs of the XDP entry program and their `xlb_xdp_stages` slots (XDP has no
+    /// error stage: it leaves such packets to tc).
+    pub const XDP_STAGES: [(&str, u32); 6] = [
+        (XDP_FRONT, super::stage::FRONT),
+        (XDP_BACK, super::stage::BACK),
+        (XDP_ICMP, super::stage::ICMP),
+        (XDP_FRONT6, super::stage::FRONT6),
+        (XDP_BACK6, super::stage::BACK6),
+        (XDP_NEW6, super::stage::NEW6),
+    ];
     /// cgroup connect6: a TCP connect() to an IPv6 ClusterIP (or an IPv4 one from an
     /// IPv4-mapped address) goes to a backend.
     pub const CONNECT6: &str = "xlb_connect6";
@@ -194,17 +205,17 @@ pub mod stage {
     pub const ICMP: u32 = 2;
     /// Send an ICMP error (time exceeded, fragmentation needed) instead of forwarding (tc).
     pub const ERROR: u32 = 3;
-    /// An IPv6 packet to a frontend (as `FRONT`; tc only: XDP leaves IPv6 to tc).
+    /// An IPv6 packet to a frontend (as `FRONT`).
     pub const FRONT6: u32 = 4;
-    /// An IPv6 backend's reply (as `BACK`; tc only).
+    /// An IPv6 backend's reply (as `BACK`).
     pub const BACK6: u32 = 5;
     /// An IPv6 packet that starts a flow (its frontend and the flow's old entry already
     /// looked up by `FRONT6`): the IPv6 keys and entries are too big for one program's stack.
     pub const NEW6: u32 = 6;
-    /// Slots per tc hook (XDP uses the first `XDP_STAGES`).
+    /// Slots per tc hook.
     pub const PER_HOOK: u32 = 7;
-    /// Slots of the XDP hook.
-    pub const XDP_STAGES: u32 = 3;
+    /// Slots of the XDP hook (`ERROR`'s stays empty).
+    pub const XDP_STAGES: u32 = 7;
     /// Base slot of the pod tc hook in `xlb_tc_stages`.
     pub const POD_BASE: u32 = 0;
     /// Base slot of the uplink tc hook in `xlb_tc_stages`.

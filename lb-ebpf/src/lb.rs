@@ -48,8 +48,6 @@ pub fn process<P: Packet + Staged>(pkt: &mut P) -> Verdict {
     let mut parsed = parse::parse(pkt);
     let flow = match &mut parsed {
         Ok(Parsed::Flow(flow)) => flow,
-        // XDP leaves IPv6 to tc.
-        Ok(Parsed::Flow6(_)) if P::DEFERS => return Verdict::Pass,
         Ok(Parsed::Flow6(flow)) => {
             if flow.frag == frag::LATER && !fragment_ports(flow) {
                 count_skip(parse::Skip::Fragment);
@@ -65,7 +63,7 @@ pub fn process<P: Packet + Staged>(pkt: &mut P) -> Verdict {
                 s.icmp_v6 = 0;
             });
         }
-        // As IPv6 flows: at tc.
+        // ICMPv6 errors are translated at tc (XDP leaves them to it).
         Ok(Parsed::Icmp6(_)) if P::DEFERS => return Verdict::Pass,
         Ok(Parsed::Icmp6(h)) => {
             let head = *h;

@@ -128,6 +128,9 @@ stages!(xdp =>
     xlb_xdp_front: lb::front4;
     xlb_xdp_back: lb::back4;
     xlb_xdp_icmp: lb::icmp_stage;
+    xlb_xdp_front6: lb::front6;
+    xlb_xdp_back6: lb::back6;
+    xlb_xdp_new6: lb::new6;
 );
 
 /// cgroup connect4: TCP connects to a ClusterIP go straight to a backend (socket-level LB).

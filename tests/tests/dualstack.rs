@@ -414,10 +414,25 @@ fn v6_service(
 
 #[test]
 fn ipv6_node_ports_from_outside_snat_to_the_node_and_local_policy_keeps_the_client() {
+    node_ports6(false);
+}
+
+#[test]
+fn ipv6_node_ports_through_native_xdp_where_the_peers_run_xdp() {
+    node_ports6(true);
+}
+
+/// NodePorts over IPv6 from an external client, with the default flags, or with native XDP
+/// on uplinks whose peers run XDP (XDP then translates the IPv6 flows itself).
+fn node_ports6(native_xdp: bool) {
     use xlb_tests::topology::{Cluster, client_ip6, node_ip, node_ip6};
     require_root();
     let tag = unique_tag();
-    let mut cluster = Cluster::new(&tag, 2, 1, &[]);
+    let mut cluster = if native_xdp {
+        Cluster::with_xdp_peers(&tag, 2, 1, &[])
+    } else {
+        Cluster::new(&tag, 2, 1, &[])
+    };
     cluster.nodes[0].add_pod(1);
     cluster.nodes[1].add_pod(1);
     cluster.dual_stack();
@@ -455,7 +470,7 @@ fn ipv6_node_ports_from_outside_snat_to_the_node_and_local_policy_keeps_the_clie
     for (i, node) in cluster.nodes.iter().enumerate() {
         let p = PinDir::new(&format!("{tag}-{}", node.name));
         let ips = format!("{},{}", node_ip(i), node_ip6(i));
-        let args = [
+        let mut args = vec![
             "--services",
             file.to_str().expect("utf-8"),
             "--node-name",
@@ -467,6 +482,9 @@ fn ipv6_node_ports_from_outside_snat_to_the_node_and_local_policy_keeps_the_clie
             "--pod-devices",
             "xp*",
         ];
+        if native_xdp {
+            args.extend(["--xdp-mode", "native"]);
+        }
         agents.push(Agent::start(&node.ns, &p, &args));
         pins.push(p);
     }

@@ -1,7 +1,8 @@
 //! IPv6 through the datapath (BPF_PROG_TEST_RUN fixtures): DNAT and reverse NAT of TCP and
 //! UDP with the L4 checksum recomputed from scratch, extension headers, dual-stack services
 //! (one Service, both families, each to its own backends), NodePort SNAT to the node's IPv6
-//! address, and neighbour discovery never touched.
+//! address, XDP translating IPv6 flows itself (`XDP_TX`), and neighbour discovery never
+//! touched.
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -110,6 +111,41 @@ fn an_ipv6_syn_to_the_vip_is_dnated_and_its_reply_comes_from_the_vip() {
     // Two flows, both directions each, in the IPv6 tables (none in the IPv4 ones).
     assert_eq!(ct6_entries(&dp), 4);
     assert!(dp.maps.conntrack_entries().expect("ct").is_empty());
+}
+
+#[test]
+fn xdp_translates_ipv6_flows_itself_with_valid_checksums() {
+    let mut dp = dual_stack();
+    let syn = packet6::tcp((CLIENT6, 41000), (VIP6, 80), flags::SYN, b"");
+    let (rc, out) = dp.xdp(&syn);
+    assert_eq!(rc, XDP_TX, "XDP forwards the IPv6 flow itself");
+    assert_eq!(
+        out[..6],
+        xlb_tests::datapath::NEXT_HOP_MAC,
+        "next hop's MAC"
+    );
+    let p = packet6::parse(&out);
+    assert!(p.l4_csum_ok, "XDP DNAT checksum: {p:?}");
+    assert!(BACKENDS6.contains(&p.dst), "dst {} not a backend", p.dst);
+    assert_eq!((p.src, p.sport, p.dport), (CLIENT6, 41000, 8080));
+    assert_eq!(p.hop_limit, packet6::HOP_LIMIT - 1);
+    let synack = packet6::tcp(
+        (p.dst, 8080),
+        (CLIENT6, 41000),
+        flags::SYN | flags::ACK,
+        b"hi",
+    );
+    let (rc, out) = dp.xdp(&synack);
+    assert_eq!(rc, XDP_TX);
+    let r = packet6::parse(&out);
+    assert!(r.l4_csum_ok, "XDP reverse NAT checksum: {r:?}");
+    assert_eq!((r.src, r.sport, r.dst, r.dport), (VIP6, 80, CLIENT6, 41000));
+    let udp = packet6::udp((CLIENT6, 41001), (VIP6, 53), b"q");
+    let (rc, out) = dp.xdp(&udp);
+    assert_eq!(rc, XDP_TX);
+    let u = packet6::parse(&out);
+    assert!(u.l4_csum_ok && BACKENDS6.contains(&u.dst), "XDP UDP: {u:?}");
+    assert!(dp.counters()[counter::CT_NEW as usize] >= 2);
 }
 
 #[test]

@@ -324,19 +324,27 @@ fn load_stages(ebpf: &mut Ebpf) -> Result<(), LoadError> {
                 .try_clone(),
         ));
     }
-    for name in prog_names::XDP_STAGES {
+    let mut xdp = Vec::new();
+    for (name, slot) in prog_names::XDP_STAGES {
         let prog: &mut Xdp = program(ebpf, name)?;
         load_program(name, || prog.load())?;
-        fds.push((
-            names::XDP_STAGES,
+        xdp.push((
+            slot,
             name,
             prog.fd()
                 .map_err(|source| LoadError::Program { name, source })?
                 .try_clone(),
         ));
     }
-    let mut slot = std::collections::HashMap::<&str, u32>::new();
-    for (map, name, fd) in fds {
+    // The tc stages take their slots in order; the XDP ones the slots they name.
+    let tc = fds
+        .into_iter()
+        .zip(0u32..)
+        .map(|((map, name, fd), slot)| (map, slot, name, fd));
+    let xdp = xdp
+        .into_iter()
+        .map(|(slot, name, fd)| (names::XDP_STAGES, slot, name, fd));
+    for (map, slot, name, fd) in tc.chain(xdp) {
         let fd = fd.map_err(|e| LoadError::Stage {
             name,
             reason: e.to_string(),
@@ -349,13 +357,11 @@ fn load_stages(ebpf: &mut Ebpf) -> Result<(), LoadError> {
             name,
             reason: e.to_string(),
         })?;
-        let i = slot.entry(map).or_insert(0);
-        arr.set(*i, &fd, 0).map_err(|e| LoadError::Stage {
+        arr.set(slot, &fd, 0).map_err(|e| LoadError::Stage {
             name,
             reason: e.to_string(),
         })?;
         let _ = fd.as_fd();
-        *i += 1;
     }
     Ok(())
 }
