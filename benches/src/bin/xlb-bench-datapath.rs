@@ -14,8 +14,8 @@
 //!   lookup misses) and from one reached only at the socket (NAT slot zero: no lookup);
 //! - XDP CT hit / XDP SNAT CT miss / XDP SNAT CT hit: north-south at XDP, forwarded with
 //!   XDP_TX (the floor parses, swaps MACs and transmits);
-//! - IPv6 CT miss / CT hit / reply / not a service: the same at tc for an IPv6 ping-pong
-//!   pair, against the same (IPv4) floor, with their ratio to the IPv4 figure printed too;
+//! - IPv6 CT miss / CT hit / reply / not a service / XDP CT hit: the same for an IPv6
+//!   ping-pong pair, against the same (IPv4) floors, with their ratio to the IPv4 figure;
 //! - throughput: packets per second of live frames pushed by a generator namespace through a
 //!   native-XDP uplink and back, xlb (an established SNATed flow) vs the floor program.
 //!
@@ -123,12 +123,15 @@ fn ping_pong() -> (LbService, LbService, Ipv4Addr) {
     (ping, pong, a)
 }
 
-const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 0x10);
-const OTHER_POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 7);
+// IPv6 addresses inside the fixture's routed prefixes (`datapath::ROUTED6`), as the IPv4 ones
+// are inside its IPv4 prefixes: XDP forwards only what the FIB routes.
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 0x10);
+const OTHER_POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 7);
 
-/// `ping_pong` in IPv6: `ping6` (fd00:95::1:80) → fd00:95:1::1..10:8080, `pong6` back.
+/// `ping_pong` in IPv6: `ping6` (fd00:10:96::5:1, port 80) → fd00:10:244:95::1..10:8080,
+/// `pong6` back.
 fn ping_pong6() -> (LbService, LbService, Ipv6Addr) {
-    let a = Ipv6Addr::new(0xfd00, 0x95, 0, 0, 0, 0, 0, 1);
+    let a = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 5, 1);
     let (mut ping, mut pong, _) = ping_pong();
     ping.name = "bench/ping6:80/TCP".into();
     pong.name = "bench/pong6:8080/TCP".into();
@@ -139,7 +142,7 @@ fn ping_pong6() -> (LbService, LbService, Ipv6Addr) {
         .zip(pong.frontends.iter_mut())
         .enumerate()
     {
-        let b = Ipv6Addr::new(0xfd00, 0x95, 1, 0, 0, 0, 0, i as u16 + 1);
+        let b = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0x95, 0, 0, 0, i as u16 + 1);
         e.addr = b.into();
         f.addr = b.into();
     }
@@ -258,6 +261,7 @@ fn measure(services: u32, rounds: usize, caps: lb_userspace::bpf::Capacities) ->
     );
     let (mut miss6, mut hit6, mut rev6, mut pass6) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut xhit6 = Vec::new();
 
     let mut floor = Vec::new();
     let mut miss = Vec::new();
@@ -408,13 +412,20 @@ fn measure(services: u32, rounds: usize, caps: lb_userspace::bpf::Capacities) ->
         let c6 = dp.counters();
         pass6.push(dp.time(prog_names::POD_INGRESS, &other6, REPEAT));
         let passed6 = delta(&dp, &c6, counter::NOT_SERVICE);
+        let c6 = dp.counters();
+        xhit6.push(dp.time_routed(prog_names::XDP, &ack6, XDP_REPEAT));
+        let xhits6 = delta(&dp, &c6, counter::CT_HIT);
         if round == 0 {
             checks.push(format!(
-                "path check ({services} services, IPv6): {hits6} CT hits, {revs6} reverse translations, {news6} new flows, {passed6} passed untouched"
+                "path check ({services} services, IPv6): {hits6} CT hits, {revs6} reverse translations, {news6} new flows, {passed6} passed untouched; XDP: {xhits6} CT hits"
             ));
             let r = u64::from(REPEAT);
             assert!(
-                hits6 >= r && revs6 >= r && news6 >= r && passed6 >= r,
+                hits6 >= r
+                    && revs6 >= r
+                    && news6 >= r
+                    && passed6 >= r
+                    && xhits6 >= u64::from(XDP_REPEAT),
                 "{}",
                 checks.last().unwrap()
             );
@@ -491,6 +502,7 @@ fn measure(services: u32, rounds: usize, caps: lb_userspace::bpf::Capacities) ->
         row("IPv6 CT hit (established, DNAT)", median(&hit6), f),
         row("IPv6 reply (reverse NAT)", median(&rev6), f),
         row("IPv6 not a service: pod to pod", median(&pass6), f),
+        row("IPv6 XDP CT hit (DNAT, XDP_TX)", median(&xhit6), xf),
     ]
 }
 
