@@ -399,34 +399,35 @@ fn push_once(problems: &mut Vec<Problem>, p: Problem) {
 }
 
 /// A backend set's frontends and endpoints of one address family each: a set with frontends
-/// of both (a dual-stack Service) becomes two, the IPv6 one named `… (IPv6)` (its own
-/// service id and table; a set of IPv6 frontends only keeps its name); endpoints reach only
-/// the frontends of their family, and source ranges apply to the clients of theirs.
-pub fn by_family(mut set: LbService) -> Vec<LbService> {
-    let keep = |s: &mut LbService, v6: bool| {
+/// of both (a dual-stack Service) becomes two, each with its own service id and table.
+/// The family of the first frontend (a Service's primary family: `clusterIPs[0]`, which
+/// Kubernetes never changes) keeps the set's name, the other is `… (IPv6)` / `… (IPv4)`: a
+/// Service that turns dual-stack keeps its primary half's identity, flows and counters.
+/// Endpoints reach only the frontends of their family, and source ranges apply to the clients
+/// of theirs.
+pub fn by_family(set: LbService) -> Vec<LbService> {
+    let keep = |mut s: LbService, v6: bool| {
         s.frontends.retain(|f| f.addr.is_ipv6() == v6);
         s.endpoints.retain(|e| e.addr.is_ipv6() == v6);
         s.source_ranges.retain(|n| n.is_ipv4() != v6);
+        s
     };
-    let mut out = Vec::with_capacity(1);
-    if set.frontends.iter().any(|f| f.addr.is_ipv6()) {
-        let both = set.frontends.iter().any(|f| f.addr.is_ipv4());
-        let mut v6 = LbService {
-            name: if both {
-                format!("{} (IPv6)", set.name)
-            } else {
-                set.name.clone()
-            },
-            ..set.clone()
-        };
-        keep(&mut v6, true);
-        out.push(v6);
+    let has = |v6: bool| set.frontends.iter().any(|f| f.addr.is_ipv6() == v6);
+    let (v4, v6) = (has(false), has(true));
+    if !v4 && !v6 {
+        return Vec::new();
     }
-    keep(&mut set, false);
-    if !set.frontends.is_empty() {
-        out.insert(0, set);
+    if !(v4 && v6) {
+        return vec![keep(set, v6)];
     }
-    out
+    let primary_v6 = set.frontends.first().is_some_and(|f| f.addr.is_ipv6());
+    let mut secondary = keep(set.clone(), !primary_v6);
+    secondary.name = format!(
+        "{} ({})",
+        set.name,
+        if primary_v6 { "IPv4" } else { "IPv6" }
+    );
+    vec![keep(set, primary_v6), secondary]
 }
 
 /// Who defined a set of backend sets.

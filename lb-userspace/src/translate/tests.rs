@@ -690,6 +690,27 @@ spec:
         t.problems
     );
 
+    // IPv6 first (`ipFamilies: [IPv6, IPv4]`): the IPv6 half keeps the name, so a single-stack
+    // IPv6 Service that turns dual-stack keeps its identity; the IPv4 half is `… (IPv4)`.
+    let six_first = only6.replace(
+        "  ipFamilies: [IPv6]\n",
+        "  clusterIPs: ['fd00:96::20', 10.96.0.20]\n  ipFamilies: [IPv6, IPv4]\n  ipFamilyPolicy: PreferDualStack\n",
+    );
+    let t = run_on(&[&six_first], &[], &n);
+    let names: Vec<&String> = t.state.services.keys().collect();
+    assert_eq!(
+        names,
+        ["default/six:http/TCP", "default/six:http/TCP (IPv4)"],
+        "{:?}",
+        t.problems
+    );
+    assert!(
+        t.state.services["default/six:http/TCP"]
+            .frontends
+            .iter()
+            .all(|f| f.addr.is_ipv6())
+    );
+
     // A cluster IP of a family that spec.ipFamilies does not name, and two cluster IPs under
     // SingleStack, are refused with their field.
     for (spec, field) in [
