@@ -173,8 +173,8 @@ pub mod prog_names {
     pub const CONNECT6: &str = "xlb_connect6";
     /// cgroup getpeername6: such a socket reports the ClusterIP as its peer.
     pub const PEERNAME6: &str = "xlb_peername6";
-    /// cgroup sendmsg6: a host-network UDP datagram to a ClusterIP of either family goes to a
-    /// backend.
+    /// cgroup sendmsg6: a host-network UDP datagram to an IPv6 ClusterIP goes to a backend
+    /// (one to an IPv4-mapped address takes sendmsg4).
     pub const SENDMSG6: &str = "xlb_sendmsg6";
     /// cgroup recvmsg6: replies to those datagrams show the ClusterIP as their source.
     pub const RECVMSG6: &str = "xlb_recvmsg6";

@@ -288,7 +288,8 @@ const ERRORS_PER_SEC: u32 = 100;
 /// Sends an ICMP error back to the packet's source, from its destination (where it was
 /// sending to), in place of the packet (still untranslated): time exceeded if `mtu` is 0,
 /// port unreachable if it is `PORT_UNREACHABLE` (the drop was counted as `no_backend`), else
-/// fragmentation needed with that next-hop MTU. tc only: XDP leaves such packets to tc.
+/// fragmentation needed with that next-hop MTU; for an IPv6 packet their ICMPv6 counterparts
+/// (`send_error6`). tc only: XDP leaves such packets to tc.
 #[inline(always)]
 pub fn send_error<P: Packet>(pkt: &mut P, mtu: u16) -> Verdict {
     match mtu {

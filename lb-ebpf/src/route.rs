@@ -14,8 +14,8 @@
 //! second (route changes take effect within a second; packets in between skip the FIB), and
 //! whenever a packet is bigger than what the cached hop is known to carry (`route_mtu`) or
 //! is a GSO aggregate: those go through the FIB's size check. A packet too big for its next
-//! hop (`how::TOO_BIG`) gets an ICMP fragmentation-needed from tc when it has DF set, and is
-//! left to the stack (which fragments it) otherwise.
+//! hop (`how::TOO_BIG`) gets an ICMP fragmentation-needed (IPv6: packet too big) from tc when
+//! it has DF set (every IPv6 packet), and is left to the stack (which fragments it) otherwise.
 //!
 //! At tc the FIB is asked without a length (`tot_len` 0), so the kernel checks the skb
 //! itself, GSO aggregates by their segment size; XDP frames are linear and give their length.
@@ -96,7 +96,7 @@ pub struct Hop {
     ifindex: u32,
     /// Destination and source MACs when the neighbour is resolved.
     macs: Option<([u8; 6], [u8; 6])>,
-    /// The largest IPv4 packet known to fit this hop (tc: the device's MTU; XDP: the length of
+    /// The largest IP packet known to fit this hop (tc: the device's MTU; XDP: the length of
     /// the frame looked up); 0: unknown.
     mtu: u16,
     /// The packet looked up was too big: `mtu` is the next hop's MTU. Never cached.

@@ -433,7 +433,9 @@ pub fn sendmsg4(ctx: &SockAddrContext) {
     sendmsg::<Ipv4, In4>(ctx);
 }
 
-/// cgroup sendmsg6: as `sendmsg4`, for IPv6 services and IPv4-mapped addresses.
+/// cgroup sendmsg6: as `sendmsg4`, for IPv6 services. (The kernel hands a datagram to an
+/// IPv4-mapped address to the IPv4 path before this hook: `sendmsg4` translates it; the mapped
+/// branch here only keeps the hook right should that change.)
 #[inline(always)]
 pub fn sendmsg6(ctx: &SockAddrContext) {
     // SAFETY: the context the kernel passed.

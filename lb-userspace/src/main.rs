@@ -266,7 +266,8 @@ struct PolicyArgs {
 }
 
 fn parse_cidr(s: &str) -> Result<lb_userspace::model::IpNet, String> {
-    lb_userspace::model::IpNet::parse(s).ok_or_else(|| format!("{s:?} is not an IPv4 CIDR"))
+    lb_userspace::model::IpNet::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a CIDR (IPv4 or IPv6)"))
 }
 
 /// What the maps hold: the agent sizes them, `xlb check` compares the files against them.

@@ -151,13 +151,16 @@ pub fn abort_sockets(bpffs: &Path, gone: &HashSet<(IpAddr, u16)>) -> anyhow::Res
         capacity::SOCK_SLOTS,
     )?;
     // Pins of a release without IPv6 sockets have no such maps: only IPv4 sockets then.
-    let v6 = Records::<Ipv6>::open(
-        bpffs,
-        map_names::SOCK6,
-        map_names::SOCK_REV6,
-        capacity::SOCK6_SLOTS,
-    )
-    .ok();
+    let v6 = if bpffs.join(map_names::SOCK6).exists() {
+        Some(Records::<Ipv6>::open(
+            bpffs,
+            map_names::SOCK6,
+            map_names::SOCK_REV6,
+            capacity::SOCK6_SLOTS,
+        )?)
+    } else {
+        None
+    };
     let n = sockdiag::abort_connected_udp(|cookie, addr, port| {
         if !gone.contains(&(addr, port)) {
             return false;
