@@ -24,6 +24,8 @@ const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x10);
 const CLOSED: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const CLOSED6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x11);
 const EMPTY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
+const KEEP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
+const KEEP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x13);
 const EMPTY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x12);
 const WEB6: &str = "default/web:http/TCP (IPv6)";
 const DNS6: &str = "default/dns:dns/UDP (IPv6)";
@@ -59,11 +61,25 @@ fn a_dual_stack_service_serves_each_family_on_packets_and_at_the_socket() {
             servers.tcp(&pod.ns, SocketAddr::new(addr, 8080), &name);
             servers.udp(&pod.ns, SocketAddr::new(addr, 5353), &name);
         }
+        // Long-lived connections (kill -9 below).
+        servers.tcp_persistent(
+            &pod.ns,
+            SocketAddr::new(pod.ip6.into(), 8081),
+            &format!("k{i}"),
+        );
     }
     let closed_port = || Port {
         target: "5999",
         ..Port::DNS
     };
+    let keep_port = || Port {
+        target: "8081",
+        ..Port::HTTP
+    };
+    let all6: Vec<Ep> = [1, 2]
+        .iter()
+        .map(|i: &usize| Ep::ready(node.pods[*i].ip6, "n1"))
+        .collect();
     let with = |pods: &[usize]| {
         let eps = |v6: bool| -> Vec<Ep> {
             pods.iter()
@@ -90,6 +106,10 @@ fn a_dual_stack_service_serves_each_family_on_packets_and_at_the_socket() {
                 &dual_stack_spec(CLOSED, CLOSED6),
             ),
             slice("closed-6", "closed", &[("dns", 5999, "UDP")], &eps(true)),
+            // Long-lived connections, on every backend that ever was (they stay through the
+            // endpoint changes below).
+            service("keep", KEEP, &[keep_port()], &dual_stack_spec(KEEP, KEEP6)),
+            slice("keep-6", "keep", &[("http", 8081, "TCP")], &all6),
             // No endpoints at all: xlb rejects, as kube-proxy does.
             service(
                 "empty",
@@ -189,8 +209,8 @@ fn a_dual_stack_service_serves_each_family_on_packets_and_at_the_socket() {
         .filter(|r| r["map"] == "xlb_backends6")
         .count();
     assert_eq!(
-        v6_rows, 6,
-        "two IPv6 backends of web, dns, closed: {backends}"
+        v6_rows, 8,
+        "two IPv6 backends of web, dns, closed, keep: {backends}"
     );
     let flows = agent.json(&["conntrack", "list", "--client", &pod.ip6.to_string()]);
     let flows = flows.as_array().expect("rows");
@@ -368,9 +388,29 @@ fn a_dual_stack_service_serves_each_family_on_packets_and_at_the_socket() {
         agent.logs()
     );
 
-    // kill -9: the pinned datapath keeps serving both families (b2 only now); a new agent
-    // takes over.
+    // kill -9: the pinned datapath keeps serving both families (b2 only now), and established
+    // IPv6 flows keep their backends through the gap and the new agent.
+    let keep6 = SocketAddr::from((KEEP6, 80));
+    let mut conns: Vec<xlb_tests::traffic::Conn> = pod.ns.run(move || {
+        (0..10)
+            .map(|_| xlb_tests::traffic::Conn::open(keep6, Duration::from_secs(2)).expect("open"))
+            .collect()
+    });
+    let first: Vec<String> = conns
+        .iter_mut()
+        .map(|c| c.ping().expect("ping").backend)
+        .collect();
+    let same = |conns: &mut [xlb_tests::traffic::Conn], when: &str| {
+        for (c, was) in conns.iter_mut().zip(&first) {
+            let r = c
+                .ping()
+                .unwrap_or_else(|e| panic!("{when}: a long-lived IPv6 flow broke: {e}"));
+            assert_eq!(&r.backend, was, "{when}: the flow changed backend");
+            assert_eq!(r.from, keep6, "{when}");
+        }
+    };
     agent.kill9();
+    same(&mut conns, "agent dead");
     let v6 = tcp_requests(&pod.ns, web6, 10);
     assert_eq!(served_from("v6 with the agent gone", &v6, web6), ["b2v6"]);
     let t6 = host("--tcp", web6, 10);
@@ -379,6 +419,7 @@ fn a_dual_stack_service_serves_each_family_on_packets_and_at_the_socket() {
     assert_eq!(served_from("v4 with the agent gone", &v4, web), ["b2v4"]);
     agent.restart();
     agent.wait_active(WEB6, 1);
+    same(&mut conns, "after the restart");
     let u6 = udp_requests(&pod.ns, dns6, 10);
     assert_eq!(served_from("v6 after the restart", &u6, dns6), ["b2v6"]);
     drop(servers);
