@@ -149,6 +149,43 @@ fn xdp_translates_ipv6_flows_itself_with_valid_checksums() {
 }
 
 #[test]
+fn ipv6_sctp_is_translated_when_its_port_is_kept_and_refused_otherwise() {
+    let mut dp = datapath();
+    let vip = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x40);
+    let mut d = DesiredState::default();
+    for (name, port, target) in [("same", 9000, 9000), ("rewrite", 9001, 7000)] {
+        let s = svc(
+            name,
+            vec![fe(vip, port, Protocol::Sctp)],
+            &BACKENDS6,
+            target,
+        );
+        d.services.insert(s.name.clone(), s);
+    }
+    dp.program(&d);
+    let pkt = packet6::sctp((CLIENT6, 5000), (vip, 9000));
+    let (rc, out) = dp.tc(prog_names::POD_INGRESS, &pkt);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&out[38..54]).expect("16 bytes"));
+    assert!(BACKENDS6.contains(&dst), "{dst}");
+    assert_eq!(out[54..58], pkt[54..58], "ports unchanged");
+    assert_eq!(
+        out[62..66],
+        pkt[62..66],
+        "CRC32c untouched (it does not cover the IP header)"
+    );
+    let (rc, _) = dp.tc(
+        prog_names::POD_INGRESS,
+        &packet6::sctp((CLIENT6, 5000), (vip, 9001)),
+    );
+    assert_eq!(rc, TC_ACT_SHOT, "a port rewrite would need a new CRC32c");
+    assert_eq!(
+        dp.counters()[(counter::DROP_BASE + lb_common::drop_reason::SCTP_PORT_REWRITE) as usize],
+        1
+    );
+}
+
+#[test]
 fn a_dual_stack_service_serves_each_family_from_its_own_backends() {
     let mut dp = dual_stack();
     let mut seen6 = std::collections::BTreeSet::new();
