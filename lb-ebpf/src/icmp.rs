@@ -28,7 +28,7 @@ use crate::{
     ctx::{End, ICMP_HDRS, ICMP6_HDRS, L3_OFF, L4, Packet, RewriteError, ptr_at},
     family::Family,
     maps::{self, SCRATCH},
-    parse::{self, IcmpError, IcmpHead, Quoted},
+    parse::{self, IcmpError, IcmpHead, Quoted, Skip},
     route, stats,
     verdict::{Verdict, count_skip, finish},
 };
@@ -88,19 +88,21 @@ impl IcmpFamily for Ipv6 {
 /// tracked flow; anything else passes, counted.
 #[inline(always)]
 pub fn translate<P: Packet>(pkt: &mut P, head: &IcmpHead) -> Verdict {
-    match parse::icmp_error(pkt, head) {
-        Ok(e) => message(pkt, &e),
-        Err(skip) => {
-            count_skip(skip);
-            Verdict::Pass
-        }
-    }
+    let e = parse::icmp_error(pkt, head);
+    parsed(pkt, e)
 }
 
 /// `translate` for an ICMPv6 error.
 #[inline(always)]
 pub fn translate6<P: Packet>(pkt: &mut P, head: &IcmpHead<Ipv6>) -> Verdict {
-    match parse::icmp_error6(pkt, head) {
+    let e = parse::icmp_error6(pkt, head);
+    parsed(pkt, e)
+}
+
+/// Translates a parsed error; a message that did not parse as one passes, counted.
+#[inline(always)]
+fn parsed<P: Packet, A: IcmpFamily>(pkt: &mut P, e: Result<IcmpError<A>, Skip>) -> Verdict {
+    match e {
         Ok(e) => message(pkt, &e),
         Err(skip) => {
             count_skip(skip);

@@ -133,93 +133,36 @@ stages!(xdp =>
     xlb_xdp_new6: lb::new6;
 );
 
-/// cgroup connect4: TCP connects to a ClusterIP go straight to a backend (socket-level LB).
-#[cgroup_sock_addr(connect4)]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the aya macro passes the context by value"
-)]
-pub fn xlb_connect4(ctx: SockAddrContext) -> i32 {
-    sock::connect4(&ctx);
-    // 1: let the connect() proceed (to the backend, if translated).
-    1
+/// Declares the cgroup socket programs: `name: attach type => handler;`. Each lets the call
+/// proceed (returns 1: to the backend, if translated).
+macro_rules! sock_hooks {
+    ($($(#[$doc:meta])* $name:ident: $kind:ident => $hook:path;)*) => { $(
+        $(#[$doc])*
+        #[cgroup_sock_addr($kind)]
+        pub fn $name(ctx: SockAddrContext) -> i32 {
+            $hook(&ctx);
+            1
+        }
+    )* };
 }
 
-/// cgroup getpeername4: sockets translated at connect() report the ClusterIP as their peer.
-#[cgroup_sock_addr(getpeername4)]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the aya macro passes the context by value"
-)]
-pub fn xlb_peername4(ctx: SockAddrContext) -> i32 {
-    sock::getpeername4(&ctx);
-    1
-}
-
-/// cgroup sendmsg4: a host-network UDP datagram to a ClusterIP goes to a backend.
-#[cgroup_sock_addr(sendmsg4)]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the aya macro passes the context by value"
-)]
-pub fn xlb_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::sendmsg4(&ctx);
-    1
-}
-
-/// cgroup recvmsg4: replies to those datagrams show the ClusterIP as their source.
-#[cgroup_sock_addr(recvmsg4)]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the aya macro passes the context by value"
-)]
-pub fn xlb_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock::recvmsg4(&ctx);
-    1
-}
-
-/// cgroup connect6: as connect4, for IPv6 sockets (IPv6 ClusterIPs and IPv4-mapped dials).
-#[cgroup_sock_addr(connect6)]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the aya macro passes the context by value"
-)]
-pub fn xlb_connect6(ctx: SockAddrContext) -> i32 {
-    sock::connect6(&ctx);
-    1
-}
-
-/// cgroup getpeername6: sockets translated by connect6 report the ClusterIP.
-#[cgroup_sock_addr(getpeername6)]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the aya macro passes the context by value"
-)]
-pub fn xlb_peername6(ctx: SockAddrContext) -> i32 {
-    sock::getpeername6(&ctx);
-    1
-}
-
-/// cgroup sendmsg6: a host-network IPv6 UDP datagram to a ClusterIP goes to a backend.
-#[cgroup_sock_addr(sendmsg6)]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the aya macro passes the context by value"
-)]
-pub fn xlb_sendmsg6(ctx: SockAddrContext) -> i32 {
-    sock::sendmsg6(&ctx);
-    1
-}
-
-/// cgroup recvmsg6: replies to those datagrams show the ClusterIP as their source.
-#[cgroup_sock_addr(recvmsg6)]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the aya macro passes the context by value"
-)]
-pub fn xlb_recvmsg6(ctx: SockAddrContext) -> i32 {
-    sock::recvmsg6(&ctx);
-    1
+sock_hooks! {
+    /// cgroup connect4: TCP connects to a ClusterIP go straight to a backend (socket-level LB).
+    xlb_connect4: connect4 => sock::connect4;
+    /// cgroup getpeername4: sockets translated at connect() report the ClusterIP as their peer.
+    xlb_peername4: getpeername4 => sock::getpeername4;
+    /// cgroup sendmsg4: a host-network UDP datagram to a ClusterIP goes to a backend.
+    xlb_sendmsg4: sendmsg4 => sock::sendmsg4;
+    /// cgroup recvmsg4: replies to those datagrams show the ClusterIP as their source.
+    xlb_recvmsg4: recvmsg4 => sock::recvmsg4;
+    /// cgroup connect6: as connect4, for IPv6 sockets (IPv6 ClusterIPs and IPv4-mapped dials).
+    xlb_connect6: connect6 => sock::connect6;
+    /// cgroup getpeername6: sockets translated by connect6 report the ClusterIP.
+    xlb_peername6: getpeername6 => sock::getpeername6;
+    /// cgroup sendmsg6: a host-network IPv6 UDP datagram to a ClusterIP goes to a backend.
+    xlb_sendmsg6: sendmsg6 => sock::sendmsg6;
+    /// cgroup recvmsg6: replies to those datagrams show the ClusterIP as their source.
+    xlb_recvmsg6: recvmsg6 => sock::recvmsg6;
 }
 
 /// Raw tracepoint `xdp_bulk_tx`: counts frames an uplink's XDP_TX could not send.

@@ -225,35 +225,7 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
     } else {
         frag::NONE
     };
-    if frag == frag::LATER {
-        if !matches!(l4_proto, proto::TCP | proto::UDP | proto::SCTP) {
-            return Err(Skip::OtherProto);
-        }
-        return Ok(Parsed::Flow(Flow {
-            saddr,
-            daddr,
-            sport: 0,
-            dport: 0,
-            proto: l4_proto,
-            tcp_flags: 0,
-            l4: L4 {
-                proto: 0,
-                off: l4_off as u8,
-            },
-            ip_len,
-            ip_id: u32::from(u16::from_be(id)),
-            frag,
-            seq_end: 0,
-            ttl,
-            df: frag_off & 0x4000 != 0,
-        }));
-    }
-    let l4 = L4 {
-        proto: l4_proto,
-        // At most 14 + 15 * 4.
-        off: l4_off as u8,
-    };
-    if l4_proto == proto::ICMP {
+    if frag != frag::LATER && l4_proto == proto::ICMP {
         return Ok(Parsed::Icmp(IcmpHead {
             saddr,
             daddr,
@@ -261,22 +233,48 @@ pub fn parse<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
             ip_len,
         }));
     }
-    let (ports, flags, seq_end) = ports_of(pkt, l4_proto, l4_off, (ihl * 4) as u32, ip_len)?;
-    Ok(Parsed::Flow(Flow {
+    let flow = Flow {
         saddr,
         daddr,
-        sport: u16::from_be_bytes([ports[0], ports[1]]),
-        dport: u16::from_be_bytes([ports[2], ports[3]]),
+        sport: 0,
+        dport: 0,
         proto: l4_proto,
-        tcp_flags: flags,
-        l4,
+        tcp_flags: 0,
+        // At most 14 + 15 * 4.
+        l4: L4 {
+            proto: l4_proto,
+            off: l4_off as u8,
+        },
         ip_len,
         ip_id: u32::from(u16::from_be(id)),
         frag,
-        seq_end,
+        seq_end: 0,
         ttl,
         df: frag_off & 0x4000 != 0,
-    }))
+    };
+    with_l4(pkt, flow, (ihl * 4) as u32).map(Parsed::Flow)
+}
+
+/// `flow` (its L4 protocol and offset in `flow.l4`, `l3_hdrs` bytes of IP headers before
+/// it) with the ports, TCP flags and sequence end of its L4 header. A later fragment has no
+/// L4 header: its ports come from the first fragment's record (`lb::process`), and nothing of
+/// L4 is rewritten (`l4.proto` 0).
+#[inline(always)]
+fn with_l4<P: Packet, A>(pkt: &mut P, mut flow: Flow<A>, l3_hdrs: u32) -> Result<Flow<A>, Skip> {
+    if flow.frag == frag::LATER {
+        if !matches!(flow.proto, proto::TCP | proto::UDP | proto::SCTP) {
+            return Err(Skip::OtherProto);
+        }
+        flow.l4.proto = 0;
+        return Ok(flow);
+    }
+    let off = usize::from(flow.l4.off);
+    let (ports, flags, seq_end) = ports_of(pkt, flow.proto, off, l3_hdrs, flow.ip_len)?;
+    flow.sport = u16::from_be_bytes([ports[0], ports[1]]);
+    flow.dport = u16::from_be_bytes([ports[2], ports[3]]);
+    flow.tcp_flags = flags;
+    flow.seq_end = seq_end;
+    Ok(flow)
 }
 
 /// The ports, TCP flags and TCP sequence end of the L4 header at `l4_off` (`l3_hdrs`: the IP
@@ -385,31 +383,7 @@ fn parse6<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
         off += 8;
     }
     let ip_len = payload_len.saturating_add(IPV6_HDR as u16);
-    if fragment == frag::LATER {
-        // No L4 header: its ports come from the first fragment's record (`lb::process`).
-        if !matches!(next, proto::TCP | proto::UDP | proto::SCTP) {
-            return Err(Skip::OtherProto);
-        }
-        return Ok(Parsed::Flow6(Flow {
-            saddr,
-            daddr,
-            sport: 0,
-            dport: 0,
-            proto: next,
-            tcp_flags: 0,
-            l4: L4 {
-                proto: 0,
-                off: off as u8,
-            },
-            ip_len,
-            ip_id: frag_id,
-            frag: fragment,
-            seq_end: 0,
-            ttl: hop_limit,
-            df: true,
-        }));
-    }
-    if next == proto::ICMPV6 {
+    if fragment != frag::LATER && next == proto::ICMPV6 {
         // Type and code: a 1-byte read's bounds check compiles to a form the verifier does not
         // take (`p >= end` instead of `p + 1 > end`).
         let t: *const [u8; 2] = header(pkt, off).ok_or(Skip::Malformed)?;
@@ -424,17 +398,13 @@ fn parse6<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
             ip_len,
         }));
     }
-    if !matches!(next, proto::TCP | proto::UDP | proto::SCTP) {
-        return Err(Skip::OtherProto);
-    }
-    let (ports, flags, seq_end) = ports_of(pkt, next, off, (off - L3_OFF) as u32, ip_len)?;
-    Ok(Parsed::Flow6(Flow {
+    let flow = Flow {
         saddr,
         daddr,
-        sport: u16::from_be_bytes([ports[0], ports[1]]),
-        dport: u16::from_be_bytes([ports[2], ports[3]]),
+        sport: 0,
+        dport: 0,
         proto: next,
-        tcp_flags: flags,
+        tcp_flags: 0,
         l4: L4 {
             proto: next,
             off: off as u8,
@@ -442,10 +412,11 @@ fn parse6<P: Packet>(pkt: &mut P) -> Result<Parsed, Skip> {
         ip_len,
         ip_id: frag_id,
         frag: fragment,
-        seq_end,
+        seq_end: 0,
         ttl: hop_limit,
         df: true,
-    }))
+    };
+    with_l4(pkt, flow, (off - L3_OFF) as u32).map(Parsed::Flow6)
 }
 
 /// Parses an ICMP error and the header it quotes; other ICMP messages are not ours.
