@@ -159,6 +159,22 @@ fn addr6_off(end: End) -> usize {
     }
 }
 
+/// The checksum difference of replacing IPv6 address `old` by `new` (tc's csum helpers take
+/// it as their `to` with size 0). Read straight from where the addresses are (scratch or a map
+/// value: memory the helper may read; copies to the stack would not fit the IPv6 paths'
+/// frames).
+#[inline(always)]
+fn csum_diff6(old: &Ipv6, new: &Ipv6) -> Result<u64, RewriteError> {
+    let from = core::ptr::from_ref(old).cast::<u32>().cast_mut();
+    let to = core::ptr::from_ref(new).cast::<u32>().cast_mut();
+    // SAFETY: two 16-byte buffers the helper only reads, of the sizes given.
+    let diff = unsafe { aya_ebpf::helpers::bpf_csum_diff(from, 16, to, 16, 0) };
+    if diff < 0 {
+        return Err(RewriteError);
+    }
+    Ok(diff as u64)
+}
+
 /// The 32-bit words of an IPv6 address, as the packet holds them.
 #[inline(always)]
 fn words6(a: Ipv6) -> [u32; 4] {
@@ -303,22 +319,14 @@ impl<const H: u8> Packet for TcPacket<H> {
     #[inline(always)]
     fn set_addr6(&mut self, l4: L4, end: End, old: &Ipv6, new: &Ipv6) -> Result<(), RewriteError> {
         if let Some(off) = l4.csum_off() {
-            // Straight from where the addresses are (scratch or a map value: memory the
-            // helper may read; copies to the stack would not fit the IPv6 paths' frames).
-            let from = core::ptr::from_ref(old).cast::<u32>().cast_mut();
-            let to = core::ptr::from_ref(new).cast::<u32>().cast_mut();
-            // SAFETY: two 16-byte buffers the helper only reads, of the sizes given.
-            let diff = unsafe { aya_ebpf::helpers::bpf_csum_diff(from, 16, to, 16, 0) };
-            if diff < 0 {
-                return Err(RewriteError);
-            }
+            let diff = csum_diff6(old, new)?;
             let mut flags = u64::from(BPF_F_PSEUDO_HDR);
             if l4.proto == proto::UDP {
                 flags |= u64::from(BPF_F_MARK_MANGLED_0);
             }
             // Size 0: `to` is the checksum difference itself.
             self.ctx
-                .l4_csum_replace(off, 0, diff as u64, flags)
+                .l4_csum_replace(off, 0, diff, flags)
                 .map_err(|_| RewriteError)?;
         }
         self.ctx
@@ -384,17 +392,10 @@ impl<const H: u8> Packet for TcPacket<H> {
         old: &Ipv6,
         new: &Ipv6,
     ) -> Result<(), RewriteError> {
-        // As in `set_addr6`: the difference straight from where the addresses are.
-        let from = core::ptr::from_ref(old).cast::<u32>().cast_mut();
-        let to = core::ptr::from_ref(new).cast::<u32>().cast_mut();
-        // SAFETY: two 16-byte buffers the helper only reads, of the sizes given.
-        let diff = unsafe { aya_ebpf::helpers::bpf_csum_diff(from, 16, to, 16, 0) };
-        if diff < 0 {
-            return Err(RewriteError);
-        }
+        let diff = csum_diff6(old, new)?;
         // Size 0: `to` is the checksum difference itself.
         self.ctx
-            .l3_csum_replace(csum_off, 0, diff as u64, 0)
+            .l3_csum_replace(csum_off, 0, diff, 0)
             .map_err(|_| RewriteError)?;
         self.ctx.store(off, new, 0).map_err(|_| RewriteError)
     }
