@@ -256,17 +256,23 @@ pub fn reassemble(frags: &[Vec<u8>]) -> Vec<u8> {
     p
 }
 
-/// An Ethernet/IPv4/SCTP packet: the common header (ports, verification tag, a CRC32c left
-/// as is: it does not cover the IP header, and address-only translation keeps it) and an
-/// INIT-like chunk.
-pub fn sctp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
+/// An SCTP common header (ports, verification tag, a zero CRC32c) and an INIT-like chunk.
+pub fn sctp_l4(sport: u16, dport: u16) -> Vec<u8> {
     let mut l4 = vec![0u8; 12];
-    l4[0..2].copy_from_slice(&src.1.to_be_bytes());
-    l4[2..4].copy_from_slice(&dst.1.to_be_bytes());
+    l4[0..2].copy_from_slice(&sport.to_be_bytes());
+    l4[2..4].copy_from_slice(&dport.to_be_bytes());
     l4[8..12].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
     l4.extend_from_slice(&[
         1, 0, 0, 20, 0, 0, 0, 1, 0, 0, 0x10, 0, 0, 1, 0, 1, 0, 0, 0, 1,
     ]);
+    l4
+}
+
+/// An Ethernet/IPv4/SCTP packet: the common header (ports, verification tag, a CRC32c left
+/// as is: it does not cover the IP header, and address-only translation keeps it) and an
+/// INIT-like chunk.
+pub fn sctp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
+    let l4 = sctp_l4(src.1, dst.1);
     let mut p = ETH.to_vec();
     p.extend(ipv4_header(src.0, dst.0, 132, l4.len()));
     p.extend(l4);

@@ -57,17 +57,15 @@ pub fn tcp(src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16), tcp_flags: u8, payload: &
     frame(src.0, dst.0, 6, None, &tcp_l4(src, dst, tcp_flags, payload))
 }
 
-/// An Ethernet/IPv6/SCTP packet: the common header (ports, verification tag, a CRC32c left as
-/// is: it does not cover the IP header) and an INIT-like chunk.
+/// An Ethernet/IPv6/SCTP packet (`packet::sctp_l4`; the CRC32c does not cover the IP header).
 pub fn sctp(src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16)) -> Vec<u8> {
-    let mut l4 = vec![0u8; 12];
-    l4[0..2].copy_from_slice(&src.1.to_be_bytes());
-    l4[2..4].copy_from_slice(&dst.1.to_be_bytes());
-    l4[8..12].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
-    l4.extend_from_slice(&[
-        1, 0, 0, 20, 0, 0, 0, 1, 0, 0, 0x10, 0, 0, 1, 0, 1, 0, 0, 0, 1,
-    ]);
-    frame(src.0, dst.0, 132, None, &l4)
+    frame(
+        src.0,
+        dst.0,
+        132,
+        None,
+        &crate::packet::sctp_l4(src.1, dst.1),
+    )
 }
 
 /// `tcp` behind an 8-byte hop-by-hop options header (padding only).

@@ -234,6 +234,33 @@ pub fn udp_request(to: SocketAddr, timeout: Duration, tries: u32) -> std::io::Re
     Err(last.unwrap_or_else(|| std::io::Error::other("no reply")))
 }
 
+/// The backends that answered `replies` in order (`<error>` for a failure).
+fn backends_in_order(replies: &[std::io::Result<Reply>]) -> Vec<String> {
+    replies
+        .iter()
+        .map(|r| {
+            r.as_ref()
+                .map_or_else(|_| "<error>".to_owned(), |r| r.backend.clone())
+        })
+        .collect()
+}
+
+/// Asserts that a connected socket's requests went to `gone` first and, from its first answer
+/// from `live` on, only to `live` (at least 10 of them): it left the backend that left.
+pub fn assert_moved_off(replies: &[std::io::Result<Reply>], gone: &str, live: &str) {
+    let names = backends_in_order(replies);
+    let first_live = names.iter().position(|n| n == live);
+    assert!(
+        names.first().is_some_and(|n| n == gone) && first_live.is_some(),
+        "the socket stayed on the gone backend: {names:?}"
+    );
+    let after = &names[first_live.unwrap_or(0)..];
+    assert!(
+        after.iter().all(|n| n == live) && after.len() >= 10,
+        "after the reconnect only the live backend: {names:?}"
+    );
+}
+
 /// Runs `n` TCP requests from `ns` to `to`; returns the replies (errors included).
 pub fn tcp_requests(ns: &Netns, to: SocketAddr, n: usize) -> Vec<std::io::Result<Reply>> {
     ns.run(move || {

@@ -1093,23 +1093,7 @@ fn host_network_udp_reaches_cluster_ips_at_the_socket_and_a_connected_socket_lea
         agent.wait_active(DNS, 1);
         (client.join().expect("client"), ())
     });
-    let names: Vec<String> = replies
-        .iter()
-        .map(|r| {
-            r.as_ref()
-                .map_or_else(|_| "<error>".to_owned(), |r| r.backend.clone())
-        })
-        .collect();
-    let first_b2 = names.iter().position(|n| n == "b2");
-    assert!(
-        names.first().is_some_and(|n| n == "b1") && first_b2.is_some(),
-        "the socket stayed on the gone backend: {names:?}"
-    );
-    let after = &names[first_b2.unwrap_or(0)..];
-    assert!(
-        after.iter().all(|n| n == "b2") && after.len() >= 10,
-        "after the reconnect only the live backend: {names:?}"
-    );
+    xlb_tests::traffic::assert_moved_off(&replies, "b1", "b2");
     assert!(
         agent.logs().contains("aborted host-network UDP sockets"),
         "{}",

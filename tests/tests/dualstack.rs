@@ -365,23 +365,7 @@ fn a_dual_stack_service_serves_each_family_on_packets_and_at_the_socket() {
         agent.wait_active(DNS6, 1);
         (client.join().expect("client"), ())
     });
-    let names: Vec<String> = replies
-        .iter()
-        .map(|r| {
-            r.as_ref()
-                .map_or_else(|_| "<error>".to_owned(), |r| r.backend.clone())
-        })
-        .collect();
-    let first_b2 = names.iter().position(|n| n == "b2v6");
-    assert!(
-        names.first().is_some_and(|n| n == "b1v6") && first_b2.is_some(),
-        "the socket stayed on the gone backend: {names:?}"
-    );
-    let after = &names[first_b2.unwrap_or(0)..];
-    assert!(
-        after.iter().all(|n| n == "b2v6") && after.len() >= 10,
-        "after the reconnect only the live backend: {names:?}"
-    );
+    xlb_tests::traffic::assert_moved_off(&replies, "b1v6", "b2v6");
     assert!(
         agent.logs().contains("aborted host-network UDP sockets"),
         "{}",
