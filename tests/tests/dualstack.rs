@@ -25,6 +25,8 @@ const CLOSED: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const CLOSED6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x11);
 const EMPTY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
 const KEEP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
+const STICKY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 14);
+const STICKY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x14);
 const KEEP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x13);
 const EMPTY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x12);
 const WEB6: &str = "default/web:http/TCP (IPv6)";
@@ -109,6 +111,17 @@ fn a_dual_stack_service_serves_each_family_on_packets_and_at_the_socket() {
             // Long-lived connections, on every backend that ever was (they stay through the
             // endpoint changes below).
             service("keep", KEEP, &[keep_port()], &dual_stack_spec(KEEP, KEEP6)),
+            // ClientIP affinity over IPv6.
+            service(
+                "sticky",
+                STICKY,
+                &[Port::HTTP],
+                &format!(
+                    "{}  sessionAffinity: ClientIP\n",
+                    dual_stack_spec(STICKY, STICKY6)
+                ),
+            ),
+            slice("sticky-6", "sticky", &[("http", 8080, "TCP")], &all6),
             slice("keep-6", "keep", &[("http", 8081, "TCP")], &all6),
             // No endpoints at all: xlb rejects, as kube-proxy does.
             service(
@@ -146,6 +159,29 @@ fn a_dual_stack_service_serves_each_family_on_packets_and_at_the_socket() {
     assert_eq!(served_from("pod TCP v4", &v4, web), ["b1v4", "b2v4"]);
     let u6 = udp_requests(&pod.ns, dns6, 40);
     assert_eq!(served_from("pod UDP v6", &u6, dns6), ["b1v6", "b2v6"]);
+    // ClientIP affinity: one backend for every connection of the pod.
+    let sticky6 = SocketAddr::from((STICKY6, 80));
+    let st = tcp_requests(&pod.ns, sticky6, 20);
+    assert_eq!(
+        served_from("affinity v6", &st, sticky6).len(),
+        1,
+        "affinity keeps one backend"
+    );
+    // Hairpin: a backend reaching the Service lands on itself at times; it sees the hairpin
+    // address (`--hairpin-addr6`'s default), the other backend sees it directly.
+    let b1 = &node.pods[1];
+    let hp = tcp_requests(&b1.ns, web6, 40);
+    assert_eq!(served_from("hairpin v6", &hp, web6), ["b1v6", "b2v6"]);
+    let hairpin: IpAddr = "fd00:786c:62::1".parse().expect("addr");
+    for r in hp.iter().flatten() {
+        let want = if r.backend == "b1v6" {
+            hairpin
+        } else {
+            IpAddr::V6(b1.ip6)
+        };
+        assert_eq!(r.seen_from.ip(), want, "{} saw {}", r.backend, r.seen_from);
+    }
+    assert!(agent.counter("hairpin") >= 1);
 
     // ICMPv6 errors, both kinds: a backend's port unreachable reaches the client about the
     // ClusterIP it dialled (checksums valid, or its kernel would drop it); a Service without
@@ -209,8 +245,8 @@ fn a_dual_stack_service_serves_each_family_on_packets_and_at_the_socket() {
         .filter(|r| r["map"] == "xlb_backends6")
         .count();
     assert_eq!(
-        v6_rows, 8,
-        "two IPv6 backends of web, dns, closed, keep: {backends}"
+        v6_rows, 10,
+        "two IPv6 backends of web, dns, closed, keep, sticky: {backends}"
     );
     let flows = agent.json(&["conntrack", "list", "--client", &pod.ip6.to_string()]);
     let flows = flows.as_array().expect("rows");
