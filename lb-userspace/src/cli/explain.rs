@@ -113,11 +113,7 @@ fn build(req: &Request) -> Vec<u8> {
             pseudo.extend_from_slice(&[0, 0, 0, proto]);
             (p, 54, pseudo)
         }
-        (src, dst) => {
-            let octets = |a: IpAddr| match a {
-                IpAddr::V4(a) => a.octets(),
-                IpAddr::V6(_) => [0; 4],
-            };
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
             let mut p = vec![0u8; 14 + 20 + l4len];
             p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
             let ip = &mut p[14..34];
@@ -126,17 +122,19 @@ fn build(req: &Request) -> Vec<u8> {
             ip[6] = 0x40;
             ip[8] = 64;
             ip[9] = proto;
-            ip[12..16].copy_from_slice(&octets(src));
-            ip[16..20].copy_from_slice(&octets(dst));
+            ip[12..16].copy_from_slice(&src.octets());
+            ip[16..20].copy_from_slice(&dst.octets());
             let c = !csum::fold(csum::sum_be(ip, 0));
             ip[10..12].copy_from_slice(&c.to_be_bytes());
             let mut pseudo = Vec::new();
-            pseudo.extend_from_slice(&octets(src));
-            pseudo.extend_from_slice(&octets(dst));
+            pseudo.extend_from_slice(&src.octets());
+            pseudo.extend_from_slice(&dst.octets());
             pseudo.extend_from_slice(&[0, proto]);
             pseudo.extend_from_slice(&(l4len as u16).to_be_bytes());
             (p, 34, pseudo)
         }
+        // Mixed families: refused by `explain` before it builds a packet.
+        _ => return Vec::new(),
     };
     let l4 = &mut p[l4_off..];
     l4[0..2].copy_from_slice(&req.src.port().to_be_bytes());
