@@ -34,8 +34,9 @@ pub fn prefix() -> String {
 }
 
 /// Blocks the three signals in the calling thread (so in every thread started after it: call
-/// it first thing in `main`) and starts the thread that waits for them. Child processes start
-/// with an empty mask (std resets it), so they keep the default actions.
+/// it first thing in `main`) and starts the thread that waits for them. Child processes
+/// inherit the mask: the xlb agent unblocks the signals it handles itself; other children are
+/// stopped with SIGKILL.
 pub fn install() {
     // SAFETY: an empty sigset_t filled by sigemptyset/sigaddset; the calls only write `set`.
     let set = unsafe {

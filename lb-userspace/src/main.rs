@@ -558,6 +558,28 @@ fn monitor(m: MonitorArgs) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// Unblocks SIGINT, SIGTERM and SIGHUP, which the agent handles (stop, stop, resync): a
+/// parent may start it with them blocked (the mask is inherited across exec), and a blocked
+/// SIGTERM would leave the agent running until it is killed. Called before the runtime starts
+/// its threads, so they inherit the mask.
+fn unblock_stop_signals() {
+    // SAFETY: an empty sigset_t filled by sigemptyset/sigaddset; the calls only write `set`.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&raw mut set, sig);
+        }
+        set
+    };
+    // SAFETY: `set` is initialised; the old mask is not asked for.
+    let rc =
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &raw const set, std::ptr::null_mut()) };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::from_raw_os_error(rc), "could not unblock SIGTERM/SIGINT/SIGHUP");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
@@ -582,6 +604,7 @@ fn main() -> ExitCode {
                 })
             } else {
                 let cfg = agent_config(*a);
+                unblock_stop_signals();
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
                     .enable_all()
