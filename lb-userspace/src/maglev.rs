@@ -8,8 +8,14 @@
 //!
 //! Backend identity is its `address:port` text, never a node-local id.
 
-/// Default Maglev table size (prime).
+/// Maglev table size of the benchmarks and fixtures that pin one (prime).
 pub const DEFAULT_TABLE_SIZE: u32 = 16_381;
+/// Table sizes `MaglevSize::Auto` picks from: the largest prime below each power of two from
+/// 1,024 on, so a table fills its 4 KiB chunks (`LUT_CHUNK_SLOTS`) with no chunk wasted.
+pub const AUTO_SIZES: [u32; 8] = [1_021, 2_039, 4_093, 8_191, 16_381, 32_749, 65_521, 131_071];
+/// `MaglevSize::Auto` gives each backend at least this many slots (the Maglev paper's M ≥ 100·N
+/// bound, under which every backend's share stays within about 1% of its weight's).
+pub const AUTO_SLOTS_PER_BACKEND: u32 = 100;
 /// Largest table size accepted.
 pub const MAX_TABLE_SIZE: u32 = 1_048_573;
 /// Largest random table (slots), after weight expansion.
@@ -23,6 +29,59 @@ pub enum TableError {
     /// The size is not a prime in range.
     #[error("Maglev table size {0} must be a prime between 7 and {MAX_TABLE_SIZE}")]
     BadSize(u32),
+}
+
+/// How big each service's Maglev table is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaglevSize {
+    /// Sized from the service's backend count: the smallest of `AUTO_SIZES` with
+    /// `AUTO_SLOTS_PER_BACKEND` slots per backend. A pure function of the backend set, so every
+    /// node still builds the same table; a change of size (crossing 10, 20, 40, … backends)
+    /// moves more new flows than a change within one size.
+    Auto,
+    /// One size for every service (a prime).
+    Fixed(u32),
+}
+
+impl MaglevSize {
+    /// The table size for `backends` backends.
+    pub fn for_backends(self, backends: usize) -> u32 {
+        match self {
+            MaglevSize::Fixed(m) => m,
+            MaglevSize::Auto => {
+                let want = (backends as u64).saturating_mul(u64::from(AUTO_SLOTS_PER_BACKEND));
+                let last = AUTO_SIZES[AUTO_SIZES.len() - 1];
+                AUTO_SIZES
+                    .into_iter()
+                    .find(|m| u64::from(*m) >= want)
+                    .unwrap_or(last)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for MaglevSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaglevSize::Auto => f.write_str("auto"),
+            MaglevSize::Fixed(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::str::FromStr for MaglevSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(MaglevSize::Auto);
+        }
+        let n: u32 = s
+            .parse()
+            .map_err(|_| format!("{s:?} is neither `auto` nor a number"))?;
+        check_size(n)
+            .map(MaglevSize::Fixed)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// True if `n` is prime.
@@ -201,10 +260,44 @@ mod tests {
     }
 
     #[test]
+    fn auto_size_follows_the_backend_count() {
+        let auto = |n| MaglevSize::Auto.for_backends(n);
+        assert_eq!([auto(1), auto(3), auto(10)], [1_021; 3]);
+        assert_eq!([auto(11), auto(20), auto(21)], [2_039, 2_039, 4_093]);
+        assert_eq!(auto(163), 16_381);
+        assert_eq!(auto(100_000), 131_071);
+        assert_eq!(MaglevSize::Fixed(16_381).for_backends(1), 16_381);
+        assert_eq!("auto".parse(), Ok(MaglevSize::Auto));
+        assert_eq!("65537".parse(), Ok(MaglevSize::Fixed(65_537)));
+        assert!("65536".parse::<MaglevSize>().unwrap_err().contains("prime"));
+        assert!("big".parse::<MaglevSize>().unwrap_err().contains("auto"));
+        // At the largest count of each auto size every backend's share is within 2% of 1/N.
+        for n in [10, 20, 40, 81] {
+            let m = auto(n);
+            let c = counts(&maglev(&backends(n), m, 0), n);
+            let ideal = f64::from(m) / n as f64;
+            for k in c {
+                assert!(
+                    (k as f64 / ideal - 1.0).abs() < 0.02,
+                    "n={n} m={m}: {k} vs {ideal}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn sizes_must_be_prime() {
         assert_eq!(check_size(16_381), Ok(16_381));
         assert_eq!(check_size(65_537), Ok(65_537));
         assert_eq!(check_size(16_384), Err(TableError::BadSize(16_384)));
+        for (i, m) in AUTO_SIZES.into_iter().enumerate() {
+            let cap = (lb_common::LUT_CHUNK_SLOTS as u32) << i;
+            assert_eq!(check_size(m), Ok(m));
+            assert!(
+                m < cap && !(m + 1..cap).any(is_prime),
+                "{m}: largest prime below {cap}"
+            );
+        }
         assert_eq!(check_size(5), Err(TableError::BadSize(5)));
     }
 

@@ -344,11 +344,6 @@ fn parse_listen(s: &str) -> Result<Listen, String> {
         .map_err(|_| format!("{s:?} is not IP:PORT (or `off`)"))
 }
 
-fn parse_table_size(s: &str) -> Result<u32, String> {
-    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
-    maglev::check_size(n).map_err(|e| e.to_string())
-}
-
 #[derive(Args)]
 struct AgentArgs {
     /// Service files: a file or directory of YAML (Kubernetes Service/EndpointSlice manifests
@@ -403,9 +398,10 @@ struct AgentArgs {
     /// Services without the label).
     #[arg(long, env = "XLB_PROXY_NAME")]
     proxy_name: Option<String>,
-    /// Maglev table size (a prime; e.g. 16381 or 65537).
-    #[arg(long, env = "XLB_MAGLEV_TABLE_SIZE", default_value = "16381", value_parser = parse_table_size)]
-    maglev_table_size: u32,
+    /// Maglev table size: `auto` (from each service's backend count: 1021 slots up to 10
+    /// backends, doubling from there) or one prime for every service (e.g. 16381 or 65537).
+    #[arg(long, env = "XLB_MAGLEV_TABLE_SIZE", default_value = "auto")]
+    maglev_table_size: maglev::MaglevSize,
     /// Seed of the flow and Maglev hashes; must be equal on every node.
     #[arg(long, env = "XLB_HASH_SEED", default_value_t = 0x786c_6221)]
     hash_seed: u32,

@@ -9,6 +9,7 @@ use lb_common::{Config, prog_names};
 use lb_userspace::{
     agent::AgentConfig,
     bpf::{self, Capacities, maps::Maps},
+    maglev::MaglevSize,
     model::DesiredState,
     sync::{MapSync, SyncConfig, SyncReport},
 };
@@ -76,7 +77,7 @@ pub fn default_config() -> Config {
         xdp_mode: bpf::XdpModeOpt::Off,
         cgroup: lb_userspace::bpf::sock::CgroupOpt::Off,
         proxy_name: None,
-        maglev_size: MAGLEV_SIZE,
+        maglev_size: MaglevSize::Fixed(MAGLEV_SIZE),
         hash_seed: SEED,
         capacities: Capacities::default(),
         hairpin_addr: "169.254.42.1".parse().expect("ip"),
@@ -178,7 +179,7 @@ impl Datapath {
         let sync = MapSync::new(
             Maps::open(&pins.path).expect("open maps"),
             SyncConfig {
-                maglev_size,
+                maglev_size: MaglevSize::Fixed(maglev_size),
                 hash_seed: SEED,
                 limits: lb_userspace::sync::Limits::default(),
             },

@@ -31,7 +31,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use clap::Parser;
 use lb_common::{counter, prog_names};
 use lb_userspace::{
-    maglev::DEFAULT_TABLE_SIZE,
+    maglev::{DEFAULT_TABLE_SIZE, MaglevSize},
     model::{
         Algorithm, DesiredState, Endpoint, EndpointState, Frontend, FrontendKind, LbService,
         Protocol, Scope,
@@ -689,7 +689,7 @@ fn throughput(rounds: usize) -> Vec<(&'static str, f64)> {
     let mut sync = lb_userspace::sync::MapSync::new(
         lb_userspace::bpf::maps::Maps::open(&pins.path).expect("maps"),
         lb_userspace::sync::SyncConfig {
-            maglev_size: DEFAULT_TABLE_SIZE,
+            maglev_size: MaglevSize::Fixed(DEFAULT_TABLE_SIZE),
             hash_seed: 1,
             limits: lb_userspace::sync::Limits::default(),
         },

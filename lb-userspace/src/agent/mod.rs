@@ -58,7 +58,7 @@ pub struct AgentConfig {
     /// Where TCP connects to ClusterIPs are translated at the socket.
     pub cgroup: CgroupOpt,
     pub proxy_name: Option<String>,
-    pub maglev_size: u32,
+    pub maglev_size: crate::maglev::MaglevSize,
     pub hash_seed: u32,
     pub capacities: Capacities,
     pub hairpin_addr: Ipv4Addr,

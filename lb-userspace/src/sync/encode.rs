@@ -40,9 +40,9 @@ pub(super) fn backend_value(svc_id: u32, ep: &crate::model::Endpoint) -> WideBac
     }
 }
 
-/// A service's table: the selection table (Maglev or weighted random), then, for Maglev, a
-/// weighted list of the same backends from the next chunk on, which the socket hook picks
-/// from (`ServiceValue::pick_len`).
+/// A service's table: the selection table (Maglev or weighted random), then, for a Maglev
+/// table of more than one chunk, a weighted list of the same backends from the next chunk on,
+/// which the socket hook picks from (`ServiceValue::pick_len`).
 #[derive(Default)]
 pub(super) struct Table {
     /// Every slot written (padding before the pick list repeats entry 0).
@@ -64,10 +64,19 @@ pub(super) fn build_tables(cfg: SyncConfig, jobs: &[Job]) -> Vec<Table> {
 fn build_table(cfg: &SyncConfig, algorithm: Algorithm, active: &[TableBackend]) -> Table {
     match algorithm {
         Algorithm::Maglev => {
-            let mut entries = maglev::maglev(active, cfg.maglev_size, cfg.hash_seed);
+            let m = cfg.maglev_size.for_backends(active.len());
+            let mut entries = maglev::maglev(active, m, cfg.hash_seed);
             let lut_len = entries.len() as u32;
             if lut_len == 0 {
                 return Table::default();
+            }
+            // A table of one chunk is one page: a random slot of it is as warm as a list.
+            if lut_len as usize <= lb_common::LUT_CHUNK_SLOTS {
+                return Table {
+                    entries,
+                    lut_len,
+                    pick_len: 0,
+                };
             }
             let pick = maglev::random_capped(active, maglev::MAX_PICK_LIST);
             // Over 65,535 backends (each is listed once at least): no list, picks use the table.

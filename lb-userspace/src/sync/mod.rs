@@ -42,11 +42,13 @@ use encode::build_tables;
 pub use encode::frontend_key;
 use ids::IdAlloc;
 
+use crate::maglev::MaglevSize;
+
 /// Settings shared by every service's table.
 #[derive(Clone, Copy, Debug)]
 pub struct SyncConfig {
-    /// Maglev table size (prime).
-    pub maglev_size: u32,
+    /// Maglev table size.
+    pub maglev_size: MaglevSize,
     /// Seed of the Maglev permutations (equal on every node).
     pub hash_seed: u32,
     /// What the maps hold.

@@ -131,7 +131,7 @@ impl MapReader for Fake {
 }
 
 const CFG: SyncConfig = SyncConfig {
-    maglev_size: 1021,
+    maglev_size: MaglevSize::Fixed(1021),
     hash_seed: 0,
     limits: Limits {
         services: 1000,
@@ -417,7 +417,11 @@ fn a_maglev_table_is_followed_by_a_weighted_pick_list_from_the_next_chunk() {
     let mut eps = vec![ep(1, 80), ep(2, 80), ep(3, 80)];
     eps[0].weight = 4;
     eps[1].weight = 2;
-    let mut s = MapSync::new(Fake::default(), CFG);
+    let cfg = SyncConfig {
+        maglev_size: MaglevSize::Fixed(2039),
+        ..CFG
+    };
+    let mut s = MapSync::new(Fake::default(), cfg);
     s.apply(&state(vec![
         svc("m", 1, eps.clone(), Algorithm::Maglev),
         svc("r", 2, eps, Algorithm::Random),
@@ -439,12 +443,12 @@ fn a_maglev_table_is_followed_by_a_weighted_pick_list_from_the_next_chunk() {
     };
     // Maglev: the table, padding to the next chunk, then the list in proportion 4:2:1.
     let m = by_vip(1);
-    assert_eq!((m.lut_size, m.pick_len), (CFG.maglev_size, 7));
+    assert_eq!((m.lut_size, m.pick_len), (2039, 7));
     let base = lb_common::pick_base(m.lut_size) as usize;
     assert_eq!(
         base,
-        lb_common::LUT_CHUNK_SLOTS,
-        "1021 slots: the list starts at 1024"
+        2 * lb_common::LUT_CHUNK_SLOTS,
+        "2039 slots: the list starts at 2048"
     );
     let table = &f.tables[&m.svc_id];
     assert_eq!(table.len(), base + 7);
@@ -454,6 +458,35 @@ fn a_maglev_table_is_followed_by_a_weighted_pick_list_from_the_next_chunk() {
     let r = by_vip(2);
     assert_eq!((r.lut_size, r.pick_len), (7, 0));
     assert_eq!(counts(&f.tables[&r.svc_id]), vec![4, 2, 1]);
+}
+
+#[test]
+fn a_table_of_one_chunk_has_no_pick_list_and_auto_sizes_from_the_backends() {
+    let cfg = SyncConfig {
+        maglev_size: MaglevSize::Auto,
+        ..CFG
+    };
+    let mut s = MapSync::new(Fake::default(), cfg);
+    let eps = |n: u8| (1..=n).map(|i| ep(i, 80)).collect::<Vec<_>>();
+    s.apply(&state(vec![
+        svc("three", 1, eps(3), Algorithm::Maglev),
+        svc("thirty", 2, eps(30), Algorithm::Maglev),
+    ]));
+    let f = s.writer();
+    let sizes: BTreeMap<u32, (u32, u16, usize)> = f
+        .services
+        .values()
+        .map(|v| {
+            (
+                v.backend_count.into(),
+                (v.lut_size, v.pick_len, f.tables[&v.svc_id].len()),
+            )
+        })
+        .collect();
+    // Three backends: 1,021 slots, one chunk, the hook picks from the table itself.
+    assert_eq!(sizes[&3], (1021, 0, 1021));
+    // Thirty: 4,093 slots, then the list from slot 4,096.
+    assert_eq!(sizes[&30], (4093, 30, 4096 + 30));
 }
 
 #[test]
@@ -528,7 +561,7 @@ fn many_services_go_through_several_pipelined_batches_consistently() {
     };
     // Small tables: `Fake` re-checks every slot of every frontend after each write.
     let cfg = SyncConfig {
-        maglev_size: 13,
+        maglev_size: MaglevSize::Fixed(13),
         ..CFG
     };
     let mut s = MapSync::new(Fake::default(), cfg);
