@@ -5,26 +5,23 @@
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
-    btf_maps::{HashMap, LpmTrie, LruHashMap},
+    btf_maps::{LpmTrie, LruHashMap},
 };
 use lb_common::{
-    Address, AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, FragKey, FragKey6,
-    FragPorts, Ipv4, Ipv6, ServiceKey, ServiceValue, SrcRangeKey, capacity, stage,
+    Address, AffinityKey, AffinityValue, Config, CtKey, CtValue, FragKey, FragKey6, FragPorts,
+    Ipv4, Ipv6, SrcRangeKey, capacity, stage,
 };
 
 use crate::{
     ctx::{End, L4, Packet, RewriteError},
     maps::{
-        AFFINITY, AFFINITY6, BACKENDS, BACKENDS6, CONFIG6, CONNTRACK, CONNTRACK6, CT_NEW, CT_NEW6,
-        CtTable, FRAGS, FRAGS6, SERVICES, SERVICES6, SRC_RANGES, SRC_RANGES6, Scratch,
+        AFFINITY, AFFINITY6, BACKENDS, BACKENDS6, Backends, CONFIG6, CONNTRACK, CONNTRACK6, CT_NEW,
+        CT_NEW6, CtTable, FRAGS, FRAGS6, SERVICES, SERVICES6, SRC_RANGES, SRC_RANGES6, Scratch,
+        Services,
     },
     parse::Flow,
 };
 
-/// A frontends map of a family.
-pub type Services<A> = HashMap<ServiceKey<A>, ServiceValue, { capacity::SERVICES as usize }>;
-/// A backends map of a family.
-pub type Backends<A> = HashMap<u32, Backend<A>, { capacity::BACKENDS as usize }>;
 /// An affinity map of a family.
 pub type Affinity<A> = LruHashMap<AffinityKey<A>, AffinityValue, { capacity::AFFINITY as usize }>;
 /// A fragments map of a family.

@@ -29,18 +29,26 @@ const INNER_LUT: usize = (BPF_F_MMAPABLE | BPF_F_INNER_MAP) as usize;
 /// One service's table: an array of chunks (the template's length is only a default).
 pub type Table = Array<LutChunk, { capacity::LUT_TEMPLATE_CHUNKS as usize }, INNER_LUT>;
 
-/// Frontends: (addr, port, proto, scope) → service. Preallocated: read on every packet.
-#[btf_map(name = "xlb_services")]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue, { capacity::SERVICES as usize }> =
-    HashMap::new();
+/// A frontends map of a family: (addr, port, proto, scope) → service. Not preallocated (as
+/// every map only the agent writes): memory follows the entries, not the capacity; lookups
+/// cost the same.
+pub type Services<A> =
+    HashMap<ServiceKey<A>, ServiceValue, { capacity::SERVICES as usize }, NO_PREALLOC>;
+/// A backends map of a family, by id (u32, never 0; one id space for both families).
+pub type Backends<A> = HashMap<u32, Backend<A>, { capacity::BACKENDS as usize }, NO_PREALLOC>;
 
-/// Backends by id (u32, never 0).
+/// IPv4 frontends.
+#[btf_map(name = "xlb_services")]
+pub static SERVICES: Services<Ipv4> = HashMap::new();
+
+/// IPv4 backends.
 #[btf_map(name = "xlb_backends")]
-pub static BACKENDS: HashMap<u32, Backend, { capacity::BACKENDS as usize }> = HashMap::new();
+pub static BACKENDS: Backends<Ipv4> = HashMap::new();
 
 /// Lookup tables: service id → its own table, replaced as a whole when it changes.
 #[btf_map(name = "xlb_lut")]
-pub static LUT: HashOfMaps<u32, Table, { capacity::SVC_IDS as usize }> = HashOfMaps::new();
+pub static LUT: HashOfMaps<u32, Table, { capacity::SVC_IDS as usize }, NO_PREALLOC> =
+    HashOfMaps::new();
 
 /// A conntrack table of a family (the loader sets each one's capacity).
 pub type CtTable<A = Ipv4> = LruHashMap<CtKey<A>, CtValue<A>, { capacity::CONNTRACK as usize }>;
@@ -73,14 +81,13 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { capacity::AFFINITY
 #[btf_map(name = "xlb_srcranges")]
 pub static SRC_RANGES: LpmTrie<SrcRangeKey, u8, { capacity::SRC_RANGES as usize }> = LpmTrie::new();
 
-/// IPv6 frontends: as `SERVICES`.
+/// IPv6 frontends.
 #[btf_map(name = "xlb_services6")]
-pub static SERVICES6: HashMap<ServiceKey<Ipv6>, ServiceValue, { capacity::SERVICES as usize }> =
-    HashMap::new();
+pub static SERVICES6: Services<Ipv6> = HashMap::new();
 
-/// IPv6 backends by id (one id space with `BACKENDS`: a table names backends of its family).
+/// IPv6 backends.
 #[btf_map(name = "xlb_backends6")]
-pub static BACKENDS6: HashMap<u32, Backend<Ipv6>, { capacity::BACKENDS as usize }> = HashMap::new();
+pub static BACKENDS6: Backends<Ipv6> = HashMap::new();
 
 /// IPv6 connection tracking of confirmed flows: as `CONNTRACK`.
 #[btf_map(name = "xlb_ct6")]
