@@ -376,9 +376,15 @@ impl Cluster {
     }
 
     /// Sends client `c`'s traffic for `prefix` through node `i`.
+    /// (An IPv6 prefix goes through the node's IPv6 address: `dual_stack` first.)
     pub fn route_via(&self, c: usize, prefix: &str, i: usize) {
+        let via = if prefix.contains(':') {
+            node_ip6(i).to_string()
+        } else {
+            node_ip(i).to_string()
+        };
         self.clients[c]
             .0
-            .ip(&["route", "replace", prefix, "via", &node_ip(i).to_string()]);
+            .ip(&["route", "replace", prefix, "via", &via]);
     }
 }

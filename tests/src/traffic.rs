@@ -191,9 +191,23 @@ pub fn tcp_request_from_port(
     to: SocketAddr,
     timeout: Duration,
 ) -> std::io::Result<Reply> {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    tcp_request_from(SocketAddr::from(([0, 0, 0, 0], port)), to, timeout)
+}
+
+/// `tcp_request` from `src` (address and port; bound with `SO_REUSEADDR`). Call inside the
+/// client's namespace.
+pub fn tcp_request_from(
+    src: SocketAddr,
+    to: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<Reply> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        None,
+    )?;
     s.set_reuse_address(true)?;
-    s.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+    s.bind(&src.into())?;
     s.connect_timeout(&to.into(), timeout)?;
     read_reply(s.into(), timeout)
 }

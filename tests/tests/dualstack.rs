@@ -446,12 +446,13 @@ fn a_dual_stack_service_serves_each_family_on_packets_and_at_the_socket() {
 }
 
 /// A single-stack IPv6 Service with `spec` lines on `clusterIP`, port 80 → 8080 (and
-/// `node_port`, unless 0), endpoints (pod, node name).
+/// `node_port`, unless 0), `status` lines (empty: none), endpoints (pod, node name).
 fn v6_service(
     name: &str,
     cluster_ip: &str,
     spec: &str,
     node_port: u16,
+    status: &str,
     eps: &[(Ipv6Addr, &str)],
 ) -> String {
     let np = if node_port == 0 {
@@ -460,7 +461,7 @@ fn v6_service(
         format!(", nodePort: {node_port}")
     };
     let mut s = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  clusterIP: \"{cluster_ip}\"\n  ipFamilies: [IPv6]\n{spec}  ports:\n  - {{name: http, port: 80, targetPort: 8080{np}}}\n"
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  clusterIP: \"{cluster_ip}\"\n  ipFamilies: [IPv6]\n{spec}  ports:\n  - {{name: http, port: 80, targetPort: 8080{np}}}\n{status}"
     );
     let eps: Vec<Ep> = eps.iter().map(|(a, n)| Ep::ready(*a, n)).collect();
     s.push_str("---\n");
@@ -487,6 +488,7 @@ fn ipv6_node_ports_through_native_xdp_where_the_peers_run_xdp() {
 /// on uplinks whose peers run XDP (XDP then translates the IPv6 flows itself).
 fn node_ports6(native_xdp: bool) {
     use xlb_tests::topology::{Cluster, client_ip6, node_ip, node_ip6};
+    const LB6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x5, 0, 0, 0, 0, 0x30);
     require_root();
     let tag = unique_tag();
     let mut cluster = if native_xdp {
@@ -513,6 +515,7 @@ fn node_ports6(native_xdp: bool) {
             "fd00:96::1:1",
             "  type: NodePort\n",
             30080,
+            "",
             &[(p1, "n1"), (p2, "n2")],
         ),
         v6_service(
@@ -520,7 +523,19 @@ fn node_ports6(native_xdp: bool) {
             "fd00:96::1:2",
             "  type: NodePort\n  externalTrafficPolicy: Local\n",
             30081,
+            "",
             &[(p2, "n2")],
+        ),
+        v6_service(
+            "ranges",
+            "fd00:96::1:3",
+            &format!(
+                "  type: LoadBalancer\n  loadBalancerSourceRanges: [\"{}/128\"]\n",
+                client_ip6(0)
+            ),
+            30082,
+            &format!("status:\n  loadBalancer:\n    ingress: [{{ip: \"{LB6}\"}}]\n"),
+            &[(p1, "n1")],
         ),
     ]
     .join("---\n");
@@ -553,6 +568,7 @@ fn node_ports6(native_xdp: bool) {
     for (i, a) in agents.iter().enumerate() {
         a.wait_active("default/np:http/TCP", 2);
         a.wait_active("default/local:http/TCP (local)", i);
+        a.wait_active("default/ranges:http/TCP", 1);
     }
     let client = &cluster.clients[0].0;
     let from = |to: SocketAddr, n| tcp_requests(client, to, n);
@@ -599,6 +615,39 @@ fn node_ports6(native_xdp: bool) {
         "node 1 forwarded without a local endpoint"
     );
     assert!(agents[0].counter("drop_no_local_backend") > before);
+
+    // loadBalancerSourceRanges of IPv6 CIDRs: the LoadBalancer IP (routed through node 1)
+    // answers the client's address, the /128 allowed, and drops another address of the same
+    // client outside it (each request binds its source).
+    cluster.route_via(0, &format!("{LB6}/128"), 0);
+    let outside: Ipv6Addr = "fd00:192:168:100::1ff".parse().expect("ip");
+    client.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{outside}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let to = SocketAddr::from((LB6, 80));
+    let inside = SocketAddr::from((client_ip6(0), 0));
+    let replies: Vec<_> = client.run(move || {
+        (0..10)
+            .map(|_| xlb_tests::traffic::tcp_request_from(inside, to, Duration::from_secs(2)))
+            .collect()
+    });
+    assert_eq!(served_from("LB v6 in range", &replies, to), ["n1p1"]);
+    let before = agents[0].counter("drop_source_range");
+    let refused = client.run(move || {
+        xlb_tests::traffic::tcp_request_from(
+            SocketAddr::from((outside, 0)),
+            to,
+            Duration::from_millis(700),
+        )
+    });
+    assert!(refused.is_err(), "{outside} is outside the source ranges");
+    assert!(agents[0].counter("drop_source_range") > before);
     drop(servers);
 }
 
@@ -637,7 +686,7 @@ fn ipv6_service_cidrs_drop_unowned_service_addresses_instead_of_leaking_them() {
     servers.tcp_persistent(&pod.ns, SocketAddr::from((pod.ip6, 8080)), "b1");
     servers.tcp_persistent(&ext, "[fd00:10:96::99]:80".parse().expect("addr"), "leaked");
     let dir = WorkDir::new(&tag);
-    let yaml = v6_service("web", "fd00:10:96::10", "", 0, &[(pod.ip6, "n1")]);
+    let yaml = v6_service("web", "fd00:10:96::10", "", 0, "", &[(pod.ip6, "n1")]);
     let path = dir.write("services.yaml", &yaml);
     let services = path.to_str().expect("path").to_owned();
     let who = |to: &str| -> String {
