@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Charts of `cargo xtask bench e2e`: reads DIR/e2e.json, writes DIR/e2e-*.png.
+"""Charts of `cargo xtask bench e2e`: reads DIR/STEM.json, writes DIR/STEM-*.png (STEM: the
+second argument, `e2e` by default; `e2e6` for an `--ipv6` run).
 
 Usage: plot_e2e.py DIR
 """
@@ -93,22 +94,23 @@ def ratio_chart(results, machine, path):
 
 def main():
     out = Path(sys.argv[1])
-    data = json.loads((out / "e2e.json").read_text())
+    stem = sys.argv[2] if len(sys.argv) > 2 else "e2e"
+    data = json.loads((out / f"{stem}.json").read_text())
     results, machine = data["results"], data["machine"]
     chart(results, machine, "last_p50", "µs (median, min–max)",
           "Connect latency (SYN → SYN/ACK) to the last service, p50",
-          out / "e2e-latency-last.png")
+          out / f"{stem}-latency-last.png")
     chart(results, machine, "last_p99", "µs (median, min–max)",
-          "Connect latency to the last service, p99", out / "e2e-latency-last-p99.png")
+          "Connect latency to the last service, p99", out / f"{stem}-latency-last-p99.png")
     chart(results, machine, "conns_per_s", "connections/s",
           "Short connections (wrk, Connection: close) to the last service",
-          out / "e2e-connections.png")
+          out / f"{stem}-connections.png")
     chart(results, machine, "conns_per_s_pinned", "connections/s",
           "Short connections, one backend per wrk process (the ceiling's own pattern)",
-          out / "e2e-connections-pinned.png")
+          out / f"{stem}-connections-pinned.png")
     chart(results, machine, "gbit_s", "Gbit/s", "One-stream iperf3 throughput",
-          out / "e2e-throughput.png")
-    ratio_chart(results, machine, out / "e2e-connections-ratio.png")
+          out / f"{stem}-throughput.png")
+    ratio_chart(results, machine, out / f"{stem}-connections-ratio.png")
 
 
 if __name__ == "__main__":

@@ -5,23 +5,31 @@
 //! - nftables mode: a `service-ips` verdict map on daddr . proto . dport → per-service chain
 //!   with `numgen random mod N` → per-endpoint chain, loaded with `nft -f`; one endpoint change
 //!   is one transaction rewriting the service chain.
+//!
+//! Services of one set share a family: IPv6 services go to ip6tables / an `ip6` table, as
+//! kube-proxy's IPv6 proxier writes them.
 
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+};
 
 use lb_userspace::maglev::hash64;
 
 /// Pod CIDR used for kube-proxy's "masquerade off-cluster traffic" rule.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The IPv6 pod CIDR (the test topology's pods are in `fd00:10:244:<node>::/64`).
+pub const CLUSTER_CIDR6: &str = "fd00:10:244::/48";
 
 /// A ClusterIP service port with its endpoints.
 #[derive(Clone, Debug)]
 pub struct Svc {
     pub namespace: String,
     pub name: String,
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub port: u16,
     pub target: u16,
-    pub endpoints: Vec<Ipv4Addr>,
+    pub endpoints: Vec<IpAddr>,
 }
 
 impl Svc {
@@ -29,6 +37,25 @@ impl Svc {
     pub fn port_name(&self) -> String {
         format!("{}/{}:http", self.namespace, self.name)
     }
+
+    /// The pod CIDR of the service's family.
+    fn cluster_cidr(&self) -> &'static str {
+        if self.vip.is_ipv6() {
+            CLUSTER_CIDR6
+        } else {
+            CLUSTER_CIDR
+        }
+    }
+
+    /// nftables' family of the service's table: `ip` or `ip6`.
+    fn nft_family(&self) -> &'static str {
+        if self.vip.is_ipv6() { "ip6" } else { "ip" }
+    }
+}
+
+/// `addr/32` or `addr/128`.
+fn host(a: IpAddr) -> String {
+    format!("{a}/{}", if a.is_ipv6() { 128 } else { 32 })
 }
 
 /// kube-proxy's chain-name hash: 16 base32 characters of a hash of the inputs.
@@ -46,10 +73,14 @@ fn svc_chain(s: &Svc) -> String {
     format!("KUBE-SVC-{}", chain_hash(&[&s.port_name(), "tcp"]))
 }
 
-fn sep_chain(s: &Svc, ep: Ipv4Addr) -> String {
+fn sep_chain(s: &Svc, ep: IpAddr) -> String {
     format!(
         "KUBE-SEP-{}",
-        chain_hash(&[&s.port_name(), "tcp", &format!("{ep}:{}", s.target)])
+        chain_hash(&[
+            &s.port_name(),
+            "tcp",
+            &SocketAddr::from((ep, s.target)).to_string()
+        ])
     )
 }
 
@@ -59,8 +90,10 @@ fn iptables_service_rules(out: &mut String, s: &Svc) {
     let n = s.endpoints.len();
     let _ = writeln!(
         out,
-        "-A {svc} -m comment --comment \"{pn} cluster IP\" ! -s {CLUSTER_CIDR} -d {}/32 -p tcp -m tcp --dport {} -j KUBE-MARK-MASQ",
-        s.vip, s.port
+        "-A {svc} -m comment --comment \"{pn} cluster IP\" ! -s {} -d {} -p tcp -m tcp --dport {} -j KUBE-MARK-MASQ",
+        s.cluster_cidr(),
+        host(s.vip),
+        s.port
     );
     for (i, ep) in s.endpoints.iter().enumerate() {
         let sep = sep_chain(s, *ep);
@@ -81,17 +114,18 @@ fn iptables_service_rules(out: &mut String, s: &Svc) {
     }
 }
 
-fn iptables_endpoint_rules(out: &mut String, s: &Svc, ep: Ipv4Addr) {
+fn iptables_endpoint_rules(out: &mut String, s: &Svc, ep: IpAddr) {
     let sep = sep_chain(s, ep);
     let pn = s.port_name();
     let _ = writeln!(
         out,
-        "-A {sep} -m comment --comment {pn} -s {ep}/32 -j KUBE-MARK-MASQ"
+        "-A {sep} -m comment --comment {pn} -s {} -j KUBE-MARK-MASQ",
+        host(ep)
     );
     let _ = writeln!(
         out,
-        "-A {sep} -m comment --comment {pn} -m tcp -p tcp -j DNAT --to-destination {ep}:{}",
-        s.target
+        "-A {sep} -m comment --comment {pn} -m tcp -p tcp -j DNAT --to-destination {}",
+        SocketAddr::from((ep, s.target))
     );
 }
 
@@ -127,9 +161,9 @@ pub fn iptables_full(services: &[Svc]) -> String {
     for s in services {
         let _ = writeln!(
             out,
-            "-A KUBE-SERVICES -m comment --comment \"{} cluster IP\" -d {}/32 -p tcp -m tcp --dport {} -j {}",
+            "-A KUBE-SERVICES -m comment --comment \"{} cluster IP\" -d {} -p tcp -m tcp --dport {} -j {}",
             s.port_name(),
-            s.vip,
+            host(s.vip),
             s.port,
             svc_chain(s)
         );
@@ -149,13 +183,13 @@ pub fn iptables_full(services: &[Svc]) -> String {
 pub fn iptables_change(before: &Svc, after: &Svc) -> String {
     let mut out = String::from("*nat\n");
     let _ = writeln!(out, ":{} - [0:0]", svc_chain(after));
-    let added: Vec<Ipv4Addr> = after
+    let added: Vec<IpAddr> = after
         .endpoints
         .iter()
         .filter(|e| !before.endpoints.contains(e))
         .copied()
         .collect();
-    let removed: Vec<Ipv4Addr> = before
+    let removed: Vec<IpAddr> = before
         .endpoints
         .iter()
         .filter(|e| !after.endpoints.contains(e))
@@ -187,23 +221,30 @@ fn nft_svc_chain(s: &Svc) -> String {
     )
 }
 
-fn nft_ep_chain(s: &Svc, ep: Ipv4Addr) -> String {
+fn nft_ep_chain(s: &Svc, ep: IpAddr) -> String {
     format!(
         "endpoint-{}-{}-{}-tcp-http__{}-{}",
-        &chain_hash(&[&s.port_name(), "tcp", &format!("{ep}:{}", s.target)])[..8],
+        &chain_hash(&[
+            &s.port_name(),
+            "tcp",
+            &SocketAddr::from((ep, s.target)).to_string()
+        ])[..8],
         s.namespace,
         s.name,
-        ep.to_string().replace('.', "-"),
+        ep.to_string().replace(['.', ':'], "-"),
         s.target
     )
 }
 
 fn nft_service_rules(out: &mut String, s: &Svc) {
     let chain = nft_svc_chain(s);
+    let f = s.nft_family();
     let _ = writeln!(
         out,
-        "add rule ip kube-proxy {chain} ip daddr {} tcp dport {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade",
-        s.vip, s.port
+        "add rule {f} kube-proxy {chain} {f} daddr {} tcp dport {} {f} saddr != {} jump mark-for-masquerade",
+        s.vip,
+        s.port,
+        s.cluster_cidr()
     );
     let map: Vec<String> = s
         .endpoints
@@ -213,60 +254,67 @@ fn nft_service_rules(out: &mut String, s: &Svc) {
         .collect();
     let _ = writeln!(
         out,
-        "add rule ip kube-proxy {chain} numgen random mod {} vmap {{ {} }}",
+        "add rule {f} kube-proxy {chain} numgen random mod {} vmap {{ {} }}",
         s.endpoints.len(),
         map.join(" , ")
     );
 }
 
-fn nft_endpoint(out: &mut String, s: &Svc, ep: Ipv4Addr) {
+fn nft_endpoint(out: &mut String, s: &Svc, ep: IpAddr) {
     let chain = nft_ep_chain(s, ep);
-    let _ = writeln!(out, "add chain ip kube-proxy {chain}");
+    let f = s.nft_family();
+    let _ = writeln!(out, "add chain {f} kube-proxy {chain}");
     let _ = writeln!(
         out,
-        "add rule ip kube-proxy {chain} ip saddr {ep} jump mark-for-masquerade"
+        "add rule {f} kube-proxy {chain} {f} saddr {ep} jump mark-for-masquerade"
     );
     let _ = writeln!(
         out,
-        "add rule ip kube-proxy {chain} meta l4proto tcp dnat to {ep}:{}",
-        s.target
+        "add rule {f} kube-proxy {chain} meta l4proto tcp dnat to {}",
+        SocketAddr::from((ep, s.target))
     );
 }
 
+/// The start of kube-proxy's nftables transaction (`FAMILY`: ip or ip6, `ADDR_TYPE`: the
+/// element type of `service-ips`).
+const NFT_HEADER: &str = "add table FAMILY kube-proxy
+add chain FAMILY kube-proxy mark-for-masquerade
+add rule FAMILY kube-proxy mark-for-masquerade mark set mark or 0x4000
+add chain FAMILY kube-proxy masquerading
+add rule FAMILY kube-proxy masquerading mark and 0x4000 == 0 return
+add rule FAMILY kube-proxy masquerading mark set mark xor 0x4000
+add rule FAMILY kube-proxy masquerading masquerade fully-random
+add chain FAMILY kube-proxy services
+add chain FAMILY kube-proxy nat-prerouting { type nat hook prerouting priority dstnat ; }
+add rule FAMILY kube-proxy nat-prerouting jump services
+add chain FAMILY kube-proxy nat-output { type nat hook output priority -100 ; }
+add rule FAMILY kube-proxy nat-output jump services
+add chain FAMILY kube-proxy nat-postrouting { type nat hook postrouting priority srcnat ; }
+add rule FAMILY kube-proxy nat-postrouting jump masquerading
+add map FAMILY kube-proxy service-ips { type ADDR_TYPE . inet_proto . inet_service : verdict ; }
+add rule FAMILY kube-proxy services FAMILY daddr . meta l4proto . th dport vmap @service-ips
+";
+
 /// The full `nft -f` transaction kube-proxy's nftables mode writes for these services.
 pub fn nft_full(services: &[Svc]) -> String {
-    let mut out = String::new();
-    out.push_str("add table ip kube-proxy\n");
-    out.push_str("add chain ip kube-proxy mark-for-masquerade\n");
-    out.push_str("add rule ip kube-proxy mark-for-masquerade mark set mark or 0x4000\n");
-    out.push_str("add chain ip kube-proxy masquerading\n");
-    out.push_str("add rule ip kube-proxy masquerading mark and 0x4000 == 0 return\n");
-    out.push_str("add rule ip kube-proxy masquerading mark set mark xor 0x4000\n");
-    out.push_str("add rule ip kube-proxy masquerading masquerade fully-random\n");
-    out.push_str("add chain ip kube-proxy services\n");
-    out.push_str(
-        "add chain ip kube-proxy nat-prerouting { type nat hook prerouting priority dstnat ; }\n",
-    );
-    out.push_str("add rule ip kube-proxy nat-prerouting jump services\n");
-    out.push_str("add chain ip kube-proxy nat-output { type nat hook output priority -100 ; }\n");
-    out.push_str("add rule ip kube-proxy nat-output jump services\n");
-    out.push_str(
-        "add chain ip kube-proxy nat-postrouting { type nat hook postrouting priority srcnat ; }\n",
-    );
-    out.push_str("add rule ip kube-proxy nat-postrouting jump masquerading\n");
-    out.push_str("add map ip kube-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }\n");
-    out.push_str(
-        "add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips\n",
-    );
+    let v6 = services.first().is_some_and(|s| s.vip.is_ipv6());
+    let (f, addr_type) = if v6 {
+        ("ip6", "ipv6_addr")
+    } else {
+        ("ip", "ipv4_addr")
+    };
+    let mut out = NFT_HEADER
+        .replace("FAMILY", f)
+        .replace("ADDR_TYPE", addr_type);
     for s in services {
         for ep in &s.endpoints {
             nft_endpoint(&mut out, s, *ep);
         }
-        let _ = writeln!(out, "add chain ip kube-proxy {}", nft_svc_chain(s));
+        let _ = writeln!(out, "add chain {f} kube-proxy {}", nft_svc_chain(s));
         nft_service_rules(&mut out, s);
         let _ = writeln!(
             out,
-            "add element ip kube-proxy service-ips {{ {} . tcp . {} : goto {} }}",
+            "add element {f} kube-proxy service-ips {{ {} . tcp . {} : goto {} }}",
             s.vip,
             s.port,
             nft_svc_chain(s)
@@ -277,6 +325,7 @@ pub fn nft_full(services: &[Svc]) -> String {
 
 /// kube-proxy's nftables transaction when `before` became `after`.
 pub fn nft_change(before: &Svc, after: &Svc) -> String {
+    let f = after.nft_family();
     let mut out = String::new();
     for ep in after
         .endpoints
@@ -285,7 +334,7 @@ pub fn nft_change(before: &Svc, after: &Svc) -> String {
     {
         nft_endpoint(&mut out, after, *ep);
     }
-    let _ = writeln!(out, "flush chain ip kube-proxy {}", nft_svc_chain(after));
+    let _ = writeln!(out, "flush chain {f} kube-proxy {}", nft_svc_chain(after));
     nft_service_rules(&mut out, after);
     for ep in before
         .endpoints
@@ -294,7 +343,7 @@ pub fn nft_change(before: &Svc, after: &Svc) -> String {
     {
         let _ = writeln!(
             out,
-            "delete chain ip kube-proxy {}",
+            "delete chain {f} kube-proxy {}",
             nft_ep_chain(before, *ep)
         );
     }
@@ -308,7 +357,7 @@ pub fn service_set(n: usize, endpoints: usize) -> Vec<Svc> {
         .map(|i| Svc {
             namespace: format!("ns{}", i / 100),
             name: format!("svc{i}"),
-            vip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + i as u32),
+            vip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + i as u32).into(),
             port: 80,
             target: 8080,
             endpoints: (0..endpoints)
@@ -316,6 +365,7 @@ pub fn service_set(n: usize, endpoints: usize) -> Vec<Svc> {
                     Ipv4Addr::from(
                         u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * 64 + e) as u32 + 1,
                     )
+                    .into()
                 })
                 .collect(),
         })
@@ -326,14 +376,15 @@ pub fn service_set(n: usize, endpoints: usize) -> Vec<Svc> {
 pub fn manifests(services: &[Svc]) -> String {
     let mut out = String::new();
     for s in services {
+        let family = if s.vip.is_ipv6() { "IPv6" } else { "IPv4" };
         let _ = write!(
             out,
-            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {}\nspec:\n  clusterIP: {}\n  ports:\n  - name: http\n    port: {}\n    targetPort: {}\n",
+            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {}\nspec:\n  clusterIP: \"{}\"\n  ipFamilies: [{family}]\n  ports:\n  - name: http\n    port: {}\n    targetPort: {}\n",
             s.name, s.namespace, s.vip, s.port, s.target
         );
         let _ = write!(
             out,
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {}-1\n  namespace: {}\n  labels:\n    kubernetes.io/service-name: {}\naddressType: IPv4\nports:\n- name: http\n  port: {}\nendpoints:\n",
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {}-1\n  namespace: {}\n  labels:\n    kubernetes.io/service-name: {}\naddressType: {family}\nports:\n- name: http\n  port: {}\nendpoints:\n",
             s.name, s.namespace, s.name, s.target
         );
         for ep in &s.endpoints {

@@ -65,7 +65,8 @@ fn timed_in(ns: &Netns, cmd: &[&str], input: &Path) -> Duration {
 /// A copy of `s` with its first endpoint replaced.
 fn changed(s: &Svc, round: usize) -> Svc {
     let mut c = s.clone();
-    c.endpoints[0] = std::net::Ipv4Addr::new(10, 200, (round / 250) as u8, (round % 250) as u8 + 1);
+    c.endpoints[0] =
+        std::net::Ipv4Addr::new(10, 200, (round / 250) as u8, (round % 250) as u8 + 1).into();
     c
 }
 

@@ -5,7 +5,7 @@
 use std::{
     fs,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -25,8 +25,9 @@ pub const HTTP_PORT: u16 = 8080;
 
 pub const IPERF_PORT: u16 = 5201;
 
-/// A pod address with nothing behind it: the "changed" endpoint.
+/// A pod address with nothing behind it: the "changed" endpoint (of each family).
 pub const GONE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 99);
+pub const GONE_POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 0x99);
 
 /// `cmd` as a command that runs inside `ns`, output piped.
 pub fn ns_command(ns: &Netns, cmd: &[&str]) -> Command {
@@ -93,7 +94,8 @@ pub fn http_server(ns: &Netns, bind: SocketAddr, threads: usize) {
 pub struct Bed {
     pub mode: &'static str,
     pub node: Node,
-    pub backends: Vec<Ipv4Addr>,
+    /// The backend pods' addresses, of the bed's family.
+    pub backends: Vec<IpAddr>,
     pub work: PathBuf,
     pub agent: Option<Agent>,
     /// xlb: the node's pin directory and cgroup (the agent attaches its socket programs to
@@ -111,17 +113,23 @@ impl Drop for Bed {
 }
 
 impl Bed {
-    pub fn new(tag: &str, mode: &'static str, idx: usize) -> Self {
+    pub fn new(tag: &str, mode: &'static str, idx: usize, ipv6: bool) -> Self {
         let mut node = Node::new(&format!("{tag}{idx}"), "n", 1);
         for i in 0..=3 {
             node.add_pod(i);
+        }
+        if ipv6 {
+            node.dual_stack();
         }
         for pod in &node.pods {
             // Offloads on, as pods have them (the test topology turns them off for XDP).
             pod.ns.exec(&["ethtool", "-K", "eth0", "tx", "on"]);
             pod.ns.sysctl("net.ipv4.ip_local_port_range", "1024 65535");
         }
-        let backends: Vec<Ipv4Addr> = node.pods[1..].iter().map(|p| p.ip).collect();
+        let backends: Vec<IpAddr> = node.pods[1..]
+            .iter()
+            .map(|p| if ipv6 { p.ip6.into() } else { p.ip.into() })
+            .collect();
         for (pod, ip) in node.pods[1..].iter().zip(&backends) {
             http_server(&pod.ns, SocketAddr::from((*ip, HTTP_PORT)), 4);
         }
@@ -215,18 +223,58 @@ impl Bed {
         Svc {
             namespace: "bench".into(),
             name: format!("pinned{i}"),
-            vip: Ipv4Addr::new(10, 98, 0, 1 + i as u8),
+            vip: self.vip(Ipv4Addr::new(10, 98, 0, 1 + i as u8)),
             port: 80,
             target: HTTP_PORT,
             endpoints: vec![self.backends[i]],
         }
     }
 
+    /// Whether the bed runs IPv6.
+    pub fn ipv6(&self) -> bool {
+        self.backends[0].is_ipv6()
+    }
+
+    /// A service address of the bed's family: `v4`, or `fd00:96::<v4's low 24 bits>` (the
+    /// IPv6 service range, `10.96.x.y` → `fd00:96::x:y`-like).
+    fn vip(&self, v4: Ipv4Addr) -> IpAddr {
+        if self.ipv6() {
+            let b = v4.octets();
+            Ipv6Addr::new(
+                0xfd00,
+                0x96,
+                0,
+                0,
+                0,
+                u16::from(b[1]),
+                u16::from(b[2]),
+                u16::from(b[3]),
+            )
+            .into()
+        } else {
+            v4.into()
+        }
+    }
+
+    /// kube-proxy's iptables restore tool for the bed's family.
+    fn iptables_restore(&self) -> &'static str {
+        if self.ipv6() {
+            "ip6tables-legacy-restore"
+        } else {
+            "iptables-legacy-restore"
+        }
+    }
+
+    /// nftables' table family of the bed.
+    fn nft_family(&self) -> &'static str {
+        if self.ipv6() { "ip6" } else { "ip" }
+    }
+
     pub fn iperf_svc(&self) -> Svc {
         Svc {
             namespace: "bench".into(),
             name: "iperf".into(),
-            vip: Ipv4Addr::new(10, 97, 0, 1),
+            vip: self.vip(Ipv4Addr::new(10, 97, 0, 1)),
             port: IPERF_PORT,
             target: IPERF_PORT,
             endpoints: vec![self.backends[0]],
@@ -238,7 +286,9 @@ impl Bed {
             .map(|i| Svc {
                 namespace: format!("ns{}", i / PER_FILE),
                 name: format!("svc{i}"),
-                vip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i as u32),
+                vip: self.vip(Ipv4Addr::from(
+                    u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i as u32,
+                )),
                 port: 80,
                 target: HTTP_PORT,
                 endpoints: self.backends.clone(),
@@ -276,10 +326,11 @@ impl Bed {
         match self.mode {
             "iptables" => {
                 let f = self.rules("empty.rules", kubeproxy::iptables_full(&self.fixed_svcs()));
-                must_in(ns, &["iptables-legacy-restore"], Some(&f));
+                must_in(ns, &[self.iptables_restore()], Some(&f));
             }
             "nftables" => {
-                let _ = run_in(ns, &["nft", "delete", "table", "ip", "kube-proxy"], None);
+                let fam = self.nft_family();
+                let _ = run_in(ns, &["nft", "delete", "table", fam, "kube-proxy"], None);
                 let f = self.rules("empty.nft", kubeproxy::nft_full(&self.fixed_svcs()));
                 must_in(ns, &["nft", "-f", f.to_str().expect("path")], None);
             }
@@ -345,7 +396,11 @@ impl Bed {
         let mut all = self.services(n);
         let mid = n / 2;
         let mut moved = all[mid].clone();
-        moved.endpoints[0] = GONE_POD;
+        moved.endpoints[0] = if self.ipv6() {
+            GONE_POD6.into()
+        } else {
+            GONE_POD.into()
+        };
         let ns = &self.node.ns;
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         match self.mode {
@@ -358,14 +413,15 @@ impl Bed {
                     kubeproxy::iptables_change(&all[mid], &moved),
                 );
                 let back = self.rules("back.rules", kubeproxy::iptables_change(&moved, &all[mid]));
-                let (load, _) = must_in(ns, &["iptables-legacy-restore"], Some(&full));
-                let noflush = ["iptables-legacy-restore", "--noflush"];
+                let (load, _) = must_in(ns, &[self.iptables_restore()], Some(&full));
+                let noflush = [self.iptables_restore(), "--noflush"];
                 let (change, _) = must_in(ns, &noflush, Some(&change));
                 must_in(ns, &noflush, Some(&back));
                 (ms(load), ms(change))
             }
             "nftables" => {
-                let _ = run_in(ns, &["nft", "delete", "table", "ip", "kube-proxy"], None);
+                let fam = self.nft_family();
+                let _ = run_in(ns, &["nft", "delete", "table", fam, "kube-proxy"], None);
                 let mut with_iperf = all.clone();
                 with_iperf.extend(self.fixed_svcs());
                 let full = self.rules("full.nft", kubeproxy::nft_full(&with_iperf));

@@ -24,6 +24,11 @@ pub struct Opts {
     /// connect() times per latency figure.
     #[arg(long, value_parser = count::<10>, default_value_t = 2000)]
     pub connects: usize,
+    /// IPv6 throughout: the pods' IPv6 addresses, IPv6 ClusterIPs (`ipFamilies: [IPv6]`,
+    /// `addressType: IPv6` slices), kube-proxy's rules in ip6tables and an `ip6` nftables
+    /// table.
+    #[arg(long)]
+    pub ipv6: bool,
     /// Seconds per wrk run.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub seconds: u32,

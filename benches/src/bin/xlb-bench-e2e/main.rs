@@ -76,8 +76,13 @@ fn main() {
     }
     let tag = unique_tag();
     println!(
-        "end-to-end: modes {:?}, N = {:?}, {} repetitions, {} connects per latency figure, wrk {} s",
-        o.modes, o.sizes, o.reps, o.connects, o.seconds
+        "end-to-end{}: modes {:?}, N = {:?}, {} repetitions, {} connects per latency figure, wrk {} s",
+        if o.ipv6 { " (IPv6)" } else { "" },
+        o.modes,
+        o.sizes,
+        o.reps,
+        o.connects,
+        o.seconds
     );
     println!("machine: {}", machine());
     println!(
@@ -93,14 +98,14 @@ fn main() {
         o.modes
             .iter()
             .enumerate()
-            .map(|(i, m)| Bed::new(&tag, m, i))
+            .map(|(i, m)| Bed::new(&tag, m, i, o.ipv6))
             .collect()
     };
     // A second no-LB bed, identical to the first: the no-LB mode is measured against it (an
     // A/A control with servers, sockets and namespaces of its own, as every mode has).
     let control = {
         let _own_hash = Sysctl::set("net.ipv4.tcp_child_ehash_entries", "262144");
-        Bed::new(&tag, "no-LB", o.modes.len())
+        Bed::new(&tag, "no-LB", o.modes.len(), o.ipv6)
     };
     println!("beds ready");
     // results[n][mode] = one Sample per round.

@@ -26,24 +26,28 @@ pub fn publish(o: &Opts, machine: &str, results: &Results) {
     let report = render(o, machine, results);
     println!("\n{report}");
     let out = bench_dir();
-    fs::write(out.join("e2e.md"), &report).expect("write e2e.md");
+    // An IPv6 run's files sit next to the IPv4 run's.
+    let stem = if o.ipv6 { "e2e6" } else { "e2e" };
+    fs::write(out.join(format!("{stem}.md")), &report).expect("write report");
     let opts = json!({
         "reps": o.reps, "seconds": o.seconds, "pairs": o.pairs, "connects": o.connects,
+        "ipv6": o.ipv6,
     });
     let json = json!({ "machine": machine, "opts": opts, "results": results });
     fs::write(
-        out.join("e2e.json"),
+        out.join(format!("{stem}.json")),
         serde_json::to_string_pretty(&json).expect("json"),
     )
-    .expect("write e2e.json");
+    .expect("write JSON");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("plot_e2e.py");
     // Debian's python3, where python3-matplotlib (installed by the bench set-up) lives.
     match Command::new("/usr/bin/python3")
         .arg(&script)
         .arg(&out)
+        .arg(stem)
         .status()
     {
-        Ok(s) if s.success() => println!("charts: {}/e2e-*.png", out.display()),
+        Ok(s) if s.success() => println!("charts: {}/{stem}-*.png", out.display()),
         other => eprintln!("charts not drawn ({other:?}): is python3-matplotlib installed?"),
     }
 }
@@ -58,6 +62,7 @@ pub fn rerender(mut o: Opts, file: &Path) {
     o.reps = field("reps").unwrap_or(o.reps);
     o.seconds = field("seconds").map_or(o.seconds, |x| x as u32);
     o.pairs = field("pairs").unwrap_or(o.pairs);
+    o.ipv6 = v["opts"]["ipv6"].as_bool().unwrap_or(o.ipv6);
     o.connects = field("connects").unwrap_or(o.connects);
     let mut results = Results::new();
     let sizes = v["results"]
@@ -145,7 +150,12 @@ pub fn render(o: &Opts, machine: &str, results: &Results) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Machine: {}. {} repetitions; median [min–max]. Connection rates (conn/s columns): {}-second wrk runs in turn with the ceiling's; their \"vs no-LB\" is the median [quartiles] of {} runs per pattern and round side by side with the ceiling's wrk, both at once (the no-LB row: against a second, identical no-LB bed, an A/A control of the method). iperf3: median of per-round ratios to the mean of a no-LB run just before and one just after. last/first: median [quartiles] of the p50 ratio of adjacent blocks of {} connects to the last and the first service.\n",
+        "{}Machine: {}. {} repetitions; median [min–max]. Connection rates (conn/s columns): {}-second wrk runs in turn with the ceiling's; their \"vs no-LB\" is the median [quartiles] of {} runs per pattern and round side by side with the ceiling's wrk, both at once (the no-LB row: against a second, identical no-LB bed, an A/A control of the method). iperf3: median of per-round ratios to the mean of a no-LB run just before and one just after. last/first: median [quartiles] of the p50 ratio of adjacent blocks of {} connects to the last and the first service.\n",
+        if o.ipv6 {
+            "IPv6 throughout (IPv6 ClusterIPs and pods; kube-proxy in ip6tables and an ip6 table). "
+        } else {
+            ""
+        },
         machine,
         o.reps,
         o.seconds,
