@@ -6,7 +6,9 @@
 //! - one endpoint change (xlb: file change → maps updated, through the real agent; and the
 //!   in-process state change → maps updated that a Kubernetes event costs; kube-proxy: its
 //!   partial sync of the changed chains);
-//! - the agent's memory at that scale.
+//! - the agent's memory at that scale;
+//! - kernel memory (the maps' memlock, as `bpftool map show` reports it) and agent RSS with
+//!   `--memory-endpoints` endpoints per service at each of `--memory-at` service counts.
 
 use std::{
     fs,
@@ -39,8 +41,87 @@ struct Opts {
     /// Endpoints per service.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
     endpoints: u32,
+    /// Service counts at which to measure kernel and agent memory (empty: skip).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,50000")]
+    memory_at: Vec<u32>,
+    /// Endpoints per service of the memory measurements.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    memory_endpoints: u32,
 }
 const PER_FILE: usize = 100;
+
+/// Every BPF map's (id, name, memlock bytes), as `bpftool` lists them.
+fn maps_memlock() -> Vec<(u64, String, u64)> {
+    let out = xlb_tests::netns::sh(&["bpftool", "-j", "map", "show"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("bpftool JSON");
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            Some((
+                m["id"].as_u64()?,
+                m["name"].as_str().unwrap_or("").to_owned(),
+                m["bytes_memlock"].as_u64()?,
+            ))
+        })
+        .collect()
+}
+
+/// Maps (either family's: the IPv6 name adds a 6) whose size is fixed by capacity flags, not
+/// by the number of services: flow state.
+const FLOW_MAPS: &[&str] = &[
+    "xlb_ct",
+    "xlb_ct_new",
+    "xlb_frags",
+    "xlb_affinity",
+    "xlb_sock",
+    "xlb_sock_rev",
+    "xlb_events",
+];
+
+/// Kernel memory of the maps an agent creates and its RSS, with `n` services of
+/// `endpoints` endpoints each: (lookup tables, other service maps, flow state, RSS) in MiB.
+fn memory_at(tag: &str, work: &Path, n: usize, endpoints: usize) -> [f64; 4] {
+    let dir = work.join(format!("mem{n}"));
+    fs::create_dir_all(&dir).expect("dir");
+    write_files(&dir, &kubeproxy::service_set(n, endpoints));
+    let before: std::collections::BTreeSet<u64> =
+        maps_memlock().into_iter().map(|(id, _, _)| id).collect();
+    let node = Netns::new(&format!("xlbt-{tag}-m{n}"));
+    let pins = PinDir::new(&format!("{tag}m{n}"));
+    let mut agent = Agent::spawn(&node, &pins, &["--services", dir.to_str().expect("path")]);
+    agent.wait_for_log("maps synced", 1);
+    let log = agent.logs();
+    assert!(
+        log.contains(&format!("services={n} ")),
+        "the agent must program all {n} services: {log}"
+    );
+    let rss = fs::read_to_string(format!("/proc/{}/status", agent.pid().expect("pid")))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0);
+    let mut mib = [0.0, 0.0, 0.0, rss];
+    for (id, name, bytes) in maps_memlock() {
+        if before.contains(&id) {
+            continue;
+        }
+        let group = if name.starts_with("xlb_lut_") {
+            0
+        } else if FLOW_MAPS.contains(&name.replace('6', "").as_str()) {
+            2
+        } else {
+            1
+        };
+        mib[group] += bytes as f64 / (1024.0 * 1024.0);
+    }
+    assert!(agent.stop());
+    drop(agent);
+    drop(pins);
+    let _ = fs::remove_dir_all(&dir);
+    mib
+}
 
 /// Runs `cmd < input` inside `ns`; returns the wall time.
 fn timed_in(ns: &Netns, cmd: &[&str], input: &Path) -> Duration {
@@ -134,6 +215,14 @@ fn main() {
     let (services_n, endpoints_n) = (o.services as usize, o.endpoints as usize);
     let tag = unique_tag();
     let work = std::env::temp_dir().join(format!("xlb-bench-sync-{tag}"));
+    let memory: Vec<(u32, [f64; 4])> = o
+        .memory_at
+        .iter()
+        .map(|n| {
+            let m = memory_at(&tag, &work, *n as usize, o.memory_endpoints as usize);
+            (*n, m)
+        })
+        .collect();
     let svc_dir = work.join("services");
     fs::create_dir_all(&svc_dir).expect("work dir");
     let mut services = kubeproxy::service_set(services_n, endpoints_n);
@@ -292,6 +381,24 @@ fn main() {
         fmt_ms(xlb_full_sync)
     );
     println!("xlb agent memory at this scale: RSS {rss:.0} MiB (peak {hwm:.0} MiB)");
+    if !memory.is_empty() {
+        println!();
+        println!(
+            "Memory with {} endpoints per service (kernel: the agent's maps' memlock; flow state is sized by capacity flags, not by services):",
+            o.memory_endpoints
+        );
+        println!();
+        println!(
+            "| services | lookup tables | other service maps | flow state | kernel total | agent RSS |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|");
+        for (n, [lut, svc, flow, rss]) in &memory {
+            println!(
+                "| {n} | {lut:.1} MiB | {svc:.1} MiB | {flow:.1} MiB | {:.1} MiB | {rss:.0} MiB |",
+                lut + svc + flow
+            );
+        }
+    }
     println!(
         "samples (ms): state change {:?}; file change {:?}; iptables change {:?}; nft change {:?}",
         state_change
