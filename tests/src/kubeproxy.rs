@@ -21,12 +21,19 @@ pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// The IPv6 pod CIDR (the test topology's pods are in `fd00:10:244:<node>::/64`).
 pub const CLUSTER_CIDR6: &str = "fd00:10:244::/48";
 
+/// The node every endpoint of `manifests` runs on (the benchmarks' one node, `--node-name`).
+pub const NODE_NAME: &str = "n";
+
 /// A ClusterIP service port with its endpoints.
 #[derive(Clone, Debug)]
 pub struct Svc {
     pub namespace: String,
     pub name: String,
     pub vip: IpAddr,
+    /// An externalIP of the service (clients outside the cluster dial it), with
+    /// `externalTrafficPolicy: Local` (the client's address is kept); kube-proxy's rules then
+    /// match it instead of the ClusterIP.
+    pub external: Option<IpAddr>,
     pub port: u16,
     pub target: u16,
     pub endpoints: Vec<IpAddr>,
@@ -36,6 +43,11 @@ impl Svc {
     /// `namespace/name:http`.
     pub fn port_name(&self) -> String {
         format!("{}/{}:http", self.namespace, self.name)
+    }
+
+    /// The address clients dial: the externalIP if there is one, else the ClusterIP.
+    pub fn dialled(&self) -> IpAddr {
+        self.external.unwrap_or(self.vip)
     }
 
     /// The pod CIDR of the service's family.
@@ -92,7 +104,7 @@ fn iptables_service_rules(out: &mut String, s: &Svc) {
         out,
         "-A {svc} -m comment --comment \"{pn} cluster IP\" ! -s {} -d {} -p tcp -m tcp --dport {} -j KUBE-MARK-MASQ",
         s.cluster_cidr(),
-        host(s.vip),
+        host(s.dialled()),
         s.port
     );
     for (i, ep) in s.endpoints.iter().enumerate() {
@@ -163,7 +175,7 @@ pub fn iptables_full(services: &[Svc]) -> String {
             out,
             "-A KUBE-SERVICES -m comment --comment \"{} cluster IP\" -d {} -p tcp -m tcp --dport {} -j {}",
             s.port_name(),
-            host(s.vip),
+            host(s.dialled()),
             s.port,
             svc_chain(s)
         );
@@ -242,7 +254,7 @@ fn nft_service_rules(out: &mut String, s: &Svc) {
     let _ = writeln!(
         out,
         "add rule {f} kube-proxy {chain} {f} daddr {} tcp dport {} {f} saddr != {} jump mark-for-masquerade",
-        s.vip,
+        s.dialled(),
         s.port,
         s.cluster_cidr()
     );
@@ -315,7 +327,7 @@ pub fn nft_full(services: &[Svc]) -> String {
         let _ = writeln!(
             out,
             "add element {f} kube-proxy service-ips {{ {} . tcp . {} : goto {} }}",
-            s.vip,
+            s.dialled(),
             s.port,
             nft_svc_chain(s)
         );
@@ -358,6 +370,7 @@ pub fn service_set(n: usize, endpoints: usize) -> Vec<Svc> {
             namespace: format!("ns{}", i / 100),
             name: format!("svc{i}"),
             vip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + i as u32).into(),
+            external: None,
             port: 80,
             target: 8080,
             endpoints: (0..endpoints)
@@ -377,9 +390,13 @@ pub fn manifests(services: &[Svc]) -> String {
     let mut out = String::new();
     for s in services {
         let family = if s.vip.is_ipv6() { "IPv6" } else { "IPv4" };
+        let external = s
+            .external
+            .map(|e| format!("  externalIPs: [\"{e}\"]\n  externalTrafficPolicy: Local\n"))
+            .unwrap_or_default();
         let _ = write!(
             out,
-            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {}\nspec:\n  clusterIP: \"{}\"\n  ipFamilies: [{family}]\n  ports:\n  - name: http\n    port: {}\n    targetPort: {}\n",
+            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {}\nspec:\n  clusterIP: \"{}\"\n  ipFamilies: [{family}]\n{external}  ports:\n  - name: http\n    port: {}\n    targetPort: {}\n",
             s.name, s.namespace, s.vip, s.port, s.target
         );
         let _ = write!(
@@ -388,7 +405,7 @@ pub fn manifests(services: &[Svc]) -> String {
             s.name, s.namespace, s.name, s.target
         );
         for ep in &s.endpoints {
-            let _ = writeln!(out, "- addresses: [\"{ep}\"]");
+            let _ = writeln!(out, "- addresses: [\"{ep}\"]\n  nodeName: {NODE_NAME}");
         }
     }
     out

@@ -90,6 +90,16 @@ pub fn http_server(ns: &Netns, bind: SocketAddr, threads: usize) {
     }
 }
 
+/// What every bed of a run looks like.
+#[derive(Clone, Copy)]
+pub struct Shape {
+    /// IPv6 addresses and services throughout.
+    pub ipv6: bool,
+    /// The client pod stands for an external client: its device is an uplink and its
+    /// processes are outside the node's cgroup.
+    pub north_south: bool,
+}
+
 /// One mode's topology.
 pub struct Bed {
     pub mode: &'static str,
@@ -102,6 +112,7 @@ pub struct Bed {
     /// it; the client pod's processes run in it, as every process of a node does).
     pub pins: Option<PinDir>,
     pub iperf: Child,
+    pub shape: Shape,
 }
 
 impl Drop for Bed {
@@ -113,8 +124,9 @@ impl Drop for Bed {
 }
 
 impl Bed {
-    pub fn new(tag: &str, mode: &'static str, idx: usize, ipv6: bool) -> Self {
-        let mut node = Node::new(&format!("{tag}{idx}"), "n", 1);
+    pub fn new(tag: &str, mode: &'static str, idx: usize, shape: Shape) -> Self {
+        let ipv6 = shape.ipv6;
+        let mut node = Node::new(&format!("{tag}{idx}"), kubeproxy::NODE_NAME, 1);
         for i in 0..=3 {
             node.add_pod(i);
         }
@@ -151,6 +163,7 @@ impl Bed {
             agent: None,
             pins: None,
             iperf,
+            shape,
         };
         if mode == "xlb" {
             fs::write(
@@ -160,20 +173,21 @@ impl Bed {
             .expect("write");
             let pins = PinDir::new(&format!("{tag}{idx}"));
             let dir = bed.work.join("services");
-            let mut agent = Agent::spawn(
-                &bed.node.ns,
-                &pins,
-                &[
-                    "--services",
-                    dir.to_str().expect("path"),
-                    "--node-name",
-                    "n",
-                    "--pod-devices",
-                    "xp*",
-                    "--metrics-addr",
-                    "off",
-                ],
-            );
+            let mut args = vec![
+                "--services",
+                dir.to_str().expect("path"),
+                "--node-name",
+                kubeproxy::NODE_NAME,
+                "--metrics-addr",
+                "off",
+            ];
+            if shape.north_south {
+                // The client's veth is the uplink; the backends' are pod devices.
+                args.extend(["--devices", "xp0", "--pod-devices", "xp1,xp2,xp3"]);
+            } else {
+                args.extend(["--pod-devices", "xp*"]);
+            }
+            let mut agent = Agent::spawn(&bed.node.ns, &pins, &args);
             agent.wait_for_log("agent ready", 1);
             bed.agent = Some(agent);
             bed.pins = Some(pins);
@@ -181,10 +195,13 @@ impl Bed {
         bed
     }
 
-    /// `cmd` as a process of the client pod (its namespace, and the node's cgroup if any).
+    /// `cmd` as a process of the client pod (its namespace, and the node's cgroup if any,
+    /// unless the client stands for an external one).
     pub fn client_command(&self, cmd: &[&str]) -> Command {
         let mut c = ns_command(&self.node.pods[0].ns, cmd);
-        if let Some(p) = &self.pins {
+        if let Some(p) = &self.pins
+            && !self.shape.north_south
+        {
             in_cgroup(&mut c, &p.cgroup);
         }
         c
@@ -224,6 +241,7 @@ impl Bed {
             namespace: "bench".into(),
             name: format!("pinned{i}"),
             vip: self.vip(Ipv4Addr::new(10, 98, 0, 1 + i as u8)),
+            external: self.external(Ipv4Addr::new(10, 98, 0, 1 + i as u8)),
             port: 80,
             target: HTTP_PORT,
             endpoints: vec![self.backends[i]],
@@ -232,7 +250,7 @@ impl Bed {
 
     /// Whether the bed runs IPv6.
     pub fn ipv6(&self) -> bool {
-        self.backends[0].is_ipv6()
+        self.shape.ipv6
     }
 
     /// A service address of the bed's family: `v4`, or `fd00:96::<v4's low 24 bits>` (the
@@ -256,6 +274,30 @@ impl Bed {
         }
     }
 
+    /// North-south: the externalIP the client dials for the service of ClusterIP `v4`'s
+    /// counterpart (`10.x.y.z` → `100.x.y.z`, IPv6 `fd00:100:x:y:z::`); None otherwise.
+    fn external(&self, v4: Ipv4Addr) -> Option<IpAddr> {
+        if !self.shape.north_south {
+            return None;
+        }
+        let b = v4.octets();
+        Some(if self.ipv6() {
+            Ipv6Addr::new(
+                0xfd00,
+                0x100,
+                b[1].into(),
+                b[2].into(),
+                b[3].into(),
+                0,
+                0,
+                0,
+            )
+            .into()
+        } else {
+            Ipv4Addr::new(100, b[1], b[2], b[3]).into()
+        })
+    }
+
     /// kube-proxy's iptables restore tool for the bed's family.
     fn iptables_restore(&self) -> &'static str {
         if self.ipv6() {
@@ -275,6 +317,7 @@ impl Bed {
             namespace: "bench".into(),
             name: "iperf".into(),
             vip: self.vip(Ipv4Addr::new(10, 97, 0, 1)),
+            external: self.external(Ipv4Addr::new(10, 97, 0, 1)),
             port: IPERF_PORT,
             target: IPERF_PORT,
             endpoints: vec![self.backends[0]],
@@ -287,6 +330,9 @@ impl Bed {
                 namespace: format!("ns{}", i / PER_FILE),
                 name: format!("svc{i}"),
                 vip: self.vip(Ipv4Addr::from(
+                    u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i as u32,
+                )),
+                external: self.external(Ipv4Addr::from(
                     u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i as u32,
                 )),
                 port: 80,
@@ -308,9 +354,9 @@ impl Bed {
         }
         let s = self.services(n);
         (
-            SocketAddr::from((s[0].vip, 80)),
-            SocketAddr::from((s[n - 1].vip, 80)),
-            SocketAddr::from((self.iperf_svc().vip, IPERF_PORT)),
+            SocketAddr::from((s[0].dialled(), 80)),
+            SocketAddr::from((s[n - 1].dialled(), 80)),
+            SocketAddr::from((self.iperf_svc().dialled(), IPERF_PORT)),
         )
     }
 
@@ -345,10 +391,21 @@ impl Bed {
                     }
                 }
                 if removed {
-                    self.xlb_wait(mark, Instant::now(), Some(self.fixed_svcs().len()));
+                    let want = self.xlb_services(self.fixed_svcs().len());
+                    self.xlb_wait(mark, Instant::now(), Some(want));
                 }
             }
             _ => {}
+        }
+    }
+
+    /// The services xlb programs for `svcs` of the bed's: two per externalIP service with
+    /// `externalTrafficPolicy: Local` (north-south: the in-cluster and the external view).
+    fn xlb_services(&self, svcs: usize) -> usize {
+        if self.shape.north_south {
+            2 * svcs
+        } else {
+            svcs
         }
     }
 
@@ -438,7 +495,8 @@ impl Bed {
                 for chunk in 0..n.div_ceil(PER_FILE) {
                     self.xlb_write(&all, chunk);
                 }
-                let load = self.xlb_wait(mark, start, Some(n + self.fixed_svcs().len()));
+                let want = self.xlb_services(n + self.fixed_svcs().len());
+                let load = self.xlb_wait(mark, start, Some(want));
                 let original = all[mid].clone();
                 all[mid] = moved;
                 let (mark, start) = (self.xlb_mark(), Instant::now());

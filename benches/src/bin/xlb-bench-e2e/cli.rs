@@ -29,6 +29,14 @@ pub struct Opts {
     /// table.
     #[arg(long)]
     pub ipv6: bool,
+    /// North-south: the client is outside the node (its veth is an uplink, `--devices`, and
+    /// its processes are not the node's, so nothing is translated at the socket); every
+    /// packet takes the per-packet path of NodePort/LoadBalancer traffic.
+    #[arg(long)]
+    pub north_south: bool,
+    /// Parallel iperf3 streams (`iperf3 -P`).
+    #[arg(long, value_parser = count::<1>, default_value_t = 1)]
+    pub streams: usize,
     /// Seconds per wrk run.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub seconds: u32,
@@ -61,6 +69,23 @@ pub struct ConnectTimes {
 }
 
 impl Opts {
+    /// The beds' shape these flags ask for.
+    pub fn shape(&self) -> crate::bed::Shape {
+        crate::bed::Shape {
+            ipv6: self.ipv6,
+            north_south: self.north_south,
+        }
+    }
+
+    /// The name of the report, JSON and charts (`e2e`, `e2e6`, `e2e-ns`, `e2e6-ns`).
+    pub fn stem(&self) -> String {
+        format!(
+            "e2e{}{}",
+            if self.ipv6 { "6" } else { "" },
+            if self.north_south { "-ns" } else { "" }
+        )
+    }
+
     /// Parses the command line; exits with clap's message (naming the flag) on bad input.
     pub fn get() -> Self {
         let o = Self::parse();

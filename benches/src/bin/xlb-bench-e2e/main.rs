@@ -76,13 +76,15 @@ fn main() {
     }
     let tag = unique_tag();
     println!(
-        "end-to-end{}: modes {:?}, N = {:?}, {} repetitions, {} connects per latency figure, wrk {} s",
+        "end-to-end{}{}: modes {:?}, N = {:?}, {} repetitions, {} connects per latency figure, wrk {} s, iperf3 {} stream(s)",
         if o.ipv6 { " (IPv6)" } else { "" },
+        if o.north_south { " (north-south)" } else { "" },
         o.modes,
         o.sizes,
         o.reps,
         o.connects,
-        o.seconds
+        o.seconds,
+        o.streams
     );
     println!("machine: {}", machine());
     println!(
@@ -98,14 +100,14 @@ fn main() {
         o.modes
             .iter()
             .enumerate()
-            .map(|(i, m)| Bed::new(&tag, m, i, o.ipv6))
+            .map(|(i, m)| Bed::new(&tag, m, i, o.shape()))
             .collect()
     };
     // A second no-LB bed, identical to the first: the no-LB mode is measured against it (an
     // A/A control with servers, sockets and namespaces of its own, as every mode has).
     let control = {
         let _own_hash = Sysctl::set("net.ipv4.tcp_child_ehash_entries", "262144");
-        Bed::new(&tag, "no-LB", o.modes.len(), o.ipv6)
+        Bed::new(&tag, "no-LB", o.modes.len(), o.shape())
     };
     println!("beds ready");
     // results[n][mode] = one Sample per round.

@@ -270,10 +270,12 @@ pub fn side_by_side(bed: &Bed, targets: [SocketAddr; 3], ceiling: &Bed, seconds:
     own / wrk_rate(ceiling, other)
 }
 
-pub fn iperf(bed: &Bed, to: SocketAddr) -> f64 {
+/// iperf3 throughput (Gbit/s, received) of `streams` parallel streams to `to`.
+pub fn iperf(bed: &Bed, to: SocketAddr, streams: usize) -> f64 {
     let ip = to.ip().to_string();
     let port = to.port().to_string();
-    let cmd = ["iperf3", "-c", &ip, "-p", &port, "-t", "3", "-J"];
+    let p = streams.to_string();
+    let cmd = ["iperf3", "-c", &ip, "-p", &port, "-t", "3", "-P", &p, "-J"];
     let res = bed.client_command(&cmd).output().expect("iperf3");
     assert!(
         res.status.success(),
@@ -316,7 +318,7 @@ pub fn measure(bed: &Bed, ceiling: Option<&Bed>, n: usize, o: &Opts, load: (f64,
     let pinned = if bed.mode == "no-LB" {
         direct(bed)
     } else {
-        [0, 1, 2].map(|i| SocketAddr::from((bed.pinned_svc(i).vip, 80)))
+        [0, 1, 2].map(|i| SocketAddr::from((bed.pinned_svc(i).dialled(), 80)))
     };
     let wrk_targets = if bed.mode == "no-LB" {
         pinned
@@ -324,9 +326,9 @@ pub fn measure(bed: &Bed, ceiling: Option<&Bed>, n: usize, o: &Opts, load: (f64,
         [last; 3]
     };
     let rates = conn_rates(bed, ceiling, [wrk_targets, pinned], n, o);
-    let ceiling_iperf = |c: &Bed| iperf(c, c.targets(n).2);
+    let ceiling_iperf = |c: &Bed| iperf(c, c.targets(n).2, o.streams);
     let before = ceiling.map(ceiling_iperf);
-    let gbit_s = iperf(bed, iperf_to);
+    let gbit_s = iperf(bed, iperf_to, o.streams);
     let after = ceiling.map(ceiling_iperf);
     let ceiling_gbit_s = match (before, after) {
         (Some(b), Some(a)) => (b + a) / 2.0,

@@ -26,12 +26,13 @@ pub fn publish(o: &Opts, machine: &str, results: &Results) {
     let report = render(o, machine, results);
     println!("\n{report}");
     let out = bench_dir();
-    // An IPv6 run's files sit next to the IPv4 run's.
-    let stem = if o.ipv6 { "e2e6" } else { "e2e" };
+    // An IPv6 or north-south run's files sit next to the others'.
+    let stem = o.stem();
+    let stem = stem.as_str();
     fs::write(out.join(format!("{stem}.md")), &report).expect("write report");
     let opts = json!({
         "reps": o.reps, "seconds": o.seconds, "pairs": o.pairs, "connects": o.connects,
-        "ipv6": o.ipv6,
+        "ipv6": o.ipv6, "north_south": o.north_south, "streams": o.streams,
     });
     let json = json!({ "machine": machine, "opts": opts, "results": results });
     fs::write(
@@ -63,6 +64,8 @@ pub fn rerender(mut o: Opts, file: &Path) {
     o.seconds = field("seconds").map_or(o.seconds, |x| x as u32);
     o.pairs = field("pairs").unwrap_or(o.pairs);
     o.ipv6 = v["opts"]["ipv6"].as_bool().unwrap_or(o.ipv6);
+    o.north_south = v["opts"]["north_south"].as_bool().unwrap_or(o.north_south);
+    o.streams = field("streams").unwrap_or(o.streams);
     o.connects = field("connects").unwrap_or(o.connects);
     let mut results = Results::new();
     let sizes = v["results"]
@@ -150,9 +153,14 @@ pub fn render(o: &Opts, machine: &str, results: &Results) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "{}Machine: {}. {} repetitions; median [min–max]. Connection rates (conn/s columns): {}-second wrk runs in turn with the ceiling's; their \"vs no-LB\" is the median [quartiles] of {} runs per pattern and round side by side with the ceiling's wrk, both at once (the no-LB row: against a second, identical no-LB bed, an A/A control of the method). iperf3: median of per-round ratios to the mean of a no-LB run just before and one just after. last/first: median [quartiles] of the p50 ratio of adjacent blocks of {} connects to the last and the first service.\n",
+        "{}{}Machine: {}. {} repetitions; median [min–max]. Connection rates (conn/s columns): {}-second wrk runs in turn with the ceiling's; their \"vs no-LB\" is the median [quartiles] of {} runs per pattern and round side by side with the ceiling's wrk, both at once (the no-LB row: against a second, identical no-LB bed, an A/A control of the method). iperf3 ({} stream(s) of 3 s): median of per-round ratios to the mean of a no-LB run just before and one just after. last/first: median [quartiles] of the p50 ratio of adjacent blocks of {} connects to the last and the first service.\n",
         if o.ipv6 {
             "IPv6 throughout (IPv6 ClusterIPs and pods; kube-proxy in ip6tables and an ip6 table). "
+        } else {
+            ""
+        },
+        if o.north_south {
+            "North-south: the client stands for an external one (its veth is an uplink, its processes outside the node: nothing is translated at the socket). "
         } else {
             ""
         },
@@ -160,6 +168,7 @@ pub fn render(o: &Opts, machine: &str, results: &Results) -> String {
         o.reps,
         o.seconds,
         o.pairs,
+        o.streams,
         o.connects.div_ceil(LATENCY_PAIRS),
     );
     for (n, modes) in results {
