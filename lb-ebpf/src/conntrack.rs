@@ -325,17 +325,26 @@ pub enum CreateError {
     Insert,
 }
 
-/// Attempts to claim `key` in `CT_NEW` for `rev`: succeeds if free, expired, or already this
-/// same flow's. An existing entry is rewritten in place (no allocation from the LRU); the route
-/// it cached is kept when it is the same flow's (the reply goes back the same way). A reply
-/// tuple a live confirmed flow holds is not free either. `present`: the entry probably exists
-/// (the tuple had a flow before), so look before inserting.
+/// Attempts to claim `key` in `CT_NEW` for `rev`: succeeds if free, expired, closed, or
+/// already this same flow's. An existing entry is rewritten in place (no allocation from the
+/// LRU); the route it cached is kept when it is the same flow's (the reply goes back the same
+/// way). A reply tuple a live confirmed flow holds is not free either. A closed flow's is: its
+/// client reused the source port for another frontend with the same backend (the rule an
+/// untranslated SYN follows, `lb::retire_reused_tuple`); its confirmed reply entry goes, so
+/// the backend's answers find the new one. `present`: the entry probably exists (the tuple had
+/// a flow before), so look before inserting.
 #[inline(always)]
 fn claim<A: Family>(key: &CtKey<A>, rev: &mut CtValue<A>, now: u32, present: bool) -> bool {
     let fresh: &CtValue<A> = rev;
-    // SAFETY: read once.
-    if unsafe { A::ct().get(key) }.is_some_and(|c| c.expires >= now) {
-        return false;
+    // SAFETY: read once (the state is copied out before the entry may go).
+    if let Some(state) = unsafe { A::ct().get(key) }
+        .filter(|c| c.expires >= now)
+        .map(|c| c.state)
+    {
+        if state != ct_state::CLOSED {
+            return false;
+        }
+        let _ = A::ct().remove(key);
     }
     if !present
         && A::ct_new()
@@ -356,7 +365,7 @@ fn claim<A: Family>(key: &CtKey<A>, rev: &mut CtValue<A>, now: u32, present: boo
         && old.nat_sport == rev.nat_sport
         && old.nat_daddr == rev.nat_daddr
         && old.nat_dport == rev.nat_dport;
-    if !same_flow && old.expires >= now {
+    if !same_flow && old.expires >= now && old.state != ct_state::CLOSED {
         return false;
     }
     // The same flow keeps its cached route (`rev`, built in scratch, takes it over first: no

@@ -592,19 +592,20 @@ fn a_source_port_reused_after_a_translated_flow_reaches_the_backend_directly() {
     // conntrack entries behind for a while after it closes. A new connection from the same
     // source port straight to the backend (pod to pod, or a connect translated at the socket)
     // has, seen from the backend, that old flow's reply tuple: its SYN/ACK must not be
-    // rewritten to the ClusterIP.
+    // rewritten to the ClusterIP. Nor must a new connection through another ClusterIP with the
+    // same backend: it takes the closed flow's reply tuple over, keeping its source port (a
+    // single client at a high connection rate reuses every port this way).
     const PORT: u16 = 40_123;
+    const VIP2: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
     let (tag, node) = cluster(1);
     let dir = WorkDir::new(&tag);
     let mut servers = Servers::new();
     let backend = SocketAddr::from((node.pods[1].ip, 8080));
     servers.tcp(&node.pods[1].ns, backend, "b1");
-    let yaml = docs(&http_service(
-        "web",
-        VIP,
-        &[Ep::ready(node.pods[1].ip, "n1")],
-        "",
-    ));
+    let eps = [Ep::ready(node.pods[1].ip, "n1")];
+    let mut objects = http_service("web", VIP, &eps, "");
+    objects.extend(http_service("other", VIP2, &eps, ""));
+    let yaml = docs(&objects);
     let path = dir.write("services.yaml", &yaml);
     let (_pins, agent) = start(&node, &tag, &path);
     agent.wait_active("default/web:http/TCP", 1);
@@ -632,6 +633,19 @@ fn a_source_port_reused_after_a_translated_flow_reaches_the_backend_directly() {
             translated,
             "round {round}: the direct connection's packets were reverse-translated"
         );
+        // The same port through both ClusterIPs in turn, each flow closed when the next
+        // starts: the backend sees the client's own port every time (never a moved one), and
+        // the answers come from the address dialled.
+        for vip in [VIP, VIP2, VIP] {
+            let to = SocketAddr::from((vip, 80));
+            let r = request(to).unwrap_or_else(|e| panic!("round {round}: via {to}: {e}"));
+            assert_eq!(r.from, to, "round {round}");
+            assert_eq!(
+                r.seen_from,
+                SocketAddr::from((client.ip, PORT)),
+                "round {round}: via {to}"
+            );
+        }
     }
     drop(servers);
 }
