@@ -382,18 +382,27 @@ fn claim<A: Family>(key: &CtKey<A>, rev: &mut CtValue<A>, now: u32, present: boo
 }
 
 /// `claim` for a port the SNAT search picked (`rev` a fresh reply entry): free, or held by an
-/// expired flow. Fewer branches than `claim`, which the verifier walks at every try.
+/// expired or closed flow (a closed confirmed entry goes, as in `claim`). Fewer branches than
+/// `claim`, which the verifier walks at every try.
 #[inline(always)]
 fn claim_port<A: Family>(key: &CtKey<A>, rev: &CtValue<A>, now: u32) -> bool {
-    // SAFETY: read once.
-    if unsafe { A::ct().get(key) }.is_some_and(|c| c.expires >= now) {
-        return false;
+    // SAFETY: read once (the state is copied out before the entry may go).
+    if let Some(state) = unsafe { A::ct().get(key) }
+        .filter(|c| c.expires >= now)
+        .map(|c| c.state)
+    {
+        if state != ct_state::CLOSED {
+            return false;
+        }
+        let _ = A::ct().remove(key);
     }
     if A::ct_new().insert(key, rev, u64::from(BPF_NOEXIST)).is_ok() {
         return true;
     }
     // SAFETY: read once.
-    if unsafe { A::ct_new().get(key) }.is_some_and(|c| c.expires >= now) {
+    if unsafe { A::ct_new().get(key) }
+        .is_some_and(|c| c.expires >= now && c.state != ct_state::CLOSED)
+    {
         return false;
     }
     A::ct_new().insert(key, rev, u64::from(BPF_ANY)).is_ok()

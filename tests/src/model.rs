@@ -629,6 +629,8 @@ impl Model {
         let keep = !snat || f.proto == proto::SCTP;
         let free = |m: &Self, k: &CtKey, rev: &Entry| match m.ct.get(k) {
             None => true,
+            // A closed flow's reply tuple is free: its client reused the source port.
+            Some((old, _)) if old.state == ct_state::CLOSED => true,
             Some((_, true)) => false,
             Some((old, false)) => {
                 (old.nat_saddr, old.nat_sport, old.nat_daddr, old.nat_dport)
@@ -650,7 +652,11 @@ impl Model {
                 return Err(format!("source port {port} picked outside the range"));
             }
             rkey.dport = port;
-            if self.ct.contains_key(&rkey) {
+            if self
+                .ct
+                .get(&rkey)
+                .is_some_and(|(e, _)| e.state != ct_state::CLOSED)
+            {
                 return Err(format!("source port {port} picked while in use"));
             }
             fwd.flags |= ct_flags::XLATE_SRC;
